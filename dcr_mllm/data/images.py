@@ -1,0 +1,278 @@
+"""Reading images (and their captions) for training and evaluation.
+
+Two sources: webdataset tar shards in the img2dataset layout (``ImageTextShards``, streamed, each
+rank and DataLoader worker reading its own shards) and a folder tree of images
+(``ImageFolder``, map-style, labels from first-level subfolders). Both decode and crop the same way
+and return images as float tensors in [0, 1], *not* normalised: each tower applies its own
+normalisation and augmentations on the device. A corrupt image is skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import re
+import tarfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from braceexpand import braceexpand
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from dcr_mllm.errors import DcrError
+
+logger = logging.getLogger("dcr_mllm.data")
+
+SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # in order of preference within a sample
+FOLDER_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# webdataset's rule: "dir/000001.jpg" and "dir/000001.txt" belong to the sample "dir/000001".
+_MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)\.([^/]*)$")
+
+
+def load_rgb(source: str | Path | bytes) -> Image.Image:
+    """Decode an image file (or its bytes) to RGB, turned upright by its EXIF orientation.
+
+    Anything PIL cannot decode raises DcrError, so readers can skip exactly that sample.
+    """
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except Exception as err:  # PIL reports bad data with many exception types
+        raise DcrError(f"cannot decode image {name}: {err}; re-download or delete it") from err
+
+
+def to_tensor_square(image: Image.Image, image_size: int) -> torch.Tensor:
+    """Resize the shorter side to ``image_size`` (bicubic), centre-crop a square, and return
+    a float tensor [3, image_size, image_size] in [0, 1]."""
+    return _to_tensor(_square(image, image_size))
+
+
+def _square(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    scale = size / min(width, height)
+    width, height = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    width, height = image.size
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return pixels.view(height, width, 3).permute(2, 0, 1).float().div_(255)
+
+
+def expand_shard_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
+    """Shard paths from a directory (its ``*.tar``), a brace pattern, a path, or a list of these."""
+    items = [urls] if isinstance(urls, (str, Path)) else list(urls)
+    shards = []
+    for item in map(str, items):
+        if os.path.isdir(item):
+            found = sorted(str(p) for p in Path(item).glob("*.tar"))
+            if not found:
+                raise DcrError(f"no .tar shards in {item}: point to a directory of webdataset shards")
+            shards += found
+            continue
+        for path in braceexpand(item):
+            if not os.path.isfile(path):
+                raise DcrError(f"shard {path} does not exist: check the path or brace pattern")
+            shards.append(path)
+    if not shards:
+        raise DcrError("no shards given: pass a directory, a brace pattern or a list of .tar paths")
+    return shards
+
+
+def _check_enough_shards(num_shards: int, world_size: int, num_workers: int) -> None:
+    """Every rank and worker must get at least one shard, or some would idle while others train."""
+    needed = world_size * num_workers
+    if num_shards < needed:
+        raise DcrError(
+            f"{num_shards} shards are fewer than {world_size} ranks x {num_workers} workers: "
+            f"write at least {needed} shards or use fewer workers/processes"
+        )
+
+
+class ImageTextShards(IterableDataset):
+    """Image-caption samples streamed from webdataset shards, split by shard over ranks and workers.
+
+    This rank reads ``shards[rank::world_size]`` and DataLoader worker ``w`` of ``W`` reads every
+    ``W``-th of those, so no two readers see the same sample. With ``shuffle``, the shard order
+    follows (seed, epoch) and samples pass through a small shuffle buffer seeded by
+    (seed, epoch, rank, worker): the same seed and epoch give the same sequence.
+
+    Each sample is ``{"key", "image", "caption", "skipped"}`` where ``skipped`` counts the
+    undecodable samples this worker dropped since its previous sample; ``collate_image_text``
+    sums it so the count survives worker processes. Call ``set_epoch`` before each epoch's
+    iterator is created (not compatible with ``persistent_workers=True``, whose copies keep
+    their epoch).
+    """
+
+    def __init__(
+        self,
+        urls: str | Path | Sequence[str | Path],
+        image_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer: int = 128,
+    ):
+        if not 0 <= rank < world_size:
+            raise DcrError(f"rank {rank} is outside world size {world_size}: use 0 <= rank < world_size")
+        self.shards = expand_shard_urls(urls)
+        _check_enough_shards(len(self.shards), world_size, 1)
+        self.image_size = image_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.epoch = epoch
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        _check_enough_shards(len(self.shards), self.world_size, num_workers)
+        shards = list(self.shards)
+        if self.shuffle:
+            random.Random(f"shards/{self.seed}/{self.epoch}").shuffle(shards)
+        mine = shards[self.rank :: self.world_size][worker::num_workers]
+        rng = random.Random(f"samples/{self.seed}/{self.epoch}/{self.rank}/{worker}")
+        buffer_size = self.shuffle_buffer if self.shuffle else 1
+
+        # Decoding happens before the buffer, so skips are counted in reading order and handed to
+        # the next sample out; the buffer holds small cropped images rather than float tensors.
+        buffer, skipped = [], 0
+        for sample in self._decoded(mine):
+            if sample is None:
+                skipped += 1
+                continue
+            buffer.append(sample)
+            if len(buffer) >= buffer_size:
+                yield _as_item(buffer.pop(rng.randrange(len(buffer))), skipped)
+                skipped = 0
+        rng.shuffle(buffer)
+        for sample in buffer:
+            yield _as_item(sample, skipped)
+            skipped = 0
+
+    def _decoded(self, shards: list[str]) -> Iterator[tuple[str, Image.Image, str] | None]:
+        """(key, square image, caption) per sample, or None for one that cannot be used."""
+        for shard in shards:
+            try:
+                for key, files in _tar_samples(shard):
+                    ext = next((e for e in SHARD_IMAGE_EXTENSIONS if e in files), None)
+                    if ext is None:
+                        logger.warning("skipping sample %s in %s: it has no image", key, shard)
+                        yield None
+                        continue
+                    try:
+                        image = load_rgb(files[ext])
+                    except DcrError as err:
+                        logger.warning("skipping sample %s in %s: %s", key, shard, err)
+                        yield None
+                        continue
+                    text = files.get("txt", b"").decode("utf-8", errors="replace").strip()
+                    yield key, _square(image, self.image_size), text
+            except (tarfile.TarError, OSError) as err:
+                logger.warning("shard %s is unreadable, skipping the rest of it: %s", shard, err)
+
+
+def _tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Stream a tar, grouping consecutive members that share a key into {extension: bytes}."""
+    key, files = None, {}
+    with tarfile.open(path, "r|*") as tar:
+        for member in tar:
+            match = _MEMBER_NAME.match(member.name) if member.isfile() else None
+            if match is None:
+                continue
+            if match.group(1) != key:
+                if files:
+                    yield key, files
+                key, files = match.group(1), {}
+            files[match.group(2).lower()] = tar.extractfile(member).read()
+    if files:
+        yield key, files
+
+
+def _as_item(sample: tuple[str, Image.Image, str], skipped: int) -> dict:
+    key, image, text = sample
+    return {"key": key, "image": _to_tensor(image), "caption": text, "skipped": skipped}
+
+
+class ImageFolder(Dataset):
+    """Every image under ``root`` (sorted paths), labelled by its first-level subfolder.
+
+    ``classes`` lists the subfolder names in sorted order and ``label`` indexes it (-1 for an
+    image directly under ``root``); a sidecar ``<name>.txt`` gives the caption. A corrupt image
+    comes back as None, which ``collate_skip_none`` drops and counts.
+    """
+
+    def __init__(self, root: str | Path, image_size: int):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DcrError(f"image folder {self.root} does not exist: check the path")
+        self.paths = sorted(
+            p for p in self.root.rglob("*") if p.suffix.lower() in FOLDER_IMAGE_EXTENSIONS and p.is_file()
+        )
+        if not self.paths:
+            raise DcrError(
+                f"no images ({' '.join(FOLDER_IMAGE_EXTENSIONS)}) under {self.root}: check the path"
+            )
+        self.image_size = image_size
+        relative = [p.relative_to(self.root) for p in self.paths]
+        self.classes = sorted({rel.parts[0] for rel in relative if len(rel.parts) > 1})
+        index = {name: i for i, name in enumerate(self.classes)}
+        self.labels = [index[rel.parts[0]] if len(rel.parts) > 1 else -1 for rel in relative]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict | None:
+        path = self.paths[index]
+        try:
+            image = load_rgb(path)
+        except DcrError as err:
+            logger.warning("skipping image %s: %s", path, err)
+            return None
+        sidecar = path.with_suffix(".txt")
+        return {
+            "key": path.relative_to(self.root).with_suffix("").as_posix(),
+            "image": to_tensor_square(image, self.image_size),
+            "caption": sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else "",
+            "skipped": 0,
+            "label": self.labels[index],
+        }
+
+
+def collate_image_text(samples: list[dict]) -> dict:
+    """Batch samples: stacked images, lists of keys and captions, summed ``skipped``, labels if any.
+
+    A batch with no samples (all of them corrupt) has empty lists and a [0] image tensor.
+    """
+    batch = {
+        "key": [s["key"] for s in samples],
+        "image": torch.stack([s["image"] for s in samples]) if samples else torch.empty(0),
+        "caption": [s["caption"] for s in samples],
+        "skipped": sum(s["skipped"] for s in samples),
+    }
+    if samples and "label" in samples[0]:
+        batch["label"] = torch.tensor([s["label"] for s in samples])
+    return batch
+
+
+def collate_skip_none(samples: list[dict | None]) -> dict:
+    """``collate_image_text`` for map-style datasets, whose corrupt items are None: drop and count them."""
+    kept = [s for s in samples if s is not None]
+    batch = collate_image_text(kept)
+    batch["skipped"] += len(samples) - len(kept)
+    return batch

@@ -1,0 +1,59 @@
+"""Export an enhanced tower: base tower + trained LoRA, merged, in the family's own format.
+
+The result is a plain tower directory (no adapters, no dcr-mllm code needed) that
+``CLIPModel``/``CLIPVisionModel``/``SiglipVisionModel.from_pretrained`` or open_clip's
+``local-dir:`` load, and that LLaVA can use as its vision tower. It is written to a temporary
+sibling directory and renamed, with a model card saying how it was made.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from dcr_mllm.config import to_dict
+from dcr_mllm.enhance.config import EnhanceConfig
+from dcr_mllm.towers import apply_lora, load_tower, merge_lora
+from dcr_mllm.training import load_trainable_state
+
+MODEL_CARD = "model_card.md"
+
+
+def export_tower(cfg: EnhanceConfig, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    lora_dir = Path(cfg.output_dir) / "lora"
+    trained = load_tower(cfg.tower, vision_only=True)  # the structure the LoRA stage trained
+    apply_lora(trained, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None)
+    load_trainable_state(trained, lora_dir / "trainable.safetensors", prefix="tower.")
+    merged = merge_lora(trained)
+    tower = load_tower(cfg.tower)  # the full model (text side included), in its own format
+    tower.vision_encoder.load_state_dict(trained.vision_encoder.state_dict())
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tower.save(tmp)
+    (tmp / MODEL_CARD).write_text(model_card(cfg, merged, lora_dir))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def model_card(cfg: EnhanceConfig, merged_layers: int, lora_dir: Path) -> str:
+    state = json.loads((lora_dir / "train_state.json").read_text())
+    projector_state = json.loads((Path(cfg.output_dir) / "projector" / "train_state.json").read_text())
+    return (
+        f"# DCR-enhanced vision tower\n\n"
+        f"- base tower: `{cfg.tower}`\n"
+        f"- denoiser: `{cfg.denoiser}`\n"
+        f"- objective: `{cfg.objective.name}` (tau {cfg.objective.tau}, target `{cfg.objective.target}`)\n"
+        f"- projector stage: {projector_state['step']} steps; LoRA stage: {state['step']} steps, "
+        f"r {cfg.lora.r}, alpha {cfg.lora.alpha}, {merged_layers} layers merged\n"
+        f"- data: `{cfg.data.shards or 'synthetic (dcr-mllm generator)'}`\n"
+        f"- seed: {cfg.seed}\n\n"
+        f"Produced by `dcr-mllm enhance`. Load it with the tower family's own `from_pretrained`.\n\n"
+        f"## Config\n\n```yaml\n{yaml.safe_dump(to_dict(cfg), sort_keys=False)}```\n"
+    )

@@ -1,0 +1,101 @@
+"""Stage one: enhance a vision tower with DCR (or an ablation objective).
+
+Two stages run in order, each through the training engine and each resumable on its own:
+
+* ``projector`` trains only the projector (tower, UNet and VAE frozen), lr 1e-4 upstream;
+* ``lora`` loads that projector, freezes it, and trains LoRA adapters on the tower's vision
+  encoder (lr 1e-5, r 16, alpha 16, dropout 0.1 upstream).
+
+Then ``export`` merges the adapters and writes ``output_dir/tower`` in the tower's own format.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from dcr_mllm.data import ImageTextShards, collate_image_text, write_synthetic_shards
+from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
+from dcr_mllm.enhance.config import EnhanceConfig, ResolvedShapes, validate
+from dcr_mllm.enhance.export import MODEL_CARD, export_tower
+from dcr_mllm.objectives import EnhanceModel
+from dcr_mllm.presets.real import local_path
+from dcr_mllm.towers import apply_lora, load_tower
+from dcr_mllm.training import ResumableBatches, Trainer, barrier, init_distributed, is_finished, load_trainable_state
+
+logger = logging.getLogger("dcr_mllm.enhance")
+
+
+def build_model(cfg: EnhanceConfig, shapes: ResolvedShapes, stage: str) -> EnhanceModel:
+    """Tower + projector + frozen denoiser, with exactly the stage's parameters trainable."""
+    torch.manual_seed(cfg.seed)  # identical initialisation on every rank
+    tower = load_tower(cfg.tower, vision_only=True)
+    denoiser = FrozenDenoiser.from_pretrained(local_path(cfg.denoiser))
+    projector = ConditionProjector(shapes.projector_input, shapes.projector_output, cfg.projector.hidden_dim or None)
+    model = EnhanceModel(tower, projector, denoiser, cfg.objective)
+    model.requires_grad_(False)
+    if stage == "projector":
+        projector.requires_grad_(True)
+    else:
+        load_trainable_state(model, Path(cfg.output_dir) / "projector" / "trainable.safetensors", prefix="")
+        apply_lora(tower, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None)
+    return model
+
+
+def training_shards(cfg: EnhanceConfig, image_size: int, is_main: bool) -> str:
+    """The configured shards, or a synthetic set written once under output_dir/data."""
+    if cfg.data.shards:
+        return cfg.data.shards
+    out = Path(cfg.output_dir) / "data"
+    if is_main and not (out / "COMPLETE").is_file():
+        per_shard = max(1, cfg.data.synthetic_samples // cfg.data.synthetic_shards)
+        write_synthetic_shards(out, cfg.data.synthetic_samples, samples_per_shard=per_shard, image_size=image_size, seed=cfg.seed)
+        (out / "COMPLETE").write_text("")
+    barrier()
+    return str(out)
+
+
+def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None) -> Path | None:
+    """Run the requested stages (default: the config's), then export; returns the tower path, if any."""
+    shapes = validate(cfg)
+    dist_info = init_distributed()
+    output_dir = Path(cfg.output_dir)
+    if dist_info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    stages = stages or list(cfg.stages)
+    image_size = cfg.data.image_size or shapes.tower.image_size
+    shards = training_shards(cfg, image_size, dist_info.is_main)
+
+    for stage in stages:
+        stage_dir = output_dir / stage
+        if is_finished(stage_dir):
+            if dist_info.is_main:
+                print(f"stage {stage}: already finished in {stage_dir}; skipping")
+            continue
+        train_cfg = cfg.projector_stage if stage == "projector" else cfg.lora_stage
+        model = build_model(cfg, shapes, stage).to(dist_info.device)
+        trainer = Trainer(model, train_cfg, stage_dir, cfg.seed, dist_info)
+        dataset = ImageTextShards(shards, image_size, rank=dist_info.rank, world_size=dist_info.world_size, seed=cfg.seed)
+        batches = ResumableBatches(dataset, train_cfg.micro_batch_size, collate_image_text, train_cfg.num_workers)
+        seen_log = stage_dir / "samples" / f"rank{dist_info.rank}.txt"
+        seen_log.parent.mkdir(parents=True, exist_ok=True)
+
+        def step(engine, batch, generator):
+            with open(seen_log, "a") as f:
+                f.write("\n".join(batch["key"]) + "\n")
+            loss, metrics = engine(batch["image"].to(dist_info.device), generator)
+            metrics["skipped_images"] = float(batch["skipped"])
+            return loss, metrics
+
+        trainer.fit(batches, step)
+        del trainer, model
+
+    if not is_finished(output_dir / "lora"):
+        return None  # only the projector stage has run so far: nothing to export yet
+    tower_dir = output_dir / "tower"
+    if dist_info.is_main and not (tower_dir / MODEL_CARD).is_file():
+        export_tower(cfg, tower_dir)
+    barrier()
+    return tower_dir

@@ -1,0 +1,394 @@
+"""The tiny embedded preset: random-init tiny models, saved in each family's own on-disk format.
+
+Every model is built from a config under a fixed seed and written exactly as its library writes
+a real checkpoint (``save_pretrained`` / open_clip's ``save_for_hf`` / a diffusers pipeline), so
+the rest of dcr-mllm loads a tiny directory through the very code path it uses for real weights.
+Nothing here touches the network.
+
+Layout under a root (``build_tiny_preset``):
+
+    clip/       transformers CLIPModel + CLIPImageProcessor + CLIP tokenizer
+    siglip/     transformers SiglipModel + SiglipImageProcessor + SiglipTokenizer (spiece.model)
+    open_clip/  open_clip ``local-dir:`` layout (open_clip_config.json + open_clip_model.safetensors)
+    sd/         a StableDiffusionPipeline directory (unet/, vae/, scheduler/, text_encoder/, tokenizer/)
+
+Heavy libraries are imported inside the builders so that importing the presets (to resolve a
+real backbone name, or for ``--help``) stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from dcr_mllm.errors import DcrError
+
+SEED = 0
+# Bumped whenever a tiny config changes, so that a stale cached build is rebuilt.
+PRESET_VERSION = "2"
+MARKER = ".complete"
+
+IMAGE_SIZE = 32
+PATCH_SIZE = 8
+WIDTH = 32
+VISION_LAYERS = 3  # >= 3 so that the usual "feature layer -2" is a middle layer
+HEADS = 2
+MLP_WIDTH = 64
+EMBED_DIM = 16
+CLIP_VOCAB_SIZE = 49408
+CLIP_CONTEXT_LENGTH = 77
+SIGLIP_CONTEXT_LENGTH = 64
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def default_tiny_root() -> Path:
+    """Where the tiny preset is cached: ``$DCR_MLLM_CACHE/tiny`` or ``~/.cache/dcr_mllm/tiny``."""
+    cache = os.environ.get("DCR_MLLM_CACHE") or Path.home() / ".cache" / "dcr_mllm"
+    return Path(cache).expanduser() / "tiny"
+
+
+def _seeded(build):
+    """Run ``build()`` under the preset seed without disturbing the caller's RNG state."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        return build()
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_tokenizer():
+    """The real OpenAI CLIP BPE tokenizer, built from the BPE file that open_clip ships.
+
+    The vocabulary is assembled exactly as OpenAI CLIP / open_clip's SimpleTokenizer do it:
+    the 256 byte-unicode characters, the same with ``</w>``, the first 48894 merges joined,
+    then the two special tokens (49408 entries; ids 49406/49407 are start/end of text).
+    """
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from transformers import CLIPTokenizer
+
+    num_merges = CLIP_VOCAB_SIZE - 2 * 256 - 2  # 48894; line 0 of the file is a header
+    with gzip.open(default_bpe(), "rt", encoding="utf-8") as bpe:
+        lines = bpe.read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 1 + num_merges]]
+    byte_chars = list(bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(
+        vocab={token: i for i, token in enumerate(vocab)},
+        merges=merges,
+        model_max_length=CLIP_CONTEXT_LENGTH,
+    )
+
+
+def clip_tokenizer_files(out_dir: str | Path) -> Path:
+    """Write the CLIP tokenizer in HF format: tokenizer.json, tokenizer_config.json, vocab.json, merges.txt.
+
+    transformers 5 ``save_pretrained`` writes only tokenizer.json (+ config); vocab.json and
+    merges.txt are added so that the directory matches a hub CLIP repo for older loaders too.
+
+    Known differences from open_clip's SimpleTokenizer, on the same ids otherwise: SimpleTokenizer
+    first runs ftfy and unescapes HTML entities (``&amp;``), the HF tokenizer applies NFC instead;
+    SimpleTokenizer pads with id 0, the HF tokenizer with ``<|endoftext|>`` (49407); a literal
+    ``<|endoftext|>`` in the text is the special token for HF but plain text for open_clip
+    (whose special tokens are spelled ``<start_of_text>``/``<end_of_text>``, same ids).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = _clip_tokenizer()
+    tokenizer.save_pretrained(out_dir)
+    tokenizer.backend_tokenizer.model.save(str(out_dir))
+    return out_dir
+
+
+def build_tiny_clip(out_dir: str | Path) -> Path:
+    """A tiny transformers CLIPModel, loadable as CLIPModel / CLIPVisionModel(WithProjection) / CLIPProcessor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    out_dir = Path(out_dir)
+    # projection_dim goes into each sub-config too: CLIPVisionModelWithProjection reads the
+    # vision config's own value (default 512), not the top-level one.
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": CLIP_VOCAB_SIZE,
+            "max_position_embeddings": CLIP_CONTEXT_LENGTH,
+            "hidden_size": WIDTH,
+            "intermediate_size": MLP_WIDTH,
+            "num_hidden_layers": 2,
+            "num_attention_heads": HEADS,
+            "projection_dim": EMBED_DIM,
+        },
+        vision_config={
+            "image_size": IMAGE_SIZE,
+            "patch_size": PATCH_SIZE,
+            "hidden_size": WIDTH,
+            "intermediate_size": MLP_WIDTH,
+            "num_hidden_layers": VISION_LAYERS,
+            "num_attention_heads": HEADS,
+            "projection_dim": EMBED_DIM,
+        },
+        projection_dim=EMBED_DIM,
+    )
+    _seeded(lambda: CLIPModel(config)).save_pretrained(out_dir, safe_serialization=True)
+    CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_mean=list(OPENAI_CLIP_MEAN),
+        image_std=list(OPENAI_CLIP_STD),
+    ).save_pretrained(out_dir)
+    clip_tokenizer_files(out_dir)
+    return out_dir
+
+
+# A fixed caption corpus for the tiny SigLIP tokenizer: enough words for captions in tests.
+_COLORS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "brown", "gray", "pink"]
+_OBJECTS = ["cat", "dog", "car", "tree", "house", "bird", "boat", "chair", "cup", "flower", "horse", "person"]
+_TEMPLATES = ("a photo of a {} {}.", "the {} {} is on the left", "there are two {} {}s here")
+
+
+def _siglip_spiece_model() -> bytes:
+    """Train a tiny SentencePiece unigram model, laid out like SigLIP's (pad 0, eos 1, unk 2).
+
+    SigLIP's real 32k spiece.model cannot be obtained offline; a tokenizer trained on a fixed
+    corpus keeps the real ``SiglipTokenizer`` code path. Training is deterministic.
+    """
+    import sentencepiece as spm
+
+    corpus = [t.format(c, o) for t in _TEMPLATES for c in _COLORS for o in _OBJECTS]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=model,
+        model_type="unigram",
+        vocab_size=256,  # an upper bound: this corpus yields fewer pieces
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def build_tiny_siglip(out_dir: str | Path) -> Path:
+    """A tiny transformers SiglipModel with SigLIP's image processor (mean/std 0.5) and a tiny spiece tokenizer."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spiece = out_dir / "spiece.model"
+    spiece.write_bytes(_siglip_spiece_model())
+    tokenizer = SiglipTokenizer(str(spiece), model_max_length=SIGLIP_CONTEXT_LENGTH)
+    config = SiglipConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": SIGLIP_CONTEXT_LENGTH,
+            "hidden_size": WIDTH,
+            "intermediate_size": MLP_WIDTH,
+            "num_hidden_layers": 2,
+            "num_attention_heads": HEADS,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": None,
+        },
+        vision_config={
+            "image_size": IMAGE_SIZE,
+            "patch_size": PATCH_SIZE,
+            "hidden_size": WIDTH,
+            "intermediate_size": MLP_WIDTH,
+            "num_hidden_layers": VISION_LAYERS,
+            "num_attention_heads": HEADS,
+        },
+    )
+    _seeded(lambda: SiglipModel(config)).save_pretrained(out_dir, safe_serialization=True)
+    SiglipImageProcessor(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_mean=list(SIGLIP_MEAN),
+        image_std=list(SIGLIP_STD),
+    ).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+OPEN_CLIP_CONFIG = {
+    "embed_dim": EMBED_DIM,
+    "vision_cfg": {
+        "image_size": IMAGE_SIZE,
+        "patch_size": PATCH_SIZE,
+        "width": WIDTH,
+        "layers": VISION_LAYERS,
+        "head_width": WIDTH // HEADS,
+        "mlp_ratio": MLP_WIDTH / WIDTH,
+    },
+    "text_cfg": {
+        "context_length": CLIP_CONTEXT_LENGTH,
+        "vocab_size": CLIP_VOCAB_SIZE,
+        "width": WIDTH,
+        "heads": HEADS,
+        "layers": 2,
+        "mlp_ratio": MLP_WIDTH / WIDTH,
+    },
+}
+
+
+def build_tiny_open_clip(out_dir: str | Path) -> Path:
+    """A tiny open_clip ViT in the ``local-dir:`` layout, written by open_clip's own ``save_for_hf``.
+
+    The model is created by open_clip's factory from a temporary config-only directory (it logs
+    that no weights were found, which is the point: random init), so its preprocessing config is
+    the one open_clip derives. No ``hf_tokenizer_name`` is set, so ``get_tokenizer`` returns the
+    offline SimpleTokenizer; the HF tokenizer files beside it mirror what open_clip pushes to the hub.
+    """
+    import open_clip
+    from open_clip.push_to_hf_hub import save_for_hf
+
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory() as config_dir:
+        config_only = {"model_cfg": OPEN_CLIP_CONFIG, "preprocess_cfg": {}}
+        (Path(config_dir) / "open_clip_config.json").write_text(json.dumps(config_only))
+        model = _seeded(lambda: open_clip.create_model(f"local-dir:{config_dir}"))
+    save_for_hf(model, _clip_tokenizer(), OPEN_CLIP_CONFIG, out_dir, safe_serialization=True)
+    clip_tokenizer_files(out_dir)
+    return out_dir
+
+
+def build_tiny_sd(out_dir: str | Path, prediction_type: str = "epsilon") -> Path:
+    """A tiny Stable-Diffusion-2-style pipeline directory; a 32x32 image maps to an 8x8x4 latent.
+
+    Written by ``StableDiffusionPipeline.save_pretrained`` so that both the pipeline and each
+    component (``from_pretrained(dir, subfolder=...)``) load from it.
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise DcrError(
+            f"unknown prediction_type {prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}"
+        )
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out_dir = Path(out_dir)
+
+    def build_models():
+        unet = UNet2DConditionModel(
+            sample_size=IMAGE_SIZE // 4,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=WIDTH,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+        # Three encoder blocks downsample twice: 32x32 -> 8x8 (real SD: four blocks, 512 -> 64).
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3,
+            block_out_channels=(16, 32, 32),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=IMAGE_SIZE,
+            scaling_factor=0.18215,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=CLIP_VOCAB_SIZE,
+                max_position_embeddings=CLIP_CONTEXT_LENGTH,
+                hidden_size=WIDTH,  # == the UNet's cross_attention_dim, as in real SD
+                intermediate_size=MLP_WIDTH,
+                num_hidden_layers=2,
+                num_attention_heads=HEADS,
+                hidden_act="gelu",
+            )
+        )
+        return unet, vae, text_encoder
+
+    unet, vae, text_encoder = _seeded(build_models)
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type=prediction_type,
+        clip_sample=False,
+        steps_offset=1,
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(out_dir, safe_serialization=True)
+    clip_tokenizer_files(out_dir / "tokenizer")
+    return out_dir
+
+
+TINY_BUILDERS = {
+    "clip": build_tiny_clip,
+    "siglip": build_tiny_siglip,
+    "open_clip": build_tiny_open_clip,
+    "sd": build_tiny_sd,
+}
+
+
+def _is_complete(path: Path) -> bool:
+    marker = path / MARKER
+    return marker.is_file() and marker.read_text() == PRESET_VERSION
+
+
+def ensure_tiny(name: str, root: str | Path | None = None) -> Path:
+    """Return ``root/name``, building it first unless a complete build of this version is there.
+
+    The build goes to a temporary sibling that is renamed into place after its marker is written,
+    so an interrupted build never looks complete; a file lock lets concurrent ranks share one build.
+    """
+    from filelock import FileLock
+
+    if name not in TINY_BUILDERS:
+        raise DcrError(f"unknown tiny model {name!r}; use one of {', '.join(TINY_BUILDERS)}")
+    root = Path(root) if root is not None else default_tiny_root()
+    target = root / name
+    if _is_complete(target):
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{name}.lock")):
+        if _is_complete(target):
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a cache may be shared between users
+        try:
+            TINY_BUILDERS[name](tmp)
+            (tmp / MARKER).write_text(PRESET_VERSION)
+            if target.exists():  # stale: an older preset version or a foreign directory
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_tiny_preset(root: str | Path | None = None) -> dict[str, Path]:
+    """Build (or reuse) every tiny model under ``root``; returns ``{"clip": root/"clip", ...}``."""
+    return {name: ensure_tiny(name, root) for name in TINY_BUILDERS}

@@ -1,0 +1,82 @@
+"""The one interface every vision tower family implements.
+
+A tower gives three things to the rest of dcr-mllm: a global embedding (what conditions the
+denoiser in DCR), patch features of a chosen layer (what LLaVA consumes), and its own image
+normalisation. It also names the vision-encoder modules LoRA may adapt and saves itself in its
+family's own format, so the result loads with that family's ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    """Shape facts about a tower, read from its config files without loading weights."""
+
+    family: str  # "clip" (OpenAI CLIP, MetaCLIP), "siglip", "open_clip"
+    image_size: int
+    patch_size: int
+    hidden_size: int
+    num_layers: int
+    global_dim: int  # width of the global embedding that conditions the denoiser
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    has_cls: bool  # CLIP-family ViTs carry a CLS token before the patches; SigLIP does not
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class VisionTower(nn.Module):
+    """Base class: subclasses wrap one family's model and implement the three encoders."""
+
+    #: leaf-module names inside the vision encoder that LoRA adapts by default
+    default_lora_targets: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module, spec: TowerSpec, source: Path | None):
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        self.source = source
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """Pixels in [0, 1] at any size -> this tower's resolution and normalisation."""
+        size = self.spec.image_size
+        if images.shape[-2:] != (size, size):
+            images = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    @property
+    def vision_encoder(self) -> nn.Module:
+        """The transformer blocks that LoRA may adapt (no text tower, no heads)."""
+        raise NotImplementedError
+
+    def global_embedding(self, pixels: Tensor) -> Tensor:
+        """[B, 3, S, S] normalised pixels -> [B, global_dim]."""
+        raise NotImplementedError
+
+    def patch_features(self, pixels: Tensor, layer: int = -2) -> Tensor:
+        """[B, 3, S, S] normalised pixels -> [B, num_patches, hidden] from hidden layer ``layer``.
+
+        Layer indices follow transformers' ``hidden_states``: 0 is the embedding output, -1 the
+        last block; the CLS token, where the family has one, is dropped.
+        """
+        raise NotImplementedError
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """[T] strings -> [T, global_dim] text embeddings (full models only; for zero-shot scoring)."""
+        raise NotImplementedError
+
+    def save(self, out_dir: str | Path) -> None:
+        """Write the tower in its family's own format (safetensors), with processor files."""
+        raise NotImplementedError

@@ -1,0 +1,155 @@
+"""Hugging Face towers: CLIP (OpenAI CLIP, MetaCLIP) and SigLIP, full models or vision-only.
+
+The full model (``CLIPModel``/``SiglipModel``) is kept when the directory has one, so the text
+side stays available for zero-shot scoring and is saved back unchanged. Only the vision
+encoder ever trains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from dcr_mllm.errors import DcrError
+from dcr_mllm.towers.base import TowerSpec, VisionTower
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+FAMILY_OF_MODEL_TYPE = {
+    "clip": "clip",
+    "clip_vision_model": "clip",
+    "siglip": "siglip",
+    "siglip_vision_model": "siglip",
+}
+#: files save_pretrained writes itself; everything else in a tower directory is copied as is
+WEIGHT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _is_side_file(item: Path) -> bool:
+    """Processor, tokenizer and other small files a tower directory carries beside its weights."""
+    return item.is_file() and not item.name.startswith(".") and not item.name.endswith((".safetensors", ".bin", ".pth", ".pt"))
+
+
+def read_hf_spec(path: Path) -> TowerSpec:
+    config = json.loads((path / "config.json").read_text())
+    model_type = config.get("model_type")
+    family = FAMILY_OF_MODEL_TYPE.get(model_type)
+    if family is None:
+        raise DcrError(f"{path}/config.json has model_type {model_type!r}; supported towers are CLIP, MetaCLIP, SigLIP (HF) and open_clip")
+    vision = config.get("vision_config", config) if model_type in ("clip", "siglip") else config
+    architectures = config.get("architectures") or []
+    if family == "clip":
+        has_projection = model_type == "clip" or "CLIPVisionModelWithProjection" in architectures
+        global_dim = config.get("projection_dim", vision.get("projection_dim", 512)) if has_projection else vision["hidden_size"]
+        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    else:
+        global_dim = vision["hidden_size"]
+        mean, std = SIGLIP_MEAN, SIGLIP_STD
+    image_size = vision.get("image_size", 224)
+    processor_file = path / "preprocessor_config.json"
+    if processor_file.is_file():
+        processor = json.loads(processor_file.read_text())
+        mean = tuple(processor.get("image_mean", mean))
+        std = tuple(processor.get("image_std", std))
+    return TowerSpec(
+        family=family,
+        image_size=image_size,
+        patch_size=vision.get("patch_size", 32),
+        hidden_size=vision["hidden_size"],
+        num_layers=vision["num_hidden_layers"],
+        global_dim=global_dim,
+        mean=mean,
+        std=std,
+        has_cls=family == "clip",
+    )
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+class HFTower(VisionTower):
+    default_lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+    @classmethod
+    def from_pretrained(cls, path: Path, dtype: torch.dtype = torch.float32, vision_only: bool = False) -> "HFTower":
+        """Load the directory's model; ``vision_only`` skips the text tower (training needs none)."""
+        import transformers
+
+        spec = read_hf_spec(path)
+        config = json.loads((path / "config.json").read_text())
+        model_type = config["model_type"]
+        if vision_only and model_type == "clip":
+            vision_config = transformers.CLIPVisionConfig.from_pretrained(path)
+            vision_config.projection_dim = spec.global_dim
+            with _quiet_transformers():  # it would list every text-tower weight it leaves out
+                model = transformers.CLIPVisionModelWithProjection.from_pretrained(path, config=vision_config, dtype=dtype)
+            return cls(model, spec, path)
+        if vision_only and model_type == "siglip":
+            model_type = "siglip_vision_model"
+        architectures = config.get("architectures") or []
+        model_class = {
+            "clip": "CLIPModel",
+            "siglip": "SiglipModel",
+            "clip_vision_model": "CLIPVisionModelWithProjection" if "CLIPVisionModelWithProjection" in architectures else "CLIPVisionModel",
+            "siglip_vision_model": "SiglipVisionModel",
+        }[model_type]
+        with _quiet_transformers():
+            model = getattr(transformers, model_class).from_pretrained(path, dtype=dtype)
+        return cls(model, spec, path)
+
+    @property
+    def vision_model(self) -> nn.Module:
+        return getattr(self.model, "vision_model", self.model)
+
+    @property
+    def vision_encoder(self) -> nn.Module:
+        return self.vision_model.encoder
+
+    def global_embedding(self, pixels: Tensor) -> Tensor:
+        pooled = self.vision_model(pixel_values=pixels.to(self.dtype)).pooler_output
+        projection = getattr(self.model, "visual_projection", None)
+        return projection(pooled) if projection is not None else pooled
+
+    def patch_features(self, pixels: Tensor, layer: int = -2) -> Tensor:
+        hidden = self.vision_model(pixel_values=pixels.to(self.dtype), output_hidden_states=True).hidden_states[layer]
+        return hidden[:, 1:] if self.spec.has_cls else hidden
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        from transformers import AutoTokenizer
+
+        if not hasattr(self.model, "get_text_features"):
+            raise DcrError(f"tower {self.source} is vision-only; text scoring needs the full {self.spec.family} model directory")
+        tokenizer = AutoTokenizer.from_pretrained(self.source)
+        padding = "max_length" if self.spec.family == "siglip" else True  # SigLIP was trained on max-length padding
+        tokens = tokenizer(texts, padding=padding, truncation=True, return_tensors="pt").to(self.mean.device)
+        features = self.model.get_text_features(**tokens)
+        return getattr(features, "pooler_output", features)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def save(self, out_dir: str | Path) -> None:
+        out_dir = Path(out_dir)
+        self.model.save_pretrained(out_dir, safe_serialization=True)
+        if self.source is not None:
+            for item in self.source.iterdir():
+                if _is_side_file(item) and item.name not in WEIGHT_FILES:
+                    shutil.copy2(item, out_dir / item.name)

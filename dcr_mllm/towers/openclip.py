@@ -1,0 +1,106 @@
+"""open_clip towers, read from and written to open_clip's ``local-dir:`` layout.
+
+The layout is ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``) beside
+``open_clip_model.safetensors``; ``open_clip.create_model_and_transforms("local-dir:DIR")``
+loads it. Only ViT towers are supported: LoRA and patch features need transformer blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from dcr_mllm.errors import DcrError
+from dcr_mllm.towers.base import TowerSpec, VisionTower
+from dcr_mllm.towers.hf import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _is_side_file
+
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+
+
+def read_open_clip_spec(path: Path) -> TowerSpec:
+    config = json.loads((path / CONFIG_NAME).read_text())
+    model_cfg = config.get("model_cfg", config)
+    vision = model_cfg.get("vision_cfg", {})
+    if "timm_model_name" in vision or isinstance(vision.get("layers"), (list, tuple)):
+        raise DcrError(f"{path} holds a non-ViT open_clip tower (timm or ResNet); dcr-mllm supports open_clip ViT towers")
+    preprocess = config.get("preprocess_cfg", {})
+    image_size = vision.get("image_size", 224)
+    image_size = image_size[0] if isinstance(image_size, (list, tuple)) else image_size
+    patch_size = vision.get("patch_size", 16)
+    patch_size = patch_size[0] if isinstance(patch_size, (list, tuple)) else patch_size
+    return TowerSpec(
+        family="open_clip",
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=vision.get("width", 768),
+        num_layers=vision.get("layers", 12),
+        global_dim=model_cfg["embed_dim"],
+        mean=tuple(preprocess.get("mean", OPENAI_CLIP_MEAN)),
+        std=tuple(preprocess.get("std", OPENAI_CLIP_STD)),
+        has_cls=True,
+    )
+
+
+class OpenClipTower(VisionTower):
+    # open_clip's attention is a fused nn.MultiheadAttention that LoRA cannot reach; the MLP can
+    default_lora_targets = ("c_fc", "c_proj")
+
+    @classmethod
+    def from_pretrained(cls, path: Path, dtype: torch.dtype = torch.float32, vision_only: bool = False) -> "OpenClipTower":
+        """Load the directory's model; ``vision_only`` keeps just ``model.visual``."""
+        import open_clip
+
+        spec = read_open_clip_spec(path)
+        model = open_clip.create_model("local-dir:" + str(path), device="cpu")
+        return cls((model.visual if vision_only else model).to(dtype), spec, path)
+
+    @property
+    def visual(self) -> nn.Module:
+        return getattr(self.model, "visual", self.model)
+
+    @property
+    def vision_encoder(self) -> nn.Module:
+        return self.visual.transformer
+
+    def global_embedding(self, pixels: Tensor) -> Tensor:
+        return self.visual(pixels.to(self.dtype))
+
+    def patch_features(self, pixels: Tensor, layer: int = -2) -> Tensor:
+        # hidden_states[k] (HF convention) is the output of block k-1; 0 is the embeddings
+        index = layer if layer >= 0 else self.spec.num_layers + 1 + layer
+        if index == 0:
+            raise DcrError("open_clip towers give patch features from block outputs; choose a layer other than 0")
+        out = self.visual.forward_intermediates(
+            pixels.to(self.dtype), indices=[index - 1], intermediates_only=True, output_fmt="NLC"
+        )
+        return out["image_intermediates"][0]
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        import open_clip
+
+        if self.model is self.visual:
+            raise DcrError(f"tower {self.source} was loaded vision-only; load it in full to score text")
+        tokenizer = open_clip.get_tokenizer("local-dir:" + str(self.source))
+        return self.model.encode_text(tokenizer(texts).to(self.mean.device))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def save(self, out_dir: str | Path) -> None:
+        if self.model is self.visual:
+            raise DcrError("a vision-only open_clip tower cannot be saved in the local-dir layout; load it in full")
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, out_dir / WEIGHTS_NAME)
+        if self.source is not None:
+            for item in self.source.iterdir():
+                if _is_side_file(item):
+                    shutil.copy2(item, out_dir / item.name)

@@ -1,0 +1,10 @@
+"""One training engine for every stage: DeepSpeed ZeRO, per-rank seeds and data, safe resume."""
+
+from dcr_mllm.training.config import TrainConfig
+from dcr_mllm.training.distributed import DistInfo, barrier, init_distributed, rank_seed
+from dcr_mllm.training.engine import Trainer, is_finished, load_trainable_state
+from dcr_mllm.training.loader import ResumableBatches
+
+
+__all__ = ["TrainConfig", "DistInfo", "Trainer", "ResumableBatches", "barrier", "init_distributed",
+           "rank_seed", "load_trainable_state", "is_finished"]

@@ -1,0 +1,44 @@
+"""Endless, resumable batches: epochs follow each other, and a run restarts where it stopped.
+
+The position is (epoch, batches consumed in that epoch), per rank. On resume the epoch's
+batches are replayed up to that point and dropped, so a resumed run sees exactly the batches
+an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from dcr_mllm.errors import DcrError
+
+
+class ResumableBatches:
+    def __init__(self, dataset: Dataset | IterableDataset, batch_size: int, collate_fn: Callable, num_workers: int = 0):
+        if not hasattr(dataset, "set_epoch"):
+            raise TypeError("ResumableBatches needs a dataset with set_epoch(epoch), so each epoch has its own order")
+        self.dataset, self.batch_size, self.collate_fn, self.num_workers = dataset, batch_size, collate_fn, num_workers
+        self.epoch, self.batch_in_epoch = 0, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            self.dataset.set_epoch(self.epoch)
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                                collate_fn=self.collate_fn, drop_last=True)
+            produced = 0
+            for index, batch in enumerate(loader):
+                produced += 1
+                if index < self.batch_in_epoch:
+                    continue  # replaying a resumed epoch up to where it stopped
+                self.batch_in_epoch += 1
+                yield batch
+            if produced == 0:
+                raise DcrError(f"the training data gives no full batch of {self.batch_size} per process; add data or lower micro_batch_size")
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
