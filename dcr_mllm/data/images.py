@@ -75,7 +75,9 @@ def expand_shard_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
         if os.path.isdir(item):
             found = sorted(str(p) for p in Path(item).glob("*.tar"))
             if not found:
-                raise DcrError(f"no .tar shards in {item}: point to a directory of webdataset shards")
+                raise DcrError(
+                    f"no .tar shards in {item}: point to a directory of webdataset shards"
+                )
             shards += found
             continue
         for path in braceexpand(item):
@@ -85,16 +87,6 @@ def expand_shard_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
     if not shards:
         raise DcrError("no shards given: pass a directory, a brace pattern or a list of .tar paths")
     return shards
-
-
-def _check_enough_shards(num_shards: int, world_size: int, num_workers: int) -> None:
-    """Every rank and worker must get at least one shard, or some would idle while others train."""
-    needed = world_size * num_workers
-    if num_shards < needed:
-        raise DcrError(
-            f"{num_shards} shards are fewer than {world_size} ranks x {num_workers} workers: "
-            f"write at least {needed} shards or use fewer workers/processes"
-        )
 
 
 class ImageTextShards(IterableDataset):
@@ -124,9 +116,10 @@ class ImageTextShards(IterableDataset):
         shuffle_buffer: int = 128,
     ):
         if not 0 <= rank < world_size:
-            raise DcrError(f"rank {rank} is outside world size {world_size}: use 0 <= rank < world_size")
+            raise DcrError(
+                f"rank {rank} is outside world size {world_size}: use 0 <= rank < world_size"
+            )
         self.shards = expand_shard_urls(urls)
-        _check_enough_shards(len(self.shards), world_size, 1)
         self.image_size = image_size
         self.rank = rank
         self.world_size = world_size
@@ -134,6 +127,22 @@ class ImageTextShards(IterableDataset):
         self.epoch = epoch
         self.shuffle = shuffle
         self.shuffle_buffer = shuffle_buffer
+        self.check_workers(1)
+
+    def check_workers(self, num_workers: int) -> None:
+        """Raise unless every rank and each of its DataLoader workers (0 workers: the main
+        process reads) gets a shard.
+
+        Iterating checks this too, but inside a worker; call it before building the DataLoader
+        for a one-line error in the main process.
+        """
+        readers = max(num_workers, 1)
+        if len(self.shards) < self.world_size * readers:
+            raise DcrError(
+                f"{len(self.shards)} shards are fewer than {self.world_size} ranks x {readers} "
+                f"workers: write at least {self.world_size * readers} shards "
+                "or use fewer workers/processes"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -141,7 +150,7 @@ class ImageTextShards(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        _check_enough_shards(len(self.shards), self.world_size, num_workers)
+        self.check_workers(num_workers)
         shards = list(self.shards)
         if self.shuffle:
             random.Random(f"shards/{self.seed}/{self.epoch}").shuffle(shards)
@@ -222,7 +231,9 @@ class ImageFolder(Dataset):
         if not self.root.is_dir():
             raise DcrError(f"image folder {self.root} does not exist: check the path")
         self.paths = sorted(
-            p for p in self.root.rglob("*") if p.suffix.lower() in FOLDER_IMAGE_EXTENSIONS and p.is_file()
+            p
+            for p in self.root.rglob("*")
+            if p.suffix.lower() in FOLDER_IMAGE_EXTENSIONS and p.is_file()
         )
         if not self.paths:
             raise DcrError(

@@ -82,7 +82,9 @@ class SceneAttributes:
 
 def sample_attributes(rng: random.Random) -> SceneAttributes:
     """Draw every attribute uniformly and independently."""
-    return SceneAttributes(**{name: rng.choice(values) for name, values in ATTRIBUTE_VALUES.items()})
+    return SceneAttributes(
+        **{name: rng.choice(values) for name, values in ATTRIBUTE_VALUES.items()}
+    )
 
 
 def caption(attrs: SceneAttributes) -> str:

@@ -29,7 +29,8 @@ def check_sd_dir(path: str | Path) -> Path:
         raise DcrError(f"denoiser directory {path} does not exist; point denoiser.path at a local Stable Diffusion (diffusers layout) directory")
     missing = [s for s in SUBFOLDERS if not (path / s).is_dir()]
     if missing:
-        raise DcrError(f"denoiser directory {path} lacks {', '.join(missing)}/; it must have the diffusers Stable Diffusion layout ({', '.join(SUBFOLDERS)})")
+        lacking = ", ".join(m + "/" for m in missing)
+        raise DcrError(f"denoiser directory {path} lacks {lacking}; it must have the diffusers Stable Diffusion layout ({', '.join(SUBFOLDERS)})")
     return path
 
 

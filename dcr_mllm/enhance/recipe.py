@@ -11,7 +11,7 @@ Then ``export`` merges the adapters and writes ``output_dir/tower`` in the tower
 
 from __future__ import annotations
 
-import logging
+import math
 from pathlib import Path
 
 import torch
@@ -23,9 +23,15 @@ from dcr_mllm.enhance.export import MODEL_CARD, export_tower
 from dcr_mllm.objectives import EnhanceModel
 from dcr_mllm.presets.real import local_path
 from dcr_mllm.towers import apply_lora, load_tower
-from dcr_mllm.training import ResumableBatches, Trainer, barrier, init_distributed, is_finished, load_trainable_state
-
-logger = logging.getLogger("dcr_mllm.enhance")
+from dcr_mllm.towers.lora import lora_module_names
+from dcr_mllm.training import (
+    ResumableBatches,
+    Trainer,
+    barrier,
+    init_distributed,
+    is_finished,
+    load_trainable_state,
+)
 
 
 def build_model(cfg: EnhanceConfig, shapes: ResolvedShapes, stage: str) -> EnhanceModel:
@@ -50,7 +56,7 @@ def training_shards(cfg: EnhanceConfig, image_size: int, is_main: bool) -> str:
         return cfg.data.shards
     out = Path(cfg.output_dir) / "data"
     if is_main and not (out / "COMPLETE").is_file():
-        per_shard = max(1, cfg.data.synthetic_samples // cfg.data.synthetic_shards)
+        per_shard = math.ceil(cfg.data.synthetic_samples / cfg.data.synthetic_shards)
         write_synthetic_shards(out, cfg.data.synthetic_samples, samples_per_shard=per_shard, image_size=image_size, seed=cfg.seed)
         (out / "COMPLETE").write_text("")
     barrier()
@@ -60,11 +66,17 @@ def training_shards(cfg: EnhanceConfig, image_size: int, is_main: bool) -> str:
 def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None) -> Path | None:
     """Run the requested stages (default: the config's), then export; returns the tower path, if any."""
     shapes = validate(cfg)
+    output_dir = Path(cfg.output_dir).resolve()
+    stages = stages or list(cfg.stages)
+    tower_dir = output_dir / "tower"
+    if all(is_finished(output_dir / s) for s in stages) and (tower_dir / MODEL_CARD).is_file():
+        print(f"stages {', '.join(stages)}: already finished in {output_dir}; nothing to do")
+        return tower_dir
+    if "lora" in stages:  # a LoRA target that matches nothing must fail now, not after stage one's first half
+        lora_module_names(load_tower(cfg.tower, vision_only=True), cfg.lora.targets or None)
     dist_info = init_distributed()
-    output_dir = Path(cfg.output_dir)
     if dist_info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-    stages = stages or list(cfg.stages)
     image_size = cfg.data.image_size or shapes.tower.image_size
     shards = training_shards(cfg, image_size, dist_info.is_main)
 
@@ -94,7 +106,6 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None) -> Path | N
 
     if not is_finished(output_dir / "lora"):
         return None  # only the projector stage has run so far: nothing to export yet
-    tower_dir = output_dir / "tower"
     if dist_info.is_main and not (tower_dir / MODEL_CARD).is_file():
         export_tower(cfg, tower_dir)
     barrier()

@@ -27,7 +27,7 @@ class ObjectiveConfig:
     name: Literal["dcr", "reconstruction", "naive"] = "dcr"
     tau: float = 0.1
     #: diffusion target: follow the scheduler (auto) or force one; "velocity" is upstream's choice
-    target: Literal["auto", "epsilon", "v_prediction", "sample", "velocity"] = "auto"
+    target: TargetKind = "auto"
     #: denoiser calls per chunk for the B*B+B DCR predictions; 0 = one unchunked batch
     chunk_size: int = 0
     checkpoint_chunks: bool = True

@@ -3,7 +3,15 @@
 Importing this package is cheap: the tiny builders import torch and friends only when they run.
 """
 
-from dcr_mllm.presets.real import BACKBONES, DENOISERS, TINY_NAMES, Backbone, Denoiser, known_names, resolve
+from dcr_mllm.presets.real import (
+    BACKBONES,
+    DENOISERS,
+    TINY_NAMES,
+    Backbone,
+    Denoiser,
+    known_names,
+    resolve,
+)
 from dcr_mllm.presets.tiny import (
     build_tiny_clip,
     build_tiny_open_clip,

@@ -186,7 +186,12 @@ def _siglip_spiece_model() -> bytes:
 
 def build_tiny_siglip(out_dir: str | Path) -> Path:
     """A tiny transformers SiglipModel with SigLIP's image processor (mean/std 0.5) and a tiny spiece tokenizer."""
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipTokenizer
+    from transformers import (
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+        SiglipTokenizer,
+    )
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -276,7 +281,12 @@ def build_tiny_sd(out_dir: str | Path, prediction_type: str = "epsilon") -> Path
         raise DcrError(
             f"unknown prediction_type {prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}"
         )
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     out_dir = Path(out_dir)

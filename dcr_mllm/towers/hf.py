@@ -76,12 +76,15 @@ def read_hf_spec(path: Path) -> TowerSpec:
 def _quiet_transformers():
     from transformers.utils import logging as hf_logging
 
-    previous = hf_logging.get_verbosity()
+    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 class HFTower(VisionTower):

@@ -8,8 +8,6 @@ folds the adapters into the base weights and removes them: the tower is a plain 
 from __future__ import annotations
 
 from torch import nn
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.lora import LoraLayer
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.towers.base import VisionTower
@@ -44,6 +42,11 @@ def _linear_names(encoder: nn.Module) -> list[str]:
 def apply_lora(tower: VisionTower, r: int = 16, alpha: int = 16, dropout: float = 0.1,
                targets: tuple[str, ...] | list[str] | None = None) -> list[str]:
     """Insert LoRA adapters into the vision encoder; only they are trainable afterwards."""
+    from peft import (  # heavy: imported when LoRA is used
+        LoraConfig,
+        inject_adapter_in_model,
+    )
+
     names = lora_module_names(tower, targets)
     tower.requires_grad_(False)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none")
@@ -55,6 +58,8 @@ def apply_lora(tower: VisionTower, r: int = 16, alpha: int = 16, dropout: float 
 
 def merge_lora(tower: VisionTower) -> int:
     """Fold every LoRA adapter into its base layer and put the base layer back; returns the count."""
+    from peft.tuners.lora import LoraLayer
+
     encoder = tower.vision_encoder
     merged = 0
     for name, module in list(encoder.named_modules()):

@@ -5,6 +5,5 @@ from dcr_mllm.training.distributed import DistInfo, barrier, init_distributed, r
 from dcr_mllm.training.engine import Trainer, is_finished, load_trainable_state
 from dcr_mllm.training.loader import ResumableBatches
 
-
 __all__ = ["TrainConfig", "DistInfo", "Trainer", "ResumableBatches", "barrier", "init_distributed",
            "rank_seed", "load_trainable_state", "is_finished"]

@@ -19,6 +19,7 @@ checkpoint intact. Restarting with the same ``output_dir`` resumes from ``latest
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -35,7 +36,11 @@ from torch import nn
 from dcr_mllm.errors import DcrError
 from dcr_mllm.training.config import TrainConfig
 from dcr_mllm.training.distributed import DistInfo, any_true, barrier, rank_seed
-from dcr_mllm.training.safe_state import load_tree, safetensors_checkpoint_engine, save_tree
+from dcr_mllm.training.safe_state import (
+    load_tree,
+    safetensors_checkpoint_engine,
+    save_tree,
+)
 
 logger = logging.getLogger("dcr_mllm.training")
 StepFn = Callable[[nn.Module, dict, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
@@ -250,12 +255,18 @@ class Trainer:
             wandb.log(metrics, step=self.step)
 
     def _finish(self) -> None:
+        """Write the trained parameters once, after checking every rank holds the same ones."""
         state = self.gathered_trainable_state()
+        digests = _all_gather_strings(_digest(state))
+        if len(set(digests)) != 1:
+            raise DcrError(f"ranks finished with different weights ({len(set(digests))} versions); gradients were not synchronised")
         if self.dist.is_main:
             tmp = self.output_dir / "trainable.safetensors.tmp"
             save_file(state, tmp)
             os.replace(tmp, self.output_dir / "trainable.safetensors")
-            _write_atomic(self.output_dir / "train_state.json", json.dumps({"finished": True, "step": self.step, "nonfinite_total": self.nonfinite_total}))
+            summary = {"finished": True, "step": self.step, "nonfinite_total": self.nonfinite_total,
+                       "world_size": self.dist.world_size, "weights_sha256": digests[0]}
+            _write_atomic(self.output_dir / "train_state.json", json.dumps(summary, indent=1))
             if self.writer is not None:
                 self.writer.close()
         barrier()
@@ -269,6 +280,24 @@ class Trainer:
         params = [named[n] for n in self.trainable_names]
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
             return {n: named[n].detach().float().cpu().clone() for n in self.trainable_names}
+
+
+def _digest(state: dict[str, torch.Tensor]) -> str:
+    sha = hashlib.sha256()
+    for name in sorted(state):
+        sha.update(name.encode())
+        sha.update(state[name].numpy().tobytes())
+    return sha.hexdigest()
+
+
+def _all_gather_strings(value: str) -> list[str]:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [value]
+    gathered: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def is_finished(stage_dir: str | Path) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from dcr_mllm.errors import DcrError
@@ -18,6 +19,8 @@ class ResumableBatches:
     def __init__(self, dataset: Dataset | IterableDataset, batch_size: int, collate_fn: Callable, num_workers: int = 0):
         if not hasattr(dataset, "set_epoch"):
             raise TypeError("ResumableBatches needs a dataset with set_epoch(epoch), so each epoch has its own order")
+        if hasattr(dataset, "check_workers"):  # fail here, in one line, rather than inside a worker
+            dataset.check_workers(num_workers)
         self.dataset, self.batch_size, self.collate_fn, self.num_workers = dataset, batch_size, collate_fn, num_workers
         self.epoch, self.batch_in_epoch = 0, 0
 
@@ -30,8 +33,11 @@ class ResumableBatches:
     def __iter__(self) -> Iterator[dict]:
         while True:
             self.dataset.set_epoch(self.epoch)
+            # its own generator: drawing worker seeds from the global RNG would shift the dropout
+            # stream by when the loader was created, and a resumed run would differ
             loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                                collate_fn=self.collate_fn, drop_last=True)
+                                collate_fn=self.collate_fn, drop_last=True,
+                                generator=torch.Generator().manual_seed(self.epoch))
             produced = 0
             for index, batch in enumerate(loader):
                 produced += 1

@@ -28,12 +28,16 @@ ALL_KEYS = {f"{i:09d}" for i in range(NUM_SAMPLES)}
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
-    write_synthetic_shards(out, num_samples=NUM_SAMPLES, samples_per_shard=5, image_size=32)  # 8 shards
+    write_synthetic_shards(
+        out, num_samples=NUM_SAMPLES, samples_per_shard=5, image_size=32
+    )  # 8 shards
     return out
 
 
 def _keys(dataset, num_workers=0, batch_size=4):
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_image_text)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_image_text
+    )
     return [key for batch in loader for key in batch["key"]]
 
 
@@ -59,7 +63,10 @@ def test_ranks_and_workers_read_distinct_complete_splits(shard_dir):
     assert set(per_rank[0]).isdisjoint(per_rank[1])
     assert set(per_rank[0]) | set(per_rank[1]) == ALL_KEYS
     # The worker processes reproduce the same sequence for the same seed and epoch.
-    assert _keys(ImageTextShards(shard_dir, 32, rank=1, world_size=2, seed=5), num_workers=2) == per_rank[1]
+    assert (
+        _keys(ImageTextShards(shard_dir, 32, rank=1, world_size=2, seed=5), num_workers=2)
+        == per_rank[1]
+    )
 
 
 def test_order_follows_seed_and_epoch(shard_dir):
@@ -85,7 +92,7 @@ def test_samples_are_unnormalised_square_tensors(shard_dir):
     image = sample["image"]
     assert image.shape == (3, 24, 24) and image.dtype == torch.float32
     assert 0 <= image.min() and image.max() <= 1 and image.max() > 0.5
-    torch.testing.assert_close(image, to_tensor_square(load_rgb(jpeg), 24))
+    assert torch.equal(image, to_tensor_square(load_rgb(jpeg), 24))
 
     batch = collate_image_text([sample, sample])
     assert batch["image"].shape == (2, 3, 24, 24) and batch["key"] == [sample["key"]] * 2
@@ -118,7 +125,9 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, caplog, num_workers):
         _add(tar, "b3.jpg", good)
 
     dataset = ImageTextShards(tmp_path, 16, seed=0)
-    loader = DataLoader(dataset, batch_size=2, num_workers=num_workers, collate_fn=collate_image_text)
+    loader = DataLoader(
+        dataset, batch_size=2, num_workers=num_workers, collate_fn=collate_image_text
+    )
     with caplog.at_level(logging.WARNING, logger="dcr_mllm.data"):
         batches = list(loader)
     keys = sorted(key for batch in batches for key in batch["key"])
@@ -133,13 +142,28 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, caplog, num_workers):
         assert any("b0" in m and "no image" in m for m in messages)
 
 
+def test_truncated_shard_keeps_its_readable_samples(shard_dir, tmp_path, caplog):
+    data = (shard_dir / "00000.tar").read_bytes()
+    (tmp_path / "00000.tar").write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="dcr_mllm.data"):
+        keys = _keys(ImageTextShards(tmp_path, 32, shuffle=False))
+    assert 0 < len(keys) < 5 and keys == sorted(ALL_KEYS)[: len(keys)]
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+
+
 def test_too_few_shards_is_an_error(shard_dir, tmp_path):
     with pytest.raises(DcrError, match="fewer than 2 ranks x 1 workers"):
         ImageTextShards(shard_dir / "00000.tar", 32, rank=0, world_size=2)
     three = [shard_dir / f"0000{i}.tar" for i in range(3)]
     dataset = ImageTextShards(three, 32, rank=1, world_size=2)
     with pytest.raises(DcrError, match="3 shards are fewer than 2 ranks x 2 workers"):
-        _keys(dataset, num_workers=2)
+        dataset.check_workers(2)
+    loader = iter(DataLoader(dataset, num_workers=2, collate_fn=collate_image_text))
+    with pytest.raises(DcrError, match="3 shards are fewer than 2 ranks x 2 workers") as caught:
+        next(loader)  # the worker that would get no shard raises too
+    # Free the loader now: left to the garbage collector, its workers take seconds to stop.
+    caught.value.__traceback__ = None
+    del caught, loader
 
 
 def test_missing_paths_are_errors(shard_dir, tmp_path):
@@ -169,7 +193,9 @@ def test_image_folder_labels_captions_and_corrupt_items(tmp_path, num_workers):
     assert len(dataset) == 2 * len(classes) + 2
     assert dataset[0]["key"] == "blue/00000" and dataset[0]["label"] == classes.index("blue")
 
-    loader = DataLoader(dataset, batch_size=4, num_workers=num_workers, collate_fn=collate_skip_none)
+    loader = DataLoader(
+        dataset, batch_size=4, num_workers=num_workers, collate_fn=collate_skip_none
+    )
     batches = list(loader)
     assert sum(batch["skipped"] for batch in batches) == 1
     items = [

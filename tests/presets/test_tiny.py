@@ -7,7 +7,12 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import (

@@ -1,0 +1,27 @@
+"""Shared fixtures: the tiny preset, built once per test session in a private cache."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """{"clip": dir, "siglip": dir, "open_clip": dir, "sd": dir}; preset names resolve to these too."""
+    from dcr_mllm.presets import build_tiny_preset
+
+    cache = tmp_path_factory.mktemp("dcr_cache")
+    os.environ["DCR_MLLM_CACHE"] = str(cache)
+    return build_tiny_preset(cache / "tiny")
+
+
+def pytest_sessionstart(session):
+    """Compile DeepSpeed's CPU shared-memory op once, up front (about a minute the first time,
+    cached in ~/.cache/torch_extensions), so no distributed test pays for it under its timeout."""
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
