@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from dcr_mllm.errors import DcrError
 
@@ -21,11 +22,56 @@ def _enhance(args: argparse.Namespace) -> None:
         print(f"enhanced tower: {tower}" if tower else f"stage output: {cfg.output_dir}")
 
 
+def _llava(args: argparse.Namespace) -> None:
+    from dcr_mllm.config import load_config
+    from dcr_mllm.llava.train import LlavaTrainConfig, run_llava
+
+    cfg = load_config(LlavaTrainConfig, args.config, args.overrides)
+    out = run_llava(cfg, args.stage)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{'llava-hf model' if args.stage == 'finetune' else 'pretrained projector'}: {out}")
+
+
+def _swap_tower(args: argparse.Namespace) -> None:
+    from dcr_mllm.llava.swap import swap_tower
+
+    report = swap_tower(args.llava, args.tower, args.output, force=args.force, dry_run=args.dry_run,
+                        allow_family_change=args.allow_family_change)
+    print("\n".join(report.lines()))
+
+
+def _convert_llava(args: argparse.Namespace) -> None:
+    from dcr_mllm.llava.convert import convert_llava
+
+    print("\n".join(convert_llava(args.input, args.output, force=args.force).lines()))
+
+
 def _build_tiny(args: argparse.Namespace) -> None:
     from dcr_mllm.presets.tiny import build_tiny_preset
 
     for name, path in build_tiny_preset(args.root).items():
         print(f"{name}: {path}")
+
+
+def _eval_tower(args: argparse.Namespace) -> None:
+    from dcr_mllm.evaluation import evaluate_towers, parse_tower_args
+
+    evaluate_towers(
+        parse_tower_args(args.tower), args.benchmark, args.output, data=args.data, batch_size=args.batch_size, device=args.device,
+        pairs_per_attribute=args.pairs_per_attribute, image_size=args.image_size, seed=args.seed,
+    )
+    print(open(os.path.join(args.output, "results.md"), encoding="utf-8").read(), end="")
+    print(f"report: {args.output}")
+
+
+def _make_eval_data(args: argparse.Namespace) -> None:
+    from dcr_mllm.evaluation import write_classification_folder, write_mmvp_vlm
+
+    if args.benchmark == "mmvp-vlm":
+        out = write_mmvp_vlm(args.output, image_size=args.image_size, seed=args.seed)
+    else:
+        out = write_classification_folder(args.output, per_class=args.per_class, image_size=args.image_size, seed=args.seed)
+    print(f"synthetic {args.benchmark} data: {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,14 +84,59 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1 lora_stage.max_steps=10")
     enhance.set_defaults(func=_enhance)
 
+    for stage, text in (("pretrain", "stage two: LLaVA-1.5 projector pretraining with a tower"),
+                        ("finetune", "stage two: LLaVA-1.5 instruction tuning, then export a llava-hf model")):
+        llava = sub.add_parser(f"llava-{stage}", help=text)
+        llava.add_argument("--config", help="YAML config (default: the tiny preset with stage one's tower)")
+        llava.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. finetune.max_steps=10")
+        llava.set_defaults(func=_llava, stage=stage)
+
+    swap = sub.add_parser("swap-tower", help="put a tower into an existing LLaVA checkpoint (llava-hf or original), streaming; verified")
+    swap.add_argument("--llava", required=True, metavar="SRC", help="the LLaVA checkpoint directory (never modified)")
+    swap.add_argument("--tower", required=True, help="a HF CLIP/MetaCLIP/SigLIP tower directory or preset name")
+    swap.add_argument("--output", required=True, metavar="DST", help="directory to write (refused if it exists, unless --force)")
+    swap.add_argument("--dry-run", action="store_true", help="check and print what would change; write nothing")
+    swap.add_argument("--force", action="store_true", help="replace an existing DST (only once the new one is written and verified)")
+    swap.add_argument("--allow-family-change", action="store_true",
+                      help="swap a SigLIP tower into a CLIP-based checkpoint or back; the projector must then be retrained")
+    swap.set_defaults(func=_swap_tower)
+
+    convert = sub.add_parser("convert-llava", help="convert an original LLaVA checkpoint (mm_vision_tower) to llava-hf, as transformers' script does")
+    convert.add_argument("--input", required=True, metavar="ORIGINAL", help="the original LLaVA checkpoint directory")
+    convert.add_argument("--output", required=True, metavar="HF_DIR", help="directory to write (refused if it exists, unless --force)")
+    convert.add_argument("--force", action="store_true", help="replace an existing HF_DIR")
+    convert.set_defaults(func=_convert_llava)
+
     tiny = sub.add_parser("build-tiny", help="build the tiny embedded models (random init, from configs) and print their paths")
     tiny.add_argument("--root", help="where to build them (default: $DCR_MLLM_CACHE/tiny or ~/.cache/dcr_mllm/tiny)")
     tiny.set_defaults(func=_build_tiny)
+
+    evaluate = sub.add_parser("eval-tower", help="score towers on MMVP-VLM or a probe; write results.json, predictions.csv, results.md, chart.png")
+    evaluate.add_argument("--tower", action="append", required=True, metavar="[NAME=]DIR", help="a tower directory or preset name; repeat to compare")
+    evaluate.add_argument("--benchmark", required=True, help="mmvp-vlm, classification (zero-shot + linear probe) or fine-grained (synthetic pairs)")
+    evaluate.add_argument("--data", help="the MMVP-VLM directory, or the image folder for classification (fine-grained needs none)")
+    evaluate.add_argument("--output", required=True, help="directory for the report")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--device", help="default: cuda if available, else cpu")
+    evaluate.add_argument("--pairs-per-attribute", type=int, default=20, help="fine-grained: pairs per scene attribute")
+    evaluate.add_argument("--image-size", type=int, default=224, help="fine-grained: size of the generated images")
+    evaluate.add_argument("--seed", type=int, default=0, help="fine-grained: generator seed")
+    evaluate.set_defaults(func=_eval_tower)
+
+    make_data = sub.add_parser("make-eval-data", help="write a synthetic dataset in a benchmark's layout (for trying the pipeline without downloads)")
+    make_data.add_argument("benchmark", choices=["mmvp-vlm", "classification"])
+    make_data.add_argument("--output", required=True, help="directory to create (must not exist)")
+    make_data.add_argument("--image-size", type=int, default=224)
+    make_data.add_argument("--per-class", type=int, default=20, help="classification: images per class in each of train/ and test/")
+    make_data.add_argument("--seed", type=int, default=0)
+    make_data.set_defaults(func=_make_eval_data)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # DeepSpeed still calls torch.distributed functions that torch marks deprecated, once per step
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\..* is deprecated", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -12,18 +12,5 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/common.sh"
 
-config="${CONFIG:-$here/configs/enhance_tiny.yaml}"
-nproc="${NPROC:-1}"
-hostfile="${HOSTFILE:-}"
-overrides=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --config) config="$2"; shift 2 ;;
-    --nproc) nproc="$2"; shift 2 ;;
-    --hostfile) hostfile="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}"; exit 0 ;;
-    *) overrides+=("$1"); shift ;;
-  esac
-done
-
+parse_stage_args "$here/configs/enhance_tiny.yaml" "$@"
 launch "$nproc" "$hostfile" enhance --config "$config" "${overrides[@]}"

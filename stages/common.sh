@@ -18,3 +18,21 @@ launch() {
     "$python" -m dcr_mllm.cli "$@"
   fi
 }
+
+# parse_stage_args DEFAULT_CONFIG ARGS... : sets config, nproc, hostfile and overrides from
+# --config/--nproc/--hostfile (falling back to CONFIG, NPROC, HOSTFILE) and key=value words.
+parse_stage_args() {
+  config="${CONFIG:-$1}"; shift
+  nproc="${NPROC:-1}"
+  hostfile="${HOSTFILE:-}"
+  overrides=()
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --config) config="$2"; shift 2 ;;
+      --nproc) nproc="$2"; shift 2 ;;
+      --hostfile) hostfile="$2"; shift 2 ;;
+      -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+      *) overrides+=("$1"); shift ;;
+    esac
+  done
+}

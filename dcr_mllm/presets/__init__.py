@@ -14,6 +14,7 @@ from dcr_mllm.presets.real import (
 )
 from dcr_mllm.presets.tiny import (
     build_tiny_clip,
+    build_tiny_llama,
     build_tiny_open_clip,
     build_tiny_preset,
     build_tiny_sd,
@@ -30,6 +31,7 @@ __all__ = [
     "Backbone",
     "Denoiser",
     "build_tiny_clip",
+    "build_tiny_llama",
     "build_tiny_open_clip",
     "build_tiny_preset",
     "build_tiny_sd",

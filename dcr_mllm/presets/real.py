@@ -63,7 +63,7 @@ DENOISERS = {
 }
 
 # Preset name -> directory name of the tiny preset (built on first use under the cache root).
-TINY_NAMES = {"tiny-clip": "clip", "tiny-siglip": "siglip", "tiny-open-clip": "open_clip", "tiny-sd": "sd"}
+TINY_NAMES = {"tiny-clip": "clip", "tiny-siglip": "siglip", "tiny-open-clip": "open_clip", "tiny-sd": "sd", "tiny-llama": "llama"}
 
 
 def known_names() -> list[str]:

@@ -355,11 +355,73 @@ def build_tiny_sd(out_dir: str | Path, prediction_type: str = "epsilon") -> Path
     return out_dir
 
 
+LLAMA_VOCAB_SIZE = 1024
+LLAMA_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
+
+
+def _llama_corpus() -> list[str]:
+    """Deterministic text the tiny tokenizer learns from: the synthetic scenes' words and the chat
+    templates' strings, so the tiny pipeline's prompts tokenize into short sequences."""
+    import itertools
+
+    from dcr_mllm.data.synthetic import ATTRIBUTE_VALUES, SceneAttributes, caption
+
+    names = list(ATTRIBUTE_VALUES)
+    lines = [
+        "A chat between a curious human and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+        "USER: ASSISTANT: Answer with the option's letter from the given choices directly. "
+        "Answer the question using a single word or phrase. Is there a in the image? Yes. No.",
+        "What colour are the shapes? How many shapes are there? Which way do they point? Where are they?",
+        "Describe the image briefly. Render a clear and concise summary of the photo. (a) (b) (c) (d)",
+    ]
+    for values in itertools.islice(itertools.product(*(ATTRIBUTE_VALUES[n] for n in names)), 0, None, 7):
+        lines.append(caption(SceneAttributes(**dict(zip(names, values)))))
+    return lines
+
+
+def build_tiny_llama(out_dir: str | Path) -> Path:
+    """A tiny Llama causal LM with a byte-level BPE tokenizer trained here (no hub tokenizer needed).
+
+    The tokenizer behaves like Llama's where it matters: ``<s>`` is prepended, ``</s>`` is the
+    end of a turn, and byte-level BPE can encode any text.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out_dir = Path(out_dir)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=LLAMA_VOCAB_SIZE, special_tokens=list(LLAMA_SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(_llama_corpus(), trainer=trainer)
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=512)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    model = _seeded(lambda: LlamaForCausalLM(config))
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
 TINY_BUILDERS = {
     "clip": build_tiny_clip,
     "siglip": build_tiny_siglip,
     "open_clip": build_tiny_open_clip,
     "sd": build_tiny_sd,
+    "llama": build_tiny_llama,
 }
 
 

@@ -9,9 +9,13 @@ from typing import Literal
 @dataclass
 class TrainConfig:
     max_steps: int = 100  # optimizer steps
+    #: when > 0, max_steps becomes this many passes over the data (recipes with a known data size)
+    epochs: float = 0.0
     micro_batch_size: int = 8  # per process
     grad_accum: int = 1
     lr: float = 1e-4
+    #: parameters whose name contains a key train at that learning rate instead (e.g. a projector)
+    group_lrs: dict[str, float] = field(default_factory=dict)
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     scheduler: Literal["constant", "cosine"] = "constant"

@@ -61,6 +61,16 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Trainable parameters, split by ``cfg.group_lrs`` (first matching key wins)."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            lr = next((lr for key, lr in cfg.group_lrs.items() if key in name), cfg.lr)
+            groups.setdefault(lr, []).append(param)
+    return [{"params": params, "lr": lr} for lr, params in groups.items()]
+
+
 def deepspeed_config(cfg: TrainConfig, dist_info: DistInfo) -> dict:
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dist_info.device.type == "cuda")
     ours = {
@@ -109,8 +119,7 @@ class Trainer:
         self.trainable_names = [name for name, p in model.named_parameters() if p.requires_grad]
         if not self.trainable_names:
             raise DcrError("nothing to train: every parameter is frozen; check the stage settings")
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, dist_info)
@@ -256,8 +265,8 @@ class Trainer:
 
     def _finish(self) -> None:
         """Write the trained parameters once, after checking every rank holds the same ones."""
-        state = self.gathered_trainable_state()
-        digests = _all_gather_strings(_digest(state))
+        state, digest = self.gathered_trainable_state()
+        digests = _all_gather_strings(digest)
         if len(set(digests)) != 1:
             raise DcrError(f"ranks finished with different weights ({len(set(digests))} versions); gradients were not synchronised")
         if self.dist.is_main:
@@ -271,23 +280,26 @@ class Trainer:
                 self.writer.close()
         barrier()
 
-    def gathered_trainable_state(self) -> dict[str, torch.Tensor]:
-        """Full (un-partitioned) copies of the trained parameters, float32, on every rank."""
+    def gathered_trainable_state(self) -> tuple[dict[str, torch.Tensor], str]:
+        """Full copies of the trained parameters (on rank 0 only) and their checksum (every rank).
+
+        One parameter is gathered at a time, so no rank ever holds more than one extra tensor
+        besides rank 0's copy of the result.
+        """
         import deepspeed
 
-        module = self.engine.module
-        named = dict(module.named_parameters())
-        params = [named[n] for n in self.trainable_names]
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            return {n: named[n].detach().float().cpu().clone() for n in self.trainable_names}
-
-
-def _digest(state: dict[str, torch.Tensor]) -> str:
-    sha = hashlib.sha256()
-    for name in sorted(state):
-        sha.update(name.encode())
-        sha.update(state[name].numpy().tobytes())
-    return sha.hexdigest()
+        named = dict(self.engine.module.named_parameters())
+        sha = hashlib.sha256()
+        state: dict[str, torch.Tensor] = {}
+        for name in self.trainable_names:
+            param = named[name]
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                value = param.detach().cpu()
+                sha.update(name.encode())
+                sha.update(value.float().numpy().tobytes())
+                if self.dist.is_main:
+                    state[name] = value.clone()
+        return state, sha.hexdigest()
 
 
 def _all_gather_strings(value: str) -> list[str]:

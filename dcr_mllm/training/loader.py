@@ -16,7 +16,9 @@ from dcr_mllm.errors import DcrError
 
 
 class ResumableBatches:
-    def __init__(self, dataset: Dataset | IterableDataset, batch_size: int, collate_fn: Callable, num_workers: int = 0):
+    """Batches of ``batch_size`` samples, or, with ``batch_size=None``, the batches a dataset forms itself."""
+
+    def __init__(self, dataset: Dataset | IterableDataset, batch_size: int | None, collate_fn: Callable | None, num_workers: int = 0):
         if not hasattr(dataset, "set_epoch"):
             raise TypeError("ResumableBatches needs a dataset with set_epoch(epoch), so each epoch has its own order")
         if hasattr(dataset, "check_workers"):  # fail here, in one line, rather than inside a worker
@@ -36,7 +38,7 @@ class ResumableBatches:
             # its own generator: drawing worker seeds from the global RNG would shift the dropout
             # stream by when the loader was created, and a resumed run would differ
             loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                                collate_fn=self.collate_fn, drop_last=True,
+                                collate_fn=self.collate_fn, drop_last=self.batch_size is not None,
                                 generator=torch.Generator().manual_seed(self.epoch))
             produced = 0
             for index, batch in enumerate(loader):
@@ -46,5 +48,5 @@ class ResumableBatches:
                 self.batch_in_epoch += 1
                 yield batch
             if produced == 0:
-                raise DcrError(f"the training data gives no full batch of {self.batch_size} per process; add data or lower micro_batch_size")
+                raise DcrError("the training data gives no full batch for this process; add data or lower micro_batch_size")
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0

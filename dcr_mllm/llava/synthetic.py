@@ -1,0 +1,63 @@
+"""Synthetic LLaVA data for the tiny pipeline and tests: the project's procedural scenes with
+captions (pretraining records, like LCS-558K) and questions about their attributes
+(instruction records, like the 665K mix: multi-turn, yes/no, and some text-only turns)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+from dcr_mllm.data.synthetic import caption, render_scene, sample_attributes
+
+NUMBERS = {1: "One.", 2: "Two.", 3: "Three.", 4: "Four."}
+TEXT_ONLY = [
+    ("What is two plus three?", "Five."),
+    ("Name a primary colour.", "Red."),
+    ("How many sides does a square have?", "Four."),
+    ("Which direction is opposite to left?", "Right."),
+]
+
+
+def _questions(attrs, rng: random.Random) -> list[dict]:
+    asked_colour = attrs.colour if rng.random() < 0.5 else rng.choice(["red", "green", "blue", "yellow"])
+    qa = [
+        ("What colour are the shapes?", attrs.colour.capitalize() + "."),
+        ("How many shapes are there?", NUMBERS[attrs.count]),
+        ("Which way do the shapes point?", attrs.orientation.capitalize() + "."),
+        (f"Is there a {asked_colour} shape in the image? Answer yes or no.", "Yes." if asked_colour == attrs.colour else "No."),
+    ]
+    rng.shuffle(qa)
+    turns = []
+    for i, (question, answer) in enumerate(qa[: rng.randint(1, 3)]):
+        turns.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + question})
+        turns.append({"from": "gpt", "value": answer})
+    return turns
+
+
+def write_synthetic_conversations(out_dir: str | Path, num_images: int = 64, image_size: int = 48, seed: int = 0) -> dict[str, Path]:
+    """Write images/ plus pretrain.json and finetune.json; returns their paths. Idempotent."""
+    out_dir = Path(out_dir)
+    paths = {"images": out_dir / "images", "pretrain": out_dir / "pretrain.json", "finetune": out_dir / "finetune.json"}
+    if paths["finetune"].is_file():
+        return paths
+    rng = random.Random(seed)
+    paths["images"].mkdir(parents=True, exist_ok=True)
+    pretrain, finetune = [], []
+    for index in range(num_images):
+        attrs = sample_attributes(rng)
+        name = f"{index:06d}.png"
+        render_scene(attrs, image_size).save(paths["images"] / name)
+        pretrain.append({"id": f"p{index}", "image": name, "conversations": [
+            {"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
+            {"from": "gpt", "value": caption(attrs)}]})
+        finetune.append({"id": f"f{index}", "image": name, "conversations": _questions(attrs, rng)})
+    for index in range(max(1, num_images // 8)):  # text-only records, as in the 665K mix
+        question, answer = TEXT_ONLY[index % len(TEXT_ONLY)]
+        finetune.append({"id": f"t{index}", "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
+    for key, records in (("pretrain", pretrain), ("finetune", finetune)):  # finetune last: it marks completion
+        tmp = paths[key].with_suffix(".tmp")
+        tmp.write_text(json.dumps(records, indent=1))
+        os.replace(tmp, paths[key])
+    return paths

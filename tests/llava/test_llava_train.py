@@ -1,0 +1,99 @@
+"""Stage two end to end on the tiny preset: pretrain, finetune, export, reload, generate."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoProcessor, CLIPVisionModel, LlavaForConditionalGeneration
+
+from dcr_mllm.config import load_config
+from dcr_mllm.llava.build import build_llava
+from dcr_mllm.llava.train import LlavaTrainConfig, run_llava
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_config(tiny, out, **overrides):
+    base = [f"tower={tiny['clip']}", "language_model=tiny-llama", f"output_dir={out}", "synthetic_images=16",
+            "pretrain.micro_batch_size=4", "finetune.micro_batch_size=4", "pretrain.lr=0.01", "finetune.lr=0.001",
+            "pretrain.num_workers=0", "finetune.num_workers=0", "finetune.zero_stage=2"]
+    return load_config(LlavaTrainConfig, None, base + [f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("llava")
+    cfg = tiny_config(tiny, out)
+    run_llava(cfg, "pretrain")
+    model_dir = run_llava(tiny_config(tiny, out), "finetune")
+    return cfg, out, model_dir
+
+
+def test_pretrain_trains_only_the_projector(tiny, trained):
+    cfg, out, _ = trained
+    state = load_file(out / "pretrain" / "trainable.safetensors")
+    assert state and all(k.startswith("model.multi_modal_projector.") for k in state)
+    torch.manual_seed(cfg.seed)
+    initial, _ = build_llava(tiny["clip"], tiny["llama"])  # the projector as it started
+    start = dict(initial.named_parameters())
+    assert all(not torch.equal(state[k], start[k]) for k in state), "every projector tensor changed"
+    assert json.loads((out / "pretrain" / "train_state.json").read_text())["step"] == 4  # 16 images / 4, one epoch
+
+
+def test_finetune_exports_a_llava_hf_model_that_generates(tiny, trained):
+    _, out, model_dir = trained
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    assert (model_dir / "model_card.md").is_file() and (model_dir / "chat_template.jinja").is_file()
+
+    tower = CLIPVisionModel.from_pretrained(tiny["clip"]).state_dict()
+    for key, value in model.model.vision_tower.state_dict().items():
+        assert torch.equal(value, tower[key]), f"the frozen tower changed at {key}"
+
+    base_lm = AutoModelForCausalLM.from_pretrained(tiny["llama"]).model.layers.state_dict()
+    exported = model.model.language_model.layers.state_dict()
+    assert all(not torch.equal(exported[k], base_lm[k]) for k in exported if k.endswith("proj.weight")), "finetuning changes the LM"
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour are the shapes?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=Image.new("RGB", (48, 48), (255, 0, 0)), text=prompt, return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_rerun_of_a_finished_stage_does_nothing(tiny, trained, capsys):
+    _, out, model_dir = trained
+    assert run_llava(tiny_config(tiny, out), "finetune") == model_dir
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_finetune_needs_a_finished_pretrain(tiny, tmp_path, capsys):
+    from dcr_mllm.cli import main
+
+    assert main(["llava-finetune", f"tower={tiny['clip']}", "language_model=tiny-llama", f"output_dir={tmp_path / 'x'}"]) == 2
+    assert "run llava-pretrain first" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_process_zero3_finetune(tiny, trained, tmp_path):
+    _, out, _ = trained
+    run_dir = tmp_path / "zero3"
+    run_dir.mkdir()
+    os.symlink(out / "pretrain", run_dir / "pretrain")
+    os.symlink(out / "data", run_dir / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dcr_mllm.cli",
+               "llava-finetune", f"tower={tiny['clip']}", "language_model=tiny-llama", f"output_dir={run_dir}", "synthetic_images=16",
+               "finetune.micro_batch_size=2", "finetune.max_steps=2", "finetune.epochs=0", "finetune.zero_stage=3", "finetune.num_workers=0"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((run_dir / "finetune" / "train_state.json").read_text())
+    assert state["world_size"] == 2 and state["step"] == 2
+    LlavaForConditionalGeneration.from_pretrained(run_dir / "model")
