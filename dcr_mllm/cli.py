@@ -54,13 +54,15 @@ def _build_tiny(args: argparse.Namespace) -> None:
 
 
 def _eval_tower(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from dcr_mllm.evaluation import evaluate_towers, parse_tower_args
 
     evaluate_towers(
         parse_tower_args(args.tower), args.benchmark, args.output, data=args.data, batch_size=args.batch_size, device=args.device,
         pairs_per_attribute=args.pairs_per_attribute, image_size=args.image_size, seed=args.seed,
     )
-    print(open(os.path.join(args.output, "results.md"), encoding="utf-8").read(), end="")
+    print(Path(args.output, "results.md").read_text(encoding="utf-8"), end="")
     print(f"report: {args.output}")
 
 
@@ -72,6 +74,36 @@ def _make_eval_data(args: argparse.Namespace) -> None:
     else:
         out = write_classification_folder(args.output, per_class=args.per_class, image_size=args.image_size, seed=args.seed)
     print(f"synthetic {args.benchmark} data: {out}")
+
+
+def _prepare_eval_data(args: argparse.Namespace) -> None:
+    from dcr_mllm.evaluation import lmms_tasks
+
+    root = args.output or str(lmms_tasks.eval_data_root())
+    if not (args.synthetic or args.mmvp or args.pope):
+        raise DcrError("nothing to prepare; pass --synthetic, or --mmvp DIR and/or --pope DIR --coco DIR")
+    if args.pope and not args.coco:
+        raise DcrError("--pope needs --coco, the COCO val2014 image directory its questions refer to")
+    written = []
+    if args.synthetic:
+        written += [lmms_tasks.synthetic_mmvp(root, seed=args.seed), *lmms_tasks.synthetic_pope(root, seed=args.seed)]
+    if args.mmvp:
+        written.append(lmms_tasks.prepare_mmvp(args.mmvp, root))
+    if args.pope:
+        written += lmms_tasks.prepare_pope(args.pope, args.coco, root)
+    print("\n".join(str(p) for p in written))
+    if args.output:
+        print(f"export DCR_EVAL_DATA={root}   # so that the *_local lmms-eval tasks read it")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from dcr_mllm.evaluation.mllm_report import compare_runs
+
+    compare_runs(args.results, args.output)
+    print(Path(args.output, "report.md").read_text(), end="")
+    print(f"report: {args.output}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     make_data.add_argument("--per-class", type=int, default=20, help="classification: images per class in each of train/ and test/")
     make_data.add_argument("--seed", type=int, default=0)
     make_data.set_defaults(func=_make_eval_data)
+
+    prepare = sub.add_parser("prepare-eval-data", help="write MMVP and POPE (original files or synthetic) where the *_local lmms-eval tasks read them")
+    prepare.add_argument("--output", help="data directory (default: $DCR_EVAL_DATA or ~/.cache/dcr_mllm/eval_data)")
+    prepare.add_argument("--mmvp", help="MMVP as distributed: a directory with Questions.csv and 'MMVP Images/'")
+    prepare.add_argument("--pope", help="a directory with POPE's coco_pope_{adversarial,popular,random}.json")
+    prepare.add_argument("--coco", help="COCO val2014 images (for --pope)")
+    prepare.add_argument("--synthetic", action="store_true", help="small synthetic MMVP and POPE sets in the same schema")
+    prepare.add_argument("--seed", type=int, default=0)
+    prepare.set_defaults(func=_prepare_eval_data)
+
+    report = sub.add_parser("report", help="compare lmms-eval runs: one table (Markdown + JSON) and a chart")
+    report.add_argument("results", nargs="+", metavar="[NAME=]RESULTS", help="lmms-eval *_results.json files or --output_path directories")
+    report.add_argument("--output", required=True, help="directory for report.md, report.json and report.png")
+    report.set_defaults(func=_report)
     return parser
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 
 
@@ -76,6 +77,22 @@ class VisionTower(nn.Module):
     def encode_text(self, texts: list[str]) -> Tensor:
         """[T] strings -> [T, global_dim] text embeddings (full models only; for zero-shot scoring)."""
         raise NotImplementedError
+
+    def preprocess(self, images: list[Image.Image]) -> Tensor:
+        """PIL images -> [B, 3, S, S] pixels, prepared by the family's own evaluation transform.
+
+        Benchmarks feed pixels exactly as the family's processor does (its resize, crop and
+        normalisation), so scores compare with published ones; ``normalize`` is for training.
+        """
+        raise NotImplementedError
+
+    def logit_scale(self) -> float:
+        """The trained factor that turns image-text cosine similarities into logits (full models only)."""
+        raise NotImplementedError
+
+    def logit_bias(self) -> float:
+        """What the family adds to every image-text logit: SigLIP's learned bias, 0 for softmax-trained towers."""
+        return 0.0
 
     def save(self, out_dir: str | Path) -> None:
         """Write the tower in its family's own format (safetensors), with processor files."""

@@ -8,11 +8,13 @@ encoder ever trains.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from dcr_mllm.errors import DcrError
@@ -135,15 +137,43 @@ class HFTower(VisionTower):
         return hidden[:, 1:] if self.spec.has_cls else hidden
 
     def encode_text(self, texts: list[str]) -> Tensor:
-        from transformers import AutoTokenizer
-
-        if not hasattr(self.model, "get_text_features"):
-            raise DcrError(f"tower {self.source} is vision-only; text scoring needs the full {self.spec.family} model directory")
-        tokenizer = AutoTokenizer.from_pretrained(self.source)
-        padding = "max_length" if self.spec.family == "siglip" else True  # SigLIP was trained on max-length padding
-        tokens = tokenizer(texts, padding=padding, truncation=True, return_tensors="pt").to(self.mean.device)
+        self._require_text_side()
+        if self.spec.family == "siglip":
+            # SigLIP was trained on text padded to its full length, attending to the padding (no mask)
+            length = self.model.config.text_config.max_position_embeddings
+            ids = self._tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+            tokens = {"input_ids": ids.to(self.mean.device)}
+        else:
+            tokens = self._tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.mean.device)
         features = self.model.get_text_features(**tokens)
         return getattr(features, "pooler_output", features)
+
+    def preprocess(self, images: list[Image.Image]) -> Tensor:
+        return self._image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def logit_scale(self) -> float:
+        self._require_text_side()
+        return self.model.logit_scale.exp().item()
+
+    def logit_bias(self) -> float:
+        bias = getattr(self.model, "logit_bias", None)  # SigLIP's; CLIP has none
+        return bias.item() if bias is not None else 0.0
+
+    def _require_text_side(self) -> None:
+        if not hasattr(self.model, "get_text_features"):
+            raise DcrError(f"tower {self.source} is vision-only; text scoring needs the full {self.spec.family} model directory")
+
+    @functools.cached_property
+    def _tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.source)
+
+    @functools.cached_property
+    def _image_processor(self):
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(self.source)
 
     @property
     def dtype(self) -> torch.dtype:

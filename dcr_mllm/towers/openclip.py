@@ -7,11 +7,13 @@ loads it. Only ViT towers are supported: LoRA and patch features need transforme
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
 
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -82,12 +84,36 @@ class OpenClipTower(VisionTower):
         return out["image_intermediates"][0]
 
     def encode_text(self, texts: list[str]) -> Tensor:
-        import open_clip
+        self._require_text_side()
+        return self.model.encode_text(self._tokenizer(texts).to(self.mean.device))
 
+    def preprocess(self, images: list[Image.Image]) -> Tensor:
+        return torch.stack([self._eval_transform(image) for image in images])
+
+    def logit_scale(self) -> float:
+        self._require_text_side()
+        return self.model.logit_scale.exp().item()
+
+    def logit_bias(self) -> float:
+        bias = getattr(self.model, "logit_bias", None)  # set for open_clip's SigLIP models
+        return bias.item() if bias is not None else 0.0
+
+    def _require_text_side(self) -> None:
         if self.model is self.visual:
             raise DcrError(f"tower {self.source} was loaded vision-only; load it in full to score text")
-        tokenizer = open_clip.get_tokenizer("local-dir:" + str(self.source))
-        return self.model.encode_text(tokenizer(texts).to(self.mean.device))
+
+    @functools.cached_property
+    def _tokenizer(self):
+        import open_clip
+
+        return open_clip.get_tokenizer("local-dir:" + str(self.source))
+
+    @functools.cached_property
+    def _eval_transform(self):
+        """open_clip's own evaluation transform, from the preprocess config the model was built with."""
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        return image_transform_v2(PreprocessCfg(**self.visual.preprocess_cfg), is_train=False)
 
     @property
     def dtype(self) -> torch.dtype:

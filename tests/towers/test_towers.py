@@ -113,3 +113,65 @@ def test_not_a_tower_directory(tmp_path):
         inspect_tower(tmp_path)
     with pytest.raises(DcrError, match="not a preset name and no such local path"):
         inspect_tower(tmp_path / "missing")
+
+
+def _family_model(family, path):
+    """The family's own model, image transform and tokenizer call, loaded without dcr-mllm."""
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    if family == "open_clip":
+        model, _, transform = open_clip.create_model_and_transforms("local-dir:" + str(path))
+        tokenizer = open_clip.get_tokenizer("local-dir:" + str(path))
+        return model, lambda images: torch.stack([transform(i) for i in images]), tokenizer
+    processor, tokenizer = AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    return AutoModel.from_pretrained(path), lambda images: processor(images=images, return_tensors="pt").pixel_values, tokenizer
+
+
+def _scenes():
+    import random
+
+    from dcr_mllm.data.synthetic import make_pair
+
+    (_, first), (_, second) = make_pair(random.Random(0), 48, "colour")
+    return [first, second.resize((40, 56))]  # a non-square image exercises resize and crop
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_preprocess_is_the_familys_own_eval_transform(tiny, family):
+    _, transform, _ = _family_model(family, tiny[family])
+    images = _scenes()
+    pixels = load_tower(tiny[family]).preprocess(images)
+    assert pixels.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(pixels, transform(images))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logit_scale_and_bias_give_the_familys_own_logits(tiny, family):
+    tower = load_tower(tiny[family])
+    model, transform, tokenizer = _family_model(family, tiny[family])
+    with torch.no_grad():
+        for m in (tower.model, model):  # a trained-looking scale, and a bias where the family has one
+            m.logit_scale.fill_(2.5)
+            if family == "siglip":
+                m.logit_bias.fill_(-3.0)
+        texts = ["a photo of a red cat", "a photo of two green dogs"]
+        images = _scenes()
+        if family == "open_clip":
+            image_features, text_features, scale = model(transform(images), tokenizer(texts))[:3]
+            expected = scale * text_features @ image_features.T
+        elif family == "siglip":  # SigLIP: max-length padding and no attention mask, as it was trained
+            ids = tokenizer(texts, padding="max_length", max_length=64, return_tensors="pt").input_ids
+            expected = model(input_ids=ids, pixel_values=transform(images)).logits_per_text
+        else:
+            expected = model(**tokenizer(texts, padding=True, return_tensors="pt"), pixel_values=transform(images)).logits_per_text
+        image = torch.nn.functional.normalize(tower.global_embedding(tower.preprocess(images)), dim=-1)
+        text = torch.nn.functional.normalize(tower.encode_text(texts), dim=-1)
+        logits = text @ image.T * tower.logit_scale() + tower.logit_bias()
+    assert tower.logit_bias() == (-3.0 if family == "siglip" else 0.0)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_vision_only_tower_has_no_logit_scale(tiny):
+    for family in FAMILIES:
+        with pytest.raises(DcrError, match="vision-only"):
+            load_tower(tiny[family], vision_only=True).logit_scale()

@@ -1,0 +1,269 @@
+"""The MLLM benchmarks' local data and result processing, used by the lmms-eval tasks in
+``eval_tasks/`` (their ``utils.py`` only re-exports from here).
+
+Local data lives under one directory, ``$DCR_EVAL_DATA`` (default ``~/.cache/dcr_mllm/eval_data``)::
+
+    mmvp/test.parquet                                   Index, Question, Options, Correct Answer, image
+    pope/{adversarial,popular,random}.parquet           question_id, question, answer, category, image
+
+``prepare_mmvp``/``prepare_pope`` convert the benchmarks' original files into it; the
+``synthetic_*`` writers produce small sets in the same schema from the project's scenes.
+
+Answers are parsed so that harmless formatting is not penalised ("Yes." is yes, "(a)" and
+"a) red" are A); the metrics are otherwise those of MMVP (accuracy, pair accuracy) and POPE
+(accuracy, precision, recall, F1, and yes-ratio: the share of "yes" *predictions*, as POPE
+defines it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+from pathlib import Path
+
+from dcr_mllm.errors import DcrError
+
+POPE_SPLITS = ("adversarial", "popular", "random")
+
+
+def eval_data_root() -> Path:
+    return Path(os.environ.get("DCR_EVAL_DATA") or Path.home() / ".cache" / "dcr_mllm" / "eval_data").expanduser()
+
+
+def data_file(*parts: str) -> str:
+    """Absolute path of a local benchmark file (what the task YAMLs point ``data_files`` at)."""
+    return str(eval_data_root().joinpath(*parts))
+
+
+# ---------------------------------------------------------------- answer parsing
+def option_letter(response: str, options: list[str]) -> str:
+    """'A', '(a)', 'a) red', 'The answer is B', or an option's own text -> its letter; '' if none."""
+    text = response.strip()
+    letters = "".join(chr(65 + i) for i in range(len(options)))
+    for pattern in (rf"^\(?([{letters}])\)?(?:[.):,\s]|$)", rf"answer is:?\s*\(?([{letters}])\)?\b", rf"option\s*\(?([{letters}])\)?\b"):
+        match = re.search(pattern, text, flags=re.IGNORECASE)
+        if match:
+            return match.group(1).upper()
+    lowered = text.lower().rstrip(".! ")
+    for i, option in enumerate(options):
+        if lowered == option.lower().strip().rstrip("."):
+            return chr(65 + i)
+    return ""
+
+
+def yes_no(response: str) -> str:
+    """'Yes.', 'yes, there is' -> yes; 'No.', 'There is not' -> no (POPE's own rule past the first word)."""
+    words = re.findall(r"[a-z']+", response.lower())
+    if words and words[0] in ("yes", "no"):
+        return words[0]
+    return "no" if any(w in ("no", "not") or w.endswith("n't") for w in words) else "yes"
+
+
+def parse_options(options: str) -> list[str]:
+    """'(a) Open (b) Closed' -> ['Open', 'Closed']."""
+    return [m.strip() for m in re.findall(r"\([a-z]\)\s*([^(]+?)(?=\s*\([a-z]\)|$)", options, flags=re.IGNORECASE)]
+
+
+# ---------------------------------------------------------------- MMVP
+def mmvp_doc_to_visual(doc: dict) -> list:
+    return [doc["image"].convert("RGB")]
+
+
+def mmvp_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    kwargs = lmms_eval_specific_kwargs or {}
+    options = "\n".join(f"{chr(65 + i)}. {option}" for i, option in enumerate(parse_options(doc["Options"])))
+    return f"{kwargs.get('pre_prompt', '')}{doc['Question']}\n{options}{kwargs.get('post_prompt', '')}"
+
+
+def mmvp_target(doc: dict) -> str:
+    return doc["Correct Answer"].strip().strip("()").upper()
+
+
+def mmvp_process_results(doc: dict, results: list[str]) -> dict:
+    pred = option_letter(results[0], parse_options(doc["Options"]))
+    result = {"index": int(doc["Index"]), "pair": (int(doc["Index"]) - 1) // 2, "pred": pred, "correct": pred == mmvp_target(doc)}
+    return {"mmvp_accuracy": result, "mmvp_pair_accuracy": result}
+
+
+def mmvp_accuracy(results: list[dict]) -> float:
+    return sum(r["correct"] for r in results) / len(results) if results else 0.0
+
+
+def mmvp_pair_accuracy(results: list[dict]) -> float:
+    """A pair (indices 2k+1, 2k+2) counts only when both of its questions are right."""
+    pairs: dict[int, list[bool]] = {}
+    for r in results:
+        pairs.setdefault(r["pair"], []).append(r["correct"])
+    complete = [all(v) for v in pairs.values() if len(v) == 2]
+    return sum(complete) / len(complete) if complete else 0.0
+
+
+# ---------------------------------------------------------------- POPE
+def pope_doc_to_visual(doc: dict) -> list:
+    return [doc["image"].convert("RGB")]
+
+
+def pope_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    kwargs = lmms_eval_specific_kwargs or {}
+    return f"{kwargs.get('pre_prompt', '')}{doc['question'].strip()}{kwargs.get('post_prompt', '')}"
+
+
+def pope_process_results(doc: dict, results: list[str]) -> dict:
+    result = {"prediction": yes_no(results[0]), "truth": doc["answer"].strip().lower()}
+    return {name: result for name in ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_yes_ratio")}
+
+
+def _counts(results: list[dict]) -> tuple[int, int, int, int]:
+    tp = sum(r["prediction"] == "yes" and r["truth"] == "yes" for r in results)
+    fp = sum(r["prediction"] == "yes" and r["truth"] == "no" for r in results)
+    tn = sum(r["prediction"] == "no" and r["truth"] == "no" for r in results)
+    fn = sum(r["prediction"] == "no" and r["truth"] == "yes" for r in results)
+    return tp, fp, tn, fn
+
+
+def pope_accuracy(results: list[dict]) -> float:
+    return sum(r["prediction"] == r["truth"] for r in results) / len(results) if results else 0.0
+
+
+def pope_precision(results: list[dict]) -> float:
+    tp, fp, _, _ = _counts(results)
+    return tp / (tp + fp) if tp + fp else 0.0
+
+
+def pope_recall(results: list[dict]) -> float:
+    tp, _, _, fn = _counts(results)
+    return tp / (tp + fn) if tp + fn else 0.0
+
+
+def pope_f1_score(results: list[dict]) -> float:
+    precision, recall = pope_precision(results), pope_recall(results)
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def pope_yes_ratio(results: list[dict]) -> float:
+    return sum(r["prediction"] == "yes" for r in results) / len(results) if results else 0.0
+
+
+# ---------------------------------------------------------------- writing the local data
+def _write_parquet(rows: list[dict], path: Path) -> None:
+    import datasets
+
+    if not rows:
+        raise DcrError(f"no rows to write to {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    datasets.Dataset.from_list(rows).cast_column("image", datasets.Image()).to_parquet(str(tmp))
+    os.replace(tmp, path)
+
+
+def _open_image(path: Path):
+    from dcr_mllm.data.images import load_rgb
+
+    if not path.is_file():
+        raise DcrError(f"image {path} is missing; check the benchmark directory")
+    return load_rgb(path)
+
+
+def prepare_mmvp(mmvp_dir: str | Path, out_root: str | Path) -> Path:
+    """MMVP as distributed (``Questions.csv`` + ``MMVP Images/<Index>.jpg``) -> mmvp/test.parquet."""
+    mmvp_dir = Path(mmvp_dir)
+    csv_path = mmvp_dir / "Questions.csv"
+    if not csv_path.is_file():
+        raise DcrError(f"{csv_path} does not exist; pass the MMVP directory that holds Questions.csv and 'MMVP Images/'")
+    rows = []
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                index = int(row["Index"])
+                rows.append({"Index": index, "Question": row["Question"], "Options": row["Options"],
+                             "Correct Answer": row["Correct Answer"], "image": _open_image(mmvp_dir / "MMVP Images" / f"{index}.jpg")})
+            except (KeyError, TypeError, ValueError):
+                raise DcrError(f"{csv_path} line {line} is malformed; expected Index,Question,Options,Correct Answer") from None
+    out = Path(out_root) / "mmvp" / "test.parquet"
+    _write_parquet(rows, out)
+    return out
+
+
+def prepare_pope(pope_dir: str | Path, coco_dir: str | Path, out_root: str | Path) -> list[Path]:
+    """POPE question files (``coco_pope_<split>.json``, one JSON per line) + COCO val2014 images."""
+    pope_dir, coco_dir = Path(pope_dir), Path(coco_dir)
+    outs = []
+    for split in POPE_SPLITS:
+        source = pope_dir / f"coco_pope_{split}.json"
+        if not source.is_file():
+            raise DcrError(f"{source} does not exist; pass the directory with POPE's coco_pope_<split>.json files")
+        rows = []
+        for line_no, line in enumerate(source.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                rows.append({"question_id": str(item["question_id"]), "question": item["text"], "answer": item["label"],
+                             "category": split, "image": _open_image(coco_dir / item["image"])})
+            except (json.JSONDecodeError, KeyError):
+                raise DcrError(f"{source} line {line_no} is malformed; expected question_id, image, text, label") from None
+        out = Path(out_root) / "pope" / f"{split}.parquet"
+        _write_parquet(rows, out)
+        outs.append(out)
+    return outs
+
+
+MMVP_QUESTIONS = {
+    "orientation": "Which way do the shapes point?",
+    "colour": "What colour are the shapes?",
+    "count": "How many shapes are there?",
+    "position": "Where are the shapes?",
+    "shape": "What shape are they?",
+}
+
+
+def synthetic_mmvp(out_root: str | Path, num_pairs: int = 10, image_size: int = 64, seed: int = 0) -> Path:
+    """MMVP-style pairs from the project's scenes: two images that differ in one attribute, the same
+    question, opposite answers (image 1: (a), image 2: (b))."""
+    from dcr_mllm.data.synthetic import make_pair
+
+    rng = random.Random(seed)
+    rows = []
+    attributes = list(MMVP_QUESTIONS)
+    for pair in range(num_pairs):
+        attribute = attributes[pair % len(attributes)]
+        (first, image_a), (second, image_b) = make_pair(rng, image_size, attribute)
+        a, b = str(getattr(first, attribute)), str(getattr(second, attribute))
+        for offset, (image, answer) in enumerate(((image_a, "(a)"), (image_b, "(b)"))):
+            rows.append({"Index": 2 * pair + offset + 1, "Question": MMVP_QUESTIONS[attribute],
+                         "Options": f"(a) {a} (b) {b}", "Correct Answer": answer, "image": image})
+    out = Path(out_root) / "mmvp" / "test.parquet"
+    _write_parquet(rows, out)
+    return out
+
+
+def synthetic_pope(out_root: str | Path, questions_per_split: int = 12, image_size: int = 64, seed: int = 0) -> list[Path]:
+    """POPE-style yes/no object questions, balanced, in three splits: ``random`` asks about any
+    absent colour, ``popular`` about the most common colour, ``adversarial`` about a colour that
+    differs from the true one only in hue family (red/orange, blue/purple, ...)."""
+    from dcr_mllm.data.synthetic import ATTRIBUTE_VALUES, render_scene, sample_attributes
+
+    near = {"red": "orange", "orange": "red", "blue": "purple", "purple": "blue", "green": "yellow", "yellow": "green", "white": "yellow"}
+    colours = list(ATTRIBUTE_VALUES["colour"])
+    outs = []
+    for split_index, split in enumerate(POPE_SPLITS):
+        rng = random.Random(f"{seed}-{split}")
+        rows = []
+        for q in range(questions_per_split):
+            attrs = sample_attributes(rng)
+            if q % 2 == 0:
+                asked, answer = attrs.colour, "yes"
+            else:
+                asked = {"random": rng.choice([c for c in colours if c != attrs.colour]),
+                         "popular": colours[0] if attrs.colour != colours[0] else colours[1],
+                         "adversarial": near.get(attrs.colour, colours[0])}[split]
+                answer = "no"
+            rows.append({"question_id": f"{split_index}{q:05d}", "question": f"Is there a {asked} {attrs.shape} in the image?",
+                         "answer": answer, "category": split, "image": render_scene(attrs, image_size)})
+        out = Path(out_root) / "pope" / f"{split}.parquet"
+        _write_parquet(rows, out)
+        outs.append(out)
+    return outs

@@ -1,0 +1,334 @@
+"""Convert an original LLaVA checkpoint (``mm_vision_tower``) to llava-hf, streaming, as transformers does.
+
+The result matches transformers' own ``convert_llava_weights_to_hf.py`` in what makes the two
+formats interchangeable:
+
+- **key mapping**: its ``KEYS_TO_MODIFY_MAPPING``, applied in the same order (``model.*`` ->
+  ``language_model.model.*``, ``lm_head`` -> ``language_model.lm_head``, ``model.mm_projector.{0,2}``
+  -> ``multi_modal_projector.linear_{1,2}``, stored tower tensors -> ``vision_tower.vision_model.*``),
+  the same dropped keys (``*.inv_freq``, ``model.image_newline``) and ``lm_head`` cloned from the
+  embeddings when the checkpoint ties them;
+- **added tokens**: ``<image>`` (special, not normalised), then ``<pad>`` as the pad token;
+- **padded vocabulary**: ``vocab_size + 2`` rounded up to a multiple of 64, the new rows of both
+  the embeddings and ``lm_head`` drawn from a normal distribution with the old embeddings' mean
+  and 1e-5 times their covariance (seeded here, so a conversion can be repeated).
+
+Tower tensors the checkpoint does not store come from the ``mm_vision_tower`` directory, as
+transformers' script loads the tower into the model before converting. Tensors are streamed
+file by file (see ``shards``); only the embeddings and ``lm_head`` are held in memory.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dcr_mllm.errors import DcrError
+from dcr_mllm.llava.shards import (
+    INDEX_NAME,
+    Cast,
+    Source,
+    StoredTensor,
+    holds,
+    human_size,
+    nbytes,
+    read_header,
+    same_bytes,
+    write_shard,
+)
+from dcr_mllm.llava.swap import (
+    ORIGINAL_PREFIX,
+    Checkpoint,
+    Tower,
+    check_destination,
+    commit,
+    feature_layer_problems,
+    load_check,
+    read_checkpoint,
+    read_tower,
+    staging_dir,
+    write_json,
+)
+
+# transformers' KEYS_TO_MODIFY_MAPPING (models/llava/convert_llava_weights_to_hf.py): each pair is
+# applied in this order with str.replace to every key.
+KEY_RENAMES = (
+    ("model.vision_tower.", ""),
+    (".vision_resampler", ""),
+    ("model.mm_projector", "multi_modal_projector"),
+    ("model", "model.model"),
+    ("vision_model.model", "vision_model"),
+    ("lm_head", "language_model.lm_head"),
+    ("model.model", "language_model.model"),
+    ("multi_modal_projector.0", "multi_modal_projector.linear_1"),
+    ("multi_modal_projector.2", "multi_modal_projector.linear_2"),
+)
+DROPPED = ("model.image_newline",)
+EMBED, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
+SINGLE = "model.safetensors"
+IMAGE_TOKEN, PAD_TOKEN = "<image>", "<pad>"
+PAD_MULTIPLE = 64
+SEED = 0
+#: original-LLaVA config keys that describe the multimodal wrapper, not the language model
+LLAVA_ONLY = {
+    "architectures", "_name_or_path", "model_type", "transformers_version", "use_mm_proj", "tune_mm_mlp_adapter",
+    "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower", "image_aspect_ratio", "image_grid_pinpoints",
+    "tokenizer_model_max_length", "tokenizer_padding_side",
+}
+TEXT_MODEL_TYPES = {"llava": "llama", "llava_llama": "llama", "llava_mistral": "mistral"}
+SELECT_STRATEGIES = {"patch": "default", "cls_patch": "full"}
+
+
+def hf_key(original_key: str) -> str:
+    """An original LLaVA tensor name in llava-hf, exactly as transformers' conversion renames it."""
+    key = original_key
+    for old, new in KEY_RENAMES:
+        if old in key:
+            key = key.replace(old, new)
+    return key
+
+
+def padded_vocab_size(vocab_size: int) -> int:
+    """Two added tokens, rounded up to a multiple of 64 (transformers' ``resize_token_embeddings(V + 2, 64)``)."""
+    return -(-(vocab_size + 2) // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def new_embedding_rows(embeddings: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` rows drawn from N(mean, 1e-5 * covariance) of ``embeddings`` (transformers' recipe)."""
+    values = embeddings.float()
+    mean = values.mean(0)
+    centered = values - mean
+    covariance = centered.T @ centered / values.shape[0]
+    scale, info = torch.linalg.cholesky_ex(1e-5 * covariance)
+    if info:
+        raise DcrError("the input embeddings' covariance is singular, so new token rows cannot be drawn as transformers does")
+    return (mean + torch.randn(count, values.shape[1], generator=generator) @ scale.T).to(embeddings.dtype)
+
+
+def _tower_location(name: str, checkpoint_dir: Path) -> str | Path:
+    """``mm_vision_tower`` as a directory: relative to the checkpoint if it is there, else as given."""
+    beside = checkpoint_dir / name
+    return beside if (beside / "config.json").is_file() else name
+
+
+def _check_supported(checkpoint: Checkpoint, tower: Tower) -> tuple[str, str]:
+    """The text model type and the feature-select strategy, or one line naming everything llava-hf cannot hold."""
+    config, spec = checkpoint.config, tower.spec
+    problems = []
+    text_type = TEXT_MODEL_TYPES.get(config.get("model_type"))
+    if text_type is None:
+        problems.append(f"model_type {config.get('model_type')!r} is not a LLaVA-Llama/Mistral checkpoint ({', '.join(TEXT_MODEL_TYPES)})")
+    if config.get("mm_projector_type", "linear") != "mlp2x_gelu":
+        problems.append(f"mm_projector_type {config.get('mm_projector_type', 'linear')!r}: llava-hf holds only the mlp2x_gelu projector")
+    if config.get("mm_use_im_start_end"):
+        problems.append("mm_use_im_start_end: llava-hf has no image start/end tokens")
+    if config.get("mm_patch_merge_type", "flat") != "flat":
+        problems.append(f"mm_patch_merge_type {config['mm_patch_merge_type']!r} is LLaVA-NeXT, which converts to llava_next instead")
+    strategy = SELECT_STRATEGIES.get(config.get("mm_vision_select_feature", "patch"))
+    if strategy is None:
+        problems.append(f"mm_vision_select_feature {config['mm_vision_select_feature']!r}: use one of {', '.join(SELECT_STRATEGIES)}")
+    if config.get("mm_hidden_size", spec.hidden_size) != spec.hidden_size:
+        problems.append(f"hidden size: checkpoint mm_hidden_size {config['mm_hidden_size']}, tower {spec.hidden_size}")
+    problems += feature_layer_problems("mm_vision_select_layer", config.get("mm_vision_select_layer", -2), spec.num_layers)
+    if problems:
+        raise DcrError(f"cannot convert {checkpoint.path} to llava-hf: " + "; ".join(problems))
+    return text_type, strategy
+
+
+@dataclass
+class ConvertedWeights:
+    """Every output tensor and what it must equal, decided before anything is written."""
+
+    layout: dict[str, list[tuple[str, Source]]]  # output safetensors file -> tensors in order
+    originals: dict[str, Source]  # output key -> the input tensor it must equal (its first rows, when resized)
+    tower_sources: dict[str, Cast]  # output key -> tower tensor, when the checkpoint stores no tower
+    vocab: int
+    padded_vocab: int
+    dtype: torch.dtype
+    nbytes: int  # of the input weights
+
+
+def _input_tensors(checkpoint: Checkpoint) -> list[tuple[str, dict[str, Source]]]:
+    """Each weight file with its tensors: safetensors as stored byte ranges, .bin pickles memory-mapped."""
+    if checkpoint.shards:
+        return [(name, dict(tensors)) for name, tensors in checkpoint.shards.items()]
+    return [
+        (name, torch.load(checkpoint.path / name, map_location="cpu", mmap=True, weights_only=True))
+        for name in checkpoint.bin_files
+    ]
+
+
+def _load(source: Source) -> torch.Tensor:
+    return source.load() if isinstance(source, (StoredTensor, Cast)) else source
+
+
+def plan_weights(checkpoint: Checkpoint, tower: Tower) -> ConvertedWeights:
+    """Rename every tensor as transformers does, pad the embeddings and lm_head, add the tower's tensors."""
+    inputs = _input_tensors(checkpoint)
+    tensors = {key: source for _, file_tensors in inputs for key, source in file_tensors.items()}
+    if EMBED not in tensors:
+        raise DcrError(f"{checkpoint.path} has no {EMBED}; it is not a complete LLaVA checkpoint")
+    embeddings = _load(tensors[EMBED])
+    vocab = checkpoint.config.get("vocab_size", embeddings.shape[0])
+    if embeddings.shape[0] != vocab:
+        raise DcrError(f"{EMBED} has {embeddings.shape[0]} rows but config.json says vocab_size {vocab}")
+    padded = padded_vocab_size(vocab)
+    tied = LM_HEAD not in tensors
+    head = embeddings.clone() if tied else _load(tensors[LM_HEAD])
+    generator = torch.Generator().manual_seed(SEED)
+    resized = {
+        hf_key(EMBED): torch.cat([embeddings, new_embedding_rows(embeddings, padded - vocab, generator)]),
+        hf_key(LM_HEAD): torch.cat([head, new_embedding_rows(embeddings, padded - vocab, generator)]),
+    }
+    names = [SINGLE] if len(inputs) == 1 else [f"model-{i + 1:05d}-of-{len(inputs):05d}.safetensors" for i in range(len(inputs))]
+    layout, originals = {}, {}
+    for out_name, (_, file_tensors) in zip(names, inputs):
+        items = []
+        for key, source in file_tensors.items():
+            if key.endswith(".inv_freq") or key in DROPPED:
+                continue
+            items.append((hf_key(key), resized.get(hf_key(key), source)))
+            originals[hf_key(key)] = source
+            if key == EMBED and tied:  # lm_head starts as a copy of the embeddings
+                items.append((hf_key(LM_HEAD), resized[hf_key(LM_HEAD)]))
+                originals[hf_key(LM_HEAD)] = source
+        layout[out_name] = items
+    dtype = embeddings.dtype
+    stored_tower = any(key.startswith(ORIGINAL_PREFIX) for key in tensors)
+    tower_sources = {} if stored_tower else {f"vision_tower.{key}": Cast(stored, dtype) for key, stored in tower.tensors.items()}
+    layout[names[-1]] += tower_sources.items()
+    return ConvertedWeights(layout, originals, tower_sources, vocab, padded, dtype, sum(nbytes(s) for s in tensors.values()))
+
+
+def _processor(src: Path, tower: Tower, strategy: str, padded_vocab: int):
+    """The checkpoint's tokenizer with <image> and <pad> added as transformers adds them, and the tower's image processor."""
+    from transformers import (
+        AddedToken,
+        AutoImageProcessor,
+        AutoTokenizer,
+        LlavaProcessor,
+    )
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    except Exception as err:  # tokenizers fail with many exception types; the first line says why
+        raise DcrError(f"cannot load the tokenizer in {src} ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    tokenizer.add_tokens(AddedToken(IMAGE_TOKEN, special=True, normalized=False), special_tokens=True)
+    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    if len(tokenizer) > padded_vocab:
+        raise DcrError(f"the tokenizer in {src} has {len(tokenizer)} tokens with {IMAGE_TOKEN} and {PAD_TOKEN}, more than the padded vocabulary {padded_vocab}")
+    spec = tower.spec
+    return LlavaProcessor(tokenizer=tokenizer, image_processor=AutoImageProcessor.from_pretrained(tower.path), patch_size=spec.patch_size,
+                          vision_feature_select_strategy=strategy, num_additional_image_tokens=1 if spec.has_cls else 0)
+
+
+def _llava_config(original: dict, text_type: str, tower: Tower, strategy: str, tokenizer, weights: ConvertedWeights):
+    """LlavaConfig: the language model's part of the original config, the tower's vision config, LLaVA-1.5's layout."""
+    from transformers import LlavaConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    text = {k: v for k, v in original.items() if k not in LLAVA_ONLY and not k.startswith("mm_")}
+    vision = dict(tower.vision_config)
+    config = LlavaConfig(
+        text_config=CONFIG_MAPPING[text_type].from_dict({**text, "vocab_size": weights.padded_vocab}),
+        vision_config=CONFIG_MAPPING[vision.pop("model_type")].from_dict(vision),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=tower.spec.num_patches + (1 if strategy == "full" and tower.spec.has_cls else 0),
+        vision_feature_layer=original.get("mm_vision_select_layer", -2),
+        vision_feature_select_strategy=strategy,
+    )
+    config.pad_token_id = tokenizer.pad_token_id
+    config.architectures = ["LlavaForConditionalGeneration"]
+    config.dtype = weights.dtype
+    return config
+
+
+@dataclass
+class ConvertReport:
+    """What a conversion wrote; ``lines()`` is the summary the CLI prints."""
+
+    src: Path
+    dst: Path
+    tower: Tower
+    weights: ConvertedWeights
+    config: object  # the LlavaConfig written
+    verified: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        spec, weights, config = self.tower.spec, self.weights, self.config
+        origin = "taken from the tower directory" if weights.tower_sources else "stored in the checkpoint"
+        return [
+            f"convert-llava {self.src} -> {self.dst}",
+            (f"  checkpoint  original LLaVA, {len(weights.layout)} weight file(s), {human_size(weights.nbytes)}, "
+             f"{str(weights.dtype).removeprefix('torch.')}"),
+            f"  tower       {self.tower.path} ({spec.family}, {spec.num_layers} layers, width {spec.hidden_size}); tensors {origin}",
+            ("  keys        model.* -> language_model.model.*, lm_head -> language_model.lm_head, "
+             "model.mm_projector.{0,2} -> multi_modal_projector.linear_{1,2}, tower -> vision_tower.vision_model.*"),
+            (f"  tokens      {IMAGE_TOKEN} = {config.image_token_index}, {PAD_TOKEN} = {config.pad_token_id}; vocabulary {weights.vocab} -> "
+             f"{weights.padded_vocab} (new rows drawn from the embeddings' mean and covariance)"),
+            (f"  config      vision_feature_layer {config.vision_feature_layer}, vision_feature_select_strategy "
+             f"{config.vision_feature_select_strategy}, image_seq_length {config.image_seq_length}"),
+            *[f"  {'verified' if i == 0 else '':10}  {check}" for i, check in enumerate(self.verified)],
+        ]
+
+
+def convert_llava(input_dir: str | Path, output_dir: str | Path, *, force: bool = False) -> ConvertReport:
+    """Write the original LLaVA checkpoint INPUT as a llava-hf directory OUTPUT (see the module docstring)."""
+    src, dst = Path(input_dir), Path(output_dir)
+    check_destination(src, dst, force)
+    checkpoint = read_checkpoint(src)
+    if checkpoint.format != "original":
+        raise DcrError(f"{src} is already a llava-hf checkpoint; convert-llava takes an original LLaVA one (mm_vision_tower in config.json)")
+    tower = read_tower(_tower_location(str(checkpoint.config["mm_vision_tower"]), src))
+    text_type, strategy = _check_supported(checkpoint, tower)
+    weights = plan_weights(checkpoint, tower)
+    processor = _processor(src, tower, strategy, weights.padded_vocab)
+    config = _llava_config(checkpoint.config, text_type, tower, strategy, processor.tokenizer, weights)
+    report = ConvertReport(src, dst, tower, weights, config)
+    tmp = staging_dir(dst)
+    try:
+        for name, items in weights.layout.items():
+            write_shard(tmp / name, items, {"format": "pt"})
+        if len(weights.layout) > 1:
+            total = sum(nbytes(source) for items in weights.layout.values() for _, source in items)
+            weight_map = {key: name for name, items in weights.layout.items() for key, _ in items}
+            write_json(tmp / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+        config.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        processor.image_processor.save_pretrained(tmp)  # preprocessor_config.json, for loaders that read it alone
+        if (src / "generation_config.json").is_file():
+            shutil.copy2(src / "generation_config.json", tmp / "generation_config.json")
+        report.verified = _verify(weights, tmp)
+        commit(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def _verify(weights: ConvertedWeights, out: Path) -> list[str]:
+    """Read the result back: renamed tensors equal to the input's, the first ``vocab`` rows of the
+    resized ones too, tower tensors equal to the tower's; transformers accepts every key and shape."""
+    resized = (hf_key(EMBED), hf_key(LM_HEAD))
+    checked = 0
+    for name, items in weights.layout.items():
+        written, _ = read_header(out / name)
+        if list(written) != [key for key, _ in items]:
+            raise DcrError(f"verification failed: {out / name} does not hold the planned tensors")
+        for key, _ in items:
+            expected = weights.originals[key] if key in weights.originals else weights.tower_sources[key]
+            if key in resized:
+                same = torch.equal(written[key].load()[: weights.vocab], _load(expected))
+            elif isinstance(expected, StoredTensor):
+                same = same_bytes(expected, written[key])
+            else:
+                same = holds(written[key], _load(expected))
+            if not same:
+                raise DcrError(f"verification failed: {key} in {name} differs from its source")
+            checked += 1
+    return [f"{checked} tensors equal to their source (embeddings and lm_head: the first {weights.vocab} rows)", load_check(out)]
+
+
+__all__ = ["ConvertReport", "ConvertedWeights", "convert_llava", "hf_key", "new_embedding_rows", "padded_vocab_size", "plan_weights"]

@@ -1,0 +1,273 @@
+"""Stream safetensors checkpoints tensor by tensor: read headers, copy tensors as raw bytes, write shards.
+
+A LLaVA checkpoint is tens of GB, while swapping its vision tower or converting its layout changes
+a few hundred MB of it. Only headers are parsed; a tensor that does not change is copied as its
+raw byte range (in the kernel, with ``os.copy_file_range``), so it is byte-identical by
+construction, memory stays at about one changed tensor, and the time stays close to a file copy.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dcr_mllm.errors import DcrError
+
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+CODES = {dtype: code for code, dtype in DTYPES.items()}
+CHUNK = 16 << 20
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where one tensor's bytes lie inside a safetensors file."""
+
+    name: str
+    dtype: str  # safetensors dtype code, e.g. "F16"
+    shape: tuple[int, ...]
+    path: Path
+    start: int  # absolute byte offsets in the file
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    def read(self) -> bytearray:
+        data = bytearray(self.nbytes)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.start)
+            if f.readinto(data) != self.nbytes:
+                raise DcrError(f"{self.path} ends inside tensor {self.name}; the file is truncated")
+        return data
+
+    def load(self) -> torch.Tensor:
+        data = self.read()
+        if not data:
+            return torch.empty(self.shape, dtype=DTYPES[self.dtype])
+        return torch.frombuffer(data, dtype=torch.uint8).view(DTYPES[self.dtype]).reshape(self.shape)
+
+
+@dataclass(frozen=True)
+class Cast:
+    """A stored tensor written in another dtype (a tower's float32 weights into a float16 checkpoint)."""
+
+    source: StoredTensor
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.source.shape
+
+    def load(self) -> torch.Tensor:
+        return self.source.load().to(self.dtype)
+
+
+Source = StoredTensor | Cast | torch.Tensor
+
+
+def read_header(path: str | Path) -> tuple[dict[str, StoredTensor], dict[str, str]]:
+    """The tensors of one safetensors file (name -> location) and its ``__metadata__``."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+    except (OSError, struct.error, ValueError) as err:
+        raise DcrError(f"{path} is not a readable safetensors file ({err})") from None
+    metadata = header.pop("__metadata__", None) or {}
+    base = 8 + length
+    tensors = {
+        name: StoredTensor(name, info["dtype"], tuple(info["shape"]), path, base + info["data_offsets"][0], base + info["data_offsets"][1])
+        for name, info in header.items()
+    }
+    return tensors, metadata
+
+
+def weight_files(directory: Path) -> list[str]:
+    """The safetensors files of a ``save_pretrained`` directory: the index's shards, or the single file."""
+    index = directory / INDEX_NAME
+    if index.is_file():
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    if (directory / SINGLE_NAME).is_file():
+        return [SINGLE_NAME]
+    return sorted(p.name for p in directory.glob("*.safetensors"))
+
+
+def nbytes(source: Source) -> int:
+    """Bytes a tensor takes in a safetensors file."""
+    if isinstance(source, StoredTensor):
+        return source.nbytes
+    return source.dtype.itemsize * numel(source.shape)
+
+
+def numel(shape) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def human_size(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count} B"
+
+
+def _describe(source: Source) -> tuple[str, tuple[int, ...], int]:
+    if isinstance(source, StoredTensor):
+        return source.dtype, source.shape, source.nbytes
+    return CODES[source.dtype], tuple(source.shape), nbytes(source)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+class _RangeCopier:
+    """Copies byte ranges of source files to the end of an output file, merging adjacent ranges."""
+
+    def __init__(self, out_fd: int):
+        self.out_fd = out_fd
+        self.fds: dict[Path, int] = {}
+        self.pending: tuple[Path, int, int] | None = None
+        self.in_kernel = True
+
+    def add(self, path: Path, start: int, end: int) -> None:
+        if self.pending and self.pending[0] == path and self.pending[2] == start:
+            self.pending = (path, self.pending[1], end)
+            return
+        self.flush()
+        self.pending = (path, start, end)
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        path, start, end = self.pending
+        self.pending = None
+        if path not in self.fds:
+            self.fds[path] = os.open(path, os.O_RDONLY)
+        src = self.fds[path]
+        while start < end:
+            if self.in_kernel:
+                try:
+                    copied = os.copy_file_range(src, self.out_fd, end - start, start)
+                except OSError as err:  # another filesystem or an old kernel: copy through user space
+                    if err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                        raise
+                    self.in_kernel = False
+                    continue
+            else:
+                chunk = os.pread(src, min(CHUNK, end - start), start)
+                _write_all(self.out_fd, memoryview(chunk))
+                copied = len(chunk)
+            if copied == 0:
+                raise DcrError(f"{path} ended before byte {end}; the file is truncated")
+            start += copied
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+
+
+def write_shard(path: str | Path, tensors: list[tuple[str, Source]], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file from stored byte ranges and in-memory tensors, in the given order.
+
+    Only one changed tensor is in memory at a time.
+    """
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, source in tensors:
+        dtype, shape, size = _describe(source)
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    copier = _RangeCopier(fd)
+    try:
+        _write_all(fd, memoryview(struct.pack("<Q", len(blob)) + blob))
+        for _, source in tensors:
+            if isinstance(source, StoredTensor):
+                copier.add(source.path, source.start, source.end)
+                continue
+            copier.flush()
+            tensor = source.load() if isinstance(source, Cast) else source
+            _write_all(fd, memoryview(tensor_bytes(tensor)))
+        copier.flush()
+    finally:
+        copier.close()
+        os.close(fd)
+
+
+def parallel(function, items: list) -> list:
+    """``[function(item) for item in items]`` on a few threads: copies, reads, casts and writes
+    release the GIL, so shards are processed side by side."""
+    workers = max(1, min(len(items), os.cpu_count() or 1, 4))
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(function, items))
+
+
+def tensor_bytes(tensor: torch.Tensor):
+    """A tensor's bytes as a buffer, without a copy when it is contiguous."""
+    return tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+def holds(stored: StoredTensor, tensor: torch.Tensor) -> bool:
+    """Whether a stored tensor has exactly this tensor's dtype, shape and bytes."""
+    if (DTYPES[stored.dtype], stored.shape) != (tensor.dtype, tuple(tensor.shape)):
+        return False
+    return stored.read() == tensor_bytes(tensor)  # bytearray comparison is a memcmp
+
+
+def same_bytes(a: StoredTensor, b: StoredTensor) -> bool:
+    """Whether two stored tensors have the same dtype, shape and bytes."""
+    if (a.dtype, a.shape, a.nbytes) != (b.dtype, b.shape, b.nbytes):
+        return False
+    return _same_range(a.path, a.start, b.path, b.start, a.nbytes)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes."""
+    size = a.stat().st_size
+    return size == b.stat().st_size and _same_range(a, 0, b, 0, size)
+
+
+def _same_range(path_a: Path, start_a: int, path_b: Path, start_b: int, length: int) -> bool:
+    """Compare ``length`` bytes of two files, a chunk at a time."""
+    full_a, full_b = bytearray(min(CHUNK, length)), bytearray(min(CHUNK, length))
+    with open(path_a, "rb", buffering=0) as fa, open(path_b, "rb", buffering=0) as fb:
+        fa.seek(start_a)
+        fb.seek(start_b)
+        while length:
+            n = min(CHUNK, length)
+            # whole bytearrays compare with memcmp; a slice or memoryview would compare byte by byte
+            buf_a, buf_b = (full_a, full_b) if n == len(full_a) else (bytearray(n), bytearray(n))
+            if fa.readinto(buf_a) != n or fb.readinto(buf_b) != n or buf_a != buf_b:
+                return False
+            length -= n
+    return True

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Stage 4: measure vision towers -- MMVP-VLM, the classification probes (zero-shot and linear
+# probe: D-Ability) and the fine-grained pairs (P-Ability) -- then print a summary table.
+#
+#   bash stages/4_eval_tower.sh                     # tiny-clip vs stage one's tower, synthetic data
+#   bash stages/4_eval_tower.sh --towers "base=/models/clip-l14 dcr=outputs/enhance_clip_l14_224/tower" \
+#        --data /data/MMVP_VLM --probe-data /data/imagenet_val_subset
+#
+# Flags fall back to the environment: TOWERS (space-separated [NAME=]DIR or preset names), DATA
+# (a real MMVP-VLM directory; default: a synthetic one under OUTPUT/data), PROBE_DATA (an image
+# folder for the classification probes; default: synthetic), OUTPUT (default outputs/eval_tower).
+# Reports go to OUTPUT/<benchmark>/ with the command that made them (command.txt); a report made
+# by the same command, newer than each tower directory, is not scored again.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/common.sh"
+
+towers="${TOWERS:-base=tiny-clip dcr=outputs/enhance_tiny/tower}"
+data="${DATA:-}"
+probe_data="${PROBE_DATA:-}"
+output="${OUTPUT:-outputs/eval_tower}"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --towers) towers="$2"; shift 2 ;;
+    --data) data="$2"; shift 2 ;;
+    --probe-data) probe_data="$2"; shift 2 ;;
+    --output) output="$2"; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+read -r -a specs <<< "$towers"
+tower_args=() labels=() dirs=()
+for spec in "${specs[@]}"; do
+  name="${spec%%=*}"
+  if [[ "$spec" == *=* && -n "$name" && "$name" != */* ]]; then path="${spec#*=}"; else name="$spec" path="$spec"; fi
+  if [[ "$path" == */* && ! -d "$path" ]]; then
+    echo "error: tower $path does not exist: run stages/1_enhance_tower.sh first (it writes outputs/enhance_tiny/tower), or pass --towers" >&2
+    exit 2
+  fi
+  tower_args+=(--tower "$spec") labels+=("$name")
+  if [[ -d "$path" ]]; then dirs+=("$path"); fi
+done
+
+if [[ -z "$data" ]]; then
+  data="$output/data/mmvp_vlm"
+  [[ -d "$data" ]] || "$python" -m dcr_mllm.cli make-eval-data mmvp-vlm --output "$data"
+fi
+if [[ -z "$probe_data" ]]; then
+  probe_data="$output/data/shapes"
+  [[ -d "$probe_data" ]] || "$python" -m dcr_mllm.cli make-eval-data classification --output "$probe_data"
+fi
+
+# score BENCHMARK ARGS...: write OUTPUT/BENCHMARK/ unless the report there came from the same
+# arguments (its command.txt) and is newer than each tower directory.
+score() {
+  local report="$output/$1" args=(eval-tower "${tower_args[@]}" --benchmark "$1" "${@:2}" --output "$output/$1") dir
+  local fresh=1
+  [[ -f "$report/results.json" && "$(cat "$report/command.txt" 2>/dev/null)" == "${args[*]}" ]] || fresh=0
+  for dir in "${dirs[@]}"; do [[ "$report/results.json" -nt "$dir" ]] || fresh=0; done
+  if [[ "$fresh" == 1 ]]; then
+    echo "$1: up to date in $report"
+    return
+  fi
+  rm -f "$report/command.txt"
+  "$python" -m dcr_mllm.cli "${args[@]}" > /dev/null
+  printf '%s\n' "${args[*]}" > "$report/command.txt"
+  echo "$1: $report"
+}
+
+score mmvp-vlm --data "$data"
+score classification --data "$probe_data"
+score fine-grained
+
+"$python" - "$output" "${labels[@]}" <<'EOF'
+import json, sys
+from pathlib import Path
+
+output, labels = Path(sys.argv[1]), sys.argv[2:]
+rows = [("MMVP-VLM average", "mmvp-vlm", "average"), ("zero-shot top-1", "classification", "zero_shot_top1"),
+        ("linear-probe top-1", "classification", "linear_probe_top1"), ("fine-grained pairs average", "fine-grained", "average")]
+print("\n| % | " + " | ".join(labels) + " |")
+print("|---" * (len(labels) + 1) + "|")
+for name, benchmark, metric in rows:
+    results = json.loads((output / benchmark / "results.json").read_text())
+    print(f"| {name} | " + " | ".join(f"{results[label][metric]:.1f}" for label in labels) + " |")
+EOF

@@ -1,0 +1,103 @@
+"""The real lmms-eval command line on a tiny llava-hf model with the project's tasks, offline."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dcr_mllm.evaluation.lmms_tasks import synthetic_mmvp, synthetic_pope
+from dcr_mllm.llava.build import build_llava
+
+REPO = Path(__file__).resolve().parents[2]
+POPE_METRICS = {"pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_yes_ratio"}
+
+
+@pytest.fixture(scope="module")
+def setup(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lmms")
+    torch.manual_seed(0)
+    model, processor = build_llava(tiny["clip"], tiny["llama"])
+    model.save_pretrained(root / "llava")
+    processor.save_pretrained(root / "llava")
+    synthetic_mmvp(root / "data", num_pairs=2)
+    synthetic_pope(root / "data", questions_per_split=4)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DCR_EVAL_DATA": str(root / "data"), "OMP_NUM_THREADS": "1"}
+    return root, env
+
+
+def lmms_eval(env, *args, check=True):
+    result = subprocess.run([sys.executable, "-m", "lmms_eval", *args], cwd="/", env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
+    return result
+
+
+def results_of(out: Path) -> dict:
+    (file,) = list(out.rglob("*_results.json"))
+    return json.loads(file.read_text())["results"]
+
+
+@pytest.mark.slow
+def test_llava_hf_on_the_local_tasks_reports_every_metric(setup):
+    root, env = setup
+    lmms_eval(env, "eval", "--model", "llava_hf", "--model_args", f"pretrained={root / 'llava'},device=cpu,device_map=cpu",
+              "--tasks", "dcr_suite_local", "--include_path", str(REPO / "eval_tasks"), "--batch_size", "1", "--output_path", str(root / "out"))
+    results = results_of(root / "out")
+    assert {"mmvp_accuracy,none", "mmvp_pair_accuracy,none"} <= results["mmvp_local"].keys()
+    for task in ("pope_local_adv", "pope_local_pop", "pope_local_random"):
+        assert {f"{m},none" for m in POPE_METRICS} <= results[task].keys()
+        assert all(0.0 <= results[task][f"{m},none"] <= 1.0 for m in POPE_METRICS)
+
+
+@pytest.mark.slow
+def test_dcr_llava_swaps_the_tower_in_memory(setup, tiny, tmp_path):
+    from transformers import CLIPVisionModel
+
+    root, env = setup
+    tower = tmp_path / "tower"
+    enhanced = CLIPVisionModel.from_pretrained(tiny["clip"])
+    with torch.no_grad():
+        for param in enhanced.parameters():
+            param.add_(0.01)  # a different tower of the same shape
+    enhanced.save_pretrained(tower)
+    (tower / "preprocessor_config.json").write_text((Path(tiny["clip"]) / "preprocessor_config.json").read_text())
+
+    result = lmms_eval(env, "eval", "--model", "dcr_llava", "--model_args",
+                       f"pretrained={root / 'llava'},vision_tower={tower},device=cpu,device_map=cpu",
+                       "--tasks", "mmvp_local", "--include_path", str(REPO / "eval_tasks"), "--batch_size", "1", "--output_path", str(root / "swap"))
+    assert {"mmvp_accuracy,none", "mmvp_pair_accuracy,none"} <= results_of(root / "swap")["mmvp_local"].keys()
+    logged = re.search(r"vision tower \S+ swapped in \(weights sha256 ([0-9a-f]{64})\)", result.stdout + result.stderr)
+    assert logged, "dcr_llava must report the tower it loaded"
+
+    from dcr_mllm.models.dcr_llava import DcrLlava
+
+    plugin = DcrLlava(pretrained=str(root / "llava"), vision_tower=str(tower), device="cpu", device_map="cpu")
+    assert plugin.vision_tower_sha256 == logged.group(1)
+    loaded = plugin.model.model.vision_tower.state_dict()
+    for key, value in enhanced.state_dict().items():
+        assert torch.equal(loaded[key], value), f"{key} is not the swapped tower's"
+
+
+def test_dcr_llava_refuses_a_tower_that_does_not_fit(setup, tiny, tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from dcr_mllm.errors import DcrError
+    from dcr_mllm.models.dcr_llava import DcrLlava
+
+    root, _ = setup
+    wide = CLIPVisionModel(CLIPVisionConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8))
+    wide.save_pretrained(tmp_path / "wide")
+    with pytest.raises(DcrError, match="hidden size: checkpoint 32, tower 48"):
+        DcrLlava(pretrained=str(root / "llava"), vision_tower=str(tmp_path / "wide"), device="cpu", device_map="cpu")
+
+
+def test_task_list_shows_the_project_tasks(setup):
+    _, env = setup
+    listing = lmms_eval(env, "tasks", "list", "--include-path", str(REPO / "eval_tasks")).stdout
+    for name in ("dcr_suite", "dcr_suite_local", "mmvp_local", "pope_local_adv", "pope_local_pop", "pope_local_random"):
+        assert re.search(rf"^\s*{name}\s*$", listing, flags=re.M), f"{name} is not listed"

@@ -1,0 +1,100 @@
+"""The local MMVP/POPE tasks' answer parsing and metrics, against values computed by hand."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from dcr_mllm.evaluation import lmms_tasks as t
+
+EVAL_TASKS = Path(__file__).resolve().parents[2] / "eval_tasks"
+
+
+@pytest.mark.parametrize(
+    "response, letter",
+    [("A", "A"), ("b", "B"), ("(a)", "A"), ("(B).", "B"), ("a) open", "A"), ("B. Closed", "B"), ("The answer is (b).", "B"),
+     ("Option A", "A"), ("closed", "B"), ("Open.", "A"), ("maybe", ""), ("About this", "")],
+)
+def test_option_letters_ignore_formatting(response, letter):
+    assert t.option_letter(response, ["Open", "Closed"]) == letter
+
+
+@pytest.mark.parametrize(
+    "response, answer",
+    [("Yes", "yes"), ("Yes.", "yes"), ("yes, there is a dog", "yes"), ("No.", "no"), ("NO", "no"),
+     ("There is no dog.", "no"), ("There isn't one", "no"), ("There is a dog.", "yes")],
+)
+def test_yes_no_ignores_formatting(response, answer):
+    assert t.yes_no(response) == answer
+
+
+def mmvp_doc(index, answer):
+    return {"Index": index, "Question": "Is the door open or closed?", "Options": "(a) Open (b) Closed", "Correct Answer": answer}
+
+
+def test_mmvp_metrics_by_hand():
+    docs = [mmvp_doc(1, "(a)"), mmvp_doc(2, "(b)"), mmvp_doc(3, "(a)"), mmvp_doc(4, "(b)"), mmvp_doc(5, "(a)"), mmvp_doc(6, "(b)")]
+    responses = ["(a)", "B.", "A", "a", "open", "The answer is B"]  # pair 1 right, pair 2 half, pair 3 right
+    results = [t.mmvp_process_results(d, [r])["mmvp_accuracy"] for d, r in zip(docs, responses)]
+    assert t.mmvp_accuracy(results) == pytest.approx(5 / 6)
+    assert t.mmvp_pair_accuracy(results) == pytest.approx(2 / 3)
+    assert t.mmvp_doc_to_text(docs[0], {"pre_prompt": "", "post_prompt": "\nAnswer."}) == "Is the door open or closed?\nA. Open\nB. Closed\nAnswer."
+
+
+def test_pope_metrics_by_hand():
+    truths = ["yes", "yes", "yes", "no", "no", "no", "no", "yes"]
+    responses = ["Yes.", "yes", "No", "no.", "Yes, there is.", "No", "There is no cat.", "No."]
+    results = [t.pope_process_results({"answer": a, "question": "q"}, [r])["pope_accuracy"] for a, r in zip(truths, responses)]
+    # predictions: yes yes no no yes no no no -> tp=2, fp=1, tn=3, fn=2
+    assert t.pope_accuracy(results) == pytest.approx(5 / 8)
+    assert t.pope_precision(results) == pytest.approx(2 / 3)
+    assert t.pope_recall(results) == pytest.approx(2 / 4)
+    assert t.pope_f1_score(results) == pytest.approx(2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2))
+    assert t.pope_yes_ratio(results) == pytest.approx(3 / 8), "POPE's yes-ratio counts predictions"
+
+
+def test_task_utils_point_at_the_data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("DCR_EVAL_DATA", str(tmp_path))
+    spec = importlib.util.spec_from_file_location("eval_tasks_utils", EVAL_TASKS / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    assert utils.MMVP_TEST == str(tmp_path / "mmvp" / "test.parquet")
+    assert utils.POPE_ADVERSARIAL == str(tmp_path / "pope" / "adversarial.parquet")
+
+
+def test_synthetic_sets_have_the_benchmark_schema(tmp_path):
+    import datasets
+
+    mmvp = datasets.Dataset.from_parquet(str(t.synthetic_mmvp(tmp_path, num_pairs=3)))
+    assert mmvp.column_names == ["Index", "Question", "Options", "Correct Answer", "image"]
+    assert mmvp["Index"] == [1, 2, 3, 4, 5, 6] and mmvp["Correct Answer"] == ["(a)", "(b)"] * 3
+    for path in t.synthetic_pope(tmp_path, questions_per_split=4):
+        pope = datasets.Dataset.from_parquet(str(path))
+        assert set(pope.column_names) == {"question_id", "question", "answer", "category", "image"}
+        assert pope["answer"] == ["yes", "no", "yes", "no"]
+
+
+def test_prepare_from_the_original_files(tmp_path):
+    from PIL import Image
+
+    mmvp = tmp_path / "MMVP"
+    (mmvp / "MMVP Images").mkdir(parents=True)
+    (mmvp / "Questions.csv").write_text('Index,Question,Options,Correct Answer\n1,Open?,(a) Open (b) Closed,(a)\n2,Open?,(a) Open (b) Closed,(b)\n')
+    for i in (1, 2):
+        Image.new("RGB", (20, 20)).save(mmvp / "MMVP Images" / f"{i}.jpg")
+    pope, coco = tmp_path / "POPE", tmp_path / "coco"
+    pope.mkdir()
+    coco.mkdir()
+    Image.new("RGB", (20, 20)).save(coco / "COCO_val2014_000000000001.jpg")
+    for split in t.POPE_SPLITS:
+        (pope / f"coco_pope_{split}.json").write_text(
+            '{"question_id": 1, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a cat in the image?", "label": "no"}\n')
+    out = tmp_path / "out"
+    assert t.prepare_mmvp(mmvp, out).is_file()
+    assert len(t.prepare_pope(pope, coco, out)) == 3
+    (mmvp / "MMVP Images" / "2.jpg").unlink()
+    with pytest.raises(t.DcrError, match="2.jpg is missing"):
+        t.prepare_mmvp(mmvp, out)
+    (mmvp / "Questions.csv").write_text("Index,Question\nx,y\n")
+    with pytest.raises(t.DcrError, match="line 2 is malformed"):
+        t.prepare_mmvp(mmvp, out)

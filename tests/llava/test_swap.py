@@ -1,0 +1,244 @@
+"""swap-tower: only the vision tower changes, SRC is never touched, bad input leaves nothing behind."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from transformers import (
+    AutoProcessor,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlavaForConditionalGeneration,
+)
+
+from dcr_mllm.cli import main
+from dcr_mllm.llava.swap import swap_tower
+
+ENHANCED_MEAN = [0.5, 0.4, 0.3]  # the dcr_tower fixture's normalisation
+CHECKPOINT_TOWER_TENSORS = 55  # a 3-layer CLIP vision model
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def tensors(directory: Path) -> dict[str, torch.Tensor]:
+    found = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        with safe_open(path, "pt") as f:
+            found |= {k: f.get_tensor(k) for k in f.keys()}
+    return found
+
+
+def raw(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(-1).view(torch.uint8)
+
+
+def tower_key(checkpoint_key: str) -> str | None:
+    for prefix in ("model.vision_tower.vision_tower.", "model.vision_tower.", "vision_tower."):
+        if checkpoint_key.startswith(prefix):
+            rest = checkpoint_key.removeprefix(prefix)
+            return rest if rest.startswith("vision_model.") else "vision_model." + rest
+    return None
+
+
+def leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop what building the inputs printed
+    code = main(["swap-tower", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def answer(model_dir: Path) -> torch.Tensor:
+    """One forward pass through the processor and model: the image features must fit the prompt."""
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    image = Image.new("RGB", (40, 40), (200, 30, 30))
+    inputs = processor(images=image, text="USER: <image>\nWhat colour is it? ASSISTANT:", return_tensors="pt")
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.mark.parametrize("style,sharded", [("transformers5", True), ("hub", True), ("hub", False), ("prefixed", True)])
+def test_swap_replaces_exactly_the_vision_tower(make_llava_hf, dcr_tower, tmp_path, style, sharded):
+    src = make_llava_hf(style, sharded)
+    before = digest(src)
+    dst = tmp_path / "swapped"
+
+    report = swap_tower(src, dcr_tower, dst)
+
+    assert digest(src) == before
+    assert sorted(p.name for p in dst.iterdir()) == sorted(p.name for p in src.iterdir())
+    old, new = tensors(src), tensors(dst)
+    assert list(new) == list(old)
+    with safe_open(dcr_tower / "model.safetensors", "pt") as f:
+        tower = {k: f.get_tensor(k) for k in f.keys()}
+    replaced = 0
+    for key, value in old.items():
+        assert new[key].dtype == value.dtype == torch.float16
+        if tower_key(key) is None:
+            assert torch.equal(raw(new[key]), raw(value)), key
+        else:
+            assert torch.equal(new[key], tower[tower_key(key)].to(torch.float16)), key
+            assert not torch.equal(new[key], value)
+            replaced += 1
+    assert replaced == CHECKPOINT_TOWER_TENSORS
+    if sharded:
+        old_map = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
+        assert json.loads((dst / "model.safetensors.index.json").read_text())["weight_map"] == old_map
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (dst / name).read_bytes() == (src / name).read_bytes()
+    assert json.loads((dst / "preprocessor_config.json").read_text())["image_mean"] == ENHANCED_MEAN
+    assert json.loads((dst / "processor_config.json").read_text())["image_processor"]["image_mean"] == ENHANCED_MEAN
+
+    model, info = LlavaForConditionalGeneration.from_pretrained(dst, output_loading_info=True)
+    assert not any(info.values()), info
+    expected = CLIPVisionModel.from_pretrained(dcr_tower, dtype=torch.float16).state_dict()
+    loaded = model.model.vision_tower.state_dict()
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
+    assert torch.isfinite(answer(dst)).all()
+    text = "\n".join(report.lines())
+    assert f"replace {CHECKPOINT_TOWER_TENSORS} vision-tower tensors" in text and "byte-identical" in text
+    assert "image_mean" in text and len(report.lines()) < 25
+    assert leftovers(tmp_path) == []
+
+
+def test_dry_run_prints_the_changes_and_writes_nothing(make_llava_hf, dcr_tower, tmp_path, capsys):
+    dst = tmp_path / "swapped"
+    code, out, err = run(capsys, "--llava", make_llava_hf("hub"), "--tower", dcr_tower, "--output", dst, "--dry-run")
+    assert code == 0, err
+    assert "dry run" in out and f"would replace {CHECKPOINT_TOWER_TENSORS} vision-tower tensors" in out
+    assert "image_mean" in out and " KB" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def _wide_tower(directory: Path) -> Path:
+    config = CLIPVisionConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8)
+    CLIPVisionModel(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("case", ["wider tower", "missing SRC", "existing DST", "feature layer"])
+def test_bad_input_fails_with_one_line_and_leaves_no_output(case, make_llava_hf, dcr_tower, tmp_path, capsys):
+    src, tower = make_llava_hf("hub"), dcr_tower
+    out_parent = tmp_path / "out"
+    out_parent.mkdir()
+    dst = out_parent / "swapped"
+    if case == "wider tower":
+        tower, expected = _wide_tower(tmp_path / "wide"), "hidden size: checkpoint 32, tower 48"
+    elif case == "missing SRC":
+        src, expected = tmp_path / "no-such-checkpoint", "no such directory"
+    elif case == "existing DST":
+        dst.mkdir()
+        (dst / "keep.txt").write_text("mine")
+        expected = "already exists; pass --force"
+    else:
+        src = shutil.copytree(src, tmp_path / "deep-feature")
+        config = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps(config | {"vision_feature_layer": -5}))
+        expected = "feature layer -5 (vision_feature_layer) does not exist in the tower's 3 layers"
+
+    code, out, err = run(capsys, "--llava", src, "--tower", tower, "--output", dst)
+
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+    if case == "existing DST":
+        assert digest(dst) == {"keep.txt": hashlib.sha256(b"mine").hexdigest()}
+    else:
+        assert not dst.exists()
+    assert leftovers(out_parent) == []
+
+
+def test_siglip_into_clip_is_refused_unless_asked_for(make_llava_hf, tiny, tmp_path, capsys):
+    src, dst = make_llava_hf("transformers5"), tmp_path / "siglip"
+    code, _, err = run(capsys, "--llava", src, "--tower", tiny["siglip"], "--output", dst)
+    assert code == 2 and "family: checkpoint clip" in err and "--allow-family-change" in err
+    assert not dst.exists()
+
+    code, out, err = run(capsys, "--llava", src, "--tower", tiny["siglip"], "--output", dst, "--allow-family-change")
+
+    assert code == 0, err
+    assert "warning:" in out and "must be retrained" in out
+    config = json.loads((dst / "config.json").read_text())
+    assert config["vision_config"]["model_type"] == "siglip_vision_model"
+    assert config["vision_feature_select_strategy"] == "full" and config["image_seq_length"] == 16
+    processor = json.loads((dst / "processor_config.json").read_text())
+    assert processor["num_additional_image_tokens"] == 0
+    assert processor["image_processor"]["image_processor_type"].startswith("SiglipImageProcessor")
+    _, info = LlavaForConditionalGeneration.from_pretrained(dst, output_loading_info=True)
+    assert not any(info.values()), info
+    assert torch.isfinite(answer(dst)).all()
+
+
+def test_open_clip_tower_is_refused(make_llava_hf, tiny, tmp_path, capsys):
+    code, _, err = run(capsys, "--llava", make_llava_hf("hub"), "--tower", tiny["open_clip"], "--output", tmp_path / "x")
+    assert code == 2 and "open_clip tower" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_force_replaces_an_existing_output_only_when_done(make_llava_hf, dcr_tower, tmp_path, capsys):
+    dst = tmp_path / "swapped"
+    dst.mkdir()
+    (dst / "stale.txt").write_text("old")
+    code, _, err = run(capsys, "--llava", make_llava_hf("prefixed"), "--tower", dcr_tower, "--output", dst, "--force")
+    assert code == 0, err
+    assert not (dst / "stale.txt").exists() and (dst / "model.safetensors.index.json").is_file()
+    assert leftovers(tmp_path) == []
+
+
+def test_original_checkpoint_gets_the_tower_beside_it(make_original, dcr_tower, tmp_path):
+    src = make_original(stored_tower=True)
+    before = digest(src)
+    dst = tmp_path / "tiny-llava-dcr"
+
+    report = swap_tower(src, dcr_tower, dst)
+
+    assert digest(src) == before
+    config, old_config = json.loads((dst / "config.json").read_text()), json.loads((src / "config.json").read_text())
+    assert config["mm_vision_tower"] == str(dst.resolve() / "vision_tower")
+    assert {k: v for k, v in config.items() if k != "mm_vision_tower"} == {k: v for k, v in old_config.items() if k != "mm_vision_tower"}
+    copied = CLIPVisionModel.from_pretrained(dst / "vision_tower").state_dict()
+    expected = CLIPVisionModel.from_pretrained(dcr_tower).state_dict()
+    assert all(torch.equal(copied[k], expected[k]) for k in expected)
+    assert list(CLIPImageProcessor.from_pretrained(dst / "vision_tower").image_mean) == ENHANCED_MEAN
+    with safe_open(dcr_tower / "model.safetensors", "pt") as f:
+        tower = {k: f.get_tensor(k) for k in f.keys()}
+    old, new = tensors(src), tensors(dst)
+    assert new.keys() == old.keys()
+    stored = [k for k in old if tower_key(k)]
+    assert len(stored) == CHECKPOINT_TOWER_TENSORS
+    for key in old:
+        if key in stored:
+            assert torch.equal(new[key], tower[tower_key(key)].to(torch.float16)), key
+        else:
+            assert torch.equal(raw(new[key]), raw(old[key])), key
+    text = "\n".join(report.lines())
+    assert "contains 'llava'" in text and "absolute path" in text
+
+
+def test_original_checkpoint_name_rule_is_spelled_out(make_original, dcr_tower, tmp_path):
+    report = swap_tower(make_original(), dcr_tower, tmp_path / "swapped")
+    text = "\n".join(report.lines())
+    assert "replace 0 vision-tower tensors" in text
+    assert "rename swapped (e.g. to swapped-llava)" in text
+
+
+def test_pickled_original_checkpoint_is_copied_as_it_is_or_refused(make_original, dcr_tower, tmp_path, capsys):
+    src = make_original(pickled=True)
+    report = swap_tower(src, dcr_tower, tmp_path / "llava-swapped")
+    for name in ("pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json"):
+        assert (tmp_path / "llava-swapped" / name).read_bytes() == (src / name).read_bytes()
+    assert "2 .bin file(s) byte-identical to SRC" in "\n".join(report.lines())
+
+    code, _, err = run(capsys, "--llava", make_original(stored_tower=True, pickled=True), "--tower", dcr_tower, "--output", tmp_path / "no")
+    assert code == 2 and "stored in .bin pickles" in err and not (tmp_path / "no").exists()
