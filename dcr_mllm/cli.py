@@ -106,6 +106,18 @@ def _report(args: argparse.Namespace) -> None:
     print(f"report: {args.output}")
 
 
+def _summary(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from dcr_mllm.evaluation.summary import summarize
+
+    runs = dict(item.split("=", 1) for item in args.run)
+    text = summarize({name: Path(path) for name, path in runs.items()}, Path(args.tower_eval), Path(args.mllm_eval))
+    if args.output:
+        Path(args.output).write_text(text)
+    print(text, end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcr-mllm", description="DCR-enhanced vision towers for multimodal LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", nargs="+", metavar="[NAME=]RESULTS", help="lmms-eval *_results.json files or --output_path directories")
     report.add_argument("--output", required=True, help="directory for report.md, report.json and report.png")
     report.set_defaults(func=_report)
+
+    summary = sub.add_parser("summary", help="print the pipeline summary: tower and MLLM tables, loss curves (PNG), artefacts")
+    summary.add_argument("--run", action="append", default=[], metavar="NAME=DIR", help="a training output directory (enhance or llava)")
+    summary.add_argument("--tower-eval", default="outputs/eval_tower")
+    summary.add_argument("--mllm-eval", default="outputs/eval_mllm")
+    summary.add_argument("--output", help="also write the summary to this Markdown file")
+    summary.set_defaults(func=_summary)
     return parser
 
 

@@ -52,7 +52,7 @@ for spec in "${specs[@]}"; do
     model=llava_hf model_args="pretrained=$checkpoint,$device_args"
   fi
   out="$output/$name"
-  newest="$(find "$out" -name '*_results.json' -newer "$checkpoint/config.json" 2>/dev/null | head -1)"
+  newest="$(find "$out" -name '*_results.json' -newer "$checkpoint/config.json" 2>/dev/null | head -1 || true)"
   if [[ -n "$newest" && "$(cat "$out/command.txt" 2>/dev/null)" == "$model $model_args $tasks" ]]; then
     echo "$name: up to date in $out"
   else

@@ -126,6 +126,14 @@ def build_llava(tower: str | Path, language_model: str | Path, feature_layer: in
     return model, processor
 
 
+def add_language_lora(model, lora) -> None:
+    """LoRA adapters on the language model's projections (the LoRA finetune variant)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    inject_adapter_in_model(LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.targets),
+                            model.model.language_model)
+
+
 def _vision_state(tower_dir: Path, vision: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The vision encoder's tensors from a tower directory, whatever model class saved it."""
     from safetensors import safe_open

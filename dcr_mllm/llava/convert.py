@@ -13,6 +13,9 @@ formats interchangeable:
   the embeddings and ``lm_head`` drawn from a normal distribution with the old embeddings' mean
   and 1e-5 times their covariance (seeded here, so a conversion can be repeated).
 
+The processor also carries LLaVA-1.5's ``vicuna_v1`` chat template, so chat front ends (lmms-eval's
+``llava_hf``) prompt the model as it was trained.
+
 Tower tensors the checkpoint does not store come from the ``mm_vision_tower`` directory, as
 transformers' script loads the tower into the model before converting. Tensors are streamed
 file by file (see ``shards``); only the embeddings and ``lm_head`` are held in memory.
@@ -27,16 +30,16 @@ from pathlib import Path
 import torch
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.llava.build import VICUNA_CHAT_TEMPLATE
 from dcr_mllm.llava.shards import (
     INDEX_NAME,
     Cast,
     Source,
     StoredTensor,
-    holds,
+    describe,
     human_size,
     nbytes,
     read_header,
-    same_bytes,
     write_shard,
 )
 from dcr_mllm.llava.swap import (
@@ -204,7 +207,8 @@ def plan_weights(checkpoint: Checkpoint, tower: Tower) -> ConvertedWeights:
 
 
 def _processor(src: Path, tower: Tower, strategy: str, padded_vocab: int):
-    """The checkpoint's tokenizer with <image> and <pad> added as transformers adds them, and the tower's image processor."""
+    """The checkpoint's tokenizer with <image> and <pad> added as transformers adds them, the tower's image
+    processor and the vicuna_v1 chat template."""
     from transformers import (
         AddedToken,
         AutoImageProcessor,
@@ -222,7 +226,8 @@ def _processor(src: Path, tower: Tower, strategy: str, padded_vocab: int):
         raise DcrError(f"the tokenizer in {src} has {len(tokenizer)} tokens with {IMAGE_TOKEN} and {PAD_TOKEN}, more than the padded vocabulary {padded_vocab}")
     spec = tower.spec
     return LlavaProcessor(tokenizer=tokenizer, image_processor=AutoImageProcessor.from_pretrained(tower.path), patch_size=spec.patch_size,
-                          vision_feature_select_strategy=strategy, num_additional_image_tokens=1 if spec.has_cls else 0)
+                          vision_feature_select_strategy=strategy, num_additional_image_tokens=1 if spec.has_cls else 0,
+                          chat_template=VICUNA_CHAT_TEMPLATE)
 
 
 def _llava_config(original: dict, text_type: str, tower: Tower, strategy: str, tokenizer, weights: ConvertedWeights):
@@ -290,8 +295,7 @@ def convert_llava(input_dir: str | Path, output_dir: str | Path, *, force: bool 
     report = ConvertReport(src, dst, tower, weights, config)
     tmp = staging_dir(dst)
     try:
-        for name, items in weights.layout.items():
-            write_shard(tmp / name, items, {"format": "pt"})
+        digests = {name: write_shard(tmp / name, items, {"format": "pt"}) for name, items in weights.layout.items()}
         if len(weights.layout) > 1:
             total = sum(nbytes(source) for items in weights.layout.values() for _, source in items)
             weight_map = {key: name for name, items in weights.layout.items() for key, _ in items}
@@ -301,30 +305,27 @@ def convert_llava(input_dir: str | Path, output_dir: str | Path, *, force: bool 
         processor.image_processor.save_pretrained(tmp)  # preprocessor_config.json, for loaders that read it alone
         if (src / "generation_config.json").is_file():
             shutil.copy2(src / "generation_config.json", tmp / "generation_config.json")
-        report.verified = _verify(weights, tmp)
+        report.verified = _verify(weights, tmp, digests)
         commit(tmp, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
-def _verify(weights: ConvertedWeights, out: Path) -> list[str]:
-    """Read the result back: renamed tensors equal to the input's, the first ``vocab`` rows of the
-    resized ones too, tower tensors equal to the tower's; transformers accepts every key and shape."""
+def _verify(weights: ConvertedWeights, out: Path, digests: dict[str, list[bytes]]) -> list[str]:
+    """Read the result back: every tensor's digest as written (renamed tensors: the input's, tower
+    tensors: the cast tower's), the first ``vocab`` rows of the resized ones equal to the input's;
+    transformers accepts every key and shape."""
     resized = (hf_key(EMBED), hf_key(LM_HEAD))
     checked = 0
     for name, items in weights.layout.items():
         written, _ = read_header(out / name)
-        if list(written) != [key for key, _ in items]:
+        if [(key, stored.dtype, stored.shape) for key, stored in written.items()] != [(key, *describe(source)[:2]) for key, source in items]:
             raise DcrError(f"verification failed: {out / name} does not hold the planned tensors")
-        for key, _ in items:
-            expected = weights.originals[key] if key in weights.originals else weights.tower_sources[key]
+        for (key, _), digest in zip(items, digests[name]):
+            same = written[key].digest() == digest
             if key in resized:
-                same = torch.equal(written[key].load()[: weights.vocab], _load(expected))
-            elif isinstance(expected, StoredTensor):
-                same = same_bytes(expected, written[key])
-            else:
-                same = holds(written[key], _load(expected))
+                same = same and torch.equal(written[key].load()[: weights.vocab], _load(weights.originals[key]))
             if not same:
                 raise DcrError(f"verification failed: {key} in {name} differs from its source")
             checked += 1

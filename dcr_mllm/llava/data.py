@@ -86,8 +86,10 @@ def prompt_segments(record: dict, template: str) -> list[tuple[str, bool]]:
         if IMAGE_TOKEN in question:  # LLaVA-1.5 moves the image to the front of its turn
             question = IMAGE_TOKEN + "\n" + question.replace(IMAGE_TOKEN, "").strip()
         prefix = VICUNA_SYSTEM + " " if i == 0 else ""
-        segments.append((f"{prefix}USER: {question} ASSISTANT: ", False))
-        segments.append((turns[i + 1]["value"] + "</s>", True))
+        # the space before an answer goes with the answer, as a joint tokenization would put it
+        # (Llama's "▁Yes"), and as generation after the template's "ASSISTANT:" produces it
+        segments.append((f"{prefix}USER: {question} ASSISTANT:", False))
+        segments.append((" " + turns[i + 1]["value"] + "</s>", True))
     return segments
 
 

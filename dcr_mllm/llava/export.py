@@ -10,8 +10,9 @@ from pathlib import Path
 import yaml
 
 from dcr_mllm.config import to_dict
-from dcr_mllm.llava.build import build_llava
+from dcr_mllm.llava.build import add_language_lora, build_llava
 from dcr_mllm.presets.real import local_path
+from dcr_mllm.towers.lora import merge_adapters
 from dcr_mllm.training import load_trainable_state
 
 MODEL_CARD = "model_card.md"
@@ -23,19 +24,10 @@ def export_llava(cfg, out_dir: str | Path) -> Path:
     output_dir = Path(cfg.output_dir)
     model, processor = build_llava(cfg.tower, local_path(cfg.language_model), cfg.feature_layer)
     load_trainable_state(model, output_dir / "pretrain" / "trainable.safetensors", prefix="")
-    if cfg.lora.enabled:
-        from peft import LoraConfig, inject_adapter_in_model
-        from peft.tuners.lora import LoraLayer
-
-        language_model = model.model.language_model
-        inject_adapter_in_model(LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                           target_modules=cfg.lora.targets), language_model)
+    if cfg.lora.enabled:  # the same adapters as in training, loaded, then folded into the weights
+        add_language_lora(model, cfg.lora)
         load_trainable_state(model, output_dir / "finetune" / "trainable.safetensors", prefix="")
-        for name, module in list(language_model.named_modules()):
-            if isinstance(module, LoraLayer):
-                module.merge(safe_merge=True)
-                parent, _, child = name.rpartition(".")
-                setattr(language_model.get_submodule(parent) if parent else language_model, child, module.get_base_layer())
+        merge_adapters(model.model.language_model)
     else:
         load_trainable_state(model, output_dir / "finetune" / "trainable.safetensors", prefix="")
     tmp = out_dir.with_name(out_dir.name + ".partial")

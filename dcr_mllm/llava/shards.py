@@ -4,12 +4,18 @@ A LLaVA checkpoint is tens of GB, while swapping its vision tower or converting 
 a few hundred MB of it. Only headers are parsed; a tensor that does not change is copied as its
 raw byte range (in the kernel, with ``os.copy_file_range``), so it is byte-identical by
 construction, memory stays at about one changed tensor, and the time stays close to a file copy.
+
+Checking the result must not cost much more than the copy itself: ``write_shard`` returns each
+tensor's xxh3-128 digest (of the source's bytes, or of the bytes computed in memory), so reading
+the output back once (``StoredTensor.digest``) verifies it, without comparing the sources again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import mmap
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import xxhash
 
 from dcr_mllm.errors import DcrError
 
@@ -36,6 +43,8 @@ DTYPES = {
 }
 CODES = {dtype: code for code, dtype in DTYPES.items()}
 CHUNK = 16 << 20
+#: bytes hashed through one memory map: large enough to be fast, small enough to keep RSS low
+WINDOW = 64 << 20
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
@@ -55,19 +64,37 @@ class StoredTensor:
     def nbytes(self) -> int:
         return self.end - self.start
 
-    def read(self) -> bytearray:
-        data = bytearray(self.nbytes)
-        with open(self.path, "rb", buffering=0) as f:
-            f.seek(self.start)
-            if f.readinto(data) != self.nbytes:
-                raise DcrError(f"{self.path} ends inside tensor {self.name}; the file is truncated")
-        return data
+    def load(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor in memory of its own, cast to ``dtype`` if given, converted straight from the file's pages."""
+        dtype = dtype or DTYPES[self.dtype]
+        if not self.nbytes:
+            return torch.empty(self.shape, dtype=dtype)
+        with self._mapped(self.start, self.end) as data:
+            mapped = torch.frombuffer(data, dtype=torch.uint8).view(DTYPES[self.dtype]).reshape(self.shape)
+            tensor = mapped.to(dtype, copy=True)
+            del mapped  # a tensor on the map must be gone before the map closes
+        return tensor
 
-    def load(self) -> torch.Tensor:
-        data = self.read()
-        if not data:
-            return torch.empty(self.shape, dtype=DTYPES[self.dtype])
-        return torch.frombuffer(data, dtype=torch.uint8).view(DTYPES[self.dtype]).reshape(self.shape)
+    def digest(self) -> bytes:
+        """xxh3-128 of the tensor's bytes, hashed from the file's pages a window at a time (the
+        hashing releases the GIL, so shards are hashed side by side)."""
+        hasher = xxhash.xxh3_128()
+        for start in range(self.start, self.end, WINDOW):
+            with self._mapped(start, min(start + WINDOW, self.end)) as data:
+                hasher.update(data)
+        return hasher.digest()
+
+    @contextlib.contextmanager
+    def _mapped(self, start: int, end: int):
+        """Bytes [start, end) of the file (not empty) through a private memory map: nothing is copied,
+        and the pages leave the process's memory when the map closes."""
+        with open(self.path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < self.end:
+                raise DcrError(f"{self.path} ends inside tensor {self.name}; the file is truncated")
+            offset = start - start % mmap.ALLOCATIONGRANULARITY
+            with mmap.mmap(f.fileno(), end - offset, offset=offset, access=mmap.ACCESS_COPY) as pages, memoryview(pages) as view:
+                with view[start - offset:] as data:
+                    yield data
 
 
 @dataclass(frozen=True)
@@ -82,7 +109,7 @@ class Cast:
         return self.source.shape
 
     def load(self) -> torch.Tensor:
-        return self.source.load().to(self.dtype)
+        return self.source.load(self.dtype)
 
 
 Source = StoredTensor | Cast | torch.Tensor
@@ -137,7 +164,8 @@ def human_size(count: int) -> str:
     return f"{count} B"
 
 
-def _describe(source: Source) -> tuple[str, tuple[int, ...], int]:
+def describe(source: Source) -> tuple[str, tuple[int, ...], int]:
+    """(safetensors dtype code, shape, bytes) of a tensor as it will be written."""
     if isinstance(source, StoredTensor):
         return source.dtype, source.shape, source.nbytes
     return CODES[source.dtype], tuple(source.shape), nbytes(source)
@@ -194,34 +222,40 @@ class _RangeCopier:
             os.close(fd)
 
 
-def write_shard(path: str | Path, tensors: list[tuple[str, Source]], metadata: dict[str, str] | None = None) -> None:
+def write_shard(path: str | Path, tensors: list[tuple[str, Source]], metadata: dict[str, str] | None = None) -> list[bytes]:
     """Write a safetensors file from stored byte ranges and in-memory tensors, in the given order.
 
-    Only one changed tensor is in memory at a time.
+    Returns each tensor's digest, what reading the file back must find: a stored tensor's is taken
+    from its source file, an in-memory one's from the bytes written. Only one changed tensor is in
+    memory at a time.
     """
     header: dict = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for name, source in tensors:
-        dtype, shape, size = _describe(source)
+        dtype, shape, size = describe(source)
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors writes it
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     copier = _RangeCopier(fd)
+    digests = []
     try:
         _write_all(fd, memoryview(struct.pack("<Q", len(blob)) + blob))
         for _, source in tensors:
             if isinstance(source, StoredTensor):
                 copier.add(source.path, source.start, source.end)
+                digests.append(source.digest())
                 continue
             copier.flush()
-            tensor = source.load() if isinstance(source, Cast) else source
-            _write_all(fd, memoryview(tensor_bytes(tensor)))
+            data = memoryview(tensor_bytes(source.load() if isinstance(source, Cast) else source))
+            _write_all(fd, data)
+            digests.append(xxhash.xxh3_128(data).digest())
         copier.flush()
     finally:
         copier.close()
         os.close(fd)
+    return digests
 
 
 def parallel(function, items: list) -> list:
@@ -235,13 +269,6 @@ def parallel(function, items: list) -> list:
 def tensor_bytes(tensor: torch.Tensor):
     """A tensor's bytes as a buffer, without a copy when it is contiguous."""
     return tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-
-
-def holds(stored: StoredTensor, tensor: torch.Tensor) -> bool:
-    """Whether a stored tensor has exactly this tensor's dtype, shape and bytes."""
-    if (DTYPES[stored.dtype], stored.shape) != (tensor.dtype, tuple(tensor.shape)):
-        return False
-    return stored.read() == tensor_bytes(tensor)  # bytearray comparison is a memcmp
 
 
 def same_bytes(a: StoredTensor, b: StoredTensor) -> bool:

@@ -15,16 +15,23 @@ retraining and without loading the model. Two checkpoint formats are understood:
 Every other tensor is copied as raw bytes (see ``shards``). The tower is checked against the
 checkpoint before anything is written; DST is built under a temporary name, verified, and only
 then renamed into place, so a failure leaves neither DST nor a temporary directory behind.
+
+Verification reads DST back once and compares every tensor's digest with the one recorded while
+writing it (for a copied tensor, SRC's). For llava-hf, transformers' Llava then loads DST on the
+meta device; importing it takes seconds of CPU, so it is imported on a thread while the shards are
+copied (copies and hashing release the GIL), and the whole swap stays close to a file copy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+import threading
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -36,7 +43,7 @@ from dcr_mllm.llava.shards import (
     Cast,
     Source,
     StoredTensor,
-    holds,
+    describe,
     human_size,
     nbytes,
     numel,
@@ -80,6 +87,14 @@ def _with_defaults(model_type: str, values: dict) -> dict:
     from transformers import AutoConfig
 
     return {**AutoConfig.for_model(model_type).to_dict(), **values}
+
+
+def _llava_defaults(values: dict) -> dict:
+    """A llava-hf config's own fields completed with LlavaConfig's defaults, read from its dataclass
+    fields: building one would build a Llama config too, whose import takes seconds."""
+    from transformers import LlavaConfig
+
+    return {**{f.name: f.default for f in fields(LlavaConfig) if f.default is not MISSING}, **values}
 
 
 @dataclass(frozen=True)
@@ -271,7 +286,7 @@ class SwapPlan:
 
 
 def _check_llava_hf(checkpoint: Checkpoint, tower: Tower, allow_family_change: bool) -> tuple[list[str], list[str], bool]:
-    config = _with_defaults("llava", {k: v for k, v in checkpoint.config.items() if k not in ("vision_config", "text_config")})
+    config = _llava_defaults({k: v for k, v in checkpoint.config.items() if k not in ("vision_config", "text_config")})
     vision = checkpoint.config["vision_config"]
     family = FAMILY_OF_VISION_TYPE.get(vision.get("model_type"))
     if family is None:
@@ -540,11 +555,13 @@ def _copy_side_files(src: Path, out: Path, skip: set[str]) -> None:
             shutil.copy2(item, out / item.name)
 
 
-def write_plan(plan: SwapPlan, out: Path) -> None:
+def write_plan(plan: SwapPlan, out: Path) -> dict[str, list[bytes]]:
+    """Write every file of DST into ``out``; returns each shard's tensor digests (see ``write_shard``)."""
     checkpoint = plan.checkpoint
     totals = {"total_size": 0, "total_parameters": 0}
     weight_map = {}
-    parallel(lambda shard: write_shard(out / shard, plan.layout[shard], checkpoint.shard_metadata[shard]), list(plan.layout))
+    shards = list(plan.layout)
+    digests = dict(zip(shards, parallel(lambda shard: write_shard(out / shard, plan.layout[shard], checkpoint.shard_metadata[shard]), shards)))
     for shard, items in plan.layout.items():
         for key, source in items:
             totals["total_size"] += nbytes(source)
@@ -565,14 +582,16 @@ def write_plan(plan: SwapPlan, out: Path) -> None:
     for name, data in plan.json_files.items():
         write_json(out / name, data)
     _copy_side_files(checkpoint.path, out, written)
+    return digests
 
 
-def verify(plan: SwapPlan, out: Path) -> list[str]:
-    """Read DST back: copies byte-identical to SRC, tower tensors equal to the tower's, and (llava-hf)
-    transformers' ``LlavaForConditionalGeneration`` accepts every key and shape."""
-    counts = parallel(lambda shard: _verify_shard(plan, out, shard), list(plan.layout))
+def verify(plan: SwapPlan, out: Path, digests: dict[str, list[bytes]]) -> list[str]:
+    """Read DST back: copies byte-identical to SRC, tower tensors equal to the tower's (by the
+    digests ``write_plan`` recorded), and (llava-hf) transformers' ``LlavaForConditionalGeneration``
+    accepts every key and shape."""
+    counts = parallel(lambda shard: _verify_shard(plan, out, shard, digests[shard]), list(plan.layout))
     identical, equal = sum(c[0] for c in counts), sum(c[1] for c in counts)
-    checks = [f"{identical} tensors byte-identical to SRC, {equal} equal to the tower's"]
+    checks = [f"{identical} tensors byte-identical to SRC, {equal} equal to the tower's (xxh3-128 of every tensor)"]
     for name in plan.checkpoint.bin_files:
         if not same_file(plan.checkpoint.path / name, out / name):
             raise DcrError(f"verification failed: {out / name} differs from {plan.checkpoint.path / name}")
@@ -585,23 +604,18 @@ def verify(plan: SwapPlan, out: Path) -> list[str]:
     return checks
 
 
-def _verify_shard(plan: SwapPlan, out: Path, shard: str) -> tuple[int, int]:
+def _verify_shard(plan: SwapPlan, out: Path, shard: str, digests: list[bytes]) -> tuple[int, int]:
     """(tensors byte-identical to SRC, tensors equal to the tower's) in one written shard."""
     items = plan.layout[shard]
     written, _ = read_header(out / shard)
-    if list(written) != [key for key, _ in items]:
+    if [(key, stored.dtype, stored.shape) for key, stored in written.items()] != [(key, *describe(source)[:2]) for key, source in items]:
         raise DcrError(f"verification failed: {out / shard} does not hold the planned tensors")
-    identical = equal = 0
-    for key, source in items:
-        if key in plan.tower_tensors:
-            if not holds(written[key], source.load()):
-                raise DcrError(f"verification failed: {key} in {shard} differs from the tower's tensor")
-            equal += 1
-        elif same_bytes(source, written[key]):
-            identical += 1
-        else:
-            raise DcrError(f"verification failed: {key} in {shard} differs from {plan.checkpoint.path}")
-    return identical, equal
+    for (key, _), digest in zip(items, digests):
+        if written[key].digest() != digest:
+            origin = "the tower's tensor" if key in plan.tower_tensors else plan.checkpoint.path
+            raise DcrError(f"verification failed: {key} in {shard} differs from {origin}")
+    equal = sum(key in plan.tower_tensors for key, _ in items)
+    return len(items) - equal, equal
 
 
 def _verify_tower_copy(tower: Tower, copy: Path) -> str:
@@ -614,6 +628,23 @@ def _verify_tower_copy(tower: Tower, copy: Path) -> str:
                 raise DcrError(f"verification failed: {copy / name} differs from the tower's {key}")
             count += 1
     return f"vision_tower/ holds the tower's {count} tensors unchanged"
+
+
+def import_llava_in_background() -> threading.Thread:
+    """Start importing transformers' Llava, for ``load_check``, on a daemon thread.
+
+    Only for while the main thread does I/O: it must not import transformers modules meanwhile.
+    ``load_check``'s own import then waits for this one (an import lock), or repeats it, raising,
+    if it failed.
+    """
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module("transformers.models.llava.modeling_llava")
+
+    thread = threading.Thread(target=run, name="import-llava", daemon=True)
+    thread.start()
+    return thread
 
 
 def load_check(directory: Path) -> str:
@@ -643,8 +674,10 @@ def swap_tower(src: str | Path, tower: str | Path, dst: str | Path, *, force: bo
         return report
     tmp = staging_dir(dst)
     try:
-        write_plan(plan, tmp)
-        report.verified = verify(plan, tmp)
+        if plan.checkpoint.format == "llava-hf":
+            import_llava_in_background()  # ready by the load check, which follows the copy
+        digests = write_plan(plan, tmp)
+        report.verified = verify(plan, tmp, digests)
         commit(tmp, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

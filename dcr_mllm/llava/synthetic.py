@@ -1,6 +1,7 @@
 """Synthetic LLaVA data for the tiny pipeline and tests: the project's procedural scenes with
 captions (pretraining records, like LCS-558K) and questions about their attributes
-(instruction records, like the 665K mix: multi-turn, yes/no, and some text-only turns)."""
+(instruction records, like the 665K mix: multi-turn, short answers, yes/no and multiple-choice
+questions in the prompt formats the evaluation tasks use, and some text-only turns)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,16 @@ TEXT_ONLY = [
 
 def _questions(attrs, rng: random.Random) -> list[dict]:
     asked_colour = attrs.colour if rng.random() < 0.5 else rng.choice(["red", "green", "blue", "yellow"])
+    other_way = rng.choice([d for d in ("up", "down", "left", "right") if d != attrs.orientation])
+    options = [attrs.orientation, other_way] if rng.random() < 0.5 else [other_way, attrs.orientation]
     qa = [
         ("What colour are the shapes?", attrs.colour.capitalize() + "."),
         ("How many shapes are there?", NUMBERS[attrs.count]),
         ("Which way do the shapes point?", attrs.orientation.capitalize() + "."),
-        (f"Is there a {asked_colour} shape in the image? Answer yes or no.", "Yes." if asked_colour == attrs.colour else "No."),
+        (f"Is there a {asked_colour} {attrs.shape} in the image?\nAnswer the question using a single word or phrase.",
+         "Yes" if asked_colour == attrs.colour else "No"),
+        (f"Which way do the shapes point?\nA. {options[0]}\nB. {options[1]}\nAnswer with the option's letter from the given choices directly.",
+         "A" if options[0] == attrs.orientation else "B"),
     ]
     rng.shuffle(qa)
     turns = []

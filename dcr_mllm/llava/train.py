@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.llava.build import build_llava, vision_layout
+from dcr_mllm.llava.build import add_language_lora, build_llava, vision_layout
 from dcr_mllm.llava.data import ConversationData, GroupedBatches, read_records
 from dcr_mllm.llava.synthetic import write_synthetic_conversations
 from dcr_mllm.presets.real import local_path
@@ -90,10 +90,7 @@ def build_for_stage(cfg: LlavaTrainConfig, stage: str):
     load_trainable_state(model, Path(cfg.output_dir) / "pretrain" / "trainable.safetensors", prefix="")
     model.model.multi_modal_projector.requires_grad_(True)
     if cfg.lora.enabled:
-        from peft import LoraConfig, inject_adapter_in_model
-
-        inject_adapter_in_model(LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                           target_modules=cfg.lora.targets), model.model.language_model)
+        add_language_lora(model, cfg.lora)
         for name, param in model.model.language_model.named_parameters():
             param.requires_grad_("lora_" in name)
     else:

@@ -57,17 +57,21 @@ def apply_lora(tower: VisionTower, r: int = 16, alpha: int = 16, dropout: float 
 
 
 def merge_lora(tower: VisionTower) -> int:
-    """Fold every LoRA adapter into its base layer and put the base layer back; returns the count."""
+    """Fold the tower's LoRA adapters into its vision encoder; returns how many were merged."""
+    return merge_adapters(tower.vision_encoder)
+
+
+def merge_adapters(module: nn.Module) -> int:
+    """Fold every LoRA adapter inside ``module`` into its base layer and put the base layer back."""
     from peft.tuners.lora import LoraLayer
 
-    encoder = tower.vision_encoder
     merged = 0
-    for name, module in list(encoder.named_modules()):
-        if not isinstance(module, LoraLayer):
+    for name, layer in list(module.named_modules()):
+        if not isinstance(layer, LoraLayer):
             continue
-        module.merge(safe_merge=True)
+        layer.merge(safe_merge=True)
         parent_name, _, child = name.rpartition(".")
-        parent = encoder.get_submodule(parent_name) if parent_name else encoder
-        setattr(parent, child, module.get_base_layer())
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, layer.get_base_layer())
         merged += 1
     return merged

@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from dcr_mllm.cli import main
+from dcr_mllm.llava.build import VICUNA_CHAT_TEMPLATE
 from dcr_mllm.llava.convert import convert_llava
 from dcr_mllm.llava.swap import swap_tower
 
@@ -100,7 +101,11 @@ def test_conversion_matches_transformers(make_original, tiny, tmp_path):
     assert not torch.equal(ours[resized[0]][vocab:], ours[resized[1]][vocab:])
 
     processor = AutoProcessor.from_pretrained(dst)
-    inputs = processor(images=Image.new("RGB", (32, 32), (0, 90, 200)), text="USER: <image>\nWhat is it? ASSISTANT:", return_tensors="pt")
+    assert processor.chat_template == VICUNA_CHAT_TEMPLATE
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
+                                           add_generation_prompt=True)
+    assert prompt.endswith(" USER: <image>\nWhat is it? ASSISTANT:")
+    inputs = processor(images=Image.new("RGB", (32, 32), (0, 90, 200)), text=prompt, return_tensors="pt")
     assert (inputs.input_ids == vocab).sum() == 16
     with torch.no_grad():
         generated = model.float().generate(**inputs, max_new_tokens=3, do_sample=False)

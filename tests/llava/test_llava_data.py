@@ -42,14 +42,14 @@ def test_only_answers_carry_labels(processor):
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     assert input_ids[0] == tokenizer.bos_token_id and input_ids.count(image_id) == 16
     labelled = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
-    assert tokenizer.decode([input_ids[i] for i in labelled]) == "Red.</s>Two.</s>"
+    assert tokenizer.decode([input_ids[i] for i in labelled]) == " Red.</s> Two.</s>"
     assert all(labels[i] == input_ids[i] for i in labelled)
     # the labelled spans are exactly the two answers, each right after its " ASSISTANT: "
     runs = [[labelled[0]]]
     for i in labelled[1:]:
         runs[-1].append(i) if i == runs[-1][-1] + 1 else runs.append([i])
-    assert [tokenizer.decode([input_ids[i] for i in run]) for run in runs] == ["Red.</s>", "Two.</s>"]
-    assert tokenizer.decode(input_ids[: runs[0][0]]).endswith("What colour is it? ASSISTANT: ")
+    assert [tokenizer.decode([input_ids[i] for i in run]) for run in runs] == [" Red.</s>", " Two.</s>"]
+    assert tokenizer.decode(input_ids[: runs[0][0]]).endswith("What colour is it? ASSISTANT:")
 
     plain_ids, plain_labels = tokenize(TWO_TURNS, "plain", tokenizer, image_seq_length=16, max_length=512)
     assert plain_ids[:17] == [tokenizer.bos_token_id] + [image_id] * 16 and set(plain_labels[:17]) == {IGNORE_INDEX}
@@ -57,7 +57,7 @@ def test_only_answers_carry_labels(processor):
 
     text_ids, text_labels = tokenize(TEXT_ONLY, "vicuna_v1", tokenizer, image_seq_length=16, max_length=512)
     assert image_id not in text_ids
-    assert tokenizer.decode([t for t, label in zip(text_ids, text_labels) if label != IGNORE_INDEX]) == "Hello.</s>"
+    assert tokenizer.decode([t for t, label in zip(text_ids, text_labels) if label != IGNORE_INDEX]) == " Hello.</s>"
 
 
 def test_truncation_keeps_images_whole(processor):

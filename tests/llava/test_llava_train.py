@@ -97,3 +97,25 @@ def test_two_process_zero3_finetune(tiny, trained, tmp_path):
     state = json.loads((run_dir / "finetune" / "train_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 2
     LlavaForConditionalGeneration.from_pretrained(run_dir / "model")
+
+
+def test_lora_finetune_trains_adapters_and_projector_then_merges(tiny, trained, tmp_path):
+    _, out, _ = trained
+    run_dir = tmp_path / "lora"
+    run_dir.mkdir()
+    os.symlink(out / "pretrain", run_dir / "pretrain")
+    os.symlink(out / "data", run_dir / "data")
+    cfg = tiny_config(tiny, run_dir, **{"lora.enabled": "true", "lora.r": 4, "lora.alpha": 8, "lora.projector_lr": 0.0,
+                                        "finetune.epochs": 0, "finetune.max_steps": 2})
+    model_dir = run_llava(cfg, "finetune")
+    state = load_file(run_dir / "finetune" / "trainable.safetensors")
+    assert any("lora_A" in k for k in state) and any("multi_modal_projector" in k for k in state)
+    assert all("lora_" in k or "multi_modal_projector" in k for k in state)
+    pretrained = load_file(out / "pretrain" / "trainable.safetensors")
+    for key, value in pretrained.items():  # projector lr 0: its own learning rate group is honoured
+        assert torch.equal(state[key], value)
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir)
+    assert not any("lora_" in name for name, _ in model.named_parameters()), "adapters are merged on export"
+    base = AutoModelForCausalLM.from_pretrained(tiny["llama"]).model.layers.state_dict()
+    merged = model.model.language_model.layers.state_dict()
+    assert any(not torch.equal(merged[k], base[k]) for k in merged if k.endswith("q_proj.weight"))
