@@ -1,19 +1,21 @@
-"""Benchmark ``dcr-mllm swap-tower`` on a synthetic multi-GB llava-hf checkpoint: time against ``cp -r``, peak memory.
+"""Benchmark ``dcr-mllm swap-tower`` on synthetic multi-GB llava-hf checkpoints: time against ``cp -r``, peak memory.
 
-Builds, under a temporary directory in /tmp, a float16 llava-hf checkpoint of about 2.5 GB in
-5 shards with LLaVA-1.5's layout (a CLIP ViT-L/14-336 vision tower, a 2048-wide 16-layer Llama,
-a 32064-token vocabulary; random values) and a float32 CLIP ViT-L/14-336 tower directory. Then it
-times ``cp -r`` of the checkpoint directory and the swap (a child process, verification included),
-twice each, interleaved, and reads each child's peak RSS from the kernel (``wait4``). The start-up
-cost of Python + torch + transformers is measured on its own, because on a small machine it is
-most of the swap's time. Prints the figures, writes ``bench/results/swap_tower.json`` and deletes
-everything it wrote under /tmp.
+For each size, builds under a temporary directory in /tmp a float16 llava-hf checkpoint with
+LLaVA-1.5's layout (a CLIP ViT-L/14-336 vision tower, a 2048-wide Llama, a 32064-token vocabulary;
+random values; shards of at most 0.6 GB): 16 Llama layers make 2.5 GB in 5 shards, 64 make 7.4 GB
+in 13, 128 make 13.8 GB in 24 (the size of LLaVA-1.5-7B). The tower is a float32 CLIP ViT-L/14-336
+directory. Then it times ``cp -r`` of the checkpoint
+directory and the swap (the CLI in a child process, verification included), ROUNDS times each,
+interleaved, each output deleted before the next command, so both start from the same page cache
+(SRC cached, nothing else); it reports medians and reads each child's peak RSS and CPU time from
+the kernel (``wait4``). The imports alone (Python + torch + transformers' Llava) are timed too,
+because on a small machine they are most of the swap's time. Prints the figures, writes
+``bench/results/swap_tower.json`` and deletes everything it wrote under /tmp.
 
 The building happens in a child process: a child's peak RSS starts from its parent's at exec
 time, so the measuring parent must stay small (it imports no torch).
 
-Run: ``.venv/bin/python bench/swap_tower.py`` (``--text-layers 64`` for a ~7.4 GB checkpoint, to see
-the start-up cost amortised; results then go to ``bench/results/swap_tower_64_layers.json``)
+Run: ``.venv/bin/python bench/swap_tower.py`` (all three sizes; ``--text-layers 16`` runs and records one)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,8 +35,8 @@ RESULTS = Path(__file__).parent / "results" / "swap_tower.json"
 SHARD_BYTES = 600_000_000
 TEXT = {"vocab_size": 32064, "hidden_size": 2048, "intermediate_size": 5504, "num_attention_heads": 16,
         "num_key_value_heads": 16, "max_position_embeddings": 4096}
-TEXT_LAYERS = 16
-ROUNDS = 2
+TEXT_LAYERS = (16, 64, 128)
+ROUNDS = 5
 
 
 def hub_key(in_memory_key: str) -> str:
@@ -116,17 +119,18 @@ def build_tower(out: Path) -> int:
     return (out / "model.safetensors").stat().st_size
 
 
-def timed_child(command: list[str]) -> tuple[float, int, str]:
-    """Run a command; returns its wall time, its own peak RSS in bytes (Linux reports KiB) and its output."""
+def timed_child(command: list[str]) -> dict:
+    """Run a command: its wall time, CPU time (user + system), own peak RSS in bytes (Linux reports
+    KiB), the load average when it ended (the machine is shared) and its output."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = process.stdout.read().decode()
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
+    if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"{' '.join(command)} failed:\n{output}")
-    return elapsed, usage.ru_maxrss * 1024, output
+    return {"seconds": elapsed, "cpu_seconds": usage.ru_utime + usage.ru_stime, "rss_bytes": usage.ru_maxrss * 1024,
+            "load": os.getloadavg()[0], "output": output}
 
 
 def build(work: Path, text_layers: int) -> None:
@@ -135,70 +139,80 @@ def build(work: Path, text_layers: int) -> None:
     print(json.dumps({"total": total, "largest": largest, "tower": build_tower(work / "tower")}))
 
 
-def main(text_layers: int) -> None:
-    needed = 4 * (0.9e9 + 0.1e9 * text_layers)  # checkpoint, swap output, cp copy, tower; with room to spare
+def measure(text_layers: int) -> dict:
+    """Build one checkpoint, time cp -r and swap-tower on it (interleaved), delete it; the figures."""
+    work = Path(tempfile.mkdtemp(prefix="dcr_bench_swap_"))
+    try:
+        print(f"building the synthetic checkpoint ({text_layers} Llama layers) and tower under {work} ...", flush=True)
+        built = timed_child([sys.executable, __file__, "--build", str(work), "--text-layers", str(text_layers)])
+        sizes = json.loads(built["output"].strip().splitlines()[-1])
+        src, tower, dst, copy = work / "llava-hf", work / "tower", work / "swapped", work / "copied"
+        swap = [sys.executable, "-m", "dcr_mllm.cli", "swap-tower", "--llava", str(src), "--tower", str(tower), "--output", str(dst)]
+        imports = [sys.executable, "-c", "import dcr_mllm.cli, dcr_mllm.llava.swap; from transformers import LlavaForConditionalGeneration"]
+        runs = {"cp": [], "swap": [], "imports": []}
+        for _ in range(ROUNDS):
+            runs["cp"].append(timed_child(["cp", "-r", str(src), str(copy)]))
+            shutil.rmtree(copy)
+            runs["swap"].append(timed_child(swap))
+            shutil.rmtree(dst)
+            runs["imports"].append(timed_child(imports))
+        shards = len(list(src.glob("*.safetensors")))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    median = {name: statistics.median(r["seconds"] for r in values) for name, values in runs.items()}
+    peak = max(r["rss_bytes"] for r in runs["swap"])
+    limit = 1.5 * sizes["largest"] + sizes["tower"]
+    return {
+        "checkpoint_bytes": sizes["total"],
+        "shards": shards,
+        "largest_shard_bytes": sizes["largest"],
+        "tower_bytes": sizes["tower"],
+        "rounds": ROUNDS,
+        "cp_r_seconds": [r["seconds"] for r in runs["cp"]],
+        "swap_seconds": [r["seconds"] for r in runs["swap"]],
+        "imports_seconds": [r["seconds"] for r in runs["imports"]],
+        "swap_cpu_seconds": [r["cpu_seconds"] for r in runs["swap"]],
+        "load_average": [r["load"] for r in runs["swap"]],
+        "cp_r_median_seconds": median["cp"],
+        "swap_median_seconds": median["swap"],
+        "imports_median_seconds": median["imports"],
+        "swap_over_cp": median["swap"] / median["cp"],
+        "time_within_2x_cp": median["swap"] <= 2 * median["cp"],
+        "swap_peak_rss_bytes": peak,
+        "imports_peak_rss_bytes": max(r["rss_bytes"] for r in runs["imports"]),
+        "rss_limit_bytes": limit,
+        "rss_under_limit": peak < limit,
+        "swap_summary": runs["swap"][-1]["output"].strip().splitlines(),
+    }
+
+
+def main(layer_counts: list[int]) -> None:
+    needed = 2.2 * (0.9e9 + 0.1e9 * max(layer_counts))  # checkpoint, one output, tower; with room to spare
     free = shutil.disk_usage(tempfile.gettempdir()).free
     if free < needed:
         raise SystemExit(f"need about {needed / 1e9:.0f} GB free under {tempfile.gettempdir()}; {free / 1e9:.1f} GB free")
-    work = Path(tempfile.mkdtemp(prefix="dcr_bench_swap_"))
-    try:
-        print(f"building the synthetic checkpoint and tower under {work} ...", flush=True)
-        sizes = json.loads(timed_child([sys.executable, __file__, "--build", str(work), "--text-layers", str(text_layers)])[2].strip().splitlines()[-1])
-        src, tower, dst, copy = work / "llava-hf", work / "tower", work / "swapped", work / "copied"
-        total, largest, tower_bytes = sizes["total"], sizes["largest"], sizes["tower"]
-        shards = len(list(src.glob("*.safetensors")))
-        swap = [sys.executable, "-m", "dcr_mllm.cli", "swap-tower", "--llava", str(src), "--tower", str(tower), "--output", str(dst)]
-        startup = [sys.executable, "-c", "import dcr_mllm.cli, dcr_mllm.llava.swap; from transformers import LlavaForConditionalGeneration"]
-        startup_seconds, startup_rss, _ = timed_child(startup)
-        cp_times, swap_times, swap_rss = [], [], []
-        for _ in range(ROUNDS):
-            shutil.rmtree(copy, ignore_errors=True)
-            shutil.rmtree(dst, ignore_errors=True)
-            cp_times.append(timed_child(["cp", "-r", str(src), str(copy)])[0])
-            seconds, rss, summary = timed_child(swap)
-            swap_times.append(seconds)
-            swap_rss.append(rss)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    best_cp, best_swap, peak = min(cp_times), min(swap_times), max(swap_rss)
-    limit = 1.5 * largest + tower_bytes
-    result = {
-        "checkpoint_bytes": total,
-        "shards": shards,
-        "largest_shard_bytes": largest,
-        "tower_bytes": tower_bytes,
-        "cp_r_seconds": cp_times,
-        "swap_seconds": swap_times,
-        "startup_seconds": startup_seconds,
-        "swap_over_cp": best_swap / best_cp,
-        "swap_without_startup_over_cp": (best_swap - startup_seconds) / best_cp,
-        "swap_peak_rss_bytes": peak,
-        "startup_rss_bytes": startup_rss,
-        "rss_limit_bytes": limit,
-        "time_within_2x_cp": best_swap <= 2 * best_cp,
-        "rss_under_limit": peak < limit,
-        "cpu_count": os.cpu_count(),
-        "swap_summary": summary.strip().splitlines(),
-    }
+    results = [measure(layers) for layers in layer_counts]
     gb = 1e9
-    print(summary.strip())
-    print(f"checkpoint   {total / gb:.2f} GB float16 in {shards} shards (largest {largest / gb:.2f} GB); tower {tower_bytes / gb:.2f} GB float32")
-    print(f"cp -r        {', '.join(f'{t:.2f}' for t in cp_times)} s")
-    print(f"swap-tower   {', '.join(f'{t:.2f}' for t in swap_times)} s, verification included: {result['swap_over_cp']:.1f}x cp -r "
-          f"(target 2x); {result['swap_without_startup_over_cp']:.1f}x without the {startup_seconds:.1f} s start-up")
-    print(f"peak RSS     {peak / gb:.2f} GB (start-up alone {startup_rss / gb:.2f} GB); target < 1.5 x largest shard + tower = {limit / gb:.2f} GB")
-    results = RESULTS if text_layers == TEXT_LAYERS else RESULTS.with_name(f"swap_tower_{text_layers}_layers.json")
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {results}")
+    for result in results:
+        print("\n".join(result["swap_summary"]))
+        print(f"checkpoint   {result['checkpoint_bytes'] / gb:.2f} GB float16 in {result['shards']} shards "
+              f"(largest {result['largest_shard_bytes'] / gb:.2f} GB); tower {result['tower_bytes'] / gb:.2f} GB float32")
+        print(f"cp -r        median {result['cp_r_median_seconds']:.2f} s  ({', '.join(f'{t:.2f}' for t in result['cp_r_seconds'])})")
+        print(f"swap-tower   median {result['swap_median_seconds']:.2f} s  ({', '.join(f'{t:.2f}' for t in result['swap_seconds'])}), "
+              f"verification included: {result['swap_over_cp']:.1f}x cp -r (target 2x); imports alone {result['imports_median_seconds']:.2f} s")
+        print(f"peak RSS     {result['swap_peak_rss_bytes'] / gb:.2f} GB (imports alone {result['imports_peak_rss_bytes'] / gb:.2f} GB); "
+              f"target < 1.5 x largest shard + tower = {result['rss_limit_bytes'] / gb:.2f} GB")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"cpu_count": os.cpu_count(), "runs": results}, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="swap-tower against cp -r on a synthetic llava-hf checkpoint")
-    parser.add_argument("--text-layers", type=int, default=TEXT_LAYERS, help="Llama layers (about 0.1 GB each)")
+    parser.add_argument("--text-layers", type=int, nargs="+", default=list(TEXT_LAYERS), help="Llama layers per checkpoint (about 0.1 GB each)")
     parser.add_argument("--build", metavar="DIR", help=argparse.SUPPRESS)  # the child that writes the inputs
     args = parser.parse_args()
     if args.build:
-        build(Path(args.build), args.text_layers)
+        build(Path(args.build), args.text_layers[0])
     else:
         main(args.text_layers)

@@ -92,9 +92,9 @@ class StoredTensor:
             if os.fstat(f.fileno()).st_size < self.end:
                 raise DcrError(f"{self.path} ends inside tensor {self.name}; the file is truncated")
             offset = start - start % mmap.ALLOCATIONGRANULARITY
-            with mmap.mmap(f.fileno(), end - offset, offset=offset, access=mmap.ACCESS_COPY) as pages, memoryview(pages) as view:
-                with view[start - offset:] as data:
-                    yield data
+            with (mmap.mmap(f.fileno(), end - offset, offset=offset, access=mmap.ACCESS_COPY) as pages, memoryview(pages) as view,
+                  view[start - offset:] as data):
+                yield data
 
 
 @dataclass(frozen=True)

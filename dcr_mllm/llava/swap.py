@@ -18,8 +18,8 @@ then renamed into place, so a failure leaves neither DST nor a temporary directo
 
 Verification reads DST back once and compares every tensor's digest with the one recorded while
 writing it (for a copied tensor, SRC's). For llava-hf, transformers' Llava then loads DST on the
-meta device; importing it takes seconds of CPU, so it is imported on a thread while the shards are
-copied (copies and hashing release the GIL), and the whole swap stays close to a file copy.
+meta device. Importing it takes seconds of CPU, more than copying a few GB, so it runs on a thread
+while the shards are copied (copies and hashing release the GIL); see bench/README.md for times.
 """
 
 from __future__ import annotations
@@ -630,7 +630,7 @@ def _verify_tower_copy(tower: Tower, copy: Path) -> str:
     return f"vision_tower/ holds the tower's {count} tensors unchanged"
 
 
-def import_llava_in_background() -> threading.Thread:
+def _import_llava_in_background() -> None:
     """Start importing transformers' Llava, for ``load_check``, on a daemon thread.
 
     Only for while the main thread does I/O: it must not import transformers modules meanwhile.
@@ -639,12 +639,10 @@ def import_llava_in_background() -> threading.Thread:
     """
 
     def run() -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # noqa: BLE001 - load_check repeats a failed import and reports it
             importlib.import_module("transformers.models.llava.modeling_llava")
 
-    thread = threading.Thread(target=run, name="import-llava", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=run, name="import-llava", daemon=True).start()
 
 
 def load_check(directory: Path) -> str:
@@ -675,7 +673,7 @@ def swap_tower(src: str | Path, tower: str | Path, dst: str | Path, *, force: bo
     tmp = staging_dir(dst)
     try:
         if plan.checkpoint.format == "llava-hf":
-            import_llava_in_background()  # ready by the load check, which follows the copy
+            _import_llava_in_background()  # ready by the load check, which follows the copy
         digests = write_plan(plan, tmp)
         report.verified = verify(plan, tmp, digests)
         commit(tmp, dst)

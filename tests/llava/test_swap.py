@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from transformers import (
 )
 
 from dcr_mllm.cli import main
+from dcr_mllm.errors import DcrError
+from dcr_mllm.llava import swap
+from dcr_mllm.llava.shards import read_header
 from dcr_mllm.llava.swap import swap_tower
 
 ENHANCED_MEAN = [0.5, 0.4, 0.3]  # the dcr_tower fixture's normalisation
@@ -111,6 +115,29 @@ def test_swap_replaces_exactly_the_vision_tower(make_llava_hf, dcr_tower, tmp_pa
     assert f"replace {CHECKPOINT_TOWER_TENSORS} vision-tower tensors" in text and "byte-identical" in text
     assert "image_mean" in text and len(report.lines()) < 25
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("target", ["copied", "tower"])
+def test_a_corrupted_tensor_fails_verification_and_leaves_no_output(make_llava_hf, dcr_tower, tmp_path, monkeypatch, target):
+    src, write_shard = make_llava_hf("hub"), swap.write_shard
+
+    def write_and_corrupt(path, tensors, metadata=None):
+        """Write a shard as planned, then flip one byte of its first copied (or tower) tensor."""
+        digests = write_shard(path, tensors, metadata)
+        victim = next((t for k, t in read_header(path)[0].items() if (tower_key(k) is None) == (target == "copied")), None)
+        if victim is not None:
+            with open(path, "r+b") as f:
+                f.seek(victim.start)
+                byte = f.read(1)[0]
+                f.seek(victim.start)
+                f.write(bytes([byte ^ 1]))
+        return digests
+
+    monkeypatch.setattr(swap, "write_shard", write_and_corrupt)
+    expected = f"differs from {src}" if target == "copied" else "differs from the tower's tensor"
+    with pytest.raises(DcrError, match=f"verification failed: .* {re.escape(expected)}"):
+        swap_tower(src, dcr_tower, tmp_path / "swapped")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_dry_run_prints_the_changes_and_writes_nothing(make_llava_hf, dcr_tower, tmp_path, capsys):
