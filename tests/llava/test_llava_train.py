@@ -26,6 +26,15 @@ def tiny_config(tiny, out, **overrides):
     return load_config(LlavaTrainConfig, None, base + [f"{k}={v}" for k, v in overrides.items()])
 
 
+def after_pretrain(trained, run_dir: Path) -> Path:
+    """A fresh output directory that shares the trained run's pretrain stage and data."""
+    _, out, _ = trained
+    run_dir.mkdir()
+    os.symlink(out / "pretrain", run_dir / "pretrain")
+    os.symlink(out / "data", run_dir / "data")
+    return run_dir
+
+
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("llava")
@@ -83,11 +92,7 @@ def test_finetune_needs_a_finished_pretrain(tiny, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_process_zero3_finetune(tiny, trained, tmp_path):
-    _, out, _ = trained
-    run_dir = tmp_path / "zero3"
-    run_dir.mkdir()
-    os.symlink(out / "pretrain", run_dir / "pretrain")
-    os.symlink(out / "data", run_dir / "data")
+    run_dir = after_pretrain(trained, tmp_path / "zero3")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dcr_mllm.cli",
                "llava-finetune", f"tower={tiny['clip']}", "language_model=tiny-llama", f"output_dir={run_dir}", "synthetic_images=16",
@@ -101,10 +106,7 @@ def test_two_process_zero3_finetune(tiny, trained, tmp_path):
 
 def test_lora_finetune_trains_adapters_and_projector_then_merges(tiny, trained, tmp_path):
     _, out, _ = trained
-    run_dir = tmp_path / "lora"
-    run_dir.mkdir()
-    os.symlink(out / "pretrain", run_dir / "pretrain")
-    os.symlink(out / "data", run_dir / "data")
+    run_dir = after_pretrain(trained, tmp_path / "lora")
     cfg = tiny_config(tiny, run_dir, **{"lora.enabled": "true", "lora.r": 4, "lora.alpha": 8, "lora.projector_lr": 0.0,
                                         "finetune.epochs": 0, "finetune.max_steps": 2})
     model_dir = run_llava(cfg, "finetune")
