@@ -12,22 +12,28 @@ from dcr_mllm.errors import DcrError
 
 
 def _enhance(args: argparse.Namespace) -> None:
-    from dcr_mllm.config import load_config
-    from dcr_mllm.enhance.config import EnhanceConfig
+    from dcr_mllm.config import PACKAGED_CONFIGS, config_yaml, load_config
+    from dcr_mllm.enhance.config import EnhanceConfig, resolve_config
     from dcr_mllm.enhance.recipe import run_enhance
 
-    cfg = load_config(EnhanceConfig, args.config, args.overrides)
-    tower = run_enhance(cfg, [args.stage] if args.stage else None)
+    cfg = load_config(EnhanceConfig, args.config or PACKAGED_CONFIGS / "enhance_tiny.yaml", args.overrides)
+    if args.print_config:
+        print(config_yaml(resolve_config(cfg)), end="")
+        return
+    tower = run_enhance(cfg, [args.stage] if args.stage else None, allow_config_change=args.allow_config_change)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"enhanced tower: {tower}" if tower else f"stage output: {cfg.output_dir}")
 
 
 def _llava(args: argparse.Namespace) -> None:
-    from dcr_mllm.config import load_config
-    from dcr_mllm.llava.train import LlavaTrainConfig, run_llava
+    from dcr_mllm.config import PACKAGED_CONFIGS, config_yaml, load_config
+    from dcr_mllm.llava.train import LlavaTrainConfig, resolve_config, run_llava
 
-    cfg = load_config(LlavaTrainConfig, args.config, args.overrides)
-    out = run_llava(cfg, args.stage)
+    cfg = load_config(LlavaTrainConfig, args.config or PACKAGED_CONFIGS / "llava_tiny.yaml", args.overrides)
+    if args.print_config:
+        print(config_yaml(resolve_config(cfg)), end="")
+        return
+    out = run_llava(cfg, args.stage, allow_config_change=args.allow_config_change)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{'llava-hf model' if args.stage == 'finetune' else 'pretrained projector'}: {out}")
 
@@ -36,14 +42,14 @@ def _swap_tower(args: argparse.Namespace) -> None:
     from dcr_mllm.llava.swap import swap_tower
 
     report = swap_tower(args.llava, args.tower, args.output, force=args.force, dry_run=args.dry_run,
-                        allow_family_change=args.allow_family_change)
+                        allow_family_change=args.allow_family_change, allow_pickle=args.allow_pickle)
     print("\n".join(report.lines()))
 
 
 def _convert_llava(args: argparse.Namespace) -> None:
     from dcr_mllm.llava.convert import convert_llava
 
-    print("\n".join(convert_llava(args.input, args.output, force=args.force).lines()))
+    print("\n".join(convert_llava(args.input, args.output, force=args.force, allow_pickle=args.allow_pickle).lines()))
 
 
 def _build_tiny(args: argparse.Namespace) -> None:
@@ -60,7 +66,8 @@ def _eval_tower(args: argparse.Namespace) -> None:
 
     evaluate_towers(
         parse_tower_args(args.tower), args.benchmark, args.output, data=args.data, batch_size=args.batch_size, device=args.device,
-        pairs_per_attribute=args.pairs_per_attribute, image_size=args.image_size, seed=args.seed,
+        pairs_per_attribute=args.pairs_per_attribute, image_size=args.image_size, seed=args.seed, preprocess=args.preprocess,
+        allow_pickle=args.allow_pickle,
     )
     print(Path(args.output, "results.md").read_text(encoding="utf-8"), end="")
     print(f"report: {args.output}")
@@ -69,10 +76,14 @@ def _eval_tower(args: argparse.Namespace) -> None:
 def _make_eval_data(args: argparse.Namespace) -> None:
     from dcr_mllm.evaluation import write_classification_folder, write_mmvp_vlm
 
-    if args.benchmark == "mmvp-vlm":
-        out = write_mmvp_vlm(args.output, image_size=args.image_size, seed=args.seed)
+    if args.benchmark == "world":
+        from dcr_mllm.world.scenes import write_world
+
+        out = write_world(args.output, seed=args.seed, count=args.count, size=args.image_size or 32)
+    elif args.benchmark == "mmvp-vlm":
+        out = write_mmvp_vlm(args.output, image_size=args.image_size or 224, seed=args.seed)
     else:
-        out = write_classification_folder(args.output, per_class=args.per_class, image_size=args.image_size, seed=args.seed)
+        out = write_classification_folder(args.output, per_class=args.per_class, image_size=args.image_size or 224, seed=args.seed)
     print(f"synthetic {args.benchmark} data: {out}")
 
 
@@ -84,16 +95,16 @@ def _prepare_eval_data(args: argparse.Namespace) -> None:
         raise DcrError("nothing to prepare; pass --synthetic, or --mmvp DIR and/or --pope DIR --coco DIR")
     if args.pope and not args.coco:
         raise DcrError("--pope needs --coco, the COCO val2014 image directory its questions refer to")
-    written = []
-    if args.synthetic:
-        written += [lmms_tasks.synthetic_mmvp(root, seed=args.seed), *lmms_tasks.synthetic_pope(root, seed=args.seed)]
-    if args.mmvp:
-        written.append(lmms_tasks.prepare_mmvp(args.mmvp, root))
-    if args.pope:
-        written += lmms_tasks.prepare_pope(args.pope, args.coco, root)
+    written = lmms_tasks.prepare_eval_data(root, mmvp=args.mmvp, pope=args.pope, coco=args.coco, synthetic=args.synthetic, seed=args.seed)
     print("\n".join(str(p) for p in written))
     if args.output:
         print(f"export DCR_EVAL_DATA={root}   # so that the *_local lmms-eval tasks read it")
+
+
+def _eval_task_dir(args: argparse.Namespace) -> None:
+    from dcr_mllm.evaluation.lmms_tasks import task_dir
+
+    print(task_dir())
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -111,6 +122,9 @@ def _summary(args: argparse.Namespace) -> None:
 
     from dcr_mllm.evaluation.summary import summarize
 
+    bad = [item for item in args.run if "=" not in item.strip("=")]
+    if bad:
+        raise DcrError(f"--run {bad[0]!r}: give NAME=DIR, e.g. --run enhance=outputs/enhance")
     runs = dict(item.split("=", 1) for item in args.run)
     text = summarize({name: Path(path) for name, path in runs.items()}, Path(args.tower_eval), Path(args.mllm_eval))
     if args.output:
@@ -118,20 +132,30 @@ def _summary(args: argparse.Namespace) -> None:
     print(text, end="")
 
 
+ALLOW_CONFIG_CHANGE = ("resume from checkpoints made with other training settings (learning rate, batch size, schedule, "
+                       "model, data); the new ones take effect from the resumed step")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcr-mllm", description="DCR-enhanced vision towers for multimodal LLMs.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a user error too (also: DCR_MLLM_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     enhance = sub.add_parser("enhance", help="stage one: enhance a vision tower with DCR (projector, then LoRA), then export it")
-    enhance.add_argument("--config", help="YAML config (default: the tiny preset)")
+    enhance.add_argument("--config", help="YAML config (default: the packaged tiny config, dcr_mllm/configs/enhance_tiny.yaml)")
+    enhance.add_argument("--print-config", action="store_true", help="print the resolved config (file + overrides + defaults) as YAML and exit")
     enhance.add_argument("--stage", choices=["projector", "lora"], help="run only this stage")
+    enhance.add_argument("--allow-config-change", action="store_true", help=ALLOW_CONFIG_CHANGE)
     enhance.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1 lora_stage.max_steps=10")
     enhance.set_defaults(func=_enhance)
 
     for stage, text in (("pretrain", "stage two: LLaVA-1.5 projector pretraining with a tower"),
                         ("finetune", "stage two: LLaVA-1.5 instruction tuning, then export a llava-hf model")):
         llava = sub.add_parser(f"llava-{stage}", help=text)
-        llava.add_argument("--config", help="YAML config (default: the tiny preset with stage one's tower)")
+        llava.add_argument("--config", help="YAML config (default: the packaged tiny config with stage one's tower, dcr_mllm/configs/llava_tiny.yaml)")
+        llava.add_argument("--print-config", action="store_true", help="print the resolved config (file + overrides + defaults) as YAML and exit")
+        llava.add_argument("--allow-config-change", action="store_true", help=ALLOW_CONFIG_CHANGE)
         llava.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. finetune.max_steps=10")
         llava.set_defaults(func=_llava, stage=stage)
 
@@ -143,12 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("--force", action="store_true", help="replace an existing DST (only once the new one is written and verified)")
     swap.add_argument("--allow-family-change", action="store_true",
                       help="swap a SigLIP tower into a CLIP-based checkpoint or back; the projector must then be retrained")
+    swap.add_argument("--allow-pickle", action="store_true",
+                      help="load .bin/.pt PyTorch pickles (restricted unpickler); without it they are refused with the command to convert them")
     swap.set_defaults(func=_swap_tower)
 
     convert = sub.add_parser("convert-llava", help="convert an original LLaVA checkpoint (mm_vision_tower) to llava-hf, as transformers' script does")
     convert.add_argument("--input", required=True, metavar="ORIGINAL", help="the original LLaVA checkpoint directory")
     convert.add_argument("--output", required=True, metavar="HF_DIR", help="directory to write (refused if it exists, unless --force)")
     convert.add_argument("--force", action="store_true", help="replace an existing HF_DIR")
+    convert.add_argument("--allow-pickle", action="store_true",
+                      help="load .bin/.pt PyTorch pickles (restricted unpickler); without it they are refused with the command to convert them")
     convert.set_defaults(func=_convert_llava)
 
     tiny = sub.add_parser("build-tiny", help="build the tiny embedded models (random init, from configs) and print their paths")
@@ -165,14 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pairs-per-attribute", type=int, default=20, help="fine-grained: pairs per scene attribute")
     evaluate.add_argument("--image-size", type=int, default=224, help="fine-grained: size of the generated images")
     evaluate.add_argument("--seed", type=int, default=0, help="fine-grained: generator seed")
+    evaluate.add_argument("--preprocess", choices=["tower", "official"], default="tower",
+                          help="mmvp-vlm pixels: the tower's own image processor (default), or the official script's (the clip package's PIL pipeline)")
+    evaluate.add_argument("--allow-pickle", action="store_true",
+                      help="load .bin/.pt PyTorch pickles (restricted unpickler); without it they are refused with the command to convert them")
     evaluate.set_defaults(func=_eval_tower)
 
     make_data = sub.add_parser("make-eval-data", help="write a synthetic dataset in a benchmark's layout (for trying the pipeline without downloads)")
-    make_data.add_argument("benchmark", choices=["mmvp-vlm", "classification"])
+    make_data.add_argument("benchmark", choices=["mmvp-vlm", "classification", "world"])
     make_data.add_argument("--output", required=True, help="directory to create (must not exist)")
-    make_data.add_argument("--image-size", type=int, default=224)
+    make_data.add_argument("--image-size", type=int, default=0, help="default 224 (world: 32, the world models' resolution)")
     make_data.add_argument("--per-class", type=int, default=20, help="classification: images per class in each of train/ and test/")
-    make_data.add_argument("--seed", type=int, default=0)
+    make_data.add_argument("--count", type=int, default=1200, help="world: number of images (labels in DIR/labels.csv)")
+    make_data.add_argument("--seed", type=int, default=0, help="world: any seed but 10-14, which draw the world's training images")
     make_data.set_defaults(func=_make_eval_data)
 
     prepare = sub.add_parser("prepare-eval-data", help="write MMVP and POPE (original files or synthetic) where the *_local lmms-eval tasks read them")
@@ -183,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--synthetic", action="store_true", help="small synthetic MMVP and POPE sets in the same schema")
     prepare.add_argument("--seed", type=int, default=0)
     prepare.set_defaults(func=_prepare_eval_data)
+
+    task_dir = sub.add_parser("eval-task-dir", help="print the installed lmms-eval task folder, for lmms-eval's --include_path")
+    task_dir.set_defaults(func=_eval_task_dir)
 
     report = sub.add_parser("report", help="compare lmms-eval runs: one table (Markdown + JSON) and a chart")
     report.add_argument("results", nargs="+", metavar="[NAME=]RESULTS", help="lmms-eval *_results.json files or --output_path directories")
@@ -206,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except DcrError as err:
+        if args.debug or os.environ.get("DCR_MLLM_DEBUG"):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

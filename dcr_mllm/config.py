@@ -19,6 +19,9 @@ from dcr_mllm.errors import ConfigError
 
 T = TypeVar("T")
 
+#: the tiny embedded default configs, shipped inside the package (the CLI's default ``--config``)
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
     """Build ``cls`` from a YAML file (optional) and ``key=value`` overrides, checking every key."""
@@ -37,7 +40,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value; write e.g. seed=1")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: {raw!r} is not a YAML value; quote strings and close brackets, e.g. key=[1, 2]") from None
+        _set_dotted(data, key.strip(), value)
     return from_dict(cls, data)
 
 
@@ -49,6 +56,11 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"unknown config key '{prefix}{key}'; known keys here: {known}")
     hints = typing.get_type_hints(cls)
+    required = [name for name, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in data]
+    if required:
+        raise ConfigError(f"config lacks '{prefix}{required[0]}' (required, no default); set it in the config file or as "
+                          f"{prefix}{required[0]}=VALUE, e.g. a preset name or a local directory")
     kwargs = {}
     for name, value in data.items():
         default_factory = fields[name].default_factory
@@ -56,10 +68,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             # a section given in part keeps the field's own defaults for the rest
             value = _merge(dataclasses.asdict(default_factory()), value)
         kwargs[name] = _coerce(hints[name], value, prefix + name)
-    try:
-        return cls(**kwargs)
-    except TypeError as err:  # a required field is missing
-        raise ConfigError(f"config section '{prefix or '<root>'}' is incomplete: {err}") from None
+    return cls(**kwargs)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -67,8 +76,9 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def dump_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+def config_yaml(config: Any) -> str:
+    """The config as YAML, keys in declaration order (``--print-config``, model cards)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +137,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}") from None
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
     if hint is int and isinstance(value, bool):

@@ -52,3 +52,94 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(Outer, bad)
+
+
+def test_numbers_without_a_dot_are_numbers_and_bad_yaml_is_named():
+    assert load_config(Outer, None, ["inner.rate=1e-3"]).inner.rate == 1e-3
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config(Outer, None, ["inner.rate=fast"])
+    with pytest.raises(ConfigError, match="is not a YAML value"):
+        load_config(Outer, None, ["seed=[1"])
+
+
+@dataclass
+class NeedsTower:
+    tower: str
+    seed: int = 0
+
+
+def test_a_required_key_is_named():
+    with pytest.raises(ConfigError, match="config lacks 'tower'"):
+        load_config(NeedsTower, None, ["seed=1"])
+
+
+# ---------------------------------------------------------------- the recipes' configs, through the CLI
+
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+
+from dcr_mllm.cli import main  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", ["enhance", "llava-pretrain", "llava-finetune"])
+def test_print_config_resolves_without_building(command, capsys, tmp_path):
+    out_dir = tmp_path / "never_written"
+    code, out, err = run([command, "--print-config", f"output_dir={out_dir}", "seed=7"], capsys)
+    assert code == 0, err
+    printed = yaml.safe_load(out)
+    assert printed["seed"] == 7 and printed["output_dir"] == str(out_dir)
+    assert printed["tower"]  # the packaged tiny config names its models
+    stages = ("projector_stage", "lora_stage") if command == "enhance" else ("pretrain", "finetune")
+    assert all(printed[s]["zero_stage"] in (0, 1, 2, 3) for s in stages)  # resolved, not left empty
+    assert not out_dir.exists()
+
+
+def test_print_config_takes_the_zero_stage_from_the_deepspeed_json(capsys):
+    code, out, err = run(["llava-finetune", "--config", str(REPO / "stages/configs/llava_7b.yaml"), "--print-config"], capsys)
+    assert code == 0, err
+    printed = yaml.safe_load(out)
+    assert printed["finetune"]["zero_stage"] == 3 and printed["pretrain"]["zero_stage"] == 2
+
+
+@pytest.mark.parametrize(
+    "command, overrides, message",
+    [
+        ("enhance", ["tower=null"], "tower"),
+        ("enhance", ["projector_stage.save_every=0"], "projector_stage.save_every must be at least 1"),
+        ("enhance", ["lora_stage.log_every=0"], "lora_stage.log_every must be at least 1"),
+        ("enhance", ["lora_stage.lr=-1.0"], "lora_stage.lr must be 0 or more"),
+        ("enhance", ["lora_stage.betas=[0.9]"], "lora_stage.betas must be two numbers"),
+        ("enhance", ["projector_stage.epochs=1"], "projector_stage.epochs is not read by stage one"),
+        ("enhance", ["lora_stage.gradient_checkpointing=true"], "not read by stage one"),
+        ("enhance", ["objective.tau=0"], "objective.tau must be positive"),
+        ("enhance", ["seed=[1"], "is not a YAML value"),
+        ("enhance", ["projector_stage.zero_stage=3", "projector_stage.deepspeed=stages/deepspeed/zero2.json"],
+         "projector_stage.zero_stage is 3 but stages/deepspeed/zero2.json says zero_optimization.stage 2"),
+        ("enhance", ["lora_stage.deepspeed=missing.json"], "DeepSpeed config missing.json does not exist"),
+        ("llava-pretrain", ["pretrain.micro_batch_size=0"], "pretrain.micro_batch_size must be at least 1"),
+        ("llava-finetune", ["language_model=null"], "language_model"),
+    ],
+)
+def test_bad_config_values_fail_in_one_line_before_anything_runs(command, overrides, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    out_dir = tmp_path / "out"
+    code, out, err = run([command, f"output_dir={out_dir}", *overrides], capsys)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out_dir.exists()
+
+
+def test_debug_shows_the_traceback_of_a_user_error(capsys):
+    from dcr_mllm.errors import DcrError
+
+    with pytest.raises(DcrError, match="must be at least 1"):
+        main(["--debug", "enhance", "--print-config", "lora_stage.max_steps=0"])

@@ -2,15 +2,18 @@
 
 Two sources: webdataset tar shards in the img2dataset layout (``ImageTextShards``, streamed, each
 rank and DataLoader worker reading its own shards) and a folder tree of images
-(``ImageFolder``, map-style, labels from first-level subfolders). Both decode and crop the same way
-and return images as float tensors in [0, 1], *not* normalised: each tower applies its own
-normalisation and augmentations on the device. A corrupt image is skipped and counted, never fatal.
+(``ImageFolder``, map-style, labels from first-level subfolders). Both decode the same way, by
+default to a centre-cropped square, and return images as float tensors in [0, 1], *not*
+normalised: each tower applies its own normalisation and augmentations on the device. Training
+shards can instead take a random resized crop (upstream DCR's base view). A corrupt image is
+skipped and counted, never fatal.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import random
 import re
@@ -23,6 +26,7 @@ from braceexpand import braceexpand
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from dcr_mllm.data.position import ReadPosition
 from dcr_mllm.errors import DcrError
 
 logger = logging.getLogger("dcr_mllm.data")
@@ -31,6 +35,8 @@ SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # in order of preferenc
 FOLDER_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # webdataset's rule: "dir/000001.jpg" and "dir/000001.txt" belong to the sample "dir/000001".
 _MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)\.([^/]*)$")
+#: (scale range, aspect-ratio range) of a random resized crop
+CropRange = tuple[tuple[float, float], tuple[float, float]]
 
 
 def load_rgb(source: str | Path | bytes) -> Image.Image:
@@ -59,6 +65,40 @@ def _square(image: Image.Image, size: int) -> Image.Image:
     image = image.resize((width, height), Image.Resampling.BICUBIC)
     left, top = (width - size) // 2, (height - size) // 2
     return image.crop((left, top, left + size, top + size))
+
+
+def random_resized_crop_params(height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
+                               generator: torch.Generator | None) -> tuple[int, int, int, int]:
+    """torchvision's ``RandomResizedCrop.get_params`` drawing from ``generator``: the same draws,
+    in the same order, so a generator seeded like torch's global RNG picks the same box (i, j, h, w)."""
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0].item(), log_ratio[1].item(), generator=generator)).item()
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            i = torch.randint(0, height - h + 1, size=(1,), generator=generator).item()
+            j = torch.randint(0, width - w + 1, size=(1,), generator=generator).item()
+            return i, j, h, w
+    in_ratio = width / height  # ten misses: torchvision's fallback, a central crop
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_square(image: Image.Image, size: int, crop: CropRange, generator: torch.Generator | None) -> Image.Image:
+    """torchvision's ``RandomResizedCrop(size, scale, ratio, interpolation=BICUBIC)`` on a PIL image."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    i, j, h, w = random_resized_crop_params(image.height, image.width, crop[0], crop[1], generator)
+    return TF.resized_crop(image, i, j, h, w, [size, size], InterpolationMode.BICUBIC)
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
@@ -97,6 +137,10 @@ class ImageTextShards(IterableDataset):
     follows (seed, epoch) and samples pass through a small shuffle buffer seeded by
     (seed, epoch, rank, worker): the same seed and epoch give the same sequence.
 
+    Images are centre-cropped squares, or with ``random_crop`` (scale range, ratio range) random
+    resized crops drawn from a generator seeded by (seed, epoch, sample key). ``position``
+    (a ``ReadPosition``) lets a resumed run start a reader after the samples it had read.
+
     Each sample is ``{"key", "image", "caption", "skipped"}`` where ``skipped`` counts the
     undecodable samples this worker dropped since its previous sample; ``collate_image_text``
     sums it so the count survives worker processes. Call ``set_epoch`` before each epoch's
@@ -114,6 +158,7 @@ class ImageTextShards(IterableDataset):
         epoch: int = 0,
         shuffle: bool = True,
         shuffle_buffer: int = 128,
+        random_crop: CropRange | None = None,
     ):
         if not 0 <= rank < world_size:
             raise DcrError(
@@ -127,6 +172,8 @@ class ImageTextShards(IterableDataset):
         self.epoch = epoch
         self.shuffle = shuffle
         self.shuffle_buffer = shuffle_buffer
+        self.random_crop = random_crop
+        self.position = ReadPosition()  # lets a resumed run pass over samples without decoding them
         self.check_workers(1)
 
     def check_workers(self, num_workers: int) -> None:
@@ -151,49 +198,68 @@ class ImageTextShards(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         self.check_workers(num_workers)
+        reader, skip = self.position.begin(worker, num_workers)
         shards = list(self.shards)
         if self.shuffle:
             random.Random(f"shards/{self.seed}/{self.epoch}").shuffle(shards)
-        mine = shards[self.rank :: self.world_size][worker::num_workers]
-        rng = random.Random(f"samples/{self.seed}/{self.epoch}/{self.rank}/{worker}")
+        mine = shards[self.rank :: self.world_size][reader::num_workers]
+        rng = random.Random(f"samples/{self.seed}/{self.epoch}/{self.rank}/{reader}")
         buffer_size = self.shuffle_buffer if self.shuffle else 1
 
-        # Decoding happens before the buffer, so skips are counted in reading order and handed to
-        # the next sample out; the buffer holds small cropped images rather than float tensors.
-        buffer, skipped = [], 0
-        for sample in self._decoded(mine):
+        # The buffer shuffles undecoded samples (compressed bytes) and each is decoded as it
+        # leaves, so the order does not depend on which images decode: a resumed reader passes
+        # over its first ``skip`` samples without decoding them. Undecodable samples are counted
+        # and the count is handed to the next sample out.
+        skipped = 0
+        for shard, key, files in _shuffled(self._raw(mine), rng, buffer_size):
+            self.position.done += 1
+            if self.position.done <= skip:
+                continue
+            sample = self._decode(shard, key, files)
             if sample is None:
                 skipped += 1
                 continue
-            buffer.append(sample)
-            if len(buffer) >= buffer_size:
-                yield _as_item(buffer.pop(rng.randrange(len(buffer))), skipped)
-                skipped = 0
-        rng.shuffle(buffer)
-        for sample in buffer:
             yield _as_item(sample, skipped)
             skipped = 0
 
-    def _decoded(self, shards: list[str]) -> Iterator[tuple[str, Image.Image, str] | None]:
-        """(key, square image, caption) per sample, or None for one that cannot be used."""
+    def _raw(self, shards: list[str]) -> Iterator[tuple[str, str, dict[str, bytes]]]:
+        """(shard, key, {extension: bytes}) per sample, undecoded."""
         for shard in shards:
             try:
                 for key, files in _tar_samples(shard):
-                    ext = next((e for e in SHARD_IMAGE_EXTENSIONS if e in files), None)
-                    if ext is None:
-                        logger.warning("skipping sample %s in %s: it has no image", key, shard)
-                        yield None
-                        continue
-                    try:
-                        image = load_rgb(files[ext])
-                    except DcrError as err:
-                        logger.warning("skipping sample %s in %s: %s", key, shard, err)
-                        yield None
-                        continue
-                    text = files.get("txt", b"").decode("utf-8", errors="replace").strip()
-                    yield key, _square(image, self.image_size), text
+                    yield shard, key, files
             except (tarfile.TarError, OSError) as err:
                 logger.warning("shard %s is unreadable, skipping the rest of it: %s", shard, err)
+
+    def _decode(self, shard: str, key: str, files: dict[str, bytes]) -> tuple[str, Image.Image, str] | None:
+        """(key, square image, caption), or None for a sample that cannot be used. A random crop
+        draws from a generator seeded by (seed, epoch, key), so it does not depend on what was
+        decoded before."""
+        ext = next((e for e in SHARD_IMAGE_EXTENSIONS if e in files), None)
+        if ext is None:
+            logger.warning("skipping sample %s in %s: it has no image", key, shard)
+            return None
+        try:
+            image = load_rgb(files[ext])
+        except DcrError as err:
+            logger.warning("skipping sample %s in %s: %s", key, shard, err)
+            return None
+        text = files.get("txt", b"").decode("utf-8", errors="replace").strip()
+        if self.random_crop is None:
+            return key, _square(image, self.image_size), text
+        crops = torch.Generator().manual_seed(random.Random(f"crops/{self.seed}/{self.epoch}/{key}").getrandbits(63))
+        return key, random_resized_square(image, self.image_size, self.random_crop, crops), text
+
+
+def _shuffled(stream: Iterator, rng: random.Random, buffer_size: int) -> Iterator:
+    """A shuffle buffer: items leave at random once ``buffer_size`` are held (1: in order)."""
+    buffer = []
+    for item in stream:
+        buffer.append(item)
+        if len(buffer) >= buffer_size:
+            yield buffer.pop(rng.randrange(len(buffer)))
+    rng.shuffle(buffer)
+    yield from buffer
 
 
 def _tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.weights import check_model_dir
 
 TargetKind = Literal["auto", "epsilon", "v_prediction", "sample", "velocity"]
 SUBFOLDERS = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
@@ -31,7 +32,7 @@ def check_sd_dir(path: str | Path) -> Path:
     if missing:
         lacking = ", ".join(m + "/" for m in missing)
         raise DcrError(f"denoiser directory {path} lacks {lacking}; it must have the diffusers Stable Diffusion layout ({', '.join(SUBFOLDERS)})")
-    return path
+    return check_model_dir(path)
 
 
 def unet_cross_attention_dim(path: str | Path) -> int:
@@ -55,19 +56,30 @@ class FrozenDenoiser(nn.Module):
         self.register_buffer("sqrt_one_minus_alpha", (1 - alphas).sqrt(), persistent=False)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> "FrozenDenoiser":
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, empty_prompt_mask: bool = False,
+                        ds_config: dict | None = None) -> "FrozenDenoiser":
+        """``empty_prompt_mask`` runs the text encoder with the tokenizer's padding mask, as upstream DCR
+        does (boyuh/DCR clip_models/CLIP_bank.py:45-51); without it (the default) the context is the
+        one diffusers' SD pipelines, and so the UNet's training, use: every padding token attended."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import AutoTokenizer, CLIPTextModel
 
         path = check_sd_dir(path)
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype)
+        if ds_config is None:
+            unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
+            vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype)
+        else:  # ZeRO-3 (the engine's config): UNet and VAE built partitioned; every rank calls this together
+            from dcr_mllm.training.zero import config_dtype
+
+            dtype = config_dtype(ds_config)
+            unet = _partitioned(UNet2DConditionModel, path / "unet", dtype, ds_config)
+            vae = _partitioned(AutoencoderKL, path / "vae", dtype, ds_config)
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
         tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
-        ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        tokens = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
         with torch.no_grad():
-            empty = text_encoder(ids)[0].to(dtype)
+            empty = text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask if empty_prompt_mask else None)[0].to(dtype)
         return cls(unet, vae, scheduler, empty)
 
     def train(self, mode: bool = True) -> "FrozenDenoiser":
@@ -113,6 +125,29 @@ class FrozenDenoiser(nn.Module):
     def predict(self, noisy: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
         dtype = next(self.unet.parameters()).dtype
         return self.unet(noisy.to(dtype), timesteps, encoder_hidden_states=context.to(dtype)).sample
+
+
+def _partitioned(model_class, directory: Path, dtype: torch.dtype, ds_config: dict) -> nn.Module:
+    """A diffusers model built under ZeRO-3, partitioned as it is created, its safetensors weights
+    streamed in one module at a time: no rank holds it whole."""
+    import contextlib
+
+    from safetensors import safe_open
+
+    from dcr_mllm.training.zero import empty_init, load_streamed
+
+    with empty_init(dtype, ds_config):
+        model = model_class.from_config(model_class.load_config(directory))
+    names = {name for name, _ in model.named_parameters()}
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(safe_open(str(f), framework="pt")) for f in sorted(directory.glob("*.safetensors"))]
+        where = {key: f for f in files for key in f.keys()}
+        missing = sorted(names - where.keys())
+        if missing:
+            raise DcrError(f"{directory} lacks {missing[0]} (and {len(missing) - 1} more) in safetensors; ZeRO-3 loading needs "
+                           "the current diffusers layout: load and save_pretrained it once")
+        load_streamed(model, lambda name: where[name].get_tensor(name), names)
+    return model
 
 
 def resize_for(images: Tensor, size: int) -> Tensor:

@@ -27,7 +27,8 @@ def check_widths(tower_width: int, projector_input: int, projector_output: int, 
 
 
 class ConditionProjector(nn.Module):
-    """Maps a tower's global embedding [B, in] to a UNet context [B, L, cross]."""
+    """Maps a tower's global embedding [B, in] to a UNet context [B, L, cross] (``project``, then
+    ``broadcast``)."""
 
     def __init__(self, input_dim: int, output_dim: int, hidden_dim: int | None = None):
         super().__init__()
@@ -42,10 +43,18 @@ class ConditionProjector(nn.Module):
 
     def forward(self, global_embedding: Tensor, empty_context: Tensor) -> Tensor:
         """Condition = empty-prompt embedding [1, L, cross] + projection broadcast over L."""
+        return self.broadcast(self.project(global_embedding), empty_context)
+
+    def project(self, global_embedding: Tensor) -> Tensor:
+        """The condition as one [B, cross] vector per image: what is gathered across ranks."""
         if global_embedding.shape[-1] != self.input_dim:
             raise ConfigError(
                 f"projector expects {self.input_dim}-wide embeddings, the tower gives "
                 f"{global_embedding.shape[-1]}; rebuild the projector for this tower"
             )
-        projected = self.net(global_embedding)
+        return self.net(global_embedding)
+
+    @staticmethod
+    def broadcast(projected: Tensor, empty_context: Tensor) -> Tensor:
+        """[B, cross] vectors to [B, L, cross] contexts: added to every token of the empty prompt."""
         return empty_context.to(projected.dtype) + projected[:, None, :]

@@ -15,7 +15,7 @@ from dcr_mllm.diffusion.projector import check_widths
 from dcr_mllm.errors import ConfigError
 from dcr_mllm.objectives.model import ObjectiveConfig
 from dcr_mllm.towers import TowerSpec, inspect_tower
-from dcr_mllm.training.config import TrainConfig
+from dcr_mllm.training.config import TrainConfig, resolve_train_config
 
 STAGES = ("projector", "lora")
 
@@ -33,6 +33,9 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.1
     targets: list[str] = field(default_factory=list)  # empty = the tower family's default
+    #: encoder: the transformer blocks; vision: also SigLIP's pooling head and CLIP's visual_projection
+    scope: Literal["encoder", "vision"] = "encoder"
+    bias: Literal["none", "lora_only"] = "none"  # lora_only also trains the targeted layers' biases
 
 
 @dataclass
@@ -42,12 +45,18 @@ class DataSettings:
     image_size: int = 0  # decode size; 0 = the tower's resolution
     synthetic_samples: int = 256
     synthetic_shards: int = 8
+    #: the image every view starts from: a centre crop, or a random resized crop of crop_scale/crop_ratio
+    base_view: Literal["center_crop", "random_resized_crop"] = "center_crop"
+    crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    #: tower: the tower's own mean/std; openai_clip: OpenAI CLIP's for every tower
+    normalization: Literal["tower", "openai_clip"] = "tower"
 
 
 @dataclass
 class EnhanceConfig:
-    tower: str = "tiny-clip"  # a tower directory or a preset name
-    denoiser: str = "tiny-sd"  # a Stable Diffusion (diffusers layout) directory or a preset name
+    tower: str  # a tower directory or a preset name
+    denoiser: str  # a Stable Diffusion (diffusers layout) directory or a preset name
     output_dir: str = "outputs/enhance"
     seed: int = 0
     stages: list[Literal["projector", "lora"]] = field(default_factory=lambda: list(STAGES))
@@ -67,19 +76,48 @@ class ResolvedShapes:
     projector_output: int
 
 
-def validate(cfg: EnhanceConfig) -> ResolvedShapes:
-    """Check paths and widths from config files only; returns the resolved projector shape."""
-    from dcr_mllm.presets.real import local_path
+def resolve_config(cfg: EnhanceConfig) -> EnhanceConfig:
+    """Check the values and settle each stage's ZeRO stage, reading nothing but DeepSpeed JSONs.
 
+    Stage one streams shards of unknown length and never checkpoints activations of the
+    tower, so ``epochs`` and ``gradient_checkpointing`` would be silently ignored: refused.
+    """
+    for name in ("projector_stage", "lora_stage"):
+        stage = resolve_train_config(getattr(cfg, name), name, default_zero_stage=2)
+        if stage.epochs:
+            raise ConfigError(f"{name}.epochs is not read by stage one (its shards have no known length); set {name}.max_steps")
+        if stage.gradient_checkpointing:
+            raise ConfigError(f"{name}.gradient_checkpointing is not read by stage one; bound memory with objective.chunk_size")
+    if cfg.objective.tau <= 0:
+        raise ConfigError(f"objective.tau must be positive, got {cfg.objective.tau}")
+    if cfg.objective.chunk_size < 0:
+        raise ConfigError("objective.chunk_size must be 0 (unchunked) or a positive number of denoiser calls")
+    negatives, k = cfg.objective.negatives, cfg.objective.num_negatives
+    if negatives == "global" and cfg.objective.name != "dcr":
+        raise ConfigError(f"objective.negatives=global only applies to objective.name=dcr ({cfg.objective.name} has no negatives); set objective.negatives=local")
+    if k < 0 or (k and negatives == "local"):
+        raise ConfigError(f"objective.num_negatives={k}: set 0 (the micro batch size minus one), or a positive K with objective.negatives=global")
+    if cfg.lora.r < 1 or cfg.lora.alpha <= 0 or not 0 <= cfg.lora.dropout < 1:
+        raise ConfigError(f"lora needs r >= 1, alpha > 0 and dropout in [0, 1); got r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}")
+    if cfg.data.synthetic_samples < 1 or cfg.data.synthetic_shards < 1:
+        raise ConfigError("data.synthetic_samples and data.synthetic_shards must be at least 1")
+    scale, ratio = cfg.data.crop_scale, cfg.data.crop_ratio
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1 or len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        raise ConfigError(f"data.crop_scale must be [low, high] within (0, 1] and data.crop_ratio [low, high] above 0; got {scale} and {ratio}")
+    return cfg
+
+
+def validate(cfg: EnhanceConfig) -> ResolvedShapes:
+    """Check values, paths and widths from config files only; returns the resolved projector shape."""
+    from dcr_mllm.presets.real import local_path
+    from dcr_mllm.data.images import expand_shard_urls
+
+    resolve_config(cfg)
     tower = inspect_tower(cfg.tower)
     unet_width = unet_cross_attention_dim(check_sd_dir(local_path(cfg.denoiser)))
     projector_input = cfg.projector.input_dim or tower.global_dim
     projector_output = cfg.projector.output_dim or unet_width
     check_widths(tower.global_dim, projector_input, projector_output, unet_width)
-    for name in ("projector_stage", "lora_stage"):
-        stage = getattr(cfg, name)
-        if stage.max_steps < 1 or stage.micro_batch_size < 1 or stage.grad_accum < 1:
-            raise ConfigError(f"{name}.max_steps, micro_batch_size and grad_accum must be at least 1")
-    if cfg.objective.name == "dcr" and cfg.objective.chunk_size < 0:
-        raise ConfigError("objective.chunk_size must be 0 (unchunked) or a positive number of denoiser calls")
+    if cfg.data.shards:
+        expand_shard_urls(cfg.data.shards)
     return ResolvedShapes(tower, unet_width, projector_input, projector_output)

@@ -1,5 +1,8 @@
 """Export an enhanced tower: base tower + trained LoRA, merged, in the family's own format.
 
+Every vision part is copied from the merged tower (encoder, SigLIP's pooling head, CLIP's
+``visual_projection``), so adapters or biases trained outside the encoder reach the export too.
+
 The result is a plain tower directory (no adapters, no dcr-mllm code needed) that
 ``CLIPModel``/``CLIPVisionModel``/``SiglipVisionModel.from_pretrained`` or open_clip's
 ``local-dir:`` load, and that LLaVA can use as its vision tower. It is written to a temporary
@@ -26,11 +29,12 @@ def export_tower(cfg: EnhanceConfig, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     lora_dir = Path(cfg.output_dir) / "lora"
     trained = load_tower(cfg.tower, vision_only=True)  # the structure the LoRA stage trained
-    apply_lora(trained, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None)
+    apply_lora(trained, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None, cfg.lora.scope, cfg.lora.bias)
     load_trainable_state(trained, lora_dir / "trainable.safetensors", prefix="tower.")
     merged = merge_lora(trained)
     tower = load_tower(cfg.tower)  # the full model (text side included), in its own format
-    tower.vision_encoder.load_state_dict(trained.vision_encoder.state_dict())
+    for part, trained_part in zip(tower.vision_parts, trained.vision_parts, strict=True):  # encoder, head, projection
+        part.load_state_dict(trained_part.state_dict())
     tmp = out_dir.with_name(out_dir.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -51,7 +55,7 @@ def model_card(cfg: EnhanceConfig, merged_layers: int, lora_dir: Path) -> str:
         f"- denoiser: `{cfg.denoiser}`\n"
         f"- objective: `{cfg.objective.name}` (tau {cfg.objective.tau}, target `{cfg.objective.target}`)\n"
         f"- projector stage: {projector_state['step']} steps; LoRA stage: {state['step']} steps, "
-        f"r {cfg.lora.r}, alpha {cfg.lora.alpha}, {merged_layers} layers merged\n"
+        f"r {cfg.lora.r}, alpha {cfg.lora.alpha}, scope {cfg.lora.scope}, bias {cfg.lora.bias}, {merged_layers} layers merged\n"
         f"- data: `{cfg.data.shards or 'synthetic (dcr-mllm generator)'}`\n"
         f"- seed: {cfg.seed}\n\n"
         f"Produced by `dcr-mllm enhance`. Load it with the tower family's own `from_pretrained`.\n\n"

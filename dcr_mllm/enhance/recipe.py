@@ -2,9 +2,12 @@
 
 Two stages run in order, each through the training engine and each resumable on its own:
 
-* ``projector`` trains only the projector (tower, UNet and VAE frozen), lr 1e-4 upstream;
+* ``projector`` trains only the projector (tower, UNet and VAE frozen); upstream: lr 1e-4;
 * ``lora`` loads that projector, freezes it, and trains LoRA adapters on the tower's vision
-  encoder (lr 1e-5, r 16, alpha 16, dropout 0.1 upstream).
+  side; upstream: lr 1e-5, r 16, alpha 16, dropout 0.1, over the encoder *and* the projection or
+  pooling head with their biases (``lora.scope: vision``, ``lora.bias: lora_only``).
+
+``stages/configs/upstream/`` holds upstream's complete recipe per backbone.
 
 Then ``export`` merges the adapters and writes ``output_dir/tower`` in the tower's own format.
 """
@@ -16,13 +19,16 @@ from pathlib import Path
 
 import torch
 
+from dcr_mllm.config import to_dict
 from dcr_mllm.data import ImageTextShards, collate_image_text, write_synthetic_shards
 from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
 from dcr_mllm.enhance.config import EnhanceConfig, ResolvedShapes, validate
-from dcr_mllm.enhance.export import MODEL_CARD, export_tower
+from dcr_mllm.enhance.export import export_tower
 from dcr_mllm.objectives import EnhanceModel
+from dcr_mllm.objectives.negatives import check_negative_count
 from dcr_mllm.presets.real import local_path
 from dcr_mllm.towers import apply_lora, load_tower
+from dcr_mllm.towers.hf import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.towers.lora import lora_module_names
 from dcr_mllm.training import (
     ResumableBatches,
@@ -32,13 +38,20 @@ from dcr_mllm.training import (
     is_finished,
     load_trainable_state,
 )
+from dcr_mllm.training.engine import export_is_current, write_export_marker
+from dcr_mllm.training.zero import zero3_config
 
 
 def build_model(cfg: EnhanceConfig, shapes: ResolvedShapes, stage: str) -> EnhanceModel:
-    """Tower + projector + frozen denoiser, with exactly the stage's parameters trainable."""
+    """Tower + projector + frozen denoiser, with exactly the stage's parameters trainable; under
+    ZeRO-3 the tower, UNet and VAE are built partitioned, so no rank holds them whole."""
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-    tower = load_tower(cfg.tower, vision_only=True)
-    denoiser = FrozenDenoiser.from_pretrained(local_path(cfg.denoiser))
+    ds_config = zero3_config(cfg.projector_stage if stage == "projector" else cfg.lora_stage)
+    tower = load_tower(cfg.tower, vision_only=True, ds_config=ds_config)
+    if cfg.data.normalization == "openai_clip":
+        tower.use_normalization(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    denoiser = FrozenDenoiser.from_pretrained(local_path(cfg.denoiser), empty_prompt_mask=cfg.objective.empty_prompt_mask,
+                                              ds_config=ds_config)
     projector = ConditionProjector(shapes.projector_input, shapes.projector_output, cfg.projector.hidden_dim or None)
     model = EnhanceModel(tower, projector, denoiser, cfg.objective)
     model.requires_grad_(False)
@@ -46,8 +59,12 @@ def build_model(cfg: EnhanceConfig, shapes: ResolvedShapes, stage: str) -> Enhan
         projector.requires_grad_(True)
     else:
         load_trainable_state(model, Path(cfg.output_dir) / "projector" / "trainable.safetensors", prefix="")
-        apply_lora(tower, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None)
+        apply_lora(tower, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None, cfg.lora.scope, cfg.lora.bias)
     return model
+
+
+def stage_cfg(cfg: EnhanceConfig, stage: str):
+    return cfg.projector_stage if stage == "projector" else cfg.lora_stage
 
 
 def training_shards(cfg: EnhanceConfig, image_size: int, is_main: bool) -> str:
@@ -63,18 +80,22 @@ def training_shards(cfg: EnhanceConfig, image_size: int, is_main: bool) -> str:
     return str(out)
 
 
-def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None) -> Path | None:
-    """Run the requested stages (default: the config's), then export; returns the tower path, if any."""
+def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_config_change: bool = False) -> Path | None:
+    """Run the requested stages (default: the config's), then export; returns the tower path, if any.
+    A stage resumes only with the settings it was started with, unless ``allow_config_change``."""
     shapes = validate(cfg)
     output_dir = Path(cfg.output_dir).resolve()
     stages = stages or list(cfg.stages)
     tower_dir = output_dir / "tower"
-    if all(is_finished(output_dir / s) for s in stages) and (tower_dir / MODEL_CARD).is_file():
+    if all(is_finished(output_dir / s, stage_cfg(cfg, s).max_steps) for s in stages) and export_is_current(tower_dir, [output_dir / "lora"]):
         print(f"stages {', '.join(stages)}: already finished in {output_dir}; nothing to do")
         return tower_dir
     if "lora" in stages:  # a LoRA target that matches nothing must fail now, not after stage one's first half
-        lora_module_names(load_tower(cfg.tower, vision_only=True), cfg.lora.targets or None)
+        lora_module_names(load_tower(cfg.tower, vision_only=True), cfg.lora.targets or None, cfg.lora.scope)
     dist_info = init_distributed()
+    if cfg.objective.negatives == "global":  # the global batch is known only now, still before any model is built
+        for stage in stages:
+            check_negative_count(cfg.objective.num_negatives, dist_info.world_size * stage_cfg(cfg, stage).micro_batch_size)
     if dist_info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     image_size = cfg.data.image_size or shapes.tower.image_size
@@ -82,14 +103,17 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None) -> Path | N
 
     for stage in stages:
         stage_dir = output_dir / stage
-        if is_finished(stage_dir):
+        train_cfg = stage_cfg(cfg, stage)
+        if is_finished(stage_dir, train_cfg.max_steps):
             if dist_info.is_main:
                 print(f"stage {stage}: already finished in {stage_dir}; skipping")
             continue
-        train_cfg = cfg.projector_stage if stage == "projector" else cfg.lora_stage
         model = build_model(cfg, shapes, stage).to(dist_info.device)
-        trainer = Trainer(model, train_cfg, stage_dir, cfg.seed, dist_info)
-        dataset = ImageTextShards(shards, image_size, rank=dist_info.rank, world_size=dist_info.world_size, seed=cfg.seed)
+        shaping = ("tower", "denoiser", "objective", "projector", "data") + (("lora",) if stage == "lora" else ())
+        run_config = {key: value for key, value in to_dict(cfg).items() if key in shaping}
+        trainer = Trainer(model, train_cfg, stage_dir, cfg.seed, dist_info, run_config, allow_config_change)
+        random_crop = (tuple(cfg.data.crop_scale), tuple(cfg.data.crop_ratio)) if cfg.data.base_view == "random_resized_crop" else None
+        dataset = ImageTextShards(shards, image_size, rank=dist_info.rank, world_size=dist_info.world_size, seed=cfg.seed, random_crop=random_crop)
         batches = ResumableBatches(dataset, train_cfg.micro_batch_size, collate_image_text, train_cfg.num_workers)
         seen_log = stage_dir / "samples" / f"rank{dist_info.rank}.txt"
         seen_log.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +130,8 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None) -> Path | N
 
     if not is_finished(output_dir / "lora"):
         return None  # only the projector stage has run so far: nothing to export yet
-    if dist_info.is_main and not (tower_dir / MODEL_CARD).is_file():
+    if dist_info.is_main and not export_is_current(tower_dir, [output_dir / "lora"]):
         export_tower(cfg, tower_dir)
+        write_export_marker(tower_dir, [output_dir / "lora"])
     barrier()
     return tower_dir

@@ -1,12 +1,13 @@
 """Embeddings for evaluation: every image and every text encoded once, in batches, L2-normalised.
 
-Images go through the tower's own processor (``VisionTower.preprocess``) and texts through its
-own tokenizer (``VisionTower.encode_text``), so a benchmark sees the tower as its family would.
+Images go through the tower's own processor (``VisionTower.preprocess``), or a benchmark's own
+per-image transform where it has one, and texts through the tower's own tokenizer
+(``VisionTower.encode_text``), so a benchmark sees the tower as its family (or its script) would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -19,23 +20,30 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.towers import VisionTower
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Decode an image to RGB, as benchmark scripts do (no EXIF rotation); unreadable -> DcrError naming it."""
+def open_image(path: str | Path, convert_rgb: bool = True) -> Image.Image:
+    """Decode an image, to RGB unless ``convert_rgb`` is false (a transform that converts later, as
+    the ``clip`` package's does), as benchmark scripts do (no EXIF rotation); unreadable -> DcrError naming it."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return image.convert("RGB") if convert_rgb else image.copy()
     except Exception as err:  # PIL reports bad data with many exception types
         raise DcrError(f"cannot read image {path}: {err}; re-download it or remove it from the benchmark") from err
 
 
 @torch.inference_mode()
-def image_embeddings(tower: VisionTower, images: Sequence[str | Path | Image.Image], batch_size: int, desc: str = "images") -> Tensor:
-    """[N] image paths or PIL images -> [N, global_dim] unit vectors (float32, CPU); files are opened batch by batch."""
+def image_embeddings(tower: VisionTower, images: Sequence[str | Path | Image.Image], batch_size: int, desc: str = "images",
+                     transform: Callable[[Image.Image], Tensor] | None = None) -> Tensor:
+    """[N] image paths or PIL images -> [N, global_dim] unit vectors (float32, CPU); files are opened batch by batch.
+
+    ``transform``: PIL image as decoded -> [3, S, S] pixels, in place of the tower's processor.
+    """
     device = tower.mean.device
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=None, leave=False):
-        batch = [item if isinstance(item, Image.Image) else open_image(item) for item in images[start : start + batch_size]]
-        out.append(tower.global_embedding(tower.preprocess(batch).to(device)).float().cpu())
+        batch = [item if isinstance(item, Image.Image) else open_image(item, convert_rgb=transform is None)
+                 for item in images[start : start + batch_size]]
+        pixels = tower.preprocess(batch) if transform is None else torch.stack([transform(image) for image in batch])
+        out.append(tower.global_embedding(pixels.to(device)).float().cpu())
     return F.normalize(torch.cat(out), dim=-1)
 
 

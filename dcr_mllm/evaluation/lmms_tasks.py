@@ -1,22 +1,26 @@
-"""The MLLM benchmarks' local data and result processing, used by the lmms-eval tasks in
-``eval_tasks/`` (their ``utils.py`` only re-exports from here).
+"""The MLLM benchmarks' local data and result processing, used by the lmms-eval tasks shipped in
+``dcr_mllm/tasks/`` (their ``utils.py`` only re-exports from here; ``task_dir()`` is that folder,
+what ``--include_path`` takes).
 
 Local data lives under one directory, ``$DCR_EVAL_DATA`` (default ``~/.cache/dcr_mllm/eval_data``)::
 
     mmvp/test.parquet                                   Index, Question, Options, Correct Answer, image
     pope/{adversarial,popular,random}.parquet           question_id, question, answer, category, image
 
-``prepare_mmvp``/``prepare_pope`` convert the benchmarks' original files into it; the
+``prepare_eval_data`` (``prepare_mmvp``/``prepare_pope``) converts the benchmarks' original files into it, MMVP with the
+answer corrections lmms-eval's own MMVP data carries (``MMVP_ANSWER_CORRECTIONS``); the
 ``synthetic_*`` writers produce small sets in the same schema from the project's scenes.
 
 Answers are parsed so that harmless formatting is not penalised ("Yes." is yes, "(a)" and
 "a) red" are A); the metrics are otherwise those of MMVP (accuracy, pair accuracy) and POPE
-(accuracy, precision, recall, F1, and yes-ratio: the share of "yes" *predictions*, as POPE
-defines it).
+(accuracy, precision, recall, F1). POPE's yes-ratio (the share of "yes" *predictions*, as the POPE
+paper defines it) is ``pope_pred_yes_ratio``: lmms-eval's ``pope_yes_ratio`` is another quantity
+(the share of "yes" *ground truths*, lmms_eval/tasks/pope/utils.py:74-84), so the name is not reused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -25,8 +29,22 @@ import re
 from pathlib import Path
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.io import atomic_path
+from dcr_mllm.weights import read_text
 
 POPE_SPLITS = ("adversarial", "popular", "random")
+POPE_METRICS = ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_pred_yes_ratio")
+
+# MMVP's answers as lmms-eval 0.7.3 scores them: Questions.csv (MMVP/MMVP) with two pairs swapped.
+# lmms-eval applies these in its dataset (lmms-lab-eval/MMVP), not in code; they are listed in
+# lmms_eval/tasks/mmvp/utils.py:11-18 (and tasks/mmvp/README.md, "Ground Truth Corrections"):
+#   Index 99: (a) -> (b), Index 100: (b) -> (a), Index 279: (a) -> (b), Index 280: (b) -> (a).
+MMVP_ANSWER_CORRECTIONS = {99: "(b)", 100: "(a)", 279: "(b)", 280: "(a)"}  # Index -> corrected "Correct Answer"
+
+
+def task_dir() -> Path:
+    """The installed lmms-eval task folder (YAMLs + utils.py), for ``--include_path``."""
+    return Path(__file__).resolve().parent.parent / "tasks"
 
 
 def eval_data_root() -> Path:
@@ -113,7 +131,7 @@ def pope_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -
 
 def pope_process_results(doc: dict, results: list[str]) -> dict:
     result = {"prediction": yes_no(results[0]), "truth": doc["answer"].strip().lower()}
-    return {name: result for name in ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_yes_ratio")}
+    return dict.fromkeys(POPE_METRICS, result)
 
 
 def _counts(results: list[dict]) -> tuple[int, int, int, int]:
@@ -143,72 +161,108 @@ def pope_f1_score(results: list[dict]) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
-def pope_yes_ratio(results: list[dict]) -> float:
+def pope_pred_yes_ratio(results: list[dict]) -> float:
+    """The share of "yes" predictions (POPE's yes-ratio): 0.5 on a balanced split is unbiased, so
+    neither direction is better (``higher_is_better: null`` in the YAML)."""
     return sum(r["prediction"] == "yes" for r in results) / len(results) if results else 0.0
 
 
 # ---------------------------------------------------------------- writing the local data
-def _write_parquet(rows: list[dict], path: Path) -> None:
+def write_eval_data(outputs: dict[Path, list[dict]]) -> list[Path]:
+    """Write each parquet file (an ``image`` given as a path is decoded only now); all of them are
+    renamed into place together at the end, so a failure leaves every destination as it was."""
     import datasets
 
-    if not rows:
-        raise DcrError(f"no rows to write to {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    datasets.Dataset.from_list(rows).cast_column("image", datasets.Image()).to_parquet(str(tmp))
-    os.replace(tmp, path)
+    with contextlib.ExitStack() as stack:
+        for path, rows in outputs.items():
+            if not rows:
+                raise DcrError(f"no rows to write to {path}")
+            rows = [{**row, "image": _open_image(row["image"]) if isinstance(row["image"], Path) else row["image"]} for row in rows]
+            tmp = stack.enter_context(atomic_path(path))
+            datasets.Dataset.from_list(rows).cast_column("image", datasets.Image()).to_parquet(str(tmp))
+    return list(outputs)
 
 
 def _open_image(path: Path):
     from dcr_mllm.data.images import load_rgb
 
-    if not path.is_file():
-        raise DcrError(f"image {path} is missing; check the benchmark directory")
     return load_rgb(path)
 
 
-def prepare_mmvp(mmvp_dir: str | Path, out_root: str | Path) -> Path:
-    """MMVP as distributed (``Questions.csv`` + ``MMVP Images/<Index>.jpg``) -> mmvp/test.parquet."""
+def _image(path: Path, where: str) -> Path:
+    if not path.is_file():
+        raise DcrError(f"image {path} is missing ({where}); check the benchmark directory")
+    return path
+
+
+def read_mmvp(mmvp_dir: str | Path) -> list[dict]:
+    """MMVP as distributed (``Questions.csv`` + ``MMVP Images/<Index>.jpg``), checked, images as paths,
+    with ``MMVP_ANSWER_CORRECTIONS`` applied, so the local task scores what lmms-eval's ``mmvp`` does."""
     mmvp_dir = Path(mmvp_dir)
     csv_path = mmvp_dir / "Questions.csv"
     if not csv_path.is_file():
         raise DcrError(f"{csv_path} does not exist; pass the MMVP directory that holds Questions.csv and 'MMVP Images/'")
     rows = []
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                index = int(row["Index"])
-                rows.append({"Index": index, "Question": row["Question"], "Options": row["Options"],
-                             "Correct Answer": row["Correct Answer"], "image": _open_image(mmvp_dir / "MMVP Images" / f"{index}.jpg")})
-            except (KeyError, TypeError, ValueError):
-                raise DcrError(f"{csv_path} line {line} is malformed; expected Index,Question,Options,Correct Answer") from None
-    out = Path(out_root) / "mmvp" / "test.parquet"
-    _write_parquet(rows, out)
-    return out
+    for line, row in enumerate(csv.DictReader(read_text(csv_path).splitlines()), start=2):
+        try:
+            index = int(row["Index"])
+            answer = MMVP_ANSWER_CORRECTIONS.get(index, row["Correct Answer"])
+            if not all(isinstance(v, str) for v in (row["Question"], row["Options"], answer)):
+                raise TypeError
+        except (KeyError, TypeError, ValueError):
+            raise DcrError(f"{csv_path} line {line} is malformed; expected Index,Question,Options,Correct Answer") from None
+        rows.append({"Index": index, "Question": row["Question"], "Options": row["Options"], "Correct Answer": answer,
+                     "image": _image(mmvp_dir / "MMVP Images" / f"{index}.jpg", f"{csv_path.name} line {line}")})
+    return rows
 
 
-def prepare_pope(pope_dir: str | Path, coco_dir: str | Path, out_root: str | Path) -> list[Path]:
-    """POPE question files (``coco_pope_<split>.json``, one JSON per line) + COCO val2014 images."""
+def read_pope(pope_dir: str | Path, coco_dir: str | Path) -> dict[str, list[dict]]:
+    """POPE question files (``coco_pope_<split>.json``, one JSON per line), every split checked, images as paths."""
     pope_dir, coco_dir = Path(pope_dir), Path(coco_dir)
-    outs = []
+    splits = {}
     for split in POPE_SPLITS:
         source = pope_dir / f"coco_pope_{split}.json"
         if not source.is_file():
             raise DcrError(f"{source} does not exist; pass the directory with POPE's coco_pope_<split>.json files")
         rows = []
-        for line_no, line in enumerate(source.read_text().splitlines(), start=1):
+        for line_no, line in enumerate(read_text(source).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 item = json.loads(line)
-                rows.append({"question_id": str(item["question_id"]), "question": item["text"], "answer": item["label"],
-                             "category": split, "image": _open_image(coco_dir / item["image"])})
-            except (json.JSONDecodeError, KeyError):
-                raise DcrError(f"{source} line {line_no} is malformed; expected question_id, image, text, label") from None
-        out = Path(out_root) / "pope" / f"{split}.parquet"
-        _write_parquet(rows, out)
-        outs.append(out)
-    return outs
+                fields = {"question_id": str(item["question_id"]), "question": item["text"], "answer": item["label"], "image": item["image"]}
+                if not all(isinstance(fields[k], str) for k in ("question", "answer", "image")):
+                    raise TypeError
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DcrError(f"{source} line {line_no} is malformed; expected question_id, image, text, label (strings)") from None
+            rows.append({**fields, "category": split, "image": _image(coco_dir / fields["image"], f"{source.name} line {line_no}")})
+        splits[split] = rows
+    return splits
+
+
+def prepare_mmvp(mmvp_dir: str | Path, out_root: str | Path) -> Path:
+    """``read_mmvp`` -> mmvp/test.parquet."""
+    return write_eval_data({Path(out_root) / "mmvp" / "test.parquet": read_mmvp(mmvp_dir)})[0]
+
+
+def prepare_pope(pope_dir: str | Path, coco_dir: str | Path, out_root: str | Path) -> list[Path]:
+    """``read_pope`` -> pope/<split>.parquet."""
+    return write_eval_data({Path(out_root) / "pope" / f"{split}.parquet": rows for split, rows in read_pope(pope_dir, coco_dir).items()})
+
+
+def prepare_eval_data(out_root: str | Path, mmvp: str | Path | None = None, pope: str | Path | None = None,
+                      coco: str | Path | None = None, synthetic: bool = False, seed: int = 0) -> list[Path]:
+    """Every requested set read and checked first, then all written together (``write_eval_data``)."""
+    root = Path(out_root)
+    outputs = {}
+    if synthetic:
+        outputs[root / "mmvp" / "test.parquet"] = synthetic_mmvp_rows(seed=seed)
+        outputs.update({root / "pope" / f"{split}.parquet": rows for split, rows in synthetic_pope_rows(seed=seed).items()})
+    if mmvp:
+        outputs[root / "mmvp" / "test.parquet"] = read_mmvp(mmvp)
+    if pope:
+        outputs.update({root / "pope" / f"{split}.parquet": rows for split, rows in read_pope(pope, coco).items()})
+    return write_eval_data(outputs)
 
 
 MMVP_QUESTIONS = {
@@ -221,6 +275,11 @@ MMVP_QUESTIONS = {
 
 
 def synthetic_mmvp(out_root: str | Path, num_pairs: int = 10, image_size: int = 64, seed: int = 0) -> Path:
+    """``synthetic_mmvp_rows`` -> mmvp/test.parquet."""
+    return write_eval_data({Path(out_root) / "mmvp" / "test.parquet": synthetic_mmvp_rows(num_pairs, image_size, seed)})[0]
+
+
+def synthetic_mmvp_rows(num_pairs: int = 10, image_size: int = 64, seed: int = 0) -> list[dict]:
     """MMVP-style pairs from the project's scenes: two images that differ in one attribute, the same
     question, opposite answers (image 1: (a), image 2: (b))."""
     from dcr_mllm.data.synthetic import make_pair
@@ -235,12 +294,16 @@ def synthetic_mmvp(out_root: str | Path, num_pairs: int = 10, image_size: int = 
         for offset, (image, answer) in enumerate(((image_a, "(a)"), (image_b, "(b)"))):
             rows.append({"Index": 2 * pair + offset + 1, "Question": MMVP_QUESTIONS[attribute],
                          "Options": f"(a) {a} (b) {b}", "Correct Answer": answer, "image": image})
-    out = Path(out_root) / "mmvp" / "test.parquet"
-    _write_parquet(rows, out)
-    return out
+    return rows
 
 
 def synthetic_pope(out_root: str | Path, questions_per_split: int = 12, image_size: int = 64, seed: int = 0) -> list[Path]:
+    """``synthetic_pope_rows`` -> pope/<split>.parquet."""
+    rows = synthetic_pope_rows(questions_per_split, image_size, seed)
+    return write_eval_data({Path(out_root) / "pope" / f"{split}.parquet": split_rows for split, split_rows in rows.items()})
+
+
+def synthetic_pope_rows(questions_per_split: int = 12, image_size: int = 64, seed: int = 0) -> dict[str, list[dict]]:
     """POPE-style yes/no object questions, balanced, in three splits: ``random`` asks about any
     absent colour, ``popular`` about the most common colour, ``adversarial`` about a colour that
     differs from the true one only in hue family (red/orange, blue/purple, ...)."""
@@ -248,7 +311,7 @@ def synthetic_pope(out_root: str | Path, questions_per_split: int = 12, image_si
 
     near = {"red": "orange", "orange": "red", "blue": "purple", "purple": "blue", "green": "yellow", "yellow": "green", "white": "yellow"}
     colours = list(ATTRIBUTE_VALUES["colour"])
-    outs = []
+    splits = {}
     for split_index, split in enumerate(POPE_SPLITS):
         rng = random.Random(f"{seed}-{split}")
         rows = []
@@ -263,7 +326,5 @@ def synthetic_pope(out_root: str | Path, questions_per_split: int = 12, image_si
                 answer = "no"
             rows.append({"question_id": f"{split_index}{q:05d}", "question": f"Is there a {asked} {attrs.shape} in the image?",
                          "answer": answer, "category": split, "image": render_scene(attrs, image_size)})
-        out = Path(out_root) / "pope" / f"{split}.parquet"
-        _write_parquet(rows, out)
-        outs.append(out)
-    return outs
+        splits[split] = rows
+    return splits

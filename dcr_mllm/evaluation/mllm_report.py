@@ -9,25 +9,33 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.io import atomic_path, write_atomic
+from dcr_mllm.weights import read_json
 
 
 def _label(result: dict, path: Path) -> str:
-    args = dict(part.split("=", 1) for part in str(result.get("config", {}).get("model_args", "")).split(",") if "=" in part)
+    config = result.get("config") if isinstance(result.get("config"), dict) else {}
+    args = dict(part.split("=", 1) for part in str(config.get("model_args", "")).split(",") if "=" in part)
     name = Path(args.get("pretrained", result.get("model_name", path.stem))).name
     return f"{name} + {Path(args['vision_tower']).name}" if args.get("vision_tower") else name
+
+
+def _read_results(path: Path) -> dict:
+    """A results file's JSON, checked to hold a ``results`` table of per-task tables."""
+    data = read_json(path)
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, dict) or not all(isinstance(values, dict) for values in results.values()):
+        raise DcrError(f"{path} is not an lmms-eval results file (no 'results' table of tasks); pass the *_results.json lmms-eval wrote")
+    return data
 
 
 def read_run(path: str | Path) -> dict[str, float]:
     """{'task/metric': value} of one lmms-eval results file (stderr entries and groups left out)."""
     path = _results_file(Path(path))
-    try:
-        results = json.loads(path.read_text())["results"]
-    except (json.JSONDecodeError, KeyError):
-        raise DcrError(f"{path} is not an lmms-eval results file (no 'results' table)") from None
+    results = _read_results(path)["results"]
     metrics = {}
     for task, values in results.items():
         for key, value in values.items():
@@ -44,15 +52,15 @@ def compare_runs(runs: list[str], output: str | Path) -> dict[str, dict[str, flo
         name, sep, file = run.partition("=")
         path = Path(file if sep else run)
         if not sep:
-            name = _label(json.loads(_results_file(path).read_text()), path)
+            name = _label(_read_results(_results_file(path)), path)
         if name in table:
             name = f"{name} ({path})"
         table[name] = read_run(path)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     metrics = sorted({m for values in table.values() for m in values})
-    _write(output / "report.json", json.dumps(table, indent=2))
-    _write(output / "report.md", markdown_table(table, metrics))
+    write_atomic(output / "report.json", json.dumps(table, indent=2))
+    write_atomic(output / "report.md", markdown_table(table, metrics))
     chart(table, metrics, output / "report.png")
     return table
 
@@ -96,13 +104,6 @@ def chart(table: dict[str, dict[str, float]], metrics: list[str], path: Path) ->
     ax.set_xlabel("score")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

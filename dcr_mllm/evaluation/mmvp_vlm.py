@@ -11,19 +11,30 @@ the image of an odd id is image 1, of an even id image 2. Scoring follows the of
 statements pick their own image, the 135 pairs are 15 per category in file order over
 ``CATEGORIES``, and a category's score is the percentage of its pairs right; ``average`` is the
 mean over categories. Unlike the official script, each image and text is encoded once, in batches.
+
+Pixels: ``preprocess="tower"`` (the default) uses the tower's own image processor, as DCR's own
+MMVP-VLM scripts do (boyuh/DCR evaluation/evaluate_mmvp_*.py: ``processor.preprocess``) and for
+every family alike. ``preprocess="official"`` reproduces the official script's pixels instead:
+the ``clip`` package's PIL pipeline (``official_transform``), for numbers comparable with the
+MMVP paper's; the two differ slightly, since transformers' processors resize tensors, not PIL images.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
+from torch import Tensor
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.evaluation.encode import image_embeddings, text_embeddings
 from dcr_mllm.evaluation.pairs import PROMPT, judge_pairs, percent
 from dcr_mllm.evaluation.tower_report import BenchmarkResult
-from dcr_mllm.towers import VisionTower
+from dcr_mllm.towers import TowerSpec, VisionTower
+from dcr_mllm.weights import read_text
 
 CATEGORIES = (
     "Orientation and Direction",
@@ -39,7 +50,9 @@ CATEGORIES = (
 PAIRS_PER_CATEGORY = 15
 NUM_ROWS = 2 * PAIRS_PER_CATEGORY * len(CATEGORIES)  # 270 statements
 QUESTIONS_FILE = "Questions.csv"
+HEADER = ("Question ID", "Type", "Statement")
 IMAGES_DIR = "MLLM_VLM Images"
+PREPROCESS = ("tower", "official")
 
 
 @dataclass(frozen=True)
@@ -74,8 +87,11 @@ def read_benchmark(data_dir: str | Path) -> list[QuestionPair]:
     if not questions.is_file():
         raise DcrError(f"no {QUESTIONS_FILE} in {data_dir}: point --data at the MMVP-VLM directory "
                        f"(Questions.csv and '{IMAGES_DIR}/'), or write a synthetic one with `dcr-mllm make-eval-data mmvp-vlm`")
-    with open(questions, newline="", encoding="utf-8-sig") as f:
-        rows = [(line, row) for line, row in enumerate(csv.reader(f), start=1) if any(cell.strip() for cell in row)]
+    lines = read_text(questions).splitlines()
+    rows = [(line, row) for line, row in enumerate(csv.reader(lines), start=1) if any(cell.strip() for cell in row)]
+    if not rows or [cell.strip().lower() for cell in rows[0][1]] != [name.lower() for name in HEADER]:
+        found = ",".join(rows[0][1]) if rows else "an empty file"
+        raise DcrError(f"{questions} must start with the header {','.join(HEADER)} (the official MMVP-VLM layout); found {found[:80]!r}")
     statements = [_statement(questions, line, row) for line, row in rows[1:]]  # the first row is the header
     if len(statements) != NUM_ROWS:
         raise DcrError(f"{questions} has {len(statements)} statement rows; MMVP-VLM has {NUM_ROWS} "
@@ -106,13 +122,38 @@ def _statement(questions: Path, line: int, row: list[str]) -> Statement:
     return Statement(int(qid), qtype, text, line)
 
 
+def _convert_image_to_rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
+
+
+def official_transform(spec: TowerSpec) -> Callable[[Image.Image], Tensor]:
+    """The official script's pixels: it takes ``preprocess`` from ``clip.load`` (tsb0601/MMVP
+    scripts/evaluate_vlm.py:15) and applies it to each ``Image.open`` result (lines 49-50, 58), and
+    that is the ``clip`` package's ``_transform(n_px)`` (openai/CLIP clip/clip.py:75-86)::
+
+        Compose([Resize(n_px, interpolation=BICUBIC), CenterCrop(n_px), _convert_image_to_rgb,
+                 ToTensor(), Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])
+
+    on PIL images: bicubic resize of the short side, centre crop, RGB, [0, 1], normalise. Here
+    ``n_px`` is the tower's image size and the mean/std are the tower's (OpenAI CLIP's for CLIP)."""
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+
+    size = spec.image_size
+    return Compose([Resize(size, interpolation=InterpolationMode.BICUBIC), CenterCrop(size), _convert_image_to_rgb,
+                    ToTensor(), Normalize(spec.mean, spec.std)])
+
+
 def evaluate_mmvp_vlm(tower: VisionTower, data_dir: str | Path, batch_size: int = 64,
-                      pairs: list[QuestionPair] | None = None) -> BenchmarkResult:
-    """Score ``tower`` on the benchmark at ``data_dir`` (``pairs``: an already read ``read_benchmark``)."""
+                      pairs: list[QuestionPair] | None = None, preprocess: str = "tower") -> BenchmarkResult:
+    """Score ``tower`` on the benchmark at ``data_dir`` (``pairs``: an already read ``read_benchmark``;
+    ``preprocess``: "tower" or "official", see the module docstring)."""
+    if preprocess not in PREPROCESS:
+        raise DcrError(f"preprocess {preprocess!r}: use one of {', '.join(PREPROCESS)}")
     data_dir = Path(data_dir)
     pairs = read_benchmark(data_dir) if pairs is None else pairs
     paths = [path for pair in pairs for path in pair.image_paths(data_dir)]
-    images = image_embeddings(tower, paths, batch_size, desc="MMVP-VLM images")
+    transform = official_transform(tower.spec) if preprocess == "official" else None
+    images = image_embeddings(tower, paths, batch_size, desc="MMVP-VLM images", transform=transform)
     texts = text_embeddings(tower, [PROMPT + s.text for pair in pairs for s in (pair.first, pair.second)], batch_size)
     verdicts = judge_pairs(tower, images[0::2], images[1::2], texts[0::2], texts[1::2])
 

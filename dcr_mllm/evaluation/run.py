@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.evaluation.mmvp_vlm import evaluate_mmvp_vlm, read_benchmark
+from dcr_mllm.evaluation.mmvp_vlm import PREPROCESS, evaluate_mmvp_vlm, read_benchmark
 from dcr_mllm.evaluation.probes import ClassificationData, evaluate_classification, evaluate_fine_grained
 from dcr_mllm.evaluation.synthetic import fine_grained_pairs
 from dcr_mllm.evaluation.tower_report import write_report
@@ -56,16 +56,24 @@ def evaluate_towers(
     pairs_per_attribute: int = 20,
     image_size: int = 224,
     seed: int = 0,
+    preprocess: str = "tower",
+    allow_pickle: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Score each tower on ``benchmark`` and write the report to ``output``; returns ``{label: {metric: percent}}``.
 
     ``data`` is the benchmark directory (``mmvp-vlm``) or image folder (``classification``);
-    ``fine-grained`` generates its pairs from ``pairs_per_attribute``, ``image_size`` and ``seed``.
+    ``fine-grained`` generates its pairs from ``pairs_per_attribute``, ``image_size`` and ``seed``;
+    ``preprocess`` ("tower" or "official") picks MMVP-VLM's pixels (see ``mmvp_vlm``); ``allow_pickle``
+    lets towers with only .bin weights load (restricted unpickler).
     """
     if benchmark not in BENCHMARKS:
         raise DcrError(f"unknown benchmark {benchmark!r}: use one of {', '.join(BENCHMARKS)}")
     if batch_size < 1:
         raise DcrError(f"batch size {batch_size}: must be at least 1")
+    if preprocess not in PREPROCESS:
+        raise DcrError(f"preprocess {preprocess!r}: use one of {', '.join(PREPROCESS)}")
+    if preprocess != "tower" and benchmark != "mmvp-vlm":
+        raise DcrError(f"--preprocess {preprocess} reproduces the official MMVP-VLM script; drop it for {benchmark}")
     if benchmark == "fine-grained":
         if data is not None:
             raise DcrError("the fine-grained benchmark generates its own pairs: drop --data")
@@ -75,10 +83,10 @@ def evaluate_towers(
     elif not Path(data).is_dir():
         raise DcrError(f"--data {data} is not a directory: check the path")
     for path in towers.values():
-        inspect_tower(path)
+        inspect_tower(path, allow_pickle)
 
     if benchmark == "mmvp-vlm":
-        score = functools.partial(evaluate_mmvp_vlm, data_dir=data, batch_size=batch_size, pairs=read_benchmark(data))
+        score = functools.partial(evaluate_mmvp_vlm, data_dir=data, batch_size=batch_size, pairs=read_benchmark(data), preprocess=preprocess)
     elif benchmark == "classification":
         score = functools.partial(evaluate_classification, data=ClassificationData(data), batch_size=batch_size)
     else:
@@ -88,10 +96,12 @@ def evaluate_towers(
     results = {}
     for label, path in towers.items():
         logger.info("scoring %s (%s) on %s", label, path, benchmark)
-        tower = load_tower(path).to(device).eval()
+        tower = load_tower(path, allow_pickle=allow_pickle).to(device).eval()
         results[label] = score(tower)
         del tower  # freed before the next one loads
     source = f"data: `{data}`" if data is not None else f"{pairs_per_attribute} pairs per attribute, {image_size} px, seed {seed}"
+    if benchmark == "mmvp-vlm":
+        source += f", {preprocess} preprocessing"
     note = source + "; towers: " + ", ".join(f"{label} = `{path}`" for label, path in towers.items())
     write_report(output, BENCHMARKS[benchmark], results, note)
     return {label: result.scores for label, result in results.items()}

@@ -16,11 +16,8 @@ So that tests, the tiny pipeline and users without the downloads can run every e
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 from PIL import Image
@@ -28,6 +25,7 @@ from PIL import Image
 from dcr_mllm.data.synthetic import ATTRIBUTE_VALUES, SceneAttributes, caption, make_pair, write_image_folder
 from dcr_mllm.errors import DcrError
 from dcr_mllm.evaluation.mmvp_vlm import CATEGORIES, IMAGES_DIR, PAIRS_PER_CATEGORY, QUESTIONS_FILE
+from dcr_mllm.io import atomic_dir
 
 CATEGORY_ATTRIBUTES = {
     "Orientation and Direction": "orientation",
@@ -64,7 +62,7 @@ def write_mmvp_vlm(out_dir: str | Path, image_size: int = 224, seed: int = 0) ->
     _refuse_existing(out_dir)
     rng = random.Random(seed)
     rows = [("Question ID", "Type", "Statement")]
-    with _staging(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         qid = 1
         for category in CATEGORIES:
             qtype = CATEGORY_TYPES[category]
@@ -84,7 +82,7 @@ def write_classification_folder(out_dir: str | Path, per_class: int = 20, image_
     """Write ``train/<class>/`` and ``test/<class>/`` (``per_class`` images each), a class per value of ``by``."""
     out_dir = Path(out_dir)
     _refuse_existing(out_dir)
-    with _staging(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         write_image_folder(tmp / "train", per_class, image_size, seed, by=by)
         write_image_folder(tmp / "test", per_class, image_size, seed + 1, by=by)
     return out_dir
@@ -102,16 +100,3 @@ def fine_grained_pairs(pairs_per_attribute: int, image_size: int = 224, seed: in
 def _refuse_existing(out_dir: Path) -> None:
     if out_dir.exists():
         raise DcrError(f"{out_dir} already exists: delete it or choose another output directory")
-
-
-@contextlib.contextmanager
-def _staging(out_dir: Path):
-    """A temporary sibling of ``out_dir`` that becomes ``out_dir`` when the block succeeds."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

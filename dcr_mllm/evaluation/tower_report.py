@@ -12,10 +12,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dcr_mllm.io import write_atomic
 
 
 @dataclass
@@ -33,11 +34,11 @@ def write_report(out_dir: str | Path, title: str, results: dict[str, BenchmarkRe
     paths = {kind: out_dir / name for kind, name in
              (("csv", "predictions.csv"), ("md", "results.md"), ("png", "chart.png"), ("json", "results.json"))}
     paths["json"].unlink(missing_ok=True)  # an earlier report's, which the files below replace
-    _write_atomic(paths["csv"], _predictions_csv(results).encode())
-    _write_atomic(paths["md"], _markdown_table(title, results, note).encode())
-    _write_atomic(paths["png"], _chart_png(title, results))
+    write_atomic(paths["csv"], _predictions_csv(results).encode())
+    write_atomic(paths["md"], _markdown_table(title, results, note).encode())
+    write_atomic(paths["png"], _chart_png(title, results))
     scores = {label: result.scores for label, result in results.items()}
-    _write_atomic(paths["json"], (json.dumps(scores, indent=2) + "\n").encode())
+    write_atomic(paths["json"], (json.dumps(scores, indent=2) + "\n").encode())
     return paths
 
 
@@ -87,9 +88,3 @@ def _chart_png(title: str, results: dict[str, BenchmarkResult]) -> bytes:
     fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
     return png.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

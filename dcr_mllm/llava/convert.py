@@ -14,7 +14,9 @@ formats interchangeable:
   and 1e-5 times their covariance (seeded here, so a conversion can be repeated).
 
 The processor also carries LLaVA-1.5's ``vicuna_v1`` chat template, so chat front ends (lmms-eval's
-``llava_hf``) prompt the model as it was trained.
+``llava_hf``) prompt the model as it was trained, and a ``LlavaImageProcessor`` that pads images to a
+square of the mean colour when the checkpoint says ``image_aspect_ratio: pad`` (LLaVA-1.5 does), so
+the model sees the pixels it was trained on.
 
 Tower tensors the checkpoint does not store come from the ``mm_vision_tower`` directory, as
 transformers' script loads the tower into the model before converting. Tensors are streamed
@@ -30,7 +32,8 @@ from pathlib import Path
 import torch
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.llava.build import VICUNA_CHAT_TEMPLATE
+from dcr_mllm.io import atomic_dir
+from dcr_mllm.llava.build import IMAGE_TOKEN, PAD_TOKEN, VICUNA_CHAT_TEMPLATE, add_llava_tokens, llava_image_processor
 from dcr_mllm.llava.shards import (
     INDEX_NAME,
     Cast,
@@ -47,14 +50,13 @@ from dcr_mllm.llava.swap import (
     Checkpoint,
     Tower,
     check_destination,
-    commit,
     feature_layer_problems,
     load_check,
     read_checkpoint,
     read_tower,
-    staging_dir,
     write_json,
 )
+from dcr_mllm.weights import refuse_pickles
 
 # transformers' KEYS_TO_MODIFY_MAPPING (models/llava/convert_llava_weights_to_hf.py): each pair is
 # applied in this order with str.replace to every key.
@@ -72,7 +74,6 @@ KEY_RENAMES = (
 DROPPED = ("model.image_newline",)
 EMBED, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 SINGLE = "model.safetensors"
-IMAGE_TOKEN, PAD_TOKEN = "<image>", "<pad>"
 PAD_MULTIPLE = 64
 SEED = 0
 #: original-LLaVA config keys that describe the multimodal wrapper, not the language model
@@ -158,6 +159,8 @@ def _input_tensors(checkpoint: Checkpoint) -> list[tuple[str, dict[str, Source]]
     """Each weight file with its tensors: safetensors as stored byte ranges, .bin pickles memory-mapped."""
     if checkpoint.shards:
         return [(name, dict(tensors)) for name, tensors in checkpoint.shards.items()]
+    if not checkpoint.allow_pickle:
+        refuse_pickles([checkpoint.path / name for name in checkpoint.bin_files])
     return [
         (name, torch.load(checkpoint.path / name, map_location="cpu", mmap=True, weights_only=True))
         for name in checkpoint.bin_files
@@ -206,26 +209,21 @@ def plan_weights(checkpoint: Checkpoint, tower: Tower) -> ConvertedWeights:
     return ConvertedWeights(layout, originals, tower_sources, vocab, padded, dtype, sum(nbytes(s) for s in tensors.values()))
 
 
-def _processor(src: Path, tower: Tower, strategy: str, padded_vocab: int):
-    """The checkpoint's tokenizer with <image> and <pad> added as transformers adds them, the tower's image
-    processor and the vicuna_v1 chat template."""
-    from transformers import (
-        AddedToken,
-        AutoImageProcessor,
-        AutoTokenizer,
-        LlavaProcessor,
-    )
+def _processor(src: Path, tower: Tower, strategy: str, padded_vocab: int, do_pad: bool):
+    """The checkpoint's tokenizer with <image> and <pad> added as transformers adds them, the tower's
+    preprocessing (after the square padding the checkpoint was trained with, if ``do_pad``) and the
+    vicuna_v1 chat template."""
+    from transformers import AutoTokenizer, LlavaProcessor
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(src)
     except Exception as err:  # tokenizers fail with many exception types; the first line says why
         raise DcrError(f"cannot load the tokenizer in {src} ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-    tokenizer.add_tokens(AddedToken(IMAGE_TOKEN, special=True, normalized=False), special_tokens=True)
-    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    add_llava_tokens(tokenizer)
     if len(tokenizer) > padded_vocab:
         raise DcrError(f"the tokenizer in {src} has {len(tokenizer)} tokens with {IMAGE_TOKEN} and {PAD_TOKEN}, more than the padded vocabulary {padded_vocab}")
     spec = tower.spec
-    return LlavaProcessor(tokenizer=tokenizer, image_processor=AutoImageProcessor.from_pretrained(tower.path), patch_size=spec.patch_size,
+    return LlavaProcessor(tokenizer=tokenizer, image_processor=llava_image_processor(tower.path, do_pad), patch_size=spec.patch_size,
                           vision_feature_select_strategy=strategy, num_additional_image_tokens=1 if spec.has_cls else 0,
                           chat_template=VICUNA_CHAT_TEMPLATE)
 
@@ -280,21 +278,20 @@ class ConvertReport:
         ]
 
 
-def convert_llava(input_dir: str | Path, output_dir: str | Path, *, force: bool = False) -> ConvertReport:
+def convert_llava(input_dir: str | Path, output_dir: str | Path, *, force: bool = False, allow_pickle: bool = False) -> ConvertReport:
     """Write the original LLaVA checkpoint INPUT as a llava-hf directory OUTPUT (see the module docstring)."""
     src, dst = Path(input_dir), Path(output_dir)
     check_destination(src, dst, force)
-    checkpoint = read_checkpoint(src)
+    checkpoint = read_checkpoint(src, allow_pickle)
     if checkpoint.format != "original":
         raise DcrError(f"{src} is already a llava-hf checkpoint; convert-llava takes an original LLaVA one (mm_vision_tower in config.json)")
     tower = read_tower(_tower_location(str(checkpoint.config["mm_vision_tower"]), src))
     text_type, strategy = _check_supported(checkpoint, tower)
     weights = plan_weights(checkpoint, tower)
-    processor = _processor(src, tower, strategy, weights.padded_vocab)
+    processor = _processor(src, tower, strategy, weights.padded_vocab, checkpoint.config.get("image_aspect_ratio") == "pad")
     config = _llava_config(checkpoint.config, text_type, tower, strategy, processor.tokenizer, weights)
     report = ConvertReport(src, dst, tower, weights, config)
-    tmp = staging_dir(dst)
-    try:
+    with atomic_dir(dst) as tmp:
         digests = {name: write_shard(tmp / name, items, {"format": "pt"}) for name, items in weights.layout.items()}
         if len(weights.layout) > 1:
             total = sum(nbytes(source) for items in weights.layout.values() for _, source in items)
@@ -306,9 +303,6 @@ def convert_llava(input_dir: str | Path, output_dir: str | Path, *, force: bool 
         if (src / "generation_config.json").is_file():
             shutil.copy2(src / "generation_config.json", tmp / "generation_config.json")
         report.verified = _verify(weights, tmp, digests)
-        commit(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 

@@ -1,9 +1,11 @@
 """Stage two: LLaVA-1.5 with any tower — projector pretraining, then instruction tuning.
 
-* ``pretrain``: only the projector trains (``plain`` template; LLaVA-1.5: lr 1e-3, cosine,
-  3 % warm-up, global batch 256, one epoch, ZeRO-2).
-* ``finetune``: projector + language model train, the tower stays frozen (``vicuna_v1``;
-  lr 2e-5, global batch 128, one epoch, ZeRO-3, gradient checkpointing). With ``lora.enabled``
+* ``pretrain``: only the projector trains (``plain`` template, images as the tower preprocesses
+  them (``square``), random batches; LLaVA-1.5: lr 1e-3, cosine, 3 % warm-up, global batch 256,
+  one epoch, ZeRO-2, gradient checkpointing).
+* ``finetune``: projector + language model train, the tower stays frozen (``vicuna_v1``, images
+  padded to a square first (``pad``), batches grouped by modality and length; lr 2e-5, global
+  batch 128, one epoch, ZeRO-3, gradient checkpointing). With ``lora.enabled``
   the language model gets LoRA adapters instead (r 128, alpha 256) and the projector its own lr.
 
 Both run through the project's training engine (resume, checkpoints, per-rank data), and the
@@ -18,12 +20,17 @@ from pathlib import Path
 
 import torch
 
-from dcr_mllm.errors import DcrError
+from dcr_mllm.config import to_dict
+from dcr_mllm.errors import ConfigError, DcrError
 from dcr_mllm.llava.build import add_language_lora, build_llava, vision_layout
-from dcr_mllm.llava.data import ConversationData, GroupedBatches, read_records
+from dcr_mllm.llava.data import ASPECTS, ConversationData, GroupedBatches, read_records
 from dcr_mllm.llava.synthetic import write_synthetic_conversations
 from dcr_mllm.presets.real import local_path
+from dcr_mllm.weights import check_model_dir
 from dcr_mllm.training import ResumableBatches, TrainConfig, Trainer, barrier, init_distributed, is_finished, load_trainable_state
+from dcr_mllm.training.engine import export_is_current, write_export_marker
+from dcr_mllm.training.zero import zero3_config
+from dcr_mllm.training.config import resolve_train_config
 
 LLAMA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PROJECTOR = "multi_modal_projector"
@@ -34,7 +41,8 @@ class ConversationSettings:
     json: str = ""  # a LLaVA conversation file; empty = the synthetic set (written under output_dir/data)
     image_folder: str = ""
     model_max_length: int = 2048
-    group_by_length: bool = True
+    image_aspect_ratio: str = "pad"  # LLaVA's: "pad" (to a square of the mean colour, then the tower's preprocessing) or "square"
+    group_by_length: bool = True  # LLaVA's group_by_modality_length: one modality and similar lengths per global batch
 
 
 @dataclass
@@ -49,27 +57,44 @@ class LanguageLora:
 
 @dataclass
 class LlavaTrainConfig:
-    tower: str = "outputs/enhance_tiny/tower"  # stage one's output by default
-    language_model: str = "tiny-llama"
+    tower: str  # a tower directory (stage one's output) or a preset name
+    language_model: str  # a causal-LM directory or a preset name
     output_dir: str = "outputs/llava_tiny"
     seed: int = 0
     feature_layer: int = -2
     synthetic_images: int = 64
-    pretrain_data: ConversationSettings = field(default_factory=ConversationSettings)
+    pretrain_data: ConversationSettings = field(  # LLaVA-1.5's pretraining: no padding, no grouping
+        default_factory=lambda: ConversationSettings(image_aspect_ratio="square", group_by_length=False))
     finetune_data: ConversationSettings = field(default_factory=ConversationSettings)
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(
-        lr=1e-3, scheduler="cosine", warmup_ratio=0.03, epochs=1, zero_stage=2))
+        lr=1e-3, scheduler="cosine", warmup_ratio=0.03, epochs=1, gradient_checkpointing=True))
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(
-        lr=2e-5, scheduler="cosine", warmup_ratio=0.03, epochs=1, zero_stage=3, gradient_checkpointing=True))
+        lr=2e-5, scheduler="cosine", warmup_ratio=0.03, epochs=1, gradient_checkpointing=True))
     lora: LanguageLora = field(default_factory=LanguageLora)
 
 
+def resolve_config(cfg: LlavaTrainConfig) -> LlavaTrainConfig:
+    """Check the values and settle each stage's ZeRO stage (LLaVA-1.5: pretrain 2, finetune 3),
+    reading nothing but the DeepSpeed JSONs."""
+    resolve_train_config(cfg.pretrain, "pretrain", default_zero_stage=2)
+    resolve_train_config(cfg.finetune, "finetune", default_zero_stage=3)
+    for name in ("pretrain_data", "finetune_data"):
+        if getattr(cfg, name).model_max_length < 1:
+            raise ConfigError(f"{name}.model_max_length must be at least 1")
+        if getattr(cfg, name).image_aspect_ratio not in ASPECTS:
+            raise ConfigError(f"{name}.image_aspect_ratio must be one of {', '.join(ASPECTS)}")
+    if cfg.synthetic_images < 1:
+        raise ConfigError("synthetic_images must be at least 1")
+    return cfg
+
+
 def validate(cfg: LlavaTrainConfig, stage: str) -> None:
-    """Everything checkable without building a model: tower shape, LM path, data files."""
+    """Everything checkable without building a model: values, tower shape, LM path, data files."""
     if stage not in ("pretrain", "finetune"):
         raise DcrError(f"unknown stage {stage!r}; use pretrain or finetune")
+    resolve_config(cfg)
     vision_layout(cfg.tower, cfg.feature_layer)
-    local_path(cfg.language_model)
+    check_model_dir(local_path(cfg.language_model))
     data = cfg.pretrain_data if stage == "pretrain" else cfg.finetune_data
     if data.json:
         read_records(data.json)
@@ -80,10 +105,14 @@ def validate(cfg: LlavaTrainConfig, stage: str) -> None:
 
 
 def build_for_stage(cfg: LlavaTrainConfig, stage: str):
-    """(model, processor) with exactly the stage's parameters trainable."""
+    """(model, processor) with exactly the stage's parameters trainable; under ZeRO-3 built
+    partitioned in the training dtype, so no rank holds the whole model."""
     torch.manual_seed(cfg.seed)  # the projector starts the same on every rank
-    model, processor = build_llava(cfg.tower, local_path(cfg.language_model), cfg.feature_layer)
+    ds_config = zero3_config(cfg.pretrain if stage == "pretrain" else cfg.finetune)
+    model, processor = build_llava(cfg.tower, local_path(cfg.language_model), cfg.feature_layer, ds_config=ds_config)
     model.requires_grad_(False)
+    if (cfg.pretrain if stage == "pretrain" else cfg.finetune).gradient_checkpointing:  # LLaVA-1.5: both stages
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if stage == "pretrain":
         model.model.multi_modal_projector.requires_grad_(True)
         return model, processor
@@ -96,8 +125,6 @@ def build_for_stage(cfg: LlavaTrainConfig, stage: str):
     else:
         model.model.language_model.requires_grad_(True)
         model.lm_head.requires_grad_(True)
-    if cfg.finetune.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model, processor
 
 
@@ -113,32 +140,38 @@ def conversation_data(cfg: LlavaTrainConfig, stage: str, processor, is_main: boo
         json_path, image_folder = out / f"{stage}.json", out / "images"
     layout = vision_layout(cfg.tower, cfg.feature_layer)
     template = "plain" if stage == "pretrain" else "vicuna_v1"
-    return ConversationData(read_records(json_path), image_folder, processor, template, layout.image_seq_length, settings.model_max_length)
+    return ConversationData(read_records(json_path), image_folder, processor, template, layout.image_seq_length, settings.model_max_length,
+                            settings.image_aspect_ratio)
 
 
-def run_llava(cfg: LlavaTrainConfig, stage: str) -> Path:
-    """Train one stage (resuming if interrupted); after finetune, export the llava-hf model."""
+def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = False) -> Path:
+    """Train one stage (resuming if interrupted, with the settings it started with unless
+    ``allow_config_change``); after finetune, export the llava-hf model."""
     validate(cfg, stage)
     output_dir = Path(cfg.output_dir).resolve()
     stage_dir = output_dir / stage
     model_dir = output_dir / "model"
-    if is_finished(stage_dir) and (stage == "pretrain" or (model_dir / "model_card.md").is_file()):
+    trained = [output_dir / "pretrain", output_dir / "finetune"]
+    train_cfg = cfg.pretrain if stage == "pretrain" else cfg.finetune
+    max_steps = None if train_cfg.epochs > 0 else train_cfg.max_steps  # with epochs: known once the data is read
+    if is_finished(stage_dir, max_steps) and (stage == "pretrain" or export_is_current(model_dir, trained)):
         print(f"stage {stage}: already finished in {stage_dir}; nothing to do")
         return model_dir if stage == "finetune" else stage_dir
     dist_info = init_distributed()
-    train_cfg = cfg.pretrain if stage == "pretrain" else cfg.finetune
     if stage == "finetune" and cfg.lora.enabled:
         train_cfg.group_lrs = {PROJECTOR: cfg.lora.projector_lr, **train_cfg.group_lrs}
 
-    if not is_finished(stage_dir):
+    if not is_finished(stage_dir, max_steps):
         model, processor = build_for_stage(cfg, stage)
         data = conversation_data(cfg, stage, processor, dist_info.is_main)
         settings = cfg.pretrain_data if stage == "pretrain" else cfg.finetune_data
         plan = GroupedBatches(data, train_cfg.micro_batch_size, dist_info.rank, dist_info.world_size, cfg.seed,
-                              processor.tokenizer.pad_token_id, settings.group_by_length)
+                              processor.tokenizer.pad_token_id, settings.group_by_length, train_cfg.grad_accum)
         if train_cfg.epochs > 0:
             train_cfg.max_steps = max(1, math.ceil(train_cfg.epochs * plan.steps_per_epoch() / train_cfg.grad_accum))
-        trainer = Trainer(model.to(dist_info.device), train_cfg, stage_dir, cfg.seed, dist_info)
+        shaping = ("tower", "language_model", "feature_layer", "synthetic_images", f"{stage}_data") + (("lora",) if stage == "finetune" else ())
+        run_config = {key: value for key, value in to_dict(cfg).items() if key in shaping}
+        trainer = Trainer(model.to(dist_info.device), train_cfg, stage_dir, cfg.seed, dist_info, run_config, allow_config_change)
         batches = ResumableBatches(plan, None, None, train_cfg.num_workers)
         dtype = next(model.parameters()).dtype
 
@@ -157,9 +190,10 @@ def run_llava(cfg: LlavaTrainConfig, stage: str) -> Path:
 
     if stage == "pretrain":
         return stage_dir
-    if dist_info.is_main and not (model_dir / "model_card.md").is_file():
+    if dist_info.is_main and not export_is_current(model_dir, trained):
         from dcr_mllm.llava.export import export_llava
 
         export_llava(cfg, model_dir)
+        write_export_marker(model_dir, trained)
     barrier()
     return model_dir

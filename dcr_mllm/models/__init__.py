@@ -1,8 +1,9 @@
 """lmms-eval plugin: the ``dcr_llava`` model (a llava-hf checkpoint with a tower swapped in memory).
 
 Registered through the ``lmms_eval.models`` entry point (``manifest``), and also found by
-lmms-eval's older ``LMMS_EVAL_PLUGINS=dcr_mllm`` mechanism (``AVAILABLE_MODELS``, with the task
-folder ``dcr_mllm.tasks`` = ``eval_tasks/``).
+lmms-eval's older ``LMMS_EVAL_PLUGINS=dcr_mllm`` mechanism (``AVAILABLE_MODELS``). That mechanism
+does not make the tasks known in lmms-eval 0.7.3 (its task index is built before it reads the
+variable): pass ``--include_path "$(dcr-mllm eval-task-dir)"`` for them.
 """
 
 AVAILABLE_MODELS = {"dcr_llava": "DcrLlava"}

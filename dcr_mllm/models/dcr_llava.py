@@ -17,20 +17,18 @@ from lmms_eval.models.simple.llava_hf import LlavaHf as LlavaHfSimple
 from loguru import logger
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.llava.build import _vision_state
-from dcr_mllm.llava.swap import FAMILY_OF_VISION_TYPE, _fact_problems, feature_layer_problems, read_tower
+from dcr_mllm.llava.swap import FAMILY_OF_VISION_TYPE, load_vision_state, read_tower, vision_config_problems
 
 
 def swap_vision_tower(model, processor, tower_dir: str) -> str:
-    """Load ``tower_dir``'s vision encoder into ``model`` (checked first); returns its weights' sha256."""
-    from transformers import AutoImageProcessor
+    """Load ``tower_dir``'s vision encoder into ``model`` (checked as ``swap-tower`` checks a llava-hf
+    checkpoint first); returns its weights' sha256."""
+    from dcr_mllm.llava.build import llava_image_processor
 
     tower = read_tower(tower_dir)
     config = model.config
     vision = config.vision_config
-    problems = _fact_problems({"hidden size": vision.hidden_size, "layers": vision.num_hidden_layers,
-                               "patch size": vision.patch_size, "image size": vision.image_size}, tower.spec)
-    problems += feature_layer_problems("vision_feature_layer", config.vision_feature_layer, tower.spec.num_layers)
+    problems = vision_config_problems(vision.to_dict(), config.vision_feature_layer, tower.spec)
     family = FAMILY_OF_VISION_TYPE.get(vision.model_type)
     if family != tower.spec.family:
         problems.append(f"family: checkpoint {family}, tower {tower.spec.family}; write a new checkpoint with "
@@ -38,10 +36,11 @@ def swap_vision_tower(model, processor, tower_dir: str) -> str:
     if problems:
         raise DcrError(f"tower {tower_dir} does not fit {getattr(config, '_name_or_path', 'the checkpoint')}: " + "; ".join(problems))
     vision_tower = model.model.vision_tower
-    state = _vision_state(tower.path, vision_tower)
+    state = load_vision_state(tower, vision_tower)
     reference = next(vision_tower.parameters())
     vision_tower.load_state_dict({k: v.to(reference.dtype) for k, v in state.items()}, strict=True)
-    processor.image_processor = AutoImageProcessor.from_pretrained(tower.path)
+    # the tower's preprocessing, padded as LLaVA-1.5 trains unless the checkpoint says otherwise
+    processor.image_processor = llava_image_processor(tower.path, do_pad=getattr(processor.image_processor, "do_pad", True))
     sha = hashlib.sha256()
     for key in sorted(state):
         sha.update(state[key].to(torch.float32).numpy().tobytes())
@@ -52,6 +51,8 @@ class _TowerSwap:
     """Adds ``vision_tower=DIR`` to a llava_hf model class."""
 
     def __init__(self, pretrained: str, vision_tower: str | None = None, **kwargs) -> None:
+        if vision_tower:
+            read_tower(vision_tower)  # a damaged or missing tower fails before the checkpoint loads
         super().__init__(pretrained=pretrained, **kwargs)
         self.vision_tower_path = vision_tower
         self.vision_tower_sha256 = None

@@ -1,11 +1,18 @@
-"""The augmented positive view, computed for a whole batch at once on the batch's device.
+"""The augmented positive view of each image, on the batch's device.
 
-Same family of transforms as upstream — random resized crop (scale 0.9-1.0, ratio 0.9-1.1),
-horizontal flip, colour jitter (brightness/contrast/saturation 0.1, hue 0.05) — applied in pixel
-space [0, 1] *before* the tower's normalisation. There is no vertical flip by default:
-orientation is one of the fine-grained abilities DCR is meant to improve, so a flipped view
-must not count as "the same image". ``mode="upstream"`` reproduces upstream: vertical flip
-included, and the jitter applied after normalisation, clamped to [0, 1] as ColorJitter does.
+``mode="pixel"`` (the default) uses upstream's kinds and strengths — random resized crop (scale
+0.9-1.0, ratio 0.9-1.1), horizontal flip, colour jitter (brightness/contrast/saturation 0.1, hue
+0.05) — but applies them to pixels in [0, 1] *before* the tower's normalisation, for the whole
+batch at once: crop and flip in one ``grid_sample``, then the jitter in a fixed order with hue as a
+rotation in YIQ. There is no vertical flip: orientation is one of the fine-grained abilities DCR
+is meant to improve, so a flipped view must not count as "the same image".
+
+``mode="upstream"`` is upstream's transform exactly (boyuh/DCR clip_models/CLIP_bank.py:33-42,
+applied per image at :62-65): torchvision's ColorJitter (the four adjustments in a random order
+per image, hue in HSV), RandomHorizontalFlip, RandomVerticalFlip(0.5) and RandomResizedCrop
+(bilinear, antialiased), run on the *normalised* image, so the jitter's clamp to [0, 1] cuts off
+every negative normalised value. It calls torchvision's own functions and makes torchvision's
+random draws in torchvision's order.
 
 Every random draw comes from the caller's generator, so a run is repeatable per rank.
 """
@@ -20,9 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dcr_mllm.data.images import random_resized_crop_params
+
 # RGB <-> YIQ: hue is a rotation of the (I, Q) chroma plane
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+UPSTREAM_VFLIP = 0.5  # boyuh/DCR clip_models/CLIP_bank.py:36
 
 
 @dataclass
@@ -85,12 +95,32 @@ def color_jitter(images: Tensor, cfg: AugmentConfig, generator: torch.Generator 
     return torch.einsum("ij,njhw->nihw", _YIQ_TO_RGB.to(x), yiq).clamp(0, 1)
 
 
+def upstream_view(image: Tensor, cfg: AugmentConfig, generator: torch.Generator | None) -> Tensor:
+    """Upstream's Compose on one [3, H, W] tensor, drawing what each torchvision transform draws."""
+    from torchvision.transforms import functional as TF
+
+    # ColorJitter.get_params: an order of the four adjustments, then each factor (none when off)
+    order = torch.randperm(4, generator=generator).tolist()
+    ranges = [(max(0.0, 1 - s), 1 + s) if s else None for s in (cfg.brightness, cfg.contrast, cfg.saturation)]
+    ranges.append((-cfg.hue, cfg.hue) if cfg.hue else None)
+    factors = [None if r is None else torch.empty(1).uniform_(*r, generator=generator).item() for r in ranges]
+    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for k in order:
+        if factors[k] is not None:
+            image = adjust[k](image, factors[k])
+    if torch.rand(1, generator=generator).item() < cfg.hflip:
+        image = TF.hflip(image)
+    if torch.rand(1, generator=generator).item() < UPSTREAM_VFLIP:
+        image = TF.vflip(image)
+    height, width = image.shape[-2:]
+    i, j, h, w = random_resized_crop_params(height, width, cfg.crop_scale, cfg.crop_ratio, generator)
+    return TF.resized_crop(image, i, j, h, w, [height, width], antialias=True)
+
+
 def positive_view(images: Tensor, normalize, cfg: AugmentConfig, generator: torch.Generator | None) -> Tensor:
     """Augmented view of [B, 3, H, W] pixels in [0, 1], returned *normalised* for the tower."""
     if cfg.mode == "none":
         return normalize(images)
     if cfg.mode == "pixel":
         return normalize(color_jitter(random_resized_crop_flip(images, cfg, 0.0, generator), cfg, generator))
-    # upstream: normalise first, then crop/flips (vertical included) and a jitter that clamps
-    normalized = normalize(images)
-    return color_jitter(random_resized_crop_flip(normalized, cfg, 0.5, generator), cfg, generator)
+    return torch.stack([upstream_view(image, cfg, generator) for image in normalize(images)])

@@ -9,7 +9,9 @@ images' conditions. All are flattened and L2-normalised, and with logits over th
     L = mean_i  1/2 [ -log softmax(a·p) - log softmax(a·g) ]
       = mean_i  logsumexp_i - (a·p + a·g) / (2 tau)
 
-computed with log-sum-exp in float32, so it stays finite where exp() overflows.
+computed with log-sum-exp in float32, so it stays finite where exp() overflows. ``dcr_loss``
+takes the other B - 1 images of the batch as negatives; ``contrastive_loss`` takes any K per image
+(objective.negatives: global, see dcr_mllm/objectives/negatives.py).
 """
 
 from __future__ import annotations
@@ -19,8 +21,34 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def contrastive_loss(anchor: Tensor, positive: Tensor, target: Tensor, negatives: Tensor, tau: float = 0.1) -> Tensor:
+    """Scalar DCR loss for any set of negatives: the one formula both negative modes use.
+
+    anchor, positive, target: [B, ...]; negatives[i, k]: the k-th negative prediction for latent i,
+    shape [B, K, ...] (K may be 0).
+    """
+    batch = anchor.shape[0]
+    if positive.shape[0] != batch or target.shape[0] != batch or negatives.shape[0] != batch:
+        raise ValueError(
+            f"contrastive_loss needs anchor, positive, target [B, ...] and negatives [B, K, ...]; got "
+            f"{tuple(anchor.shape)}, {tuple(positive.shape)}, {tuple(target.shape)}, {tuple(negatives.shape)}"
+        )
+    anchor = F.normalize(anchor.float().flatten(1), dim=-1)  # [B, D]
+    pos = F.normalize(positive.float().flatten(1), dim=-1)
+    tgt = F.normalize(target.float().flatten(1), dim=-1)
+    neg = F.normalize(negatives.float().flatten(2), dim=-1)  # [B, K, D]
+
+    logit_pos = (anchor * pos).sum(-1) / tau  # [B]
+    logit_tgt = (anchor * tgt).sum(-1) / tau  # [B]
+    logit_neg = torch.einsum("id,ikd->ik", anchor, neg) / tau  # [B, K]
+
+    logits = torch.cat([logit_pos[:, None], logit_tgt[:, None], logit_neg], dim=1)
+    per_image = torch.logsumexp(logits, dim=1) - 0.5 * (logit_pos + logit_tgt)
+    return per_image.mean()
+
+
 def dcr_loss(pairwise: Tensor, positive: Tensor, target: Tensor, tau: float = 0.1) -> Tensor:
-    """Scalar DCR loss.
+    """Scalar DCR loss with every other image of the batch as a negative.
 
     pairwise[i, j]: prediction for noisy latent i under image j's condition, shape [B, B, ...];
     positive[i]: prediction for latent i under the augmented view of image i, shape [B, ...];
@@ -32,20 +60,10 @@ def dcr_loss(pairwise: Tensor, positive: Tensor, target: Tensor, tau: float = 0.
             f"dcr_loss needs pairwise [B, B, ...], positive [B, ...], target [B, ...]; got "
             f"{tuple(pairwise.shape)}, {tuple(positive.shape)}, {tuple(target.shape)}"
         )
-    preds = F.normalize(pairwise.float().flatten(2), dim=-1)  # [B, B, D]
-    anchor = torch.diagonal(preds, dim1=0, dim2=1).T  # [B, D]
-    pos = F.normalize(positive.float().flatten(1), dim=-1)
-    tgt = F.normalize(target.float().flatten(1), dim=-1)
-
-    logit_pos = (anchor * pos).sum(-1) / tau  # [B]
-    logit_tgt = (anchor * tgt).sum(-1) / tau  # [B]
-    logit_neg = torch.einsum("id,ikd->ik", anchor, preds) / tau  # [B, B]; diagonal is the anchor itself
-    eye = torch.eye(batch, dtype=torch.bool, device=preds.device)
-    logit_neg = logit_neg.masked_fill(eye, float("-inf"))
-
-    logits = torch.cat([logit_pos[:, None], logit_tgt[:, None], logit_neg], dim=1)
-    per_image = torch.logsumexp(logits, dim=1) - 0.5 * (logit_pos + logit_tgt)
-    return per_image.mean()
+    anchor = torch.diagonal(pairwise, dim1=0, dim2=1).movedim(-1, 0)  # [B, ...]
+    off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=pairwise.device)
+    negatives = pairwise[off_diagonal].view(batch, batch - 1, *pairwise.shape[2:])  # row i: every k != i
+    return contrastive_loss(anchor, positive, target, negatives, tau)
 
 
 def predict_pairs(predict, noisy: Tensor, timesteps: Tensor, contexts: Tensor, pairs: Tensor,

@@ -18,7 +18,12 @@ from dcr_mllm.diffusion.denoiser import FrozenDenoiser, TargetKind, resize_for
 from dcr_mllm.diffusion.projector import ConditionProjector
 from dcr_mllm.objectives.augment import AugmentConfig, positive_view
 from dcr_mllm.objectives.baselines import info_nce, reconstruction_loss
-from dcr_mllm.objectives.dcr import dcr_loss, dcr_pairs, predict_pairs
+from dcr_mllm.objectives.dcr import contrastive_loss, dcr_loss, dcr_pairs, predict_pairs
+from dcr_mllm.objectives.negatives import (
+    gather_with_grad,
+    sample_negatives,
+    sampled_pairs,
+)
 from dcr_mllm.towers.base import VisionTower
 
 
@@ -28,13 +33,20 @@ class ObjectiveConfig:
     tau: float = 0.1
     #: diffusion target: follow the scheduler (auto) or force one; "velocity" is upstream's choice
     target: TargetKind = "auto"
-    #: denoiser calls per chunk for the B*B+B DCR predictions; 0 = one unchunked batch
+    #: denoiser calls per chunk for the DCR predictions (B*B+B local, B*(K+2) global); 0 = one unchunked batch
     chunk_size: int = 0
     checkpoint_chunks: bool = True
+    #: each anchor's DCR negatives: the other B - 1 images of its rank (local), or num_negatives
+    #: sampled from every rank's images (global; conditions gathered with autograd)
+    negatives: Literal["local", "global"] = "local"
+    #: K for negatives=global, B * (K + 2) UNet calls per rank; 0 = the micro batch size minus one
+    num_negatives: int = 0
     naive_weight: float = 1.0
     naive_tau: float = 0.07
     #: resolution fed to the VAE; 0 = the tower's resolution
     vae_image_size: int = 0
+    #: encode the denoiser's empty prompt with its padding mask (upstream) or without (the SD pipeline)
+    empty_prompt_mask: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -53,7 +65,7 @@ class EnhanceModel(nn.Module):
         tower_trains = any(p.requires_grad for p in self.tower.parameters())
         with torch.set_grad_enabled(tower_trains and torch.is_grad_enabled()):
             embeddings = self.tower.global_embedding(torch.cat(views))  # one tower call for both views
-        contexts = self.projector(embeddings.float(), self.denoiser.empty_context)
+        projector_dtype = next(self.projector.parameters()).dtype  # bf16 under DeepSpeed's bf16 mode
 
         vae_size = cfg.vae_image_size or self.tower.spec.image_size
         latents = self.denoiser.encode(resize_for(images, vae_size), generator).float()
@@ -63,11 +75,9 @@ class EnhanceModel(nn.Module):
         target = self.denoiser.target(latents, noise, timesteps, cfg.target)
 
         if cfg.name == "dcr":
-            pairs = dcr_pairs(batch, device=latents.device)
-            preds = predict_pairs(self.denoiser.predict, noisy, timesteps, contexts, pairs, cfg.chunk_size, cfg.checkpoint_chunks)
-            pairwise = preds[: batch * batch].view(batch, batch, *preds.shape[1:])
-            loss = dcr_loss(pairwise, preds[batch * batch:], target, cfg.tau)
+            loss = self.dcr_objective(embeddings.to(projector_dtype), noisy, timesteps, target, generator)
             return loss, {"loss": loss.item()}
+        contexts = self.projector(embeddings.to(projector_dtype), self.denoiser.empty_context)
         prediction = self.denoiser.predict(noisy, timesteps, contexts[:batch])
         recon = reconstruction_loss(prediction, target)
         if cfg.name == "reconstruction":
@@ -75,3 +85,27 @@ class EnhanceModel(nn.Module):
         contrast = info_nce(embeddings[:batch], embeddings[batch:], cfg.naive_tau)
         loss = recon + cfg.naive_weight * contrast
         return loss, {"loss": loss.item(), "reconstruction": recon.item(), "contrastive": contrast.item()}
+
+    def dcr_objective(self, embeddings: Tensor, noisy: Tensor, timesteps: Tensor, target: Tensor,
+                      generator: torch.Generator | None = None) -> Tensor:
+        """The DCR loss once everything random but the negatives' draw is fixed: embeddings [2B, in]
+        (base views, then augmented views), this rank's noisy latents, timesteps and targets [B, ...].
+        Callable with given tensors, so one rank of B and several ranks of fewer can be compared."""
+        cfg = self.config
+        batch = noisy.shape[0]
+        projected = self.projector.project(embeddings)  # [2B, cross]: one small vector per condition
+        empty = self.denoiser.empty_context
+        if cfg.negatives == "local":
+            contexts = self.projector.broadcast(projected, empty)
+            pairs = dcr_pairs(batch, device=noisy.device)
+            preds = predict_pairs(self.denoiser.predict, noisy, timesteps, contexts, pairs, cfg.chunk_size, cfg.checkpoint_chunks)
+            pairwise = preds[: batch * batch].view(batch, batch, *preds.shape[1:])
+            return dcr_loss(pairwise, preds[batch * batch:], target, cfg.tau)
+        gathered, offset = gather_with_grad(projected[:batch])  # every rank's base-view conditions
+        total = gathered.shape[0]
+        negatives = sample_negatives(batch, total, offset, cfg.num_negatives or batch - 1, generator)
+        pairs = sampled_pairs(batch, total, offset, negatives).to(noisy.device)
+        contexts = self.projector.broadcast(torch.cat([gathered, projected[batch:]]), empty)
+        preds = predict_pairs(self.denoiser.predict, noisy, timesteps, contexts, pairs, cfg.chunk_size, cfg.checkpoint_chunks)
+        negative_preds = preds[2 * batch:].view(batch, negatives.shape[1], *preds.shape[1:])
+        return contrastive_loss(preds[:batch], preds[batch:2 * batch], target, negative_preds, cfg.tau)

@@ -64,10 +64,12 @@ DENOISERS = {
 
 # Preset name -> directory name of the tiny preset (built on first use under the cache root).
 TINY_NAMES = {"tiny-clip": "clip", "tiny-siglip": "siglip", "tiny-open-clip": "open_clip", "tiny-sd": "sd", "tiny-llama": "llama"}
+# Preset name -> the world's trained base models (``dcr_mllm.world``), also built on first use.
+WORLD_NAMES = {"world-clip": "clip", "world-sd": "sd"}
 
 
 def known_names() -> list[str]:
-    return [*BACKBONES, *DENOISERS, *TINY_NAMES]
+    return [*BACKBONES, *DENOISERS, *TINY_NAMES, *WORLD_NAMES]
 
 
 def resolve(name_or_path: str | Path) -> str:
@@ -86,6 +88,10 @@ def resolve(name_or_path: str | Path) -> str:
         from dcr_mllm.presets.tiny import ensure_tiny
 
         return str(ensure_tiny(TINY_NAMES[name]))
+    if name in WORLD_NAMES:
+        from dcr_mllm.world.models import ensure_world
+
+        return str(ensure_world(WORLD_NAMES[name]))
     path = Path(name).expanduser()
     if path.exists():
         return str(path)

@@ -16,6 +16,7 @@ from dcr_mllm.towers.hf import HFTower, read_hf_spec
 from dcr_mllm.towers.lora import apply_lora, merge_lora
 from dcr_mllm.towers.openclip import CONFIG_NAME as OPEN_CLIP_CONFIG
 from dcr_mllm.towers.openclip import OpenClipTower, read_open_clip_spec
+from dcr_mllm.weights import check_model_dir
 
 __all__ = ["TowerSpec", "VisionTower", "inspect_tower", "load_tower", "apply_lora", "merge_lora", "resolve_tower_path"]
 
@@ -30,18 +31,35 @@ def resolve_tower_path(name_or_path: str | Path) -> Path:
     return path
 
 
-def inspect_tower(name_or_path: str | Path) -> TowerSpec:
-    path = resolve_tower_path(name_or_path)
-    if (path / OPEN_CLIP_CONFIG).is_file():
-        return read_open_clip_spec(path)
-    if (path / "config.json").is_file():
-        return read_hf_spec(path)
+def inspect_tower(name_or_path: str | Path, allow_pickle: bool = False) -> TowerSpec:
+    """Shape facts from the config files, after checking every weight and JSON file of the directory
+    (``dcr_mllm.weights.check_model_dir``); pickled weights only with ``allow_pickle``."""
+    path = check_model_dir(resolve_tower_path(name_or_path), allow_pickle)
+    try:
+        if (path / OPEN_CLIP_CONFIG).is_file():
+            return read_open_clip_spec(path)
+        if (path / "config.json").is_file():
+            return read_hf_spec(path)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise DcrError(f"{path} has an incomplete tower config ({type(err).__name__}: {err}); re-download or re-save the tower") from None
     raise DcrError(f"{path} is not a tower directory: it has neither config.json (HF) nor {OPEN_CLIP_CONFIG} (open_clip)")
 
 
-def load_tower(name_or_path: str | Path, dtype: torch.dtype = torch.float32, vision_only: bool = False) -> VisionTower:
-    """Build a tower; ``vision_only`` leaves out the text side (training and LLaVA need none)."""
-    spec = inspect_tower(name_or_path)
+def load_tower(name_or_path: str | Path, dtype: torch.dtype = torch.float32, vision_only: bool = False,
+               ds_config: dict | None = None, allow_pickle: bool = False) -> VisionTower:
+    """Build a tower; ``vision_only`` leaves out the text side (training and LLaVA need none).
+
+    With ``ds_config`` (the engine's ZeRO-3 config) a HF tower is built partitioned, in that
+    config's dtype, by transformers' ZeRO-3 loading; every rank must call it together then. It
+    needs ``vision_only`` for CLIP: DeepSpeed cannot partition the 0-dim ``logit_scale``. An
+    open_clip tower is built whole (the engine partitions it).
+    """
+    spec = inspect_tower(name_or_path, allow_pickle)
     path = resolve_tower_path(name_or_path)
     tower_class = OpenClipTower if spec.family == "open_clip" else HFTower
-    return tower_class.from_pretrained(path, dtype=dtype, vision_only=vision_only)
+    if ds_config is None or tower_class is OpenClipTower:
+        return tower_class.from_pretrained(path, dtype=dtype, vision_only=vision_only)
+    from dcr_mllm.training.zero import transformers_zero3
+
+    with transformers_zero3(ds_config):
+        return tower_class.from_pretrained(path, dtype=dtype, vision_only=vision_only)

@@ -57,9 +57,23 @@ class VisionTower(nn.Module):
             images = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
+    def use_normalization(self, mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+        """Normalise with other statistics than the family's (upstream DCR feeds SigLIP OpenAI CLIP's).
+
+        Only ``normalize`` (training) changes; ``preprocess`` and the saved processor keep the family's.
+        """
+        self.mean.copy_(torch.tensor(mean).view(1, 3, 1, 1))
+        self.std.copy_(torch.tensor(std).view(1, 3, 1, 1))
+
     @property
     def vision_encoder(self) -> nn.Module:
         """The transformer blocks that LoRA may adapt (no text tower, no heads)."""
+        raise NotImplementedError
+
+    @property
+    def vision_parts(self) -> list[nn.Module]:
+        """Submodules of ``model`` that the global embedding runs through (encoder, pooling head,
+        projection; no text side), in the same order for a vision-only and a full load."""
         raise NotImplementedError
 
     def global_embedding(self, pixels: Tensor) -> Tensor:

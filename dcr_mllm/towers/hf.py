@@ -127,6 +127,11 @@ class HFTower(VisionTower):
     def vision_encoder(self) -> nn.Module:
         return self.vision_model.encoder
 
+    @property
+    def vision_parts(self) -> list[nn.Module]:
+        projection = getattr(self.model, "visual_projection", None)  # CLIP's; SigLIP pools in vision_model.head
+        return [self.vision_model] + ([projection] if projection is not None else [])
+
     def global_embedding(self, pixels: Tensor) -> Tensor:
         pooled = self.vision_model(pixel_values=pixels.to(self.dtype)).pooler_output
         projection = getattr(self.model, "visual_projection", None)

@@ -70,6 +70,10 @@ class OpenClipTower(VisionTower):
     def vision_encoder(self) -> nn.Module:
         return self.visual.transformer
 
+    @property
+    def vision_parts(self) -> list[nn.Module]:
+        return [self.visual]
+
     def global_embedding(self, pixels: Tensor) -> Tensor:
         return self.visual(pixels.to(self.dtype))
 

@@ -7,14 +7,19 @@ DeepSpeed keeps its partition-aware save/load for ZeRO-2 and ZeRO-3.
 Layout of ``output_dir``::
 
     checkpoints/step_000050/   DeepSpeed state (safetensors content) + rank{r}_state.safetensors
+                               + manifest.json (every file of the checkpoint and its size)
     checkpoints/latest         name of the newest complete checkpoint
+    checkpoints/config.json    the settings that shape training, as the checkpoints were made with
     trainable.safetensors      the trained parameters, gathered, written at the end
-    train_state.json           {"finished": true, "step": N} once the run is complete
+    train_state.json           {"finished": true, "step": N, "weights_sha256": ...} once complete
     metrics.jsonl, logs/       scalars (and TensorBoard events)
 
 A checkpoint is written under a ``.partial`` name and renamed when every rank has written its
 part, then ``latest`` is replaced atomically: a kill at any moment leaves the previous
-checkpoint intact. Restarting with the same ``output_dir`` resumes from ``latest``.
+checkpoint intact. Restarting with the same ``output_dir`` resumes from the newest checkpoint
+whose files are all there and whole (a disk that filled up or a copy that was cut short can
+still leave a broken one), and only with the settings it was made with, unless
+``allow_config_change``. A finished run whose ``max_steps`` is raised continues.
 """
 
 from __future__ import annotations
@@ -34,15 +39,22 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.training.config import TrainConfig
+from dcr_mllm.training.config import TrainConfig, deepspeed_json
 from dcr_mllm.training.distributed import DistInfo, any_true, barrier, rank_seed
 from dcr_mllm.training.safe_state import (
+    check_safetensors,
     load_tree,
     safetensors_checkpoint_engine,
     save_tree,
 )
 
 logger = logging.getLogger("dcr_mllm.training")
+MANIFEST = "manifest.json"
+#: the TrainConfig fields that change what training computes (the rest: logging, saving, workers)
+TRAINING_KEYS = ("max_steps", "micro_batch_size", "grad_accum", "lr", "group_lrs", "weight_decay", "betas", "scheduler",
+                 "warmup_steps", "warmup_ratio", "grad_clip", "zero_stage", "precision")
+#: written into an export by ``write_export_marker``: the weights it was made from
+EXPORT_MARKER = "trained_from.json"
 StepFn = Callable[[nn.Module, dict, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
 
 
@@ -78,21 +90,12 @@ def deepspeed_config(cfg: TrainConfig, dist_info: DistInfo) -> dict:
         "gradient_accumulation_steps": cfg.grad_accum,
         "train_batch_size": cfg.micro_batch_size * cfg.grad_accum * dist_info.world_size,
         "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_optimization": {"stage": 2 if cfg.zero_stage is None else cfg.zero_stage},
         "bf16": {"enabled": bf16},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
     }
-    if not cfg.deepspeed:
-        return ours
-    path = Path(cfg.deepspeed)
-    if not path.is_file():
-        raise DcrError(f"DeepSpeed config {path} does not exist; fix training.deepspeed or leave it empty")
-    try:
-        theirs = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DcrError(f"DeepSpeed config {path} is not valid JSON ({err})") from None
-    return _fill_auto(theirs, ours)
+    return _fill_auto(deepspeed_json(cfg, "training"), ours)
 
 
 def _fill_auto(theirs: dict, ours: dict) -> dict:
@@ -111,14 +114,22 @@ def _fill_auto(theirs: dict, ours: dict) -> dict:
 class Trainer:
     """Runs ``step_fn`` over batches for ``cfg.max_steps`` optimizer steps, resumably."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, output_dir: str | Path, seed: int, dist_info: DistInfo):
+    def __init__(self, model: nn.Module, cfg: TrainConfig, output_dir: str | Path, seed: int, dist_info: DistInfo,
+                 run_config: dict | None = None, allow_config_change: bool = False):
+        """``run_config``: the recipe's settings that shape this stage (model, objective, data);
+        with the stage's training settings, world size and seed, a resume must match them
+        unless ``allow_config_change``."""
         import deepspeed
 
         self.cfg, self.dist, self.output_dir = cfg, dist_info, Path(output_dir)
+        self.allow_config_change = allow_config_change
+        self.fingerprint = _plain({"world_size": dist_info.world_size, "seed": seed,
+                                   **{key: getattr(cfg, key) for key in TRAINING_KEYS}, **(run_config or {})})
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.trainable_names = [name for name, p in model.named_parameters() if p.requires_grad]
         if not self.trainable_names:
             raise DcrError("nothing to train: every parameter is frozen; check the stage settings")
+        self.save_dtypes = {name: _save_dtype(p) for name, p in model.named_parameters() if p.requires_grad}
         optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         self.engine, _, _, _ = deepspeed.initialize(
@@ -131,6 +142,7 @@ class Trainer:
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_in_row = 0
+        self.resumed_step = None
         self.writer = None
 
     # ---------------------------------------------------------------- state
@@ -154,6 +166,9 @@ class Trainer:
         if self.dist.is_main:
             for script in ("zero_to_fp32.py", "zero_to_torch.py"):  # DeepSpeed's pickle-based converters; ours need none
                 (self.checkpoint_dir / script).unlink(missing_ok=True)
+            files = sorted(p for p in (self.checkpoint_dir / partial).iterdir() if p.is_file())
+            manifest = {"files": {p.name: p.stat().st_size for p in files}}
+            _write_atomic(self.checkpoint_dir / partial / MANIFEST, json.dumps(manifest, indent=1))
             final = self.checkpoint_dir / tag
             if final.exists():
                 shutil.rmtree(final)
@@ -170,13 +185,15 @@ class Trainer:
             shutil.rmtree(stray, ignore_errors=True)
 
     def maybe_resume(self, batches) -> bool:
-        latest = self.checkpoint_dir / "latest"
-        if not latest.is_file():
+        """Load the newest intact checkpoint (``_intact_checkpoint``) made with these settings
+        (``_check_config``), if any; False for a fresh start."""
+        tag = self._intact_checkpoint()
+        if tag is None:
             return False
-        tag = latest.read_text().strip()
+        self._check_config()
         load_path, _ = self.engine.load_checkpoint(str(self.checkpoint_dir), tag=tag, load_module_strict=False)
         if load_path is None:
-            raise DcrError(f"checkpoint {self.checkpoint_dir / tag} could not be loaded; delete it to start over")
+            raise DcrError(f"checkpoint {self.checkpoint_dir / tag} could not be loaded; delete {self.checkpoint_dir} to start over")
         state_file = self.checkpoint_dir / tag / f"rank{self.dist.rank}_state.safetensors"
         if not state_file.is_file():
             raise DcrError(f"{state_file} is missing: the checkpoint was written by a run with a different number of processes; resume with the same count")
@@ -189,33 +206,95 @@ class Trainer:
         batches.load_state_dict(state["data"])
         self.nonfinite_total = int(state["nonfinite_total"])
         self.nonfinite_in_row = int(state["nonfinite_in_row"])
+        self._apply_schedule()
+        self.resumed_step = self.step
         if self.dist.is_main:
+            _truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
             logger.info("resumed from %s at step %d", self.checkpoint_dir / tag, self.step)
         return True
 
+    def _intact_checkpoint(self) -> str | None:
+        """The checkpoint ``latest`` names or, if that one is missing or broken, the newest older
+        ``step_*`` folder whose files are all there and whole; None when there is no checkpoint
+        at all. Broken ones are reported in one line; none intact is an error."""
+        latest = self.checkpoint_dir / "latest"
+        tags = sorted((p.name for p in self.checkpoint_dir.glob("step_*") if p.is_dir() and not p.name.endswith(".partial")), reverse=True)
+        problems = []
+        if latest.is_file():
+            named = latest.read_text().strip()
+            tags = [tag for tag in tags if tag <= named]
+            if named not in tags:
+                problems.append(f"checkpoint {named} named by {latest} does not exist")
+        for tag in tags:
+            problem = checkpoint_problem(self.checkpoint_dir / tag, self.dist.world_size)
+            if problem is None:
+                if problems and self.dist.is_main:
+                    print(f"{'; '.join(problems)}; resuming from {tag}")
+                return tag
+            problems.append(f"checkpoint {tag} is incomplete ({problem})")
+        if problems:
+            raise DcrError(f"no intact checkpoint in {self.checkpoint_dir} ({'; '.join(problems)}); "
+                           f"delete {self.checkpoint_dir} to start the stage over")
+        return None
+
+    def _check_config(self) -> None:
+        """Refuse to resume with settings that change training, unless allowed; then record them."""
+        stored = self.checkpoint_dir / "config.json"
+        before = json.loads(stored.read_text()) if stored.is_file() else None  # None: checkpoints from before config.json
+        if before == self.fingerprint:
+            return
+        changes = config_changes(before, self.fingerprint) if before is not None else []
+        if changes:
+            listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
+            if not self.allow_config_change:
+                raise DcrError(f"{self.output_dir} was trained with other settings ({listed}); restore them, "
+                               f"pass --allow-config-change to continue with the new ones, or delete {self.checkpoint_dir} to start over")
+            if self.dist.is_main:
+                print(f"settings changed since the checkpoint ({listed}); continuing with the new ones (--allow-config-change)")
+        self._store_config()
+
+    def _store_config(self) -> None:
+        if self.dist.is_main:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomic(self.checkpoint_dir / "config.json", json.dumps(self.fingerprint, indent=1))
+        barrier()
+
+    def _apply_schedule(self) -> None:
+        """Put this run's learning rates, betas and weight decay over the loaded optimizer state and
+        recompute the scheduler's rate for the current step, so a changed schedule takes effect (the
+        loaded state holds the old values); with unchanged settings this rewrites the same values."""
+        scheduler = self.engine.lr_scheduler
+        groups = self.engine.optimizer.param_groups
+        base_lrs = [group["lr"] for group in param_groups(self.engine.module, self.cfg)]
+        scheduler.base_lrs = base_lrs
+        factor = lr_lambda(self.cfg)(scheduler.last_epoch)
+        for group, base in zip(groups, base_lrs, strict=True):
+            group.update(initial_lr=base, lr=base * factor, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
+        scheduler._last_lr = [group["lr"] for group in groups]
+
     # ---------------------------------------------------------------- loop
     def fit(self, batches, step_fn: StepFn) -> None:
-        """Train to ``max_steps``; resumes automatically; a finished run returns at once."""
-        if is_finished(self.output_dir):
+        """Train to ``max_steps``; resumes automatically; a finished run returns at once, unless
+        ``max_steps`` was raised: then it continues from its last checkpoint."""
+        if is_finished(self.output_dir, self.cfg.max_steps):
             if self.dist.is_main:
                 print(f"{self.output_dir}: training already finished; nothing to do")
             return
-        self.maybe_resume(batches)
+        if not self.maybe_resume(batches):
+            if is_finished(self.output_dir):
+                raise DcrError(f"{self.output_dir} finished at a lower max_steps and its checkpoints are gone, so it cannot "
+                               f"continue to {self.cfg.max_steps}; restore max_steps, or delete {self.output_dir} to train the stage again")
+            self._store_config()
+        if self.dist.is_main and is_finished(self.output_dir):
+            print(f"{self.output_dir}: continuing the finished run from step {self.step} to max_steps {self.cfg.max_steps}")
+            (self.output_dir / "train_state.json").unlink()
+        barrier()
         progress = self._progress_bar()
         data = iter(batches)
         self.engine.train()
         while self.step < self.cfg.max_steps:
             start = time.perf_counter()
-            metrics: dict[str, float] = {}
-            for _ in range(self.cfg.grad_accum):
-                batch = next(data)
-                loss, metrics = step_fn(self.engine, batch, self.generator)
-                if any_true(not torch.isfinite(loss).item(), self.dist.device):
-                    self._count_nonfinite()
-                    continue
-                self.nonfinite_in_row = 0
-                self.engine.backward(loss)
-                self.engine.step()
+            metrics = self._optimizer_step(data, step_fn)
             self.step += 1
             metrics.update(lr=self.engine.get_lr()[0], step_seconds=time.perf_counter() - start, nonfinite_total=self.nonfinite_total)
             self._log(metrics)
@@ -228,11 +307,31 @@ class Trainer:
             progress.close()
         self._finish()
 
+    def _optimizer_step(self, data, step_fn: StepFn) -> dict[str, float]:
+        """Exactly one DeepSpeed optimizer step over ``grad_accum`` finite micro-batches; returns
+        the mean of their metrics.
+
+        DeepSpeed counts micro-batches to find the accumulation boundary, so a micro-batch with a
+        non-finite loss cannot simply be left out: it is replaced by the next batch (and counted,
+        so ``max_nonfinite`` in a row still aborts). Every rank replaces it together.
+        """
+        collected: list[dict[str, float]] = []
+        while len(collected) < self.cfg.grad_accum:
+            loss, metrics = step_fn(self.engine, next(data), self.generator)
+            if any_true(not torch.isfinite(loss).item(), self.dist.device):
+                self._count_nonfinite()
+                continue
+            self.nonfinite_in_row = 0
+            self.engine.backward(loss)
+            self.engine.step()
+            collected.append(metrics)
+        return {key: sum(m[key] for m in collected) / len(collected) for key in collected[0]}
+
     def _count_nonfinite(self) -> None:
         self.nonfinite_total += 1
         self.nonfinite_in_row += 1
         if self.dist.is_main:
-            logger.warning("non-finite loss at step %d skipped (%d in a row)", self.step, self.nonfinite_in_row)
+            logger.warning("non-finite loss at step %d: micro-batch replaced by the next (%d in a row)", self.step, self.nonfinite_in_row)
         if self.nonfinite_in_row >= self.cfg.max_nonfinite:
             raise DcrError(f"{self.nonfinite_in_row} non-finite losses in a row at step {self.step}; lower the learning rate or check the data (training.max_nonfinite)")
 
@@ -249,7 +348,7 @@ class Trainer:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.output_dir / "logs"))
+            self.writer = SummaryWriter(str(self.output_dir / "logs"), purge_step=None if self.resumed_step is None else self.resumed_step + 1)
             if self.cfg.wandb_project:
                 import wandb
 
@@ -283,23 +382,56 @@ class Trainer:
     def gathered_trainable_state(self) -> tuple[dict[str, torch.Tensor], str]:
         """Full copies of the trained parameters (on rank 0 only) and their checksum (every rank).
 
-        One parameter is gathered at a time, so no rank ever holds more than one extra tensor
-        besides rank 0's copy of the result.
+        The values are the optimizer's fp32 masters, cast to each parameter's dtype before
+        DeepSpeed (``save_dtypes``): under bf16 the module holds bf16-rounded copies, which are
+        not what was trained. One parameter is gathered at a time, so no rank ever holds more
+        than one extra tensor besides rank 0's copy of the result.
         """
-        import deepspeed
-
         named = dict(self.engine.module.named_parameters())
+        unlinked = _unlinked_masters(self.engine.optimizer)
         sha = hashlib.sha256()
         state: dict[str, torch.Tensor] = {}
         for name in self.trainable_names:
-            param = named[name]
-            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                value = param.detach().cpu()
-                sha.update(name.encode())
-                sha.update(value.float().numpy().tobytes())
-                if self.dist.is_main:
-                    state[name] = value.clone()
+            value = fp32_master(named[name], unlinked).to(self.save_dtypes[name])
+            sha.update(name.encode())
+            sha.update(value.float().numpy().tobytes())
+            if self.dist.is_main:
+                state[name] = value
         return state, sha.hexdigest()
+
+
+def _unlinked_masters(optimizer) -> dict[int, torch.Tensor]:
+    """Without ZeRO, DeepSpeed's bf16 mode wraps our optimizer in its FP16_UnfusedOptimizer, which
+    keeps fp32 masters that ``safe_get_full_fp32_param`` does not find: {id(param): its master}."""
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    if not isinstance(optimizer, FP16_UnfusedOptimizer):
+        return {}
+    return {id(param): master for fp32_group, group in zip(optimizer.fp32_groups, optimizer.fp16_groups)
+            for master, param in zip(fp32_group, group)}
+
+
+def fp32_master(param: nn.Parameter, unlinked: dict[int, torch.Tensor]) -> torch.Tensor:
+    """A full CPU copy of the optimizer's fp32 master of a trainable parameter: from ``unlinked``
+    (``_unlinked_masters``), else DeepSpeed's own lookup under ZeRO 1-3 (collective: every rank
+    calls it for the same parameters), else the parameter itself (fp32 without ZeRO)."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    master = unlinked.get(id(param))
+    if master is None:
+        master = safe_get_full_fp32_param(param)
+    if master is None:
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            master = param.detach().float()
+    return master.detach().cpu().clone()
+
+
+def _save_dtype(param: nn.Parameter) -> torch.dtype:
+    """The dtype a trained parameter is saved in: the one it had before DeepSpeed, except for a
+    parameter that ZeRO-3 built partitioned directly in the training dtype, whose base dtype is
+    unknown: its fp32 master is saved whole."""
+    return torch.float32 if hasattr(param, "ds_id") else param.dtype
 
 
 def _all_gather_strings(value: str) -> list[str]:
@@ -312,10 +444,99 @@ def _all_gather_strings(value: str) -> list[str]:
     return gathered
 
 
-def is_finished(stage_dir: str | Path) -> bool:
-    """True once a stage's run completed (its train_state.json says so)."""
+def is_finished(stage_dir: str | Path, max_steps: int | None = None) -> bool:
+    """True once a stage's run completed (its train_state.json says so) and, given ``max_steps``,
+    reached it: a finished run whose ``max_steps`` was raised has more to do."""
     state = Path(stage_dir) / "train_state.json"
-    return state.is_file() and json.loads(state.read_text()).get("finished", False)
+    if not state.is_file():
+        return False
+    summary = json.loads(state.read_text())
+    return summary.get("finished", False) and (max_steps is None or summary["step"] >= max_steps)
+
+
+def checkpoint_problem(folder: Path, world_size: int) -> str | None:
+    """What makes a checkpoint folder unusable (a file missing, truncated or with a broken
+    safetensors header), or None. Checked before DeepSpeed reads it, whose error would be a
+    traceback; every file the manifest lists must be there at its size, and whole."""
+    manifest_file = folder / MANIFEST
+    if manifest_file.is_file():
+        try:
+            sizes = json.loads(manifest_file.read_text())["files"]
+        except (json.JSONDecodeError, KeyError):
+            return f"{MANIFEST} unreadable"
+    else:  # written before manifests: check what is there
+        sizes = {p.name: None for p in folder.iterdir() if p.is_file()}
+        sizes.update({f"rank{r}_state.safetensors": None for r in range(world_size)})
+    for name, size in sizes.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} missing"
+        if size is not None and path.stat().st_size != size:
+            return f"{name} truncated" if path.stat().st_size < size else f"{name} has the wrong size"
+        problem = check_safetensors(path)
+        if problem:
+            return f"{name} {problem}"
+    return None
+
+
+def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
+    """(key, checkpoint value, new value) for each setting that differs. ``max_steps`` may grow
+    while the schedule does not depend on it (constant, warm-up in steps)."""
+    old_flat, new_flat = _flatten(old), _flatten(new)
+    changes = []
+    for key in dict.fromkeys([*old_flat, *new_flat]):
+        before, after = old_flat.get(key), new_flat.get(key)
+        if before == after:
+            continue
+        if key == "max_steps" and before is not None and after is not None and after > before:
+            horizon_free = new_flat.get("scheduler") == "constant" and (new_flat.get("warmup_steps") or not new_flat.get("warmup_ratio"))
+            if horizon_free:
+                continue
+        changes.append((key, before, after))
+    return changes
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _plain(value):
+    """JSON's view of ``value`` (tuples become lists), so stored and new settings compare equal."""
+    return json.loads(json.dumps(value))
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the lines a killed run logged after the checkpoint being resumed (they are logged
+    again), and a line the kill cut short."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        _write_atomic(path, "".join(kept))
+
+
+def training_digests(stage_dirs: list[Path]) -> dict[str, str]:
+    """{stage folder name: sha256 of its trained weights} from each finished stage's train_state.json."""
+    return {Path(d).name: json.loads((Path(d) / "train_state.json").read_text())["weights_sha256"] for d in stage_dirs}
+
+
+def export_is_current(out_dir: Path, stage_dirs: list[Path]) -> bool:
+    """True when ``out_dir`` was exported from the weights the stages hold now (its marker says so)."""
+    marker = Path(out_dir) / EXPORT_MARKER
+    if not marker.is_file() or not all(is_finished(d) for d in stage_dirs):
+        return False
+    return json.loads(marker.read_text()) == training_digests(stage_dirs)
+
+
+def write_export_marker(out_dir: Path, stage_dirs: list[Path]) -> None:
+    _write_atomic(Path(out_dir) / EXPORT_MARKER, json.dumps(training_digests(stage_dirs), indent=1))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -325,8 +546,11 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def load_trainable_state(module: nn.Module, path: str | Path, prefix: str = "") -> list[str]:
-    """Load ``trainable.safetensors`` entries starting with ``prefix`` into ``module``."""
+    """Load ``trainable.safetensors`` entries starting with ``prefix`` into ``module`` (partitioned
+    ZeRO-3 parameters too: every rank must call it then)."""
     from safetensors.torch import load_file
+
+    from dcr_mllm.training.zero import gathered, writes_here
 
     path = Path(path)
     if not path.is_file():
@@ -340,8 +564,9 @@ def load_trainable_state(module: nn.Module, path: str | Path, prefix: str = "") 
         if key not in own:
             unexpected.append(key)
             continue
-        with torch.no_grad():
-            own[key].copy_(value.to(own[key].dtype))
+        with gathered([own[key]]), torch.no_grad():  # ZeRO-3: rank 0 writes, then it is partitioned again
+            if writes_here([own[key]]):
+                own[key].copy_(value.to(own[key].dtype))
     if unexpected:
         raise DcrError(f"{path} has parameters this model lacks ({', '.join(unexpected[:3])}...); it belongs to another model")
     return list(state)

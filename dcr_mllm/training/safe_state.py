@@ -103,6 +103,27 @@ def save_tree(tree: Any, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def check_safetensors(path: str | Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (header unreadable, data cut short), or None.
+
+    The format: 8 bytes little-endian header length, a JSON header whose entries give each
+    tensor's ``data_offsets`` into the data that follows; the file must reach the largest end."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            return "truncated"
+        length = int.from_bytes(prefix, "little")
+        if 8 + length > size:
+            return "truncated"
+        try:
+            header = json.loads(f.read(length))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return "has a corrupt header"
+    return "truncated" if 8 + length + end > size else None
+
+
 def load_tree(path: str | Path, device: str | torch.device = "cpu") -> Any:
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         skeleton = json.loads(f.metadata()[SKELETON_KEY])

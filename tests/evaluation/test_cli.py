@@ -61,6 +61,7 @@ def test_make_eval_data_writes_the_official_layout_once(tmp_path, capsys):
     (["--benchmark", "fine-grained", "--data", "{mmvp}"], "generates its own pairs: drop --data"),
     (["--benchmark", "mmvp-vlm", "--data", "{tmp}"], "no Questions.csv in"),
     (["--benchmark", "classification", "--data", "{mmvp}"], "has 1 class folders"),
+    (["--benchmark", "fine-grained", "--preprocess", "official"], "--preprocess official reproduces the official MMVP-VLM script"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tiny, mmvp_dir, tmp_path, capsys, args, message):
     args = [a.format(tmp=tmp_path, mmvp=mmvp_dir) for a in args]

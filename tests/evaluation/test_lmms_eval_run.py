@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dcr_mllm.evaluation.lmms_tasks import synthetic_mmvp, synthetic_pope
+from dcr_mllm.evaluation.lmms_tasks import POPE_METRICS, synthetic_mmvp, synthetic_pope
 from dcr_mllm.llava.build import build_llava
 
 REPO = Path(__file__).resolve().parents[2]
-POPE_METRICS = {"pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_yes_ratio"}
 
 
 @pytest.fixture(scope="module")
@@ -37,21 +36,24 @@ def lmms_eval(env, *args, check=True):
     return result
 
 
-def results_of(out: Path) -> dict:
+def results_of(out: Path, part: str = "results") -> dict:
     (file,) = list(out.rglob("*_results.json"))
-    return json.loads(file.read_text())["results"]
+    return json.loads(file.read_text())[part]
 
 
 @pytest.mark.slow
 def test_llava_hf_on_the_local_tasks_reports_every_metric(setup):
     root, env = setup
+    # through the clone's eval_tasks, a link to the package's task folder, which lmms-eval follows
     lmms_eval(env, "eval", "--model", "llava_hf", "--model_args", f"pretrained={root / 'llava'},device=cpu,device_map=cpu",
               "--tasks", "dcr_suite_local", "--include_path", str(REPO / "eval_tasks"), "--batch_size", "1", "--output_path", str(root / "out"))
-    results = results_of(root / "out")
+    results, higher_is_better = results_of(root / "out"), results_of(root / "out", "higher_is_better")
     assert {"mmvp_accuracy,none", "mmvp_pair_accuracy,none"} <= results["mmvp_local"].keys()
     for task in ("pope_local_adv", "pope_local_pop", "pope_local_random"):
         assert {f"{m},none" for m in POPE_METRICS} <= results[task].keys()
         assert all(0.0 <= results[task][f"{m},none"] <= 1.0 for m in POPE_METRICS)
+        assert higher_is_better[task] == {"pope_accuracy": True, "pope_precision": True, "pope_recall": True,
+                                          "pope_f1_score": True, "pope_pred_yes_ratio": None}
 
 
 @pytest.mark.slow
@@ -97,7 +99,10 @@ def test_dcr_llava_refuses_a_tower_that_does_not_fit(setup, tiny, tmp_path):
 
 
 def test_task_list_shows_the_project_tasks(setup):
+    """The documented way: --include_path "$(dcr-mllm eval-task-dir)" (LMMS_EVAL_PLUGINS cannot name
+    tasks in lmms-eval 0.7.3: its TaskManager is built before it reads the variable)."""
     _, env = setup
-    listing = lmms_eval(env, "tasks", "list", "--include-path", str(REPO / "eval_tasks")).stdout
+    printed = subprocess.run([sys.executable, "-m", "dcr_mllm.cli", "eval-task-dir"], env=env, capture_output=True, text=True, check=True)
+    listing = lmms_eval(env, "tasks", "list", "--include-path", printed.stdout.strip()).stdout
     for name in ("dcr_suite", "dcr_suite_local", "mmvp_local", "pope_local_adv", "pope_local_pop", "pope_local_random"):
         assert re.search(rf"^\s*{name}\s*$", listing, flags=re.M), f"{name} is not listed"

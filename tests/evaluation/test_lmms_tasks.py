@@ -1,13 +1,20 @@
-"""The local MMVP/POPE tasks' answer parsing and metrics, against values computed by hand."""
+"""The local MMVP/POPE tasks' answer parsing and metrics, against values computed by hand and
+against lmms-eval's own MMVP/POPE code."""
 
+import csv
 import importlib.util
+import re
 from pathlib import Path
 
+import lmms_eval
 import pytest
 
 from dcr_mllm.evaluation import lmms_tasks as t
 
-EVAL_TASKS = Path(__file__).resolve().parents[2] / "eval_tasks"
+LMMS_TASKS = Path(lmms_eval.__file__).parent / "tasks"
+# lmms-eval 0.7.3, lmms_eval/tasks/mmvp/utils.py:15-18 (1-based Index -> corrected answer):
+#   Index 99: (a) -> (b); Index 100: (b) -> (a); Index 279: (a) -> (b); Index 280: (b) -> (a)
+LMMS_EVAL_MMVP_CORRECTIONS = {99: ("(a)", "(b)"), 100: ("(b)", "(a)"), 279: ("(a)", "(b)"), 280: ("(b)", "(a)")}
 
 
 @pytest.mark.parametrize(
@@ -50,12 +57,37 @@ def test_pope_metrics_by_hand():
     assert t.pope_precision(results) == pytest.approx(2 / 3)
     assert t.pope_recall(results) == pytest.approx(2 / 4)
     assert t.pope_f1_score(results) == pytest.approx(2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2))
-    assert t.pope_yes_ratio(results) == pytest.approx(3 / 8), "POPE's yes-ratio counts predictions"
+    assert t.pope_pred_yes_ratio(results) == pytest.approx(3 / 8), "POPE's yes-ratio counts predictions"
+
+
+def test_pope_metrics_match_lmms_eval_and_the_yes_ratio_is_named_apart():
+    """On answers lmms-eval parses as we do (plain yes/no), accuracy, precision, recall and F1 are
+    lmms-eval's own functions' values; its pope_yes_ratio counts ground truths, ours predictions."""
+    spec = importlib.util.spec_from_file_location("lmms_pope_utils", LMMS_TASKS / "pope" / "utils.py")
+    pope = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pope)
+    truths = ["yes", "yes", "yes", "no", "no", "no", "no", "yes", "no", "no"]
+    answers = ["yes", "yes", "no", "no", "yes", "no", "no", "no", "no", "yes"]
+
+    def doc(i):
+        return {"question_id": i, "answer": truths[i], "question": "q"}
+
+    theirs = [pope.pope_process_results(doc(i), [a])["pope_accuracy"] for i, a in enumerate(answers)]
+    ours = [t.pope_process_results(doc(i), [a])["pope_accuracy"] for i, a in enumerate(answers)]
+    for name in ("accuracy", "precision", "recall", "f1_score"):
+        assert getattr(t, f"pope_{name}")(ours) == pytest.approx(getattr(pope, f"pope_aggregate_{name}")(theirs)), name
+    answers = ["no"] * len(truths)  # a model that never says yes
+    theirs = [pope.pope_process_results(doc(i), [a])["pope_accuracy"] for i, a in enumerate(answers)]
+    ours = [t.pope_process_results(doc(i), [a])["pope_accuracy"] for i, a in enumerate(answers)]
+    assert pope.pope_aggregate_yes_ratio(theirs) == pytest.approx(4 / 10), "lmms-eval's: the share of ground-truth yes"
+    assert t.pope_pred_yes_ratio(ours) == 0.0, "ours: the share of yes predictions"
+    template = (t.task_dir() / "_pope_local_template_yaml").read_text()
+    assert "metric: pope_yes_ratio" not in template and "metric: pope_pred_yes_ratio" in template
 
 
 def test_task_utils_point_at_the_data_root(tmp_path, monkeypatch):
     monkeypatch.setenv("DCR_EVAL_DATA", str(tmp_path))
-    spec = importlib.util.spec_from_file_location("eval_tasks_utils", EVAL_TASKS / "utils.py")
+    spec = importlib.util.spec_from_file_location("eval_tasks_utils", t.task_dir() / "utils.py")
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
     assert utils.MMVP_TEST == str(tmp_path / "mmvp" / "test.parquet")
@@ -98,3 +130,30 @@ def test_prepare_from_the_original_files(tmp_path):
     (mmvp / "Questions.csv").write_text("Index,Question\nx,y\n")
     with pytest.raises(t.DcrError, match="line 2 is malformed"):
         t.prepare_mmvp(mmvp, out)
+
+
+def test_mmvp_corrections_are_lmms_evals(tmp_path):
+    """prepare_mmvp applies exactly the corrections lmms-eval's MMVP data carries (transcribed above,
+    and read back from the installed lmms-eval's own list), and nothing else."""
+    import datasets
+    from PIL import Image
+
+    source = (LMMS_TASKS / "mmvp" / "utils.py").read_text()
+    listed = {int(i): (f"({a})", f"({b})") for i, a, b in re.findall(r"Index (\d+) \(row \d+, 0-based\): Corrected from \((\w)\) to \((\w)\)", source)}
+    assert listed == LMMS_EVAL_MMVP_CORRECTIONS
+    assert {i: after for i, (_, after) in LMMS_EVAL_MMVP_CORRECTIONS.items()} == t.MMVP_ANSWER_CORRECTIONS
+
+    mmvp = tmp_path / "MMVP"
+    (mmvp / "MMVP Images").mkdir(parents=True)
+    indices = [97, 98, 99, 100, 279, 280]
+    original = {97: "(a)", 98: "(b)", **{i: before for i, (before, _) in LMMS_EVAL_MMVP_CORRECTIONS.items()}}
+    with open(mmvp / "Questions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Index", "Question", "Options", "Correct Answer"])
+        for i in indices:
+            writer.writerow([i, "Long or short?", "(a) Long (b) Short", original[i]])
+            Image.new("RGB", (8, 8)).save(mmvp / "MMVP Images" / f"{i}.jpg")
+    rows = datasets.Dataset.from_parquet(str(t.prepare_mmvp(mmvp, tmp_path / "out")))
+    answers = dict(zip(rows["Index"], rows["Correct Answer"]))
+    assert answers == {97: "(a)", 98: "(b)", 99: "(b)", 100: "(a)", 279: "(b)", 280: "(a)"}
+    assert [t.mmvp_target(doc) for doc in rows.select_columns(["Correct Answer"])] == ["A", "B", "B", "A", "B", "A"]

@@ -3,6 +3,7 @@
 import csv
 import shutil
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -38,7 +39,12 @@ def family_logits_per_text(family, tower_dir):
 
 
 def reference_mmvp_vlm(logits_per_text, benchmark_dir):
-    """The official evaluate_vlm.py, transcribed: per pair, one call per statement with both images."""
+    """The official evaluate_vlm.py (tsb0601/MMVP scripts/evaluate_vlm.py:35-91), transcribed: per
+    pair (lines 38-47), both images opened from the first row's type folder (49-50), "a photo of " +
+    statement (52-53), one call per statement with both images and a softmax over them (63-68),
+    img1 when its probability is above 0.5 (70-74), odd ids' ground truth img1 (76-77), 15 pairs per
+    category (82-85) and percentages over num_pairs // 9 (90-91). ``logits_per_text(images, text)``
+    stands for its preprocess + ``model(imgs, text)``."""
     categories = list(CATEGORIES)
     pair_accuracies = {category: 0 for category in categories}
     num_pairs, rows = 0, []
@@ -75,6 +81,72 @@ def test_batched_evaluator_matches_the_per_pair_transcription(tiny, mmvp_dir, fa
     assert ours == [row[:6] for row in rows]
     torch.testing.assert_close(torch.tensor([(p["img1_score1"], p["img1_score2"]) for p in result.predictions]),
                                torch.tensor([row[6:] for row in rows]), atol=1e-5, rtol=0)
+
+
+def clip_preprocess(n_px, mean, std):
+    """The ``clip`` package's ``_transform(n_px)`` (openai/CLIP clip/clip.py:79-86: Resize(n_px,
+    BICUBIC), CenterCrop(n_px), convert("RGB"), ToTensor(), Normalize), spelled out in PIL: torchvision
+    resizes a PIL image's short side to n_px and its long side to int(n_px * long / short) with PIL's
+    bicubic, crops at round((size - n_px) / 2), and ToTensor divides by 255."""
+    def transform(image):
+        w, h = image.size
+        size = (n_px, int(n_px * h / w)) if w <= h else (int(n_px * w / h), n_px)
+        image = image.resize(size, Image.BICUBIC)
+        left, top = int(round((image.width - n_px) / 2.0)), int(round((image.height - n_px) / 2.0))
+        image = image.crop((left, top, left + n_px, top + n_px)).convert("RGB")
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+        return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return transform
+
+
+def official_logits_per_text(tower_dir):
+    """evaluate_vlm.py's model call (lines 55-65): ``clip.load``'s preprocess on each image, then
+    logits_per_text of the CLIP model. The tower's own tokenizer stands in for ``clip.tokenize``
+    (the same BPE for OpenAI CLIP; the ``clip`` package is not installed)."""
+    model, tokenizer = AutoModel.from_pretrained(tower_dir), AutoTokenizer.from_pretrained(tower_dir)
+    config = AutoImageProcessor.from_pretrained(tower_dir)
+    preprocess = clip_preprocess(model.config.vision_config.image_size, config.image_mean, config.image_std)
+
+    def forward(images, text):
+        imgs = torch.stack([preprocess(image) for image in images])
+        return model(**tokenizer([text], return_tensors="pt"), pixel_values=imgs).logits_per_text
+    return forward
+
+
+@pytest.fixture(scope="module")
+def oblong_mmvp_dir(mmvp_dir, tmp_path_factory):
+    """The synthetic benchmark with wide, tall and greyscale images, so that resizing, cropping and the
+    late RGB conversion all matter."""
+    root = tmp_path_factory.mktemp("oblong") / "MMVP_VLM"
+    shutil.copytree(mmvp_dir, root)
+    for i, path in enumerate(sorted((root / "MLLM_VLM Images").rglob("*.jpg"))):
+        with Image.open(path) as image:
+            image = image.resize(((61, 45), (38, 57), (50, 41))[i % 3], Image.BILINEAR)
+        (image.convert("L") if i % 5 == 0 else image).save(path, quality=95)
+    return root
+
+
+def test_official_preprocessing_matches_the_official_script(tiny, oblong_mmvp_dir):
+    tower = load_tower(tiny["clip"])
+    result = evaluate_mmvp_vlm(tower, oblong_mmvp_dir, batch_size=32, preprocess="official")
+    expected, rows = reference_mmvp_vlm(official_logits_per_text(tiny["clip"]), oblong_mmvp_dir)
+    assert [result.scores[c] for c in CATEGORIES] == pytest.approx([expected[c] for c in CATEGORIES], abs=1e-9)
+    assert [tuple(p[k] for k in ("qid1", "qid2", "pred1", "pred2")) for p in result.predictions] == [row[:4] for row in rows]
+    official_scores = torch.tensor([(p["img1_score1"], p["img1_score2"]) for p in result.predictions])
+    torch.testing.assert_close(official_scores, torch.tensor([row[6:] for row in rows]), atol=1e-5, rtol=0)
+    default = evaluate_mmvp_vlm(tower, oblong_mmvp_dir, batch_size=32)
+    tower_scores = torch.tensor([(p["img1_score1"], p["img1_score2"]) for p in default.predictions])
+    assert (official_scores - tower_scores).abs().max() > 1e-4, "the two preprocessings see different pixels"
+
+
+def test_official_preprocessing_is_for_mmvp_vlm_only(tiny, tmp_path):
+    from dcr_mllm.evaluation import evaluate_towers
+
+    with pytest.raises(DcrError, match="--preprocess official reproduces the official MMVP-VLM script"):
+        evaluate_towers({"t": tiny["clip"]}, "fine-grained", tmp_path / "out", preprocess="official")
+    with pytest.raises(DcrError, match="preprocess 'pil': use one of tower, official"):
+        evaluate_towers({"t": tiny["clip"]}, "fine-grained", tmp_path / "out", preprocess="pil")
+    assert not (tmp_path / "out").exists()
 
 
 def write_hand_made(root, right_per_category):

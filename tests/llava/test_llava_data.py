@@ -1,12 +1,14 @@
-"""LLaVA-1.5 prompts and labels, pinned: plain and vicuna_v1, multi-turn, text-only, malformed records."""
+"""LLaVA-1.5 prompts and labels, pinned: plain and vicuna_v1, multi-turn, text-only, malformed records, batches.
+(Ids, labels, pixels and grouping against a transcription of LLaVA's source: test_llava15_reference.py.)"""
 
 import json
 
 import pytest
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.llava.build import VICUNA_SYSTEM, build_processor
+from dcr_mllm.llava.build import build_processor
 from dcr_mllm.llava.data import IGNORE_INDEX, ConversationData, GroupedBatches, prompt_text, read_records, tokenize
+from dcr_mllm.llava.templates import VICUNA_SYSTEM
 
 TWO_TURNS = {
     "id": "1",
@@ -71,7 +73,10 @@ def test_truncation_keeps_images_whole(processor):
     "record, message",
     [
         ({"id": 1}, "record 0: field 'conversations'"),
-        ({"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]}, "field 'conversations\\[0\\]'"),
+        ({"conversations": [{"from": "human", "value": "x"}, {"from": "human", "value": "y"}]}, "field 'conversations\\[1\\]'"),
+        ({"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]}, "record 0: field 'conversations' must be"),
+        ({"conversations": [{"from": "gpt", "value": "x"}, {"from": "gpt", "value": "y"}, {"from": "gpt", "value": "z"}]},
+         "field 'conversations\\[1\\]'"),
         ({"image": "a.png", "conversations": [{"from": "human", "value": "no token"}, {"from": "gpt", "value": "y"}]}, "field 'image'"),
         ({"image": 3, "conversations": []}, "field 'image' must be a path"),
     ],
@@ -118,3 +123,42 @@ def test_batches_are_one_modality_and_ranks_split_them(tmp_path, processor):
     assert skipped <= 1  # the corrupt image, when its record was drawn (its labels are all masked)
     plans[0].set_epoch(1)
     assert plans[0].plan() != plans[1].plan()
+
+
+def test_a_conversation_that_opens_with_an_answer_loses_that_turn_and_is_counted(tmp_path, processor):
+    opening = dict(TWO_TURNS, conversations=[{"from": "gpt", "value": "Hello."}] + TWO_TURNS["conversations"])
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([opening, TEXT_ONLY]))
+    records = read_records(path)  # accepted, as LLaVA accepts it
+    assert prompt_text(records[0], "vicuna_v1") == prompt_text(TWO_TURNS, "vicuna_v1")
+    assert prompt_text(records[0], "plain") == prompt_text(TWO_TURNS, "plain")
+    write_images(tmp_path, ["a.png"])
+    data = ConversationData(records, tmp_path, processor, "vicuna_v1", image_seq_length=16, max_length=512)
+    assert data.dropped_turns == 1 and data.missing == 0 and len(data) == 2
+    assert data[0].input_ids == tokenize(TWO_TURNS, "vicuna_v1", processor.tokenizer, 16, 512)[0]
+
+
+def test_an_unknown_aspect_is_refused(tmp_path, processor):
+    with pytest.raises(DcrError, match="unknown image aspect 'anyres'; use one of square, pad"):
+        ConversationData([TEXT_ONLY], tmp_path, processor, "vicuna_v1", 16, 512, aspect="anyres")
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_each_step_is_one_modality_and_one_global_batch_on_every_rank(tmp_path, processor, group_by_length):
+    """Two ranks, two accumulation steps: a global batch of 2 x 2 x 2 per group, one modality per step
+    (the order within a group is LLaVA's, index for index: test_llava15_reference.py)."""
+    records = [dict(TWO_TURNS, id=str(i), image="a.png") for i in range(17)]
+    records += [dict(TEXT_ONLY, id=f"t{i}", conversations=[{"from": "human", "value": "word " * i}, {"from": "gpt", "value": "ok"}])
+                for i in range(1, 10)]
+    write_images(tmp_path, ["a.png"])
+    data = ConversationData(records, tmp_path, processor, "vicuna_v1", image_seq_length=16, max_length=512)
+    plans = [GroupedBatches(data, batch_size=2, rank=r, world_size=2, seed=1, group_by_length=group_by_length, grad_accum=2) for r in (0, 1)]
+    plan = plans[0].plan()
+    assert plan == plans[1].plan() and len(plan) == plans[0].steps_per_epoch() == (17 // 8 + 9 // 8) * 2
+    used = [i for step in plan for batch in step for i in batch]
+    assert len(used) == len(set(used)) == 3 * 8, "whole global batches, no record twice"
+    for k in range(0, len(plan), 2):  # one global batch = two accumulation steps
+        megabatch = [i for step in plan[k:k + 2] for batch in step for i in batch]
+        assert len({data.has_image(i) for i in megabatch}) == 1
+    rank_batches = [list(p) for p in plans]
+    assert [b["input_ids"].shape[0] for b in rank_batches[1]] == [2] * len(plan)

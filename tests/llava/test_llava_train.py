@@ -6,15 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoProcessor, CLIPVisionModel, LlavaForConditionalGeneration
+from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoProcessor, CLIPVisionModel, LlavaForConditionalGeneration
 
 from dcr_mllm.config import load_config
+from dcr_mllm.errors import ConfigError
 from dcr_mllm.llava.build import build_llava
-from dcr_mllm.llava.train import LlavaTrainConfig, run_llava
+from dcr_mllm.llava.data import ConversationData
+from dcr_mllm.llava.train import LlavaTrainConfig, build_for_stage, run_llava, validate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,6 +77,59 @@ def test_finetune_exports_a_llava_hf_model_that_generates(tiny, trained):
     inputs = processor(images=Image.new("RGB", (48, 48), (255, 0, 0)), text=prompt, return_tensors="pt")
     generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert generated.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_exported_model_prompts_and_sees_pixels_as_in_training(tiny, trained, tmp_path):
+    """Its chat template renders LLaVA-1.5's vicuna_v1 prompt, and AutoProcessor gives a wide image the
+    pixels of expand2square + the tower's preprocessing: what the finetune stage trained on."""
+    _, out, model_dir = trained
+    processor = AutoProcessor.from_pretrained(model_dir)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
+    assert processor.apply_chat_template(messages, add_generation_prompt=True) == (
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the user's questions. USER: <image>\nWhat colour? ASSISTANT:")
+
+    wide = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 80, 3), dtype=np.uint8))
+    tower = AutoImageProcessor.from_pretrained(tiny["clip"])
+    side = max(wide.size)
+    square = Image.new("RGB", (side, side), tuple(int(m * 255) for m in tower.image_mean))  # LLaVA's expand2square
+    square.paste(wide, (0, (side - wide.size[1]) // 2))
+    expected = tower(square, return_tensors="pt").pixel_values[0]
+    exported = processor.image_processor(wide, return_tensors="pt").pixel_values[0]
+    assert (exported - expected).abs().max() < 1e-6
+
+    cfg = tiny_config(tiny, out)
+    _, training_processor = build_llava(tiny["clip"], tiny["llama"])
+    text = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}]
+    finetune = ConversationData(text, tmp_path, training_processor, "vicuna_v1", 16, 64, cfg.finetune_data.image_aspect_ratio)
+    assert (finetune.pixels(wide) - expected).abs().max() < 1e-6
+    pretrain = ConversationData(text, tmp_path, training_processor, "plain", 16, 64, cfg.pretrain_data.image_aspect_ratio)
+    assert (pretrain.pixels(wide) - tower(wide, return_tensors="pt").pixel_values[0]).abs().max() < 1e-6
+
+
+def test_export_keeps_the_finetune_aspect(tiny, trained, tmp_path):
+    from dcr_mllm.llava.export import export_llava
+
+    run_dir = after_pretrain(trained, tmp_path / "square")
+    os.symlink(trained[1] / "finetune", run_dir / "finetune")
+    model_dir = export_llava(tiny_config(tiny, run_dir, **{"finetune_data.image_aspect_ratio": "square"}), run_dir / "model")
+    wide = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 80, 3), dtype=np.uint8))
+    exported = AutoProcessor.from_pretrained(model_dir).image_processor(wide, return_tensors="pt").pixel_values
+    tower = AutoImageProcessor.from_pretrained(tiny["clip"])
+    assert (exported - tower(wide, return_tensors="pt").pixel_values).abs().max() < 1e-6
+
+
+def test_stage_defaults_are_llava_1_5s(tiny, tmp_path):
+    cfg = tiny_config(tiny, tmp_path)
+    assert (cfg.pretrain_data.image_aspect_ratio, cfg.pretrain_data.group_by_length) == ("square", False)
+    assert (cfg.finetune_data.image_aspect_ratio, cfg.finetune_data.group_by_length) == ("pad", True)
+    assert cfg.pretrain.gradient_checkpointing and cfg.finetune.gradient_checkpointing
+    model, _ = build_for_stage(cfg, "pretrain")
+    assert all(layer.gradient_checkpointing for layer in model.model.language_model.layers)
+    model, _ = build_for_stage(tiny_config(tiny, tmp_path, **{"pretrain.gradient_checkpointing": "false"}), "pretrain")
+    assert not any(layer.gradient_checkpointing for layer in model.model.language_model.layers)
+    with pytest.raises(ConfigError, match="finetune_data.image_aspect_ratio must be one of square, pad"):
+        validate(tiny_config(tiny, tmp_path, **{"finetune_data.image_aspect_ratio": "anyres"}), "pretrain")
 
 
 def test_rerun_of_a_finished_stage_does_nothing(tiny, trained, capsys):

@@ -201,7 +201,9 @@ def test_siglip_into_clip_is_refused_unless_asked_for(make_llava_hf, tiny, tmp_p
     assert config["vision_feature_select_strategy"] == "full" and config["image_seq_length"] == 16
     processor = json.loads((dst / "processor_config.json").read_text())
     assert processor["num_additional_image_tokens"] == 0
-    assert processor["image_processor"]["image_processor_type"].startswith("SiglipImageProcessor")
+    image_processor = processor["image_processor"]  # SigLIP's preprocessing (a plain resize, its mean/std), padded as LLaVA
+    assert image_processor["image_processor_type"].startswith("LlavaImageProcessor") and image_processor["do_pad"]
+    assert not image_processor["do_center_crop"] and image_processor["image_mean"] == [0.5, 0.5, 0.5]
     _, info = LlavaForConditionalGeneration.from_pretrained(dst, output_loading_info=True)
     assert not any(info.values()), info
     assert torch.isfinite(answer(dst)).all()
@@ -269,3 +271,21 @@ def test_pickled_original_checkpoint_is_copied_as_it_is_or_refused(make_original
 
     code, _, err = run(capsys, "--llava", make_original(stored_tower=True, pickled=True), "--tower", dcr_tower, "--output", tmp_path / "no")
     assert code == 2 and "stored in .bin pickles" in err and not (tmp_path / "no").exists()
+
+
+def test_swapped_processor_pads_as_training_does(make_llava_hf, dcr_tower, tmp_path):
+    """A swapped llava-hf checkpoint evaluates on the pixels LLaVA-1.5 training sees: the tower's
+    preprocessing after expand2square, from one LlavaImageProcessor (the one training uses)."""
+    import numpy as np
+
+    from dcr_mllm.llava.build import llava_image_processor
+
+    dst = tmp_path / "swapped"
+    swap_tower(make_llava_hf("hub", True), dcr_tower, dst)
+    loaded = AutoProcessor.from_pretrained(dst).image_processor
+    assert type(loaded).__name__.startswith("LlavaImageProcessor") and loaded.do_pad
+    wide = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 80, 3), dtype=np.uint8))
+    training = llava_image_processor(dcr_tower, do_pad=True)
+    torch.testing.assert_close(loaded(wide, return_tensors="pt")["pixel_values"],
+                               training(wide, return_tensors="pt")["pixel_values"], atol=1e-6, rtol=0)
+    assert list(loaded.image_mean) == ENHANCED_MEAN

@@ -15,7 +15,8 @@ from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from dcr_mllm.cli import main
-from dcr_mllm.llava.build import VICUNA_SYSTEM, build_llava
+from dcr_mllm.llava.build import build_llava
+from dcr_mllm.llava.templates import VICUNA_SYSTEM
 
 SP_VOCAB = 512
 TEXT = "What colour is the star? Answer with one word."
@@ -29,7 +30,7 @@ def _special(content: str) -> dict:
 @pytest.fixture(scope="session")
 def sentencepiece_model() -> bytes:
     """A Llama-style sentencepiece model (BPE, byte fallback, <unk>/<s>/</s> = 0/1/2), trained here."""
-    lines = ["A chat between a curious human and an artificial intelligence assistant.", "USER: What colour are the shapes? ASSISTANT:"]
+    lines = ["A chat between a curious user and an artificial intelligence assistant.", "USER: What colour are the shapes? ASSISTANT:"]
     lines += [" ".join(words) for words in itertools.islice(itertools.permutations(WORDS, 6), 0, 20000, 7)]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, model_type="bpe", vocab_size=SP_VOCAB,

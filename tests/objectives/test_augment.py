@@ -47,6 +47,6 @@ def test_pixel_mode_never_flips_vertically_upstream_mode_does():
 def test_upstream_mode_clamps_after_normalisation():
     """Upstream jitters the normalised tensor, so negative normalised values are clamped to 0."""
     images = torch.full((2, 3, 8, 8), 0.1)
-    cfg = AugmentConfig(**{**IDENTITY, "mode": "upstream"})
+    cfg = AugmentConfig(**{**IDENTITY, "mode": "upstream", "brightness": 0.1})
     out = positive_view(images, lambda x: (x - 0.5) / 0.25, cfg, torch.Generator().manual_seed(0))
     assert out.min() >= 0  # the true normalised value is -1.6

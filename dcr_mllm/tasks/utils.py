@@ -17,9 +17,9 @@ from dcr_mllm.evaluation.lmms_tasks import (  # noqa: F401  (referenced from the
     pope_doc_to_visual,
     pope_f1_score,
     pope_precision,
+    pope_pred_yes_ratio,
     pope_process_results,
     pope_recall,
-    pope_yes_ratio,
 )
 
 MMVP_TEST = data_file("mmvp", "test.parquet")

@@ -1,0 +1,100 @@
+"""Writing files and directories so that a reader never sees half of one.
+
+Everything is written under a temporary name beside its destination (same file system) and
+renamed into place once complete; a failure removes the temporary and leaves the destination
+as it was. These are the only helpers for that in the package.
+
+A killed process cannot clean up, so every temporary name carries its writer's process id and
+host (``.NAME.PID@HOST.*``); the next write to the same destination removes those whose process
+on this host is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _owner() -> str:
+    return f"{os.getpid()}@{_host()}"
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale(directory: Path, name: str) -> list[Path]:
+    """Remove the temporaries a killed writer of ``directory/name`` left (by this host's dead
+    processes); returns what was removed."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)@(.+?)\.")
+    removed = []
+    host = _host()
+    with contextlib.suppress(FileNotFoundError):
+        for item in directory.iterdir():
+            match = pattern.match(item.name)
+            if match and match.group(2) == host and not _alive(int(match.group(1))):
+                if item.is_dir() and not item.is_symlink():
+                    shutil.rmtree(item, ignore_errors=True)
+                else:
+                    item.unlink(missing_ok=True)
+                removed.append(item)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file name beside ``path`` (same suffix, so writers that go by it still work),
+    renamed to ``path`` when the block succeeds and removed when it fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, path.stem)
+    tmp = path.with_name(f".{path.stem}.{_owner()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` through ``atomic_path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """An empty directory beside ``path`` to fill; when the block succeeds it becomes ``path``
+    (an existing ``path`` is replaced only then), when it fails it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        if path.exists() or path.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".old", dir=path.parent))
+            path.rename(old / "replaced")
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,181 @@
+"""The paper's ablation in the world: reconstruction-only, naive (reconstruction + contrastive) and
+DCR, from the same base tower and denoiser, with the same budget, over several seeds.
+
+Writes ``OUT/base/tower`` and ``OUT/<objective>/seed<k>/tower`` (stage one's own output), each
+tower's metrics (``world_metrics.json`` beside it), and ``OUT/results.json``, ``OUT/report.md``
+and ``OUT/chart.png``: every metric as mean +- std over seeds, and each objective against the base
+seed by seed. Training and evaluation run in one-thread processes, ``--jobs`` at a time; finished
+pieces are skipped, so a rerun only redoes what is missing.
+
+    python -m dcr_mllm.world.ablation --output outputs/ablation --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from dcr_mllm.config import PACKAGED_CONFIGS
+from dcr_mllm.errors import DcrError
+from dcr_mllm.world.models import MINI, WorldSpec, build_world, default_world_root
+from dcr_mllm.world.scenes import FINE_ATTRIBUTES, write_world, write_world_shards
+
+OBJECTIVES = ("reconstruction", "naive", "dcr")
+HEADLINE = ("probe_global/fine_mean", "class/probe", "class/zero_shot", "pairs/mean", "probe_layer/fine_mean")
+EVAL_SEED = 1
+SHARD_SEED = 14  # training images for stage one: neither the world models' nor the evaluation seed
+
+
+def run_jobs(commands: list[tuple[list[str], Path]], jobs: int) -> None:
+    """Run each (argv, log file) in a one-thread process, ``jobs`` at a time; fail naming the logs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    pending, running, failed = list(commands), [], []
+    while pending or running:
+        while pending and len(running) < jobs:
+            argv, log = pending.pop(0)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            running.append((subprocess.Popen(argv, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT), log))
+        process, log = running.pop(0)
+        if process.wait() != 0:
+            failed.append(str(log))
+    if failed:
+        raise DcrError(f"{len(failed)} run(s) failed; see {', '.join(failed)}")
+
+
+def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str | Path | None = None, overrides: list[str] = (),
+                 spec: WorldSpec = WorldSpec(), world_root: str | Path | None = None, eval_count: int = 1200, pairs: int = 30,
+                 shard_count: int = 4096) -> Path:
+    if seeds < 1 or jobs < 1:
+        raise DcrError(f"--seeds {seeds} and --jobs {jobs}: both must be at least 1")
+    config = Path(config or PACKAGED_CONFIGS / "enhance_world.yaml")
+    if not config.is_file():
+        raise DcrError(f"config {config} does not exist; pass a stage-one YAML file")
+    out = Path(output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    models = build_world(world_root or default_world_root(), spec)
+    shards = write_world_shards(out / "data", shard_count, SHARD_SEED, size=spec.image_size)
+    if not (out / "eval").is_dir():
+        write_world(out / "eval", seed=EVAL_SEED, count=eval_count, size=spec.image_size)
+    base = out / "base" / "tower"
+    if not base.is_dir():
+        shutil.copytree(models["clip"], base.with_name("tower.partial"), dirs_exist_ok=True)
+        base.with_name("tower.partial").rename(base)
+
+    runs = {(objective, seed): out / objective / f"seed{seed}" for objective in OBJECTIVES for seed in range(seeds)}
+    train = [([sys.executable, "-m", "dcr_mllm.cli", "enhance", "--config", str(config), f"tower={models['clip']}", f"denoiser={models['sd']}",
+               f"output_dir={run}", f"seed={seed}", f"objective.name={objective}", f"data.shards={shards}", *overrides], run.with_suffix(".log"))
+             for (objective, seed), run in runs.items() if not (run / "tower" / "model_card.md").is_file()]
+    run_jobs(train, jobs)
+    towers = [base, *(run / "tower" for run in runs.values())]
+    evaluate = [([sys.executable, "-m", "dcr_mllm.world.metrics", "--tower", str(tower), "--data", str(out / "eval"),
+                  "--output", str(tower.parent / "world_metrics.json"), "--pairs", str(pairs)], tower.parent / "world_metrics.log")
+                for tower in towers if not (tower.parent / "world_metrics.json").is_file()]
+    run_jobs(evaluate, jobs)
+
+    base_scores = json.loads((base.parent / "world_metrics.json").read_text())
+    scores = {objective: [json.loads((runs[objective, seed] / "world_metrics.json").read_text()) for seed in range(seeds)]
+              for objective in OBJECTIVES}
+    results = summarize(base_scores, scores)
+    results["setup"] = {"seeds": seeds, "config": str(config), "overrides": list(overrides), "world": dataclasses.asdict(spec),
+                        "eval_images": eval_count, "pairs_per_attribute": pairs, "stage_one_images": shard_count}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "report.md").write_text(report(results))
+    chart(results, out / "chart.png")
+    return out
+
+
+def summarize(base: dict[str, float], scores: dict[str, list[dict[str, float]]]) -> dict:
+    """Mean, std and per-seed values of every metric per objective, and each seed minus base."""
+    table = {"base": {metric: {"mean": value, "std": 0.0, "seeds": [value]} for metric, value in base.items()}}
+    for objective, per_seed in scores.items():
+        table[objective] = {}
+        for metric in base:
+            values = [seed_scores[metric] for seed_scores in per_seed]
+            table[objective][metric] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                                        "seeds": values, "minus_base": [v - base[metric] for v in values]}
+    checks = {}
+    if "dcr" in scores:
+        fine = [d["minus_base"] for d in [table["dcr"]["probe_global/fine_mean"]]][0]
+        cls = table["dcr"]["class/probe"]
+        checks = {
+            "dcr fine-attribute probe (global) above base by >= 5 points on every seed": all(v >= 5 for v in fine),
+            "dcr class probe within 2 points of base (mean)": abs(cls["mean"] - base["class/probe"]) <= 2,
+            "dcr class probe above reconstruction (mean)": "reconstruction" in scores and cls["mean"] > table["reconstruction"]["class/probe"]["mean"],
+        }
+    return {"metrics": table, "checks": checks}
+
+
+def report(results: dict) -> str:
+    table, objectives = results["metrics"], list(results["metrics"])
+    metrics = [*HEADLINE, *(m for m in table["base"] if m not in HEADLINE)]
+    lines = ["# Ablation in the world", "",
+             f"{results['setup']['seeds']} seed(s) per objective; base is one tower. Mean +- std over seeds (percent); "
+             "`probe_global` = linear probe on the global embedding, `probe_layer` = on the mean of feature layer -2; "
+             "`fine_mean` = mean over " + ", ".join(FINE_ATTRIBUTES) + ".", "",
+             "| metric | " + " | ".join(objectives) + " |", "|---" * (len(objectives) + 1) + "|"]
+    for metric in metrics:
+        cells = [f"{table[o][metric]['mean']:.1f}" + (f" +- {table[o][metric]['std']:.1f}" if o != "base" else "") for o in objectives]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    lines += ["", "## Each seed minus base", "", "| objective | metric | per seed |", "|---|---|---|"]
+    for objective in objectives[1:]:
+        for metric in HEADLINE:
+            lines.append(f"| {objective} | {metric} | " + ", ".join(f"{v:+.1f}" for v in table[objective][metric]["minus_base"]) + " |")
+    if results["checks"]:
+        lines += ["", "## What the world is for", ""] + [f"- {'yes' if ok else 'NO'}: {name}" for name, ok in results["checks"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict, path: Path) -> None:
+    """Grouped bars: the headline metrics per objective, with the std over seeds as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = results["metrics"]
+    objectives = list(table)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(objectives)
+    for i, objective in enumerate(objectives):
+        means = [table[objective][m]["mean"] for m in HEADLINE]
+        stds = [table[objective][m]["std"] for m in HEADLINE]
+        ax.bar([x + i * width for x in range(len(HEADLINE))], means, width, yerr=stds, capsize=3, label=objective)
+    ax.set_xticks([x + width * (len(objectives) - 1) / 2 for x in range(len(HEADLINE))], [m.replace("/", "\n") for m in HEADLINE], fontsize=8)
+    ax.set_ylabel("percent")
+    ax.set_title(f"World ablation ({results['setup']['seeds']} seeds, mean +- std)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".partial.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Reconstruction-only, naive and DCR from the same world base, same budget, several seeds.")
+    parser.add_argument("--output", default="outputs/ablation")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2, help="one-thread processes at a time")
+    parser.add_argument("--config", help="stage-one config (default: the packaged enhance_world.yaml)")
+    parser.add_argument("--mini", action="store_true", help="a miniature world and evaluation (tests: seconds, not minutes)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="stage-one config overrides for every run")
+    args = parser.parse_args(argv)
+    sizes = {"spec": MINI, "eval_count": 36, "pairs": 2, "shard_count": 64} if args.mini else {}
+    out = run_ablation(args.output, args.seeds, args.jobs, args.config, args.overrides, **sizes)
+    print((out / "report.md").read_text(), end="")
+    print(out)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DcrError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

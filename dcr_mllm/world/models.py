@@ -1,0 +1,263 @@
+"""The world's base models, trained here, deterministically, and saved by each library's own writer.
+
+- ``clip``: a transformers ``CLIPModel`` trained contrastively on web-like captions that mostly
+  name only the class (``scenes.clip_caption``): its text tower knows every attribute word, but
+  its image embedding is trained to care about the class.
+- ``sd``: a Stable-Diffusion-layout pipeline (``AutoencoderKL``, ``UNet2DConditionModel``, DDPM
+  scheduler, CLIP text encoder and tokenizer) whose VAE is trained to reconstruct the world's
+  images and whose UNet and text encoder are trained to denoise them from detailed captions
+  (``scenes.detailed_caption``, 10 % dropped to the empty prompt), so it must encode the details.
+
+Both are built on first use under ``$DCR_MLLM_CACHE/world`` (``ensure_world``), like the tiny preset,
+and load through the code paths real checkpoints use. Each trains in one thread with fixed seeds,
+so the same ``WorldSpec`` gives the same weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from dcr_mllm.errors import DcrError
+from dcr_mllm.world.scenes import IMAGE_SIZE, clip_caption, detailed_caption, render, sample_scenes
+
+MARKER = ".complete"
+VERSION = "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldSpec:
+    """Sizes and budgets of the world build; the defaults are the real world (about 5 minutes, 2 cores)."""
+
+    image_size: int = IMAGE_SIZE
+    train_seed: int = 10  # and 11; evaluation sets must use other seeds (scenes.TRAINING_SEEDS)
+    clip_images: int = 6000
+    clip_steps: int = 600
+    clip_batch: int = 128
+    clip_detail_rate: float = 0.3  # share of captions that name one fine attribute
+    vae_steps: int = 400
+    sd_images: int = 6000
+    sd_steps: int = 900
+    sd_batch: int = 64
+    caption_dropout: float = 0.1
+    #: v_prediction: at high noise the target is mostly the clean latent, so the prediction must
+    #: come from the condition (with epsilon it is mostly the noise, whatever the condition says)
+    prediction_type: str = "v_prediction"
+    lr: float = 1e-3
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps([VERSION, dataclasses.asdict(self)], sort_keys=True).encode()).hexdigest()[:16]
+
+
+MINI = WorldSpec(clip_images=64, clip_steps=3, clip_batch=16, vae_steps=3, sd_images=64, sd_steps=3, sd_batch=16)
+
+CLIP_WIDTH, CLIP_LAYERS, CLIP_PATCH, EMBED_DIM = 64, 4, 4, 32
+TEXT_WIDTH = 64  # also the UNet's cross-attention width
+
+
+def default_world_root() -> Path:
+    """``$DCR_MLLM_CACHE/world`` or ``~/.cache/dcr_mllm/world``."""
+    cache = os.environ.get("DCR_MLLM_CACHE") or Path.home() / ".cache" / "dcr_mllm"
+    return Path(cache).expanduser() / "world"
+
+
+def _pixels(scenes, size: int):
+    """[N, 3, size, size] float pixels in [0, 1]."""
+    import numpy as np
+    import torch
+
+    array = np.stack([np.asarray(render(scene, size)) for scene in scenes])
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 255
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
+    """Train the base CLIP on class-mostly captions; write CLIPModel + processor + tokenizer."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from dcr_mllm.presets.tiny import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _clip_tokenizer, clip_tokenizer_files
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(spec.train_seed)
+    config = CLIPConfig(
+        text_config={"vocab_size": 49408, "max_position_embeddings": 77, "hidden_size": TEXT_WIDTH, "intermediate_size": 2 * TEXT_WIDTH,
+                     "num_hidden_layers": 2, "num_attention_heads": 2, "projection_dim": EMBED_DIM},
+        vision_config={"image_size": spec.image_size, "patch_size": CLIP_PATCH, "hidden_size": CLIP_WIDTH, "intermediate_size": 2 * CLIP_WIDTH,
+                       "num_hidden_layers": CLIP_LAYERS, "num_attention_heads": 4, "projection_dim": EMBED_DIM},
+        projection_dim=EMBED_DIM,
+    )
+    model = CLIPModel(config)
+    tokenizer = _clip_tokenizer()
+    scenes = sample_scenes(spec.clip_images, spec.train_seed)
+    mean, std = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+    pixels = (_pixels(scenes, spec.image_size) - mean) / std
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, spec.clip_steps, min(50, spec.clip_steps)))
+    rng, order = random.Random(spec.train_seed), []
+    model.train()
+    for _ in range(spec.clip_steps):
+        if len(order) < spec.clip_batch:
+            order += rng.sample(range(len(scenes)), len(scenes))
+        batch, order = order[: spec.clip_batch], order[spec.clip_batch :]
+        texts = [clip_caption(scenes[i], rng, spec.clip_detail_rate) for i in batch]
+        tokens = tokenizer(texts, padding=True, return_tensors="pt")
+        loss = model(**tokens, pixel_values=pixels[batch], return_loss=True).loss
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    model.eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    CLIPImageProcessor(size={"shortest_edge": spec.image_size}, crop_size={"height": spec.image_size, "width": spec.image_size},
+                       image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD)).save_pretrained(out_dir)
+    clip_tokenizer_files(out_dir)
+    (out_dir / "train_log.json").write_text(json.dumps({"final_loss": loss.item(), "spec": dataclasses.asdict(spec)}, indent=1))
+    return out_dir
+
+
+def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
+    """Train the VAE, then the UNet and text encoder on detailed captions; write a StableDiffusionPipeline."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from dcr_mllm.presets.tiny import _clip_tokenizer, clip_tokenizer_files
+
+    if spec.prediction_type not in ("epsilon", "v_prediction"):
+        raise DcrError(f"world prediction_type {spec.prediction_type!r}: use epsilon or v_prediction")
+    out_dir = Path(out_dir)
+    torch.manual_seed(spec.train_seed + 1)
+    scenes = sample_scenes(spec.sd_images, spec.train_seed + 1)
+    images = _pixels(scenes, spec.image_size) * 2 - 1
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=spec.image_size)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=spec.lr)
+    generator = torch.Generator().manual_seed(spec.train_seed + 2)
+    for _ in range(spec.vae_steps):
+        batch = images[torch.randint(0, len(images), (spec.sd_batch,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        latent = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        recon = vae.decode(latent).sample
+        loss = F.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    vae.eval()
+    with torch.no_grad():
+        posterior = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
+        vae_mse = F.mse_loss(vae.decode(posterior[:256]).sample, images[:256]).item()
+    scaling = 1.0 / posterior.std().item()  # as SD chose 0.18215: unit-variance latents
+    vae.register_to_config(scaling_factor=scaling)
+    latents = posterior * scaling
+
+    tokenizer = _clip_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_size=TEXT_WIDTH,
+                                                intermediate_size=2 * TEXT_WIDTH, num_hidden_layers=2, num_attention_heads=2, hidden_act="gelu"))
+    unet = UNet2DConditionModel(sample_size=spec.image_size // 4, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=TEXT_WIDTH, attention_head_dim=8, norm_num_groups=8)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              prediction_type=spec.prediction_type, clip_sample=False, steps_offset=1)
+    alphas = scheduler.alphas_cumprod.float()
+    captions = [detailed_caption(scene) for scene in scenes]
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=spec.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, spec.sd_steps, min(50, spec.sd_steps)))
+    rng = random.Random(spec.train_seed + 3)
+    unet.train()
+    text_encoder.train()
+    for _ in range(spec.sd_steps):
+        index = torch.randint(0, len(latents), (spec.sd_batch,), generator=generator)
+        texts = ["" if rng.random() < spec.caption_dropout else captions[i] for i in index.tolist()]
+        ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        x0 = latents[index]
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, 1000, (len(x0),), generator=generator)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0 if spec.prediction_type == "v_prediction" else noise
+        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample, target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    unet.eval()
+    text_encoder.eval()
+    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=None,
+                            feature_extractor=None, requires_safety_checker=False).save_pretrained(out_dir, safe_serialization=True)
+    clip_tokenizer_files(out_dir / "tokenizer")
+    (out_dir / "train_log.json").write_text(json.dumps({"vae_mse": vae_mse, "final_loss": loss.item(), "spec": dataclasses.asdict(spec)}, indent=1))
+    return out_dir
+
+
+WORLD_BUILDERS = {"clip": build_world_clip, "sd": build_world_sd}
+
+
+def _is_complete(path: Path, spec: WorldSpec) -> bool:
+    marker = path / MARKER
+    return marker.is_file() and marker.read_text() == spec.fingerprint()
+
+
+def ensure_world(name: str, root: str | Path | None = None, spec: WorldSpec = WorldSpec()) -> Path:
+    """``root/name``, trained first unless a complete build of this spec is there (built in a
+    temporary sibling, renamed into place; a file lock lets concurrent processes share one build)."""
+    import torch
+    from filelock import FileLock
+
+    if name not in WORLD_BUILDERS:
+        raise DcrError(f"unknown world model {name!r}; use one of {', '.join(WORLD_BUILDERS)}")
+    root = Path(root) if root is not None else default_world_root()
+    target = root / name
+    if _is_complete(target, spec):
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{name}.lock")):
+        if _is_complete(target, spec):
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        tmp.chmod(0o755)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one thread: the same weights on every machine, and two builds fit two cores
+        try:
+            with torch.random.fork_rng(devices=[]):
+                WORLD_BUILDERS[name](tmp, spec)
+            (tmp / MARKER).write_text(spec.fingerprint())
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            torch.set_num_threads(threads)
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_world(root: str | Path | None = None, spec: WorldSpec = WorldSpec()) -> dict[str, Path]:
+    """Build every missing world model, each in its own one-thread process, side by side."""
+    root = Path(root) if root is not None else default_world_root()
+    missing = [name for name in WORLD_BUILDERS if not _is_complete(root / name, spec)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    code = ("import sys, json; from dcr_mllm.world.models import WorldSpec, ensure_world; "
+            "ensure_world(sys.argv[1], sys.argv[2], WorldSpec(**json.loads(sys.argv[3])))")
+    processes = [subprocess.Popen([sys.executable, "-c", code, name, str(root), json.dumps(dataclasses.asdict(spec))], env=env)
+                 for name in missing]
+    failed = [name for name, process in zip(missing, processes) if process.wait() != 0]
+    if failed:
+        raise DcrError(f"building the world model(s) {', '.join(failed)} failed (see the output above); rerun to retry")
+    return {name: root / name for name in WORLD_BUILDERS}

@@ -1,0 +1,114 @@
+"""The tiny world: labelled scenes, its trained base models (miniature builds) and the ablation driver."""
+
+import csv
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from dcr_mllm.cli import main
+from dcr_mllm.world.models import MINI, ensure_world
+from dcr_mllm.world.scenes import LABEL_COLUMNS, WORLD_VALUES, read_world, sample_scenes
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def mini_world(tmp_path_factory):
+    """The world models trained for three steps each (same code as the real build)."""
+    root = tmp_path_factory.mktemp("world")
+    return {name: ensure_world(name, root, MINI) for name in ("clip", "sd")}
+
+
+def test_make_eval_data_world_writes_images_and_labels(tmp_path, capsys):
+    out = tmp_path / "world"
+    assert main(["make-eval-data", "world", "--output", str(out), "--count", "12", "--seed", "3"]) == 0
+    with open(out / "labels.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == LABEL_COLUMNS == ("file", "shape", "color", "count", "position", "orientation", "size", "background")
+    assert len(rows) == 12
+    for row in rows:
+        assert Image.open(out / row["file"]).size == (32, 32)
+        for name, values in WORLD_VALUES.items():
+            assert (int(row[name]) if name == "count" else row[name]) in values
+    assert [scene for _, scene in read_world(out)] == sample_scenes(12, 3)
+
+
+def test_same_seed_same_images_other_seed_other_images(tmp_path, capsys):
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        assert main(["make-eval-data", "world", "--output", str(tmp_path / name), "--count", "6", "--seed", str(seed)]) == 0
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    assert (tmp_path / "a" / "labels.csv").read_bytes() != (tmp_path / "c" / "labels.csv").read_bytes()
+
+
+def test_a_training_seed_is_refused_for_evaluation(tmp_path, capsys):
+    assert main(["make-eval-data", "world", "--output", str(tmp_path / "w"), "--seed", "10"]) == 2
+    assert "training images" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_world_build_is_deterministic_and_loads_like_real_checkpoints(mini_world, tmp_path):
+    from transformers import CLIPModel
+
+    from dcr_mllm.diffusion.denoiser import FrozenDenoiser
+
+    again = ensure_world("clip", tmp_path, MINI)
+    first, second = load_file(mini_world["clip"] / "model.safetensors"), load_file(again / "model.safetensors")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    initial = CLIPModel(CLIPModel.from_pretrained(mini_world["clip"]).config).state_dict()
+    assert any(not torch.equal(initial[k], first[k]) for k in first if "logit" not in k)  # trained, not just initialised
+    denoiser = FrozenDenoiser.from_pretrained(mini_world["sd"])
+    assert denoiser.cross_attention_dim == 64 and denoiser.vae.config.scaling_factor != 0.18215  # fitted to the latents
+
+
+def test_world_metrics_and_condition_sensitivity(mini_world, tmp_path, capsys):
+    from dcr_mllm.towers import load_tower
+    from dcr_mllm.world.diagnose import condition_sensitivity
+    from dcr_mllm.world.metrics import evaluate_world
+
+    assert main(["make-eval-data", "world", "--output", str(tmp_path / "eval"), "--count", "24"]) == 0
+    scores = evaluate_world(load_tower(mini_world["clip"]), tmp_path / "eval", pairs_per_attribute=2)
+    for kind in ("probe_global", "probe_layer"):
+        assert {f"{kind}/{a}" for a in WORLD_VALUES} | {f"{kind}/fine_mean"} <= scores.keys()
+    assert {"class/zero_shot", "class/probe", "pairs/mean", "pairs/orientation"} <= scores.keys()
+    assert all(0 <= v <= 100 for v in scores.values())
+    sensitivity = condition_sensitivity(mini_world["sd"], tmp_path / "eval", count=8)
+    assert sensitivity["change/caption"] > 0 and all(v == v for v in sensitivity.values())  # no NaN
+
+
+def test_summary_compares_each_seed_with_base():
+    from dcr_mllm.world.ablation import report, summarize
+
+    base = {"probe_global/fine_mean": 50.0, "class/probe": 90.0, "class/zero_shot": 80.0, "pairs/mean": 10.0, "probe_layer/fine_mean": 60.0}
+    shifted = lambda d: {k: v + d for k, v in base.items()}  # noqa: E731
+    results = summarize(base, {"reconstruction": [shifted(-4), shifted(-2)], "dcr": [shifted(6), shifted(1)]})
+    fine = results["metrics"]["dcr"]["probe_global/fine_mean"]
+    assert fine["mean"] == 53.5 and fine["minus_base"] == [6.0, 1.0] and fine["std"] == pytest.approx(3.5355, abs=1e-3)
+    assert results["checks"]["dcr fine-attribute probe (global) above base by >= 5 points on every seed"] is False
+    results["setup"] = {"seeds": 2}
+    assert "| probe_global/fine_mean | 50.0 | 47.0 +- 1.4 | 53.5 +- 3.5 |" in report(results)
+
+
+@pytest.mark.slow
+def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
+    env = {**os.environ, "DCR_MLLM_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "ablation"
+    steps = ["projector_stage.max_steps=1", "lora_stage.max_steps=1", "projector_stage.micro_batch_size=4", "lora_stage.micro_batch_size=4"]
+    run = subprocess.run(["bash", str(REPO / "stages" / "ablation.sh"), "--output", str(out), "--seeds", "2", "--mini", *steps],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == str(out)
+    for objective in ("reconstruction", "naive", "dcr"):
+        for seed in (0, 1):
+            assert (out / objective / f"seed{seed}" / "tower" / "model.safetensors").is_file()
+    assert (out / "base" / "tower" / "config.json").is_file() and (out / "chart.png").stat().st_size > 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["metrics"]["dcr"]["class/probe"]["seeds"]) == 2
+    assert "| objective | metric | per seed |" in (out / "report.md").read_text()
