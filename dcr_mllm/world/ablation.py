@@ -41,7 +41,8 @@ def run_jobs(commands: list[tuple[list[str], Path]], jobs: int) -> None:
         while pending and len(running) < jobs:
             argv, log = pending.pop(0)
             log.parent.mkdir(parents=True, exist_ok=True)
-            running.append((subprocess.Popen(argv, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT), log))
+            with open(log, "w") as stream:  # the child keeps its own handle
+                running.append((subprocess.Popen(argv, env=env, stdout=stream, stderr=subprocess.STDOUT), log))
         process, log = running.pop(0)
         if process.wait() != 0:
             failed.append(str(log))
@@ -50,13 +51,14 @@ def run_jobs(commands: list[tuple[list[str], Path]], jobs: int) -> None:
 
 
 def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str | Path | None = None, overrides: list[str] = (),
-                 spec: WorldSpec = WorldSpec(), world_root: str | Path | None = None, eval_count: int = 1200, pairs: int = 30,
+                 spec: WorldSpec | None = None, world_root: str | Path | None = None, eval_count: int = 1200, pairs: int = 30,
                  shard_count: int = 4096) -> Path:
     if seeds < 1 or jobs < 1:
         raise DcrError(f"--seeds {seeds} and --jobs {jobs}: both must be at least 1")
     config = Path(config or PACKAGED_CONFIGS / "enhance_world.yaml")
     if not config.is_file():
         raise DcrError(f"config {config} does not exist; pass a stage-one YAML file")
+    spec = spec or WorldSpec()
     out = Path(output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     models = build_world(world_root or default_world_root(), spec)
@@ -96,13 +98,13 @@ def summarize(base: dict[str, float], scores: dict[str, list[dict[str, float]]])
     table = {"base": {metric: {"mean": value, "std": 0.0, "seeds": [value]} for metric, value in base.items()}}
     for objective, per_seed in scores.items():
         table[objective] = {}
-        for metric in base:
+        for metric, base_value in base.items():
             values = [seed_scores[metric] for seed_scores in per_seed]
             table[objective][metric] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                                        "seeds": values, "minus_base": [v - base[metric] for v in values]}
+                                        "seeds": values, "minus_base": [v - base_value for v in values]}
     checks = {}
     if "dcr" in scores:
-        fine = [d["minus_base"] for d in [table["dcr"]["probe_global/fine_mean"]]][0]
+        fine = table["dcr"]["probe_global/fine_mean"]["minus_base"]
         cls = table["dcr"]["class/probe"]
         checks = {
             "dcr fine-attribute probe (global) above base by >= 5 points on every seed": all(v >= 5 for v in fine),

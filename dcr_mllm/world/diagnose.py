@@ -26,7 +26,12 @@ import torch
 
 from dcr_mllm.diffusion.denoiser import FrozenDenoiser
 from dcr_mllm.evaluation.encode import open_image
-from dcr_mllm.world.scenes import FINE_ATTRIBUTES, WORLD_VALUES, detailed_caption, read_world
+from dcr_mllm.world.scenes import (
+    FINE_ATTRIBUTES,
+    WORLD_VALUES,
+    detailed_caption,
+    read_world,
+)
 
 TIMESTEPS = (200, 500, 800)
 
@@ -61,23 +66,23 @@ def condition_sensitivity(sd_dir: str | Path, data_dir: str | Path, count: int =
         noise = torch.randn(latents.shape, generator=generator)
         steps = torch.full((len(items),), t)
         noisy = denoiser.add_noise(latents, noise, steps)
-
-        def predict(ctx):
-            return denoiser.predict(noisy, steps, ctx)
-
         target = denoiser.target(latents, noise, steps)
-
-        def mse(pred):
-            return (pred - target).pow(2).mean().item()
-
-        def change(a, b):
-            return ((a - b).flatten(1).norm(dim=1) / a.flatten(1).norm(dim=1)).mean().item()
-
-        own, own_shift = predict(captions), predict(shift)
-        values = {"mse/caption": mse(own), "mse/empty": mse(predict(empty)), "mse/shift": mse(own_shift),
-                  "change/caption": change(own, predict(captions[other])), "change/shift": change(own_shift, predict(shift[other]))}
+        own, own_shift = denoiser.predict(noisy, steps, captions), denoiser.predict(noisy, steps, shift)
+        values = {"mse/caption": _mse(own, target), "mse/empty": _mse(denoiser.predict(noisy, steps, empty), target),
+                  "mse/shift": _mse(own_shift, target),
+                  "change/caption": _change(own, denoiser.predict(noisy, steps, captions[other])),
+                  "change/shift": _change(own_shift, denoiser.predict(noisy, steps, shift[other]))}
         for attribute, ctx in changed.items():
-            values[f"mse_gain/{attribute}"] = mse(predict(ctx)) - values["mse/caption"]
+            values[f"mse_gain/{attribute}"] = _mse(denoiser.predict(noisy, steps, ctx), target) - values["mse/caption"]
         for key, value in values.items():
             sums[key] = sums.get(key, 0.0) + value / len(TIMESTEPS)
     return sums
+
+
+def _mse(prediction, target) -> float:
+    return (prediction - target).pow(2).mean().item()
+
+
+def _change(a, b) -> float:
+    """Mean relative distance between two batches of predictions."""
+    return ((a - b).flatten(1).norm(dim=1) / a.flatten(1).norm(dim=1)).mean().item()

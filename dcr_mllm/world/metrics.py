@@ -28,7 +28,15 @@ from dcr_mllm.evaluation.encode import image_embeddings, open_image, text_embedd
 from dcr_mllm.evaluation.pairs import PROMPT, judge_pairs, percent
 from dcr_mllm.evaluation.probes import fit_linear_probe, predict_linear_probe
 from dcr_mllm.towers import VisionTower, load_tower
-from dcr_mllm.world.scenes import CLASS, FINE_ATTRIBUTES, WORLD_VALUES, attribute_phrase, read_world, render, sample_scene
+from dcr_mllm.world.scenes import (
+    CLASS,
+    FINE_ATTRIBUTES,
+    WORLD_VALUES,
+    attribute_phrase,
+    read_world,
+    render,
+    sample_scene,
+)
 
 FEATURE_LAYER = -2  # LLaVA-1.5's mm_vision_select_layer
 

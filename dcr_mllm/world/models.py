@@ -28,7 +28,13 @@ import tempfile
 from pathlib import Path
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.world.scenes import IMAGE_SIZE, clip_caption, detailed_caption, render, sample_scenes
+from dcr_mllm.world.scenes import (
+    IMAGE_SIZE,
+    clip_caption,
+    detailed_caption,
+    render,
+    sample_scenes,
+)
 
 MARKER = ".complete"
 VERSION = "1"
@@ -90,7 +96,12 @@ def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from dcr_mllm.presets.tiny import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _clip_tokenizer, clip_tokenizer_files
+    from dcr_mllm.presets.tiny import (
+        OPENAI_CLIP_MEAN,
+        OPENAI_CLIP_STD,
+        _clip_tokenizer,
+        clip_tokenizer_files,
+    )
 
     out_dir = Path(out_dir)
     torch.manual_seed(spec.train_seed)
@@ -134,7 +145,12 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     """Train the VAE, then the UNet and text encoder on detailed captions; write a StableDiffusionPipeline."""
     import torch
     import torch.nn.functional as F
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from dcr_mllm.presets.tiny import _clip_tokenizer, clip_tokenizer_files

@@ -22,7 +22,14 @@ from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw
 
-from dcr_mllm.data.synthetic import _SUPERSAMPLE, BACKGROUNDS, COLOURS, _add_member, _draw_shape, _layout
+from dcr_mllm.data.synthetic import (
+    _SUPERSAMPLE,
+    BACKGROUNDS,
+    COLOURS,
+    _add_member,
+    _draw_shape,
+    _layout,
+)
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir
 

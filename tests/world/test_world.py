@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -80,14 +81,14 @@ def test_world_metrics_and_condition_sensitivity(mini_world, tmp_path, capsys):
     assert {"class/zero_shot", "class/probe", "pairs/mean", "pairs/orientation"} <= scores.keys()
     assert all(0 <= v <= 100 for v in scores.values())
     sensitivity = condition_sensitivity(mini_world["sd"], tmp_path / "eval", count=8)
-    assert sensitivity["change/caption"] > 0 and all(v == v for v in sensitivity.values())  # no NaN
+    assert sensitivity["change/caption"] > 0 and all(math.isfinite(v) for v in sensitivity.values())
 
 
 def test_summary_compares_each_seed_with_base():
     from dcr_mllm.world.ablation import report, summarize
 
     base = {"probe_global/fine_mean": 50.0, "class/probe": 90.0, "class/zero_shot": 80.0, "pairs/mean": 10.0, "probe_layer/fine_mean": 60.0}
-    shifted = lambda d: {k: v + d for k, v in base.items()}  # noqa: E731
+    shifted = lambda d: {k: v + d for k, v in base.items()}
     results = summarize(base, {"reconstruction": [shifted(-4), shifted(-2)], "dcr": [shifted(6), shifted(1)]})
     fine = results["metrics"]["dcr"]["probe_global/fine_mean"]
     assert fine["mean"] == 53.5 and fine["minus_base"] == [6.0, 1.0] and fine["std"] == pytest.approx(3.5355, abs=1e-3)
@@ -102,7 +103,7 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
     out = tmp_path / "ablation"
     steps = ["projector_stage.max_steps=1", "lora_stage.max_steps=1", "projector_stage.micro_batch_size=4", "lora_stage.micro_batch_size=4"]
     run = subprocess.run(["bash", str(REPO / "stages" / "ablation.sh"), "--output", str(out), "--seeds", "2", "--mini", *steps],
-                         env=env, capture_output=True, text=True, timeout=600)
+                         env=env, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1] == str(out)
     for objective in ("reconstruction", "naive", "dcr"):
