@@ -83,7 +83,8 @@ def dcr_model(image_size: int, chunk_size: int, smoke: bool):
     from dcr_mllm.objectives import EnhanceModel, ObjectiveConfig
     from dcr_mllm.towers import apply_lora
     from dcr_mllm.towers.base import TowerSpec
-    from dcr_mllm.towers.hf import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, HFTower
+    from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from dcr_mllm.towers.hf import HFTower
 
     torch.manual_seed(0)
     unet, vae, scheduler = sd21_base(smoke)

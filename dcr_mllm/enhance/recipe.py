@@ -27,8 +27,8 @@ from dcr_mllm.enhance.export import export_tower
 from dcr_mllm.objectives import EnhanceModel
 from dcr_mllm.objectives.negatives import check_negative_count
 from dcr_mllm.presets.real import local_path
+from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.towers import apply_lora, load_tower
-from dcr_mllm.towers.hf import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.towers.lora import lora_module_names
 from dcr_mllm.training import (
     ResumableBatches,

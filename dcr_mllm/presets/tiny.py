@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 
 SEED = 0
 # Bumped whenever a tiny config changes, so that a stale cached build is rebuilt.
@@ -45,10 +46,6 @@ CLIP_VOCAB_SIZE = 49408
 CLIP_CONTEXT_LENGTH = 77
 SIGLIP_CONTEXT_LENGTH = 64
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 

@@ -18,12 +18,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 from dcr_mllm.towers.base import TowerSpec, VisionTower
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
 
 FAMILY_OF_MODEL_TYPE = {
     "clip": "clip",

@@ -18,8 +18,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.towers.base import TowerSpec, VisionTower
-from dcr_mllm.towers.hf import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _is_side_file
+from dcr_mllm.towers.hf import _is_side_file
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"

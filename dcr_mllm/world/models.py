@@ -96,12 +96,8 @@ def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from dcr_mllm.presets.tiny import (
-        OPENAI_CLIP_MEAN,
-        OPENAI_CLIP_STD,
-        _clip_tokenizer,
-        clip_tokenizer_files,
-    )
+    from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from dcr_mllm.presets.tiny import _clip_tokenizer, clip_tokenizer_files
 
     out_dir = Path(out_dir)
     torch.manual_seed(spec.train_seed)

@@ -28,7 +28,7 @@ from dcr_mllm.enhance.recipe import build_model
 from dcr_mllm.objectives.augment import UPSTREAM_VFLIP, AugmentConfig, positive_view
 from dcr_mllm.presets.real import BACKBONES
 from dcr_mllm.towers import apply_lora, load_tower, merge_lora
-from dcr_mllm.towers.hf import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.towers.lora import lora_module_names
 from dcr_mllm.training.engine import lr_lambda
 
