@@ -26,18 +26,3 @@ def pytest_sessionstart(session):
 
     build_shm_op()
 
-
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-@pytest.fixture(autouse=True)
-def _launcher_variables_do_not_leak():
-    """An in-process CLI run sets RANK/WORLD_SIZE/MASTER_PORT for its one-process group; a later
-    test's subprocess must not inherit them, or it would rendezvous on a port this process holds."""
-    before = {key: os.environ.get(key) for key in LAUNCHER_VARIABLES}
-    yield
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value

@@ -32,13 +32,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+#: the port a plain one-process run chose for itself; a process that inherits it was started by
+#: such a run (not by a launcher, which sets its own port) and must choose again
+SOLO_PORT = "DCR_MLLM_SOLO_PORT"
+
+
 def init_distributed() -> DistInfo:
     """Join (or create) the default process group and pick this process's device."""
     import deepspeed
 
+    inherited_solo = os.environ.get(SOLO_PORT) and os.environ.get(SOLO_PORT) == os.environ.get("MASTER_PORT")
+    if inherited_solo and not dist.is_initialized():
+        # a child of a plain run: its launcher variables name the parent's port, which the parent holds
+        for key in (*LAUNCHER_VARIABLES, SOLO_PORT):
+            os.environ.pop(key, None)
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ[SOLO_PORT] = os.environ["MASTER_PORT"]
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
