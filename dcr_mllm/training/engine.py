@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.io import atomic_path, write_atomic
 from dcr_mllm.training.config import TrainConfig, deepspeed_json
 from dcr_mllm.training.distributed import DistInfo, any_true, barrier, rank_seed
 from dcr_mllm.training.safe_state import (
@@ -168,12 +169,12 @@ class Trainer:
                 (self.checkpoint_dir / script).unlink(missing_ok=True)
             files = sorted(p for p in (self.checkpoint_dir / partial).iterdir() if p.is_file())
             manifest = {"files": {p.name: p.stat().st_size for p in files}}
-            _write_atomic(self.checkpoint_dir / partial / MANIFEST, json.dumps(manifest, indent=1))
+            write_atomic(self.checkpoint_dir / partial / MANIFEST, json.dumps(manifest, indent=1))
             final = self.checkpoint_dir / tag
             if final.exists():
                 shutil.rmtree(final)
             os.replace(self.checkpoint_dir / partial, final)
-            _write_atomic(self.checkpoint_dir / "latest", tag)
+            write_atomic(self.checkpoint_dir / "latest", tag)
             self._prune_checkpoints()
         barrier()
 
@@ -256,7 +257,7 @@ class Trainer:
     def _store_config(self) -> None:
         if self.dist.is_main:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.checkpoint_dir / "config.json", json.dumps(self.fingerprint, indent=1))
+            write_atomic(self.checkpoint_dir / "config.json", json.dumps(self.fingerprint, indent=1))
         barrier()
 
     def _apply_schedule(self) -> None:
@@ -369,12 +370,11 @@ class Trainer:
         if len(set(digests)) != 1:
             raise DcrError(f"ranks finished with different weights ({len(set(digests))} versions); gradients were not synchronised")
         if self.dist.is_main:
-            tmp = self.output_dir / "trainable.safetensors.tmp"
-            save_file(state, tmp)
-            os.replace(tmp, self.output_dir / "trainable.safetensors")
+            with atomic_path(self.output_dir / "trainable.safetensors") as tmp:
+                save_file(state, tmp)
             summary = {"finished": True, "step": self.step, "nonfinite_total": self.nonfinite_total,
                        "world_size": self.dist.world_size, "weights_sha256": digests[0]}
-            _write_atomic(self.output_dir / "train_state.json", json.dumps(summary, indent=1))
+            write_atomic(self.output_dir / "train_state.json", json.dumps(summary, indent=1))
             if self.writer is not None:
                 self.writer.close()
         barrier()
@@ -519,7 +519,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     lines = path.read_text().splitlines(keepends=True)
     kept = [line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= step]
     if len(kept) != len(lines):
-        _write_atomic(path, "".join(kept))
+        write_atomic(path, "".join(kept))
 
 
 def training_digests(stage_dirs: list[Path]) -> dict[str, str]:
@@ -536,13 +536,7 @@ def export_is_current(out_dir: Path, stage_dirs: list[Path]) -> bool:
 
 
 def write_export_marker(out_dir: Path, stage_dirs: list[Path]) -> None:
-    _write_atomic(Path(out_dir) / EXPORT_MARKER, json.dumps(training_digests(stage_dirs), indent=1))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(Path(out_dir) / EXPORT_MARKER, json.dumps(training_digests(stage_dirs), indent=1))
 
 
 def load_trainable_state(module: nn.Module, path: str | Path, prefix: str = "") -> list[str]:
