@@ -91,14 +91,24 @@ def _prepare_eval_data(args: argparse.Namespace) -> None:
     from dcr_mllm.evaluation import lmms_tasks
 
     root = args.output or str(lmms_tasks.eval_data_root())
-    if not (args.synthetic or args.mmvp or args.pope):
-        raise DcrError("nothing to prepare; pass --synthetic, or --mmvp DIR and/or --pope DIR --coco DIR")
+    if not (args.synthetic or args.mmvp or args.pope or args.world):
+        raise DcrError("nothing to prepare; pass --synthetic, --world N, or --mmvp DIR and/or --pope DIR --coco DIR")
+    if args.world < 0:
+        raise DcrError(f"--world {args.world}: give the number of world images (a question per attribute each)")
     if args.pope and not args.coco:
         raise DcrError("--pope needs --coco, the COCO val2014 image directory its questions refer to")
-    written = lmms_tasks.prepare_eval_data(root, mmvp=args.mmvp, pope=args.pope, coco=args.coco, synthetic=args.synthetic, seed=args.seed)
+    written = lmms_tasks.prepare_eval_data(root, mmvp=args.mmvp, pope=args.pope, coco=args.coco, synthetic=args.synthetic, seed=args.seed,
+                                          world=args.world)
     print("\n".join(str(p) for p in written))
     if args.output:
         print(f"export DCR_EVAL_DATA={root}   # so that the *_local lmms-eval tasks read it")
+
+
+def _build_world(args: argparse.Namespace) -> None:
+    from dcr_mllm.world.prepare import prepare_world
+
+    for name, path in prepare_world(args.output).items():
+        print(f"{name}: {path}")
 
 
 def _eval_task_dir(args: argparse.Namespace) -> None:
@@ -183,9 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--root", help="where to build them (default: $DCR_MLLM_CACHE/tiny or ~/.cache/dcr_mllm/tiny)")
     tiny.set_defaults(func=_build_tiny)
 
+    world = sub.add_parser("build-world", help="build the tiny world's base models (cached) and write its training and evaluation sets")
+    world.add_argument("--output", default="outputs/world", help="directory for the world's data sets (default outputs/world)")
+    world.set_defaults(func=_build_world)
+
     evaluate = sub.add_parser("eval-tower", help="score towers on MMVP-VLM or a probe; write results.json, predictions.csv, results.md, chart.png")
     evaluate.add_argument("--tower", action="append", required=True, metavar="[NAME=]DIR", help="a tower directory or preset name; repeat to compare")
-    evaluate.add_argument("--benchmark", required=True, help="mmvp-vlm, classification (zero-shot + linear probe) or fine-grained (synthetic pairs)")
+    evaluate.add_argument("--benchmark", required=True, help="mmvp-vlm, classification (zero-shot + linear probe), fine-grained (synthetic pairs) "
+                          "or world (a make-eval-data world directory: pairs, per-attribute probes, class)")
     evaluate.add_argument("--data", help="the MMVP-VLM directory, or the image folder for classification (fine-grained needs none)")
     evaluate.add_argument("--output", required=True, help="directory for the report")
     evaluate.add_argument("--batch-size", type=int, default=64)
@@ -214,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--pope", help="a directory with POPE's coco_pope_{adversarial,popular,random}.json")
     prepare.add_argument("--coco", help="COCO val2014 images (for --pope)")
     prepare.add_argument("--synthetic", action="store_true", help="small synthetic MMVP and POPE sets in the same schema")
+    prepare.add_argument("--world", type=int, default=0, metavar="N", help="the world's questions (world_local task) about N images")
     prepare.add_argument("--seed", type=int, default=0)
     prepare.set_defaults(func=_prepare_eval_data)
 

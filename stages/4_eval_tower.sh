@@ -5,10 +5,12 @@
 #   bash stages/4_eval_tower.sh                     # tiny-clip vs stage one's tower, synthetic data
 #   bash stages/4_eval_tower.sh --towers "base=/models/clip-l14 dcr=outputs/enhance_clip_l14_224/tower" \
 #        --data /data/MMVP_VLM --probe-data /data/imagenet_val_subset
+#   bash stages/4_eval_tower.sh --towers "base=world-clip dcr=outputs/enhance_world/tower" --world outputs/world/eval
 #
 # Flags fall back to the environment: TOWERS (space-separated [NAME=]DIR or preset names), DATA
 # (a real MMVP-VLM directory; default: a synthetic one under OUTPUT/data), PROBE_DATA (an image
-# folder for the classification probes; default: synthetic), OUTPUT (default outputs/eval_tower).
+# folder for the classification probes; default: synthetic), WORLD (a labelled world set: the
+# world's metrics instead of the three benchmarks), OUTPUT (default outputs/eval_tower).
 # Reports go to OUTPUT/<benchmark>/ with the command that made them (command.txt); a report made
 # by the same command, newer than each tower directory, is not scored again.
 set -euo pipefail
@@ -18,14 +20,16 @@ source "$here/common.sh"
 towers="${TOWERS:-base=tiny-clip dcr=outputs/enhance_tiny/tower}"
 data="${DATA:-}"
 probe_data="${PROBE_DATA:-}"
+world="${WORLD:-}"
 output="${OUTPUT:-outputs/eval_tower}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --towers) towers="$2"; shift 2 ;;
     --data) data="$2"; shift 2 ;;
     --probe-data) probe_data="$2"; shift 2 ;;
+    --world) world="$2"; shift 2 ;;
     --output) output="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -43,11 +47,15 @@ for spec in "${specs[@]}"; do
   if [[ -d "$path" ]]; then dirs+=("$path"); fi
 done
 
-if [[ -z "$data" ]]; then
+if [[ -n "$world" && ! -f "$world/labels.csv" ]]; then
+  echo "error: $world is not a world set (no labels.csv): run dcr-mllm build-world (it writes outputs/world/eval)" >&2
+  exit 2
+fi
+if [[ -z "$data" && -z "$world" ]]; then
   data="$output/data/mmvp_vlm"
   [[ -d "$data" ]] || "$python" -m dcr_mllm.cli make-eval-data mmvp-vlm --output "$data"
 fi
-if [[ -z "$probe_data" ]]; then
+if [[ -z "$probe_data" && -z "$world" ]]; then
   probe_data="$output/data/shapes"
   [[ -d "$probe_data" ]] || "$python" -m dcr_mllm.cli make-eval-data classification --output "$probe_data"
 fi
@@ -69,20 +77,12 @@ score() {
   echo "$1: $report"
 }
 
-score mmvp-vlm --data "$data"
-score classification --data "$probe_data"
-score fine-grained
-
-"$python" - "$output" "${labels[@]}" <<'EOF'
-import json, sys
-from pathlib import Path
-
-output, labels = Path(sys.argv[1]), sys.argv[2:]
-rows = [("MMVP-VLM average", "mmvp-vlm", "average"), ("zero-shot top-1", "classification", "zero_shot_top1"),
-        ("linear-probe top-1", "classification", "linear_probe_top1"), ("fine-grained pairs average", "fine-grained", "average")]
-print("\n| % | " + " | ".join(labels) + " |")
-print("|---" * (len(labels) + 1) + "|")
-for name, benchmark, metric in rows:
-    results = json.loads((output / benchmark / "results.json").read_text())
-    print(f"| {name} | " + " | ".join(f"{results[label][metric]:.1f}" for label in labels) + " |")
-EOF
+if [[ -n "$world" ]]; then
+  score world --data "$world" --pairs-per-attribute 30
+else
+  score mmvp-vlm --data "$data"
+  score classification --data "$probe_data"
+  score fine-grained
+fi
+echo
+"$python" -c "import sys; from dcr_mllm.evaluation.summary import tower_tables; print(chr(10).join(tower_tables(sys.argv[1])))" "$output"

@@ -4,11 +4,12 @@
 #   bash stages/5_eval_mllm.sh           # stage two's model vs the base-tower model, local synthetic MMVP + POPE
 #   bash stages/5_eval_mllm.sh --models "dcr=/ckpt/llava-dcr base=/ckpt/llava-1.5-7b-hf" --tasks dcr_suite --nproc 8
 #   bash stages/5_eval_mllm.sh --models "swap=/ckpt/llava-1.5-7b-hf+outputs/enhance_clip_l14_336/tower"
+#   bash stages/5_eval_mllm.sh --models "dcr=outputs/llava_world/model base=outputs/llava_world_base/model" --tasks world_local
 #
 # A model is NAME=DIR (a llava-hf directory, lmms-eval's llava_hf) or NAME=DIR+TOWER (dcr_llava:
 # the tower swapped in memory). Flags fall back to MODELS, TASKS (default dcr_suite_local),
 # NPROC, OUTPUT (default outputs/eval_mllm) and DCR_EVAL_DATA (local data; default
-# outputs/eval_data, written synthetic when missing). A model whose results are newer than its
+# outputs/eval_data; the synthetic sets and the world's questions are written when missing). A model whose results are newer than its
 # directory is not scored again.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,13 +27,16 @@ while [[ $# -gt 0 ]]; do
     --tasks) tasks="$2"; shift 2 ;;
     --nproc) nproc="$2"; shift 2 ;;
     --output) output="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
 if [[ "$tasks" == *local* && ! -f "$DCR_EVAL_DATA/pope/random.parquet" ]]; then
   "$python" -m dcr_mllm.cli prepare-eval-data --synthetic --output "$DCR_EVAL_DATA" > /dev/null
+fi
+if [[ "$tasks" == *world* && ! -f "$DCR_EVAL_DATA/world/test.parquet" ]]; then
+  "$python" -m dcr_mllm.cli prepare-eval-data --world 150 --output "$DCR_EVAL_DATA" > /dev/null
 fi
 device_args="device=cpu,device_map=cpu"
 if "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then device_args="device=cuda"; fi

@@ -298,6 +298,12 @@ CASES = {
                                                 "run/projector/metrics.jsonl": b'{"step": 1, "loss": 1.0}\n{"step": 2, "lo'}), "line 2"),
     "summary/tower-results-not-json": (summary_args({"tower_eval/mmvp-vlm/results.json": b"[1,"}), "is not valid JSON"),
     "summary/mllm-report-not-utf8": (summary_args({"mllm_eval/report/report.md": b"\xff\xfe"}), "is not UTF-8"),
+    "summary/world-results-without-metrics": (summary_args({"tower_eval/world/results.json": b'{"base": {"class/probe": 1}}'}),
+                                              "lacks world metrics"),
+    "summary/mllm-report-json-not-a-table": (summary_args({"mllm_eval/report/report.json": b"[1]"}), "is not a report"),
+    # build-world
+    "build-world/output-is-a-file": (lambda tiny, tmp: (tmp / "f").write_text("x") and ["build-world", "--output", str(tmp / "f")],
+                                     "is a file"),
 }
 
 

@@ -6,6 +6,7 @@ Local data lives under one directory, ``$DCR_EVAL_DATA`` (default ``~/.cache/dcr
 
     mmvp/test.parquet                                   Index, Question, Options, Correct Answer, image
     pope/{adversarial,popular,random}.parquet           question_id, question, answer, category, image
+    world/test.parquet                                  question_id, attribute, kind, question, answer, options, image
 
 ``prepare_eval_data`` (``prepare_mmvp``/``prepare_pope``) converts the benchmarks' original files into it, MMVP with the
 answer corrections lmms-eval's own MMVP data carries (``MMVP_ANSWER_CORRECTIONS``); the
@@ -31,8 +32,12 @@ from pathlib import Path
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_path
 from dcr_mllm.weights import read_text
+from dcr_mllm.world.conversations import KINDS as WORLD_KINDS
+from dcr_mllm.world.conversations import world_qa_rows
+from dcr_mllm.world.scenes import WORLD_VALUES
 
 POPE_SPLITS = ("adversarial", "popular", "random")
+WORLD_QA_SEED = 2  # the world's question set: neither a training seed nor the tower evaluation's (1)
 POPE_METRICS = ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_pred_yes_ratio")
 
 # MMVP's answers as lmms-eval 0.7.3 scores them: Questions.csv (MMVP/MMVP) with two pairs swapped.
@@ -167,6 +172,49 @@ def pope_pred_yes_ratio(results: list[dict]) -> float:
     return sum(r["prediction"] == "yes" for r in results) / len(results) if results else 0.0
 
 
+# ---------------------------------------------------------------- the world (dcr_mllm.world.conversations)
+def world_doc_to_visual(doc: dict) -> list:
+    return [doc["image"].convert("RGB")]
+
+
+def world_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    return doc["question"]  # the instruction suffix is part of the question, as in training
+
+
+def world_process_results(doc: dict, results: list[str]) -> dict:
+    """Open questions by the first word, yes/no ones by ``yes_no``, multiple choice by
+    ``option_letter``; every metric gets the record and each aggregation keeps its part."""
+    response = results[0]
+    if doc["kind"] == "open":
+        words = re.findall(r"[a-z]+", response.lower())
+        correct = bool(words) and words[0] == doc["answer"].lower()
+    elif doc["kind"] == "yes_no":
+        correct = yes_no(response) == doc["answer"].lower()
+    else:
+        correct = option_letter(response, json.loads(doc["options"])) == doc["answer"]
+    result = {"attribute": doc["attribute"], "kind": doc["kind"], "correct": correct}
+    return dict.fromkeys(WORLD_METRICS, result)
+
+
+def world_accuracy(results: list[dict]) -> float:
+    return sum(r["correct"] for r in results) / len(results) if results else 0.0
+
+
+def _world_accuracy_of(key: str, value: str):
+    def aggregate(results: list[dict]) -> float:
+        return world_accuracy([r for r in results if r[key] == value])
+
+    aggregate.__name__ = f"world_{value}_accuracy"
+    return aggregate
+
+
+#: ``world_<attribute>_accuracy`` for each attribute and ``world_<kind>_accuracy`` for each kind of
+#: question (the YAML lists the same); ``WORLD_METRICS`` adds the overall ``world_accuracy``
+WORLD_PART_ACCURACY = {f"world_{a}_accuracy": _world_accuracy_of("attribute", a) for a in WORLD_VALUES} | \
+    {f"world_{k}_accuracy": _world_accuracy_of("kind", k) for k in WORLD_KINDS}
+WORLD_METRICS = ("world_accuracy", *WORLD_PART_ACCURACY)
+
+
 # ---------------------------------------------------------------- writing the local data
 def write_eval_data(outputs: dict[Path, list[dict]]) -> list[Path]:
     """Write each parquet file (an ``image`` given as a path is decoded only now); all of them are
@@ -251,10 +299,13 @@ def prepare_pope(pope_dir: str | Path, coco_dir: str | Path, out_root: str | Pat
 
 
 def prepare_eval_data(out_root: str | Path, mmvp: str | Path | None = None, pope: str | Path | None = None,
-                      coco: str | Path | None = None, synthetic: bool = False, seed: int = 0) -> list[Path]:
-    """Every requested set read and checked first, then all written together (``write_eval_data``)."""
+                      coco: str | Path | None = None, synthetic: bool = False, seed: int = 0, world: int = 0) -> list[Path]:
+    """Every requested set read and checked first, then all written together (``write_eval_data``);
+    ``world``: that many world images (``seed`` + ``WORLD_QA_SEED``), a question per attribute each."""
     root = Path(out_root)
     outputs = {}
+    if world:
+        outputs[root / "world" / "test.parquet"] = world_qa_rows(world, WORLD_QA_SEED + seed)
     if synthetic:
         outputs[root / "mmvp" / "test.parquet"] = synthetic_mmvp_rows(seed=seed)
         outputs.update({root / "pope" / f"{split}.parquet": rows for split, rows in synthetic_pope_rows(seed=seed).items()})

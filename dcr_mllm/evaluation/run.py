@@ -2,7 +2,8 @@
 
 Benchmarks: ``mmvp-vlm`` (a directory in the official layout), ``classification`` (zero-shot and
 linear-probe top-1 on an image folder: D-Ability) and ``fine-grained`` (synthetic pairs that
-differ in one attribute: P-Ability, with MMVP-VLM). Every input is checked before any model is
+differ in one attribute: P-Ability, with MMVP-VLM) and ``world`` (the tiny world's labelled set:
+``dcr_mllm.world.metrics``). Every input is checked before any model is
 loaded, towers are scored one at a time, and the report goes to ``output`` (see ``tower_report``).
 """
 
@@ -18,7 +19,7 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.evaluation.mmvp_vlm import PREPROCESS, evaluate_mmvp_vlm, read_benchmark
 from dcr_mllm.evaluation.probes import ClassificationData, evaluate_classification, evaluate_fine_grained
 from dcr_mllm.evaluation.synthetic import fine_grained_pairs
-from dcr_mllm.evaluation.tower_report import write_report
+from dcr_mllm.evaluation.tower_report import BenchmarkResult, write_report
 from dcr_mllm.towers import inspect_tower, load_tower
 
 logger = logging.getLogger("dcr_mllm.evaluation")
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "mmvp-vlm": "MMVP-VLM",
     "classification": "Classification probes (D-Ability): zero-shot and linear probe",
     "fine-grained": "Fine-grained pairs (P-Ability): synthetic pairs differing in one attribute",
+    "world": "The tiny world: pairs, per-attribute linear probes (global embedding, feature layer), class zero-shot and probe",
 }
 
 
@@ -89,6 +91,14 @@ def evaluate_towers(
         score = functools.partial(evaluate_mmvp_vlm, data_dir=data, batch_size=batch_size, pairs=read_benchmark(data), preprocess=preprocess)
     elif benchmark == "classification":
         score = functools.partial(evaluate_classification, data=ClassificationData(data), batch_size=batch_size)
+    elif benchmark == "world":
+        from dcr_mllm.world.metrics import evaluate_world
+        from dcr_mllm.world.scenes import read_world
+
+        read_world(data)  # its labels checked before any tower loads
+
+        def score(tower):
+            return BenchmarkResult(evaluate_world(tower, data, pairs_per_attribute))
     else:
         score = functools.partial(evaluate_fine_grained, pairs=fine_grained_pairs(pairs_per_attribute, image_size, seed), batch_size=batch_size)
 
@@ -99,7 +109,7 @@ def evaluate_towers(
         tower = load_tower(path, allow_pickle=allow_pickle).to(device).eval()
         results[label] = score(tower)
         del tower  # freed before the next one loads
-    source = f"data: `{data}`" if data is not None else f"{pairs_per_attribute} pairs per attribute, {image_size} px, seed {seed}"
+    source = f"data: `{data}`" + (f", {pairs_per_attribute} pairs per attribute" if benchmark == "world" else "") if data is not None else f"{pairs_per_attribute} pairs per attribute, {image_size} px, seed {seed}"
     if benchmark == "mmvp-vlm":
         source += f", {preprocess} preprocessing"
     note = source + "; towers: " + ", ".join(f"{label} = `{path}`" for label, path in towers.items())

@@ -53,9 +53,13 @@ def plot_loss(stage_dir: Path, points: dict[int, float] | None = None) -> Path |
 def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path) -> str:
     """Markdown: tower table, MLLM table, loss curves and artefacts of the given training runs."""
     lines = ["# dcr-mllm pipeline summary", ""]
-    lines += ["## Towers (MMVP-VLM, probes; %)", ""] + _tower_table(tower_eval) + [""]
+    lines += tower_tables(tower_eval) + [""]
     report = mllm_eval / "report" / "report.md"
-    lines += ["## LLaVA on the lmms-eval suite", "", read_text(report).strip() if report.is_file() else "(not run)", ""]
+    world = _world_llava_table(mllm_eval / "report" / "report.json")
+    if world:
+        lines += ["## LLaVA in the world (lmms-eval `world_local`, accuracy %)", ""] + world + [""]
+    else:
+        lines += ["## LLaVA on the lmms-eval suite", "", read_text(report).strip() if report.is_file() else "(not run)", ""]
     lines += ["## Training stages (loss curves)", ""]
     stages = []  # everything read and checked before the first curve is drawn
     for name, run in runs.items():
@@ -73,6 +77,63 @@ def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path) -> str:
                 lines.append(f"- {name} {artefact}: {run / artefact}")
     lines += [f"- tower reports: {tower_eval}", f"- MLLM reports: {mllm_eval / 'report'}"]
     return "\n".join(lines) + "\n"
+
+
+def tower_tables(tower_eval: str | Path) -> list[str]:
+    """Markdown: the benchmark table, and the world's tables where the world was scored."""
+    tower_eval = Path(tower_eval)
+    world = tower_eval / "world" / "results.json"
+    if world.is_file():
+        return _world_tables(world)
+    return ["## Towers (MMVP-VLM, probes; %)", ""] + _tower_table(tower_eval)
+
+
+def _world_tables(results_file: Path) -> list[str]:
+    """The headline metrics per tower, then each attribute's probes and pairs per tower."""
+    from dcr_mllm.world.scenes import CLASS, FINE_ATTRIBUTES
+
+    results = read_json(results_file)
+    towers = list(results)
+    try:
+        def cells(metric: str) -> str:
+            return " | ".join(f"{results[t][metric]:.1f}" for t in towers)
+
+        headline = [("class zero-shot (D-Ability)", "class/zero_shot"), ("class linear probe (D-Ability)", "class/probe"),
+                    ("fine attributes, global-embedding probe (mean)", "probe_global/fine_mean"),
+                    ("fine attributes, feature-layer probe (mean)", "probe_layer/fine_mean"), ("world pairs, MMVP-VLM rule (mean)", "pairs/mean")]
+        lines = ["## Towers in the world (%)", "", "| metric | " + " | ".join(towers) + " |", "|---|" + "---:|" * len(towers)]
+        lines += [f"| {label} | {cells(metric)} |" for label, metric in headline]
+        joined = " / ".join(towers)
+        lines += ["", f"Per attribute, {joined} (chance: a probe 1 / number of values, a pair 25):", "",
+                  "| attribute | global probe | feature-layer probe | pairs |", "|---|---:|---:|---:|"]
+        for attribute in (CLASS, *FINE_ATTRIBUTES):
+            per_kind = [" / ".join(f"{results[t][f'{kind}/{attribute}']:.1f}" for t in towers) if f"{kind}/{attribute}" in results[towers[0]] else "-"
+                        for kind in ("probe_global", "probe_layer", "pairs")]
+            lines.append(f"| {attribute} | " + " | ".join(per_kind) + " |")
+    except (KeyError, TypeError, ValueError):
+        raise DcrError(f"{results_file} lacks world metrics for every tower; re-run dcr-mllm eval-tower --benchmark world") from None
+    return lines
+
+
+def _world_llava_table(report_file: Path) -> list[str]:
+    """Each model's ``world_local`` accuracy overall, per attribute and per kind of question
+    (empty when the report has no world task)."""
+    from dcr_mllm.evaluation.lmms_tasks import WORLD_METRICS
+
+    if not report_file.is_file():
+        return []
+    report = read_json(report_file)
+    if not isinstance(report, dict):
+        raise DcrError(f"{report_file} is not a report ({{model: {{metric: value}}}}); re-run dcr-mllm report")
+    models = [m for m in report if isinstance(report[m], dict) and f"world_local/{WORLD_METRICS[0]}" in report[m]]
+    if not models:
+        return []
+    lines = ["| questions | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    for metric in WORLD_METRICS:
+        label = "all" if metric == "world_accuracy" else metric.removeprefix("world_").removesuffix("_accuracy").replace("_", "/")
+        values = [report[m].get(f"world_local/{metric}") for m in models]
+        lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{100 * v:.1f}" for v in values) + " |")
+    return lines
 
 
 def _tower_table(tower_eval: Path) -> list[str]:

@@ -24,13 +24,12 @@ from pathlib import Path
 
 from dcr_mllm.config import PACKAGED_CONFIGS
 from dcr_mllm.errors import DcrError
-from dcr_mllm.world.models import MINI, WorldSpec, build_world, default_world_root
-from dcr_mllm.world.scenes import FINE_ATTRIBUTES, write_world, write_world_shards
+from dcr_mllm.world.models import MINI, WorldSpec
+from dcr_mllm.world.prepare import EVAL_COUNT, SHARD_COUNT, prepare_world
+from dcr_mllm.world.scenes import FINE_ATTRIBUTES
 
 OBJECTIVES = ("reconstruction", "naive", "dcr")
 HEADLINE = ("probe_global/fine_mean", "class/probe", "class/zero_shot", "pairs/mean", "probe_layer/fine_mean")
-EVAL_SEED = 1
-SHARD_SEED = 14  # training images for stage one: neither the world models' nor the evaluation seed
 
 
 def run_jobs(commands: list[tuple[list[str], Path]], jobs: int) -> None:
@@ -51,8 +50,8 @@ def run_jobs(commands: list[tuple[list[str], Path]], jobs: int) -> None:
 
 
 def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str | Path | None = None, overrides: list[str] = (),
-                 spec: WorldSpec | None = None, world_root: str | Path | None = None, eval_count: int = 1200, pairs: int = 30,
-                 shard_count: int = 4096) -> Path:
+                 spec: WorldSpec | None = None, world_root: str | Path | None = None, eval_count: int = EVAL_COUNT, pairs: int = 30,
+                 shard_count: int = SHARD_COUNT) -> Path:
     if seeds < 1 or jobs < 1:
         raise DcrError(f"--seeds {seeds} and --jobs {jobs}: both must be at least 1")
     config = Path(config or PACKAGED_CONFIGS / "enhance_world.yaml")
@@ -61,10 +60,8 @@ def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str 
     spec = spec or WorldSpec()
     out = Path(output).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    models = build_world(world_root or default_world_root(), spec)
-    shards = write_world_shards(out / "data", shard_count, SHARD_SEED, size=spec.image_size)
-    if not (out / "eval").is_dir():
-        write_world(out / "eval", seed=EVAL_SEED, count=eval_count, size=spec.image_size)
+    world = prepare_world(out, spec, world_root, shard_count=shard_count, conversation_count=0, eval_count=eval_count)
+    models, shards = {"clip": world["world-clip"], "sd": world["world-sd"]}, world["shards"]
     base = out / "base" / "tower"
     if not base.is_dir():
         shutil.copytree(models["clip"], base.with_name("tower.partial"), dirs_exist_ok=True)

@@ -50,7 +50,7 @@ LABELS_FILE = "labels.csv"
 #: seeds the world models and stage one's world images are drawn from; evaluation sets must use others
 TRAINING_SEEDS = range(10, 15)
 
-_NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 _SIZE_SCALE = {"small": 0.6, "large": 1.1}
 _SHADE = 0.35  # the facing half is drawn at this fraction of the colour
 # Unit vector (x right, y down) each orientation points along.
@@ -92,7 +92,7 @@ def attribute_phrase(scene: WorldScene, attribute: str) -> str:
     if attribute == "color":
         return f"a {scene.color} {shape}"
     if attribute == "count":
-        return f"{_NUMBER_WORDS[scene.count]} {_noun(scene)}"
+        return f"{NUMBER_WORDS[scene.count]} {_noun(scene)}"
     if attribute == "position":
         return f"a {shape} on the {scene.position}"
     if attribute == "orientation":
@@ -112,7 +112,7 @@ def clip_caption(scene: WorldScene, rng: random.Random, detail_rate: float) -> s
 
 def detailed_caption(scene: WorldScene) -> str:
     """Every attribute named, e.g. 'two small red circles facing up on the left, on gray'."""
-    return (f"{_NUMBER_WORDS[scene.count]} {scene.size} {scene.color} {_noun(scene)} facing {scene.orientation} "
+    return (f"{NUMBER_WORDS[scene.count]} {scene.size} {scene.color} {_noun(scene)} facing {scene.orientation} "
             f"on the {scene.position}, on {scene.background}")
 
 

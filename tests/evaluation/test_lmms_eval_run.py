@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dcr_mllm.evaluation.lmms_tasks import POPE_METRICS, synthetic_mmvp, synthetic_pope
+from dcr_mllm.evaluation.lmms_tasks import POPE_METRICS, WORLD_METRICS, prepare_eval_data, synthetic_mmvp, synthetic_pope
 from dcr_mllm.llava.build import build_llava
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,6 +25,7 @@ def setup(tiny, tmp_path_factory):
     processor.save_pretrained(root / "llava")
     synthetic_mmvp(root / "data", num_pairs=2)
     synthetic_pope(root / "data", questions_per_split=4)
+    prepare_eval_data(root / "data", world=2)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DCR_EVAL_DATA": str(root / "data"), "OMP_NUM_THREADS": "1"}
     return root, env
 
@@ -46,7 +47,7 @@ def test_llava_hf_on_the_local_tasks_reports_every_metric(setup):
     root, env = setup
     # through the clone's eval_tasks, a link to the package's task folder, which lmms-eval follows
     lmms_eval(env, "eval", "--model", "llava_hf", "--model_args", f"pretrained={root / 'llava'},device=cpu,device_map=cpu",
-              "--tasks", "dcr_suite_local", "--include_path", str(REPO / "eval_tasks"), "--batch_size", "1", "--output_path", str(root / "out"))
+              "--tasks", "dcr_suite_local,world_local", "--include_path", str(REPO / "eval_tasks"), "--batch_size", "1", "--output_path", str(root / "out"))
     results, higher_is_better = results_of(root / "out"), results_of(root / "out", "higher_is_better")
     assert {"mmvp_accuracy,none", "mmvp_pair_accuracy,none"} <= results["mmvp_local"].keys()
     for task in ("pope_local_adv", "pope_local_pop", "pope_local_random"):
@@ -54,6 +55,12 @@ def test_llava_hf_on_the_local_tasks_reports_every_metric(setup):
         assert all(0.0 <= results[task][f"{m},none"] <= 1.0 for m in POPE_METRICS)
         assert higher_is_better[task] == {"pope_accuracy": True, "pope_precision": True, "pope_recall": True,
                                           "pope_f1_score": True, "pope_pred_yes_ratio": None}
+    # the world: 2 images x 7 attributes, one question each, so the overall accuracy is the mean of the attributes'
+    world = results["world_local"]
+    assert {f"{m},none" for m in WORLD_METRICS} <= world.keys() and len(WORLD_METRICS) == 1 + 7 + 3
+    per_attribute = [world[f"{m},none"] for m in WORLD_METRICS[1:8]]
+    assert all(value in (0.0, 0.5, 1.0) for value in per_attribute)
+    assert world["world_accuracy,none"] == pytest.approx(sum(per_attribute) / 7)
 
 
 @pytest.mark.slow
@@ -104,5 +111,5 @@ def test_task_list_shows_the_project_tasks(setup):
     _, env = setup
     printed = subprocess.run([sys.executable, "-m", "dcr_mllm.cli", "eval-task-dir"], env=env, capture_output=True, text=True, check=True)
     listing = lmms_eval(env, "tasks", "list", "--include-path", printed.stdout.strip()).stdout
-    for name in ("dcr_suite", "dcr_suite_local", "mmvp_local", "pope_local_adv", "pope_local_pop", "pope_local_random"):
+    for name in ("dcr_suite", "dcr_suite_local", "mmvp_local", "pope_local_adv", "pope_local_pop", "pope_local_random", "world_local"):
         assert re.search(rf"^\s*{name}\s*$", listing, flags=re.M), f"{name} is not listed"

@@ -13,7 +13,7 @@ from dcr_mllm.evaluation.lmms_tasks import synthetic_mmvp, synthetic_pope, task_
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_FILES = {"dcr_suite.yaml", "dcr_suite_local.yaml", "mmvp_local.yaml", "pope_local_adv.yaml", "pope_local_pop.yaml",
-              "pope_local_random.yaml", "_pope_local_template_yaml", "utils.py"}
+              "pope_local_random.yaml", "world_local.yaml", "_pope_local_template_yaml", "utils.py"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def installed(tmp_path_factory):
 def test_the_wheel_holds_the_task_folder_and_configs(installed):
     names, _ = installed
     assert {f"dcr_mllm/tasks/{name}" for name in TASK_FILES} <= names
-    assert {"dcr_mllm/configs/enhance_tiny.yaml", "dcr_mllm/configs/llava_tiny.yaml"} <= names
+    assert {f"dcr_mllm/configs/{stage}_{preset}.yaml" for stage in ("enhance", "llava") for preset in ("tiny", "world")} <= names
 
 
 def test_task_dir_is_the_installed_folder_and_the_clone_links_it(installed):

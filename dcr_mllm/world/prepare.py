@@ -1,0 +1,46 @@
+"""Everything the world pipeline reads, in one place: ``dcr-mllm build-world --output outputs/world``.
+
+- the base models ``world-clip`` and ``world-sd`` (built once, cached: ``models.build_world``);
+- ``OUT/shards``: stage one's training images (webdataset shards, detailed captions);
+- ``OUT/llava``: stage two's conversations (``conversations.write_world_conversations``);
+- ``OUT/eval``: the tower evaluation set with its labels (``scenes.write_world``).
+
+Each set comes from its own seed, and evaluation seeds are never training seeds. Every piece that
+is already complete is kept, so a second call takes well under a second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dcr_mllm.errors import DcrError
+from dcr_mllm.world.conversations import write_world_conversations
+from dcr_mllm.world.models import WorldSpec, build_world
+from dcr_mllm.world.scenes import write_world, write_world_shards
+
+SHARD_SEED = 14  # stage one's images: neither the world models' seeds (10-12) nor an evaluation seed
+CONVERSATION_SEED = 13
+EVAL_SEED = 1  # the tower evaluation set; the LLaVA questions use lmms_tasks.WORLD_QA_SEED (2)
+SHARD_COUNT = 4096
+CONVERSATION_COUNT = 4000
+EVAL_COUNT = 1200
+
+
+def prepare_world(output: str | Path = "outputs/world", spec: WorldSpec | None = None, world_root: str | Path | None = None,
+                  shard_count: int = SHARD_COUNT, conversation_count: int = CONVERSATION_COUNT, eval_count: int = EVAL_COUNT) -> dict[str, Path]:
+    """Build what is missing; returns ``{name: path}`` for the models and the three sets
+    (``conversation_count`` 0 skips the conversations)."""
+    spec = spec or WorldSpec()
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise DcrError(f"--output {out} is a file; give a directory for the world's data sets")
+    out.mkdir(parents=True, exist_ok=True)
+    models = build_world(world_root, spec)
+    paths = {"world-clip": models["clip"], "world-sd": models["sd"],
+             "shards": write_world_shards(out / "shards", shard_count, SHARD_SEED, size=spec.image_size)}
+    if conversation_count:
+        paths["llava"] = write_world_conversations(out / "llava", conversation_count, CONVERSATION_SEED, size=spec.image_size)
+    if not (out / "eval").is_dir():
+        write_world(out / "eval", seed=EVAL_SEED, count=eval_count, size=spec.image_size)
+    paths["eval"] = out / "eval"
+    return paths

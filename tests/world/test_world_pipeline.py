@@ -1,0 +1,178 @@
+"""The world's default pipeline pieces: conversations, the question set and its scoring, build-world,
+the tower report and the summary tables."""
+
+import json
+import random
+import re
+
+import pytest
+
+from dcr_mllm.cli import main
+from dcr_mllm.errors import DcrError
+from dcr_mllm.evaluation import lmms_tasks
+from dcr_mllm.evaluation.summary import tower_tables
+from dcr_mllm.world.conversations import KINDS, world_qa_rows, world_question, write_world_conversations
+from dcr_mllm.world.models import MINI
+from dcr_mllm.world.prepare import prepare_world
+from dcr_mllm.world.scenes import FINE_ATTRIBUTES, NUMBER_WORDS, WORLD_VALUES, detailed_caption, read_world, sample_scenes
+
+_YES_NO = {  # the value each yes/no question names, recovered from its text
+    "shape": r"^Is there a (\w+) in the image\?", "color": r"^Are the shapes (\w+)\?", "count": r"^Is the number of shapes (\w+)\?",
+    "position": r"^Are the shapes on the (\w+)\?", "orientation": r"^Are the shapes facing (\w+)\?", "size": r"^Are the shapes (\w+)\?",
+    "background": r"^Is the background (\w+)\?",
+}
+
+
+def true_word(scene, attribute):
+    value = getattr(scene, attribute)
+    return NUMBER_WORDS[value] if attribute == "count" else value
+
+
+def check_answer(scene, attribute, kind, question, answer):
+    """Recompute the answer from the scene's ground truth and the question's own words."""
+    if kind == "open":
+        assert answer == true_word(scene, attribute).capitalize() and "\nA. " not in question, question
+        assert question.endswith("\nAnswer the question using a single word or phrase.")
+    elif kind == "yes_no":
+        asked = re.match(_YES_NO[attribute], question).group(1)
+        assert answer == ("Yes" if asked == true_word(scene, attribute) else "No"), question
+        assert question.endswith("\nAnswer the question using a single word or phrase.")
+    else:
+        options = dict(re.findall(r"^([AB])\. (\w+)$", question, flags=re.MULTILINE))
+        assert sorted(options) == ["A", "B"] and options["A"] != options["B"], question
+        assert options[answer] == true_word(scene, attribute), question
+        assert question.endswith("\nAnswer with the option's letter from the given choices directly.")
+
+
+def test_questions_are_right_and_balanced():
+    rng = random.Random(0)
+    answers = {kind: [] for kind in KINDS}
+    assert KINDS == ("open", "yes_no", "choice")
+    for scene in sample_scenes(300, 20):
+        for attribute in WORLD_VALUES:
+            for kind in KINDS:
+                qa = world_question(scene, attribute, kind, rng)
+                check_answer(scene, attribute, kind, qa["question"], qa["answer"])
+                answers[kind].append(qa["answer"])
+    for kind, first in (("yes_no", "Yes"), ("choice", "A")):  # open answers are the scenes' values
+        share = answers[kind].count(first) / len(answers[kind])
+        assert 0.45 < share < 0.55, f"{kind}: {share:.2f} of answers are {first}"
+
+
+def test_conversations_caption_and_ask_about_the_scenes(tmp_path):
+    out = write_world_conversations(tmp_path / "llava", count=12, seed=13)
+    scenes = sample_scenes(12, 13)
+    pretrain = json.loads((out / "pretrain.json").read_text())
+    finetune = json.loads((out / "finetune.json").read_text())
+    assert [r["conversations"][1]["value"] for r in pretrain] == [detailed_caption(s) for s in scenes]
+    kinds = set()
+    for record, scene in zip(finetune, scenes):
+        assert (out / "images" / record["image"]).is_file()
+        turns = record["conversations"]
+        assert len(turns) == 6 and turns[0]["value"].startswith("<image>\n") and "<image>" not in "".join(t["value"] for t in turns[1:])
+        for human, gpt in zip(turns[0::2], turns[1::2]):
+            question = human["value"].removeprefix("<image>\n")
+            kind = "choice" if "\nA. " in question else "yes_no" if any(re.match(p, question) for p in _YES_NO.values()) else "open"
+            if kind == "yes_no":  # the attribute from the words (colour and size share a pattern: either matches)
+                attribute = next(a for a in WORLD_VALUES if re.match(_YES_NO[a], question) and
+                                 re.match(_YES_NO[a], question).group(1) in map(str, [*WORLD_VALUES[a], *NUMBER_WORDS.values()]))
+                check_answer(scene, attribute, kind, question, gpt["value"])
+            kinds.add(kind)
+    assert kinds == set(KINDS)
+    with pytest.raises(DcrError, match="training seed"):
+        write_world_conversations(tmp_path / "other", count=2, seed=1)
+
+
+def test_question_set_asks_every_attribute_of_every_image():
+    rows = world_qa_rows(4, seed=2)
+    scenes = sample_scenes(4, 2)
+    assert len(rows) == 4 * len(WORLD_VALUES)
+    for row in rows:
+        index = int(row["question_id"].split("-")[0])
+        check_answer(scenes[index], row["attribute"], row["kind"], row["question"], row["answer"])
+    assert {r["kind"] for r in rows if r["attribute"] == "color"} == set(KINDS)
+    with pytest.raises(DcrError, match="training images"):
+        world_qa_rows(2, seed=12)
+
+
+def test_world_answers_are_scored_per_attribute():
+    docs = [{"attribute": "position", "kind": "yes_no", "answer": "Yes", "options": "[]"},
+            {"attribute": "position", "kind": "choice", "answer": "B", "options": json.dumps(["left", "top"])},
+            {"attribute": "color", "kind": "choice", "answer": "A", "options": json.dumps(["red", "blue"])},
+            {"attribute": "color", "kind": "yes_no", "answer": "No", "options": "[]"},
+            {"attribute": "count", "kind": "open", "answer": "Two", "options": "[]"},
+            {"attribute": "count", "kind": "open", "answer": "Two", "options": "[]"}]
+    # right (parsed), right (the option's text), wrong, right, right (first word), wrong
+    responses = ["Yes.", "top", "B", "no", "two shapes", "Three."]
+    results = [lmms_tasks.world_process_results(d, [r]) for d, r in zip(docs, responses)]
+    records = [r["world_accuracy"] for r in results]
+    assert all(set(r) == set(lmms_tasks.WORLD_METRICS) for r in results)
+    assert lmms_tasks.world_accuracy(records) == pytest.approx(4 / 6)
+    part = lmms_tasks.WORLD_PART_ACCURACY
+    assert (part["world_position_accuracy"](records), part["world_color_accuracy"](records), part["world_count_accuracy"](records)) == (1.0, 0.5, 0.5)
+    assert (part["world_open_accuracy"](records), part["world_yes_no_accuracy"](records), part["world_choice_accuracy"](records)) == (0.5, 1.0, 0.5)
+    assert part["world_size_accuracy"](records) == 0.0  # none asked: 0, as mmvp_accuracy
+
+
+def test_prepare_eval_data_world_writes_the_task_schema(tmp_path, capsys):
+    import datasets
+
+    assert main(["prepare-eval-data", "--world", "3", "--output", str(tmp_path)]) == 0
+    table = datasets.Dataset.from_parquet(str(tmp_path / "world" / "test.parquet"))
+    assert table.num_rows == 3 * len(WORLD_VALUES)
+    assert set(table.column_names) == {"question_id", "attribute", "kind", "question", "answer", "options", "image"}
+    assert table[0]["image"].size == (32, 32)
+    assert main(["prepare-eval-data", "--world", "-1", "--output", str(tmp_path / "bad")]) == 2
+
+
+def test_build_world_writes_every_set_once(tmp_path):
+    paths = prepare_world(tmp_path / "world", MINI, world_root=tmp_path / "models", shard_count=20, conversation_count=5, eval_count=12)
+    assert {"world-clip", "world-sd", "shards", "llava", "eval"} == set(paths)
+    assert (paths["world-clip"] / "model.safetensors").is_file() and (paths["world-sd"] / "unet").is_dir()
+    assert len(list(paths["shards"].glob("*.tar"))) == 1 and len(read_world(paths["eval"])) == 12
+    stamps = {p: p.stat().st_mtime_ns for p in (paths["eval"] / "labels.csv", paths["llava"] / "finetune.json", paths["shards"] / "00000.tar")}
+    prepare_world(tmp_path / "world", MINI, world_root=tmp_path / "models", shard_count=20, conversation_count=5, eval_count=12)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "a complete set is kept"
+
+
+def test_eval_tower_world_and_the_summary_tables(tiny, tmp_path, capsys):
+    assert main(["make-eval-data", "world", "--output", str(tmp_path / "eval"), "--count", "24", "--seed", "3"]) == 0
+    out = tmp_path / "tower_eval" / "world"
+    assert main(["eval-tower", "--tower", f"base={tiny['clip']}", "--tower", f"other={tiny['clip']}", "--benchmark", "world",
+                 "--data", str(tmp_path / "eval"), "--pairs-per-attribute", "2", "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["base"] == results["other"], "the same tower scores the same"
+    assert {f"probe_global/{a}" for a in WORLD_VALUES} | {f"pairs/{a}" for a in FINE_ATTRIBUTES} | {"class/zero_shot"} <= results["base"].keys()
+    text = "\n".join(tower_tables(tmp_path / "tower_eval"))
+    assert "| class zero-shot (D-Ability) |" in text
+    fine = results["base"]["probe_global/fine_mean"]
+    assert f"| fine attributes, global-embedding probe (mean) | {fine:.1f} | {fine:.1f} |" in text
+    position = [results["base"][f"{kind}/position"] for kind in ("probe_global", "probe_layer", "pairs")]
+    assert "| position | " + " | ".join(f"{v:.1f} / {v:.1f}" for v in position) + " |" in text
+    # a set without labels is refused before any tower loads
+    assert main(["eval-tower", "--tower", str(tiny["clip"]), "--benchmark", "world", "--data", str(tmp_path), "--output", str(tmp_path / "x")]) == 2
+    assert "labels.csv" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+
+def test_summary_shows_each_llavas_world_accuracy(tmp_path):
+    from dcr_mllm.evaluation.summary import summarize
+
+    report = {"dcr": {"world_local/world_accuracy": 0.6, "world_local/world_position_accuracy": 0.75, "world_local/world_open_accuracy": 0.5},
+              "base": {"world_local/world_accuracy": 0.5, "world_local/world_position_accuracy": 0.25}}
+    (tmp_path / "mllm" / "report").mkdir(parents=True)
+    (tmp_path / "mllm" / "report" / "report.json").write_text(json.dumps(report))
+    text = summarize({}, tmp_path / "tower", tmp_path / "mllm")
+    assert "| questions | dcr | base |" in text
+    assert "| all | 60.0 | 50.0 |" in text and "| position | 75.0 | 25.0 |" in text and "| open | 50.0 | - |" in text
+
+
+def test_run_all_says_what_it_runs_and_refuses_a_bad_config_dir(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "stages" / "run_all.sh"
+    shown = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "the tiny world (default)" in shown and "--tiny" in shown
+    refused = subprocess.run(["bash", str(script), "--config-dir", str(tmp_path)], capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0 and "enhance.yaml" in refused.stderr
