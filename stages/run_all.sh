@@ -8,8 +8,9 @@
 #
 # A config directory holds enhance.yaml (stage 1) and llava.yaml (stages 2-3); the world's are in
 # stages/configs/world and its data comes from `dcr-mllm build-world` (step 0). On one CPU process
-# the base-tower LLaVA trains alongside stage one (one thread each). Every stage skips what is
-# already complete, so a rerun resumes where a run stopped, and a finished run takes seconds.
+# the base-tower LLaVA trains alongside stage one (one thread each), then the rest uses every core.
+# Every stage skips what is already complete, so a rerun resumes where a run stopped, and a
+# finished run takes seconds.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/common.sh"
@@ -21,7 +22,7 @@ while [[ $# -gt 0 ]]; do
     --tiny) config_dir="$here/configs/tiny" world=0; shift ;;
     --nproc) nproc="$2"; shift 2 ;;
     --hostfile) hostfile="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,26 +50,26 @@ if [[ "$world" == 1 ]]; then
   step "0/5 build the world (base models cached in ${DCR_MLLM_CACHE:-~/.cache/dcr_mllm}/world; data in outputs/world)"
   "$python" -m dcr_mllm.cli build-world --output outputs/world
 fi
-side_pid=""
+side_pid="" one_thread=()
 trap '[[ -z "$side_pid" ]] || kill -- "-$side_pid" 2>/dev/null || true' EXIT  # a failed run takes its side job down too
 if [[ "$nproc" == 1 && -z "$hostfile" ]] && "$python" -c "import torch, sys; sys.exit(torch.cuda.is_available())"; then
-  export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # two one-thread processes use two cores without stalling each other
+  one_thread=(env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1)  # two one-thread processes share two cores without stalling
   mkdir -p outputs/logs
   echo "(the base-tower LLaVA trains alongside stage one; its log: outputs/logs/llava_base.log)"
   set -m  # its own process group, so that the trap can stop all of it
-  llava base "$base_tower" "${llava_out}_base" > outputs/logs/llava_base.log 2>&1 &
+  (export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; llava base "$base_tower" "${llava_out}_base") > outputs/logs/llava_base.log 2>&1 &
   side_pid=$!
   set +m
 fi
 step "1/5 enhance the tower"
-bash "$here/1_enhance_tower.sh" --config "$enhance_config" "${launch_args[@]}"
-llava dcr "$enhance_out/tower" "$llava_out"
+"${one_thread[@]}" bash "$here/1_enhance_tower.sh" --config "$enhance_config" "${launch_args[@]}"
 if [[ -n "$side_pid" ]]; then
   wait "$side_pid" || { side_pid=""; echo "error: the base-tower LLaVA failed; see outputs/logs/llava_base.log" >&2; exit 1; }
   side_pid=""
 else
   llava base "$base_tower" "${llava_out}_base"
 fi
+llava dcr "$enhance_out/tower" "$llava_out"
 
 if [[ "$world" == 1 ]]; then
   tower_eval=outputs/eval_tower_world mllm_eval=outputs/eval_mllm_world

@@ -10,7 +10,8 @@ on labelled world images, the denoising error (MSE to the scheduler's target) an
   prompt, and with the empty prompt shifted by the caption's mean context offset (the shift
   form's best guess of the caption, no training needed);
 - ``mse_gain/<attribute>``: the error with the caption's ``attribute`` changed, minus the error
-  with the right caption (positive: the denoiser uses that attribute);
+  with the right caption (positive: the denoiser uses that attribute); ``shift_gain/<attribute>``:
+  the same in the shift form (what DCR's conditioning can pass on of that attribute);
 - ``change/caption`` and ``change/shift``: relative change of the prediction when the condition
   is another image's (caption, or shift form).
 """
@@ -37,7 +38,9 @@ TIMESTEPS = (200, 500, 800)
 
 
 @torch.inference_mode()
-def condition_sensitivity(sd_dir: str | Path, data_dir: str | Path, count: int = 256, seed: int = 0) -> dict[str, float]:
+def condition_sensitivity(sd_dir: str | Path, data_dir: str | Path, count: int = 256, seed: int = 0,
+                          timesteps: tuple[int, ...] = TIMESTEPS) -> dict[str, float]:
+    """Each value is the mean over ``timesteps``."""
     from transformers import AutoTokenizer, CLIPTextModel
 
     denoiser = FrozenDenoiser.from_pretrained(sd_dir)
@@ -62,7 +65,7 @@ def condition_sensitivity(sd_dir: str | Path, data_dir: str | Path, count: int =
                            for s in scenes]) for a in FINE_ATTRIBUTES}
 
     sums: dict[str, float] = {}
-    for t in TIMESTEPS:
+    for t in timesteps:
         noise = torch.randn(latents.shape, generator=generator)
         steps = torch.full((len(items),), t)
         noisy = denoiser.add_noise(latents, noise, steps)
@@ -74,8 +77,10 @@ def condition_sensitivity(sd_dir: str | Path, data_dir: str | Path, count: int =
                   "change/shift": _change(own_shift, denoiser.predict(noisy, steps, shift[other]))}
         for attribute, ctx in changed.items():
             values[f"mse_gain/{attribute}"] = _mse(denoiser.predict(noisy, steps, ctx), target) - values["mse/caption"]
+            ctx_shift = empty + (ctx - empty).mean(dim=1, keepdim=True)
+            values[f"shift_gain/{attribute}"] = _mse(denoiser.predict(noisy, steps, ctx_shift), target) - values["mse/shift"]
         for key, value in values.items():
-            sums[key] = sums.get(key, 0.0) + value / len(TIMESTEPS)
+            sums[key] = sums.get(key, 0.0) + value / len(timesteps)
     return sums
 
 

@@ -59,15 +59,32 @@ class WorldSpec:
     #: come from the condition (with epsilon it is mostly the noise, whatever the condition says)
     prediction_type: str = "v_prediction"
     lr: float = 1e-3
+    #: one UNet level each (8x8, 4x4, ...), cross-attention on all but the lowest; a third level (2x2,
+    #: where zero padding makes every cell a corner) lets a uniform condition place things in a half
+    unet_channels: tuple[int, ...] = (32, 64)
+    #: share of UNet training timesteps drawn from the top ``HIGH_NOISE`` of the schedule, where the
+    #: noisy latent no longer shows the layout and only the caption can say where things are
+    high_noise_share: float = 0.0
+    #: share of UNet training conditions given in DCR's shift form (the empty prompt's context plus
+    #: the caption's mean offset from it on every token), so the denoiser also answers that form
+    shift_share: float = 0.0
 
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps([VERSION, dataclasses.asdict(self)], sort_keys=True).encode()).hexdigest()[:16]
+    def fingerprint(self, name: str) -> str:
+        """What model ``name`` is built from: the CLIP from the shared and ``clip_*`` fields, the
+        denoiser from every other field, so a change to one model's fields keeps the other's build."""
+        def reads(field: str) -> bool:
+            return field in SHARED_FIELDS or field.startswith("clip_") == (name == "clip")
+
+        own = {k: v for k, v in dataclasses.asdict(self).items() if reads(k)}
+        return hashlib.sha256(json.dumps([VERSION, name, own], sort_keys=True).encode()).hexdigest()[:16]
 
 
 MINI = WorldSpec(clip_images=64, clip_steps=3, clip_batch=16, vae_steps=3, sd_images=64, sd_steps=3, sd_batch=16)
 
 CLIP_WIDTH, CLIP_LAYERS, CLIP_PATCH, EMBED_DIM = 64, 4, 4, 32
 TEXT_WIDTH = 64  # also the UNet's cross-attention width
+HIGH_NOISE = range(700, 1000)
+SHARED_FIELDS = ("image_size", "train_seed", "lr")  # read by both builds
 
 
 def default_world_root() -> Path:
@@ -181,8 +198,11 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     tokenizer = _clip_tokenizer()
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_size=TEXT_WIDTH,
                                                 intermediate_size=2 * TEXT_WIDTH, num_hidden_layers=2, num_attention_heads=2, hidden_act="gelu"))
-    unet = UNet2DConditionModel(sample_size=spec.image_size // 4, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    levels = len(spec.unet_channels)
+    unet = UNet2DConditionModel(sample_size=spec.image_size // 4, in_channels=4, out_channels=4,
+                                block_out_channels=tuple(spec.unet_channels), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
                                 cross_attention_dim=TEXT_WIDTH, attention_head_dim=8, norm_num_groups=8)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               prediction_type=spec.prediction_type, clip_sample=False, steps_offset=1)
@@ -192,6 +212,7 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     optimizer = torch.optim.AdamW(params, lr=spec.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, spec.sd_steps, min(50, spec.sd_steps)))
     rng = random.Random(spec.train_seed + 3)
+    empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
     unet.train()
     text_encoder.train()
     for _ in range(spec.sd_steps):
@@ -201,10 +222,18 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
         x0 = latents[index]
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, 1000, (len(x0),), generator=generator)
+        if spec.high_noise_share:
+            high = torch.rand(len(x0), generator=generator) < spec.high_noise_share
+            t = torch.where(high, torch.randint(HIGH_NOISE.start, HIGH_NOISE.stop, (len(x0),), generator=generator), t)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         target = a.sqrt() * noise - (1 - a).sqrt() * x0 if spec.prediction_type == "v_prediction" else noise
-        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample, target)
+        context = text_encoder(ids)[0]
+        if spec.shift_share:
+            empty = text_encoder(empty_ids)[0]
+            shifted = empty + (context - empty).mean(dim=1, keepdim=True)
+            context = torch.where((torch.rand(len(x0), generator=generator) < spec.shift_share).view(-1, 1, 1), shifted, context)
+        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -224,7 +253,7 @@ WORLD_BUILDERS = {"clip": build_world_clip, "sd": build_world_sd}
 
 def _is_complete(path: Path, spec: WorldSpec) -> bool:
     marker = path / MARKER
-    return marker.is_file() and marker.read_text() == spec.fingerprint()
+    return marker.is_file() and marker.read_text() == spec.fingerprint(path.name)
 
 
 def ensure_world(name: str, root: str | Path | None = None, spec: WorldSpec = WorldSpec()) -> Path:
@@ -250,7 +279,7 @@ def ensure_world(name: str, root: str | Path | None = None, spec: WorldSpec = Wo
         try:
             with torch.random.fork_rng(devices=[]):
                 WORLD_BUILDERS[name](tmp, spec)
-            (tmp / MARKER).write_text(spec.fingerprint())
+            (tmp / MARKER).write_text(spec.fingerprint(name))
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)

@@ -113,3 +113,20 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert len(results["metrics"]["dcr"]["class/probe"]["seeds"]) == 2
     assert "| objective | metric | per seed |" in (out / "report.md").read_text()
+
+
+def test_a_denoiser_field_keeps_the_clip_build_and_the_variants_build(tmp_path):
+    """Fingerprints per model: a denoiser-only change rebuilds only the denoiser. The denoiser
+    variants tried for the diagnosis (a third UNet level, high-noise timesteps, shift-form
+    conditions) build in the miniature world and load as a StableDiffusionPipeline."""
+    import dataclasses
+
+    from diffusers import UNet2DConditionModel
+
+    variant = dataclasses.replace(MINI, unet_channels=(16, 32, 32), high_noise_share=0.5, shift_share=0.3)
+    assert variant.fingerprint("clip") == MINI.fingerprint("clip")
+    assert variant.fingerprint("sd") != MINI.fingerprint("sd")
+    assert dataclasses.replace(MINI, clip_steps=4).fingerprint("sd") == MINI.fingerprint("sd")
+    sd = ensure_world("sd", tmp_path, variant)
+    unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet")
+    assert unet.config.block_out_channels == [16, 32, 32] and unet.config.down_block_types[:2] == ["CrossAttnDownBlock2D"] * 2
