@@ -2,7 +2,7 @@
 # The whole pipeline: enhance a tower (1), train LLaVA with it (2, 3) and, as the baseline, with
 # the base tower, score both towers (4) and both LLaVAs (5), then print a summary.
 #
-#   bash stages/run_all.sh            # the tiny world (default): trained world models, 2 CPU cores, ~15 min the first time
+#   bash stages/run_all.sh            # the tiny world (default): trained world models, 2 CPU cores, ~12 min the first time
 #   bash stages/run_all.sh --tiny     # the random tiny preset on synthetic data: every stage in ~4 minutes
 #   bash stages/run_all.sh --config-dir stages/configs/paper_clip_l14_224 --nproc 8 [--hostfile hosts.txt]
 #
