@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 from dcr_mllm.data.synthetic import caption, render_scene, sample_attributes
+from dcr_mllm.llava.templates import CHOICE_PROMPT, SHORT_ANSWER_PROMPT
 
 NUMBERS = {1: "One.", 2: "Two.", 3: "Three.", 4: "Four."}
 TEXT_ONLY = [
@@ -29,9 +30,9 @@ def _questions(attrs, rng: random.Random) -> list[dict]:
         ("What colour are the shapes?", attrs.colour.capitalize() + "."),
         ("How many shapes are there?", NUMBERS[attrs.count]),
         ("Which way do the shapes point?", attrs.orientation.capitalize() + "."),
-        (f"Is there a {asked_colour} {attrs.shape} in the image?\nAnswer the question using a single word or phrase.",
+        (f"Is there a {asked_colour} {attrs.shape} in the image?{SHORT_ANSWER_PROMPT}",
          "Yes" if asked_colour == attrs.colour else "No"),
-        (f"Which way do the shapes point?\nA. {options[0]}\nB. {options[1]}\nAnswer with the option's letter from the given choices directly.",
+        (f"Which way do the shapes point?\nA. {options[0]}\nB. {options[1]}{CHOICE_PROMPT}",
          "A" if options[0] == attrs.orientation else "B"),
     ]
     rng.shuffle(qa)

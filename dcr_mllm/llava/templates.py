@@ -18,6 +18,10 @@ VICUNA_ROLES = ("USER", "ASSISTANT")
 VICUNA_SEP = " "  # after the system prompt and after each question
 VICUNA_SEP2 = "</s>"  # after each answer
 PLAIN_SEP = "\n"  # pretraining: "<image>" + caption + "\n"
+# LLaVA-1.5's short-answer instructions, appended to a question (its VQA/yes-no and multiple-choice
+# data; the same post_prompts as the local mmvp/pope tasks' YAMLs)
+SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
+CHOICE_PROMPT = "\nAnswer with the option's letter from the given choices directly."
 
 # vicuna_v1 as a chat template: "{system} USER: <image>\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT:" (a
 # question follows the system prompt after VICUNA_SEP, an answer's "</s>" directly, as get_prompt joins them)

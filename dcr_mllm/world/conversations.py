@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir
+from dcr_mllm.llava.templates import CHOICE_PROMPT, SHORT_ANSWER_PROMPT
 from dcr_mllm.world.scenes import (
     IMAGE_SIZE,
     NUMBER_WORDS,
@@ -28,8 +29,6 @@ from dcr_mllm.world.scenes import (
     sample_scenes,
 )
 
-YES_NO_SUFFIX = "\nAnswer the question using a single word or phrase."  # LLaVA-1.5's short-answer prompt (VQA, yes/no)
-CHOICE_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
 CAPTION_PROMPT = "Render a clear and concise summary of the photo.\n<image>"  # one of LCS-558K's prompts
 KINDS = ("open", "yes_no", "choice")
 #: ``attribute -> (yes/no question about a value, multiple-choice question)``
@@ -52,13 +51,13 @@ def world_question(scene: WorldScene, attribute: str, kind: str, rng: random.Ran
     other = _word(rng.choice([v for v in WORLD_VALUES[attribute] if v != getattr(scene, attribute)]))
     yes_no, choice = _QUESTIONS[attribute]
     if kind == "open":
-        return {"question": choice + YES_NO_SUFFIX, "answer": true.capitalize(), "options": []}
+        return {"question": choice + SHORT_ANSWER_PROMPT, "answer": true.capitalize(), "options": []}
     if kind == "yes_no":
         asked = true if rng.random() < 0.5 else other
-        return {"question": yes_no.format(value=asked) + YES_NO_SUFFIX, "answer": "Yes" if asked == true else "No", "options": []}
+        return {"question": yes_no.format(value=asked) + SHORT_ANSWER_PROMPT, "answer": "Yes" if asked == true else "No", "options": []}
     options = [true, other] if rng.random() < 0.5 else [other, true]
     lines = "\n".join(f"{letter}. {option}" for letter, option in zip("AB", options))
-    return {"question": f"{choice}\n{lines}{CHOICE_SUFFIX}", "answer": "AB"[options.index(true)], "options": options}
+    return {"question": f"{choice}\n{lines}{CHOICE_PROMPT}", "answer": "AB"[options.index(true)], "options": options}
 
 
 def _word(value) -> str:
