@@ -173,8 +173,7 @@ def pope_pred_yes_ratio(results: list[dict]) -> float:
 
 
 # ---------------------------------------------------------------- the world (dcr_mllm.world.conversations)
-def world_doc_to_visual(doc: dict) -> list:
-    return [doc["image"].convert("RGB")]
+world_doc_to_visual = pope_doc_to_visual  # the row's image, as for POPE and MMVP
 
 
 def world_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
@@ -196,8 +195,7 @@ def world_process_results(doc: dict, results: list[str]) -> dict:
     return dict.fromkeys(WORLD_METRICS, result)
 
 
-def world_accuracy(results: list[dict]) -> float:
-    return sum(r["correct"] for r in results) / len(results) if results else 0.0
+world_accuracy = mmvp_accuracy  # the share of records marked correct
 
 
 def _world_accuracy_of(key: str, value: str):

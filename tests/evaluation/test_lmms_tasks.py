@@ -157,3 +157,17 @@ def test_mmvp_corrections_are_lmms_evals(tmp_path):
     answers = dict(zip(rows["Index"], rows["Correct Answer"]))
     assert answers == {97: "(a)", 98: "(b)", 99: "(b)", 100: "(a)", 279: "(b)", 280: "(a)"}
     assert [t.mmvp_target(doc) for doc in rows.select_columns(["Correct Answer"])] == ["A", "B", "B", "A", "B", "A"]
+
+
+def test_short_answer_instructions_are_lmms_evals():
+    """LLaVA-1.5's short-answer instructions, as lmms-eval 0.7.3 appends them: the world's
+    conversations and the synthetic LLaVA data use these exact strings."""
+    from dcr_mllm.llava.templates import CHOICE_PROMPT, SHORT_ANSWER_PROMPT
+
+    def post_prompt(relative: str, line: int) -> str:
+        text = (LMMS_TASKS / relative).read_text().splitlines()[line - 1]
+        return re.fullmatch(r'\s*post_prompt: "(.*)"', text).group(1).encode().decode("unicode_escape")
+
+    assert SHORT_ANSWER_PROMPT == post_prompt("pope/pope.yaml", 36)  # lmms_eval/tasks/pope/pope.yaml:36
+    assert SHORT_ANSWER_PROMPT == post_prompt("gqa/gqa.yaml", 30)  # lmms_eval/tasks/gqa/gqa.yaml:30
+    assert CHOICE_PROMPT == post_prompt("mmvp/_default_template_yaml", 23)  # lmms_eval/tasks/mmvp/_default_template_yaml:23
