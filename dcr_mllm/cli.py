@@ -19,10 +19,18 @@ def _enhance(args: argparse.Namespace) -> None:
     cfg = load_config(EnhanceConfig, args.config or PACKAGED_CONFIGS / "enhance_tiny.yaml", args.overrides)
     if args.print_config:
         print(config_yaml(resolve_config(cfg)), end="")
+        _print_governors(cfg, ("projector_stage", "lora_stage"))
         return
     tower = run_enhance(cfg, [args.stage] if args.stage else None, allow_config_change=args.allow_config_change)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"enhanced tower: {tower}" if tower else f"stage output: {cfg.output_dir}")
+
+
+def _print_governors(cfg, stages: tuple[str, ...]) -> None:
+    from dcr_mllm.training.config import steps_governor
+
+    for stage in stages:
+        print(f"# {stage}: the number of steps is set by {steps_governor(getattr(cfg, stage))}")
 
 
 def _llava(args: argparse.Namespace) -> None:
@@ -32,6 +40,7 @@ def _llava(args: argparse.Namespace) -> None:
     cfg = load_config(LlavaTrainConfig, args.config or PACKAGED_CONFIGS / "llava_tiny.yaml", args.overrides)
     if args.print_config:
         print(config_yaml(resolve_config(cfg)), end="")
+        _print_governors(cfg, ("pretrain", "finetune"))
         return
     out = run_llava(cfg, args.stage, allow_config_change=args.allow_config_change)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -158,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--stage", choices=["projector", "lora"], help="run only this stage")
     enhance.add_argument("--allow-config-change", action="store_true", help=ALLOW_CONFIG_CHANGE)
     enhance.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1 lora_stage.max_steps=10")
-    enhance.set_defaults(func=_enhance)
+    enhance.set_defaults(func=_enhance, intermixed="overrides")
 
     for stage, text in (("pretrain", "stage two: LLaVA-1.5 projector pretraining with a tower"),
                         ("finetune", "stage two: LLaVA-1.5 instruction tuning, then export a llava-hf model")):
@@ -167,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         llava.add_argument("--print-config", action="store_true", help="print the resolved config (file + overrides + defaults) as YAML and exit")
         llava.add_argument("--allow-config-change", action="store_true", help=ALLOW_CONFIG_CHANGE)
         llava.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. finetune.max_steps=10")
-        llava.set_defaults(func=_llava, stage=stage)
+        llava.set_defaults(func=_llava, stage=stage, intermixed="overrides")
 
     swap = sub.add_parser("swap-tower", help="put a tower into an existing LLaVA checkpoint (llava-hf or original), streaming; verified")
     swap.add_argument("--llava", required=True, metavar="SRC", help="the LLaVA checkpoint directory (never modified)")
@@ -239,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="compare lmms-eval runs: one table (Markdown + JSON) and a chart")
     report.add_argument("results", nargs="+", metavar="[NAME=]RESULTS", help="lmms-eval *_results.json files or --output_path directories")
     report.add_argument("--output", required=True, help="directory for report.md, report.json and report.png")
-    report.set_defaults(func=_report)
+    report.set_defaults(func=_report, intermixed="results")
 
     summary = sub.add_parser("summary", help="print the pipeline summary: tower and MLLM tables, loss curves (PNG), artefacts")
     summary.add_argument("--run", action="append", default=[], metavar="NAME=DIR", help="a training output directory (enhance or llava)")
@@ -250,11 +259,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Options and positional words in any order: words argparse leaves over after an option
+    (``--stage lora key=value``) join the command's positional list (its ``intermixed`` default);
+    argparse's own intermixed parsing does not support subcommands."""
+    args, extra = parser.parse_known_args(argv)
+    target = getattr(args, "intermixed", None)
+    strays = [word for word in extra if target is None or word.startswith("-")]
+    if strays:
+        parser.error(f"unrecognized arguments: {' '.join(strays)}")
+    if extra:
+        setattr(args, target, [*getattr(args, target), *extra])
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # DeepSpeed still calls torch.distributed functions that torch marks deprecated, once per step
     warnings.filterwarnings("ignore", message=r".*torch\.distributed\..* is deprecated", category=FutureWarning)
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         args.func(args)
     except DcrError as err:

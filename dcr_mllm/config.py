@@ -33,7 +33,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML ({err}); fix the syntax") from None
+            raise ConfigError(f"config file {path} is not valid YAML ({err}); fix the syntax") from err
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
     for item in overrides:
@@ -42,8 +42,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"override {item!r} is not key=value; write e.g. seed=1")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            raise ConfigError(f"override {item!r}: {raw!r} is not a YAML value; quote strings and close brackets, e.g. key=[1, 2]") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: {raw!r} is not a YAML value; quote strings and close brackets, e.g. key=[1, 2]") from err
         _set_dotted(data, key.strip(), value)
     return from_dict(cls, data)
 
@@ -140,8 +140,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
         try:
             return float(value)
-        except ValueError:
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}") from None
+        except ValueError as err:
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}") from err
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
     if hint is int and isinstance(value, bool):

@@ -98,3 +98,17 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(path: str | Path) -> Iterator[Path]:
+    """A temporary directory beside ``path`` (same file system), removed when the block ends
+    however it ends; a killed writer's is removed by the next write to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".scratch", dir=path.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

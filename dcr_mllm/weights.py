@@ -27,9 +27,9 @@ def read_text(path: str | Path) -> str:
     try:
         return path.read_bytes().decode("utf-8-sig")
     except OSError as err:
-        raise DcrError(f"cannot read {path}: {err.strerror or err}") from None
+        raise DcrError(f"cannot read {path}: {err.strerror or err}") from err
     except UnicodeDecodeError as err:
-        raise DcrError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); re-save it as UTF-8") from None
+        raise DcrError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); re-save it as UTF-8") from err
 
 
 def read_json(path: str | Path) -> object:
@@ -38,7 +38,7 @@ def read_json(path: str | Path) -> object:
     try:
         return json.loads(read_text(path))
     except json.JSONDecodeError as err:
-        raise DcrError(f"{path} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); re-download or re-create it") from None
+        raise DcrError(f"{path} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); re-download or re-create it") from err
 
 
 def check_safetensors(path: str | Path) -> dict:
@@ -56,9 +56,9 @@ def check_safetensors(path: str | Path) -> dict:
                 raise DcrError(f"{bad} (its header needs {length} bytes, the file has {size}); re-download or re-save it")
             header = json.loads(f.read(length))
     except OSError as err:
-        raise DcrError(f"cannot read {path}: {err.strerror or err}") from None
-    except (UnicodeDecodeError, ValueError):
-        raise DcrError(f"{bad} (its header is not JSON); re-download or re-save it") from None
+        raise DcrError(f"cannot read {path}: {err.strerror or err}") from err
+    except (UnicodeDecodeError, ValueError) as err:
+        raise DcrError(f"{bad} (its header is not JSON); re-download or re-save it") from err
     if not isinstance(header, dict):
         raise DcrError(f"{bad} (its header is not a JSON object); re-download or re-save it")
     end = 0

@@ -13,7 +13,7 @@ from typing import Literal
 from dcr_mllm.diffusion.denoiser import check_sd_dir, unet_cross_attention_dim
 from dcr_mllm.diffusion.projector import check_widths
 from dcr_mllm.errors import ConfigError
-from dcr_mllm.objectives.model import ObjectiveConfig
+from dcr_mllm.objectives.model import ObjectiveConfig, unread_keys
 from dcr_mllm.towers import TowerSpec, inspect_tower
 from dcr_mllm.training.config import TrainConfig, resolve_train_config
 
@@ -88,6 +88,10 @@ def resolve_config(cfg: EnhanceConfig) -> EnhanceConfig:
             raise ConfigError(f"{name}.epochs is not read by stage one (its shards have no known length); set {name}.max_steps")
         if stage.gradient_checkpointing:
             raise ConfigError(f"{name}.gradient_checkpointing is not read by stage one; bound memory with objective.chunk_size")
+    unread = unread_keys(cfg.objective)
+    if unread:
+        raise ConfigError(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} not read by objective.name={cfg.objective.name}; "
+                          "remove them or choose the objective that uses them")
     if cfg.objective.tau <= 0:
         raise ConfigError(f"objective.tau must be positive, got {cfg.objective.tau}")
     if cfg.objective.chunk_size < 0:

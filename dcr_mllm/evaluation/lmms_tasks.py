@@ -255,8 +255,8 @@ def read_mmvp(mmvp_dir: str | Path) -> list[dict]:
             answer = MMVP_ANSWER_CORRECTIONS.get(index, row["Correct Answer"])
             if not all(isinstance(v, str) for v in (row["Question"], row["Options"], answer)):
                 raise TypeError
-        except (KeyError, TypeError, ValueError):
-            raise DcrError(f"{csv_path} line {line} is malformed; expected Index,Question,Options,Correct Answer") from None
+        except (KeyError, TypeError, ValueError) as err:
+            raise DcrError(f"{csv_path} line {line} is malformed; expected Index,Question,Options,Correct Answer") from err
         rows.append({"Index": index, "Question": row["Question"], "Options": row["Options"], "Correct Answer": answer,
                      "image": _image(mmvp_dir / "MMVP Images" / f"{index}.jpg", f"{csv_path.name} line {line}")})
     return rows
@@ -279,8 +279,8 @@ def read_pope(pope_dir: str | Path, coco_dir: str | Path) -> dict[str, list[dict
                 fields = {"question_id": str(item["question_id"]), "question": item["text"], "answer": item["label"], "image": item["image"]}
                 if not all(isinstance(fields[k], str) for k in ("question", "answer", "image")):
                     raise TypeError
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DcrError(f"{source} line {line_no} is malformed; expected question_id, image, text, label (strings)") from None
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise DcrError(f"{source} line {line_no} is malformed; expected question_id, image, text, label (strings)") from err
             rows.append({**fields, "category": split, "image": _image(coco_dir / fields["image"], f"{source.name} line {line_no}")})
         splits[split] = rows
     return splits

@@ -21,8 +21,8 @@ def loss_points(stage_dir: Path) -> dict[int, float] | None:
         try:
             record = json.loads(line)
             points[int(record["step"])] = float(record["loss"])
-        except (ValueError, TypeError, KeyError):
-            raise DcrError(f"{metrics} line {number} is not a metrics record with step and loss; was the file edited or cut short?") from None
+        except (ValueError, TypeError, KeyError) as err:
+            raise DcrError(f"{metrics} line {number} is not a metrics record with step and loss; was the file edited or cut short?") from err
     return points
 
 
@@ -110,8 +110,8 @@ def _world_tables(results_file: Path) -> list[str]:
             per_kind = [" / ".join(f"{results[t][f'{kind}/{attribute}']:.1f}" for t in towers) if f"{kind}/{attribute}" in results[towers[0]] else "-"
                         for kind in ("probe_global", "probe_layer", "pairs")]
             lines.append(f"| {attribute} | " + " | ".join(per_kind) + " |")
-    except (KeyError, TypeError, ValueError):
-        raise DcrError(f"{results_file} lacks world metrics for every tower; re-run dcr-mllm eval-tower --benchmark world") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise DcrError(f"{results_file} lacks world metrics for every tower; re-run dcr-mllm eval-tower --benchmark world") from err
     return lines
 
 
@@ -148,6 +148,6 @@ def _tower_table(tower_eval: Path) -> list[str]:
         if benchmark in tables:
             try:
                 lines.append(f"| {label} | " + " | ".join(f"{tables[benchmark][t][metric]:.1f}" for t in towers) + " |")
-            except (KeyError, TypeError, ValueError):
-                raise DcrError(f"{tower_eval / benchmark / 'results.json'} lacks {metric} for every tower; re-run dcr-mllm eval-tower") from None
+            except (KeyError, TypeError, ValueError) as err:
+                raise DcrError(f"{tower_eval / benchmark / 'results.json'} lacks {metric} for every tower; re-run dcr-mllm eval-tower") from err
     return lines

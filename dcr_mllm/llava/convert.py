@@ -218,7 +218,7 @@ def _processor(src: Path, tower: Tower, strategy: str, padded_vocab: int, do_pad
     try:
         tokenizer = AutoTokenizer.from_pretrained(src)
     except Exception as err:  # tokenizers fail with many exception types; the first line says why
-        raise DcrError(f"cannot load the tokenizer in {src} ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise DcrError(f"cannot load the tokenizer in {src} ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
     add_llava_tokens(tokenizer)
     if len(tokenizer) > padded_vocab:
         raise DcrError(f"the tokenizer in {src} has {len(tokenizer)} tokens with {IMAGE_TOKEN} and {PAD_TOKEN}, more than the padded vocabulary {padded_vocab}")

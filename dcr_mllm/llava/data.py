@@ -235,6 +235,14 @@ def split_to_even_chunks(indices: list[int], lengths: list[int], num_chunks: int
     return chunks
 
 
+def epoch_steps(records: list[dict], batch_size: int, world_size: int, grad_accum: int) -> int:
+    """Micro-batch steps per epoch of ``GroupedBatches`` over ``records``: whole global batches of
+    each modality (the same on every rank)."""
+    megabatch = batch_size * world_size * grad_accum
+    images = sum("image" in record for record in records)
+    return (images // megabatch + (len(records) - images) // megabatch) * grad_accum
+
+
 class GroupedBatches(IterableDataset):
     """Per-rank micro-batches, planned as LLaVA's ``LengthGroupedSampler`` with
     ``group_by_modality_length`` (llava/train/llava_trainer.py:60-96), the same plan on every rank.
@@ -307,9 +315,7 @@ class GroupedBatches(IterableDataset):
 
     def steps_per_epoch(self) -> int:
         """Micro-batch steps per epoch (the same on every rank)."""
-        images = sum(self.data.has_image(i) for i in range(len(self.data)))
-        texts = len(self.data) - images
-        return (images // self.megabatch_size + texts // self.megabatch_size) * self.grad_accum
+        return epoch_steps(self.data.records, self.batch_size, self.world_size, self.grad_accum)
 
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()

@@ -17,6 +17,7 @@ import errno
 import json
 import mmap
 import os
+import shutil
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ CHUNK = 16 << 20
 WINDOW = 64 << 20
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+BIN_INDEX_NAME = "pytorch_model.bin.index.json"
+BIN_SINGLE_NAME = "pytorch_model.bin"
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ def read_header(path: str | Path) -> tuple[dict[str, StoredTensor], dict[str, st
             (length,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(length))
     except (OSError, struct.error, ValueError) as err:
-        raise DcrError(f"{path} is not a readable safetensors file ({err})") from None
+        raise DcrError(f"{path} is not a readable safetensors file ({err})") from err
     metadata = header.pop("__metadata__", None) or {}
     base = 8 + length
     tensors = {
@@ -298,3 +301,51 @@ def _same_range(path_a: Path, start_a: int, path_b: Path, start_b: int, length: 
                 return False
             length -= n
     return True
+
+
+def pickled_weight_files(directory: Path) -> list[str]:
+    """The .bin weight shards of a ``save_pretrained`` directory (its .bin index's, or the single
+    file), when it has no safetensors weights; [] otherwise."""
+    if weight_files(directory):
+        return []
+    index = directory / BIN_INDEX_NAME
+    if index.is_file():
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    return [BIN_SINGLE_NAME] if (directory / BIN_SINGLE_NAME).is_file() else []
+
+
+def convert_pickled_checkpoint(src: Path, out: Path) -> list[str]:
+    """Write ``src`` into ``out`` with its .bin weight shards as safetensors shards (the names and
+    index ``save_pretrained`` gives them) and every other file copied; returns the shards converted.
+
+    Each shard is read with the restricted unpickler, memory-mapped, and written tensor by tensor,
+    so memory stays near one shard's touched pages, never the whole model.
+    """
+    shards = pickled_weight_files(src)
+    names = {shard: shard.replace("pytorch_model", "model", 1).removesuffix(".bin") + ".safetensors" for shard in shards}
+    weight_map, total = {}, 0
+    for shard in shards:
+        try:
+            state = torch.load(src / shard, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # a legacy (non-zip) pickle cannot be memory-mapped
+            state = torch.load(src / shard, map_location="cpu", weights_only=True)
+        except Exception as err:  # the restricted unpickler refuses many things, each its own type
+            raise DcrError(f"{src / shard} cannot be read as a weights-only PyTorch pickle ({err}); re-download it") from err
+        bad = next((key for key, value in state.items() if not isinstance(value, torch.Tensor)), None)
+        if bad is not None:
+            raise DcrError(f"{src / shard} holds {bad!r}, which is not a tensor; it is not a weight shard")
+        write_shard(out / names[shard], list(state.items()), {"format": "pt"})
+        weight_map.update(dict.fromkeys(state, names[shard]))
+        total += sum(nbytes(tensor) for tensor in state.values())
+        del state
+    if len(shards) > 1 or (src / BIN_INDEX_NAME).is_file():
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / INDEX_NAME).write_text(json.dumps(index, indent=2))
+    for item in src.iterdir():
+        if item.name in (*shards, BIN_INDEX_NAME):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, out / item.name, symlinks=True)
+        else:
+            shutil.copy2(item, out / item.name)
+    return shards

@@ -42,18 +42,20 @@ from pathlib import Path
 import torch
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.io import atomic_dir
+from dcr_mllm.io import atomic_dir, scratch_dir
 from dcr_mllm.llava.shards import (
     DTYPES,
     INDEX_NAME,
     Cast,
     Source,
     StoredTensor,
+    convert_pickled_checkpoint,
     describe,
     human_size,
     nbytes,
     numel,
     parallel,
+    pickled_weight_files,
     read_header,
     same_bytes,
     same_file,
@@ -216,10 +218,10 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
         raise DcrError(f"{path} is neither a llava-hf checkpoint (LlavaForConditionalGeneration) nor an original LLaVA one (mm_vision_tower)")
     bins = tuple(sorted(p.name for p in path.glob("*.bin")))
     names = weight_files(path)
-    if kind.needs_safetensors and not names:
+    if kind.needs_safetensors and not names and not (allow_pickle and bins):  # with allow_pickle swap_tower converts them
         raise DcrError(
-            f"{path} has no safetensors weights{' (only .bin pickles)' if bins else ''}; re-save it with "
-            "LlavaForConditionalGeneration.from_pretrained(SRC).save_pretrained(DIR) and swap into DIR"
+            f"{path} has no safetensors weights{' (only .bin pickles: pass --allow-pickle to read them with the restricted unpickler)' if bins else ''}; "
+            "or re-save it with LlavaForConditionalGeneration.from_pretrained(SRC).save_pretrained(DIR) and swap into DIR"
         )
     if not names and not bins:
         raise DcrError(f"{path} has no weight files (*.safetensors or *.bin)")
@@ -396,7 +398,8 @@ class OriginalLlava(CheckpointFormat):
             )
         stored = checkpoint.tower_keys()
         if any(key.startswith(ORIGINAL_PREFIX) for key in _bin_keys(checkpoint)):
-            fit.problems.append("its vision tower is stored in .bin pickles; save the checkpoint as safetensors first")
+            fit.problems.append("its vision tower is stored in .bin pickles; pass --allow-pickle to read them (restricted unpickler) "
+                                "and write the result as safetensors")
         if stored and not fit.problems:
             fit.problems += shape_problems({"layers": _stored_layer_count(stored.values())}, spec) or _tensor_problems(checkpoint, tower)
         return fit
@@ -615,6 +618,7 @@ class SwapReport:
     dst: Path
     dry_run: bool
     verified: list[str] = field(default_factory=list)
+    converted: list[str] = field(default_factory=list)  # SRC's .bin shards, read as safetensors ones
 
     def lines(self) -> list[str]:
         plan, checkpoint, spec = self.plan, self.plan.checkpoint, self.plan.tower.spec
@@ -635,6 +639,9 @@ class SwapReport:
             (f"  tensors     {action} {len(replaced)} vision-tower tensors ({human_size(replaced_bytes)}{cast}); "
              f"copy {len(copied)} others byte for byte ({human_size(sum(s.nbytes for s in copied))})"),
         ]
+        if self.converted:
+            lines.append(f"  files       {len(self.converted)} .bin shard(s) of SRC read with the restricted unpickler and written as "
+                         "safetensors shards with an index")
         if checkpoint.format == "original":
             bins = f"; {len(checkpoint.bin_files)} .bin file(s) copied as they are" if checkpoint.bin_files else ""
             lines.append(f"  files       tower directory copied to {self.dst / 'vision_tower'}{bins}")
@@ -745,7 +752,7 @@ def load_check(directory: Path) -> str:
         with _quiet_transformers():
             _, info = LlavaForConditionalGeneration.from_pretrained(directory, device_map="meta", output_loading_info=True)
     except Exception as err:  # transformers raises plain exceptions with multi-line reports
-        raise DcrError(f"verification failed: LlavaForConditionalGeneration cannot load the result ({str(err).splitlines()[0]})") from None
+        raise DcrError(f"verification failed: LlavaForConditionalGeneration cannot load the result ({str(err).splitlines()[0]})") from err
     bad = {kind: keys for kind, keys in info.items() if keys}
     if bad:
         kind, keys = next(iter(bad.items()))
@@ -758,14 +765,20 @@ def swap_tower(src: str | Path, tower: str | Path, dst: str | Path, *, force: bo
     """Write SRC with TOWER's vision encoder to DST; see the module docstring. Returns the report."""
     src, dst = Path(src), Path(dst)
     check_destination(src, dst, force)
-    plan = plan_swap(src, tower, dst, allow_family_change, allow_pickle)
-    report = SwapReport(plan, src, dst, dry_run)
-    if dry_run:
-        return report
-    with atomic_dir(dst) as tmp:
-        plan.checkpoint.kind.before_write()
-        digests = write_plan(plan, tmp)
-        report.verified = verify(plan, tmp, digests)
+    with contextlib.ExitStack() as stack:
+        readable, converted = src, []
+        if allow_pickle and pickled_weight_files(src):  # .bin shards: read as safetensors ones, written as safetensors
+            read_checkpoint(src, allow_pickle)  # its format and files checked before the shards are converted
+            readable = stack.enter_context(scratch_dir(dst))
+            converted = convert_pickled_checkpoint(src, readable)
+        plan = plan_swap(readable, tower, dst, allow_family_change, allow_pickle)
+        report = SwapReport(plan, src, dst, dry_run, converted=converted)
+        if dry_run:
+            return report
+        with atomic_dir(dst) as tmp:
+            plan.checkpoint.kind.before_write()
+            digests = write_plan(plan, tmp)
+            report.verified = verify(plan, tmp, digests)
     return report
 
 

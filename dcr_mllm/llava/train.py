@@ -14,6 +14,7 @@ finetune stage ends by writing ``output_dir/model``: a llava-hf directory.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from dcr_mllm.config import to_dict
 from dcr_mllm.errors import ConfigError, DcrError
 from dcr_mllm.llava.build import add_language_lora, build_llava, vision_layout
-from dcr_mllm.llava.data import ASPECTS, ConversationData, GroupedBatches, read_records
+from dcr_mllm.llava.data import ASPECTS, ConversationData, GroupedBatches, epoch_steps, read_records
 from dcr_mllm.llava.synthetic import write_synthetic_conversations
 from dcr_mllm.presets.real import local_path
 from dcr_mllm.weights import check_model_dir
@@ -66,10 +67,11 @@ class LlavaTrainConfig:
     pretrain_data: ConversationSettings = field(  # LLaVA-1.5's pretraining: no padding, no grouping
         default_factory=lambda: ConversationSettings(image_aspect_ratio="square", group_by_length=False))
     finetune_data: ConversationSettings = field(default_factory=ConversationSettings)
+    # one epoch each, as LLaVA-1.5; a positive max_steps wins over epochs (HF Trainer's rule)
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(
-        lr=1e-3, scheduler="cosine", warmup_ratio=0.03, epochs=1, gradient_checkpointing=True))
+        max_steps=0, lr=1e-3, scheduler="cosine", warmup_ratio=0.03, epochs=1, gradient_checkpointing=True))
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(
-        lr=2e-5, scheduler="cosine", warmup_ratio=0.03, epochs=1, gradient_checkpointing=True))
+        max_steps=0, lr=2e-5, scheduler="cosine", warmup_ratio=0.03, epochs=1, gradient_checkpointing=True))
     lora: LanguageLora = field(default_factory=LanguageLora)
 
 
@@ -83,6 +85,11 @@ def resolve_config(cfg: LlavaTrainConfig) -> LlavaTrainConfig:
             raise ConfigError(f"{name}.model_max_length must be at least 1")
         if getattr(cfg, name).image_aspect_ratio not in ASPECTS:
             raise ConfigError(f"{name}.image_aspect_ratio must be one of {', '.join(ASPECTS)}")
+    unread = [f"lora.{f.name}" for f in dataclasses.fields(LanguageLora)
+              if f.name != "enabled" and getattr(cfg.lora, f.name) != getattr(LanguageLora(), f.name)]
+    if unread and not cfg.lora.enabled:
+        raise ConfigError(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read only with lora.enabled=true; "
+                          "enable LoRA or remove them")
     if cfg.synthetic_images < 1:
         raise ConfigError("synthetic_images must be at least 1")
     return cfg
@@ -128,19 +135,34 @@ def build_for_stage(cfg: LlavaTrainConfig, stage: str):
     return model, processor
 
 
-def conversation_data(cfg: LlavaTrainConfig, stage: str, processor, is_main: bool) -> ConversationData:
+def conversation_files(cfg: LlavaTrainConfig, stage: str, is_main: bool) -> tuple[Path, Path]:
+    """(conversation JSON, image folder) of the stage: the configured ones, or the synthetic set,
+    written once under output_dir/data."""
     settings = cfg.pretrain_data if stage == "pretrain" else cfg.finetune_data
     if settings.json:
-        json_path, image_folder = Path(settings.json), Path(settings.image_folder)
-    else:
-        out = Path(cfg.output_dir) / "data"
-        if is_main:
-            write_synthetic_conversations(out, cfg.synthetic_images, seed=cfg.seed)
-        barrier()
-        json_path, image_folder = out / f"{stage}.json", out / "images"
+        return Path(settings.json), Path(settings.image_folder)
+    out = Path(cfg.output_dir) / "data"
+    if is_main:
+        write_synthetic_conversations(out, cfg.synthetic_images, seed=cfg.seed)
+    barrier()
+    return out / f"{stage}.json", out / "images"
+
+
+def stage_steps(cfg: LlavaTrainConfig, stage: str, records: list[dict], world_size: int) -> int:
+    """Optimizer steps the stage trains: a positive ``max_steps`` wins (HF Trainer's rule), else
+    ``epochs`` passes over the records, counted as ``GroupedBatches`` plans them."""
+    train_cfg = cfg.pretrain if stage == "pretrain" else cfg.finetune
+    if train_cfg.max_steps > 0:
+        return train_cfg.max_steps
+    per_epoch = epoch_steps(records, train_cfg.micro_batch_size, world_size, train_cfg.grad_accum)
+    return max(1, math.ceil(train_cfg.epochs * per_epoch / train_cfg.grad_accum))
+
+
+def conversation_data(cfg: LlavaTrainConfig, stage: str, processor, records: list[dict], image_folder: Path) -> ConversationData:
+    settings = cfg.pretrain_data if stage == "pretrain" else cfg.finetune_data
     layout = vision_layout(cfg.tower, cfg.feature_layer)
     template = "plain" if stage == "pretrain" else "vicuna_v1"
-    return ConversationData(read_records(json_path), image_folder, processor, template, layout.image_seq_length, settings.model_max_length,
+    return ConversationData(records, image_folder, processor, template, layout.image_seq_length, settings.model_max_length,
                             settings.image_aspect_ratio)
 
 
@@ -153,22 +175,23 @@ def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = Fal
     model_dir = output_dir / "model"
     trained = [output_dir / "pretrain", output_dir / "finetune"]
     train_cfg = cfg.pretrain if stage == "pretrain" else cfg.finetune
-    max_steps = None if train_cfg.epochs > 0 else train_cfg.max_steps  # with epochs: known once the data is read
-    if is_finished(stage_dir, max_steps) and (stage == "pretrain" or export_is_current(model_dir, trained)):
-        print(f"stage {stage}: already finished in {stage_dir}; nothing to do")
-        return model_dir if stage == "finetune" else stage_dir
     dist_info = init_distributed()
+    json_path, image_folder = conversation_files(cfg, stage, dist_info.is_main)
+    records = read_records(json_path)
+    train_cfg.max_steps = stage_steps(cfg, stage, records, dist_info.world_size)
+    if is_finished(stage_dir, train_cfg.max_steps) and (stage == "pretrain" or export_is_current(model_dir, trained)):
+        if dist_info.is_main:
+            print(f"stage {stage}: already finished in {stage_dir}; nothing to do")
+        return model_dir if stage == "finetune" else stage_dir
     if stage == "finetune" and cfg.lora.enabled:
         train_cfg.group_lrs = {PROJECTOR: cfg.lora.projector_lr, **train_cfg.group_lrs}
 
-    if not is_finished(stage_dir, max_steps):
+    if not is_finished(stage_dir, train_cfg.max_steps):
         model, processor = build_for_stage(cfg, stage)
-        data = conversation_data(cfg, stage, processor, dist_info.is_main)
+        data = conversation_data(cfg, stage, processor, records, image_folder)
         settings = cfg.pretrain_data if stage == "pretrain" else cfg.finetune_data
         plan = GroupedBatches(data, train_cfg.micro_batch_size, dist_info.rank, dist_info.world_size, cfg.seed,
                               processor.tokenizer.pad_token_id, settings.group_by_length, train_cfg.grad_accum)
-        if train_cfg.epochs > 0:
-            train_cfg.max_steps = max(1, math.ceil(train_cfg.epochs * plan.steps_per_epoch() / train_cfg.grad_accum))
         shaping = ("tower", "language_model", "feature_layer", "synthetic_images", f"{stage}_data") + (("lora",) if stage == "finetune" else ())
         run_config = {key: value for key, value in to_dict(cfg).items() if key in shaping}
         trainer = Trainer(model.to(dist_info.device), train_cfg, stage_dir, cfg.seed, dist_info, run_config, allow_config_change)

@@ -8,6 +8,7 @@ without autograd when nothing in it trains, which is the projector stage's savin
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,6 +49,29 @@ class ObjectiveConfig:
     #: encode the denoiser's empty prompt with its padding mask (upstream) or without (the SD pipeline)
     empty_prompt_mask: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+#: the ObjectiveConfig fields each objective's forward never reads
+UNREAD_BY = {
+    "reconstruction": ("tau", "chunk_size", "checkpoint_chunks", "negatives", "num_negatives", "naive_weight", "naive_tau", "augment"),
+    "naive": ("tau", "chunk_size", "checkpoint_chunks", "negatives", "num_negatives"),
+    "dcr": ("naive_weight", "naive_tau"),
+}
+
+
+def unread_keys(cfg: ObjectiveConfig) -> list[str]:
+    """The fields set away from their defaults that ``cfg.name`` would silently ignore (dotted,
+    under ``objective.``); ``checkpoint_chunks`` is read only with a ``chunk_size``."""
+    default = ObjectiveConfig()
+    unread = list(UNREAD_BY[cfg.name]) + (["checkpoint_chunks"] if cfg.name == "dcr" and not cfg.chunk_size else [])
+    keys = []
+    for name in unread:
+        ours, theirs = getattr(cfg, name), getattr(default, name)
+        if dataclasses.is_dataclass(ours):
+            keys += [f"{name}.{f.name}" for f in dataclasses.fields(ours) if getattr(ours, f.name) != getattr(theirs, f.name)]
+        elif ours != theirs:
+            keys.append(name)
+    return [f"objective.{key}" for key in keys]
 
 
 class EnhanceModel(nn.Module):

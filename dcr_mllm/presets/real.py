@@ -116,4 +116,4 @@ def local_path(name_or_path: str | Path) -> Path:
         raise DcrError(
             f"{name_or_path} ({resolved}) is not available locally and could not be fetched ({type(err).__name__}); "
             f"download it with `huggingface-cli download {resolved} --local-dir DIR` and pass DIR"
-        ) from None
+        ) from err

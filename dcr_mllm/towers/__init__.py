@@ -41,7 +41,7 @@ def inspect_tower(name_or_path: str | Path, allow_pickle: bool = False) -> Tower
         if (path / "config.json").is_file():
             return read_hf_spec(path)
     except (KeyError, TypeError, AttributeError) as err:
-        raise DcrError(f"{path} has an incomplete tower config ({type(err).__name__}: {err}); re-download or re-save the tower") from None
+        raise DcrError(f"{path} has an incomplete tower config ({type(err).__name__}: {err}); re-download or re-save the tower") from err
     raise DcrError(f"{path} is not a tower directory: it has neither config.json (HF) nor {OPEN_CLIP_CONFIG} (open_clip)")
 
 

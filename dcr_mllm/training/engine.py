@@ -52,7 +52,7 @@ from dcr_mllm.training.safe_state import (
 logger = logging.getLogger("dcr_mllm.training")
 MANIFEST = "manifest.json"
 #: the TrainConfig fields that change what training computes (the rest: logging, saving, workers)
-TRAINING_KEYS = ("max_steps", "micro_batch_size", "grad_accum", "lr", "group_lrs", "weight_decay", "betas", "scheduler",
+TRAINING_KEYS = ("max_steps", "micro_batch_size", "grad_accum", "lr", "group_lrs", "weight_decay", "betas", "adam_eps", "scheduler",
                  "warmup_steps", "warmup_ratio", "grad_clip", "zero_stage", "precision")
 #: written into an export by ``write_export_marker``: the weights it was made from
 EXPORT_MARKER = "trained_from.json"
@@ -84,6 +84,11 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return [{"params": params, "lr": lr} for lr, params in groups.items()]
 
 
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """The optimizer every stage trains with: AdamW over ``param_groups``, from the config alone."""
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+
+
 def deepspeed_config(cfg: TrainConfig, dist_info: DistInfo) -> dict:
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dist_info.device.type == "cuda")
     ours = {
@@ -100,7 +105,8 @@ def deepspeed_config(cfg: TrainConfig, dist_info: DistInfo) -> dict:
 
 
 def _fill_auto(theirs: dict, ours: dict) -> dict:
-    """The file's values win, except "auto", which takes ours; our keys it lacks are added."""
+    """"auto" takes our value; the file's other values stay (``resolve_train_config`` has refused
+    any that contradicts the config); our keys it lacks are added."""
     merged = dict(ours)
     for key, value in theirs.items():
         if value == "auto":
@@ -131,7 +137,7 @@ class Trainer:
         if not self.trainable_names:
             raise DcrError("nothing to train: every parameter is frozen; check the stage settings")
         self.save_dtypes = {name: _save_dtype(p) for name, p in model.named_parameters() if p.requires_grad}
-        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        optimizer = build_optimizer(model, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, dist_info)
@@ -270,7 +276,7 @@ class Trainer:
         scheduler.base_lrs = base_lrs
         factor = lr_lambda(self.cfg)(scheduler.last_epoch)
         for group, base in zip(groups, base_lrs, strict=True):
-            group.update(initial_lr=base, lr=base * factor, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
+            group.update(initial_lr=base, lr=base * factor, betas=tuple(self.cfg.betas), eps=self.cfg.adam_eps, weight_decay=self.cfg.weight_decay)
         scheduler._last_lr = [group["lr"] for group in groups]
 
     # ---------------------------------------------------------------- loop

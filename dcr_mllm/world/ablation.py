@@ -68,8 +68,9 @@ def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str 
         base.with_name("tower.partial").rename(base)
 
     runs = {(objective, seed): out / objective / f"seed{seed}" for objective in OBJECTIVES for seed in range(seeds)}
+    own = {objective: objective_overrides(config, [*overrides, f"objective.name={objective}"]) for objective in OBJECTIVES}
     train = [([sys.executable, "-m", "dcr_mllm.cli", "enhance", "--config", str(config), f"tower={models['clip']}", f"denoiser={models['sd']}",
-               f"output_dir={run}", f"seed={seed}", f"objective.name={objective}", f"data.shards={shards}", *overrides], run.with_suffix(".log"))
+               f"output_dir={run}", f"seed={seed}", f"data.shards={shards}", *overrides, *own[objective]], run.with_suffix(".log"))
              for (objective, seed), run in runs.items() if not (run / "tower" / "model_card.md").is_file()]
     run_jobs(train, jobs)
     towers = [base, *(run / "tower" for run in runs.values())]
@@ -82,12 +83,30 @@ def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str 
     scores = {objective: [json.loads((runs[objective, seed] / "world_metrics.json").read_text()) for seed in range(seeds)]
               for objective in OBJECTIVES}
     results = summarize(base_scores, scores)
-    results["setup"] = {"seeds": seeds, "config": str(config), "overrides": list(overrides), "world": dataclasses.asdict(spec),
+    results["setup"] = {"seeds": seeds, "config": str(config), "overrides": list(overrides), "per_objective": own, "world": dataclasses.asdict(spec),
                         "eval_images": eval_count, "pairs_per_attribute": pairs, "stage_one_images": shard_count}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "report.md").write_text(report(results))
     chart(results, out / "chart.png")
     return out
+
+
+def objective_overrides(config: Path, overrides: list[str]) -> list[str]:
+    """The overrides that make the shared config one objective's: its name, and every objective
+    key it does not read (set in the shared config for another objective) back at its default,
+    which the config check would otherwise refuse."""
+    from dcr_mllm.config import load_config
+    from dcr_mllm.enhance.config import EnhanceConfig
+    from dcr_mllm.objectives.model import ObjectiveConfig, unread_keys
+
+    cfg = load_config(EnhanceConfig, config, overrides)
+    resets = []
+    for key in unread_keys(cfg.objective):
+        value = ObjectiveConfig()
+        for part in key.split(".")[1:]:
+            value = getattr(value, part)
+        resets.append(f"{key}={json.dumps(list(value) if isinstance(value, tuple) else value)}")
+    return [overrides[-1], *resets]
 
 
 def summarize(base: dict[str, float], scores: dict[str, list[dict[str, float]]]) -> dict:

@@ -30,7 +30,7 @@ from dcr_mllm.presets.real import BACKBONES
 from dcr_mllm.towers import apply_lora, load_tower, merge_lora
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.towers.lora import lora_module_names
-from dcr_mllm.training.engine import lr_lambda
+from dcr_mllm.training.engine import build_optimizer, lr_lambda
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "visual_projection"]
@@ -378,8 +378,9 @@ def check_row(cfg: EnhanceConfig, key: str, upstream) -> None:
         assert schedule.get_last_lr() == [1.0]
         stage = _get(cfg, key.split(".")[0])
         assert stage.scheduler == "constant" and lr_lambda(stage)(0) == 1.0
-    elif key.endswith(".adam_eps"):  # the engine's AdamW takes torch's default eps
-        assert inspect.signature(torch.optim.AdamW).parameters["eps"].default == upstream
+    elif key.endswith(".adam_eps"):  # the optimizer the engine builds from this stage's settings
+        optimizer = build_optimizer(torch.nn.Linear(2, 2), _get(cfg, key.split(".")[0]))
+        assert all(group["eps"] == upstream for group in optimizer.param_groups)
     elif key.startswith("normalization."):
         ours = OPENAI_CLIP_MEAN if key.endswith("mean") else OPENAI_CLIP_STD
         assert cfg.data.normalization == "openai_clip" and _same(ours, upstream)

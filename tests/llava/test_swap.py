@@ -270,7 +270,59 @@ def test_pickled_original_checkpoint_is_copied_as_it_is_or_refused(make_original
     assert "2 .bin file(s) byte-identical to SRC" in "\n".join(report.lines())
 
     code, _, err = run(capsys, "--llava", make_original(stored_tower=True, pickled=True), "--tower", dcr_tower, "--output", tmp_path / "no")
-    assert code == 2 and "stored in .bin pickles" in err and not (tmp_path / "no").exists()
+    assert code == 2 and "stored in .bin pickles; pass --allow-pickle" in err and not (tmp_path / "no").exists()
+
+
+def _as_bin_shards(src: Path, out: Path) -> Path:
+    """A copy of a sharded safetensors llava-hf checkpoint re-saved as ``pytorch_model-*.bin`` shards
+    with their index, as the released LLaVA-1.5 checkpoints are."""
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    names = {name: name.replace("model", "pytorch_model", 1).replace(".safetensors", ".bin") for name in set(index["weight_map"].values())}
+    for name, bin_name in names.items():
+        with safe_open(src / name, "pt") as f:
+            torch.save({k: f.get_tensor(k) for k in f.keys()}, out / bin_name)
+    index["weight_map"] = {k: names[v] for k, v in index["weight_map"].items()}
+    (out / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    return out
+
+
+def _bin_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    found = {}
+    for path in sorted(directory.glob("pytorch_model*.bin")):
+        found |= torch.load(path, map_location="cpu", weights_only=True)
+    return found
+
+
+@pytest.mark.parametrize("layout", ["llava-hf", "original"])
+def test_bin_sharded_checkpoint_is_swapped_into_safetensors_shards(layout, make_llava_hf, make_original, dcr_tower, tmp_path, capsys):
+    src = _as_bin_shards(make_llava_hf("hub"), tmp_path / "src") if layout == "llava-hf" else make_original(stored_tower=True, pickled=True)
+    before = digest(src)
+    dst = tmp_path / "llava-swapped"
+
+    code, _, err = run(capsys, "--llava", src, "--tower", dcr_tower, "--output", dst)  # without the flag: refused, naming it
+    assert code == 2 and "--allow-pickle" in err and not dst.exists()
+    code, out, _ = run(capsys, "--llava", src, "--tower", dcr_tower, "--output", dst, "--allow-pickle")
+
+    assert code == 0 and f"{len(list(src.glob('*.bin')))} .bin shard(s) of SRC read with the restricted unpickler" in out
+    assert digest(src) == before and leftovers(tmp_path) == []
+    assert not list(dst.glob("*.bin")) and not (dst / "pytorch_model.bin.index.json").exists()
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    old, new = _bin_tensors(src), tensors(dst)
+    assert set(index["weight_map"]) == set(new) == set(old)
+    assert {name for name in index["weight_map"].values()} == {p.name for p in dst.glob("*.safetensors")}
+    assert all(key in read_header(dst / name)[0] for key, name in index["weight_map"].items())
+    with safe_open(dcr_tower / "model.safetensors", "pt") as f:
+        tower = {k: f.get_tensor(k) for k in f.keys()}
+    replaced = 0
+    for key, value in old.items():
+        expected = value
+        if tower_key(key) in tower:
+            expected, replaced = tower[tower_key(key)].to(value.dtype), replaced + 1
+        assert new[key].dtype == value.dtype and torch.equal(raw(new[key]), raw(expected.contiguous())), key
+    assert replaced == CHECKPOINT_TOWER_TENSORS
+    if layout == "llava-hf":
+        assert answer(dst).isfinite().all()
 
 
 def test_swapped_processor_pads_as_training_does(make_llava_hf, dcr_tower, tmp_path):
