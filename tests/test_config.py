@@ -1,6 +1,8 @@
 from dataclasses import dataclass, field
 from typing import Literal
 
+import json
+
 import pytest
 
 from dcr_mllm.config import load_config
@@ -127,6 +129,16 @@ def test_print_config_takes_the_zero_stage_from_the_deepspeed_json(capsys):
         ("enhance", ["lora_stage.deepspeed=missing.json"], "DeepSpeed config missing.json does not exist"),
         ("llava-pretrain", ["pretrain.micro_batch_size=0"], "pretrain.micro_batch_size must be at least 1"),
         ("llava-finetune", ["language_model=null"], "language_model"),
+        ("llava-finetune", ["finetune.epochs=0"], "finetune.max_steps and finetune.epochs are both 0; set one of them"),
+        ("enhance", ["lora_stage.max_steps=0"], "lora_stage.max_steps and lora_stage.epochs are both 0"),
+        ("enhance", ["objective.name=reconstruction", "objective.tau=0.2"],
+         "objective.tau is not read by objective.name=reconstruction"),
+        ("enhance", ["objective.name=reconstruction", "objective.augment.hflip=0.0", "objective.chunk_size=4"],
+         "objective.chunk_size, objective.augment.hflip are not read by objective.name=reconstruction"),
+        ("enhance", ["objective.name=naive", "objective.negatives=global"], "objective.negatives is not read by objective.name=naive"),
+        ("enhance", ["objective.naive_weight=2.0"], "objective.naive_weight is not read by objective.name=dcr"),
+        ("enhance", ["objective.checkpoint_chunks=false"], "objective.checkpoint_chunks is not read by objective.name=dcr"),
+        ("llava-finetune", ["lora.r=8"], "lora.r is read only with lora.enabled=true"),
     ],
 )
 def test_bad_config_values_fail_in_one_line_before_anything_runs(command, overrides, message, capsys, tmp_path, monkeypatch):
@@ -142,4 +154,83 @@ def test_debug_shows_the_traceback_of_a_user_error(capsys):
     from dcr_mllm.errors import DcrError
 
     with pytest.raises(DcrError, match="must be at least 1"):
-        main(["--debug", "enhance", "--print-config", "lora_stage.max_steps=0"])
+        main(["--debug", "enhance", "--print-config", "lora_stage.save_every=0"])
+
+
+def _deepspeed_json(tmp_path, **values) -> Path:
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 2, "overlap_comm": True}, **values}))
+    return path
+
+
+def test_a_deepspeed_json_that_contradicts_the_config_is_refused_listing_every_key(tmp_path, capsys):
+    ds = _deepspeed_json(tmp_path, gradient_clipping=0.5, gradient_accumulation_steps=4, bf16={"enabled": False},
+                         optimizer={"type": "AdamW", "params": {"lr": 0.1, "eps": "auto"}}, scheduler={"type": "WarmupLR"})
+    code, _, err = run(["enhance", "--print-config", f"lora_stage.deepspeed={ds}", "lora_stage.precision=bf16"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    for part in ("gradient_clipping: 0.5 vs grad_clip 1.0", "gradient_accumulation_steps: 4 vs grad_accum 1",
+                 "bf16.enabled: False vs precision True", "optimizer.params.lr: 0.1 vs lr ", "scheduler: "):
+        assert part in err, part
+    assert "optimizer.params.eps" not in err and "train_micro_batch_size_per_gpu" not in err  # "auto" takes the config's
+
+
+def test_deepspeed_json_values_that_agree_or_are_auto_are_kept(tmp_path, capsys):
+    from dcr_mllm.training.config import TrainConfig, resolve_train_config
+    from dcr_mllm.training.distributed import DistInfo
+    from dcr_mllm.training.engine import deepspeed_config
+
+    ds = _deepspeed_json(tmp_path, gradient_clipping=1.0, bf16={"enabled": True})
+    cfg = resolve_train_config(TrainConfig(deepspeed=str(ds)), "stage")
+    assert cfg.precision == "bf16"  # the config left it to "auto": the file decides, and the config says so
+    import torch
+
+    merged = deepspeed_config(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
+    assert merged["zero_optimization"] == {"stage": 2, "overlap_comm": True} and merged["train_micro_batch_size_per_gpu"] == 8
+    assert merged["bf16"] == {"enabled": True} and merged["gradient_clipping"] == 1.0
+
+
+def test_print_config_says_which_setting_sets_the_steps(capsys):
+    code, out, _ = run(["llava-finetune", "--print-config", "finetune.max_steps=3"], capsys)
+    assert code == 0
+    assert "# finetune: the number of steps is set by max_steps (3 steps)" in out
+    assert "# pretrain: the number of steps is set by epochs (2 passes over the data)" in out
+
+
+def test_options_and_overrides_mix_in_any_order(capsys, tmp_path):
+    code, out, err = run(["enhance", "--config", str(REPO / "stages/configs/enhance_tiny.yaml"), f"output_dir={tmp_path / 'x'}", "--stage",
+                          "projector", "projector_stage.max_steps=30", "--print-config", "seed=4"], capsys)
+    assert code == 0, err
+    printed = yaml.safe_load(out)
+    assert printed["projector_stage"]["max_steps"] == 30 and printed["seed"] == 4 and printed["output_dir"] == str(tmp_path / "x")
+    with pytest.raises(SystemExit):
+        main(["enhance", "--print-config", "--no-such-option"])
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_every_override_example_in_the_cli_help_does_what_it_says(capsys):
+    """Each ``e.g.`` in a command's override help, run with --print-config, sets exactly those values."""
+    import re
+
+    from dcr_mllm.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    checked = 0
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.dest != "overrides":
+                continue
+            example = re.search(r"e\.g\. (.*)$", action.help).group(1).split()
+            code, out, err = run([name, "--print-config", *example], capsys)
+            assert code == 0, err
+            printed = yaml.safe_load(out)
+            for item in example:
+                key, value = item.split("=")
+                node = printed
+                for part in key.split("."):
+                    node = node[part]
+                assert node == yaml.safe_load(value), (name, item)
+                if key.endswith("max_steps"):
+                    assert f"# {key.split('.')[0]}: the number of steps is set by max_steps ({value} steps)" in out
+            checked += 1
+    assert checked == 3  # enhance, llava-pretrain, llava-finetune

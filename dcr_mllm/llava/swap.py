@@ -63,7 +63,7 @@ from dcr_mllm.llava.shards import (
     write_shard,
 )
 from dcr_mllm.towers import TowerSpec, inspect_tower, resolve_tower_path
-from dcr_mllm.towers.hf import _quiet_transformers, read_hf_spec
+from dcr_mllm.towers.hf import _quiet_transformers
 from dcr_mllm.weights import PICKLE_SUFFIXES, check_model_dir, read_json, refuse_pickles, to_safetensors_hint
 
 LLAVA_HF_PREFIXES = ("model.vision_tower.", "vision_tower.")
@@ -385,11 +385,12 @@ class OriginalLlava(CheckpointFormat):
         fit.problems += feature_layer_problems("mm_vision_select_layer", config.get("mm_vision_select_layer", -2), spec.num_layers)
         name = str(config["mm_vision_tower"])
         old = _original_tower_spec(name, checkpoint.path)
+        # original LLaVA builds every tower as its CLIPVisionTower (llava/model/multimodal_encoder/builder.py)
+        family = "clip"
         if old is not None:
             fit.problems += shape_problems({"layers": old.num_layers, "patch size": old.patch_size, "image size": old.image_size}, spec)
             family = old.family
         else:
-            family = "siglip" if "siglip" in name.lower() else "clip"
             fit.notes.append(f"note: the original tower {name} is not on this machine, so only its stored tensors and mm_hidden_size were checked")
         if family != spec.family:
             fit.problems.append(
@@ -443,7 +444,8 @@ def _bin_keys(checkpoint: Checkpoint) -> list[str]:
 
 
 def _original_tower_spec(name: str, checkpoint_dir: Path) -> TowerSpec | None:
-    """Shape facts of the tower an original checkpoint names, if its config is on this machine (no download)."""
+    """Shape facts of the tower an original checkpoint names, if its config is on this machine (no
+    download); a config that is there but unreadable is an error, never a guess."""
     from huggingface_hub import try_to_load_from_cache
 
     candidates = [Path(name).expanduser(), checkpoint_dir / name]
@@ -454,9 +456,9 @@ def _original_tower_spec(name: str, checkpoint_dir: Path) -> TowerSpec | None:
     for candidate in candidates:
         if (candidate / "config.json").is_file():
             try:
-                return read_hf_spec(candidate)
-            except DcrError:  # not a tower this project reads; the stored tensors are still checked
-                return None
+                return inspect_tower(candidate, allow_pickle=True)  # its weights are never read here
+            except DcrError as err:
+                raise DcrError(f"the checkpoint's tower {name} ({candidate}) cannot be checked: {err}") from err
     return None
 
 

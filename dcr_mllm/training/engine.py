@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,7 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_path, write_atomic
 from dcr_mllm.training.config import TrainConfig, deepspeed_json
 from dcr_mllm.training.distributed import DistInfo, any_true, barrier, rank_seed
+from dcr_mllm.training.preemption import Preempted, agreed_signal, catch_preemption
 from dcr_mllm.training.safe_state import (
     check_safetensors,
     load_tree,
@@ -299,20 +301,38 @@ class Trainer:
         progress = self._progress_bar()
         data = iter(batches)
         self.engine.train()
-        while self.step < self.cfg.max_steps:
-            start = time.perf_counter()
-            metrics = self._optimizer_step(data, step_fn)
-            self.step += 1
-            metrics.update(lr=self.engine.get_lr()[0], step_seconds=time.perf_counter() - start, nonfinite_total=self.nonfinite_total)
-            self._log(metrics)
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
-            if self.step % self.cfg.save_every == 0 or self.step == self.cfg.max_steps:
-                self.save_checkpoint(batches)
+        saved = self.step  # a resumed step has its checkpoint
+        with catch_preemption():
+            while self.step < self.cfg.max_steps:
+                signum = agreed_signal(self.dist.device)
+                if signum:
+                    self._stop_for(signum, batches, saved)
+                start = time.perf_counter()
+                metrics = self._optimizer_step(data, step_fn)
+                self.step += 1
+                metrics.update(lr=self.engine.get_lr()[0], step_seconds=time.perf_counter() - start, nonfinite_total=self.nonfinite_total)
+                self._log(metrics)
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
+                if self.step % self.cfg.save_every == 0 or self.step == self.cfg.max_steps:
+                    self.save_checkpoint(batches)
+                    saved = self.step
         if progress is not None:
             progress.close()
         self._finish()
+
+    def _stop_for(self, signum: int, batches, saved: int) -> None:
+        """Preempted: every rank saves the step just finished (unless it is saved already, or no step
+        has run) and exits."""
+        if saved != self.step:
+            self.save_checkpoint(batches)
+        if self.writer is not None:
+            self.writer.close()
+        if self.dist.is_main:
+            print(f"{self.output_dir}: {signal.Signals(signum).name} received; checkpoint at step {self.step} saved, exiting with "
+                  f"{128 + signum}; run the same command again to resume", flush=True)
+        raise Preempted(signum)
 
     def _optimizer_step(self, data, step_fn: StepFn) -> dict[str, float]:
         """Exactly one DeepSpeed optimizer step over ``grad_accum`` finite micro-batches; returns

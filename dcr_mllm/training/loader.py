@@ -23,6 +23,7 @@ from torch.utils.data import (
 
 from dcr_mllm.data.position import ReadPosition
 from dcr_mllm.errors import DcrError
+from dcr_mllm.training.preemption import ignore_in_workers
 
 
 class ResumableBatches:
@@ -66,7 +67,8 @@ class ResumableBatches:
             # stream by when the loader was created, and a resumed run would differ
             loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
                                 collate_fn=collate, drop_last=self.batch_size is not None,
-                                generator=torch.Generator().manual_seed(self.epoch))
+                                generator=torch.Generator().manual_seed(self.epoch),
+                                worker_init_fn=ignore_in_workers if self.num_workers else None)
             for batch, (reader, done) in loader:
                 self.reader_done[reader] = done
                 self.next_reader = (reader + 1) % self.readers

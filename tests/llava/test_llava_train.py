@@ -177,3 +177,30 @@ def test_lora_finetune_trains_adapters_and_projector_then_merges(tiny, trained, 
     base = AutoModelForCausalLM.from_pretrained(tiny["llama"]).model.layers.state_dict()
     merged = model.model.language_model.layers.state_dict()
     assert any(not torch.equal(merged[k], base[k]) for k in merged if k.endswith("q_proj.weight"))
+
+
+def _metric_steps(stage_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_positive_max_steps_wins_over_epochs_and_raising_it_continues(tiny, trained, tmp_path, capsys):
+    """The CLI help's example on the shipped tiny config (epochs: 12): HF Trainer's rule, max_steps wins."""
+    from dcr_mllm.cli import main
+
+    run_dir = after_pretrain(trained, tmp_path / "steps")
+    common = ["--config", str(REPO / "stages/configs/llava_tiny.yaml"), f"tower={tiny['clip']}", f"output_dir={run_dir}", "synthetic_images=16",
+              "finetune.micro_batch_size=4"]
+    assert main(["llava-finetune", *common, "finetune.max_steps=3"]) == 0
+    assert _metric_steps(run_dir / "finetune") == [1, 2, 3]
+    assert main(["llava-finetune", *common, "finetune.max_steps=5", "--allow-config-change"]) == 0  # cosine: the schedule changes shape
+    assert _metric_steps(run_dir / "finetune") == [1, 2, 3, 4, 5]
+
+
+def test_raising_epochs_on_a_finished_stage_continues_it(tiny, tmp_path, capsys):
+    out = tmp_path / "epochs"
+    run_llava(tiny_config(tiny, out), "pretrain")  # one epoch: 16 images / 4
+    assert _metric_steps(out / "pretrain") == [1, 2, 3, 4]
+    run_llava(tiny_config(tiny, out), "pretrain")
+    assert "nothing to do" in capsys.readouterr().out
+    run_llava(tiny_config(tiny, out, **{"pretrain.epochs": 2}), "pretrain", allow_config_change=True)
+    assert _metric_steps(out / "pretrain") == list(range(1, 9))
