@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.llava.templates import IMAGE_TOKEN, PAD_TOKEN, VICUNA_CHAT_TEMPLATE
+from dcr_mllm.prompts import IMAGE_TOKEN, PAD_TOKEN, VICUNA_CHAT_TEMPLATE
 from dcr_mllm.towers import inspect_tower, resolve_tower_path
 
 

@@ -6,7 +6,7 @@ Records are those of ``blip_laion_cc_sbu_558k.json`` and ``llava_v1_5_mix665k.js
      "conversations": [{"from": "human", "value": "<image>\\nQuestion"}, {"from": "gpt", "value": "Answer"}, ...]}
 
 Prompts, token ids and labels are LLaVA-1.5's (``preprocess_plain`` / ``preprocess_v1`` in LLaVA's
-llava/train/train.py, with the strings of ``dcr_mllm.llava.templates``):
+llava/train/train.py, with the strings of ``dcr_mllm.prompts``):
 
 * ``plain`` (pretraining): ``<image>`` + the first answer + ``"\\n"``; labels on all but ``<image>``;
 * ``vicuna_v1`` (instruction tuning):
@@ -35,7 +35,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from dcr_mllm.data.images import load_rgb
 from dcr_mllm.data.position import ReadPosition
 from dcr_mllm.errors import DcrError
-from dcr_mllm.llava.templates import IMAGE_TOKEN, PLAIN_SEP, VICUNA_ROLES, VICUNA_SEP, VICUNA_SEP2, VICUNA_SYSTEM
+from dcr_mllm.prompts import IMAGE_TOKEN, PLAIN_SEP, VICUNA_ROLES, VICUNA_SEP, VICUNA_SEP2, VICUNA_SYSTEM
 from dcr_mllm.weights import read_json
 
 logger = logging.getLogger("dcr_mllm.llava")

@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 from dcr_mllm.data.synthetic import caption, render_scene, sample_attributes
-from dcr_mllm.llava.templates import CHOICE_PROMPT, SHORT_ANSWER_PROMPT
+from dcr_mllm.prompts import CHOICE_PROMPT, SHORT_ANSWER_PROMPT
 
 NUMBERS = {1: "One.", 2: "Two.", 3: "Three.", 4: "Four."}
 TEXT_ONLY = [

@@ -362,13 +362,12 @@ def _llama_corpus() -> list[str]:
     import itertools
 
     from dcr_mllm.data.synthetic import ATTRIBUTE_VALUES, SceneAttributes, caption
+    from dcr_mllm.prompts import CHOICE_PROMPT, SHORT_ANSWER_PROMPT, VICUNA_ROLES, VICUNA_SYSTEM
 
     names = list(ATTRIBUTE_VALUES)
     lines = [
-        "A chat between a curious human and an artificial intelligence assistant. "
-        "The assistant gives helpful, detailed, and polite answers to the human's questions.",
-        "USER: ASSISTANT: Answer with the option's letter from the given choices directly. "
-        "Answer the question using a single word or phrase. Is there a in the image? Yes. No.",
+        VICUNA_SYSTEM,
+        " ".join(f"{role}:" for role in VICUNA_ROLES) + CHOICE_PROMPT + SHORT_ANSWER_PROMPT + " Is there a in the image? Yes. No.",
         "What colour are the shapes? How many shapes are there? Which way do they point? Where are they?",
         "Describe the image briefly. Render a clear and concise summary of the photo. (a) (b) (c) (d)",
     ]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir
-from dcr_mllm.llava.templates import CHOICE_PROMPT, SHORT_ANSWER_PROMPT
+from dcr_mllm.prompts import CHOICE_PROMPT, SHORT_ANSWER_PROMPT
 from dcr_mllm.world.scenes import (
     IMAGE_SIZE,
     NUMBER_WORDS,

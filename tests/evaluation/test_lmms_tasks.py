@@ -162,7 +162,7 @@ def test_mmvp_corrections_are_lmms_evals(tmp_path):
 def test_short_answer_instructions_are_lmms_evals():
     """LLaVA-1.5's short-answer instructions, as lmms-eval 0.7.3 appends them: the world's
     conversations and the synthetic LLaVA data use these exact strings."""
-    from dcr_mllm.llava.templates import CHOICE_PROMPT, SHORT_ANSWER_PROMPT
+    from dcr_mllm.prompts import CHOICE_PROMPT, SHORT_ANSWER_PROMPT
 
     def post_prompt(relative: str, line: int) -> str:
         text = (LMMS_TASKS / relative).read_text().splitlines()[line - 1]

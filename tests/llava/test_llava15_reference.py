@@ -41,7 +41,7 @@ from transformers.tokenization_utils_sentencepiece import SPIECE_UNDERLINE, Sent
 from dcr_mllm.llava.build import build_processor
 from dcr_mllm.llava.convert import convert_llava
 from dcr_mllm.llava.data import IGNORE_INDEX, ConversationData, GroupedBatches, prompt_text, tokenize
-from dcr_mllm.llava.templates import VICUNA_CHAT_TEMPLATE
+from dcr_mllm.prompts import VICUNA_CHAT_TEMPLATE
 
 IMAGE_TOKEN_INDEX = -200  # llava/constants.py:9
 IMAGE_SEQ = 4

@@ -16,7 +16,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from dcr_mllm.cli import main
 from dcr_mllm.llava.build import build_llava
-from dcr_mllm.llava.templates import VICUNA_SYSTEM
+from dcr_mllm.prompts import VICUNA_SYSTEM
 
 SP_VOCAB = 512
 TEXT = "What colour is the star? Answer with one word."
@@ -95,3 +95,17 @@ def test_convert_llava_takes_a_sentencepiece_only_checkpoint_and_chats_like_lmms
     model = LlavaForConditionalGeneration.from_pretrained(dst, dtype=torch.float32)
     generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert generated.shape[1] == inputs.input_ids.shape[1] + 3
+
+
+def test_the_tiny_llama_learns_llava_s_own_system_prompt(tiny):
+    """One vicuna_v1 system prompt ("a curious user") in the package; the tiny tokenizer is trained on
+    it, so the prompt every tiny conversation opens with is a few tokens, not bytes."""
+    from transformers import AutoTokenizer
+
+    from dcr_mllm.presets.tiny import _llama_corpus
+
+    assert VICUNA_SYSTEM in _llama_corpus()
+    package = Path(__file__).resolve().parents[2] / "dcr_mllm"
+    assert [p.name for p in package.rglob("*.py") if "A chat between" in p.read_text()] == ["prompts.py"]
+    tokens = AutoTokenizer.from_pretrained(tiny["llama"])(VICUNA_SYSTEM)["input_ids"]
+    assert len(tokens) < len(VICUNA_SYSTEM.split()) * 1.5

@@ -1,4 +1,4 @@
-"""LLaVA-1.5's prompt strings, defined once for training, the exported chat template and convert-llava.
+"""LLaVA-1.5's prompt strings, defined once for training, the exported chat template, convert-llava and the tiny tokenizer.
 
 They are those of ``conv_vicuna_v1`` and ``conv_llava_plain`` in LLaVA's ``llava/conversation.py``
 (haotian-liu/LLaVA, lines 242-252 and 291-299): LLaVA-1.5 trains and evaluates with them, and
