@@ -17,7 +17,8 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -112,3 +113,31 @@ def scratch_dir(path: str | Path) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: in every generated data folder: what it was generated from
+GENERATED = "generated.json"
+
+
+def generated_dir(path: str | Path, recipe: dict, write: Callable[[Path], object]) -> Path:
+    """A generated data folder: ``write(tmp)`` fills it from ``recipe`` (generator, version, count,
+    seed, size, ...), which is recorded in its ``generated.json``. An existing folder is reused only
+    when its record is the same recipe; otherwise it is generated anew under a temporary name and
+    swapped in, so changed settings never train or evaluate on old data, and a reader never sees
+    half a folder."""
+    path = Path(path)
+    if generated_from(path) == json.loads(json.dumps(recipe)):
+        return path
+    with atomic_dir(path) as tmp:
+        write(tmp)
+        (tmp / GENERATED).write_text(json.dumps(recipe, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def generated_from(path: str | Path) -> dict | None:
+    """The recipe recorded in a generated folder, or None (absent, not generated here, or unreadable)."""
+    record = Path(path) / GENERATED
+    try:
+        return json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

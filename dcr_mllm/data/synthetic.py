@@ -59,6 +59,7 @@ _POSITION_PHRASES = {
 _DIRECTIONS = {"up": (0.0, -1.0), "down": (0.0, 1.0), "left": (-1.0, 0.0), "right": (1.0, 0.0)}
 _MARKER_RGB = (25, 25, 25)
 _SUPERSAMPLE = 4  # draw large, then downsample: smooth edges at any size
+VERSION = 1  # of the generated shards: raise when rendering or sampling changes
 
 
 @dataclasses.dataclass(frozen=True)

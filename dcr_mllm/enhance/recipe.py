@@ -21,9 +21,11 @@ import torch
 
 from dcr_mllm.config import to_dict
 from dcr_mllm.data import ImageTextShards, collate_image_text, write_synthetic_shards
+from dcr_mllm.data.synthetic import VERSION as SYNTHETIC_VERSION
 from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
 from dcr_mllm.enhance.config import EnhanceConfig, ResolvedShapes, validate
 from dcr_mllm.enhance.export import export_tower
+from dcr_mllm.io import generated_dir
 from dcr_mllm.objectives import EnhanceModel
 from dcr_mllm.objectives.negatives import check_negative_count
 from dcr_mllm.presets.real import local_path
@@ -72,10 +74,12 @@ def training_shards(cfg: EnhanceConfig, image_size: int, is_main: bool) -> str:
     if cfg.data.shards:
         return cfg.data.shards
     out = Path(cfg.output_dir) / "data"
-    if is_main and not (out / "COMPLETE").is_file():
+    if is_main:
         per_shard = math.ceil(cfg.data.synthetic_samples / cfg.data.synthetic_shards)
-        write_synthetic_shards(out, cfg.data.synthetic_samples, samples_per_shard=per_shard, image_size=image_size, seed=cfg.seed)
-        (out / "COMPLETE").write_text("")
+        recipe = {"generator": "synthetic-shards", "version": SYNTHETIC_VERSION, "count": cfg.data.synthetic_samples,
+                  "samples_per_shard": per_shard, "image_size": image_size, "seed": cfg.seed}
+        generated_dir(out, recipe, lambda tmp: write_synthetic_shards(tmp, cfg.data.synthetic_samples, samples_per_shard=per_shard,
+                                                                      image_size=image_size, seed=cfg.seed))
     barrier()
     return str(out)
 

@@ -6,12 +6,14 @@ questions in the prompt formats the evaluation tasks use, and some text-only tur
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 from dcr_mllm.data.synthetic import caption, render_scene, sample_attributes
+from dcr_mllm.io import generated_dir
 from dcr_mllm.prompts import CHOICE_PROMPT, SHORT_ANSWER_PROMPT
+
+VERSION = 1  # raise when the generated conversations change
 
 NUMBERS = {1: "One.", 2: "Two.", 3: "Three.", 4: "Four."}
 TEXT_ONLY = [
@@ -44,11 +46,31 @@ def _questions(attrs, rng: random.Random) -> list[dict]:
 
 
 def write_synthetic_conversations(out_dir: str | Path, num_images: int = 64, image_size: int = 48, seed: int = 0) -> dict[str, Path]:
-    """Write images/ plus pretrain.json and finetune.json; returns their paths. Idempotent."""
+    """Write images/ plus pretrain.json and finetune.json; returns their paths. A folder generated
+    from the same arguments is reused; any other is generated anew (``generated_dir``)."""
     out_dir = Path(out_dir)
-    paths = {"images": out_dir / "images", "pretrain": out_dir / "pretrain.json", "finetune": out_dir / "finetune.json"}
-    if paths["finetune"].is_file():
-        return paths
+    recipe = {"generator": "llava-synthetic-conversations", "version": VERSION, "count": num_images, "image_size": image_size, "seed": seed}
+    generated_dir(out_dir, recipe, lambda tmp: _write_conversations(tmp, num_images, image_size, seed))
+    return {"images": out_dir / "images", "pretrain": out_dir / "pretrain.json", "finetune": out_dir / "finetune.json"}
+
+
+def _write_conversations(out_dir: Path, num_images: int, image_size: int, seed: int) -> None:
+    rng = random.Random(seed)
+    (out_dir / "images").mkdir()
+    pretrain, finetune = [], []
+    for index in range(num_images):
+        attrs = sample_attributes(rng)
+        name = f"{index:06d}.png"
+        render_scene(attrs, image_size).save(out_dir / "images" / name)
+        pretrain.append({"id": f"p{index}", "image": name, "conversations": [
+            {"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
+            {"from": "gpt", "value": caption(attrs)}]})
+        finetune.append({"id": f"f{index}", "image": name, "conversations": _questions(attrs, rng)})
+    for index in range(max(1, num_images // 8)):  # text-only records, as in the 665K mix
+        question, answer = TEXT_ONLY[index % len(TEXT_ONLY)]
+        finetune.append({"id": f"t{index}", "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
+    for key, records in (("pretrain", pretrain), ("finetune", finetune)):
+        (out_dir / f"{key}.json").write_text(json.dumps(records, indent=1))
     rng = random.Random(seed)
     paths["images"].mkdir(parents=True, exist_ok=True)
     pretrain, finetune = [], []

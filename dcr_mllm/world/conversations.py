@@ -16,12 +16,14 @@ import random
 from pathlib import Path
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.io import atomic_dir
+from dcr_mllm.io import generated_dir
+from dcr_mllm.progress import progress
 from dcr_mllm.prompts import CHOICE_PROMPT, SHORT_ANSWER_PROMPT
 from dcr_mllm.world.scenes import (
     IMAGE_SIZE,
     NUMBER_WORDS,
     TRAINING_SEEDS,
+    VERSION,
     WORLD_VALUES,
     WorldScene,
     detailed_caption,
@@ -77,27 +79,28 @@ def _instruction_turns(scene: WorldScene, rng: random.Random, turns: int) -> lis
 
 def write_world_conversations(out_dir: str | Path, count: int, seed: int, turns: int = 3, size: int = IMAGE_SIZE) -> Path:
     """``images/``, ``pretrain.json`` (captions) and ``finetune.json`` (attribute questions, ``turns``
-    per image) for ``count`` scenes of the training seed ``seed``. Complete or absent; an existing
-    directory is kept."""
+    per image) for ``count`` scenes of the training seed ``seed``. Complete or absent; a folder
+    generated from other arguments is generated anew (``generated_dir``)."""
     if seed not in TRAINING_SEEDS:
         raise DcrError(f"seed {seed}: training conversations use a training seed ({TRAINING_SEEDS.start}-{TRAINING_SEEDS.stop - 1})")
-    out_dir = Path(out_dir)
-    if out_dir.is_dir():
-        return out_dir
+    recipe = {"generator": "world-conversations", "version": VERSION, "count": count, "seed": seed, "turns": turns, "size": size}
+    return generated_dir(out_dir, recipe, lambda tmp: _write_conversations(tmp, count, seed, turns, size))
+
+
+def _write_conversations(tmp: Path, count: int, seed: int, turns: int, size: int) -> None:
     rng = random.Random(seed)
-    scenes = sample_scenes(count, seed)
     pretrain, finetune = [], []
-    with atomic_dir(out_dir) as tmp:
-        (tmp / "images").mkdir()
-        for index, scene in enumerate(scenes):
+    (tmp / "images").mkdir()
+    with progress(count, f"world conversations ({count} images)") as bar:
+        for index, scene in enumerate(sample_scenes(count, seed)):
             name = f"{index:06d}.png"
             render(scene, size).save(tmp / "images" / name, format="PNG")
             pretrain.append({"id": f"p{index}", "image": name, "conversations": [
                 {"from": "human", "value": CAPTION_PROMPT}, {"from": "gpt", "value": detailed_caption(scene)}]})
             finetune.append({"id": f"f{index}", "image": name, "conversations": _instruction_turns(scene, rng, turns)})
-        (tmp / "pretrain.json").write_text(json.dumps(pretrain, indent=1), encoding="utf-8")
-        (tmp / "finetune.json").write_text(json.dumps(finetune, indent=1), encoding="utf-8")
-    return out_dir
+            bar.update(1)
+    (tmp / "pretrain.json").write_text(json.dumps(pretrain, indent=1), encoding="utf-8")
+    (tmp / "finetune.json").write_text(json.dumps(finetune, indent=1), encoding="utf-8")
 
 
 def world_qa_rows(count: int, seed: int, size: int = IMAGE_SIZE) -> list[dict]:

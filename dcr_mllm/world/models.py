@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.progress import ProgressLines
 from dcr_mllm.world.scenes import (
     IMAGE_SIZE,
     clip_caption,
@@ -134,7 +135,8 @@ def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, spec.clip_steps, min(50, spec.clip_steps)))
     rng, order = random.Random(spec.train_seed), []
     model.train()
-    for _ in range(spec.clip_steps):
+    lines = ProgressLines("world-clip", spec.clip_steps)
+    for step in range(1, spec.clip_steps + 1):
         if len(order) < spec.clip_batch:
             order += rng.sample(range(len(scenes)), len(scenes))
         batch, order = order[: spec.clip_batch], order[spec.clip_batch :]
@@ -145,6 +147,7 @@ def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
+        lines.update(step, loss=loss.item())
     model.eval()
     model.save_pretrained(out_dir, safe_serialization=True)
     CLIPImageProcessor(size={"shortest_edge": spec.image_size}, crop_size={"height": spec.image_size, "width": spec.image_size},
@@ -178,7 +181,8 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
                         block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=spec.image_size)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=spec.lr)
     generator = torch.Generator().manual_seed(spec.train_seed + 2)
-    for _ in range(spec.vae_steps):
+    lines = ProgressLines("world-sd VAE", spec.vae_steps)
+    for step in range(1, spec.vae_steps + 1):
         batch = images[torch.randint(0, len(images), (spec.sd_batch,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
         latent = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
@@ -187,6 +191,7 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        lines.update(step, loss=loss.item())
     vae.eval()
     with torch.no_grad():
         posterior = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
@@ -215,7 +220,8 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
     unet.train()
     text_encoder.train()
-    for _ in range(spec.sd_steps):
+    lines = ProgressLines("world-sd UNet", spec.sd_steps)
+    for step in range(1, spec.sd_steps + 1):
         index = torch.randint(0, len(latents), (spec.sd_batch,), generator=generator)
         texts = ["" if rng.random() < spec.caption_dropout else captions[i] for i in index.tolist()]
         ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
@@ -239,6 +245,7 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
+        lines.update(step, loss=loss.item())
     unet.eval()
     text_encoder.eval()
     StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=None,

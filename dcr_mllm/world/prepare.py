@@ -6,7 +6,8 @@
 - ``OUT/eval``: the tower evaluation set with its labels (``scenes.write_world``).
 
 Each set comes from its own seed, and evaluation seeds are never training seeds. Every piece that
-is already complete is kept, so a second call takes well under a second.
+is already complete and was made from the same settings (its ``generated.json``) is kept, so a
+second call takes well under a second; one made from other settings is generated anew.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from dcr_mllm.errors import DcrError
 from dcr_mllm.world.conversations import write_world_conversations
 from dcr_mllm.world.models import WorldSpec, build_world
-from dcr_mllm.world.scenes import write_world, write_world_shards
+from dcr_mllm.world.scenes import world_eval_set, write_world_shards
 
 SHARD_SEED = 14  # stage one's images: neither the world models' seeds (10-12) nor an evaluation seed
 CONVERSATION_SEED = 13
@@ -40,7 +41,5 @@ def prepare_world(output: str | Path = "outputs/world", spec: WorldSpec | None =
              "shards": write_world_shards(out / "shards", shard_count, SHARD_SEED, size=spec.image_size)}
     if conversation_count:
         paths["llava"] = write_world_conversations(out / "llava", conversation_count, CONVERSATION_SEED, size=spec.image_size)
-    if not (out / "eval").is_dir():
-        write_world(out / "eval", seed=EVAL_SEED, count=eval_count, size=spec.image_size)
-    paths["eval"] = out / "eval"
+    paths["eval"] = world_eval_set(out / "eval", EVAL_SEED, eval_count, size=spec.image_size)
     return paths

@@ -31,7 +31,8 @@ from dcr_mllm.data.synthetic import (
     _layout,
 )
 from dcr_mllm.errors import DcrError
-from dcr_mllm.io import atomic_dir
+from dcr_mllm.io import atomic_dir, generated_dir
+from dcr_mllm.progress import progress
 
 IMAGE_SIZE = 32
 CLASS = "shape"
@@ -49,6 +50,7 @@ LABEL_COLUMNS = ("file", *WORLD_VALUES)
 LABELS_FILE = "labels.csv"
 #: seeds the world models and stage one's world images are drawn from; evaluation sets must use others
 TRAINING_SEEDS = range(10, 15)
+VERSION = 1  # of the generated sets: raise when rendering or sampling changes
 
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 _SIZE_SCALE = {"small": 0.6, "large": 1.1}
@@ -166,19 +168,30 @@ def write_world(out_dir: str | Path, seed: int = 1, count: int = 1200, size: int
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise DcrError(f"{out_dir} already exists: delete it or choose another output directory")
-    scenes = sample_scenes(count, seed)
     with atomic_dir(out_dir) as tmp:
-        (tmp / "images").mkdir()
-        rows = []
-        for index, scene in enumerate(scenes):
-            name = f"images/{index:05d}.png"
-            render(scene, size).save(tmp / name, format="PNG")
-            rows.append({"file": name, **dataclasses.asdict(scene)})
-        with open(tmp / LABELS_FILE, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=LABEL_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+        _write_labelled(tmp, seed, count, size)
     return out_dir
+
+
+def world_eval_set(out_dir: str | Path, seed: int, count: int, size: int = IMAGE_SIZE) -> Path:
+    """``write_world``'s set as a generated folder: reused only when made from the same arguments."""
+    if seed in TRAINING_SEEDS:
+        raise DcrError(f"seed {seed} draws the world's training images; evaluate on another seed")
+    recipe = {"generator": "world-labelled", "version": VERSION, "count": count, "seed": seed, "size": size}
+    return generated_dir(out_dir, recipe, lambda tmp: _write_labelled(tmp, seed, count, size))
+
+
+def _write_labelled(tmp: Path, seed: int, count: int, size: int) -> None:
+    (tmp / "images").mkdir()
+    rows = []
+    for index, scene in enumerate(sample_scenes(count, seed)):
+        name = f"images/{index:05d}.png"
+        render(scene, size).save(tmp / name, format="PNG")
+        rows.append({"file": name, **dataclasses.asdict(scene)})
+    with open(tmp / LABELS_FILE, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=LABEL_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def read_world(data_dir: str | Path) -> list[tuple[Path, WorldScene]]:
@@ -198,13 +211,16 @@ def read_world(data_dir: str | Path) -> list[tuple[Path, WorldScene]]:
 def write_world_shards(out_dir: str | Path, count: int, seed: int, samples_per_shard: int = 256, size: int = IMAGE_SIZE) -> Path:
     """Training images for stage one as webdataset shards (img2dataset layout, detailed captions).
 
-    Written under a temporary name and renamed: the directory is complete or absent.
+    A folder generated from the same arguments is reused; any other is generated anew, under a
+    temporary name and renamed (``generated_dir``): the directory is complete or absent.
     """
-    out_dir = Path(out_dir)
-    if out_dir.is_dir():
-        return out_dir
+    recipe = {"generator": "world-shards", "version": VERSION, "count": count, "seed": seed, "size": size, "samples_per_shard": samples_per_shard}
+    return generated_dir(out_dir, recipe, lambda tmp: _write_shards(tmp, count, seed, samples_per_shard, size))
+
+
+def _write_shards(tmp: Path, count: int, seed: int, samples_per_shard: int, size: int) -> None:
     scenes = sample_scenes(count, seed)
-    with atomic_dir(out_dir) as tmp:
+    with progress(count, f"world shards ({count} images)") as bar:
         for first in range(0, count, samples_per_shard):
             with tarfile.open(tmp / f"{first // samples_per_shard:05d}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
                 for index in range(first, min(first + samples_per_shard, count)):
@@ -214,4 +230,4 @@ def write_world_shards(out_dir: str | Path, count: int, seed: int, samples_per_s
                     _add_member(tar, f"{key}.png", png.getvalue())
                     _add_member(tar, f"{key}.txt", detailed_caption(scene).encode())
                     _add_member(tar, f"{key}.json", json.dumps({**dataclasses.asdict(scene), "key": key}, sort_keys=True).encode())
-    return out_dir
+                    bar.update(1)
