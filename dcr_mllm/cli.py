@@ -76,7 +76,7 @@ def _eval_tower(args: argparse.Namespace) -> None:
     evaluate_towers(
         parse_tower_args(args.tower), args.benchmark, args.output, data=args.data, batch_size=args.batch_size, device=args.device,
         pairs_per_attribute=args.pairs_per_attribute, image_size=args.image_size, seed=args.seed, preprocess=args.preprocess,
-        allow_pickle=args.allow_pickle,
+        allow_pickle=args.allow_pickle, if_changed=args.if_changed,
     )
     print(Path(args.output, "results.md").read_text(encoding="utf-8"), end="")
     print(f"report: {args.output}")
@@ -124,6 +124,14 @@ def _eval_task_dir(args: argparse.Namespace) -> None:
     from dcr_mllm.evaluation.lmms_tasks import task_dir
 
     print(task_dir())
+
+
+def _eval_mllm(args: argparse.Namespace) -> None:
+    from dcr_mllm.evaluation.mllm_run import evaluate_mllms
+
+    report = evaluate_mllms(args.model, args.tasks, args.output, nproc=args.nproc)
+    print((report / "report.md").read_text(encoding="utf-8"), end="")
+    print(f"report: {report}")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -221,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="mmvp-vlm pixels: the tower's own image processor (default), or the official script's (the clip package's PIL pipeline)")
     evaluate.add_argument("--allow-pickle", action="store_true",
                       help="load .bin/.pt PyTorch pickles (restricted unpickler); without it they are refused with the command to convert them")
+    evaluate.add_argument("--if-changed", action="store_true",
+                          help="keep a report in --output made from the same towers, data and settings instead of scoring again")
     evaluate.set_defaults(func=_eval_tower)
 
     make_data = sub.add_parser("make-eval-data", help="write a synthetic dataset in a benchmark's layout (for trying the pipeline without downloads)")
@@ -244,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     task_dir = sub.add_parser("eval-task-dir", help="print the installed lmms-eval task folder, for lmms-eval's --include_path")
     task_dir.set_defaults(func=_eval_task_dir)
+
+    mllm = sub.add_parser("eval-mllm", help="score LLaVA models on lmms-eval tasks (each only if its model, tower, tasks or data changed), "
+                                             "then compare them in one report")
+    mllm.add_argument("--model", action="append", required=True, metavar="NAME=DIR[+TOWER]",
+                      help="a llava-hf directory (llava_hf), or DIR+TOWER to swap a tower in memory (dcr_llava); repeat to compare")
+    mllm.add_argument("--tasks", default="dcr_suite_local", help="lmms-eval tasks or groups, comma-separated (default dcr_suite_local)")
+    mllm.add_argument("--nproc", type=int, default=1, help="processes (accelerate launch) per model")
+    mllm.add_argument("--output", default="outputs/eval_mllm", help="one folder per model, logs/, and report/")
+    mllm.set_defaults(func=_eval_mllm)
 
     report = sub.add_parser("report", help="compare lmms-eval runs: one table (Markdown + JSON) and a chart")
     report.add_argument("results", nargs="+", metavar="[NAME=]RESULTS", help="lmms-eval *_results.json files or --output_path directories")

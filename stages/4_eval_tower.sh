@@ -11,8 +11,8 @@
 # (a real MMVP-VLM directory; default: a synthetic one under OUTPUT/data), PROBE_DATA (an image
 # folder for the classification probes; default: synthetic), WORLD (a labelled world set: the
 # world's metrics instead of the three benchmarks), OUTPUT (default outputs/eval_tower).
-# Reports go to OUTPUT/<benchmark>/ with the command that made them (command.txt); a report made
-# by the same command, newer than each tower directory, is not scored again.
+# Reports go to OUTPUT/<benchmark>/ with what they were made from (made_from.json: settings, and
+# the towers' and data's files); a report made from the same is not scored again.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/common.sh"
@@ -35,7 +35,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 read -r -a specs <<< "$towers"
-tower_args=() labels=() dirs=()
+tower_args=() labels=()
 for spec in "${specs[@]}"; do
   name="${spec%%=*}"
   if [[ "$spec" == *=* && -n "$name" && "$name" != */* ]]; then path="${spec#*=}"; else name="$spec" path="$spec"; fi
@@ -44,7 +44,6 @@ for spec in "${specs[@]}"; do
     exit 2
   fi
   tower_args+=(--tower "$spec") labels+=("$name")
-  if [[ -d "$path" ]]; then dirs+=("$path"); fi
 done
 
 if [[ -n "$world" && ! -f "$world/labels.csv" ]]; then
@@ -60,21 +59,13 @@ if [[ -z "$probe_data" && -z "$world" ]]; then
   [[ -d "$probe_data" ]] || "$python" -m dcr_mllm.cli make-eval-data classification --output "$probe_data"
 fi
 
-# score BENCHMARK ARGS...: write OUTPUT/BENCHMARK/ unless the report there came from the same
-# arguments (its command.txt) and is newer than each tower directory.
+# score BENCHMARK ARGS...: write OUTPUT/BENCHMARK/ unless the report there was made from the same
+# towers, data and settings (eval-tower --if-changed decides, from the report's made_from.json).
 score() {
-  local report="$output/$1" args=(eval-tower "${tower_args[@]}" --benchmark "$1" "${@:2}" --output "$output/$1") dir
-  local fresh=1
-  [[ -f "$report/results.json" && "$(cat "$report/command.txt" 2>/dev/null)" == "${args[*]}" ]] || fresh=0
-  for dir in "${dirs[@]}"; do [[ "$report/results.json" -nt "$dir" ]] || fresh=0; done
-  if [[ "$fresh" == 1 ]]; then
-    echo "$1: up to date in $report"
-    return
-  fi
-  rm -f "$report/command.txt"
-  "$python" -m dcr_mllm.cli "${args[@]}" > /dev/null
-  printf '%s\n' "${args[*]}" > "$report/command.txt"
-  echo "$1: $report"
+  mkdir -p "$output"
+  "$python" -m dcr_mllm.cli eval-tower "${tower_args[@]}" --benchmark "$1" "${@:2}" --output "$output/$1" --if-changed > "$output/$1.log" \
+    || { echo "error: eval-tower $1 failed; see $output/$1.log" >&2; exit 1; }
+  grep -m1 "up to date" "$output/$1.log" || echo "$1: $output/$1"
 }
 
 if [[ -n "$world" ]]; then

@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.io import atomic_path
+from dcr_mllm.io import GENERATED, atomic_path, write_atomic
 from dcr_mllm.weights import read_text
 from dcr_mllm.world.conversations import KINDS as WORLD_KINDS
 from dcr_mllm.world.conversations import world_qa_rows
@@ -297,21 +297,47 @@ def prepare_pope(pope_dir: str | Path, coco_dir: str | Path, out_root: str | Pat
 
 
 def prepare_eval_data(out_root: str | Path, mmvp: str | Path | None = None, pope: str | Path | None = None,
-                      coco: str | Path | None = None, synthetic: bool = False, seed: int = 0, world: int = 0) -> list[Path]:
+                      coco: str | Path | None = None, synthetic: bool | set[str] = False, seed: int = 0, world: int = 0) -> list[Path]:
     """Every requested set read and checked first, then all written together (``write_eval_data``);
-    ``world``: that many world images (``seed`` + ``WORLD_QA_SEED``), a question per attribute each."""
+    ``world``: that many world images (``seed`` + ``WORLD_QA_SEED``), a question per attribute each;
+    ``synthetic``: True, or which of {"mmvp", "pope"}. Each folder written records where its data
+    came from (``generated.json``)."""
     root = Path(out_root)
-    outputs = {}
+    synthetic = {"mmvp", "pope"} if synthetic is True else set(synthetic or ())
+    outputs, sources = {}, {}
     if world:
         outputs[root / "world" / "test.parquet"] = world_qa_rows(world, WORLD_QA_SEED + seed)
-    if synthetic:
+        sources["world"] = world_recipe(world, seed)
+    if "mmvp" in synthetic:
         outputs[root / "mmvp" / "test.parquet"] = synthetic_mmvp_rows(seed=seed)
+        sources["mmvp"] = synthetic_recipe("mmvp", seed)
+    if "pope" in synthetic:
         outputs.update({root / "pope" / f"{split}.parquet": rows for split, rows in synthetic_pope_rows(seed=seed).items()})
+        sources["pope"] = synthetic_recipe("pope", seed)
     if mmvp:
         outputs[root / "mmvp" / "test.parquet"] = read_mmvp(mmvp)
+        sources["mmvp"] = {"source": str(Path(mmvp).resolve())}
     if pope:
         outputs.update({root / "pope" / f"{split}.parquet": rows for split, rows in read_pope(pope, coco).items()})
-    return write_eval_data(outputs)
+        sources["pope"] = {"source": str(Path(pope).resolve()), "coco": str(Path(coco).resolve())}
+    for folder in sources:  # a new file is never taken for the old one's source
+        (root / folder / GENERATED).unlink(missing_ok=True)
+    written = write_eval_data(outputs)
+    for folder, recipe in sources.items():
+        write_atomic(root / folder / GENERATED, json.dumps(recipe, indent=1, sort_keys=True))
+    return written
+
+
+DATA_VERSION = 1  # of the generated question sets: raise when their rows change
+
+
+def world_recipe(count: int, seed: int = 0) -> dict:
+    """What ``prepare-eval-data --world`` records of the set it writes (``dcr_mllm.io.generated_from``)."""
+    return {"generator": "world-qa", "version": DATA_VERSION, "count": count, "seed": WORLD_QA_SEED + seed}
+
+
+def synthetic_recipe(name: str, seed: int = 0) -> dict:
+    return {"generator": f"synthetic-{name}", "version": DATA_VERSION, "seed": seed}
 
 
 MMVP_QUESTIONS = {

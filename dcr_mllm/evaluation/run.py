@@ -10,12 +10,14 @@ loaded, towers are scored one at a time, and the report goes to ``output`` (see 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 
 import torch
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.evaluation import freshness
 from dcr_mllm.evaluation.mmvp_vlm import PREPROCESS, evaluate_mmvp_vlm, read_benchmark
 from dcr_mllm.evaluation.probes import ClassificationData, evaluate_classification, evaluate_fine_grained
 from dcr_mllm.evaluation.synthetic import fine_grained_pairs
@@ -60,13 +62,15 @@ def evaluate_towers(
     seed: int = 0,
     preprocess: str = "tower",
     allow_pickle: bool = False,
+    if_changed: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Score each tower on ``benchmark`` and write the report to ``output``; returns ``{label: {metric: percent}}``.
 
     ``data`` is the benchmark directory (``mmvp-vlm``) or image folder (``classification``);
     ``fine-grained`` generates its pairs from ``pairs_per_attribute``, ``image_size`` and ``seed``;
     ``preprocess`` ("tower" or "official") picks MMVP-VLM's pixels (see ``mmvp_vlm``); ``allow_pickle``
-    lets towers with only .bin weights load (restricted unpickler).
+    lets towers with only .bin weights load (restricted unpickler); ``if_changed`` keeps a report
+    made from the same towers, data and settings (``freshness``) instead of scoring again.
     """
     if benchmark not in BENCHMARKS:
         raise DcrError(f"unknown benchmark {benchmark!r}: use one of {', '.join(BENCHMARKS)}")
@@ -86,6 +90,12 @@ def evaluate_towers(
         raise DcrError(f"--data {data} is not a directory: check the path")
     for path in towers.values():
         inspect_tower(path, allow_pickle)
+    settings = {"benchmark": benchmark, "towers": towers, "pairs_per_attribute": pairs_per_attribute, "preprocess": preprocess,
+                **({"image_size": image_size, "seed": seed} if benchmark == "fine-grained" else {})}
+    record = freshness.made_from(settings, {**{f"tower/{label}": path for label, path in towers.items()}, "data": data})
+    if if_changed and freshness.is_current(output, record):
+        print(f"{benchmark}: up to date in {output}")
+        return json.loads((Path(output) / "results.json").read_text())
 
     if benchmark == "mmvp-vlm":
         score = functools.partial(evaluate_mmvp_vlm, data_dir=data, batch_size=batch_size, pairs=read_benchmark(data), preprocess=preprocess)
@@ -114,4 +124,5 @@ def evaluate_towers(
         source += f", {preprocess} preprocessing"
     note = source + "; towers: " + ", ".join(f"{label} = `{path}`" for label, path in towers.items())
     write_report(output, BENCHMARKS[benchmark], results, note)
+    freshness.mark_current(output, record)
     return {label: result.scores for label, result in results.items()}

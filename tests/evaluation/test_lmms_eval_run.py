@@ -113,3 +113,51 @@ def test_task_list_shows_the_project_tasks(setup):
     listing = lmms_eval(env, "tasks", "list", "--include-path", printed.stdout.strip()).stdout
     for name in ("dcr_suite", "dcr_suite_local", "mmvp_local", "pope_local_adv", "pope_local_pop", "pope_local_random", "world_local"):
         assert re.search(rf"^\s*{name}\s*$", listing, flags=re.M), f"{name} is not listed"
+
+
+@pytest.mark.slow
+def test_eval_mllm_scores_again_only_when_an_input_changed(setup, tmp_path, monkeypatch, capsys):
+    """Stage 5's command: data for exactly the tasks asked for, results reused while the model, tasks
+    and data are unchanged, scored again when the model changes; the task folder is the package's."""
+    import shutil
+
+    from dcr_mllm.cli import main
+    from dcr_mllm.io import generated_from
+
+    root, env = setup
+    data = tmp_path / "data"
+    monkeypatch.setenv("DCR_EVAL_DATA", str(data))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    model = tmp_path / "llava"
+    shutil.copytree(root / "llava", model)
+    argv = ["eval-mllm", "--model", f"m={model}", "--tasks", "mmvp_local", "--output", str(tmp_path / "out")]
+    assert main(argv) == 0
+    assert generated_from(data / "mmvp")["generator"] == "synthetic-mmvp"
+    assert not (data / "pope").exists() and not (data / "world").exists()  # the selector is exact: no POPE, no world questions
+    first = next((tmp_path / "out" / "m").rglob("*_results.json"))
+    assert "mmvp_local" in json.loads(first.read_text())["results"]
+    assert (tmp_path / "out" / "report" / "report.md").is_file()
+    capsys.readouterr()
+
+    assert main(argv) == 0
+    assert "m: up to date" in capsys.readouterr().out and first.is_file()
+
+    (model / "generation_config.json").write_text(json.dumps({"max_new_tokens": 3}))  # the model changed
+    assert main(argv) == 0
+    assert "up to date" not in capsys.readouterr().out
+
+
+def test_local_data_is_written_where_missing_or_stale_and_real_data_is_kept(tmp_path):
+    from dcr_mllm.evaluation.mllm_run import ensure_local_data, local_folders
+    from dcr_mllm.io import generated_from
+
+    assert local_folders(["world_local"]) == {"world"} and local_folders(["dcr_suite_local"]) == {"mmvp", "pope"}
+    assert local_folders(["mmvp", "pope_adv"]) == set()  # lmms-eval's own tasks read the hub's data
+    (tmp_path / "mmvp").mkdir()
+    (tmp_path / "mmvp" / "generated.json").write_text(json.dumps({"source": "/data/MMVP"}))  # prepared from the real benchmark
+    (tmp_path / "mmvp" / "test.parquet").write_bytes(b"real")
+    (tmp_path / "pope").mkdir()
+    (tmp_path / "pope" / "generated.json").write_text(json.dumps({"generator": "synthetic-pope", "version": 0, "seed": 0}))  # stale
+    ensure_local_data(tmp_path, {"mmvp", "pope"})
+    assert (tmp_path / "mmvp" / "test.parquet").read_bytes() == b"real"
+    assert generated_from(tmp_path / "pope")["version"] == 1 and (tmp_path / "pope" / "random.parquet").is_file()

@@ -1,0 +1,127 @@
+"""Score LLaVA models on lmms-eval tasks, each only when something it depends on changed, then
+compare them: ``dcr-mllm eval-mllm`` (stage 5 calls it).
+
+A model is ``NAME=DIR`` (a llava-hf directory: lmms-eval's ``llava_hf``) or ``NAME=DIR+TOWER``
+(``dcr_llava``: the tower swapped in memory). The local tasks' data (``$DCR_EVAL_DATA``) is written
+where it is missing, or where it was generated from other settings; data a user prepared from the
+real benchmarks is kept. A model's results are reused when the model, the tower, the tasks and
+their data are what they were made from (``freshness``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dcr_mllm.errors import DcrError
+from dcr_mllm.evaluation import freshness
+from dcr_mllm.evaluation.lmms_tasks import eval_data_root, prepare_eval_data, synthetic_recipe, task_dir, world_recipe
+from dcr_mllm.evaluation.mllm_report import compare_runs
+from dcr_mllm.io import generated_from
+
+WORLD_TASK_IMAGES = 150  # world_local: a question per attribute about each of 150 images
+#: the local tasks (and groups) and the data folder under $DCR_EVAL_DATA each reads
+LOCAL_TASKS = {
+    "mmvp_local": ("mmvp",),
+    "pope_local_adv": ("pope",),
+    "pope_local_pop": ("pope",),
+    "pope_local_random": ("pope",),
+    "dcr_suite_local": ("mmvp", "pope"),
+    "world_local": ("world",),
+}
+
+
+def parse_models(specs: list[str]) -> dict[str, tuple[Path, Path | None]]:
+    """``NAME=DIR`` or ``NAME=DIR+TOWER`` -> {name: (checkpoint, tower or None)}, each checked to exist."""
+    models = {}
+    for spec in specs:
+        name, sep, target = spec.partition("=")
+        if not sep or not name or not target:
+            raise DcrError(f"--model {spec!r}: give NAME=DIR or NAME=DIR+TOWER")
+        checkpoint, _, tower = target.partition("+")
+        for path, what in ((checkpoint, "model"), (tower, "tower")):
+            if path and not Path(path).is_dir():
+                raise DcrError(f"{what} {path} does not exist: run stages 2-3 first (run_all.sh trains both tiny models), or pass --model")
+        if name in models:
+            raise DcrError(f"two models are named {name!r}; give each its own NAME")
+        models[name] = (Path(checkpoint), Path(tower) if tower else None)
+    if not models:
+        raise DcrError("no model to score: pass --model NAME=DIR at least once")
+    return models
+
+
+def local_folders(tasks: list[str]) -> set[str]:
+    """The data folders the requested tasks read (exact task and group names)."""
+    return {folder for task in tasks for folder in LOCAL_TASKS.get(task, ())}
+
+
+def ensure_local_data(root: Path, folders: set[str]) -> None:
+    """Write each needed folder that is missing or was generated from other settings; keep real data."""
+    world = "world" in folders and generated_from(root / "world") != world_recipe(WORLD_TASK_IMAGES)
+    synthetic = set()
+    for name in folders & {"mmvp", "pope"}:
+        record = generated_from(root / name)
+        real = record is not None and "source" in record
+        if not real and record != synthetic_recipe(name):
+            synthetic.add(name)
+    if world or synthetic:
+        prepare_eval_data(root, synthetic=synthetic, world=WORLD_TASK_IMAGES if world else 0)
+
+
+def evaluate_mllms(specs: list[str], tasks: str, output: str | Path, nproc: int = 1) -> Path:
+    """Score every model (or reuse its current results), then write ``output/report``; returns it."""
+    models = parse_models(specs)
+    task_names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not task_names:
+        raise DcrError("--tasks is empty; name lmms-eval tasks or groups, e.g. dcr_suite_local")
+    if nproc < 1:
+        raise DcrError(f"--nproc {nproc}: must be at least 1")
+    output = Path(output)
+    root = eval_data_root()
+    folders = local_folders(task_names)
+    ensure_local_data(root, folders)
+    import torch
+
+    device_args = "device=cuda" if torch.cuda.is_available() else "device=cpu,device_map=cpu"
+    runs = []
+    for name, (checkpoint, tower) in models.items():
+        out = output / name
+        model = "dcr_llava" if tower else "llava_hf"
+        model_args = f"pretrained={checkpoint}" + (f",vision_tower={tower}" if tower else "") + f",{device_args}"
+        record = freshness.made_from({"model": model, "model_args": model_args, "tasks": task_names},
+                                     {"model": checkpoint, "tower": tower, "tasks": task_dir(), **{f"data/{f}": root / f for f in sorted(folders)}})
+        if freshness.is_current(out, record):
+            print(f"{name}: up to date in {out}")
+        else:
+            _run_lmms_eval(name, model, model_args, task_names, out, output / "logs" / f"{name}.log", nproc)
+            freshness.mark_current(out, record)
+            print(f"{name}: {out}")
+        runs.append(f"{name}={out}")
+    compare_runs(runs, output / "report")
+    return output / "report"
+
+
+def _run_lmms_eval(name: str, model: str, model_args: str, tasks: list[str], out: Path, log: Path, nproc: int) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    launcher = [sys.executable, "-m", "lmms_eval"]
+    if nproc > 1:
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc), "-m", "lmms_eval"]
+    command = [*launcher, "eval", "--model", model, "--model_args", model_args, "--tasks", ",".join(tasks),
+               "--include_path", str(task_dir()), "--batch_size", "1", "--output_path", str(out)]
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **os.environ, "DCR_EVAL_DATA": str(eval_data_root())}
+    start = time.monotonic()
+    with open(log, "w") as stream:
+        process = subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
+        while True:  # long work is never silent: a line every 30 s
+            try:
+                code = process.wait(timeout=30)
+                break
+            except subprocess.TimeoutExpired:
+                print(f"{name}: lmms-eval running ({time.monotonic() - start:.0f} s; log: {log})", flush=True)
+    if code != 0:
+        raise DcrError(f"lmms-eval failed for {name} (exit {code}); see {log}")
