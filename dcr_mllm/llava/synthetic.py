@@ -71,22 +71,3 @@ def _write_conversations(out_dir: Path, num_images: int, image_size: int, seed: 
         finetune.append({"id": f"t{index}", "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
     for key, records in (("pretrain", pretrain), ("finetune", finetune)):
         (out_dir / f"{key}.json").write_text(json.dumps(records, indent=1))
-    rng = random.Random(seed)
-    paths["images"].mkdir(parents=True, exist_ok=True)
-    pretrain, finetune = [], []
-    for index in range(num_images):
-        attrs = sample_attributes(rng)
-        name = f"{index:06d}.png"
-        render_scene(attrs, image_size).save(paths["images"] / name)
-        pretrain.append({"id": f"p{index}", "image": name, "conversations": [
-            {"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
-            {"from": "gpt", "value": caption(attrs)}]})
-        finetune.append({"id": f"f{index}", "image": name, "conversations": _questions(attrs, rng)})
-    for index in range(max(1, num_images // 8)):  # text-only records, as in the 665K mix
-        question, answer = TEXT_ONLY[index % len(TEXT_ONLY)]
-        finetune.append({"id": f"t{index}", "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
-    for key, records in (("pretrain", pretrain), ("finetune", finetune)):  # finetune last: it marks completion
-        tmp = paths[key].with_suffix(".tmp")
-        tmp.write_text(json.dumps(records, indent=1))
-        os.replace(tmp, paths[key])
-    return paths

@@ -148,6 +148,7 @@ def test_eval_mllm_scores_again_only_when_an_input_changed(setup, tmp_path, monk
 
 
 def test_local_data_is_written_where_missing_or_stale_and_real_data_is_kept(tmp_path):
+    from dcr_mllm.evaluation.lmms_tasks import DATA_VERSION
     from dcr_mllm.evaluation.mllm_run import ensure_local_data, local_folders
     from dcr_mllm.io import generated_from
 
@@ -160,4 +161,4 @@ def test_local_data_is_written_where_missing_or_stale_and_real_data_is_kept(tmp_
     (tmp_path / "pope" / "generated.json").write_text(json.dumps({"generator": "synthetic-pope", "version": 0, "seed": 0}))  # stale
     ensure_local_data(tmp_path, {"mmvp", "pope"})
     assert (tmp_path / "mmvp" / "test.parquet").read_bytes() == b"real"
-    assert generated_from(tmp_path / "pope")["version"] == 1 and (tmp_path / "pope" / "random.parquet").is_file()
+    assert generated_from(tmp_path / "pope")["version"] == DATA_VERSION and (tmp_path / "pope" / "random.parquet").is_file()

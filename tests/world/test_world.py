@@ -130,3 +130,32 @@ def test_a_denoiser_field_keeps_the_clip_build_and_the_variants_build(tmp_path):
     sd = ensure_world("sd", tmp_path, variant)
     unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet")
     assert unet.config.block_out_channels == [16, 32, 32] and unet.config.down_block_types[:2] == ["CrossAttnDownBlock2D"] * 2
+
+
+def test_generated_sets_are_reused_only_when_made_from_the_same_settings(tmp_path):
+    """A changed count, seed or size regenerates a data folder (atomically); the same ones reuse it."""
+    from dcr_mllm.io import generated_from
+    from dcr_mllm.llava.synthetic import write_synthetic_conversations
+    from dcr_mllm.world.conversations import write_world_conversations
+    from dcr_mllm.world.scenes import world_eval_set, write_world_shards
+
+    shards = write_world_shards(tmp_path / "shards", 8, seed=14, samples_per_shard=4)
+    first = {p.name: p.stat().st_mtime_ns for p in shards.iterdir()}
+    assert generated_from(shards) == {"generator": "world-shards", "version": 1, "count": 8, "seed": 14, "size": 32, "samples_per_shard": 4}
+    write_world_shards(tmp_path / "shards", 8, seed=14, samples_per_shard=4)
+    assert {p.name: p.stat().st_mtime_ns for p in shards.iterdir()} == first  # reused, not rewritten
+    write_world_shards(tmp_path / "shards", 12, seed=14, samples_per_shard=4)
+    assert sorted(p.name for p in shards.glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
+    assert generated_from(shards)["count"] == 12 and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    conversations = write_world_conversations(tmp_path / "llava", 4, seed=13)
+    write_world_conversations(tmp_path / "llava", 6, seed=13, size=24)
+    assert len(list((conversations / "images").iterdir())) == 6 and generated_from(conversations)["size"] == 24
+
+    labelled = world_eval_set(tmp_path / "eval", seed=1, count=5)
+    world_eval_set(tmp_path / "eval", seed=3, count=5)
+    assert generated_from(labelled)["seed"] == 3 and len((labelled / "labels.csv").read_text().splitlines()) == 6
+
+    paths = write_synthetic_conversations(tmp_path / "synthetic", num_images=8)
+    write_synthetic_conversations(tmp_path / "synthetic", num_images=16)
+    assert len(json.loads(paths["pretrain"].read_text())) == 16
