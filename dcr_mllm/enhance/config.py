@@ -90,15 +90,14 @@ def resolve_config(cfg: EnhanceConfig) -> EnhanceConfig:
             raise ConfigError(f"{name}.gradient_checkpointing is not read by stage one; bound memory with objective.chunk_size")
     unread = unread_keys(cfg.objective)
     if unread:
-        raise ConfigError(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} not read by objective.name={cfg.objective.name}; "
-                          "remove them or choose the objective that uses them")
+        one = len(unread) == 1
+        raise ConfigError(f"{', '.join(unread)} {'is' if one else 'are'} not read by objective.name={cfg.objective.name}; "
+                          f"remove {'it' if one else 'them'} or choose the objective that uses {'it' if one else 'them'}")
     if cfg.objective.tau <= 0:
         raise ConfigError(f"objective.tau must be positive, got {cfg.objective.tau}")
     if cfg.objective.chunk_size < 0:
         raise ConfigError("objective.chunk_size must be 0 (unchunked) or a positive number of denoiser calls")
     negatives, k = cfg.objective.negatives, cfg.objective.num_negatives
-    if negatives == "global" and cfg.objective.name != "dcr":
-        raise ConfigError(f"objective.negatives=global only applies to objective.name=dcr ({cfg.objective.name} has no negatives); set objective.negatives=local")
     if k < 0 or (k and negatives == "local"):
         raise ConfigError(f"objective.num_negatives={k}: set 0 (the micro batch size minus one), or a positive K with objective.negatives=global")
     if cfg.lora.r < 1 or cfg.lora.alpha <= 0 or not 0 <= cfg.lora.dropout < 1:

@@ -235,12 +235,11 @@ def split_to_even_chunks(indices: list[int], lengths: list[int], num_chunks: int
     return chunks
 
 
-def epoch_steps(records: list[dict], batch_size: int, world_size: int, grad_accum: int) -> int:
-    """Micro-batch steps per epoch of ``GroupedBatches`` over ``records``: whole global batches of
-    each modality (the same on every rank)."""
+def epoch_steps(images: int, texts: int, batch_size: int, world_size: int, grad_accum: int) -> int:
+    """Micro-batch steps per epoch of ``GroupedBatches`` over ``images`` records with an image and
+    ``texts`` without: whole global batches of each modality (the same on every rank)."""
     megabatch = batch_size * world_size * grad_accum
-    images = sum("image" in record for record in records)
-    return (images // megabatch + (len(records) - images) // megabatch) * grad_accum
+    return (images // megabatch + texts // megabatch) * grad_accum
 
 
 class GroupedBatches(IterableDataset):
@@ -315,7 +314,8 @@ class GroupedBatches(IterableDataset):
 
     def steps_per_epoch(self) -> int:
         """Micro-batch steps per epoch (the same on every rank)."""
-        return epoch_steps(self.data.records, self.batch_size, self.world_size, self.grad_accum)
+        images = sum(self.data.has_image(i) for i in range(len(self.data)))
+        return epoch_steps(images, len(self.data) - images, self.batch_size, self.world_size, self.grad_accum)
 
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()

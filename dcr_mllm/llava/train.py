@@ -89,7 +89,7 @@ def resolve_config(cfg: LlavaTrainConfig) -> LlavaTrainConfig:
               if f.name != "enabled" and getattr(cfg.lora, f.name) != getattr(LanguageLora(), f.name)]
     if unread and not cfg.lora.enabled:
         raise ConfigError(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read only with lora.enabled=true; "
-                          "enable LoRA or remove them")
+                          f"enable LoRA or remove {'it' if len(unread) == 1 else 'them'}")
     if cfg.synthetic_images < 1:
         raise ConfigError("synthetic_images must be at least 1")
     return cfg
@@ -154,7 +154,8 @@ def stage_steps(cfg: LlavaTrainConfig, stage: str, records: list[dict], world_si
     train_cfg = cfg.pretrain if stage == "pretrain" else cfg.finetune
     if train_cfg.max_steps > 0:
         return train_cfg.max_steps
-    per_epoch = epoch_steps(records, train_cfg.micro_batch_size, world_size, train_cfg.grad_accum)
+    images = sum("image" in record for record in records)
+    per_epoch = epoch_steps(images, len(records) - images, train_cfg.micro_batch_size, world_size, train_cfg.grad_accum)
     return max(1, math.ceil(train_cfg.epochs * per_epoch / train_cfg.grad_accum))
 
 

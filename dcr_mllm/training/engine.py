@@ -250,6 +250,9 @@ class Trainer:
         """Refuse to resume with settings that change training, unless allowed; then record them."""
         stored = self.checkpoint_dir / "config.json"
         before = json.loads(stored.read_text()) if stored.is_file() else None  # None: checkpoints from before config.json
+        if before is not None:  # a setting added since the checkpoint was made ran at its default then
+            defaults = TrainConfig()
+            before = {**{key: _plain(getattr(defaults, key)) for key in TRAINING_KEYS if key not in before}, **before}
         if before == self.fingerprint:
             return
         changes = config_changes(before, self.fingerprint) if before is not None else []

@@ -21,11 +21,14 @@ _received = 0  # the signal recorded in this process (0: none); kept across stag
 
 
 class Preempted(SystemExit):
-    """Raised on every rank once the checkpoint is saved; exits the process with 128 + signum."""
+    """Raised on every rank once the checkpoint is saved; exits the process with 128 + signum. The
+    signal is then handled: a caller that goes on in the same process (a library user) starts clean."""
 
     def __init__(self, signum: int):
+        global _received
         super().__init__(128 + signum)
         self.signum = signum
+        _received = 0
 
 
 def _record(signum, frame) -> None:

@@ -168,7 +168,7 @@ def test_print_config_shows_the_negatives(capsys):
 @pytest.mark.parametrize("overrides, message", [
     (["objective.num_negatives=3"], "objective.num_negatives=3: set 0"),
     (["objective.negatives=global", "objective.num_negatives=-1"], "objective.num_negatives=-1: set 0"),
-    (["objective.negatives=global", "objective.name=reconstruction"], "objective.negatives=global only applies to objective.name=dcr"),
+    (["objective.negatives=global", "objective.name=reconstruction"], "objective.negatives is not read by objective.name=reconstruction"),
     (["objective.negatives=everywhere"], "objective.negatives"),
 ])
 def test_bad_negatives_settings_are_refused(capsys, overrides, message):
