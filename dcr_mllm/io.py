@@ -84,9 +84,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """An empty directory beside ``path`` to fill; when the block succeeds it becomes ``path``
     (an existing ``path`` is replaced only then), when it fails it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path.parent, path.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".partial", dir=path.parent))
+    tmp = _sibling_dir(path, ".partial")
     try:
         yield tmp
         tmp.chmod(0o755)  # mkdtemp makes it private
@@ -105,14 +103,18 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 def scratch_dir(path: str | Path) -> Iterator[Path]:
     """A temporary directory beside ``path`` (same file system), removed when the block ends
     however it ends; a killed writer's is removed by the next write to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path.parent, path.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".scratch", dir=path.parent))
+    tmp = _sibling_dir(Path(path), ".scratch")
     try:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sibling_dir(path: Path, suffix: str) -> Path:
+    """A new private directory beside ``path`` named for its writer, after removing dead writers' ones."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, path.name)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=suffix, dir=path.parent))
 
 
 #: in every generated data folder: what it was generated from

@@ -11,4 +11,4 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/common.sh"
 case "${1:-}" in -h|--help) sed -n '2,9p' "$0"; exit 0 ;; esac
-HF_HUB_OFFLINE=1 "$python" -m dcr_mllm.world.ablation "$@"
+HF_HUB_OFFLINE=1 "$python" -m dcr_mllm.enhance.ablation "$@"

@@ -85,7 +85,7 @@ def test_world_metrics_and_condition_sensitivity(mini_world, tmp_path, capsys):
 
 
 def test_summary_compares_each_seed_with_base():
-    from dcr_mllm.world.ablation import report, summarize
+    from dcr_mllm.enhance.ablation import report, summarize
 
     base = {"probe_global/fine_mean": 50.0, "class/probe": 90.0, "class/zero_shot": 80.0, "pairs/mean": 10.0, "probe_layer/fine_mean": 60.0}
     shifted = lambda d: {k: v + d for k, v in base.items()}

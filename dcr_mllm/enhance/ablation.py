@@ -7,7 +7,7 @@ and ``OUT/chart.png``: every metric as mean +- std over seeds, and each objectiv
 seed by seed. Training and evaluation run in one-thread processes, ``--jobs`` at a time; finished
 pieces are skipped, so a rerun only redoes what is missing.
 
-    python -m dcr_mllm.world.ablation --output outputs/ablation --seeds 3
+    python -m dcr_mllm.enhance.ablation --output outputs/ablation --seeds 3
 """
 
 from __future__ import annotations
