@@ -157,6 +157,20 @@ def test_debug_shows_the_traceback_of_a_user_error(capsys):
         main(["--debug", "enhance", "--print-config", "lora_stage.save_every=0"])
 
 
+def test_debug_keeps_the_cause_of_a_user_error(tmp_path):
+    """The one-line message for users; under --debug the error it came from stays chained."""
+    from dcr_mllm.errors import DcrError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1\n")
+    with pytest.raises(DcrError, match="is not valid YAML") as raised:
+        main(["--debug", "enhance", "--config", str(bad), "--print-config"])
+    assert isinstance(raised.value.__cause__, yaml.YAMLError)
+    with pytest.raises(DcrError, match="is not a YAML value") as raised:
+        main(["--debug", "enhance", "--print-config", "seed=[1"])
+    assert isinstance(raised.value.__cause__, yaml.YAMLError)
+
+
 def _deepspeed_json(tmp_path, **values) -> Path:
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 2, "overlap_comm": True}, **values}))

@@ -8,11 +8,12 @@ is built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from dcr_mllm.diffusion.denoiser import check_sd_dir, unet_cross_attention_dim
 from dcr_mllm.diffusion.projector import check_widths
-from dcr_mllm.errors import ConfigError
+from dcr_mllm.errors import ConfigError, DcrError
 from dcr_mllm.objectives.model import ObjectiveConfig, unread_keys
 from dcr_mllm.towers import TowerSpec, inspect_tower
 from dcr_mllm.training.config import TrainConfig, resolve_train_config
@@ -54,6 +55,22 @@ class DataSettings:
 
 
 @dataclass
+class EvalBenchmark:
+    name: Literal["world", "mmvp-vlm", "classification"] = "world"
+    data: str = ""  # world: a labelled folder (make-eval-data world); mmvp-vlm: the benchmark folder; classification: an image folder
+    pairs_per_attribute: int = 30  # world only
+
+
+@dataclass
+class EvalSettings:
+    """The tower evaluated while the LoRA stage trains (``dcr_mllm.enhance.watch``)."""
+
+    every: int = 0  # LoRA steps between evaluations; 0: none during training
+    at_start: bool = True  # also at step 0: the base tower, the line every curve is read against
+    benchmarks: list[EvalBenchmark] = field(default_factory=list)
+
+
+@dataclass
 class EnhanceConfig:
     tower: str  # a tower directory or a preset name
     denoiser: str  # a Stable Diffusion (diffusers layout) directory or a preset name
@@ -66,6 +83,7 @@ class EnhanceConfig:
     data: DataSettings = field(default_factory=DataSettings)
     projector_stage: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))
     lora_stage: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5))
+    eval: EvalSettings = field(default_factory=EvalSettings)
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,17 @@ def resolve_config(cfg: EnhanceConfig) -> EnhanceConfig:
         raise ConfigError(f"lora needs r >= 1, alpha > 0 and dropout in [0, 1); got r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}")
     if cfg.data.synthetic_samples < 1 or cfg.data.synthetic_shards < 1:
         raise ConfigError("data.synthetic_samples and data.synthetic_shards must be at least 1")
+    if cfg.eval.every < 0:
+        raise ConfigError(f"eval.every must be 0 (no evaluation during training) or a number of LoRA steps, got {cfg.eval.every}")
+    if cfg.eval.every and not cfg.eval.benchmarks:
+        raise ConfigError("eval.every is set but eval.benchmarks is empty; name at least one, e.g. {name: world, data: outputs/world/val}")
+    if cfg.eval.benchmarks and not cfg.eval.every:
+        raise ConfigError("eval.benchmarks are read only with eval.every > 0; set eval.every or remove them")
+    for index, bench in enumerate(cfg.eval.benchmarks):
+        if not bench.data:
+            raise ConfigError(f"eval.benchmarks[{index}] ({bench.name}) needs data: the folder to evaluate on")
+        if bench.name != "world" and bench.pairs_per_attribute != EvalBenchmark().pairs_per_attribute:
+            raise ConfigError(f"eval.benchmarks[{index}].pairs_per_attribute is read only by the world benchmark")
     scale, ratio = cfg.data.crop_scale, cfg.data.crop_ratio
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1 or len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
         raise ConfigError(f"data.crop_scale must be [low, high] within (0, 1] and data.crop_ratio [low, high] above 0; got {scale} and {ratio}")
@@ -123,4 +152,7 @@ def validate(cfg: EnhanceConfig) -> ResolvedShapes:
     check_widths(tower.global_dim, projector_input, projector_output, unet_width)
     if cfg.data.shards:
         expand_shard_urls(cfg.data.shards)
+    for bench in cfg.eval.benchmarks:
+        if not Path(bench.data).is_dir():
+            raise DcrError(f"eval benchmark {bench.name}: data folder {bench.data} does not exist")
     return ResolvedShapes(tower, unet_width, projector_input, projector_output)

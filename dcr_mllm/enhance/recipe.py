@@ -25,6 +25,7 @@ from dcr_mllm.data.synthetic import VERSION as SYNTHETIC_VERSION
 from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
 from dcr_mllm.enhance.config import EnhanceConfig, ResolvedShapes, validate
 from dcr_mllm.enhance.export import export_tower
+from dcr_mllm.enhance.watch import TowerWatch
 from dcr_mllm.io import generated_dir
 from dcr_mllm.objectives import EnhanceModel
 from dcr_mllm.objectives.negatives import check_negative_count
@@ -129,7 +130,10 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
             metrics["skipped_images"] = float(batch["skipped"])
             return loss, metrics
 
-        trainer.fit(batches, step)
+        watch = TowerWatch(cfg, stage_dir, dist_info.is_main) if stage == "lora" and cfg.eval.every else None
+        trainer.fit(batches, step, after_step=watch)
+        if watch is not None:
+            watch.finish()
         del trainer, model
 
     if not is_finished(output_dir / "lora"):

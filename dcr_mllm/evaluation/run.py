@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,6 +49,23 @@ def parse_tower_args(specs: list[str]) -> dict[str, str]:
     if not towers:
         raise DcrError("no tower to evaluate: pass --tower DIR (or NAME=DIR) at least once")
     return towers
+
+
+def benchmark_scorer(benchmark: str, data: str | Path | None, batch_size: int = 64, pairs_per_attribute: int = 20,
+                     image_size: int = 224, seed: int = 0, preprocess: str = "tower") -> Callable[[object], BenchmarkResult]:
+    """``score(tower) -> BenchmarkResult`` for one benchmark, its data read and checked once, now
+    (``evaluate_towers`` and the evaluation during training both use it)."""
+    if benchmark == "mmvp-vlm":
+        return functools.partial(evaluate_mmvp_vlm, data_dir=data, batch_size=batch_size, pairs=read_benchmark(data), preprocess=preprocess)
+    if benchmark == "classification":
+        return functools.partial(evaluate_classification, data=ClassificationData(data), batch_size=batch_size)
+    if benchmark == "world":
+        from dcr_mllm.world.metrics import evaluate_world
+        from dcr_mllm.world.scenes import read_world
+
+        read_world(data)  # its labels checked before any tower loads
+        return lambda tower: BenchmarkResult(evaluate_world(tower, data, pairs_per_attribute))
+    return functools.partial(evaluate_fine_grained, pairs=fine_grained_pairs(pairs_per_attribute, image_size, seed), batch_size=batch_size)
 
 
 def evaluate_towers(
@@ -97,21 +115,7 @@ def evaluate_towers(
         print(f"{benchmark}: up to date in {output}")
         return json.loads((Path(output) / "results.json").read_text())
 
-    if benchmark == "mmvp-vlm":
-        score = functools.partial(evaluate_mmvp_vlm, data_dir=data, batch_size=batch_size, pairs=read_benchmark(data), preprocess=preprocess)
-    elif benchmark == "classification":
-        score = functools.partial(evaluate_classification, data=ClassificationData(data), batch_size=batch_size)
-    elif benchmark == "world":
-        from dcr_mllm.world.metrics import evaluate_world
-        from dcr_mllm.world.scenes import read_world
-
-        read_world(data)  # its labels checked before any tower loads
-
-        def score(tower):
-            return BenchmarkResult(evaluate_world(tower, data, pairs_per_attribute))
-    else:
-        score = functools.partial(evaluate_fine_grained, pairs=fine_grained_pairs(pairs_per_attribute, image_size, seed), batch_size=batch_size)
-
+    score = benchmark_scorer(benchmark, data, batch_size, pairs_per_attribute, image_size, seed, preprocess)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = {}
     for label, path in towers.items():

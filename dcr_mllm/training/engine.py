@@ -59,6 +59,8 @@ TRAINING_KEYS = ("max_steps", "micro_batch_size", "grad_accum", "lr", "group_lrs
 #: written into an export by ``write_export_marker``: the weights it was made from
 EXPORT_MARKER = "trained_from.json"
 StepFn = Callable[[nn.Module, dict, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+#: called on every rank after each optimizer step (and once at step 0 of a fresh run): extra scalars to log
+AfterStep = Callable[["Trainer", int], dict[str, float]]
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -218,7 +220,7 @@ class Trainer:
         self._apply_schedule()
         self.resumed_step = self.step
         if self.dist.is_main:
-            _truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
+            truncate_jsonl(self.output_dir / "metrics.jsonl", self.step)
             logger.info("resumed from %s at step %d", self.checkpoint_dir / tag, self.step)
         return True
 
@@ -285,9 +287,10 @@ class Trainer:
         scheduler._last_lr = [group["lr"] for group in groups]
 
     # ---------------------------------------------------------------- loop
-    def fit(self, batches, step_fn: StepFn) -> None:
+    def fit(self, batches, step_fn: StepFn, after_step: AfterStep | None = None) -> None:
         """Train to ``max_steps``; resumes automatically; a finished run returns at once, unless
-        ``max_steps`` was raised: then it continues from its last checkpoint."""
+        ``max_steps`` was raised: then it continues from its last checkpoint. ``after_step``'s
+        scalars join the step's logged metrics (the tower's evaluation during training)."""
         if is_finished(self.output_dir, self.cfg.max_steps):
             if self.dist.is_main:
                 print(f"{self.output_dir}: training already finished; nothing to do")
@@ -305,6 +308,8 @@ class Trainer:
         data = iter(batches)
         self.engine.train()
         saved = self.step  # a resumed step has its checkpoint
+        if after_step is not None and self.step == 0:
+            after_step(self, 0)
         with catch_preemption():
             while self.step < self.cfg.max_steps:
                 signum = agreed_signal(self.dist.device)
@@ -314,6 +319,8 @@ class Trainer:
                 metrics = self._optimizer_step(data, step_fn)
                 self.step += 1
                 metrics.update(lr=self.engine.get_lr()[0], step_seconds=time.perf_counter() - start, nonfinite_total=self.nonfinite_total)
+                if after_step is not None:
+                    metrics.update(after_step(self, self.step))
                 self._log(metrics)
                 if progress is not None:
                     progress.update(1)
@@ -540,7 +547,7 @@ def _plain(value):
     return json.loads(json.dumps(value))
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def truncate_jsonl(path: Path, step: int) -> None:
     """Drop the lines a killed run logged after the checkpoint being resumed (they are logged
     again), and a line the kill cut short."""
     if not path.is_file():

@@ -77,3 +77,20 @@ def test_a_missing_tower_or_duplicate_label_is_named(tiny, mmvp_dir, tmp_path, c
     assert "no_tower" in capsys.readouterr().err
     assert main([*base, "--tower", "x=tiny-clip", "--tower", "x=tiny-siglip"]) == 2
     assert "two towers are labelled 'x'" in capsys.readouterr().err
+
+
+def test_if_changed_keeps_a_report_made_from_the_same_inputs(tiny, tmp_path, capsys):
+    """Stage 4's freshness rule: the same towers, data and settings reuse the report; a changed tower
+    file or setting scores again."""
+    import shutil
+
+    tower = tmp_path / "tower"
+    shutil.copytree(tiny["clip"], tower)
+    argv = ["eval-tower", "--tower", f"t={tower}", "--benchmark", "fine-grained", "--pairs-per-attribute", "2", "--image-size", "32",
+            "--output", str(tmp_path / "out"), "--if-changed"]
+    assert main(argv) == 0 and "up to date" not in capsys.readouterr().out
+    assert main(argv) == 0 and "fine-grained: up to date" in capsys.readouterr().out
+    assert main([*argv[:-3], "--seed", "1", *argv[-3:]]) == 0 and "up to date" not in capsys.readouterr().out
+    assert main([*argv[:-3], "--seed", "1", *argv[-3:]]) == 0 and "up to date" in capsys.readouterr().out
+    (tower / "preprocessor_config.json").write_text((tower / "preprocessor_config.json").read_text() + " ")
+    assert main([*argv[:-3], "--seed", "1", *argv[-3:]]) == 0 and "up to date" not in capsys.readouterr().out

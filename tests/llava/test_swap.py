@@ -341,3 +341,20 @@ def test_swapped_processor_pads_as_training_does(make_llava_hf, dcr_tower, tmp_p
     torch.testing.assert_close(loaded(wide, return_tensors="pt")["pixel_values"],
                                training(wide, return_tensors="pt")["pixel_values"], atol=1e-6, rtol=0)
     assert list(loaded.image_mean) == ENHANCED_MEAN
+
+
+def test_an_unreadable_config_of_the_original_tower_is_an_error_not_a_guess(make_original, dcr_tower, tmp_path, capsys):
+    """The tower an original checkpoint names is on this machine but its config is broken: the swap
+    stops naming it (it used to guess the family from the name)."""
+    src = tmp_path / "src-llava"
+    shutil.copytree(make_original(), src)
+    broken = tmp_path / "siglip-tower"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "clip", "vision_config": ')
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "mm_vision_tower": str(broken)}))
+    code, _, err = run(capsys, "--llava", src, "--tower", dcr_tower, "--output", tmp_path / "dst")
+    assert code == 2 and f"the checkpoint's tower {broken}" in err and "not valid JSON" in err and not (tmp_path / "dst").exists()
+    with pytest.raises(DcrError) as raised:
+        main(["--debug", "swap-tower", "--llava", str(src), "--tower", str(dcr_tower), "--output", str(tmp_path / "dst")])
+    assert raised.value.__cause__ is not None

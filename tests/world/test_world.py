@@ -159,3 +159,22 @@ def test_generated_sets_are_reused_only_when_made_from_the_same_settings(tmp_pat
     paths = write_synthetic_conversations(tmp_path / "synthetic", num_images=8)
     write_synthetic_conversations(tmp_path / "synthetic", num_images=16)
     assert len(json.loads(paths["pretrain"].read_text())) == 16
+
+
+def test_long_world_work_prints_progress(tmp_path, capsys, monkeypatch):
+    """Side-by-side model builds print lines (start, at least every interval, end); data sets a bar."""
+    from dcr_mllm.progress import ProgressLines
+    from dcr_mllm.world.scenes import write_world_shards
+
+    lines = ProgressLines("world-clip", 3, every=0.0)
+    lines.update(1, loss=2.5)
+    lines.update(3, loss=1.25)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "world-clip: started, 3 steps"
+    assert err[1].startswith("world-clip: step 1/3 (") and err[1].endswith(", loss 2.5)") and err[2].startswith("world-clip: step 3/3")
+    quiet = ProgressLines("x", 10, every=3600.0)
+    quiet.update(5)
+    quiet.update(10)  # the last step always prints
+    assert [line.split(" (")[0] for line in capsys.readouterr().err.splitlines()] == ["x: started, 10 steps", "x: step 10/10"]
+    write_world_shards(tmp_path / "shards", 4, seed=14)
+    assert "world shards (4 images)" in capsys.readouterr().err
