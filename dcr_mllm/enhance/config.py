@@ -68,6 +68,11 @@ class EvalSettings:
     every: int = 0  # LoRA steps between evaluations; 0: none during training
     at_start: bool = True  # also at step 0: the base tower, the line every curve is read against
     benchmarks: list[EvalBenchmark] = field(default_factory=list)
+    #: "<benchmark>/<metric>" (e.g. world/probe_global/fine_mean): export the evaluated step where it is
+    #: highest, not the last; its benchmark's data is the selection split and must not be test data
+    select: str = ""
+    test_data: list[str] = field(default_factory=list)  # folders the final report is measured on
+    allow_test_selection: bool = False  # select on test data anyway; the model card says so
 
 
 @dataclass
@@ -128,6 +133,14 @@ def resolve_config(cfg: EnhanceConfig) -> EnhanceConfig:
         raise ConfigError("eval.every is set but eval.benchmarks is empty; name at least one, e.g. {name: world, data: outputs/world/val}")
     if cfg.eval.benchmarks and not cfg.eval.every:
         raise ConfigError("eval.benchmarks are read only with eval.every > 0; set eval.every or remove them")
+    names = [bench.name for bench in cfg.eval.benchmarks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"eval.benchmarks names {names}: each benchmark once (the metrics are named eval/<benchmark>/...)")
+    if cfg.eval.select and cfg.eval.select.split("/")[0] not in names:
+        raise ConfigError(f"eval.select={cfg.eval.select}: start it with an evaluated benchmark ({', '.join(names) or 'none'}), "
+                          "e.g. world/probe_global/fine_mean")
+    if (cfg.eval.test_data or cfg.eval.allow_test_selection) and not cfg.eval.select:
+        raise ConfigError("eval.test_data and eval.allow_test_selection are read only with eval.select")
     for index, bench in enumerate(cfg.eval.benchmarks):
         if not bench.data:
             raise ConfigError(f"eval.benchmarks[{index}] ({bench.name}) needs data: the folder to evaluate on")
@@ -137,6 +150,25 @@ def resolve_config(cfg: EnhanceConfig) -> EnhanceConfig:
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1 or len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
         raise ConfigError(f"data.crop_scale must be [low, high] within (0, 1] and data.crop_ratio [low, high] above 0; got {scale} and {ratio}")
     return cfg
+
+
+def selection_on_test_data(cfg: EnhanceConfig) -> str:
+    """Why the selection split is test data ("" when it is not): MMVP-VLM is a test set, a folder
+    named in ``eval.test_data``, or the world's tower evaluation set (its recorded seed)."""
+    from dcr_mllm.io import generated_from
+    from dcr_mllm.world.prepare import EVAL_SEED
+
+    if not cfg.eval.select:
+        return ""
+    bench = next(b for b in cfg.eval.benchmarks if b.name == cfg.eval.select.split("/")[0])
+    record = generated_from(bench.data) or {}
+    if bench.name == "mmvp-vlm":
+        return "MMVP-VLM, a test set"
+    if Path(bench.data).resolve() in {Path(d).resolve() for d in cfg.eval.test_data}:
+        return f"{bench.data}, listed in eval.test_data"
+    if record.get("generator") == "world-labelled" and record.get("seed") == EVAL_SEED:
+        return f"{bench.data}, the world's tower evaluation set (seed {EVAL_SEED}, what stage 4 reports)"
+    return ""
 
 
 def validate(cfg: EnhanceConfig) -> ResolvedShapes:
@@ -155,4 +187,8 @@ def validate(cfg: EnhanceConfig) -> ResolvedShapes:
     for bench in cfg.eval.benchmarks:
         if not Path(bench.data).is_dir():
             raise DcrError(f"eval benchmark {bench.name}: data folder {bench.data} does not exist")
+    test = selection_on_test_data(cfg)
+    if test and not cfg.eval.allow_test_selection:
+        raise ConfigError(f"eval.select={cfg.eval.select} would choose the exported step on {test}; select on a validation folder "
+                          "(build-world writes outputs/world/val) or set eval.allow_test_selection=true (the model card says so)")
     return ResolvedShapes(tower, unet_width, projector_input, projector_output)

@@ -18,19 +18,22 @@ from pathlib import Path
 import yaml
 
 from dcr_mllm.config import to_dict
-from dcr_mllm.enhance.config import EnhanceConfig
+from dcr_mllm.enhance.config import EnhanceConfig, selection_on_test_data
+from dcr_mllm.enhance.watch import SELECTED
 from dcr_mllm.towers import apply_lora, load_tower, merge_lora
 from dcr_mllm.training import load_trainable_state
 
 MODEL_CARD = "model_card.md"
 
 
-def export_tower(cfg: EnhanceConfig, out_dir: str | Path) -> Path:
+def export_tower(cfg: EnhanceConfig, out_dir: str | Path, selection: dict | None = None) -> Path:
+    """The last step's tower, or with ``selection`` (``watch.selected``) the chosen step's."""
     out_dir = Path(out_dir)
     lora_dir = Path(cfg.output_dir) / "lora"
     trained = load_tower(cfg.tower, vision_only=True)  # the structure the LoRA stage trained
     apply_lora(trained, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None, cfg.lora.scope, cfg.lora.bias)
-    load_trainable_state(trained, lora_dir / "trainable.safetensors", prefix="tower.")
+    weights = lora_dir / ("trainable.safetensors" if selection is None else SELECTED)
+    load_trainable_state(trained, weights, prefix="tower.")
     merged = merge_lora(trained)
     tower = load_tower(cfg.tower)  # the full model (text side included), in its own format
     for part, trained_part in zip(tower.vision_parts, trained.vision_parts, strict=True):  # encoder, head, projection
@@ -39,14 +42,27 @@ def export_tower(cfg: EnhanceConfig, out_dir: str | Path) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tower.save(tmp)
-    (tmp / MODEL_CARD).write_text(model_card(cfg, merged, lora_dir))
+    (tmp / MODEL_CARD).write_text(model_card(cfg, merged, lora_dir, selection))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
 
 
-def model_card(cfg: EnhanceConfig, merged_layers: int, lora_dir: Path) -> str:
+def selection_card(cfg: EnhanceConfig, selection: dict) -> str:
+    """Which step was exported and why, with every evaluated step's value."""
+    bench = next(b for b in cfg.eval.benchmarks if b.name == cfg.eval.select.split("/")[0])
+    test = selection_on_test_data(cfg)
+    lines = ["## Exported step\n",
+             f"Step {selection['step']} of the LoRA stage, the highest `{selection['metric']}` ({selection['value']:.2f}) among the "
+             f"evaluated steps, on `{bench.data}`" + (f". **Chosen on test data** ({test}; eval.allow_test_selection): scores on it "
+                                                      "are optimistic." if test else ", a validation split.") + "\n",
+             "| step | " + selection["metric"] + " |", "|---:|---:|"]
+    lines += [f"| {step} | {value:.2f} |" for step, value in sorted(selection["values"].items())]
+    return "\n".join(lines) + "\n\n"
+
+
+def model_card(cfg: EnhanceConfig, merged_layers: int, lora_dir: Path, selection: dict | None = None) -> str:
     state = json.loads((lora_dir / "train_state.json").read_text())
     projector_state = json.loads((Path(cfg.output_dir) / "projector" / "train_state.json").read_text())
     return (
@@ -59,5 +75,6 @@ def model_card(cfg: EnhanceConfig, merged_layers: int, lora_dir: Path) -> str:
         f"- data: `{cfg.data.shards or 'synthetic (dcr-mllm generator)'}`\n"
         f"- seed: {cfg.seed}\n\n"
         f"Produced by `dcr-mllm enhance`. Load it with the tower family's own `from_pretrained`.\n\n"
+        + (selection_card(cfg, selection) if selection else "") +
         f"## Config\n\n```yaml\n{yaml.safe_dump(to_dict(cfg), sort_keys=False)}```\n"
     )

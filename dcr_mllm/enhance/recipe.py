@@ -25,7 +25,7 @@ from dcr_mllm.data.synthetic import VERSION as SYNTHETIC_VERSION
 from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
 from dcr_mllm.enhance.config import EnhanceConfig, ResolvedShapes, validate
 from dcr_mllm.enhance.export import export_tower
-from dcr_mllm.enhance.watch import TowerWatch
+from dcr_mllm.enhance.watch import EVAL_FILE, TowerWatch, selected
 from dcr_mllm.io import generated_dir
 from dcr_mllm.objectives import EnhanceModel
 from dcr_mllm.objectives.negatives import check_negative_count
@@ -66,6 +66,16 @@ def build_model(cfg: EnhanceConfig, shapes: ResolvedShapes, stage: str) -> Enhan
     return model
 
 
+def export_choice(cfg: EnhanceConfig, output_dir: Path) -> dict | None:
+    """With ``eval.select``: the chosen step and what chose it (part of the export's marker, so a
+    changed choice exports again); None exports the last step."""
+    eval_file = output_dir / "lora" / EVAL_FILE
+    if not cfg.eval.select or not eval_file.is_file():
+        return None
+    choice = selected(cfg, eval_file)
+    return {"step": choice["step"], "metric": cfg.eval.select, "data": next(b.data for b in cfg.eval.benchmarks if b.name == cfg.eval.select.split("/")[0])}
+
+
 def stage_cfg(cfg: EnhanceConfig, stage: str):
     return cfg.projector_stage if stage == "projector" else cfg.lora_stage
 
@@ -92,7 +102,8 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
     output_dir = Path(cfg.output_dir).resolve()
     stages = stages or list(cfg.stages)
     tower_dir = output_dir / "tower"
-    if all(is_finished(output_dir / s, stage_cfg(cfg, s).max_steps) for s in stages) and export_is_current(tower_dir, [output_dir / "lora"]):
+    if all(is_finished(output_dir / s, stage_cfg(cfg, s).max_steps) for s in stages) and export_is_current(tower_dir, [output_dir / "lora"],
+                                                                                                            export_choice(cfg, output_dir)):
         print(f"stages {', '.join(stages)}: already finished in {output_dir}; nothing to do")
         return tower_dir
     if "lora" in stages:  # a LoRA target that matches nothing must fail now, not after stage one's first half
@@ -138,8 +149,9 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
 
     if not is_finished(output_dir / "lora"):
         return None  # only the projector stage has run so far: nothing to export yet
-    if dist_info.is_main and not export_is_current(tower_dir, [output_dir / "lora"]):
-        export_tower(cfg, tower_dir)
-        write_export_marker(tower_dir, [output_dir / "lora"])
+    choice = export_choice(cfg, output_dir)
+    if dist_info.is_main and not export_is_current(tower_dir, [output_dir / "lora"], choice):
+        export_tower(cfg, tower_dir, selected(cfg, output_dir / "lora" / EVAL_FILE) if choice else None)
+        write_export_marker(tower_dir, [output_dir / "lora"], choice)
     barrier()
     return tower_dir

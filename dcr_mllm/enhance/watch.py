@@ -17,14 +17,18 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from dcr_mllm.enhance.config import EnhanceConfig
+from dcr_mllm.errors import DcrError
+from dcr_mllm.io import atomic_path
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.towers import apply_lora, load_tower, merge_lora
-from dcr_mllm.training.distributed import barrier
+from dcr_mllm.training.distributed import any_true, barrier
 from dcr_mllm.training.engine import truncate_jsonl
 
 EVAL_FILE = "eval.jsonl"
+SELECTED = "selected.safetensors"  # the trained parameters of the best evaluated step by eval.select
 #: the metrics each benchmark's curve panel shows (the rest are in eval.jsonl)
 HEADLINE = {
     "world": ("probe_global/fine_mean", "probe_layer/fine_mean", "pairs/mean", "class/zero_shot", "class/probe"),
@@ -51,6 +55,9 @@ class TowerWatch:
             self.started = True
             if self.is_main and trainer.resumed_step is not None:
                 truncate_jsonl(self.file, trainer.resumed_step)
+            elif self.is_main:  # a fresh run: nothing of an earlier, failed one counts
+                self.file.unlink(missing_ok=True)
+                self.file.with_name(SELECTED).unlink(missing_ok=True)
         if not self.due(step):
             return {}
         state, _ = trainer.gathered_trainable_state()  # collective: every rank takes part
@@ -63,8 +70,16 @@ class TowerWatch:
                 for bench, score in self._scorers():
                     scores.update({f"eval/{bench.name}/{key}": value for key, value in score(tower).scores.items()})
                 del tower
+        key = f"eval/{self.cfg.eval.select}"
+        if self.cfg.eval.select and any_true(self.is_main and key not in scores, trainer.dist.device):
+            known = ", ".join(k.removeprefix("eval/") for k in scores)
+            raise DcrError(f"eval.select={self.cfg.eval.select} is not a metric the benchmarks report ({known}); fix eval.select")
+        if self.is_main:
             with open(self.file, "a") as f:
                 f.write(json.dumps({"step": step, **scores}) + "\n")
+            if self.cfg.eval.select and selected(self.cfg, self.file)["step"] == step:
+                with atomic_path(self.file.with_name(SELECTED)) as tmp:
+                    save_file(state, tmp, metadata={"step": str(step)})
         barrier()
         return scores
 
@@ -141,3 +156,12 @@ def chart(rows: list[dict], path: Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
+
+
+def selected(cfg: EnhanceConfig, eval_file: Path) -> dict:
+    """The evaluated step where ``eval.select`` is highest (the earliest of ties), its value and
+    every evaluated step's value."""
+    key = f"eval/{cfg.eval.select}"
+    values = {row["step"]: row[key] for row in (json.loads(line) for line in Path(eval_file).read_text().splitlines())}
+    best = max(values, key=lambda step: (values[step], -step))
+    return {"step": best, "value": values[best], "metric": cfg.eval.select, "values": values}

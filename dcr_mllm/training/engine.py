@@ -563,16 +563,21 @@ def training_digests(stage_dirs: list[Path]) -> dict[str, str]:
     return {Path(d).name: json.loads((Path(d) / "train_state.json").read_text())["weights_sha256"] for d in stage_dirs}
 
 
-def export_is_current(out_dir: Path, stage_dirs: list[Path]) -> bool:
-    """True when ``out_dir`` was exported from the weights the stages hold now (its marker says so)."""
+def export_is_current(out_dir: Path, stage_dirs: list[Path], choice: dict | None = None) -> bool:
+    """True when ``out_dir`` was exported from the weights the stages hold now (its marker says so)
+    and, given ``choice`` (which of them was exported, e.g. a selected step), with that choice."""
     marker = Path(out_dir) / EXPORT_MARKER
     if not marker.is_file() or not all(is_finished(d) for d in stage_dirs):
         return False
-    return json.loads(marker.read_text()) == training_digests(stage_dirs)
+    return json.loads(marker.read_text()) == _marker(stage_dirs, choice)
 
 
-def write_export_marker(out_dir: Path, stage_dirs: list[Path]) -> None:
-    write_atomic(Path(out_dir) / EXPORT_MARKER, json.dumps(training_digests(stage_dirs), indent=1))
+def write_export_marker(out_dir: Path, stage_dirs: list[Path], choice: dict | None = None) -> None:
+    write_atomic(Path(out_dir) / EXPORT_MARKER, json.dumps(_marker(stage_dirs, choice), indent=1))
+
+
+def _marker(stage_dirs: list[Path], choice: dict | None) -> dict:
+    return {**training_digests(stage_dirs), **({"choice": _plain(choice)} if choice else {})}
 
 
 def load_trainable_state(module: nn.Module, path: str | Path, prefix: str = "") -> list[str]:

@@ -3,7 +3,8 @@
 - the base models ``world-clip`` and ``world-sd`` (built once, cached: ``models.build_world``);
 - ``OUT/shards``: stage one's training images (webdataset shards, detailed captions);
 - ``OUT/llava``: stage two's conversations (``conversations.write_world_conversations``);
-- ``OUT/eval``: the tower evaluation set with its labels (``scenes.write_world``).
+- ``OUT/eval``: the tower evaluation set with its labels (``scenes.write_world``), what stage 4 reports;
+- ``OUT/val``: a labelled validation set of its own seed, for choosing a step during training.
 
 Each set comes from its own seed, and evaluation seeds are never training seeds. Every piece that
 is already complete and was made from the same settings (its ``generated.json``) is kept, so a
@@ -22,9 +23,11 @@ from dcr_mllm.world.scenes import world_eval_set, write_world_shards
 SHARD_SEED = 14  # stage one's images: neither the world models' seeds (10-12) nor an evaluation seed
 CONVERSATION_SEED = 13
 EVAL_SEED = 1  # the tower evaluation set; the LLaVA questions use lmms_tasks.WORLD_QA_SEED (2)
+VAL_SEED = 3  # the validation set stage one's evaluation may choose a step on (never the reported one)
 SHARD_COUNT = 4096
 CONVERSATION_COUNT = 4000
 EVAL_COUNT = 1200
+VAL_COUNT = 300
 
 
 def prepare_world(output: str | Path = "outputs/world", spec: WorldSpec | None = None, world_root: str | Path | None = None,
@@ -42,4 +45,5 @@ def prepare_world(output: str | Path = "outputs/world", spec: WorldSpec | None =
     if conversation_count:
         paths["llava"] = write_world_conversations(out / "llava", conversation_count, CONVERSATION_SEED, size=spec.image_size)
     paths["eval"] = world_eval_set(out / "eval", EVAL_SEED, eval_count, size=spec.image_size)
+    paths["val"] = world_eval_set(out / "val", VAL_SEED, VAL_COUNT, size=spec.image_size)
     return paths

@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,16 @@ from dcr_mllm.cli import main
 COMMON = ["data.synthetic_samples=32", "data.synthetic_shards=4", "lora.r=4", "lora.alpha=4",
           *(f"{stage}.{s}" for stage in ("projector_stage", "lora_stage") for s in ("micro_batch_size=4", "num_workers=0", "lr=1e-3")),
           "projector_stage.max_steps=2", "lora_stage.max_steps=4", "lora_stage.save_every=1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Bitwise comparisons need one thread: a multi-threaded CPU kernel may sum in another order
+    from run to run (the stage scripts' side job and the world build run on one thread too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -64,28 +76,44 @@ def test_evaluation_during_training_leaves_the_weights_bitwise_as_without_it(pro
     assert not (plain / "lora" / "eval.jsonl").exists()
 
 
-def test_a_killed_and_resumed_run_reaches_the_same_weights_and_the_same_curve(projector_run, monkeypatch):
-    from dcr_mllm.training import engine
+STOP_AT_THREE = """
+import os, signal, sys
+from dcr_mllm.cli import main
+from dcr_mllm.training import engine
+original = engine.Trainer._optimizer_step
+def stop_at_three(self, data, step_fn):  # after the third step the run is stopped, as a cluster stops it
+    metrics = original(self, data, step_fn)
+    if self.step == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return metrics
+engine.Trainer._optimizer_step = stop_at_three
+sys.exit(main(sys.argv[1:]))
+"""
 
-    reference = lora_run(projector_run, "watched", *watched(projector_run))
-    original = engine.Trainer._optimizer_step
 
-    def stop_at_three(self, data, step_fn):
-        metrics = original(self, data, step_fn)
-        if self.step == 2:  # after this step (the third) the run is stopped, as a cluster stops it
-            os.kill(os.getpid(), signal.SIGTERM)
-        return metrics
+def run_process(projector_run: Path, name: str, *code: str) -> subprocess.CompletedProcess:
+    """A LoRA run with evaluation in a process of its own (one thread), as the command runs."""
+    run = projector_run / name
+    if not run.exists():
+        shutil.copytree(projector_run / "base" / "projector", run / "projector")
+        os.symlink(projector_run / "base" / "data", run / "data")
+    argv = ["enhance", "--stage", "lora", f"output_dir={run}", *COMMON, *watched(projector_run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *(code or ["-m", "dcr_mllm.cli"]), *argv], env=env, capture_output=True, text=True, timeout=600)
 
-    monkeypatch.setattr(engine.Trainer, "_optimizer_step", stop_at_three)
-    with pytest.raises(SystemExit):
-        lora_run(projector_run, "killed", *watched(projector_run))
-    monkeypatch.setattr(engine.Trainer, "_optimizer_step", original)
+
+@pytest.mark.slow
+def test_a_killed_and_resumed_run_reaches_the_same_weights_and_the_same_curve(projector_run):
+    assert run_process(projector_run, "whole").returncode == 0
+    assert run_process(projector_run, "killed", "-c", STOP_AT_THREE).returncode == 143
     killed = projector_run / "killed"
     assert [row["step"] for row in rows(killed / "lora" / "eval.jsonl")] == [0, 2]
-    (killed / "lora" / "eval.jsonl").open("a").write(json.dumps({"step": 4, "eval/world/pairs/mean": -1.0}) + "\n")  # written after the checkpoint
-    lora_run(projector_run, "killed", *watched(projector_run))
-    assert same_weights(killed, reference)
-    assert rows(killed / "lora" / "eval.jsonl") == rows(reference / "lora" / "eval.jsonl")
+    with (killed / "lora" / "eval.jsonl").open("a") as f:  # a row written after the checkpoint, by a run killed then
+        f.write(json.dumps({"step": 4, "eval/world/pairs/mean": -1.0}) + "\n")
+    resumed = run_process(projector_run, "killed")  # the same command again
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert same_weights(killed, projector_run / "whole")
+    assert rows(killed / "lora" / "eval.jsonl") == rows(projector_run / "whole" / "lora" / "eval.jsonl")
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -99,3 +127,51 @@ def test_bad_eval_settings_fail_in_one_line_before_anything_runs(tiny, tmp_path,
     assert main(["enhance", f"output_dir={tmp_path / 'out'}", *overrides]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_selection_exports_the_best_validation_step_and_the_card_says_so(projector_run):
+    select = [*watched(projector_run)[:1], "eval.every=1", watched(projector_run)[1], "eval.select=world/probe_global/fine_mean"]
+    run = lora_run(projector_run, "selected", *select)
+    curve = {row["step"]: row["eval/world/probe_global/fine_mean"] for row in rows(run / "lora" / "eval.jsonl")}
+    assert sorted(curve) == [0, 1, 2, 3, 4]
+    best = max(curve, key=lambda step: (curve[step], -step))
+    from safetensors import safe_open
+
+    with safe_open(run / "lora" / "selected.safetensors", "pt") as f:
+        assert f.metadata()["step"] == str(best)
+    card = (run / "tower" / "model_card.md").read_text()
+    assert f"Step {best} of the LoRA stage, the highest `world/probe_global/fine_mean`" in card and "a validation split" in card
+    assert all(f"| {step} | {value:.2f} |" in card for step, value in curve.items())
+    if best:  # the selected weights are those of a run that stopped there (constant schedule: same first steps)
+        short = lora_run(projector_run, f"stopped_at_{best}", f"lora_stage.max_steps={best}")
+        selected_state = load_file(run / "lora" / "selected.safetensors")
+        assert all(torch.equal(value, load_file(short / "lora" / "trainable.safetensors")[key]) for key, value in selected_state.items())
+
+
+def test_selecting_on_test_data_is_refused_unless_allowed_and_then_the_card_says_so(projector_run, capsys):
+    from dcr_mllm.world.scenes import world_eval_set
+
+    test_set = world_eval_set(projector_run / "test", seed=1, count=24)  # the world's reported seed
+    bench = f"eval.benchmarks=[{{name: world, data: {test_set}, pairs_per_attribute: 2}}]"
+    argv = ["enhance", "--stage", "lora", f"output_dir={projector_run / 'on_test'}", *COMMON, "eval.every=2", bench,
+            "eval.select=world/pairs/mean"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "the world's tower evaluation set" in err and "eval.allow_test_selection=true" in err and len(err.strip().splitlines()) == 1
+    mmvp = projector_run / "mmvp"
+    mmvp.mkdir(exist_ok=True)
+    assert main([*argv[:-2], f"eval.benchmarks=[{{name: mmvp-vlm, data: {mmvp}}}]", "eval.select=mmvp-vlm/average"]) == 2
+    assert "MMVP-VLM, a test set" in capsys.readouterr().err
+    shutil.copytree(projector_run / "base" / "projector", projector_run / "on_test" / "projector")
+    os.symlink(projector_run / "base" / "data", projector_run / "on_test" / "data")
+    assert main([*argv, "eval.allow_test_selection=true"]) == 0
+    assert "**Chosen on test data**" in (projector_run / "on_test" / "tower" / "model_card.md").read_text()
+
+
+def test_a_select_metric_the_benchmarks_do_not_report_stops_at_step_0(projector_run, capsys):
+    run = projector_run / "typo"
+    shutil.copytree(projector_run / "base" / "projector", run / "projector")
+    os.symlink(projector_run / "base" / "data", run / "data")
+    code = main(["enhance", "--stage", "lora", f"output_dir={run}", *COMMON, *watched(projector_run), "eval.select=world/fine_mean"])
+    assert code == 2 and "eval.select=world/fine_mean is not a metric the benchmarks report (world/probe_global/" in capsys.readouterr().err
+    assert not (run / "lora" / "metrics.jsonl").exists()
