@@ -26,6 +26,13 @@ def loss_points(stage_dir: Path) -> dict[int, float] | None:
     return points
 
 
+def held_out_points(stage_dir: Path) -> dict[int, float]:
+    """Step -> held-out loss (``eval/loss``, the LLaVA stages' ``eval_every``) where it was logged."""
+    metrics = stage_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in read_text(metrics).splitlines()] if metrics.is_file() else []
+    return {int(row["step"]): float(row["eval/loss"]) for row in rows if "eval/loss" in row}
+
+
 def plot_loss(stage_dir: Path, points: dict[int, float] | None = None) -> Path | None:
     """``stage_dir/loss.png`` from its metrics.jsonl (None when the stage logged nothing)."""
     points = loss_points(stage_dir) if points is None else points
@@ -38,7 +45,11 @@ def plot_loss(stage_dir: Path, points: dict[int, float] | None = None) -> Path |
 
     steps = sorted(points)
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(steps, [points[s] for s in steps], marker="." if len(steps) < 50 else None)
+    ax.plot(steps, [points[s] for s in steps], marker="." if len(steps) < 50 else None, label="training")
+    held = held_out_points(stage_dir)
+    if held:
+        ax.plot(sorted(held), [held[s] for s in sorted(held)], marker="o", label="held-out")
+        ax.legend(fontsize=8)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(f"{stage_dir.parent.name}/{stage_dir.name}")

@@ -327,24 +327,29 @@ class GroupedBatches(IterableDataset):
                 yield self.collate([self.data[i] for i in step[self.rank]])
 
     def collate(self, samples: list[Sample | None]) -> dict:
-        kept = [s for s in samples if s is not None]
-        skipped = len(samples) - len(kept) + sum(s.skipped for s in kept)
-        if not kept:  # every rank must run this step; an empty micro-batch cannot
-            raise DcrError("a whole micro-batch was too long for model_max_length; raise model_max_length")
-        longest = max(len(s.input_ids) for s in kept)
-        input_ids = torch.full((len(kept), longest), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(kept), longest), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(kept), longest), dtype=torch.long)
-        for row, sample in enumerate(kept):
-            n = len(sample.input_ids)
-            input_ids[row, :n] = torch.tensor(sample.input_ids)
-            labels[row, :n] = torch.tensor(sample.labels)
-            attention_mask[row, :n] = 1
-        images = [s.pixel_values for s in kept if s.pixel_values is not None]
-        return {
-            "input_ids": input_ids,
-            "labels": labels,
-            "attention_mask": attention_mask,
-            "pixel_values": torch.stack(images) if images else None,
-            "skipped": skipped,
-        }
+        return collate(samples, self.pad_token_id)
+
+
+def collate(samples: list[Sample | None], pad_token_id: int) -> dict:
+    """A padded micro-batch of samples (None: a record skipped as too long)."""
+    kept = [s for s in samples if s is not None]
+    skipped = len(samples) - len(kept) + sum(s.skipped for s in kept)
+    if not kept:  # every rank must run this step; an empty micro-batch cannot
+        raise DcrError("a whole micro-batch was too long for model_max_length; raise model_max_length")
+    longest = max(len(s.input_ids) for s in kept)
+    input_ids = torch.full((len(kept), longest), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(kept), longest), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(kept), longest), dtype=torch.long)
+    for row, sample in enumerate(kept):
+        n = len(sample.input_ids)
+        input_ids[row, :n] = torch.tensor(sample.input_ids)
+        labels[row, :n] = torch.tensor(sample.labels)
+        attention_mask[row, :n] = 1
+    images = [s.pixel_values for s in kept if s.pixel_values is not None]
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "attention_mask": attention_mask,
+        "pixel_values": torch.stack(images) if images else None,
+        "skipped": skipped,
+    }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import torch
 from dcr_mllm.config import to_dict
 from dcr_mllm.errors import ConfigError, DcrError
 from dcr_mllm.llava.build import add_language_lora, build_llava, vision_layout
-from dcr_mllm.llava.data import ASPECTS, ConversationData, GroupedBatches, epoch_steps, read_records
+from dcr_mllm.llava.data import IGNORE_INDEX, ASPECTS, ConversationData, GroupedBatches, collate, epoch_steps, read_records
 from dcr_mllm.llava.synthetic import write_synthetic_conversations
 from dcr_mllm.presets.real import local_path
 from dcr_mllm.weights import check_model_dir
@@ -44,6 +45,9 @@ class ConversationSettings:
     model_max_length: int = 2048
     image_aspect_ratio: str = "pad"  # LLaVA's: "pad" (to a square of the mean colour, then the tower's preprocessing) or "square"
     group_by_length: bool = True  # LLaVA's group_by_modality_length: one modality and similar lengths per global batch
+    #: share of the records held out (never trained on) for a held-out loss, as HF Trainer's eval_dataset
+    eval_share: float = 0.0
+    eval_every: int = 0  # optimizer steps between held-out losses (logged as eval/loss); needs eval_share
 
 
 @dataclass
@@ -90,6 +94,13 @@ def resolve_config(cfg: LlavaTrainConfig) -> LlavaTrainConfig:
     if unread and not cfg.lora.enabled:
         raise ConfigError(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read only with lora.enabled=true; "
                           f"enable LoRA or remove {'it' if len(unread) == 1 else 'them'}")
+    for name in ("pretrain_data", "finetune_data"):
+        settings = getattr(cfg, name)
+        if not 0 <= settings.eval_share < 1 or settings.eval_every < 0:
+            raise ConfigError(f"{name}.eval_share must be in [0, 1) and {name}.eval_every 0 or more")
+        if bool(settings.eval_share) != bool(settings.eval_every):
+            raise ConfigError(f"{name}.eval_share and {name}.eval_every work together: set both (a held-out share and how often "
+                              "its loss is taken) or neither")
     if cfg.synthetic_images < 1:
         raise ConfigError("synthetic_images must be at least 1")
     return cfg
@@ -159,6 +170,55 @@ def stage_steps(cfg: LlavaTrainConfig, stage: str, records: list[dict], world_si
     return max(1, math.ceil(train_cfg.epochs * per_epoch / train_cfg.grad_accum))
 
 
+def held_out_split(records: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(records to train on, held-out records): a seeded draw of ``share`` of them (at least one)."""
+    if not share:
+        return records, []
+    held = set(random.Random(f"held-out-{seed}").sample(range(len(records)), max(1, round(share * len(records)))))
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def llava_forward(engine, batch: dict, device, dtype):
+    pixel_values = batch["pixel_values"]
+    return engine(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        labels=batch["labels"].to(device),
+        pixel_values=None if pixel_values is None else pixel_values.to(device, dtype),
+    )
+
+
+class HeldOutLoss:
+    """``after_step`` hook: every ``every`` steps the token-weighted mean loss on the held-out
+    records (``eval/loss``), the model in eval mode, without gradients, in a forked random state.
+    Every rank runs every batch (under ZeRO-3 the forward pass is collective), so all agree."""
+
+    def __init__(self, data: ConversationData, batch_size: int, pad_token_id: int, every: int, device, dtype):
+        self.batches = _by_modality(data, batch_size)  # one modality per batch, as training has
+        self.data, self.pad_token_id, self.every, self.device, self.dtype = data, pad_token_id, every, device, dtype
+
+    def __call__(self, trainer, step: int) -> dict[str, float]:
+        if step == 0 or step % self.every:
+            return {}
+        engine = trainer.engine
+        engine.eval()
+        total = tokens = 0.0
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            for indices in self.batches:
+                batch = collate([self.data[i] for i in indices], self.pad_token_id)
+                count = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # the tokens the shifted loss averages over
+                total += llava_forward(engine, batch, self.device, self.dtype).loss.item() * count
+                tokens += count
+        engine.train()
+        return {"eval/loss": total / max(tokens, 1.0)}
+
+
+def _by_modality(data: ConversationData, batch_size: int) -> list[list[int]]:
+    groups = [[i for i in range(len(data)) if data.has_image(i) == image] for image in (True, False)]
+    return [group[j:j + batch_size] for group in groups for j in range(0, len(group), batch_size)]
+
+
 def conversation_data(cfg: LlavaTrainConfig, stage: str, processor, records: list[dict], image_folder: Path) -> ConversationData:
     settings = cfg.pretrain_data if stage == "pretrain" else cfg.finetune_data
     layout = vision_layout(cfg.tower, cfg.feature_layer)
@@ -178,7 +238,8 @@ def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = Fal
     train_cfg = cfg.pretrain if stage == "pretrain" else cfg.finetune
     dist_info = init_distributed()
     json_path, image_folder = conversation_files(cfg, stage, dist_info.is_main)
-    records = read_records(json_path)
+    settings = cfg.pretrain_data if stage == "pretrain" else cfg.finetune_data
+    records, held_out = held_out_split(read_records(json_path), settings.eval_share, cfg.seed)
     train_cfg.max_steps = stage_steps(cfg, stage, records, dist_info.world_size)
     if is_finished(stage_dir, train_cfg.max_steps) and (stage == "pretrain" or export_is_current(model_dir, trained)):
         if dist_info.is_main:
@@ -190,26 +251,25 @@ def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = Fal
     if not is_finished(stage_dir, train_cfg.max_steps):
         model, processor = build_for_stage(cfg, stage)
         data = conversation_data(cfg, stage, processor, records, image_folder)
-        settings = cfg.pretrain_data if stage == "pretrain" else cfg.finetune_data
         plan = GroupedBatches(data, train_cfg.micro_batch_size, dist_info.rank, dist_info.world_size, cfg.seed,
                               processor.tokenizer.pad_token_id, settings.group_by_length, train_cfg.grad_accum)
         shaping = ("tower", "language_model", "feature_layer", "synthetic_images", f"{stage}_data") + (("lora",) if stage == "finetune" else ())
         run_config = {key: value for key, value in to_dict(cfg).items() if key in shaping}
+        run_config[f"{stage}_data"].pop("eval_every")  # how often the held-out loss is taken does not change training
         trainer = Trainer(model.to(dist_info.device), train_cfg, stage_dir, cfg.seed, dist_info, run_config, allow_config_change)
         batches = ResumableBatches(plan, None, None, train_cfg.num_workers)
         dtype = next(model.parameters()).dtype
 
         def step(engine, batch, generator):
-            pixel_values = batch["pixel_values"]
-            out = engine(
-                input_ids=batch["input_ids"].to(dist_info.device),
-                attention_mask=batch["attention_mask"].to(dist_info.device),
-                labels=batch["labels"].to(dist_info.device),
-                pixel_values=None if pixel_values is None else pixel_values.to(dist_info.device, dtype),
-            )
+            out = llava_forward(engine, batch, dist_info.device, dtype)
             return out.loss, {"loss": out.loss.item(), "skipped_records": float(batch["skipped"])}
 
-        trainer.fit(batches, step)
+        held_out_loss = None
+        if held_out:
+            held_data = conversation_data(cfg, stage, processor, held_out, image_folder)
+            held_out_loss = HeldOutLoss(held_data, train_cfg.micro_batch_size, processor.tokenizer.pad_token_id, settings.eval_every,
+                                        dist_info.device, dtype)
+        trainer.fit(batches, step, after_step=held_out_loss)
         del trainer, model
 
     if stage == "pretrain":

@@ -204,3 +204,42 @@ def test_raising_epochs_on_a_finished_stage_continues_it(tiny, tmp_path, capsys)
     assert "nothing to do" in capsys.readouterr().out
     run_llava(tiny_config(tiny, out, **{"pretrain.epochs": 2}), "pretrain", allow_config_change=True)
     assert _metric_steps(out / "pretrain") == list(range(1, 9))
+
+
+def test_held_out_loss_is_logged_and_leaves_training_as_it_was(tiny, trained, tmp_path):
+    """A held-out share is never trained on; its loss is logged every eval_every steps (and drawn in
+    loss.png); how often it is taken does not change the trained weights."""
+    from dcr_mllm.evaluation.summary import plot_loss
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bitwise comparison: one thread
+    try:
+        runs = {}
+        for every in (2, 4):
+            run_dir = after_pretrain(trained, tmp_path / f"every{every}")
+            cfg = tiny_config(tiny, run_dir, **{"finetune.epochs": 0, "finetune.max_steps": 4, "finetune_data.eval_share": 0.25,
+                                                "finetune_data.eval_every": every})
+            run_llava(cfg, "finetune")
+            runs[every] = run_dir
+    finally:
+        torch.set_num_threads(threads)
+    rows = [json.loads(line) for line in (runs[2] / "finetune" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "eval/loss" in row] == [2, 4]
+    assert all(np.isfinite(row["eval/loss"]) and row["eval/loss"] > 0 for row in rows if "eval/loss" in row)
+    assert [row["step"] for row in (json.loads(line) for line in (runs[4] / "finetune" / "metrics.jsonl").read_text().splitlines())
+            if "eval/loss" in row] == [4]
+    a, b = load_file(runs[2] / "finetune" / "trainable.safetensors"), load_file(runs[4] / "finetune" / "trainable.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert plot_loss(runs[2] / "finetune").stat().st_size > 0
+    with pytest.raises(ConfigError, match="eval_share and finetune_data.eval_every work together"):
+        validate(tiny_config(tiny, tmp_path, **{"finetune_data.eval_share": 0.1}), "pretrain")
+
+
+def test_held_out_records_are_a_seeded_share_never_trained_on():
+    from dcr_mllm.llava.train import held_out_split
+
+    records = [{"id": str(i)} for i in range(40)]
+    train, held = held_out_split(records, 0.1, seed=0)
+    assert len(held) == 4 and len(train) == 36 and not {r["id"] for r in train} & {r["id"] for r in held}
+    assert held_out_split(records, 0.1, seed=0) == (train, held) and held_out_split(records, 0.1, seed=1)[1] != held
+    assert held_out_split(records, 0.0, seed=0) == (records, [])
