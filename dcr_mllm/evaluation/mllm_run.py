@@ -10,7 +10,6 @@ their data are what they were made from (``freshness``).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from dcr_mllm.evaluation import freshness
 from dcr_mllm.evaluation.lmms_tasks import eval_data_root, prepare_eval_data, synthetic_recipe, task_dir, world_recipe
 from dcr_mllm.evaluation.mllm_report import compare_runs
 from dcr_mllm.io import generated_from
+from dcr_mllm.training.distributed import child_environment
 
 WORLD_TASK_IMAGES = 150  # world_local: a question per attribute about each of 150 images
 #: the local tasks (and groups) and the data folder under $DCR_EVAL_DATA each reads
@@ -113,7 +113,7 @@ def _run_lmms_eval(name: str, model: str, model_args: str, tasks: list[str], out
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc), "-m", "lmms_eval"]
     command = [*launcher, "eval", "--model", model, "--model_args", model_args, "--tasks", ",".join(tasks),
                "--include_path", str(task_dir()), "--batch_size", "1", "--output_path", str(out)]
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **os.environ, "DCR_EVAL_DATA": str(eval_data_root())}
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **child_environment(), "DCR_EVAL_DATA": str(eval_data_root())}
     start = time.monotonic()
     with open(log, "w") as stream:
         process = subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT)

@@ -38,6 +38,17 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 SOLO_PORT = "DCR_MLLM_SOLO_PORT"
 
 
+def child_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) for a child that is not a rank of this run (lmms-eval,
+    accelerate): without the launcher variables a plain one-process run set for itself, whose
+    port this process holds."""
+    env = dict(os.environ if env is None else env)
+    if env.get(SOLO_PORT) and env.get(SOLO_PORT) == env.get("MASTER_PORT"):
+        for key in (*LAUNCHER_VARIABLES, SOLO_PORT):
+            env.pop(key, None)
+    return env
+
+
 def init_distributed() -> DistInfo:
     """Join (or create) the default process group and pick this process's device."""
     import deepspeed

@@ -12,6 +12,7 @@ import torch
 
 from dcr_mllm.evaluation.lmms_tasks import POPE_METRICS, WORLD_METRICS, prepare_eval_data, synthetic_mmvp, synthetic_pope
 from dcr_mllm.llava.build import build_llava
+from dcr_mllm.training.distributed import child_environment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,8 @@ def setup(tiny, tmp_path_factory):
     synthetic_mmvp(root / "data", num_pairs=2)
     synthetic_pope(root / "data", questions_per_split=4)
     prepare_eval_data(root / "data", world=2)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DCR_EVAL_DATA": str(root / "data"), "OMP_NUM_THREADS": "1"}
+    # not the launcher variables an in-process training test of this session set (its port is held here)
+    env = {**child_environment(), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DCR_EVAL_DATA": str(root / "data"), "OMP_NUM_THREADS": "1"}
     return root, env
 
 

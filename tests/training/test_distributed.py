@@ -30,3 +30,14 @@ def test_a_launcher_port_is_kept():
     result = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == launcher_port
+
+
+def test_a_child_that_is_no_rank_gets_no_launcher_variables_of_a_plain_run():
+    """lmms-eval or accelerate started from a process that trained in-process must not try to bind
+    the port that process holds; a real launcher's variables are passed on."""
+    from dcr_mllm.training.distributed import SOLO_PORT, child_environment
+
+    solo = {"MASTER_PORT": "4000", SOLO_PORT: "4000", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "PATH": "/bin"}
+    assert child_environment(solo) == {"PATH": "/bin"}
+    launched = {**solo, "MASTER_PORT": "5000"}
+    assert child_environment(launched) == launched

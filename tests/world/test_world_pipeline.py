@@ -127,7 +127,8 @@ def test_prepare_eval_data_world_writes_the_task_schema(tmp_path, capsys):
 
 def test_build_world_writes_every_set_once(tmp_path):
     paths = prepare_world(tmp_path / "world", MINI, world_root=tmp_path / "models", shard_count=20, conversation_count=5, eval_count=12)
-    assert {"world-clip", "world-sd", "shards", "llava", "eval"} == set(paths)
+    assert {"world-clip", "world-sd", "shards", "llava", "eval", "val"} == set(paths)
+    assert read_world(paths["val"]) and paths["val"] != paths["eval"]
     assert (paths["world-clip"] / "model.safetensors").is_file() and (paths["world-sd"] / "unet").is_dir()
     assert len(list(paths["shards"].glob("*.tar"))) == 1 and len(read_world(paths["eval"])) == 12
     stamps = {p: p.stat().st_mtime_ns for p in (paths["eval"] / "labels.csv", paths["llava"] / "finetune.json", paths["shards"] / "00000.tar")}
