@@ -44,6 +44,7 @@ class TowerWatch:
     def __init__(self, cfg: EnhanceConfig, stage_dir: Path, is_main: bool):
         self.cfg, self.file, self.is_main = cfg, Path(stage_dir) / EVAL_FILE, is_main
         self.scorers = None
+        self.reference = None  # the full base tower (text side included) the evaluated weights go into
         self.started = False
 
     def due(self, step: int) -> bool:
@@ -69,7 +70,6 @@ class TowerWatch:
                 tower = self._tower(state)
                 for bench, score in self._scorers():
                     scores.update({f"eval/{bench.name}/{key}": value for key, value in score(tower).scores.items()})
-                del tower
         key = f"eval/{self.cfg.eval.select}"
         if self.cfg.eval.select and any_true(self.is_main and key not in scores, trainer.dist.device):
             known = ", ".join(k.removeprefix("eval/") for k in scores)
@@ -100,13 +100,14 @@ class TowerWatch:
         for name, value in state.items():
             own[name.removeprefix("tower.")].data.copy_(value)
         merge_lora(trained)
-        tower = load_tower(cfg.tower)
-        if cfg.data.normalization == "openai_clip":
-            tower.use_normalization(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
-        for part, trained_part in zip(tower.vision_parts, trained.vision_parts, strict=True):
+        if self.reference is None:  # loaded once: every evaluation overwrites all of its vision parts
+            self.reference = load_tower(cfg.tower)
+            if cfg.data.normalization == "openai_clip":
+                self.reference.use_normalization(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+            self.reference.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        for part, trained_part in zip(self.reference.vision_parts, trained.vision_parts, strict=True):
             part.load_state_dict(trained_part.state_dict())
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return tower.to(device).eval()
+        return self.reference
 
     def finish(self) -> None:
         """The chart and the table of every evaluated step (main rank)."""

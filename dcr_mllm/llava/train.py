@@ -196,6 +196,7 @@ class HeldOutLoss:
     def __init__(self, data: ConversationData, batch_size: int, pad_token_id: int, every: int, device, dtype):
         self.batches = _by_modality(data, batch_size)  # one modality per batch, as training has
         self.data, self.pad_token_id, self.every, self.device, self.dtype = data, pad_token_id, every, device, dtype
+        self.collated = None
 
     def __call__(self, trainer, step: int) -> dict[str, float]:
         if step == 0 or step % self.every:
@@ -205,8 +206,9 @@ class HeldOutLoss:
         total = tokens = 0.0
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            for indices in self.batches:
-                batch = collate([self.data[i] for i in indices], self.pad_token_id)
+            if self.collated is None:  # decoded once; the same batches every time
+                self.collated = [collate([self.data[i] for i in indices], self.pad_token_id) for indices in self.batches]
+            for batch in self.collated:
                 count = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # the tokens the shifted loss averages over
                 total += llava_forward(engine, batch, self.device, self.dtype).loss.item() * count
                 tokens += count
