@@ -26,6 +26,12 @@ def _enhance(args: argparse.Namespace) -> None:
         print(f"enhanced tower: {tower}" if tower else f"stage output: {cfg.output_dir}")
 
 
+def _export_tower(args: argparse.Namespace) -> None:
+    from dcr_mllm.enhance.export import export_step
+
+    print(f"exported tower (LoRA step {args.step}): {export_step(args.run, args.step, args.output, force=args.force)}")
+
+
 def _print_governors(cfg, stages: tuple[str, ...]) -> None:
     from dcr_mllm.training.config import steps_governor
 
@@ -176,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--allow-config-change", action="store_true", help=ALLOW_CONFIG_CHANGE)
     enhance.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1 lora_stage.max_steps=10")
     enhance.set_defaults(func=_enhance, intermixed="overrides")
+
+    export = sub.add_parser("export-tower", help="export the tower of any kept LoRA step of a stage-one run (its checkpoints, the selected step)")
+    export.add_argument("run", metavar="RUN", help="the run's output_dir")
+    export.add_argument("--step", type=int, required=True, help="a LoRA step whose checkpoint is kept (the error lists them)")
+    export.add_argument("--output", help="directory to write (default RUN/tower_step_N)")
+    export.add_argument("--force", action="store_true", help="replace an existing output directory")
+    export.set_defaults(func=_export_tower)
 
     for stage, text in (("pretrain", "stage two: LLaVA-1.5 projector pretraining with a tower"),
                         ("finetune", "stage two: LLaVA-1.5 instruction tuning, then export a llava-hf model")):

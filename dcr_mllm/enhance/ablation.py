@@ -4,7 +4,9 @@ DCR, from the same base tower and denoiser, with the same budget, over several s
 Writes ``OUT/base/tower`` and ``OUT/<objective>/seed<k>/tower`` (stage one's own output), each
 tower's metrics (``world_metrics.json`` beside it), and ``OUT/results.json``, ``OUT/report.md``
 and ``OUT/chart.png``: every metric as mean +- std over seeds, and each objective against the base
-seed by seed. Training and evaluation run in one-thread processes, ``--jobs`` at a time; finished
+seed by seed. With the config's ``eval.every`` each run also scores its tower on the world's
+validation set (``OUT/val``, its own seed) while it trains: ``OUT/curves.png`` and the report's
+curve tables show where each objective gains and where it starts to lose. Training and evaluation run in one-thread processes, ``--jobs`` at a time; finished
 pieces are skipped, so a rerun only redoes what is missing.
 
     python -m dcr_mllm.enhance.ablation --output outputs/ablation --seeds 3
@@ -23,9 +25,10 @@ import sys
 from pathlib import Path
 
 from dcr_mllm.config import PACKAGED_CONFIGS
+from dcr_mllm.enhance.watch import EVAL_FILE
 from dcr_mllm.errors import DcrError
 from dcr_mllm.world.models import MINI, WorldSpec
-from dcr_mllm.world.prepare import EVAL_COUNT, SHARD_COUNT, prepare_world
+from dcr_mllm.world.prepare import EVAL_COUNT, SHARD_COUNT, VAL_COUNT, prepare_world
 from dcr_mllm.world.scenes import FINE_ATTRIBUTES
 
 OBJECTIVES = ("reconstruction", "naive", "dcr")
@@ -51,7 +54,7 @@ def run_jobs(commands: list[tuple[list[str], Path]], jobs: int) -> None:
 
 def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str | Path | None = None, overrides: list[str] = (),
                  spec: WorldSpec | None = None, world_root: str | Path | None = None, eval_count: int = EVAL_COUNT, pairs: int = 30,
-                 shard_count: int = SHARD_COUNT) -> Path:
+                 shard_count: int = SHARD_COUNT, val_count: int = VAL_COUNT) -> Path:
     if seeds < 1 or jobs < 1:
         raise DcrError(f"--seeds {seeds} and --jobs {jobs}: both must be at least 1")
     config = Path(config or PACKAGED_CONFIGS / "enhance_world.yaml")
@@ -60,7 +63,7 @@ def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str 
     spec = spec or WorldSpec()
     out = Path(output).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    world = prepare_world(out, spec, world_root, shard_count=shard_count, conversation_count=0, eval_count=eval_count)
+    world = prepare_world(out, spec, world_root, shard_count=shard_count, conversation_count=0, eval_count=eval_count, val_count=val_count)
     models, shards = {"clip": world["world-clip"], "sd": world["world-sd"]}, world["shards"]
     base = out / "base" / "tower"
     if not base.is_dir():
@@ -69,8 +72,9 @@ def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str 
 
     runs = {(objective, seed): out / objective / f"seed{seed}" for objective in OBJECTIVES for seed in range(seeds)}
     own = {objective: objective_overrides(config, [*overrides, f"objective.name={objective}"]) for objective in OBJECTIVES}
+    watch = validation_overrides(config, overrides, world["val"], pairs)
     train = [([sys.executable, "-m", "dcr_mllm.cli", "enhance", "--config", str(config), f"tower={models['clip']}", f"denoiser={models['sd']}",
-               f"output_dir={run}", f"seed={seed}", f"data.shards={shards}", *overrides, *own[objective]], run.with_suffix(".log"))
+               f"output_dir={run}", f"seed={seed}", f"data.shards={shards}", *watch, *overrides, *own[objective]], run.with_suffix(".log"))
              for (objective, seed), run in runs.items() if not (run / "tower" / "model_card.md").is_file()]
     run_jobs(train, jobs)
     towers = [base, *(run / "tower" for run in runs.values())]
@@ -83,11 +87,43 @@ def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str 
     scores = {objective: [json.loads((runs[objective, seed] / "world_metrics.json").read_text()) for seed in range(seeds)]
               for objective in OBJECTIVES}
     results = summarize(base_scores, scores)
+    results["curves"] = curves({objective: [runs[objective, seed] / "lora" / EVAL_FILE for seed in range(seeds)] for objective in OBJECTIVES})
     results["setup"] = {"seeds": seeds, "config": str(config), "overrides": list(overrides), "per_objective": own, "world": dataclasses.asdict(spec),
-                        "eval_images": eval_count, "pairs_per_attribute": pairs, "stage_one_images": shard_count}
+                        "eval_images": eval_count, "pairs_per_attribute": pairs, "stage_one_images": shard_count,
+                        "validation": {"images": val_count, "overrides": watch}}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "report.md").write_text(report(results))
     chart(results, out / "chart.png")
+    if results["curves"]:
+        curves_chart(results, out / "curves.png")
+    return out
+
+
+def validation_overrides(config: Path, overrides: list[str], val: Path, pairs: int) -> list[str]:
+    """Point the config's evaluation during training at this ablation's validation set; none when
+    the config evaluates nothing during training."""
+    from dcr_mllm.config import load_config
+    from dcr_mllm.enhance.config import EnhanceConfig
+
+    if not load_config(EnhanceConfig, config, overrides).eval.every:
+        return []
+    return [f"eval.benchmarks=[{{name: world, data: {json.dumps(str(val))}, pairs_per_attribute: {pairs}}}]"]
+
+
+def curves(eval_files: dict[str, list[Path]]) -> dict:
+    """``{objective: {metric: {"steps", "mean", "std"}}}`` of the headline metrics over the
+    evaluated steps, from every seed's ``eval.jsonl``; {} when no run evaluated during training."""
+    out = {}
+    for objective, files in eval_files.items():
+        if not all(f.is_file() for f in files):
+            continue
+        per_seed = [{row["step"]: row for row in map(json.loads, f.read_text().splitlines())} for f in files]
+        steps = sorted(set.intersection(*(set(rows) for rows in per_seed)))
+        out[objective] = {}
+        for metric in HEADLINE:
+            values = [[rows[step][f"eval/world/{metric}"] for rows in per_seed] for step in steps]
+            out[objective][metric] = {"steps": steps, "mean": [statistics.fmean(v) for v in values],
+                                      "std": [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]}
     return out
 
 
@@ -145,9 +181,56 @@ def report(results: dict) -> str:
     for objective in objectives[1:]:
         for metric in HEADLINE:
             lines.append(f"| {objective} | {metric} | " + ", ".join(f"{v:+.1f}" for v in table[objective][metric]["minus_base"]) + " |")
+    if results.get("curves"):
+        lines += curve_tables(results["curves"])
     if results["checks"]:
         lines += ["", "## What the world is for", ""] + [f"- {'yes' if ok else 'NO'}: {name}" for name, ok in results["checks"].items()]
     return "\n".join(lines) + "\n"
+
+
+def curve_tables(curves_by_objective: dict) -> list[str]:
+    """One table per headline metric: the validation value (mean +- std over seeds) at each
+    evaluated LoRA step, per objective, and the step where the mean peaks."""
+    objectives = list(curves_by_objective)
+    lines = ["", "## Validation curves during training", "",
+             "The world's validation set (its own seed, not the evaluation set above) scored every `eval.every` LoRA steps; "
+             "step 0 is the base tower. Mean +- std over seeds (percent). `OUT/curves.png` draws them."]
+    for metric in HEADLINE:
+        steps = curves_by_objective[objectives[0]][metric]["steps"]
+        lines += ["", f"**{metric}**", "", "| step | " + " | ".join(objectives) + " |", "|---:" * (len(objectives) + 1) + "|"]
+        for i, step in enumerate(steps):
+            cells = [f"{c[metric]['mean'][i]:.1f} +- {c[metric]['std'][i]:.1f}" if i < len(c[metric]["steps"]) else ""
+                     for c in (curves_by_objective[o] for o in objectives)]
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
+        peaks = [c[metric]["steps"][max(range(len(c[metric]["mean"])), key=lambda i: (c[metric]["mean"][i], -i))]
+                 for c in (curves_by_objective[o] for o in objectives)]
+        lines.append("| peak at step | " + " | ".join(str(p) for p in peaks) + " |")
+    return lines
+
+
+def curves_chart(results: dict, path: Path) -> None:
+    """One panel per headline metric: each objective's validation mean over steps, +- std shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(HEADLINE), figsize=(3.3 * len(HEADLINE), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], HEADLINE):
+        for objective, curve in results["curves"].items():
+            c = curve[metric]
+            ax.plot(c["steps"], c["mean"], marker="o", markersize=3, label=objective)
+            ax.fill_between(c["steps"], [m - s for m, s in zip(c["mean"], c["std"])], [m + s for m, s in zip(c["mean"], c["std"])], alpha=0.2)
+        ax.set_title(metric, fontsize=8)
+        ax.set_xlabel("LoRA step")
+    axes[0][0].set_ylabel("validation, percent")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Validation curves ({results['setup']['seeds']} seeds, mean +- std)", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".partial.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def chart(results: dict, path: Path) -> None:
@@ -185,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mini", action="store_true", help="a miniature world and evaluation (tests: seconds, not minutes)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="stage-one config overrides for every run")
     args = parser.parse_args(argv)
-    sizes = {"spec": MINI, "eval_count": 36, "pairs": 2, "shard_count": 64} if args.mini else {}
+    sizes = {"spec": MINI, "eval_count": 36, "pairs": 2, "shard_count": 64, "val_count": 24} if args.mini else {}
     out = run_ablation(args.output, args.seeds, args.jobs, args.config, args.overrides, **sizes)
     print((out / "report.md").read_text(), end="")
     print(out)

@@ -16,23 +16,33 @@ import shutil
 from pathlib import Path
 
 import yaml
+from safetensors import safe_open
 
-from dcr_mllm.config import to_dict
+from dcr_mllm.config import load_config, to_dict
 from dcr_mllm.enhance.config import EnhanceConfig, selection_on_test_data
 from dcr_mllm.enhance.watch import SELECTED
+from dcr_mllm.errors import DcrError
 from dcr_mllm.towers import apply_lora, load_tower, merge_lora
-from dcr_mllm.training import load_trainable_state
+from dcr_mllm.training import is_finished, load_trainable_state
+from dcr_mllm.training.engine import TRAINABLE, checkpoint_problem
 
 MODEL_CARD = "model_card.md"
+RUN_CONFIG = "config.yaml"  # the resolved config of the run's last `enhance` command, which export-tower reads
 
 
-def export_tower(cfg: EnhanceConfig, out_dir: str | Path, selection: dict | None = None) -> Path:
-    """The last step's tower, or with ``selection`` (``watch.selected``) the chosen step's."""
+def export_tower(cfg: EnhanceConfig, out_dir: str | Path, selection: dict | None = None, step: int | None = None) -> Path:
+    """The last step's tower; with ``selection`` (``watch.selected``) the chosen step's; with
+    ``step`` that kept checkpoint's (``step_weights``)."""
     out_dir = Path(out_dir)
     lora_dir = Path(cfg.output_dir) / "lora"
+    if step is not None:
+        weights, section = step_weights(lora_dir, step), step_card(step)
+    elif selection is not None:
+        weights, section = lora_dir / SELECTED, selection_card(cfg, selection)
+    else:
+        weights, section = lora_dir / TRAINABLE, ""
     trained = load_tower(cfg.tower, vision_only=True)  # the structure the LoRA stage trained
     apply_lora(trained, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None, cfg.lora.scope, cfg.lora.bias)
-    weights = lora_dir / ("trainable.safetensors" if selection is None else SELECTED)
     load_trainable_state(trained, weights, prefix="tower.")
     merged = merge_lora(trained)
     tower = load_tower(cfg.tower)  # the full model (text side included), in its own format
@@ -42,11 +52,53 @@ def export_tower(cfg: EnhanceConfig, out_dir: str | Path, selection: dict | None
     if tmp.exists():
         shutil.rmtree(tmp)
     tower.save(tmp)
-    (tmp / MODEL_CARD).write_text(model_card(cfg, merged, lora_dir, selection))
+    (tmp / MODEL_CARD).write_text(model_card(cfg, merged, lora_dir, section))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
+
+
+def kept_steps(lora_dir: Path) -> dict[int, Path]:
+    """``{step: trained parameters}`` of every LoRA step whose weights are on disk: intact
+    checkpoints that hold them, the selected step, and the last step of a finished stage."""
+    kept = {}
+    for folder in sorted((lora_dir / "checkpoints").glob("step_*")):
+        if folder.is_dir() and (folder / TRAINABLE).is_file() and folder.name[5:].isdigit() and checkpoint_problem(folder, 1) is None:
+            kept[int(folder.name[5:])] = folder / TRAINABLE
+    if (lora_dir / SELECTED).is_file():
+        with safe_open(str(lora_dir / SELECTED), "pt") as f:
+            kept[int(f.metadata()["step"])] = lora_dir / SELECTED
+    if is_finished(lora_dir):
+        kept[json.loads((lora_dir / "train_state.json").read_text())["step"]] = lora_dir / TRAINABLE
+    return dict(sorted(kept.items()))
+
+
+def step_weights(lora_dir: Path, step: int) -> Path:
+    kept = kept_steps(lora_dir)
+    if step not in kept:
+        have = ", ".join(map(str, kept)) or "none"
+        raise DcrError(f"step {step} is not kept in {lora_dir} (kept: {have}); lower lora_stage.save_every or raise keep_last to keep more steps")
+    return kept[step]
+
+
+def export_step(run: str | Path, step: int, output: str | Path | None = None, force: bool = False) -> Path:
+    """``dcr-mllm export-tower RUN --step N``: the tower of any kept LoRA step of a stage-one run
+    (default ``RUN/tower_step_N``), made with the settings the run recorded in ``RUN/config.yaml``."""
+    run = Path(run)
+    recorded = run / RUN_CONFIG
+    if not recorded.is_file():
+        raise DcrError(f"{recorded} does not exist; RUN must be the output_dir of a `dcr-mllm enhance` run")
+    cfg = load_config(EnhanceConfig, recorded, [f"output_dir={run}"])
+    out = Path(output) if output else run / f"tower_step_{step}"
+    if out.exists() and not force:
+        raise DcrError(f"{out} exists; pass --force to replace it, or --output another directory")
+    step_weights(run / "lora", step)  # before any model loads
+    return export_tower(cfg, out, step=step)
+
+
+def step_card(step: int) -> str:
+    return f"## Exported step\n\nStep {step} of the LoRA stage, exported from its checkpoint with `dcr-mllm export-tower --step {step}`.\n\n"
 
 
 def selection_card(cfg: EnhanceConfig, selection: dict) -> str:
@@ -62,7 +114,7 @@ def selection_card(cfg: EnhanceConfig, selection: dict) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def model_card(cfg: EnhanceConfig, merged_layers: int, lora_dir: Path, selection: dict | None = None) -> str:
+def model_card(cfg: EnhanceConfig, merged_layers: int, lora_dir: Path, exported_step: str = "") -> str:
     state = json.loads((lora_dir / "train_state.json").read_text())
     projector_state = json.loads((Path(cfg.output_dir) / "projector" / "train_state.json").read_text())
     return (
@@ -75,6 +127,6 @@ def model_card(cfg: EnhanceConfig, merged_layers: int, lora_dir: Path, selection
         f"- data: `{cfg.data.shards or 'synthetic (dcr-mllm generator)'}`\n"
         f"- seed: {cfg.seed}\n\n"
         f"Produced by `dcr-mllm enhance`. Load it with the tower family's own `from_pretrained`.\n\n"
-        + (selection_card(cfg, selection) if selection else "") +
+        + exported_step +
         f"## Config\n\n```yaml\n{yaml.safe_dump(to_dict(cfg), sort_keys=False)}```\n"
     )

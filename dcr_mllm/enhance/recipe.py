@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from dcr_mllm.config import to_dict
+from dcr_mllm.config import config_yaml, to_dict
 from dcr_mllm.data import ImageTextShards, collate_image_text, write_synthetic_shards
 from dcr_mllm.data.synthetic import VERSION as SYNTHETIC_VERSION
 from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
 from dcr_mllm.enhance.config import EnhanceConfig, ResolvedShapes, validate
-from dcr_mllm.enhance.export import export_tower
+from dcr_mllm.enhance.export import RUN_CONFIG, export_tower
 from dcr_mllm.enhance.watch import EVAL_FILE, TowerWatch, selected
-from dcr_mllm.io import generated_dir
+from dcr_mllm.io import generated_dir, write_atomic
 from dcr_mllm.objectives import EnhanceModel
 from dcr_mllm.objectives.negatives import check_negative_count
 from dcr_mllm.presets.real import local_path
@@ -114,6 +114,7 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
             check_negative_count(cfg.objective.num_negatives, dist_info.world_size * stage_cfg(cfg, stage).micro_batch_size)
     if dist_info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(output_dir / RUN_CONFIG, config_yaml(cfg))  # what `export-tower RUN --step N` rebuilds the tower with
     image_size = cfg.data.image_size or shapes.tower.image_size
     shards = training_shards(cfg, image_size, dist_info.is_main)
 
@@ -127,7 +128,7 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
         model = build_model(cfg, shapes, stage).to(dist_info.device)
         shaping = ("tower", "denoiser", "objective", "projector", "data") + (("lora",) if stage == "lora" else ())
         run_config = {key: value for key, value in to_dict(cfg).items() if key in shaping}
-        trainer = Trainer(model, train_cfg, stage_dir, cfg.seed, dist_info, run_config, allow_config_change)
+        trainer = Trainer(model, train_cfg, stage_dir, cfg.seed, dist_info, run_config, allow_config_change, weights_in_checkpoints=stage == "lora")
         random_crop = (tuple(cfg.data.crop_scale), tuple(cfg.data.crop_ratio)) if cfg.data.base_view == "random_resized_crop" else None
         dataset = ImageTextShards(shards, image_size, rank=dist_info.rank, world_size=dist_info.world_size, seed=cfg.seed, random_crop=random_crop)
         batches = ResumableBatches(dataset, train_cfg.micro_batch_size, collate_image_text, train_cfg.num_workers)

@@ -1,4 +1,5 @@
-"""Watch the tower while the LoRA stage trains: evaluate it every ``eval.every`` steps.
+"""Watch the tower while the LoRA stage trains: evaluate it every ``eval.every`` steps, at step 0
+(``eval.at_start``) and at the last step, the one exported.
 
 The current tower is the base tower with the trained parameters' fp32 masters (gathered from
 every rank, ZeRO-3 included) and its LoRA merged, built on the main rank in memory, never written;
@@ -47,9 +48,10 @@ class TowerWatch:
         self.reference = None  # the full base tower (text side included) the evaluated weights go into
         self.started = False
 
-    def due(self, step: int) -> bool:
+    def due(self, step: int, last: int) -> bool:
+        """Every ``eval.every`` steps, step 0 with ``at_start``, and the last step (the exported one)."""
         every = self.cfg.eval.every
-        return bool(every) and (step % every == 0 if step else self.cfg.eval.at_start)
+        return bool(every) and (step % every == 0 or step == last if step else self.cfg.eval.at_start)
 
     def __call__(self, trainer, step: int) -> dict[str, float]:
         if not self.started:  # rows a killed run wrote after its checkpoint are evaluated again
@@ -59,7 +61,7 @@ class TowerWatch:
             elif self.is_main:  # a fresh run: nothing of an earlier, failed one counts
                 self.file.unlink(missing_ok=True)
                 self.file.with_name(SELECTED).unlink(missing_ok=True)
-        if not self.due(step):
+        if not self.due(step, trainer.cfg.max_steps):
             return {}
         state, _ = trainer.gathered_trainable_state()  # collective: every rank takes part
         scores = {}

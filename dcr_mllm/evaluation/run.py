@@ -60,11 +60,10 @@ def benchmark_scorer(benchmark: str, data: str | Path | None, batch_size: int = 
     if benchmark == "classification":
         return functools.partial(evaluate_classification, data=ClassificationData(data), batch_size=batch_size)
     if benchmark == "world":
-        from dcr_mllm.world.metrics import evaluate_world
-        from dcr_mllm.world.scenes import read_world
+        from dcr_mllm.world.metrics import WorldSet, evaluate_world
 
-        read_world(data)  # its labels checked before any tower loads
-        return lambda tower: BenchmarkResult(evaluate_world(tower, data, pairs_per_attribute))
+        world = WorldSet.read(data, pairs_per_attribute)  # its labels checked before any tower loads
+        return lambda tower: BenchmarkResult(evaluate_world(tower, world))
     return functools.partial(evaluate_fine_grained, pairs=fine_grained_pairs(pairs_per_attribute, image_size, seed), batch_size=batch_size)
 
 

@@ -80,7 +80,8 @@ def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path) -> str:
                 raise DcrError(f"{stage_dir / 'train_state.json'} has no step count; it was not written by a training stage")
             stages.append((name, stage_dir, state["step"], loss_points(stage_dir)))
     for name, stage_dir, step, points in stages:
-        lines.append(f"- {name}/{stage_dir.name}: {step} steps, {plot_loss(stage_dir, points)}")
+        watched = stage_dir / "eval.png"  # the tower evaluated during training (enhance.watch)
+        lines.append(f"- {name}/{stage_dir.name}: {step} steps, {plot_loss(stage_dir, points)}" + (f", validation curves {watched}" if watched.is_file() else ""))
     lines += ["", "## Artefacts", ""]
     for name, run in runs.items():
         for artefact in ("tower", "model"):

@@ -7,6 +7,8 @@ DeepSpeed keeps its partition-aware save/load for ZeRO-2 and ZeRO-3.
 Layout of ``output_dir``::
 
     checkpoints/step_000050/   DeepSpeed state (safetensors content) + rank{r}_state.safetensors
+                               + trainable.safetensors with ``weights_in_checkpoints`` (that step's
+                               trained parameters, gathered: what ``export-tower --step`` exports)
                                + manifest.json (every file of the checkpoint and its size)
     checkpoints/latest         name of the newest complete checkpoint
     checkpoints/config.json    the settings that shape training, as the checkpoints were made with
@@ -51,6 +53,7 @@ from dcr_mllm.training.safe_state import (
     save_tree,
 )
 
+TRAINABLE = "trainable.safetensors"
 logger = logging.getLogger("dcr_mllm.training")
 MANIFEST = "manifest.json"
 #: the TrainConfig fields that change what training computes (the rest: logging, saving, workers)
@@ -126,14 +129,16 @@ class Trainer:
     """Runs ``step_fn`` over batches for ``cfg.max_steps`` optimizer steps, resumably."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, output_dir: str | Path, seed: int, dist_info: DistInfo,
-                 run_config: dict | None = None, allow_config_change: bool = False):
+                 run_config: dict | None = None, allow_config_change: bool = False, weights_in_checkpoints: bool = False):
         """``run_config``: the recipe's settings that shape this stage (model, objective, data);
         with the stage's training settings, world size and seed, a resume must match them
-        unless ``allow_config_change``."""
+        unless ``allow_config_change``. ``weights_in_checkpoints``: every checkpoint also holds
+        its step's trained parameters, gathered (small ones only: LoRA, a projector)."""
         import deepspeed
 
         self.cfg, self.dist, self.output_dir = cfg, dist_info, Path(output_dir)
         self.allow_config_change = allow_config_change
+        self.weights_in_checkpoints = weights_in_checkpoints
         self.fingerprint = _plain({"world_size": dist_info.world_size, "seed": seed,
                                    **{key: getattr(cfg, key) for key in TRAINING_KEYS}, **(run_config or {})})
         self.checkpoint_dir = self.output_dir / "checkpoints"
@@ -173,6 +178,10 @@ class Trainer:
         partial = f"{tag}.partial"
         self.engine.save_checkpoint(str(self.checkpoint_dir), tag=partial, save_latest=False, exclude_frozen_parameters=True)
         save_tree(self._rank_state(batches), self.checkpoint_dir / partial / f"rank{self.dist.rank}_state.safetensors")
+        if self.weights_in_checkpoints:  # collective; readable without DeepSpeed or the other ranks' shards
+            trained, _ = self.gathered_trainable_state()
+            if self.dist.is_main:
+                save_file(trained, self.checkpoint_dir / partial / TRAINABLE)
         barrier()
         if self.dist.is_main:
             for script in ("zero_to_fp32.py", "zero_to_torch.py"):  # DeepSpeed's pickle-based converters; ours need none
@@ -406,7 +415,7 @@ class Trainer:
         if len(set(digests)) != 1:
             raise DcrError(f"ranks finished with different weights ({len(set(digests))} versions); gradients were not synchronised")
         if self.dist.is_main:
-            with atomic_path(self.output_dir / "trainable.safetensors") as tmp:
+            with atomic_path(self.output_dir / TRAINABLE) as tmp:
                 save_file(state, tmp)
             summary = {"finished": True, "step": self.step, "nonfinite_total": self.nonfinite_total,
                        "world_size": self.dist.world_size, "weights_sha256": digests[0]}

@@ -72,15 +72,32 @@ def _probe_accuracy(features: Tensor, labels: list, cut: int) -> float:
     return percent(int((predict_linear_probe(weight, x[cut:]) == y[cut:]).sum()), len(y) - cut)
 
 
-def evaluate_world(tower: VisionTower, data_dir: str | Path, pairs_per_attribute: int = 30, pair_seed: int = 1001) -> dict[str, float]:
-    """Every world metric of ``tower`` (percent), on the labelled set at ``data_dir``."""
-    items = read_world(data_dir)
-    if len(items) < 12:
-        raise DcrError(f"{data_dir} has {len(items)} images; the probes need at least 12 (make-eval-data world --count N)")
-    images = [open_image(path) for path, _ in items]
-    scenes = [scene for _, scene in items]
-    cut = (2 * len(items)) // 3
-    size = images[0].width
+@dataclasses.dataclass
+class WorldSet:
+    """A labelled world folder and its MMVP-style pairs, read and rendered once, so evaluating
+    many towers (or one tower at many steps) pays only for the towers."""
+
+    images: list
+    scenes: list
+    pairs: list[tuple[str, object, object]]
+    pair_images: list
+
+    @classmethod
+    def read(cls, data_dir: str | Path, pairs_per_attribute: int = 30, pair_seed: int = 1001) -> "WorldSet":
+        items = read_world(data_dir)
+        if len(items) < 12:
+            raise DcrError(f"{data_dir} has {len(items)} images; the probes need at least 12 (make-eval-data world --count N)")
+        images = [open_image(path) for path, _ in items]
+        pairs = world_pairs(pairs_per_attribute, pair_seed)
+        size = images[0].width
+        return cls(images, [scene for _, scene in items], pairs, [render(scene, size) for _, *two in pairs for scene in two])
+
+
+def evaluate_world(tower: VisionTower, data: str | Path | WorldSet, pairs_per_attribute: int = 30) -> dict[str, float]:
+    """Every world metric of ``tower`` (percent), on a labelled folder (or its ``WorldSet``)."""
+    world = data if isinstance(data, WorldSet) else WorldSet.read(data, pairs_per_attribute)
+    images, scenes, pairs = world.images, world.scenes, world.pairs
+    cut = (2 * len(images)) // 3
     features = {"probe_global": image_embeddings(tower, images, 128, desc="world images"), "probe_layer": layer_features(tower, images)}
     scores: dict[str, float] = {}
     for kind, x in features.items():
@@ -95,8 +112,7 @@ def evaluate_world(tower: VisionTower, data_dir: str | Path, pairs_per_attribute
     scores["class/zero_shot"] = percent(int((guess == truth).sum()), len(truth))
     scores["class/probe"] = scores[f"probe_global/{CLASS}"]
 
-    pairs = world_pairs(pairs_per_attribute, pair_seed)
-    pair_images = image_embeddings(tower, [render(scene, size) for _, *two in pairs for scene in two], 128, desc="pair images")
+    pair_images = image_embeddings(tower, world.pair_images, 128, desc="pair images")
     texts = text_embeddings(tower, [PROMPT + attribute_phrase(scene, attribute) for attribute, *two in pairs for scene in two], 128)
     verdicts = judge_pairs(tower, pair_images[0::2], pair_images[1::2], texts[0::2], texts[1::2])
     for attribute in FINE_ATTRIBUTES:

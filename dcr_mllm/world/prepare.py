@@ -31,7 +31,8 @@ VAL_COUNT = 300
 
 
 def prepare_world(output: str | Path = "outputs/world", spec: WorldSpec | None = None, world_root: str | Path | None = None,
-                  shard_count: int = SHARD_COUNT, conversation_count: int = CONVERSATION_COUNT, eval_count: int = EVAL_COUNT) -> dict[str, Path]:
+                  shard_count: int = SHARD_COUNT, conversation_count: int = CONVERSATION_COUNT, eval_count: int = EVAL_COUNT,
+                  val_count: int = VAL_COUNT) -> dict[str, Path]:
     """Build what is missing; returns ``{name: path}`` for the models and the three sets
     (``conversation_count`` 0 skips the conversations)."""
     spec = spec or WorldSpec()
@@ -45,5 +46,5 @@ def prepare_world(output: str | Path = "outputs/world", spec: WorldSpec | None =
     if conversation_count:
         paths["llava"] = write_world_conversations(out / "llava", conversation_count, CONVERSATION_SEED, size=spec.image_size)
     paths["eval"] = world_eval_set(out / "eval", EVAL_SEED, eval_count, size=spec.image_size)
-    paths["val"] = world_eval_set(out / "val", VAL_SEED, VAL_COUNT, size=spec.image_size)
+    paths["val"] = world_eval_set(out / "val", VAL_SEED, val_count, size=spec.image_size)
     return paths

@@ -175,3 +175,31 @@ def test_a_select_metric_the_benchmarks_do_not_report_stops_at_step_0(projector_
     code = main(["enhance", "--stage", "lora", f"output_dir={run}", *COMMON, *watched(projector_run), "eval.select=world/fine_mean"])
     assert code == 2 and "eval.select=world/fine_mean is not a metric the benchmarks report (world/probe_global/" in capsys.readouterr().err
     assert not (run / "lora" / "metrics.jsonl").exists()
+
+
+def test_export_tower_exports_any_kept_step_as_a_run_stopped_there_would(projector_run, capsys):
+    run = lora_run(projector_run, "every_step", "lora_stage.keep_last=0")
+    stopped = lora_run(projector_run, "stopped_at_2", "lora_stage.max_steps=2")
+    assert main(["export-tower", str(run), "--step", "2"]) == 0
+    exported, short = load_file(run / "tower_step_2" / "model.safetensors"), load_file(stopped / "tower" / "model.safetensors")
+    assert exported.keys() == short.keys() and all(torch.equal(exported[k], short[k]) for k in exported)
+    assert "Step 2 of the LoRA stage, exported from its checkpoint" in (run / "tower_step_2" / "model_card.md").read_text()
+    capsys.readouterr()
+    assert main(["export-tower", str(run), "--step", "2"]) == 2  # never overwritten without --force
+    assert "tower_step_2 exists; pass --force" in capsys.readouterr().err
+    assert main(["export-tower", str(run), "--step", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "step 7 is not kept" in err and "(kept: 1, 2, 3, 4)" in err and len(err.strip().splitlines()) == 1
+    assert not (run / "tower_step_7").exists()
+    assert main(["export-tower", str(projector_run / "val"), "--step", "1"]) == 2
+    assert "config.yaml does not exist; RUN must be the output_dir" in capsys.readouterr().err
+
+
+def test_the_last_step_is_always_evaluated(projector_run):
+    from dcr_mllm.config import load_config
+    from dcr_mllm.enhance.config import EnhanceConfig
+    from dcr_mllm.enhance.watch import TowerWatch
+
+    cfg = load_config(EnhanceConfig, None, ["tower=x", "denoiser=y", "eval.every=3"])
+    watch = TowerWatch(cfg, projector_run, is_main=True)
+    assert [step for step in range(8) if watch.due(step, last=7)] == [0, 3, 6, 7]

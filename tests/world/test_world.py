@@ -112,7 +112,14 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
     assert (out / "base" / "tower" / "config.json").is_file() and (out / "chart.png").stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
     assert len(results["metrics"]["dcr"]["class/probe"]["seeds"]) == 2
-    assert "| objective | metric | per seed |" in (out / "report.md").read_text()
+    report_text = (out / "report.md").read_text()
+    assert "| objective | metric | per seed |" in report_text
+    # every run scored its tower on the ablation's validation set at step 0 and at its last step
+    curve = results["curves"]["dcr"]["probe_global/fine_mean"]
+    assert curve["steps"] == [0, 1] and len(curve["mean"]) == 2 and results["setup"]["validation"]["images"] == 24
+    assert "## Validation curves during training" in report_text and (out / "curves.png").stat().st_size > 0
+    base_curve = {objective: results["curves"][objective]["class/probe"]["mean"][0] for objective in ("reconstruction", "naive", "dcr")}
+    assert len(set(base_curve.values())) == 1  # step 0 is the same base tower for every objective
 
 
 def test_a_denoiser_field_keeps_the_clip_build_and_the_variants_build(tmp_path):
