@@ -42,6 +42,17 @@ def unet_cross_attention_dim(path: str | Path) -> int:
     return width[0] if isinstance(width, (list, tuple)) else int(width)
 
 
+def context_length(path: str | Path) -> int:
+    """The number of context tokens the UNet is conditioned on (the tokenizer's padded length, as
+    ``FrozenDenoiser`` encodes the empty prompt), from config files."""
+    path = check_sd_dir(path)
+    tokenizer_config = path / "tokenizer" / "tokenizer_config.json"
+    length = json.loads(tokenizer_config.read_text()).get("model_max_length") if tokenizer_config.is_file() else None
+    if not isinstance(length, int) or length > 100_000:  # transformers writes a huge number when unset
+        length = json.loads((path / "text_encoder" / "config.json").read_text())["max_position_embeddings"]
+    return int(length)
+
+
 class FrozenDenoiser(nn.Module):
     """UNet + VAE + scheduler, frozen, with the empty-prompt context cached as a buffer."""
 

@@ -7,16 +7,17 @@ empty prompt, so an untrained projector starts from the unconditional denoiser.
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dcr_mllm.errors import ConfigError
 
 
-def check_widths(tower_width: int, projector_input: int, projector_output: int, unet_width: int) -> None:
+def check_widths(tower_width: int, projector_input: int, projector_output: int, unet_width: int, what: str = "global embedding") -> None:
     """Fail with both numbers named when a projector cannot sit between this tower and UNet."""
     if projector_input != tower_width:
         raise ConfigError(
-            f"projector input width {projector_input} does not match the tower's global embedding "
+            f"projector input width {projector_input} does not match the tower's {what} "
             f"width {tower_width}; set projector.input_dim={tower_width} or leave it unset"
         )
     if projector_output != unet_width:
@@ -27,8 +28,8 @@ def check_widths(tower_width: int, projector_input: int, projector_output: int, 
 
 
 class ConditionProjector(nn.Module):
-    """Maps a tower's global embedding [B, in] to a UNet context [B, L, cross] (``project``, then
-    ``broadcast``)."""
+    """Maps a tower's global embedding [B, in] (or patch tokens [B, N, in], token by token) to a
+    UNet context [B, L, cross] (``project``, then ``broadcast``)."""
 
     def __init__(self, input_dim: int, output_dim: int, hidden_dim: int | None = None):
         super().__init__()
@@ -56,5 +57,10 @@ class ConditionProjector(nn.Module):
 
     @staticmethod
     def broadcast(projected: Tensor, empty_context: Tensor) -> Tensor:
-        """[B, cross] vectors to [B, L, cross] contexts: added to every token of the empty prompt."""
-        return empty_context.to(projected.dtype) + projected[:, None, :]
+        """[B, cross] vectors to [B, L, cross] contexts: added to every token of the empty prompt.
+        [B, N, cross] tokens (``condition: tokens``): token n added to context token n, one to
+        one as DIVA adds its visual tokens; the context's other L - N tokens stay the empty prompt's."""
+        empty = empty_context.to(projected.dtype)
+        if projected.dim() == 2:
+            return empty + projected[:, None, :]
+        return empty + F.pad(projected, (0, 0, 0, empty.shape[1] - projected.shape[1]))

@@ -1,5 +1,6 @@
-"""The paper's ablation in the world: reconstruction-only, naive (reconstruction + contrastive) and
-DCR, from the same base tower and denoiser, with the same budget, over several seeds.
+"""The paper's ablation in the world: reconstruction-only, naive (reconstruction + contrastive),
+DCR, and DCR conditioned on patch tokens (``dcr_tokens``), from the same base tower and denoiser,
+with the same budget, over several seeds.
 
 Writes ``OUT/base/tower`` and ``OUT/<objective>/seed<k>/tower`` (stage one's own output), each
 tower's metrics (``world_metrics.json`` beside it), and ``OUT/results.json``, ``OUT/report.md``
@@ -31,7 +32,15 @@ from dcr_mllm.world.models import MINI, WorldSpec
 from dcr_mllm.world.prepare import EVAL_COUNT, SHARD_COUNT, VAL_COUNT, prepare_world
 from dcr_mllm.world.scenes import FINE_ATTRIBUTES
 
-OBJECTIVES = ("reconstruction", "naive", "dcr")
+#: each objective of the ablation and the settings that make it (``dcr_tokens``: DCR conditioned on
+#: the feature layer's patch tokens, ``objective.condition: tokens``)
+VARIANTS = {
+    "reconstruction": ["objective.name=reconstruction"],
+    "naive": ["objective.name=naive"],
+    "dcr": ["objective.name=dcr"],
+    "dcr_tokens": ["objective.name=dcr", "objective.condition=tokens"],
+}
+OBJECTIVES = tuple(VARIANTS)
 HEADLINE = ("probe_global/fine_mean", "class/probe", "class/zero_shot", "pairs/mean", "probe_layer/fine_mean")
 
 
@@ -71,7 +80,7 @@ def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str 
         base.with_name("tower.partial").rename(base)
 
     runs = {(objective, seed): out / objective / f"seed{seed}" for objective in OBJECTIVES for seed in range(seeds)}
-    own = {objective: objective_overrides(config, [*overrides, f"objective.name={objective}"]) for objective in OBJECTIVES}
+    own = {objective: objective_overrides(config, overrides, VARIANTS[objective]) for objective in OBJECTIVES}
     watch = validation_overrides(config, overrides, world["val"], pairs)
     train = [([sys.executable, "-m", "dcr_mllm.cli", "enhance", "--config", str(config), f"tower={models['clip']}", f"denoiser={models['sd']}",
                f"output_dir={run}", f"seed={seed}", f"data.shards={shards}", *watch, *overrides, *own[objective]], run.with_suffix(".log"))
@@ -127,22 +136,22 @@ def curves(eval_files: dict[str, list[Path]]) -> dict:
     return out
 
 
-def objective_overrides(config: Path, overrides: list[str]) -> list[str]:
-    """The overrides that make the shared config one objective's: its name, and every objective
+def objective_overrides(config: Path, overrides: list[str], variant: list[str]) -> list[str]:
+    """The overrides that make the shared config one objective's: its variant's settings, and every objective
     key it does not read (set in the shared config for another objective) back at its default,
     which the config check would otherwise refuse."""
     from dcr_mllm.config import load_config
     from dcr_mllm.enhance.config import EnhanceConfig
     from dcr_mllm.objectives.model import ObjectiveConfig, unread_keys
 
-    cfg = load_config(EnhanceConfig, config, overrides)
+    cfg = load_config(EnhanceConfig, config, [*overrides, *variant])
     resets = []
     for key in unread_keys(cfg.objective):
         value = ObjectiveConfig()
         for part in key.split(".")[1:]:
             value = getattr(value, part)
         resets.append(f"{key}={json.dumps(list(value) if isinstance(value, tuple) else value)}")
-    return [overrides[-1], *resets]
+    return [*variant, *resets]
 
 
 def summarize(base: dict[str, float], scores: dict[str, list[dict[str, float]]]) -> dict:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from dcr_mllm.diffusion.denoiser import check_sd_dir, unet_cross_attention_dim
+from dcr_mllm.diffusion.denoiser import check_sd_dir, context_length, unet_cross_attention_dim
 from dcr_mllm.diffusion.projector import check_widths
 from dcr_mllm.errors import ConfigError, DcrError
 from dcr_mllm.objectives.model import ObjectiveConfig, unread_keys
@@ -112,6 +112,11 @@ def resolve_config(cfg: EnhanceConfig) -> EnhanceConfig:
         if stage.gradient_checkpointing:
             raise ConfigError(f"{name}.gradient_checkpointing is not read by stage one; bound memory with objective.chunk_size")
     unread = unread_keys(cfg.objective)
+    token_keys = [key for key in unread if key.startswith("objective.condition_")]
+    if token_keys:
+        one = len(token_keys) == 1
+        raise ConfigError(f"{', '.join(token_keys)} {'is' if one else 'are'} read only with objective.condition=tokens; "
+                          f"set objective.condition=tokens or remove {'it' if one else 'them'}")
     if unread:
         one = len(unread) == 1
         raise ConfigError(f"{', '.join(unread)} {'is' if one else 'are'} not read by objective.name={cfg.objective.name}; "
@@ -152,6 +157,19 @@ def resolve_config(cfg: EnhanceConfig) -> EnhanceConfig:
     return cfg
 
 
+def check_condition_tokens(objective, tower, context: int) -> None:
+    """Token conditions must fit the UNet's context one to one, from a layer the tower has."""
+    keep, layer = objective.condition_tokens, objective.condition_layer
+    if keep < 0:
+        raise ConfigError(f"objective.condition_tokens={keep}: give a number of patches per image, or 0 for all of them")
+    if not -tower.num_layers <= layer <= tower.num_layers:
+        raise ConfigError(f"objective.condition_layer={layer}: the tower has hidden layers -{tower.num_layers}..{tower.num_layers}")
+    count = min(keep or tower.num_patches, tower.num_patches)
+    if count > context:
+        raise ConfigError(f"objective.condition_tokens={keep} gives {count} tokens per image, more than the denoiser's {context} "
+                          f"context tokens; set objective.condition_tokens to at most {context}")
+
+
 def selection_on_test_data(cfg: EnhanceConfig) -> str:
     """Why the selection split is test data ("" when it is not): MMVP-VLM is a test set, a folder
     named in ``eval.test_data``, or the world's tower evaluation set (its recorded seed)."""
@@ -179,9 +197,13 @@ def validate(cfg: EnhanceConfig) -> ResolvedShapes:
     resolve_config(cfg)
     tower = inspect_tower(cfg.tower)
     unet_width = unet_cross_attention_dim(check_sd_dir(local_path(cfg.denoiser)))
-    projector_input = cfg.projector.input_dim or tower.global_dim
+    tokens = cfg.objective.condition == "tokens"
+    feature_width = tower.hidden_size if tokens else tower.global_dim
+    projector_input = cfg.projector.input_dim or feature_width
     projector_output = cfg.projector.output_dim or unet_width
-    check_widths(tower.global_dim, projector_input, projector_output, unet_width)
+    check_widths(feature_width, projector_input, projector_output, unet_width, "patch token" if tokens else "global embedding")
+    if tokens:
+        check_condition_tokens(cfg.objective, tower, context_length(local_path(cfg.denoiser)))
     if cfg.data.shards:
         expand_shard_urls(cfg.data.shards)
     for bench in cfg.eval.benchmarks:

@@ -49,6 +49,11 @@ class ObjectiveConfig:
     #: encode the denoiser's empty prompt with its padding mask (upstream) or without (the SD pipeline)
     empty_prompt_mask: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: what conditions the denoiser: the global embedding added to every context token (upstream DCR),
+    #: or patch tokens, each projected and added to one context token (``tokens``)
+    condition: Literal["global", "tokens"] = "global"
+    condition_layer: int = -2  # tokens: the hidden layer they come from (-2: LLaVA's feature layer)
+    condition_tokens: int = 0  # tokens: N random patches per image and view (0: all of them)
 
 
 #: the ObjectiveConfig fields each objective's forward never reads
@@ -61,9 +66,11 @@ UNREAD_BY = {
 
 def unread_keys(cfg: ObjectiveConfig) -> list[str]:
     """The fields set away from their defaults that ``cfg.name`` would silently ignore (dotted,
-    under ``objective.``); ``checkpoint_chunks`` is read only with a ``chunk_size``."""
+    under ``objective.``); ``checkpoint_chunks`` is read only with a ``chunk_size``, the
+    ``condition_*`` settings only with ``condition: tokens``."""
     default = ObjectiveConfig()
     unread = list(UNREAD_BY[cfg.name]) + (["checkpoint_chunks"] if cfg.name == "dcr" and not cfg.chunk_size else [])
+    unread += ["condition_layer", "condition_tokens"] if cfg.condition == "global" else []
     keys = []
     for name in unread:
         ours, theirs = getattr(cfg, name), getattr(default, name)
@@ -88,7 +95,9 @@ class EnhanceModel(nn.Module):
             views.append(positive_view(images, self.tower.normalize, cfg.augment, generator))
         tower_trains = any(p.requires_grad for p in self.tower.parameters())
         with torch.set_grad_enabled(tower_trains and torch.is_grad_enabled()):
-            embeddings = self.tower.global_embedding(torch.cat(views))  # one tower call for both views
+            pixels = torch.cat(views)  # one tower call for both views
+            embeddings = self.tower.global_embedding(pixels) if cfg.condition == "global" or cfg.name == "naive" else None
+            conditions = embeddings if cfg.condition == "global" else self.condition_tokens(pixels, generator)
         projector_dtype = next(self.projector.parameters()).dtype  # bf16 under DeepSpeed's bf16 mode
 
         vae_size = cfg.vae_image_size or self.tower.spec.image_size
@@ -99,25 +108,35 @@ class EnhanceModel(nn.Module):
         target = self.denoiser.target(latents, noise, timesteps, cfg.target)
 
         if cfg.name == "dcr":
-            loss = self.dcr_objective(embeddings.to(projector_dtype), noisy, timesteps, target, generator)
+            loss = self.dcr_objective(conditions.to(projector_dtype), noisy, timesteps, target, generator)
             return loss, {"loss": loss.item()}
-        contexts = self.projector(embeddings.to(projector_dtype), self.denoiser.empty_context)
+        contexts = self.projector(conditions.to(projector_dtype), self.denoiser.empty_context)
         prediction = self.denoiser.predict(noisy, timesteps, contexts[:batch])
         recon = reconstruction_loss(prediction, target)
         if cfg.name == "reconstruction":
             return recon, {"loss": recon.item()}
-        contrast = info_nce(embeddings[:batch], embeddings[batch:], cfg.naive_tau)
+        contrast = info_nce(embeddings[:batch], embeddings[batch:], cfg.naive_tau)  # on the global embedding in both forms
         loss = recon + cfg.naive_weight * contrast
         return loss, {"loss": loss.item(), "reconstruction": recon.item(), "contrastive": contrast.item()}
 
+    def condition_tokens(self, pixels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """[2B, N, hidden]: patch tokens of ``condition_layer``, ``condition_tokens`` of them per
+        image drawn without replacement (in patch order) from ``generator``, or all of them."""
+        tokens = self.tower.patch_features(pixels, self.config.condition_layer)
+        keep = self.config.condition_tokens
+        if not keep or keep >= tokens.shape[1]:
+            return tokens
+        order = torch.rand(tokens.shape[:2], generator=generator).argsort(dim=1)[:, :keep].sort(dim=1).values.to(tokens.device)
+        return tokens.gather(1, order[..., None].expand(-1, -1, tokens.shape[-1]))
+
     def dcr_objective(self, embeddings: Tensor, noisy: Tensor, timesteps: Tensor, target: Tensor,
                       generator: torch.Generator | None = None) -> Tensor:
-        """The DCR loss once everything random but the negatives' draw is fixed: embeddings [2B, in]
-        (base views, then augmented views), this rank's noisy latents, timesteps and targets [B, ...].
+        """The DCR loss once everything random but the negatives' draw is fixed: conditions
+        [2B, in] or, with ``condition: tokens``, [2B, N, in] (base views, then augmented views), this rank's noisy latents, timesteps and targets [B, ...].
         Callable with given tensors, so one rank of B and several ranks of fewer can be compared."""
         cfg = self.config
         batch = noisy.shape[0]
-        projected = self.projector.project(embeddings)  # [2B, cross]: one small vector per condition
+        projected = self.projector.project(embeddings)  # [2B, cross] or [2B, N, cross]: what is gathered across ranks
         empty = self.denoiser.empty_context
         if cfg.negatives == "local":
             contexts = self.projector.broadcast(projected, empty)

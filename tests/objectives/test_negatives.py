@@ -178,14 +178,15 @@ def test_bad_negatives_settings_are_refused(capsys, overrides, message):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_ranks_global_equal_one_rank_local(tiny, tmp_path):
+@pytest.mark.parametrize("condition", ["global", "tokens"])
+def test_two_ranks_global_equal_one_rank_local(tiny, tmp_path, condition):
     """Two gloo ranks of B/2 with K = every other image of the global batch against one rank of B
     with local negatives, from the same fixed inputs. DeepSpeed and DDP average the ranks'
     gradients, so the mean of the two ranks' gradients must equal the single rank's gradient
     (the gathered conditions send each rank's share of the other rank's loss back to it)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(HERE / "negatives_ranks.py"), str(tiny["clip"]), str(tiny["sd"]), str(tmp_path)]
+               str(HERE / "negatives_ranks.py"), str(tiny["clip"]), str(tiny["sd"]), str(tmp_path), condition]
     result = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [load_file(tmp_path / f"global_rank{r}.safetensors") for r in range(2)]

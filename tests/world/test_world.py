@@ -106,7 +106,7 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
                          env=env, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1] == str(out)
-    for objective in ("reconstruction", "naive", "dcr"):
+    for objective in ("reconstruction", "naive", "dcr", "dcr_tokens"):
         for seed in (0, 1):
             assert (out / objective / f"seed{seed}" / "tower" / "model.safetensors").is_file()
     assert (out / "base" / "tower" / "config.json").is_file() and (out / "chart.png").stat().st_size > 0
@@ -118,7 +118,7 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
     curve = results["curves"]["dcr"]["probe_global/fine_mean"]
     assert curve["steps"] == [0, 1] and len(curve["mean"]) == 2 and results["setup"]["validation"]["images"] == 24
     assert "## Validation curves during training" in report_text and (out / "curves.png").stat().st_size > 0
-    base_curve = {objective: results["curves"][objective]["class/probe"]["mean"][0] for objective in ("reconstruction", "naive", "dcr")}
+    base_curve = {objective: results["curves"][objective]["class/probe"]["mean"][0] for objective in ("reconstruction", "naive", "dcr", "dcr_tokens")}
     assert len(set(base_curve.values())) == 1  # step 0 is the same base tower for every objective
 
 
