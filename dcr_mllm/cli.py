@@ -126,6 +126,18 @@ def _build_world(args: argparse.Namespace) -> None:
         print(f"{name}: {path}")
 
 
+def _world(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from dcr_mllm.world.premise import measure_premise
+
+    if args.count < 12:
+        raise DcrError(f"--count {args.count}: the premise needs at least 12 validation images")
+    measure_premise(args.output, count=args.count)
+    print(Path(args.output, "premise.md").read_text(), end="")
+    print(f"premise: {Path(args.output, 'premise.json')}")
+
+
 def _eval_task_dir(args: argparse.Namespace) -> None:
     from dcr_mllm.evaluation.lmms_tasks import task_dir
 
@@ -226,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     world = sub.add_parser("build-world", help="build the tiny world's base models (cached) and write its training and evaluation sets")
     world.add_argument("--output", default="outputs/world", help="directory for the world's data sets (default outputs/world)")
     world.set_defaults(func=_build_world)
+
+    world_cmd = sub.add_parser("world", help="the tiny world's measurements: `world premise` (is each attribute hidden from the base "
+                                             "tower, and carried by DCR's condition?)")
+    world_cmd.add_argument("measure", choices=["premise"])
+    world_cmd.add_argument("--output", default="outputs/world", help="the world folder (build-world's; built if missing)")
+    world_cmd.add_argument("--count", type=int, default=256, help="validation images for the denoiser's sensitivity")
+    world_cmd.set_defaults(func=_world)
 
     evaluate = sub.add_parser("eval-tower", help="score towers on MMVP-VLM or a probe; write results.json, predictions.csv, results.md, chart.png")
     evaluate.add_argument("--tower", action="append", required=True, metavar="[NAME=]DIR", help="a tower directory or preset name; repeat to compare")

@@ -7,6 +7,8 @@
   scheduler, CLIP text encoder and tokenizer) whose VAE is trained to reconstruct the world's
   images and whose UNet and text encoder are trained to denoise them from detailed captions
   (``scenes.detailed_caption``, 10 % dropped to the empty prompt), so it must encode the details.
+- ``clip_reference``: the same CLIP build on detailed captions only, the premise's yardstick of
+  what the same budget learns when the text names everything (``world.premise``; built on demand).
 
 Both are built on first use under ``$DCR_MLLM_CACHE/world`` (``ensure_world``), like the tiny preset,
 and load through the code paths real checkpoints use. Each trains in one thread with fixed seeds,
@@ -16,6 +18,7 @@ so the same ``WorldSpec`` gives the same weights.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -74,7 +77,7 @@ class WorldSpec:
         """What model ``name`` is built from: the CLIP from the shared and ``clip_*`` fields, the
         denoiser from every other field, so a change to one model's fields keeps the other's build."""
         def reads(field: str) -> bool:
-            return field in SHARED_FIELDS or field.startswith("clip_") == (name == "clip")
+            return field in SHARED_FIELDS or field.startswith("clip_") == name.startswith("clip")
 
         own = {k: v for k, v in dataclasses.asdict(self).items() if reads(k)}
         return hashlib.sha256(json.dumps([VERSION, name, own], sort_keys=True).encode()).hexdigest()[:16]
@@ -109,8 +112,9 @@ def _cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
-    """Train the base CLIP on class-mostly captions; write CLIPModel + processor + tokenizer."""
+def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec(), captions: str = "web") -> Path:
+    """Train the base CLIP on class-mostly captions (``captions="detailed"``: on captions naming
+    every attribute, the premise's reference, same budget); write CLIPModel + processor + tokenizer."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
@@ -140,7 +144,7 @@ def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path
         if len(order) < spec.clip_batch:
             order += rng.sample(range(len(scenes)), len(scenes))
         batch, order = order[: spec.clip_batch], order[spec.clip_batch :]
-        texts = [clip_caption(scenes[i], rng, spec.clip_detail_rate) for i in batch]
+        texts = [clip_caption(scenes[i], rng, spec.clip_detail_rate) if captions == "web" else detailed_caption(scenes[i]) for i in batch]
         tokens = tokenizer(texts, padding=True, return_tensors="pt")
         loss = model(**tokens, pixel_values=pixels[batch], return_loss=True).loss
         loss.backward()
@@ -255,7 +259,9 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     return out_dir
 
 
-WORLD_BUILDERS = {"clip": build_world_clip, "sd": build_world_sd}
+WORLD_BUILDERS = {"clip": build_world_clip, "sd": build_world_sd,
+                  "clip_reference": functools.partial(build_world_clip, captions="detailed")}
+BASE_MODELS = ("clip", "sd")  # what build-world builds; the reference only when the premise is measured
 
 
 def _is_complete(path: Path, spec: WorldSpec) -> bool:
@@ -299,7 +305,7 @@ def ensure_world(name: str, root: str | Path | None = None, spec: WorldSpec = Wo
 def build_world(root: str | Path | None = None, spec: WorldSpec = WorldSpec()) -> dict[str, Path]:
     """Build every missing world model, each in its own one-thread process, side by side."""
     root = Path(root) if root is not None else default_world_root()
-    missing = [name for name in WORLD_BUILDERS if not _is_complete(root / name, spec)]
+    missing = [name for name in BASE_MODELS if not _is_complete(root / name, spec)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     code = ("import sys, json; from dcr_mllm.world.models import WorldSpec, ensure_world; "
             "ensure_world(sys.argv[1], sys.argv[2], WorldSpec(**json.loads(sys.argv[3])))")
@@ -308,4 +314,4 @@ def build_world(root: str | Path | None = None, spec: WorldSpec = WorldSpec()) -
     failed = [name for name, process in zip(missing, processes) if process.wait() != 0]
     if failed:
         raise DcrError(f"building the world model(s) {', '.join(failed)} failed (see the output above); rerun to retry")
-    return {name: root / name for name in WORLD_BUILDERS}
+    return {name: root / name for name in BASE_MODELS}

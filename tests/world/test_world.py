@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from dcr_mllm.cli import main
 from dcr_mllm.world.models import MINI, ensure_world
-from dcr_mllm.world.scenes import LABEL_COLUMNS, WORLD_VALUES, read_world, sample_scenes
+from dcr_mllm.world.scenes import FINE_ATTRIBUTES, LABEL_COLUMNS, WORLD_VALUES, read_world, sample_scenes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -185,3 +185,26 @@ def test_long_world_work_prints_progress(tmp_path, capsys, monkeypatch):
     assert [line.split(" (")[0] for line in capsys.readouterr().err.splitlines()] == ["x: started, 10 steps", "x: step 10/10"]
     write_world_shards(tmp_path / "shards", 4, seed=14)
     assert "world shards (4 images)" in capsys.readouterr().err
+
+
+def test_premise_table_says_where_dcr_can_teach(mini_world, tmp_path):
+    """The premise in the miniature world: probes of the base and the reference CLIP, the
+    denoiser's sensitivity in both forms, and the verdicts follow the stated thresholds."""
+    from dcr_mllm.world.premise import CARRIED_SHARE, HIDDEN_POINTS, measure_premise, premise_table
+
+    models = mini_world["clip"].parent  # the miniature world's models; only the reference is built here
+    result = measure_premise(tmp_path / "world", MINI, models, count=12, val_count=24)
+    assert set(result["attributes"]) == set(FINE_ATTRIBUTES)
+    assert (models / "clip_reference" / "config.json").is_file()
+    assert "| position |" in (tmp_path / "world" / "premise.md").read_text()
+    saved = json.loads((tmp_path / "world" / "premise.json").read_text())
+    assert saved["probes"]["base"] != saved["probes"]["reference"]  # another training caption set, another tower
+    for row in result["attributes"].values():
+        assert row["teachable_global"] == (row["hidden_global"] >= HIDDEN_POINTS and row["carried_global"] >= CARRIED_SHARE)
+    probes = {name: {f"{kind}/{a}": 50.0 + (30.0 if name == "reference" and a == "position" else 0.0)
+                     for kind in ("probe_global", "probe_layer") for a in FINE_ATTRIBUTES} for name in ("base", "reference")}
+    sensitivity = {"mse/empty": 0.4, "mse/caption": 0.2, **{f"{key}/{a}": 0.0 for key in ("shift_gain", "mse_gain") for a in FINE_ATTRIBUTES}}
+    sensitivity["mse_gain/position"] = 0.05  # a quarter of the caption's gain, in the token form only
+    rows = premise_table(probes, sensitivity)["attributes"]
+    assert rows["position"]["teachable_tokens"] and not rows["position"]["teachable_global"]
+    assert not any(rows[a]["teachable_tokens"] for a in FINE_ATTRIBUTES if a != "position")
