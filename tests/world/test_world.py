@@ -208,3 +208,10 @@ def test_premise_table_says_where_dcr_can_teach(mini_world, tmp_path):
     rows = premise_table(probes, sensitivity)["attributes"]
     assert rows["position"]["teachable_tokens"] and not rows["position"]["teachable_global"]
     assert not any(rows[a]["teachable_tokens"] for a in FINE_ATTRIBUTES if a != "position")
+
+
+def test_world_premise_refuses_too_few_images_in_one_line(tmp_path, capsys):
+    assert main(["world", "premise", "--output", str(tmp_path / "w"), "--count", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--count 5: the premise needs at least 12 validation images" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()
