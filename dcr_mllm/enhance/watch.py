@@ -32,7 +32,7 @@ EVAL_FILE = "eval.jsonl"
 SELECTED = "selected.safetensors"  # the trained parameters of the best evaluated step by eval.select
 #: the metrics each benchmark's curve panel shows (the rest are in eval.jsonl)
 HEADLINE = {
-    "world": ("probe_global/fine_mean", "probe_layer/fine_mean", "pairs/mean", "class/zero_shot", "class/probe"),
+    "world": ("probe_global/claim_mean", "probe_layer/claim_mean", "probe_global/fine_mean", "probe_layer/fine_mean", "pairs/mean", "class/zero_shot", "class/probe"),
     "mmvp-vlm": ("average",),
     "classification": ("zero_shot_top1", "linear_probe_top1"),
 }

@@ -72,7 +72,7 @@ def test_evaluation_during_training_leaves_the_weights_bitwise_as_without_it(pro
     assert logged[2]["eval/world/probe_global/fine_mean"] == curve[1]["eval/world/probe_global/fine_mean"]
     assert "eval/world/pairs/mean" not in logged[1]
     assert (watched_run / "lora" / "eval.png").stat().st_size > 0
-    assert "| step | world/probe_global/fine_mean" in capsys.readouterr().out
+    assert "| step | world/probe_global/claim_mean" in capsys.readouterr().out
     assert not (plain / "lora" / "eval.jsonl").exists()
 
 

@@ -87,12 +87,19 @@ def test_world_metrics_and_condition_sensitivity(mini_world, tmp_path, capsys):
 def test_summary_compares_each_seed_with_base():
     from dcr_mllm.enhance.ablation import report, summarize
 
-    base = {"probe_global/fine_mean": 50.0, "class/probe": 90.0, "class/zero_shot": 80.0, "pairs/mean": 10.0, "probe_layer/fine_mean": 60.0}
-    shifted = lambda d: {k: v + d for k, v in base.items()}
-    results = summarize(base, {"reconstruction": [shifted(-4), shifted(-2)], "dcr": [shifted(6), shifted(1)]})
+    base = {"probe_global/fine_mean": 50.0, "probe_global/claim_mean": 40.0, "probe_layer/claim_mean": 45.0, "class/probe": 90.0,
+            "class/zero_shot": 80.0, "pairs/mean": 10.0, "probe_layer/fine_mean": 60.0}
+    shifted = lambda d, **own: {k: own.get(k.replace("/", "_"), v + d) for k, v in base.items()}
+    results = summarize(base, {"reconstruction": [shifted(-4), shifted(-2)], "dcr": [shifted(6), shifted(1)],
+                               "dcr_tokens": [shifted(6, class_zero_shot=70.0), shifted(5)]})
     fine = results["metrics"]["dcr"]["probe_global/fine_mean"]
     assert fine["mean"] == 53.5 and fine["minus_base"] == [6.0, 1.0] and fine["std"] == pytest.approx(3.5355, abs=1e-3)
-    assert results["checks"]["dcr fine-attribute probe (global) above base by >= 5 points on every seed"] is False
+    checks = results["checks"]
+    assert checks["dcr (global) above base on every seed by >= 5 points: probe_global/claim_mean"] is False  # seed 1: +1
+    assert checks["dcr_tokens above base on every seed by >= 5 points: probe_layer/claim_mean"] is True
+    assert checks["dcr class probe above reconstruction (mean)"] is True and checks["dcr class probe within 2 points of base (mean)"] is False
+    assert checks["dcr loses at most 5 points of class zero-shot on every seed"] is True
+    assert checks["dcr_tokens loses at most 5 points of class zero-shot on every seed"] is False  # seed 0: -10
     results["setup"] = {"seeds": 2}
     assert "| probe_global/fine_mean | 50.0 | 47.0 +- 1.4 | 53.5 +- 3.5 |" in report(results)
 
@@ -101,7 +108,8 @@ def test_summary_compares_each_seed_with_base():
 def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
     env = {**os.environ, "DCR_MLLM_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "ablation"
-    steps = ["projector_stage.max_steps=1", "lora_stage.max_steps=1", "projector_stage.micro_batch_size=4", "lora_stage.micro_batch_size=4"]
+    steps = ["projector_stage.max_steps=1", "lora_stage.max_steps=1", "projector_stage.micro_batch_size=4", "lora_stage.micro_batch_size=4",
+             "objective.num_negatives=2"]  # the config's 4 negatives need a batch of 5
     run = subprocess.run(["bash", str(REPO / "stages" / "ablation.sh"), "--output", str(out), "--seeds", "2", "--mini", *steps],
                          env=env, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -114,6 +122,8 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
     assert len(results["metrics"]["dcr"]["class/probe"]["seeds"]) == 2
     report_text = (out / "report.md").read_text()
     assert "| objective | metric | per seed |" in report_text
+    assert report_text.index("## The premise") < report_text.index("## The objectives")  # the premise table first
+    assert set(results["premise"]["attributes"]["position"]) >= {"hidden_global", "carried_tokens", "teachable_tokens"}
     # every run scored its tower on the ablation's validation set at step 0 and at its last step
     curve = results["curves"]["dcr"]["probe_global/fine_mean"]
     assert curve["steps"] == [0, 1] and len(curve["mean"]) == 2 and results["setup"]["validation"]["images"] == 24
