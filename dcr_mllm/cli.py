@@ -171,7 +171,8 @@ def _summary(args: argparse.Namespace) -> None:
     if bad:
         raise DcrError(f"--run {bad[0]!r}: give NAME=DIR, e.g. --run enhance=outputs/enhance")
     runs = dict(item.split("=", 1) for item in args.run)
-    text = summarize({name: Path(path) for name, path in runs.items()}, Path(args.tower_eval), Path(args.mllm_eval))
+    chart = Path(args.output).with_suffix(".png") if args.output else None
+    text = summarize({name: Path(path) for name, path in runs.items()}, Path(args.tower_eval), Path(args.mllm_eval), chart)
     if args.output:
         Path(args.output).write_text(text)
     print(text, end="")

@@ -61,14 +61,23 @@ def plot_loss(stage_dir: Path, points: dict[int, float] | None = None) -> Path |
     return out
 
 
-def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path) -> str:
-    """Markdown: tower table, MLLM table, loss curves and artefacts of the given training runs."""
+def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path, chart: Path | None = None) -> str:
+    """Markdown: tower table, MLLM table, loss curves and artefacts of the given training runs;
+    in the world also the tower's probe beside its LLaVA per attribute, drawn to ``chart``
+    (default ``MLLM_EVAL/report/probe_vs_llava.png``)."""
     lines = ["# dcr-mllm pipeline summary", ""]
     lines += tower_tables(tower_eval) + [""]
     report = mllm_eval / "report" / "report.md"
     world = _world_llava_table(mllm_eval / "report" / "report.json")
     if world:
         lines += ["## LLaVA in the world (lmms-eval `world_local`, accuracy %)", ""] + world + [""]
+        pairs = probe_vs_llava(tower_eval / "world" / "results.json", mllm_eval / "report" / "report.json")
+        if pairs:
+            chart = chart or mllm_eval / "report" / "probe_vs_llava.png"
+            lines += ["## Does what the tower holds reach its LLaVA? (%)", "",
+                      "Per attribute, the tower's feature-layer probe (layer −2, what the LLaVA reads) beside the LLaVA's "
+                      f"`world_local` accuracy on that attribute's questions; chart: {plot_probe_vs_llava(pairs, chart)}", ""]
+            lines += probe_vs_llava_table(pairs) + [""]
     else:
         lines += ["## LLaVA on the lmms-eval suite", "", read_text(report).strip() if report.is_file() else "(not run)", ""]
     lines += ["## Training stages (loss curves)", ""]
@@ -146,6 +155,64 @@ def _world_llava_table(report_file: Path) -> list[str]:
         values = [report[m].get(f"world_local/{metric}") for m in models]
         lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{100 * v:.1f}" for v in values) + " |")
     return lines
+
+
+def probe_vs_llava(tower_results: Path, llava_report: Path) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{name: {attribute: (feature-layer probe %, LLaVA accuracy %)}}`` for every name scored both
+    as a tower (``eval-tower --benchmark world``) and as a LLaVA (``world_local``); {} when none is."""
+    from dcr_mllm.world.scenes import WORLD_VALUES
+
+    if not tower_results.is_file() or not llava_report.is_file():
+        return {}
+    towers, llavas = read_json(tower_results), read_json(llava_report)
+    out = {}
+    for name in towers:
+        probe, llava = towers.get(name), llavas.get(name) if isinstance(llavas, dict) else None
+        if isinstance(probe, dict) and isinstance(llava, dict):
+            out[name] = {a: (probe[f"probe_layer/{a}"], 100 * llava[f"world_local/world_{a}_accuracy"]) for a in WORLD_VALUES
+                         if f"probe_layer/{a}" in probe and f"world_local/world_{a}_accuracy" in llava}
+    return {name: rows for name, rows in out.items() if rows}
+
+
+def probe_vs_llava_table(pairs: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
+    names = list(pairs)
+    lines = ["| attribute | " + " | ".join(f"probe: {n}" for n in names) + " | " + " | ".join(f"LLaVA: {n}" for n in names) + " |",
+             "|---|" + "---:|" * (2 * len(names))]
+    for attribute in pairs[names[0]]:
+        cells = [f"{pairs[n][attribute][0]:.1f}" if attribute in pairs[n] else "-" for n in names]
+        cells += [f"{pairs[n][attribute][1]:.1f}" if attribute in pairs[n] else "-" for n in names]
+        lines.append(f"| {attribute} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_probe_vs_llava(pairs: dict[str, dict[str, tuple[float, float]]], path: Path) -> Path:
+    """Per attribute, a hatched bar (probe) and a solid bar (LLaVA) for each name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(pairs)
+    attributes = list(pairs[names[0]])
+    width = 0.8 / (2 * len(names))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(attributes), 3.6))
+    for i, name in enumerate(names):
+        for j, (label, hatch) in enumerate((("probe", "//"), ("LLaVA", None))):
+            offset = (2 * i + j) * width
+            values = [pairs[name].get(a, (float("nan"),) * 2)[j] for a in attributes]
+            ax.bar([x + offset for x in range(len(attributes))], values, width, hatch=hatch, color=f"C{i}",
+                   alpha=0.45 if hatch else 0.9, label=f"{name}: {label}")
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(attributes))], attributes, fontsize=8)
+    ax.set_ylabel("percent")
+    ax.set_ylim(0, 100)
+    ax.set_title("Feature-layer probe vs LLaVA accuracy, per attribute", fontsize=9)
+    ax.legend(fontsize=7, ncol=2 * len(names), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _tower_table(tower_eval: Path) -> list[str]:

@@ -166,6 +166,18 @@ def test_summary_shows_each_llavas_world_accuracy(tmp_path):
     text = summarize({}, tmp_path / "tower", tmp_path / "mllm")
     assert "| questions | dcr | base |" in text
     assert "| all | 60.0 | 50.0 |" in text and "| position | 75.0 | 25.0 |" in text and "| open | 50.0 | - |" in text
+    assert "Does what the tower holds reach" not in text  # no tower scores to set beside them
+    # with the towers' world scores: each attribute's feature-layer probe beside the LLaVA's accuracy, and the chart
+    (tmp_path / "tower" / "world").mkdir(parents=True)
+    scores = dict.fromkeys(["class/zero_shot", "class/probe", "probe_global/fine_mean", "probe_layer/fine_mean", "pairs/mean",
+                            "probe_global/position", "probe_global/color", "probe_layer/color"], 50.0)
+    towers = {"base": {**scores, "probe_layer/position": 62.0}, "dcr": {**scores, "probe_layer/position": 70.5},
+              "other": {**scores, "probe_layer/position": 1.0}}  # no LLaVA of that name: not in the comparison
+    (tmp_path / "tower" / "world" / "results.json").write_text(json.dumps(towers))
+    text = summarize({}, tmp_path / "tower", tmp_path / "mllm", tmp_path / "summary.png")
+    assert "| attribute | probe: base | probe: dcr | LLaVA: base | LLaVA: dcr |" in text and "probe: other" not in text
+    assert "| position | 62.0 | 70.5 | 25.0 | 75.0 |" in text and "| color | 50.0 | 50.0 |" not in text  # no LLaVA scored colour
+    assert (tmp_path / "summary.png").stat().st_size > 0 and str(tmp_path / "summary.png") in text
 
 
 def test_run_all_says_what_it_runs_and_refuses_a_bad_config_dir(tmp_path):
