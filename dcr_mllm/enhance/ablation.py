@@ -2,10 +2,11 @@
 DCR, and DCR conditioned on patch tokens (``dcr_tokens``), from the same base tower and denoiser,
 with the same budget, over several seeds.
 
-Writes ``OUT/base/tower`` and ``OUT/<objective>/seed<k>/tower`` (stage one's own output), each
-tower's metrics (``world_metrics.json`` beside it), and ``OUT/results.json``, ``OUT/report.md``
-and ``OUT/chart.png``: every metric as mean +- std over seeds, and each objective against the base
-seed by seed. With the config's ``eval.every`` each run also scores its tower on the world's
+Writes the premise first (``OUT/premise.{md,json}``, ``world.premise``), then ``OUT/base/tower``
+and ``OUT/<objective>/seed<k>/tower`` (stage one's own output), each tower's metrics
+(``world_metrics.json`` beside it), and ``OUT/results.json``, ``OUT/report.md`` and
+``OUT/chart.png``: the premise table, every metric as mean +- std over seeds, each objective
+against the base seed by seed, and the paper's claims judged on them (``claims``). With the config's ``eval.every`` each run also scores its tower on the world's
 validation set (``OUT/val``, its own seed) while it trains: ``OUT/curves.png`` and the report's
 curve tables show where each objective gains and where it starts to lose. Training and evaluation run in one-thread processes, ``--jobs`` at a time; finished
 pieces are skipped, so a rerun only redoes what is missing.
