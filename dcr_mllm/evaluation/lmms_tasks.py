@@ -191,7 +191,7 @@ def world_process_results(doc: dict, results: list[str]) -> dict:
         correct = yes_no(response) == doc["answer"].lower()
     else:
         correct = option_letter(response, json.loads(doc["options"])) == doc["answer"]
-    result = {"attribute": doc["attribute"], "kind": doc["kind"], "correct": correct}
+    result = {"question_id": doc["question_id"], "attribute": doc["attribute"], "kind": doc["kind"], "correct": correct}
     return dict.fromkeys(WORLD_METRICS, result)
 
 
@@ -328,7 +328,7 @@ def prepare_eval_data(out_root: str | Path, mmvp: str | Path | None = None, pope
     return written
 
 
-DATA_VERSION = 1  # of the generated question sets: raise when their rows change
+DATA_VERSION = 2  # of the generated question sets: raise when their rows change
 
 
 def world_recipe(count: int, seed: int = 0) -> dict:

@@ -5,11 +5,14 @@ A model is ``NAME=DIR`` (a llava-hf directory: lmms-eval's ``llava_hf``) or ``NA
 (``dcr_llava``: the tower swapped in memory). The local tasks' data (``$DCR_EVAL_DATA``) is written
 where it is missing, or where it was generated from other settings; data a user prepared from the
 real benchmarks is kept. A model's results are reused when the model, the tower, the tasks and
-their data are what they were made from (``freshness``).
+their data are what they were made from (``freshness``). lmms-eval logs every answer
+(``--log_samples``), so the world's report also holds each accuracy's 95 % interval and a paired
+test of each difference (``report/world_significance.json``, ``significance.compare_world``).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -20,10 +23,13 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.evaluation import freshness
 from dcr_mllm.evaluation.lmms_tasks import eval_data_root, prepare_eval_data, synthetic_recipe, task_dir, world_recipe
 from dcr_mllm.evaluation.mllm_report import compare_runs
-from dcr_mllm.io import generated_from
+from dcr_mllm.evaluation.significance import compare_world, world_samples
+from dcr_mllm.io import generated_from, write_atomic
 from dcr_mllm.training.distributed import child_environment
 
-WORLD_TASK_IMAGES = 150  # world_local: a question per attribute about each of 150 images
+#: world_local: every attribute asked in every kind about each of 600 images, so that a 5-point
+#: difference between two models on one attribute and kind is about two standard errors
+WORLD_TASK_IMAGES = 600
 #: the local tasks (and groups) and the data folder under $DCR_EVAL_DATA each reads
 LOCAL_TASKS = {
     "mmvp_local": ("mmvp",),
@@ -92,7 +98,7 @@ def evaluate_mllms(specs: list[str], tasks: str, output: str | Path, nproc: int 
         out = output / name
         model = "dcr_llava" if tower else "llava_hf"
         model_args = f"pretrained={checkpoint}" + (f",vision_tower={tower}" if tower else "") + f",{device_args}"
-        record = freshness.made_from({"model": model, "model_args": model_args, "tasks": task_names},
+        record = freshness.made_from({"model": model, "model_args": model_args, "tasks": task_names, "log_samples": True},
                                      {"model": checkpoint, "tower": tower, "tasks": task_dir(), **{f"data/{f}": root / f for f in sorted(folders)}})
         if freshness.is_current(out, record):
             print(f"{name}: up to date in {out}")
@@ -102,6 +108,9 @@ def evaluate_mllms(specs: list[str], tasks: str, output: str | Path, nproc: int 
             print(f"{name}: {out}")
         runs.append(f"{name}={out}")
     compare_runs(runs, output / "report")
+    if "world_local" in task_names:  # every accuracy with its interval, every difference with a paired test
+        comparison = compare_world({name: world_samples(output / name) for name in models})
+        write_atomic(output / "report" / "world_significance.json", json.dumps(comparison, indent=1))
     return output / "report"
 
 
@@ -112,7 +121,7 @@ def _run_lmms_eval(name: str, model: str, model_args: str, tasks: list[str], out
     if nproc > 1:
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc), "-m", "lmms_eval"]
     command = [*launcher, "eval", "--model", model, "--model_args", model_args, "--tasks", ",".join(tasks),
-               "--include_path", str(task_dir()), "--batch_size", "1", "--output_path", str(out)]
+               "--include_path", str(task_dir()), "--batch_size", "1", "--output_path", str(out), "--log_samples"]
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **child_environment(), "DCR_EVAL_DATA": str(eval_data_root())}
     start = time.monotonic()
     with open(log, "w") as stream:

@@ -68,16 +68,18 @@ def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path, chart: P
     lines = ["# dcr-mllm pipeline summary", ""]
     lines += tower_tables(tower_eval) + [""]
     report = mllm_eval / "report" / "report.md"
-    world = _world_llava_table(mllm_eval / "report" / "report.json")
+    significance = mllm_eval / "report" / "world_significance.json"
+    world = _world_llava_tables(significance)
     if world:
         lines += ["## LLaVA in the world (lmms-eval `world_local`, accuracy %)", ""] + world + [""]
-        pairs = probe_vs_llava(tower_eval / "world" / "results.json", mllm_eval / "report" / "report.json")
+        pairs = probe_vs_llava(tower_eval / "world" / "results.json", significance)
         if pairs:
             chart = chart or mllm_eval / "report" / "probe_vs_llava.png"
             lines += ["## Does what the tower holds reach its LLaVA? (%)", "",
                       "Per attribute, the tower's feature-layer probe (layer −2, what the LLaVA reads) beside the LLaVA's "
-                      f"`world_local` accuracy on that attribute's questions; chart: {plot_probe_vs_llava(pairs, chart)}", ""]
+                      f"accuracy on that attribute's open questions (which ask for the value, as the probe reads it); chart: {plot_probe_vs_llava(pairs, chart)}", ""]
             lines += probe_vs_llava_table(pairs) + [""]
+            lines += learning_targets(pairs, read_json(significance)["accuracy"]) + [""]
     else:
         lines += ["## LLaVA on the lmms-eval suite", "", read_text(report).strip() if report.is_file() else "(not run)", ""]
     lines += ["## Training stages (loss curves)", ""]
@@ -136,57 +138,103 @@ def _world_tables(results_file: Path) -> list[str]:
     return lines
 
 
-def _world_llava_table(report_file: Path) -> list[str]:
-    """Each model's ``world_local`` accuracy overall, per attribute and per kind of question
-    (empty when the report has no world task)."""
-    from dcr_mllm.evaluation.lmms_tasks import WORLD_METRICS
+def _world_llava_tables(significance_file: Path) -> list[str]:
+    """Each model's ``world_local`` accuracy with its 95 % interval overall, per attribute, per kind
+    and per attribute and kind, and each pair's difference with McNemar's p (empty when the world
+    task was not scored)."""
+    from dcr_mllm.world.conversations import KINDS
+    from dcr_mllm.world.scenes import WORLD_VALUES
 
-    if not report_file.is_file():
+    if not significance_file.is_file():
         return []
-    report = read_json(report_file)
-    if not isinstance(report, dict):
-        raise DcrError(f"{report_file} is not a report ({{model: {{metric: value}}}}); re-run dcr-mllm report")
-    models = [m for m in report if isinstance(report[m], dict) and f"world_local/{WORLD_METRICS[0]}" in report[m]]
-    if not models:
-        return []
-    lines = ["| questions | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
-    for metric in WORLD_METRICS:
-        label = "all" if metric == "world_accuracy" else metric.removeprefix("world_").removesuffix("_accuracy").replace("_", "/")
-        values = [report[m].get(f"world_local/{metric}") for m in models]
-        lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{100 * v:.1f}" for v in values) + " |")
+    data = read_json(significance_file)
+    try:
+        accuracy, paired = data["accuracy"], data["paired"]
+        models = list(accuracy)
+        header = "| questions | " + " | ".join(f"{m} [95 % interval]" for m in models) + "".join(f" | {p} (points, p)" for p in paired) + " |"
+        rule = "|---|" + "---:|" * (len(models) + len(paired))
+
+        def row(label: str, group: str) -> str | None:
+            if group not in accuracy[models[0]]:
+                return None
+            cells = [f"{a['accuracy']:.1f} [{a['low']:.1f}, {a['high']:.1f}]" for a in (accuracy[m][group] for m in models)]
+            for test in paired.values():
+                t = test[group]
+                cells.append(f"{'**' if t['significant'] else ''}{t['difference']:+.1f}{'**' if t['significant'] else ''} (p={t['p']:.2g})")
+            return f"| {label} | " + " | ".join(cells) + " |"
+
+        summary_groups = [("all", "all"), *((a, a) for a in WORLD_VALUES), *((k.replace("_", "/"), k) for k in KINDS)]
+        lines = [header, rule] + [r for r in (row(label, g) for label, g in summary_groups) if r]
+        n = accuracy[models[0]]["all"]["n"]
+        cell = next((accuracy[models[0]][f"{a}/{k}"]["n"] for a in WORLD_VALUES for k in KINDS if f"{a}/{k}" in accuracy[models[0]]), 0)
+        lines += ["", f"{n} questions, {cell} per attribute and kind; a difference in bold is significant (McNemar's exact test, "
+                  "p < 0.05, on the questions both models answered). Chance: yes/no and choice 50, open 1 / number of values.", "",
+                  "Per attribute and kind:", "", header, rule]
+        lines += [r for r in (row(f"{a} / {k.replace('_', '/')}", f"{a}/{k}") for a in WORLD_VALUES for k in KINDS) if r]
+    except (KeyError, TypeError, IndexError) as err:
+        raise DcrError(f"{significance_file} is not a world comparison (accuracy and paired tables); re-run dcr-mllm eval-mllm") from err
     return lines
 
 
-def probe_vs_llava(tower_results: Path, llava_report: Path) -> dict[str, dict[str, tuple[float, float]]]:
-    """``{name: {attribute: (feature-layer probe %, LLaVA accuracy %)}}`` for every name scored both
-    as a tower (``eval-tower --benchmark world``) and as a LLaVA (``world_local``); {} when none is."""
+def probe_vs_llava(tower_results: Path, significance_file: Path) -> dict[str, dict[str, tuple[float, float, float, float]]]:
+    """``{name: {attribute: (feature-layer probe %, LLaVA open-question accuracy %, its interval)}}``
+    for every name scored both as a tower (``eval-tower --benchmark world``) and as a LLaVA
+    (``world_local``); {} when none is. Open questions ask for the value, as the probe reads it."""
     from dcr_mllm.world.scenes import WORLD_VALUES
 
-    if not tower_results.is_file() or not llava_report.is_file():
+    if not tower_results.is_file() or not significance_file.is_file():
         return {}
-    towers, llavas = read_json(tower_results), read_json(llava_report)
+    towers, llavas = read_json(tower_results), read_json(significance_file).get("accuracy", {})
     out = {}
     for name in towers:
-        probe, llava = towers.get(name), llavas.get(name) if isinstance(llavas, dict) else None
+        probe, llava = towers.get(name), llavas.get(name)
         if isinstance(probe, dict) and isinstance(llava, dict):
-            out[name] = {a: (probe[f"probe_layer/{a}"], 100 * llava[f"world_local/world_{a}_accuracy"]) for a in WORLD_VALUES
-                         if f"probe_layer/{a}" in probe and f"world_local/world_{a}_accuracy" in llava}
+            out[name] = {a: (probe[f"probe_layer/{a}"], llava[f"{a}/open"]["accuracy"], llava[f"{a}/open"]["low"], llava[f"{a}/open"]["high"])
+                         for a in WORLD_VALUES if f"probe_layer/{a}" in probe and f"{a}/open" in llava}
     return {name: rows for name, rows in out.items() if rows}
 
 
-def probe_vs_llava_table(pairs: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
+#: what a world LLaVA must reach to count as having learnt its questions: yes/no and choice this many
+#: points above chance (50), and each attribute's open questions within OPEN_WITHIN points of the
+#: tower's feature-layer probe wherever that probe reads more than PROBE_FLOOR percent
+ABOVE_CHANCE, OPEN_WITHIN, PROBE_FLOOR = 20.0, 10.0, 80.0
+
+
+def learning_targets(pairs: dict[str, dict[str, tuple[float, float, float, float]]], accuracy: dict) -> list[str]:
+    """Markdown: each learning target and, per LLaVA, its accuracy and whether it is met."""
+    names = list(pairs)
+    rows = [(f"{kind.replace('_', '/')} ≥ {50 + ABOVE_CHANCE:.0f}", {n: (accuracy[n][kind]["accuracy"], 50 + ABOVE_CHANCE) for n in names if kind in accuracy[n]})
+            for kind in ("yes_no", "choice")]
+    attributes = [a for a in pairs[names[0]] if all(a in pairs[n] for n in names)]
+    for attribute in attributes:
+        goals = {n: (pairs[n][attribute][1], pairs[n][attribute][0] - OPEN_WITHIN) for n in names if pairs[n][attribute][0] > PROBE_FLOOR}
+        if goals:
+            rows.append((f"{attribute} / open ≥ its probe − {OPEN_WITHIN:.0f}", goals))
+    lines = ["## Has each LLaVA learnt its questions? (targets)", "",
+             f"Yes/no and choice at least {ABOVE_CHANCE:.0f} points above chance; each attribute's open questions within "
+             f"{OPEN_WITHIN:.0f} points of the tower's feature-layer probe, wherever that probe reads more than {PROBE_FLOOR:.0f} %.", "",
+             "| target | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for label, goals in rows:
+        cells = [f"{goals[n][0]:.1f} ({'met' if goals[n][0] >= goals[n][1] else f'not met: {goals[n][1]:.1f} needed'})" if n in goals else "-"
+                 for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def probe_vs_llava_table(pairs: dict[str, dict[str, tuple[float, float, float, float]]]) -> list[str]:
     names = list(pairs)
     lines = ["| attribute | " + " | ".join(f"probe: {n}" for n in names) + " | " + " | ".join(f"LLaVA: {n}" for n in names) + " |",
              "|---|" + "---:|" * (2 * len(names))]
     for attribute in pairs[names[0]]:
         cells = [f"{pairs[n][attribute][0]:.1f}" if attribute in pairs[n] else "-" for n in names]
-        cells += [f"{pairs[n][attribute][1]:.1f}" if attribute in pairs[n] else "-" for n in names]
+        cells += [f"{pairs[n][attribute][1]:.1f} [{pairs[n][attribute][2]:.1f}, {pairs[n][attribute][3]:.1f}]" if attribute in pairs[n] else "-"
+                  for n in names]
         lines.append(f"| {attribute} | " + " | ".join(cells) + " |")
     return lines
 
 
-def plot_probe_vs_llava(pairs: dict[str, dict[str, tuple[float, float]]], path: Path) -> Path:
-    """Per attribute, a hatched bar (probe) and a solid bar (LLaVA) for each name."""
+def plot_probe_vs_llava(pairs: dict[str, dict[str, tuple[float, float, float, float]]], path: Path) -> Path:
+    """Per attribute, a hatched bar (probe) and a solid bar with its 95 % interval (LLaVA) for each name."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,13 +247,15 @@ def plot_probe_vs_llava(pairs: dict[str, dict[str, tuple[float, float]]], path: 
     for i, name in enumerate(names):
         for j, (label, hatch) in enumerate((("probe", "//"), ("LLaVA", None))):
             offset = (2 * i + j) * width
-            values = [pairs[name].get(a, (float("nan"),) * 2)[j] for a in attributes]
+            rows = [pairs[name].get(a, (float("nan"),) * 4) for a in attributes]
+            values = [r[j] for r in rows]
+            errors = None if hatch else [[r[1] - r[2] for r in rows], [r[3] - r[1] for r in rows]]
             ax.bar([x + offset for x in range(len(attributes))], values, width, hatch=hatch, color=f"C{i}",
-                   alpha=0.45 if hatch else 0.9, label=f"{name}: {label}")
+                   alpha=0.45 if hatch else 0.9, label=f"{name}: {label}", yerr=errors, capsize=2)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(attributes))], attributes, fontsize=8)
     ax.set_ylabel("percent")
     ax.set_ylim(0, 100)
-    ax.set_title("Feature-layer probe vs LLaVA accuracy, per attribute", fontsize=9)
+    ax.set_title("Feature-layer probe vs LLaVA open-question accuracy (95 % interval), per attribute", fontsize=9)
     ax.legend(fontsize=7, ncol=2 * len(names), loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

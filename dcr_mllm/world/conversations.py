@@ -5,8 +5,8 @@ captions do; instruction records ask about one attribute at a time in LLaVA-1.5'
 formats: an open question answered with one word (as its VQA data), yes/no and multiple choice
 (``world_question``); the evaluation set (``world_qa_rows``,
 the ``world_local`` lmms-eval task) asks the same kinds of question about images from another seed,
-one question per image and attribute (the kinds in turn), so each attribute's accuracy is measured
-on its own, and each kind's.
+every attribute in every kind about each image, so each attribute's and each kind's accuracy is
+measured on its own, on enough questions to compare two models (``evaluation.significance``).
 """
 
 from __future__ import annotations
@@ -45,19 +45,21 @@ _QUESTIONS = {
 }
 
 
-def world_question(scene: WorldScene, attribute: str, kind: str, rng: random.Random) -> dict:
+def world_question(scene: WorldScene, attribute: str, kind: str, rng: random.Random, truth: bool | None = None) -> dict:
     """One question about ``attribute``: ``{"question", "answer", "options"}``. A yes/no question
-    names the true value or another one with equal odds; a choice question offers the true value
-    and one other, in random order (answers A and B equally often); an open one wants the value."""
+    names the true value or another one; a choice question offers the true value and one other;
+    an open one wants the value. ``truth`` says whether the yes/no question names the true value
+    and whether the true value is option A (None: a fair coin from ``rng``), so a question set can
+    balance its answers exactly."""
     true = _word(getattr(scene, attribute))
     other = _word(rng.choice([v for v in WORLD_VALUES[attribute] if v != getattr(scene, attribute)]))
     yes_no, choice = _QUESTIONS[attribute]
     if kind == "open":
         return {"question": choice + SHORT_ANSWER_PROMPT, "answer": true.capitalize(), "options": []}
+    truth = rng.random() < 0.5 if truth is None else truth
     if kind == "yes_no":
-        asked = true if rng.random() < 0.5 else other
-        return {"question": yes_no.format(value=asked) + SHORT_ANSWER_PROMPT, "answer": "Yes" if asked == true else "No", "options": []}
-    options = [true, other] if rng.random() < 0.5 else [other, true]
+        return {"question": yes_no.format(value=true if truth else other) + SHORT_ANSWER_PROMPT, "answer": "Yes" if truth else "No", "options": []}
+    options = [true, other] if truth else [other, true]
     lines = "\n".join(f"{letter}. {option}" for letter, option in zip("AB", options))
     return {"question": f"{choice}\n{lines}{CHOICE_PROMPT}", "answer": "AB"[options.index(true)], "options": options}
 
@@ -103,18 +105,24 @@ def _write_conversations(tmp: Path, count: int, seed: int, turns: int, size: int
     (tmp / "finetune.json").write_text(json.dumps(finetune, indent=1), encoding="utf-8")
 
 
-def world_qa_rows(count: int, seed: int, size: int = IMAGE_SIZE) -> list[dict]:
-    """The ``world_local`` task's rows: for each of ``count`` scenes one question per attribute
-    (the class and every fine attribute), the kinds in turn."""
+def world_qa_rows(count: int, seed: int, size: int = IMAGE_SIZE, kinds: tuple[str, ...] = KINDS) -> list[dict]:
+    """The ``world_local`` task's rows: each of ``count`` scenes asked about every attribute (the
+    class and every fine attribute) in every kind of question, so each attribute and kind is
+    measured on ``count`` images and two models are compared on the same questions. Within each
+    attribute and kind, half the yes/no answers are "Yes" and half the choice answers "A"
+    (alternating by image), so a model that always gives one answer scores chance exactly."""
     if seed in TRAINING_SEEDS:
         raise DcrError(f"seed {seed} draws training images; evaluate on another seed")
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        raise DcrError(f"question kinds {sorted(unknown) or '(none)'}: choose from {', '.join(KINDS)}")
     rng = random.Random(f"world-qa-{seed}")
     rows = []
     for index, scene in enumerate(sample_scenes(count, seed)):
         image = render(scene, size)
-        for number, attribute in enumerate(WORLD_VALUES):
-            kind = KINDS[(index + number) % len(KINDS)]
-            qa = world_question(scene, attribute, kind, rng)
-            rows.append({"question_id": f"{index:05d}-{attribute}", "attribute": attribute, "kind": kind, "question": qa["question"],
-                         "answer": qa["answer"], "options": json.dumps(qa["options"]), "image": image})
+        for attribute in WORLD_VALUES:
+            for kind in kinds:
+                qa = world_question(scene, attribute, kind, rng, truth=index % 2 == 0)
+                rows.append({"question_id": f"{index:05d}-{attribute}-{kind}", "attribute": attribute, "kind": kind, "question": qa["question"],
+                             "answer": qa["answer"], "options": json.dumps(qa["options"]), "image": image})
     return rows

@@ -49,7 +49,8 @@ def test_llava_hf_on_the_local_tasks_reports_every_metric(setup):
     root, env = setup
     # through the clone's eval_tasks, a link to the package's task folder, which lmms-eval follows
     lmms_eval(env, "eval", "--model", "llava_hf", "--model_args", f"pretrained={root / 'llava'},device=cpu,device_map=cpu",
-              "--tasks", "dcr_suite_local,world_local", "--include_path", str(REPO / "eval_tasks"), "--batch_size", "1", "--output_path", str(root / "out"))
+              "--tasks", "dcr_suite_local,world_local", "--include_path", str(REPO / "eval_tasks"), "--batch_size", "1", "--output_path", str(root / "out"),
+              "--log_samples")
     results, higher_is_better = results_of(root / "out"), results_of(root / "out", "higher_is_better")
     assert {"mmvp_accuracy,none", "mmvp_pair_accuracy,none"} <= results["mmvp_local"].keys()
     for task in ("pope_local_adv", "pope_local_pop", "pope_local_random"):
@@ -57,12 +58,18 @@ def test_llava_hf_on_the_local_tasks_reports_every_metric(setup):
         assert all(0.0 <= results[task][f"{m},none"] <= 1.0 for m in POPE_METRICS)
         assert higher_is_better[task] == {"pope_accuracy": True, "pope_precision": True, "pope_recall": True,
                                           "pope_f1_score": True, "pope_pred_yes_ratio": None}
-    # the world: 2 images x 7 attributes, one question each, so the overall accuracy is the mean of the attributes'
+    # the world: 2 images x 7 attributes x 3 kinds, so the overall accuracy is the mean of the attributes'
     world = results["world_local"]
     assert {f"{m},none" for m in WORLD_METRICS} <= world.keys() and len(WORLD_METRICS) == 1 + 7 + 3
     per_attribute = [world[f"{m},none"] for m in WORLD_METRICS[1:8]]
-    assert all(value in (0.0, 0.5, 1.0) for value in per_attribute)
+    assert all(abs(value * 6 - round(value * 6)) < 1e-9 for value in per_attribute)  # 6 questions per attribute
     assert world["world_accuracy,none"] == pytest.approx(sum(per_attribute) / 7)
+    # every answer logged with its question id, so two models can be paired question by question
+    from dcr_mllm.evaluation.significance import compare_world, world_samples
+
+    samples = world_samples(root / "out")
+    assert len(samples) == 2 * 7 * 3 and {s["kind"] for s in samples.values()} == {"open", "yes_no", "choice"}
+    assert compare_world({"m": samples})["accuracy"]["m"]["all"]["accuracy"] == pytest.approx(100 * world["world_accuracy,none"])
 
 
 @pytest.mark.slow

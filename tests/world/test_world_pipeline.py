@@ -83,16 +83,22 @@ def test_conversations_caption_and_ask_about_the_scenes(tmp_path):
         write_world_conversations(tmp_path / "other", count=2, seed=1)
 
 
-def test_question_set_asks_every_attribute_of_every_image():
-    rows = world_qa_rows(4, seed=2)
-    scenes = sample_scenes(4, 2)
-    assert len(rows) == 4 * len(WORLD_VALUES)
+def test_question_set_asks_every_attribute_of_every_image_in_every_kind_balanced():
+    rows = world_qa_rows(6, seed=2)
+    scenes = sample_scenes(6, 2)
+    assert len(rows) == 6 * len(WORLD_VALUES) * len(KINDS) and len({r["question_id"] for r in rows}) == len(rows)
     for row in rows:
         index = int(row["question_id"].split("-")[0])
         check_answer(scenes[index], row["attribute"], row["kind"], row["question"], row["answer"])
-    assert {r["kind"] for r in rows if r["attribute"] == "color"} == set(KINDS)
+    for attribute in WORLD_VALUES:  # each attribute and kind on every image, its yes/no and A/B answers split exactly in half
+        for kind, first in (("open", None), ("yes_no", "Yes"), ("choice", "A")):
+            answers = [r["answer"] for r in rows if r["attribute"] == attribute and r["kind"] == kind]
+            assert len(answers) == 6 and (first is None or answers.count(first) == 3), (attribute, kind, answers)
+    assert {r["kind"] for r in world_qa_rows(2, seed=2, kinds=("open",))} == {"open"}
     with pytest.raises(DcrError, match="training images"):
         world_qa_rows(2, seed=12)
+    with pytest.raises(DcrError, match="choose from"):
+        world_qa_rows(2, seed=2, kinds=("essay",))
 
 
 def test_world_answers_are_scored_per_attribute():
@@ -102,11 +108,13 @@ def test_world_answers_are_scored_per_attribute():
             {"attribute": "color", "kind": "yes_no", "answer": "No", "options": "[]"},
             {"attribute": "count", "kind": "open", "answer": "Two", "options": "[]"},
             {"attribute": "count", "kind": "open", "answer": "Two", "options": "[]"}]
+    docs = [{**doc, "question_id": f"q{i}"} for i, doc in enumerate(docs)]
     # right (parsed), right (the option's text), wrong, right, right (first word), wrong
     responses = ["Yes.", "top", "B", "no", "two shapes", "Three."]
     results = [lmms_tasks.world_process_results(d, [r]) for d, r in zip(docs, responses)]
     records = [r["world_accuracy"] for r in results]
     assert all(set(r) == set(lmms_tasks.WORLD_METRICS) for r in results)
+    assert [r["question_id"] for r in records] == [f"q{i}" for i in range(6)]  # each answer can be paired across models
     assert lmms_tasks.world_accuracy(records) == pytest.approx(4 / 6)
     part = lmms_tasks.WORLD_PART_ACCURACY
     assert (part["world_position_accuracy"](records), part["world_color_accuracy"](records), part["world_count_accuracy"](records)) == (1.0, 0.5, 0.5)
@@ -119,7 +127,7 @@ def test_prepare_eval_data_world_writes_the_task_schema(tmp_path, capsys):
 
     assert main(["prepare-eval-data", "--world", "3", "--output", str(tmp_path)]) == 0
     table = datasets.Dataset.from_parquet(str(tmp_path / "world" / "test.parquet"))
-    assert table.num_rows == 3 * len(WORLD_VALUES)
+    assert table.num_rows == 3 * len(WORLD_VALUES) * len(KINDS)
     assert set(table.column_names) == {"question_id", "attribute", "kind", "question", "answer", "options", "image"}
     assert table[0]["image"].size == (32, 32)
     assert main(["prepare-eval-data", "--world", "-1", "--output", str(tmp_path / "bad")]) == 2
@@ -156,27 +164,37 @@ def test_eval_tower_world_and_the_summary_tables(tiny, tmp_path, capsys):
 
 
 
-def test_summary_shows_each_llavas_world_accuracy(tmp_path):
+def test_summary_shows_each_llavas_world_accuracy_with_intervals_and_paired_tests(tmp_path):
+    from dcr_mllm.evaluation.significance import compare_world
     from dcr_mllm.evaluation.summary import summarize
 
-    report = {"dcr": {"world_local/world_accuracy": 0.6, "world_local/world_position_accuracy": 0.75, "world_local/world_open_accuracy": 0.5},
-              "base": {"world_local/world_accuracy": 0.5, "world_local/world_position_accuracy": 0.25}}
+    def answers(right: dict[str, int]) -> dict[str, dict]:  # 40 questions per attribute and kind; the first `right` of them right
+        return {f"{i:05d}-{a}-{k}": {"attribute": a, "kind": k, "correct": i < right.get(f"{a}/{k}", 20)}
+                for a in ("color", "position") for k in KINDS for i in range(40)}
+
+    comparison = compare_world({"dcr": answers({"position/open": 36, "position/yes_no": 30}), "base": answers({"position/open": 10})})
     (tmp_path / "mllm" / "report").mkdir(parents=True)
-    (tmp_path / "mllm" / "report" / "report.json").write_text(json.dumps(report))
+    (tmp_path / "mllm" / "report" / "world_significance.json").write_text(json.dumps(comparison))
     text = summarize({}, tmp_path / "tower", tmp_path / "mllm")
-    assert "| questions | dcr | base |" in text
-    assert "| all | 60.0 | 50.0 |" in text and "| position | 75.0 | 25.0 |" in text and "| open | 50.0 | - |" in text
+    assert "| questions | dcr [95 % interval] | base [95 % interval] | dcr vs base (points, p) |" in text
+    assert "| color | 50.0 [41.2, 58.8] | 50.0 [41.2, 58.8] | +0.0 (p=1) |" in text  # Wilson: 60 of 120
+    assert "| position / open | 90.0 [76.9, 96.0] | 25.0 [14.2, 40.2] | **+65.0** (p=" in text  # 26 questions only dcr got right
+    assert "| position / yes/no | 75.0 [59.8, 85.8] | 50.0 [35.2, 64.8] | **+25.0** (p=0.002) |" in text
+    assert "240 questions, 40 per attribute and kind" in text
     assert "Does what the tower holds reach" not in text  # no tower scores to set beside them
-    # with the towers' world scores: each attribute's feature-layer probe beside the LLaVA's accuracy, and the chart
+    # with the towers' world scores: each attribute's feature-layer probe beside the LLaVA's open-question accuracy, and the chart
     (tmp_path / "tower" / "world").mkdir(parents=True)
     scores = dict.fromkeys(["class/zero_shot", "class/probe", "probe_global/fine_mean", "probe_layer/fine_mean", "pairs/mean",
                             "probe_global/position", "probe_global/color", "probe_layer/color"], 50.0)
-    towers = {"base": {**scores, "probe_layer/position": 62.0}, "dcr": {**scores, "probe_layer/position": 70.5},
+    towers = {"base": {**scores, "probe_layer/position": 62.0}, "dcr": {**scores, "probe_layer/position": 85.5},
               "other": {**scores, "probe_layer/position": 1.0}}  # no LLaVA of that name: not in the comparison
     (tmp_path / "tower" / "world" / "results.json").write_text(json.dumps(towers))
     text = summarize({}, tmp_path / "tower", tmp_path / "mllm", tmp_path / "summary.png")
     assert "| attribute | probe: base | probe: dcr | LLaVA: base | LLaVA: dcr |" in text and "probe: other" not in text
-    assert "| position | 62.0 | 70.5 | 25.0 | 75.0 |" in text and "| color | 50.0 | 50.0 |" not in text  # no LLaVA scored colour
+    assert "| position | 62.0 | 85.5 | 25.0 [14.2, 40.2] | 90.0 [76.9, 96.0] |" in text
+    # the learning targets: yes/no 20 points above chance; open within 10 of the probe only where the probe reads more than 80
+    assert "| target | base | dcr |" in text and "| yes/no ≥ 70 | 50.0 (not met: 70.0 needed) | 62.5 (not met: 70.0 needed) |" in text
+    assert "| position / open ≥ its probe − 10 | - | 90.0 (met) |" in text and "| color / open ≥" not in text
     assert (tmp_path / "summary.png").stat().st_size > 0 and str(tmp_path / "summary.png") in text
 
 

@@ -1,0 +1,36 @@
+"""The world comparison's statistics: Wilson intervals and McNemar's exact test, against their closed forms."""
+
+import math
+
+import pytest
+
+from dcr_mllm.errors import DcrError
+from dcr_mllm.evaluation.significance import compare_world, mcnemar_exact, wilson_interval
+
+
+def test_wilson_interval_matches_its_closed_forms():
+    z2 = 1.959963984540054**2
+    assert wilson_interval(0, 10) == pytest.approx((0.0, z2 / (10 + z2)))  # no successes: the upper end is z^2 / (n + z^2)
+    assert wilson_interval(10, 10) == pytest.approx((10 / (10 + z2), 1.0))
+    low, high = wilson_interval(300, 600)
+    assert (low + high) / 2 == pytest.approx(0.5) and high - low == pytest.approx(2 * 1.96 * math.sqrt(0.25 / 600), rel=0.01)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_mcnemar_exact_is_the_two_sided_binomial_tail():
+    assert mcnemar_exact(0, 5) == pytest.approx(2 / 32)
+    assert mcnemar_exact(1, 9) == mcnemar_exact(9, 1) == pytest.approx(2 * 11 / 1024)
+    assert mcnemar_exact(4, 4) == 1.0 and mcnemar_exact(0, 0) == 1.0
+
+
+def test_compare_world_pairs_the_same_questions():
+    first = {f"q{i}": {"attribute": "color", "kind": "open", "correct": i < 70} for i in range(100)}
+    second = {f"q{i}": {"attribute": "color", "kind": "open", "correct": 10 <= i < 60} for i in range(100)}
+    result = compare_world({"a": first, "b": second})
+    assert result["accuracy"]["a"]["color/open"]["accuracy"] == 70.0 and result["accuracy"]["b"]["all"]["n"] == 100
+    test = result["paired"]["a vs b"]["color"]
+    assert (test["first_only"], test["second_only"], test["difference"]) == (20, 0, 20.0) and test["significant"]
+    same = compare_world({"a": first, "b": dict(first)})["paired"]["a vs b"]["all"]
+    assert same["p"] == 1.0 and not same["significant"]
+    with pytest.raises(DcrError, match="no question in common"):
+        compare_world({"a": first, "b": {"x": first["q0"]}})
