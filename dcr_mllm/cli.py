@@ -109,7 +109,7 @@ def _prepare_eval_data(args: argparse.Namespace) -> None:
     if not (args.synthetic or args.mmvp or args.pope or args.world):
         raise DcrError("nothing to prepare; pass --synthetic, --world N, or --mmvp DIR and/or --pope DIR --coco DIR")
     if args.world < 0:
-        raise DcrError(f"--world {args.world}: give the number of world images (a question per attribute each)")
+        raise DcrError(f"--world {args.world}: give the number of world images (every attribute asked in every kind about each)")
     if args.pope and not args.coco:
         raise DcrError("--pope needs --coco, the COCO val2014 image directory its questions refer to")
     written = lmms_tasks.prepare_eval_data(root, mmvp=args.mmvp, pope=args.pope, coco=args.coco, synthetic=args.synthetic, seed=args.seed,

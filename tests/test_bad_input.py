@@ -300,7 +300,8 @@ CASES = {
     "summary/mllm-report-not-utf8": (summary_args({"mllm_eval/report/report.md": b"\xff\xfe"}), "is not UTF-8"),
     "summary/world-results-without-metrics": (summary_args({"tower_eval/world/results.json": b'{"base": {"class/probe": 1}}'}),
                                               "lacks world metrics"),
-    "summary/mllm-report-json-not-a-table": (summary_args({"mllm_eval/report/report.json": b"[1]"}), "is not a report"),
+    "summary/world-comparison-not-a-comparison": (summary_args({"mllm_eval/report/world_significance.json": b"[1]"}),
+                                                  "is not a world comparison"),
     # build-world
     "build-world/output-is-a-file": (lambda tiny, tmp: (tmp / "f").write_text("x") and ["build-world", "--output", str(tmp / "f")],
                                      "is a file"),

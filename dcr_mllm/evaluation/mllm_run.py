@@ -13,6 +13,7 @@ test of each difference (``report/world_significance.json``, ``significance.comp
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -92,21 +93,24 @@ def evaluate_mllms(specs: list[str], tasks: str, output: str | Path, nproc: int 
     ensure_local_data(root, folders)
     import torch
 
-    device_args = "device=cuda" if torch.cuda.is_available() else "device=cpu,device_map=cpu"
-    runs = []
+    cuda = torch.cuda.is_available()
+    device_args = "device=cuda" if cuda else "device=cpu,device_map=cpu"
+    stale = {}
     for name, (checkpoint, tower) in models.items():
-        out = output / name
         model = "dcr_llava" if tower else "llava_hf"
         model_args = f"pretrained={checkpoint}" + (f",vision_tower={tower}" if tower else "") + f",{device_args}"
         record = freshness.made_from({"model": model, "model_args": model_args, "tasks": task_names, "log_samples": True},
                                      {"model": checkpoint, "tower": tower, "tasks": task_dir(), **{f"data/{f}": root / f for f in sorted(folders)}})
-        if freshness.is_current(out, record):
-            print(f"{name}: up to date in {out}")
+        if freshness.is_current(output / name, record):
+            print(f"{name}: up to date in {output / name}")
         else:
-            _run_lmms_eval(name, model, model_args, task_names, out, output / "logs" / f"{name}.log", nproc)
-            freshness.mark_current(out, record)
-            print(f"{name}: {out}")
-        runs.append(f"{name}={out}")
+            stale[name] = (model, model_args, record)
+    _run_lmms_eval({name: (model, model_args) for name, (model, model_args, _) in stale.items()}, task_names, output, nproc,
+                   _side_by_side(cuda, nproc, len(stale)))
+    for name, (_, _, record) in stale.items():
+        freshness.mark_current(output / name, record)
+        print(f"{name}: {output / name}")
+    runs = [f"{name}={output / name}" for name in models]
     compare_runs(runs, output / "report")
     if "world_local" in task_names:  # every accuracy with its interval, every difference with a paired test
         comparison = compare_world({name: world_samples(output / name) for name in models})
@@ -114,23 +118,55 @@ def evaluate_mllms(specs: list[str], tasks: str, output: str | Path, nproc: int 
     return output / "report"
 
 
-def _run_lmms_eval(name: str, model: str, model_args: str, tasks: list[str], out: Path, log: Path, nproc: int) -> None:
-    shutil.rmtree(out, ignore_errors=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
+def _side_by_side(cuda: bool, nproc: int, models: int) -> bool:
+    """lmms-eval generates one question at a time; on a CPU a small model's step is bound by Python
+    overhead, not arithmetic, so one-process CPU runs score the models side by side, one thread each."""
+    return not cuda and nproc == 1 and (os.cpu_count() or 1) >= models > 1
+
+
+def _run_lmms_eval(models: dict[str, tuple[str, str]], tasks: list[str], output: Path, nproc: int, side_by_side: bool) -> None:
+    """Score each ``name: (model, model_args)`` into ``output/name`` (log: ``output/logs/name.log``),
+    one after another or, ``side_by_side``, all at once with one thread each."""
     launcher = [sys.executable, "-m", "lmms_eval"]
     if nproc > 1:
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc), "-m", "lmms_eval"]
-    command = [*launcher, "eval", "--model", model, "--model_args", model_args, "--tasks", ",".join(tasks),
-               "--include_path", str(task_dir()), "--batch_size", "1", "--output_path", str(out), "--log_samples"]
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **child_environment(), "DCR_EVAL_DATA": str(eval_data_root())}
-    start = time.monotonic()
-    with open(log, "w") as stream:
-        process = subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
-        while True:  # long work is never silent: a line every 30 s
-            try:
-                code = process.wait(timeout=30)
-                break
-            except subprocess.TimeoutExpired:
-                print(f"{name}: lmms-eval running ({time.monotonic() - start:.0f} s; log: {log})", flush=True)
-    if code != 0:
-        raise DcrError(f"lmms-eval failed for {name} (exit {code}); see {log}")
+    if side_by_side:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    queue = list(models)
+    while queue:
+        batch, queue = (queue, []) if side_by_side else (queue[:1], queue[1:])
+        running = {}
+        for name in batch:
+            model, model_args = models[name]
+            out, log = output / name, output / "logs" / f"{name}.log"
+            shutil.rmtree(out, ignore_errors=True)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            command = [*launcher, "eval", "--model", model, "--model_args", model_args, "--tasks", ",".join(tasks),
+                       "--include_path", str(task_dir()), "--batch_size", "1", "--output_path", str(out), "--log_samples"]
+            stream = open(log, "w")
+            running[name] = (subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT), stream, log)
+        _wait(running)
+
+
+def _wait(running: dict[str, tuple[subprocess.Popen, object, Path]]) -> None:
+    """Wait for every process, a line every 30 s (long work is never silent); the first failure is
+    raised once all have ended."""
+    start, failed = time.monotonic(), []
+    report = start + 30
+    try:
+        while busy := [name for name, (process, _, _) in running.items() if process.poll() is None]:
+            if time.monotonic() >= report:
+                report += 30
+                print(f"lmms-eval running for {', '.join(busy)} ({time.monotonic() - start:.0f} s; logs: {running[busy[0]][2].parent})", flush=True)
+            time.sleep(1)
+    finally:
+        for name, (process, stream, log) in running.items():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            stream.close()
+            if process.returncode != 0:
+                failed.append(f"lmms-eval failed for {name} (exit {process.returncode}); see {log}")
+    if failed:
+        raise DcrError(failed[0])

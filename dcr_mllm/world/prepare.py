@@ -25,7 +25,7 @@ CONVERSATION_SEED = 13
 EVAL_SEED = 1  # the tower evaluation set; the LLaVA questions use lmms_tasks.WORLD_QA_SEED (2)
 VAL_SEED = 3  # the validation set stage one's evaluation may choose a step on (never the reported one)
 SHARD_COUNT = 4096
-CONVERSATION_COUNT = 4000
+CONVERSATION_COUNT = 16000  # the long schedule (llava_full.yaml) passes over them about six times
 EVAL_COUNT = 1200
 VAL_COUNT = 300
 

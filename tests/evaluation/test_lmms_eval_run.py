@@ -156,6 +156,27 @@ def test_eval_mllm_scores_again_only_when_an_input_changed(setup, tmp_path, monk
     assert "up to date" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_eval_mllm_pairs_two_llavas_on_the_world_questions(setup, tmp_path, monkeypatch):
+    """Two models scored side by side (one thread each on a CPU), every answer logged, and the
+    world report: each accuracy with its interval, the pair's difference with McNemar's test."""
+    from dcr_mllm.cli import main
+    from dcr_mllm.evaluation import mllm_run
+
+    root, _ = setup
+    monkeypatch.setenv("DCR_EVAL_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(mllm_run, "WORLD_TASK_IMAGES", 2)  # 42 questions, not 12 600
+    assert main(["eval-mllm", "--model", f"a={root / 'llava'}", "--model", f"b={root / 'llava'}", "--tasks", "world_local",
+                 "--output", str(tmp_path / "out")]) == 0
+    logs = [(tmp_path / "out" / "logs" / f"{name}.log").read_text() for name in "ab"]
+    assert all("world_local" in log for log in logs)
+    report = json.loads((tmp_path / "out" / "report" / "world_significance.json").read_text())
+    a = report["accuracy"]["a"]
+    assert a["all"]["n"] == 42 and a["color/yes_no"]["n"] == 2 and a["all"]["low"] <= a["all"]["accuracy"] <= a["all"]["high"]
+    same = report["paired"]["a vs b"]["all"]  # one model twice: greedy answers agree question by question
+    assert (same["first_only"], same["second_only"], same["p"], same["significant"]) == (0, 0, 1.0, False)
+
+
 def test_local_data_is_written_where_missing_or_stale_and_real_data_is_kept(tmp_path):
     from dcr_mllm.evaluation.lmms_tasks import DATA_VERSION
     from dcr_mllm.evaluation.mllm_run import ensure_local_data, local_folders

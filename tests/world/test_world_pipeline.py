@@ -207,3 +207,29 @@ def test_run_all_says_what_it_runs_and_refuses_a_bad_config_dir(tmp_path):
     assert "the tiny world (default)" in shown and "--tiny" in shown
     refused = subprocess.run(["bash", str(script), "--config-dir", str(tmp_path)], capture_output=True, text=True)
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0 and "enhance.yaml" in refused.stderr
+    assert "--full" in shown
+    for argv in (["--full", "--tiny"], ["--config-dir", str(tmp_path), "--full"]):  # the long schedule is the world's
+        refused = subprocess.run(["bash", str(script), *argv], capture_output=True, text=True)
+        assert refused.returncode == 2 and "--full" in refused.stderr and not (tmp_path / "outputs").exists(), argv
+
+
+def test_full_schedule_differs_from_the_default_only_in_its_length_and_outputs():
+    from pathlib import Path
+
+    import yaml
+
+    configs = Path(__file__).resolve().parents[2] / "stages" / "configs" / "world"
+    default, full = (yaml.safe_load((configs / name).read_text()) for name in ("llava.yaml", "llava_full.yaml"))
+    assert full["finetune"].pop("max_steps") > 5 * default["finetune"].pop("max_steps")
+    assert full.pop("output_dir") != default.pop("output_dir")
+    full["finetune_data"].pop("eval_every"), default["finetune_data"].pop("eval_every")
+    assert full == default
+
+
+def test_the_packaged_world_configs_are_the_stages_ones():
+    """`dcr_mllm/configs/*_world.yaml` ship in the wheel; `stages/configs/world/` is what run_all reads: one content."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    for packaged, staged in (("enhance_world.yaml", "enhance.yaml"), ("llava_world.yaml", "llava.yaml"), ("llava_world_full.yaml", "llava_full.yaml")):
+        assert (repo / "dcr_mllm" / "configs" / packaged).read_text() == (repo / "stages" / "configs" / "world" / staged).read_text()
