@@ -29,6 +29,7 @@ from pathlib import Path
 from dcr_mllm.config import PACKAGED_CONFIGS
 from dcr_mllm.enhance.watch import EVAL_FILE
 from dcr_mllm.errors import DcrError
+from dcr_mllm.io import atomic_dir, atomic_path
 from dcr_mllm.world.models import MINI, WorldSpec
 from dcr_mllm.world.premise import measure_premise, premise_report
 from dcr_mllm.world.prepare import EVAL_COUNT, SHARD_COUNT, VAL_COUNT, prepare_world
@@ -81,8 +82,8 @@ def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str 
         measure_premise(out, spec, world_root, count=min(256, val_count), val_count=val_count)
     base = out / "base" / "tower"
     if not base.is_dir():
-        shutil.copytree(models["clip"], base.with_name("tower.partial"), dirs_exist_ok=True)
-        base.with_name("tower.partial").rename(base)
+        with atomic_dir(base) as tmp:
+            shutil.copytree(models["clip"], tmp, dirs_exist_ok=True)
 
     runs = {(objective, seed): out / objective / f"seed{seed}" for objective in OBJECTIVES for seed in range(seeds)}
     own = {objective: objective_overrides(config, overrides, VARIANTS[objective]) for objective in OBJECTIVES}
@@ -256,10 +257,9 @@ def curves_chart(results: dict, path: Path) -> None:
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"Validation curves ({results['setup']['seeds']} seeds, mean +- std)", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".partial.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def chart(results: dict, path: Path) -> None:
@@ -282,10 +282,9 @@ def chart(results: dict, path: Path) -> None:
     ax.set_title(f"World ablation ({results['setup']['seeds']} seeds, mean +- std)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".partial.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:
