@@ -62,13 +62,13 @@ def features(images):
     return torch.cat(out)
 scenes = sample_scenes(a.images, 13)
 if cache.exists():
-    train_feat = torch.load(cache)
+    train_feat = torch.load(cache, weights_only=True)
 else:
     train_feat = features([render(s) for s in scenes]); torch.save(train_feat, cache)
 rows = world_qa_rows(a.eval_images, 2)
 ecache = Path(a.cache) / (f"efeat_{Path(str(a.tower)).name}_{a.eval_images}.pt")
 if ecache.exists():
-    eval_feat = torch.load(ecache)
+    eval_feat = torch.load(ecache, weights_only=True)
 else:
     eval_feat = features([r["image"] for r in rows[:: len(WORLD_VALUES) * len(KINDS)]]); torch.save(eval_feat, ecache)
 print(f"features {time.time()-t0:.0f}s", flush=True)
