@@ -2,8 +2,8 @@
 # The whole pipeline: enhance a tower (1), train LLaVA with it (2, 3) and, as the baseline, with
 # the base tower, score both towers (4) and both LLaVAs (5), then print a summary.
 #
-#   bash stages/run_all.sh            # the tiny world (default): trained world models, 2 CPU cores, ~20 min the first time
-#   bash stages/run_all.sh --full     # the same with the world LLaVAs' long schedule (llava_full.yaml), what teaches them every kind of question
+#   bash stages/run_all.sh            # the tiny world (default): trained world models, open questions (world_local_open), 2 CPU cores, ~32 min the first time
+#   bash stages/run_all.sh --full     # the same with the world LLaVAs' long schedule (llava_full.yaml) on every kind of question (world_local)
 #   bash stages/run_all.sh --tiny     # the random tiny preset on synthetic data: every stage in ~4 minutes
 #   bash stages/run_all.sh --config-dir stages/configs/paper_clip_l14_224 --nproc 8 [--hostfile hosts.txt]
 #
@@ -16,12 +16,12 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/common.sh"
 
-config_dir="$here/configs/world" world=1 llava_name=llava.yaml suffix="" nproc="${NPROC:-1}" hostfile="${HOSTFILE:-}"
+config_dir="$here/configs/world" world=1 llava_name=llava.yaml suffix="" world_task=world_local_open nproc="${NPROC:-1}" hostfile="${HOSTFILE:-}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --config-dir) config_dir="$2" world=0; shift 2 ;;
     --tiny) config_dir="$here/configs/tiny" world=0; shift ;;
-    --full) llava_name=llava_full.yaml suffix=_full; shift ;;
+    --full) llava_name=llava_full.yaml suffix=_full world_task=world_local; shift ;;
     --nproc) nproc="$2"; shift 2 ;;
     --hostfile) hostfile="$2"; shift 2 ;;
     -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
@@ -80,7 +80,7 @@ if [[ "$world" == 1 ]]; then
   step "4/5 score the towers (world pairs, per-attribute probes, class)"
   bash "$here/4_eval_tower.sh" --towers "base=$base_tower dcr=$enhance_out/tower" --world outputs/world/eval --output "$tower_eval"
   step "5/5 score the LLaVAs (world questions, lmms-eval)"
-  bash "$here/5_eval_mllm.sh" --models "dcr=$llava_out/model base=${llava_out}_base/model" --tasks world_local --nproc "$nproc" --output "$mllm_eval"
+  bash "$here/5_eval_mllm.sh" --models "dcr=$llava_out/model base=${llava_out}_base/model" --tasks "$world_task" --nproc "$nproc" --output "$mllm_eval"
 else
   tower_eval=outputs/eval_tower mllm_eval=outputs/eval_mllm
   step "4/5 score the towers"

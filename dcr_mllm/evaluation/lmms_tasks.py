@@ -32,9 +32,7 @@ from pathlib import Path
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import GENERATED, atomic_path, write_atomic
 from dcr_mllm.weights import read_text
-from dcr_mllm.world.conversations import KINDS as WORLD_KINDS
 from dcr_mllm.world.conversations import world_qa_rows
-from dcr_mllm.world.scenes import WORLD_VALUES
 
 POPE_SPLITS = ("adversarial", "popular", "random")
 WORLD_QA_SEED = 2  # the world's question set: neither a training seed nor the tower evaluation's (1)
@@ -170,47 +168,6 @@ def pope_pred_yes_ratio(results: list[dict]) -> float:
     """The share of "yes" predictions (POPE's yes-ratio): 0.5 on a balanced split is unbiased, so
     neither direction is better (``higher_is_better: null`` in the YAML)."""
     return sum(r["prediction"] == "yes" for r in results) / len(results) if results else 0.0
-
-
-# ---------------------------------------------------------------- the world (dcr_mllm.world.conversations)
-world_doc_to_visual = pope_doc_to_visual  # the row's image, as for POPE and MMVP
-
-
-def world_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    return doc["question"]  # the instruction suffix is part of the question, as in training
-
-
-def world_process_results(doc: dict, results: list[str]) -> dict:
-    """Open questions by the first word, yes/no ones by ``yes_no``, multiple choice by
-    ``option_letter``; every metric gets the record and each aggregation keeps its part."""
-    response = results[0]
-    if doc["kind"] == "open":
-        words = re.findall(r"[a-z]+", response.lower())
-        correct = bool(words) and words[0] == doc["answer"].lower()
-    elif doc["kind"] == "yes_no":
-        correct = yes_no(response) == doc["answer"].lower()
-    else:
-        correct = option_letter(response, json.loads(doc["options"])) == doc["answer"]
-    result = {"question_id": doc["question_id"], "attribute": doc["attribute"], "kind": doc["kind"], "correct": correct}
-    return dict.fromkeys(WORLD_METRICS, result)
-
-
-world_accuracy = mmvp_accuracy  # the share of records marked correct
-
-
-def _world_accuracy_of(key: str, value: str):
-    def aggregate(results: list[dict]) -> float:
-        return world_accuracy([r for r in results if r[key] == value])
-
-    aggregate.__name__ = f"world_{value}_accuracy"
-    return aggregate
-
-
-#: ``world_<attribute>_accuracy`` for each attribute and ``world_<kind>_accuracy`` for each kind of
-#: question (the YAML lists the same); ``WORLD_METRICS`` adds the overall ``world_accuracy``
-WORLD_PART_ACCURACY = {f"world_{a}_accuracy": _world_accuracy_of("attribute", a) for a in WORLD_VALUES} | \
-    {f"world_{k}_accuracy": _world_accuracy_of("kind", k) for k in WORLD_KINDS}
-WORLD_METRICS = ("world_accuracy", *WORLD_PART_ACCURACY)
 
 
 # ---------------------------------------------------------------- writing the local data

@@ -25,11 +25,13 @@ from dcr_mllm.evaluation import freshness
 from dcr_mllm.evaluation.lmms_tasks import eval_data_root, prepare_eval_data, synthetic_recipe, task_dir, world_recipe
 from dcr_mllm.evaluation.mllm_report import compare_runs
 from dcr_mllm.evaluation.significance import compare_world, world_samples
+from dcr_mllm.evaluation.world_task import WORLD_TASKS
 from dcr_mllm.io import generated_from, write_atomic
 from dcr_mllm.training.distributed import child_environment
 
-#: world_local: every attribute asked in every kind about each of 600 images, so that a 5-point
-#: difference between two models on one attribute and kind is about two standard errors
+#: world_local: every attribute asked in every kind about each of 600 images (world_local_open: the
+#: open ones), so that a 5-point difference between two models on one attribute and kind is about
+#: two standard errors
 WORLD_TASK_IMAGES = 600
 #: the local tasks (and groups) and the data folder under $DCR_EVAL_DATA each reads
 LOCAL_TASKS = {
@@ -39,6 +41,7 @@ LOCAL_TASKS = {
     "pope_local_random": ("pope",),
     "dcr_suite_local": ("mmvp", "pope"),
     "world_local": ("world",),
+    "world_local_open": ("world",),
 }
 
 
@@ -87,6 +90,8 @@ def evaluate_mllms(specs: list[str], tasks: str, output: str | Path, nproc: int 
         raise DcrError("--tasks is empty; name lmms-eval tasks or groups, e.g. dcr_suite_local")
     if nproc < 1:
         raise DcrError(f"--nproc {nproc}: must be at least 1")
+    if len([t for t in task_names if t in WORLD_TASKS]) > 1:
+        raise DcrError("--tasks names world_local and world_local_open: score one of them (world_local holds the open questions too)")
     output = Path(output)
     root = eval_data_root()
     folders = local_folders(task_names)
@@ -112,8 +117,9 @@ def evaluate_mllms(specs: list[str], tasks: str, output: str | Path, nproc: int 
         print(f"{name}: {output / name}")
     runs = [f"{name}={output / name}" for name in models]
     compare_runs(runs, output / "report")
-    if "world_local" in task_names:  # every accuracy with its interval, every difference with a paired test
-        comparison = compare_world({name: world_samples(output / name) for name in models})
+    world_task = next((t for t in task_names if t in WORLD_TASKS), None)
+    if world_task:  # every accuracy with its interval, every difference with a paired test
+        comparison = compare_world({name: world_samples(output / name, world_task) for name in models})
         write_atomic(output / "report" / "world_significance.json", json.dumps(comparison, indent=1))
     return output / "report"
 

@@ -41,19 +41,19 @@ def mcnemar_exact(first_only: int, second_only: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def world_samples(run_dir: str | Path) -> dict[str, dict]:
-    """``{question_id: {"attribute", "kind", "correct"}}`` from the ``world_local`` samples lmms-eval
-    logged under ``run_dir`` (``--log_samples``)."""
-    files = sorted(Path(run_dir).rglob("*_samples_world_local.jsonl"), key=lambda p: p.stat().st_mtime)
+def world_samples(run_dir: str | Path, task: str = "world_local") -> dict[str, dict]:
+    """``{question_id: {"attribute", "kind", "correct"}}`` from the samples of the world task ``task``
+    (``world_local`` or ``world_local_open``) lmms-eval logged under ``run_dir`` (``--log_samples``)."""
+    files = sorted(Path(run_dir).rglob(f"*_samples_{task}.jsonl"), key=lambda p: p.stat().st_mtime)
     if not files:
-        raise DcrError(f"{run_dir} holds no world_local samples file; score the model again (dcr-mllm eval-mllm logs every answer)")
+        raise DcrError(f"{run_dir} holds no {task} samples file; score the model again (dcr-mllm eval-mllm logs every answer)")
     records = {}
     for number, line in enumerate(read_text(files[-1]).splitlines(), start=1):
         try:
             record = json.loads(line)["world_accuracy"]
             records[str(record["question_id"])] = {k: record[k] for k in ("attribute", "kind", "correct")}
         except (ValueError, KeyError, TypeError) as err:
-            raise DcrError(f"{files[-1]} line {number} is not a world_local sample with a world_accuracy record; score the model again") from err
+            raise DcrError(f"{files[-1]} line {number} is not a {task} sample with a world_accuracy record; score the model again") from err
     return records
 
 

@@ -71,7 +71,7 @@ def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path, chart: P
     significance = mllm_eval / "report" / "world_significance.json"
     world = _world_llava_tables(significance)
     if world:
-        lines += ["## LLaVA in the world (lmms-eval `world_local`, accuracy %)", ""] + world + [""]
+        lines += ["## LLaVA in the world (lmms-eval `world_local` or `world_local_open`, accuracy %)", ""] + world + [""]
         pairs = probe_vs_llava(tower_eval / "world" / "results.json", significance)
         if pairs:
             chart = chart or mllm_eval / "report" / "probe_vs_llava.png"
@@ -203,8 +203,9 @@ ABOVE_CHANCE, OPEN_WITHIN, PROBE_FLOOR = 20.0, 10.0, 80.0
 def learning_targets(pairs: dict[str, dict[str, tuple[float, float, float, float]]], accuracy: dict) -> list[str]:
     """Markdown: each learning target and, per LLaVA, its accuracy and whether it is met."""
     names = list(pairs)
+    scored = [kind for kind in ("yes_no", "choice") if any(kind in accuracy[n] for n in names)]
     rows = [(f"{kind.replace('_', '/')} ≥ {50 + ABOVE_CHANCE:.0f}", {n: (accuracy[n][kind]["accuracy"], 50 + ABOVE_CHANCE) for n in names if kind in accuracy[n]})
-            for kind in ("yes_no", "choice")]
+            for kind in scored]
     attributes = [a for a in pairs[names[0]] if all(a in pairs[n] for n in names)]
     for attribute in attributes:
         goals = {n: (pairs[n][attribute][1], pairs[n][attribute][0] - OPEN_WITHIN) for n in names if pairs[n][attribute][0] > PROBE_FLOOR}
@@ -218,6 +219,9 @@ def learning_targets(pairs: dict[str, dict[str, tuple[float, float, float, float
         cells = [f"{goals[n][0]:.1f} ({'met' if goals[n][0] >= goals[n][1] else f'not met: {goals[n][1]:.1f} needed'})" if n in goals else "-"
                  for n in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if len(scored) < 2:
+        lines += ["", "Yes/no and multiple-choice questions were not scored in this run (`world_local_open`: the default schedule "
+                  "trains and scores the open questions; `run_all.sh --full` trains on every kind and scores it, `world_local`)."]
     return lines
 
 

@@ -5,7 +5,6 @@ resolved when lmms-eval reads the YAML, so the *_local tasks work from any worki
 """
 
 from dcr_mllm.evaluation.lmms_tasks import (  # noqa: F401  (referenced from the YAMLs)
-    WORLD_PART_ACCURACY,
     data_file,
     mmvp_accuracy,
     mmvp_doc_to_text,
@@ -21,13 +20,18 @@ from dcr_mllm.evaluation.lmms_tasks import (  # noqa: F401  (referenced from the
     pope_pred_yes_ratio,
     pope_process_results,
     pope_recall,
+)
+from dcr_mllm.evaluation.world_task import (  # noqa: F401  (referenced from the YAMLs)
+    WORLD_PART_ACCURACY,
     world_accuracy,
     world_doc_to_text,
     world_doc_to_visual,
+    world_open_docs,
+    world_open_process_results,
     world_process_results,
 )
 
-globals().update(WORLD_PART_ACCURACY)  # world_<attribute>_accuracy and world_<kind>_accuracy, as world_local.yaml names them
+globals().update(WORLD_PART_ACCURACY)  # world_<attribute>_accuracy and world_<kind>_accuracy, as the world YAMLs name them
 
 MMVP_TEST = data_file("mmvp", "test.parquet")
 POPE_ADVERSARIAL = data_file("pope", "adversarial.parquet")

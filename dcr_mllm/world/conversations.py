@@ -1,9 +1,10 @@
 """Stage two in the world: LLaVA conversations about the scenes, and the questions that score it.
 
 Pretraining records caption a scene (every attribute named, ``detailed_caption``), as LCS-558K's
-captions do; instruction records ask about one attribute at a time in LLaVA-1.5's short-answer
-formats: an open question answered with one word (as its VQA data), yes/no and multiple choice
-(``world_question``); the evaluation set (``world_qa_rows``,
+captions do; instruction records ask about the attributes in LLaVA-1.5's short-answer formats: an
+open question answered with one word (as its VQA data), yes/no and multiple choice
+(``world_question``), in two sets: three questions of any kind per image (``finetune.json``, the long
+schedule's) and every attribute asked open (``finetune_open.json``, the default's); the evaluation set (``world_qa_rows``,
 the ``world_local`` lmms-eval task) asks the same kinds of question about images from another seed,
 every attribute in every kind about each image, so each attribute's and each kind's accuracy is
 measured on its own, on enough questions to compare two models (``evaluation.significance``).
@@ -79,19 +80,32 @@ def _instruction_turns(scene: WorldScene, rng: random.Random, turns: int) -> lis
     return conversation
 
 
+def _open_turns(scene: WorldScene, rng: random.Random) -> list[dict]:
+    """Every attribute asked open (one word), in a random order."""
+    conversation = []
+    for i, attribute in enumerate(rng.sample(list(WORLD_VALUES), len(WORLD_VALUES))):
+        qa = world_question(scene, attribute, "open", rng)
+        conversation.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + qa["question"]})
+        conversation.append({"from": "gpt", "value": qa["answer"]})
+    return conversation
+
+
 def write_world_conversations(out_dir: str | Path, count: int, seed: int, turns: int = 3, size: int = IMAGE_SIZE) -> Path:
-    """``images/``, ``pretrain.json`` (captions) and ``finetune.json`` (attribute questions, ``turns``
-    per image) for ``count`` scenes of the training seed ``seed``. Complete or absent; a folder
-    generated from other arguments is generated anew (``generated_dir``)."""
+    """``images/``, ``pretrain.json`` (captions), ``finetune.json`` (attribute questions of every
+    kind, ``turns`` per image) and ``finetune_open.json`` (every attribute asked open, the default
+    schedule's set: it learns in 1000 steps what the mixed set needs 3000 for) for ``count`` scenes
+    of the training seed ``seed``. Complete or absent; a folder generated from other arguments is
+    generated anew (``generated_dir``)."""
     if seed not in TRAINING_SEEDS:
         raise DcrError(f"seed {seed}: training conversations use a training seed ({TRAINING_SEEDS.start}-{TRAINING_SEEDS.stop - 1})")
-    recipe = {"generator": "world-conversations", "version": VERSION, "count": count, "seed": seed, "turns": turns, "size": size}
+    recipe = {"generator": "world-conversations", "version": VERSION, "count": count, "seed": seed, "turns": turns, "size": size,
+              "sets": ["finetune", "finetune_open"]}
     return generated_dir(out_dir, recipe, lambda tmp: _write_conversations(tmp, count, seed, turns, size))
 
 
 def _write_conversations(tmp: Path, count: int, seed: int, turns: int, size: int) -> None:
-    rng = random.Random(seed)
-    pretrain, finetune = [], []
+    rng, open_rng = random.Random(seed), random.Random(f"open-{seed}")
+    pretrain, finetune, finetune_open = [], [], []
     (tmp / "images").mkdir()
     with progress(count, f"world conversations ({count} images)") as bar:
         for index, scene in enumerate(sample_scenes(count, seed)):
@@ -100,9 +114,11 @@ def _write_conversations(tmp: Path, count: int, seed: int, turns: int, size: int
             pretrain.append({"id": f"p{index}", "image": name, "conversations": [
                 {"from": "human", "value": CAPTION_PROMPT}, {"from": "gpt", "value": detailed_caption(scene)}]})
             finetune.append({"id": f"f{index}", "image": name, "conversations": _instruction_turns(scene, rng, turns)})
+            finetune_open.append({"id": f"o{index}", "image": name, "conversations": _open_turns(scene, open_rng)})
             bar.update(1)
     (tmp / "pretrain.json").write_text(json.dumps(pretrain, indent=1), encoding="utf-8")
     (tmp / "finetune.json").write_text(json.dumps(finetune, indent=1), encoding="utf-8")
+    (tmp / "finetune_open.json").write_text(json.dumps(finetune_open, indent=1), encoding="utf-8")
 
 
 def world_qa_rows(count: int, seed: int, size: int = IMAGE_SIZE, kinds: tuple[str, ...] = KINDS) -> list[dict]:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dcr_mllm.evaluation.lmms_tasks import POPE_METRICS, WORLD_METRICS, prepare_eval_data, synthetic_mmvp, synthetic_pope
+from dcr_mllm.evaluation.lmms_tasks import POPE_METRICS, prepare_eval_data, synthetic_mmvp, synthetic_pope
 from dcr_mllm.llava.build import build_llava
+from dcr_mllm.evaluation.world_task import WORLD_METRICS, WORLD_OPEN_METRICS
 from dcr_mllm.training.distributed import child_environment
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,7 +121,7 @@ def test_task_list_shows_the_project_tasks(setup):
     _, env = setup
     printed = subprocess.run([sys.executable, "-m", "dcr_mllm.cli", "eval-task-dir"], env=env, capture_output=True, text=True, check=True)
     listing = lmms_eval(env, "tasks", "list", "--include-path", printed.stdout.strip()).stdout
-    for name in ("dcr_suite", "dcr_suite_local", "mmvp_local", "pope_local_adv", "pope_local_pop", "pope_local_random", "world_local"):
+    for name in ("dcr_suite", "dcr_suite_local", "mmvp_local", "pope_local_adv", "pope_local_pop", "pope_local_random", "world_local", "world_local_open"):
         assert re.search(rf"^\s*{name}\s*$", listing, flags=re.M), f"{name} is not listed"
 
 
@@ -165,14 +166,20 @@ def test_eval_mllm_pairs_two_llavas_on_the_world_questions(setup, tmp_path, monk
 
     root, _ = setup
     monkeypatch.setenv("DCR_EVAL_DATA", str(tmp_path / "data"))
-    monkeypatch.setattr(mllm_run, "WORLD_TASK_IMAGES", 2)  # 42 questions, not 12 600
-    assert main(["eval-mllm", "--model", f"a={root / 'llava'}", "--model", f"b={root / 'llava'}", "--tasks", "world_local",
-                 "--output", str(tmp_path / "out")]) == 0
+    monkeypatch.setattr(mllm_run, "WORLD_TASK_IMAGES", 2)  # 14 open questions of 42, not 4200 of 12 600
+    models = ["--model", f"a={root / 'llava'}", "--model", f"b={root / 'llava'}"]
+    assert main(["eval-mllm", *models, "--tasks", "world_local,world_local_open", "--output", str(tmp_path / "out")]) == 2  # one world task
+    assert not (tmp_path / "out").exists()
+    # the default pipeline's task: the open questions only
+    assert main(["eval-mllm", *models, "--tasks", "world_local_open", "--output", str(tmp_path / "out")]) == 0
     logs = [(tmp_path / "out" / "logs" / f"{name}.log").read_text() for name in "ab"]
-    assert all("world_local" in log for log in logs)
+    assert all("world_local_open" in log for log in logs)
+    results = results_of(tmp_path / "out" / "a")["world_local_open"]
+    assert {f"{m},none" for m in WORLD_OPEN_METRICS} <= results.keys() and "world_yes_no_accuracy,none" not in results
     report = json.loads((tmp_path / "out" / "report" / "world_significance.json").read_text())
     a = report["accuracy"]["a"]
-    assert a["all"]["n"] == 42 and a["color/yes_no"]["n"] == 2 and a["all"]["low"] <= a["all"]["accuracy"] <= a["all"]["high"]
+    assert a["all"]["n"] == 14 and a["color/open"]["n"] == 2 and "color/yes_no" not in a and a["all"]["low"] <= a["all"]["accuracy"] <= a["all"]["high"]
+    assert a["all"]["accuracy"] == pytest.approx(100 * results["world_accuracy,none"])
     same = report["paired"]["a vs b"]["all"]  # one model twice: greedy answers agree question by question
     assert (same["first_only"], same["second_only"], same["p"], same["significant"]) == (0, 0, 1.0, False)
 
@@ -182,7 +189,7 @@ def test_local_data_is_written_where_missing_or_stale_and_real_data_is_kept(tmp_
     from dcr_mllm.evaluation.mllm_run import ensure_local_data, local_folders
     from dcr_mllm.io import generated_from
 
-    assert local_folders(["world_local"]) == {"world"} and local_folders(["dcr_suite_local"]) == {"mmvp", "pope"}
+    assert local_folders(["world_local"]) == local_folders(["world_local_open"]) == {"world"} and local_folders(["dcr_suite_local"]) == {"mmvp", "pope"}
     assert local_folders(["mmvp", "pope_adv"]) == set()  # lmms-eval's own tasks read the hub's data
     (tmp_path / "mmvp").mkdir()
     (tmp_path / "mmvp" / "generated.json").write_text(json.dumps({"source": "/data/MMVP"}))  # prepared from the real benchmark

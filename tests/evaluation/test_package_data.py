@@ -13,7 +13,7 @@ from dcr_mllm.evaluation.lmms_tasks import synthetic_mmvp, synthetic_pope, task_
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_FILES = {"dcr_suite.yaml", "dcr_suite_local.yaml", "mmvp_local.yaml", "pope_local_adv.yaml", "pope_local_pop.yaml",
-              "pope_local_random.yaml", "world_local.yaml", "_pope_local_template_yaml", "utils.py"}
+              "pope_local_random.yaml", "world_local.yaml", "world_local_open.yaml", "_pope_local_template_yaml", "_world_local_template_yaml", "utils.py"}
 
 
 @pytest.fixture(scope="module")

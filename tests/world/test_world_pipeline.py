@@ -9,7 +9,7 @@ import pytest
 
 from dcr_mllm.cli import main
 from dcr_mllm.errors import DcrError
-from dcr_mllm.evaluation import lmms_tasks
+from dcr_mllm.evaluation import world_task
 from dcr_mllm.evaluation.summary import tower_tables
 from dcr_mllm.world.conversations import KINDS, world_qa_rows, world_question, write_world_conversations
 from dcr_mllm.world.models import MINI
@@ -79,6 +79,18 @@ def test_conversations_caption_and_ask_about_the_scenes(tmp_path):
                 check_answer(scene, attribute, kind, question, gpt["value"])
             kinds.add(kind)
     assert kinds == set(KINDS)
+    # the default schedule's set: every attribute asked open about each image, once, in a random order
+    opened = json.loads((out / "finetune_open.json").read_text())
+    orders = set()
+    for record, scene, mixed in zip(opened, scenes, finetune):
+        turns = record["conversations"]
+        assert record["image"] == mixed["image"] and turns[0]["value"].startswith("<image>\n") and len(turns) == 2 * len(WORLD_VALUES)
+        asked = [next(a for a in WORLD_VALUES if human["value"].removeprefix("<image>\n").startswith(world_question(scene, a, "open", random.Random(0))["question"]))
+                 for human in turns[0::2]]
+        assert sorted(asked) == sorted(WORLD_VALUES)
+        assert [gpt["value"] for gpt in turns[1::2]] == [world_question(scene, a, "open", random.Random(0))["answer"] for a in asked]
+        orders.add(tuple(asked))
+    assert len(orders) > 1
     with pytest.raises(DcrError, match="training seed"):
         write_world_conversations(tmp_path / "other", count=2, seed=1)
 
@@ -111,15 +123,22 @@ def test_world_answers_are_scored_per_attribute():
     docs = [{**doc, "question_id": f"q{i}"} for i, doc in enumerate(docs)]
     # right (parsed), right (the option's text), wrong, right, right (first word), wrong
     responses = ["Yes.", "top", "B", "no", "two shapes", "Three."]
-    results = [lmms_tasks.world_process_results(d, [r]) for d, r in zip(docs, responses)]
+    results = [world_task.world_process_results(d, [r]) for d, r in zip(docs, responses)]
     records = [r["world_accuracy"] for r in results]
-    assert all(set(r) == set(lmms_tasks.WORLD_METRICS) for r in results)
+    assert all(set(r) == set(world_task.WORLD_METRICS) for r in results)
     assert [r["question_id"] for r in records] == [f"q{i}" for i in range(6)]  # each answer can be paired across models
-    assert lmms_tasks.world_accuracy(records) == pytest.approx(4 / 6)
-    part = lmms_tasks.WORLD_PART_ACCURACY
+    assert world_task.world_accuracy(records) == pytest.approx(4 / 6)
+    part = world_task.WORLD_PART_ACCURACY
     assert (part["world_position_accuracy"](records), part["world_color_accuracy"](records), part["world_count_accuracy"](records)) == (1.0, 0.5, 0.5)
     assert (part["world_open_accuracy"](records), part["world_yes_no_accuracy"](records), part["world_choice_accuracy"](records)) == (0.5, 1.0, 0.5)
     assert part["world_size_accuracy"](records) == 0.0  # none asked: 0, as mmvp_accuracy
+    # world_local_open: the same record, only under the metrics its YAML lists (no yes/no or choice to aggregate)
+    opened = world_task.world_open_process_results(docs[4], ["two"])
+    assert set(opened) == set(world_task.WORLD_OPEN_METRICS) == set(world_task.WORLD_METRICS) - {"world_yes_no_accuracy", "world_choice_accuracy"}
+    assert opened["world_accuracy"] == {"question_id": "q4", "attribute": "count", "kind": "open", "correct": True}
+    import datasets
+    table = datasets.Dataset.from_list([{k: v for k, v in d.items()} for d in docs])
+    assert world_task.world_open_docs(table)["question_id"] == ["q4", "q5"]
 
 
 def test_prepare_eval_data_world_writes_the_task_schema(tmp_path, capsys):
@@ -196,6 +215,14 @@ def test_summary_shows_each_llavas_world_accuracy_with_intervals_and_paired_test
     assert "| target | base | dcr |" in text and "| yes/no ≥ 70 | 50.0 (not met: 70.0 needed) | 62.5 (not met: 70.0 needed) |" in text
     assert "| position / open ≥ its probe − 10 | - | 90.0 (met) |" in text and "| color / open ≥" not in text
     assert (tmp_path / "summary.png").stat().st_size > 0 and str(tmp_path / "summary.png") in text
+    assert "were not scored" not in text
+    # the default pipeline's world_local_open: open questions only, so no yes/no or choice target, and the summary says why
+    opened = {name: {q: r for q, r in answers({"position/open": right}).items() if r["kind"] == "open"} for name, right in (("dcr", 36), ("base", 10))}
+    (tmp_path / "mllm" / "report" / "world_significance.json").write_text(json.dumps(compare_world(opened)))
+    text = summarize({}, tmp_path / "tower", tmp_path / "mllm", tmp_path / "summary.png")
+    assert "| position / open ≥ its probe − 10 | - | 90.0 (met) |" in text and "yes/no ≥" not in text and "choice ≥" not in text
+    assert "Yes/no and multiple-choice questions were not scored in this run (`world_local_open`" in text
+    assert "| position / open | 90.0 [76.9, 96.0] | 25.0 [14.2, 40.2] |" in text and "| position / yes/no |" not in text
 
 
 def test_run_all_says_what_it_runs_and_refuses_a_bad_config_dir(tmp_path):
@@ -213,17 +240,22 @@ def test_run_all_says_what_it_runs_and_refuses_a_bad_config_dir(tmp_path):
         assert refused.returncode == 2 and "--full" in refused.stderr and not (tmp_path / "outputs").exists(), argv
 
 
-def test_full_schedule_differs_from_the_default_only_in_its_length_and_outputs():
+def test_full_schedule_differs_from_the_default_only_in_its_questions_length_and_outputs():
     from pathlib import Path
 
     import yaml
 
     configs = Path(__file__).resolve().parents[2] / "stages" / "configs" / "world"
     default, full = (yaml.safe_load((configs / name).read_text()) for name in ("llava.yaml", "llava_full.yaml"))
-    assert full["finetune"].pop("max_steps") > 5 * default["finetune"].pop("max_steps")
+    assert full["finetune"].pop("max_steps") > 2 * default["finetune"].pop("max_steps")
     assert full.pop("output_dir") != default.pop("output_dir")
     full["finetune_data"].pop("eval_every"), default["finetune_data"].pop("eval_every")
+    # the default trains on the open questions it is scored on (world_local_open), --full on every kind (world_local)
+    assert (default["finetune_data"].pop("json"), full["finetune_data"].pop("json")) == \
+        ("outputs/world/llava/finetune_open.json", "outputs/world/llava/finetune.json")
     assert full == default
+    script = (configs.parents[1] / "run_all.sh").read_text()
+    assert 'world_task=world_local_open' in script and '--full) llava_name=llava_full.yaml suffix=_full world_task=world_local;' in script
 
 
 def test_the_packaged_world_configs_are_the_stages_ones():
