@@ -29,7 +29,7 @@ def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, fl
     share = correct / total
     centre = (share + z * z / (2 * total)) / (1 + z * z / total)
     half = z / (1 + z * z / total) * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return min(share, max(0.0, centre - half)), max(share, min(1.0, centre + half))  # rounding never leaves the share outside
 
 
 def mcnemar_exact(first_only: int, second_only: int) -> float:

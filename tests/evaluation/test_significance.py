@@ -15,6 +15,8 @@ def test_wilson_interval_matches_its_closed_forms():
     low, high = wilson_interval(300, 600)
     assert (low + high) / 2 == pytest.approx(0.5) and high - low == pytest.approx(2 * 1.96 * math.sqrt(0.25 / 600), rel=0.01)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+    for n in range(1, 40):  # the interval holds the share exactly at the ends, where rounding could leave it outside
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
 
 
 def test_mcnemar_exact_is_the_two_sided_binomial_tail():
