@@ -62,5 +62,5 @@ WORLD_PART_ACCURACY = {f"world_{a}_accuracy": _world_accuracy_of("attribute", a)
     {f"world_{k}_accuracy": _world_accuracy_of("kind", k) for k in KINDS}
 WORLD_METRICS = ("world_accuracy", *WORLD_PART_ACCURACY)
 WORLD_OPEN_METRICS = tuple(m for m in WORLD_METRICS if m not in ("world_yes_no_accuracy", "world_choice_accuracy"))
-#: the world tasks, each with the kinds of question it scores
-WORLD_TASKS = {"world_local": KINDS, "world_local_open": ("open",)}
+#: the world tasks: every kind of question, and the open ones
+WORLD_TASKS = ("world_local", "world_local_open")
