@@ -36,7 +36,7 @@ def engine_for(model: torch.nn.Module, cfg, dist_info):
     """The DeepSpeed engine a recipe's Trainer builds: bf16, fp32 masters, the project's config."""
     import deepspeed
 
-    from dcr_mllm.training.engine import deepspeed_config
+    from dcr_mllm.training.ds_config import deepspeed_config
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)

@@ -191,7 +191,7 @@ def test_a_deepspeed_json_that_contradicts_the_config_is_refused_listing_every_k
 def test_deepspeed_json_values_that_agree_or_are_auto_are_kept(tmp_path, capsys):
     from dcr_mllm.training.config import TrainConfig, resolve_train_config
     from dcr_mllm.training.distributed import DistInfo
-    from dcr_mllm.training.engine import deepspeed_config
+    from dcr_mllm.training.ds_config import deepspeed_config
 
     ds = _deepspeed_json(tmp_path, gradient_clipping=1.0, bf16={"enabled": True})
     cfg = resolve_train_config(TrainConfig(deepspeed=str(ds)), "stage")

@@ -43,7 +43,9 @@ from torch import nn
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_path, write_atomic
-from dcr_mllm.training.config import TrainConfig, deepspeed_json
+from dcr_mllm.training.config import TrainConfig
+from dcr_mllm.training.ds_config import deepspeed_config
+from dcr_mllm.training.zero import gathered, writes_here
 from dcr_mllm.training.distributed import DistInfo, any_true, barrier, rank_seed
 from dcr_mllm.training.preemption import Preempted, agreed_signal, catch_preemption
 from dcr_mllm.training.safe_state import (
@@ -94,35 +96,6 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """The optimizer every stage trains with: AdamW over ``param_groups``, from the config alone."""
     return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-
-
-def deepspeed_config(cfg: TrainConfig, dist_info: DistInfo) -> dict:
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dist_info.device.type == "cuda")
-    ours = {
-        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "train_batch_size": cfg.micro_batch_size * cfg.grad_accum * dist_info.world_size,
-        "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": 2 if cfg.zero_stage is None else cfg.zero_stage},
-        "bf16": {"enabled": bf16},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**9,
-    }
-    return _fill_auto(deepspeed_json(cfg, "training"), ours)
-
-
-def _fill_auto(theirs: dict, ours: dict) -> dict:
-    """"auto" takes our value; the file's other values stay (``resolve_train_config`` has refused
-    any that contradicts the config); our keys it lacks are added."""
-    merged = dict(ours)
-    for key, value in theirs.items():
-        if value == "auto":
-            continue
-        if isinstance(value, dict) and isinstance(ours.get(key), dict):
-            merged[key] = _fill_auto(value, ours[key])
-        else:
-            merged[key] = value
-    return merged
 
 
 class Trainer:
@@ -593,8 +566,6 @@ def load_trainable_state(module: nn.Module, path: str | Path, prefix: str = "") 
     """Load ``trainable.safetensors`` entries starting with ``prefix`` into ``module`` (partitioned
     ZeRO-3 parameters too: every rank must call it then)."""
     from safetensors.torch import load_file
-
-    from dcr_mllm.training.zero import gathered, writes_here
 
     path = Path(path)
     if not path.is_file():

@@ -19,14 +19,13 @@ import torch.distributed as dist
 from torch import nn
 
 from dcr_mllm.training.config import TrainConfig
+from dcr_mllm.training.distributed import init_distributed
+from dcr_mllm.training.ds_config import deepspeed_config
 
 
 def zero3_config(cfg: TrainConfig) -> dict | None:
     """The engine's DeepSpeed config when the stage runs ZeRO-3 (the model must then be built
     partitioned, with exactly the engine's dtype and partitioning), else None."""
-    from dcr_mllm.training.distributed import init_distributed
-    from dcr_mllm.training.engine import deepspeed_config
-
     if cfg.zero_stage != 3:
         return None
     return deepspeed_config(cfg, init_distributed())
