@@ -18,9 +18,6 @@ real backbone name, or for ``--help``) stays instant.
 
 from __future__ import annotations
 
-import functools
-import gzip
-import io
 import json
 import os
 import shutil
@@ -28,6 +25,15 @@ import tempfile
 from pathlib import Path
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.presets.tokenizers import (
+    CLIP_CONTEXT_LENGTH,
+    CLIP_VOCAB_SIZE,
+    SIGLIP_CONTEXT_LENGTH,
+    clip_tokenizer,
+    clip_tokenizer_files,
+    llama_tokenizer,
+    siglip_spiece_model,
+)
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 
 SEED = 0
@@ -42,9 +48,6 @@ VISION_LAYERS = 3  # >= 3 so that the usual "feature layer -2" is a middle layer
 HEADS = 2
 MLP_WIDTH = 64
 EMBED_DIM = 16
-CLIP_VOCAB_SIZE = 49408
-CLIP_CONTEXT_LENGTH = 77
-SIGLIP_CONTEXT_LENGTH = 64
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -63,51 +66,6 @@ def _seeded(build):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         return build()
-
-
-@functools.lru_cache(maxsize=1)
-def _clip_tokenizer():
-    """The real OpenAI CLIP BPE tokenizer, built from the BPE file that open_clip ships.
-
-    The vocabulary is assembled exactly as OpenAI CLIP / open_clip's SimpleTokenizer do it:
-    the 256 byte-unicode characters, the same with ``</w>``, the first 48894 merges joined,
-    then the two special tokens (49408 entries; ids 49406/49407 are start/end of text).
-    """
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-    from transformers import CLIPTokenizer
-
-    num_merges = CLIP_VOCAB_SIZE - 2 * 256 - 2  # 48894; line 0 of the file is a header
-    with gzip.open(default_bpe(), "rt", encoding="utf-8") as bpe:
-        lines = bpe.read().split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : 1 + num_merges]]
-    byte_chars = list(bytes_to_unicode().values())
-    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(
-        vocab={token: i for i, token in enumerate(vocab)},
-        merges=merges,
-        model_max_length=CLIP_CONTEXT_LENGTH,
-    )
-
-
-def clip_tokenizer_files(out_dir: str | Path) -> Path:
-    """Write the CLIP tokenizer in HF format: tokenizer.json, tokenizer_config.json, vocab.json, merges.txt.
-
-    transformers 5 ``save_pretrained`` writes only tokenizer.json (+ config); vocab.json and
-    merges.txt are added so that the directory matches a hub CLIP repo for older loaders too.
-
-    Known differences from open_clip's SimpleTokenizer, on the same ids otherwise: SimpleTokenizer
-    first runs ftfy and unescapes HTML entities (``&amp;``), the HF tokenizer applies NFC instead;
-    SimpleTokenizer pads with id 0, the HF tokenizer with ``<|endoftext|>`` (49407); a literal
-    ``<|endoftext|>`` in the text is the special token for HF but plain text for open_clip
-    (whose special tokens are spelled ``<start_of_text>``/``<end_of_text>``, same ids).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = _clip_tokenizer()
-    tokenizer.save_pretrained(out_dir)
-    tokenizer.backend_tokenizer.model.save(str(out_dir))
-    return out_dir
 
 
 def build_tiny_clip(out_dir: str | Path) -> Path:
@@ -149,38 +107,6 @@ def build_tiny_clip(out_dir: str | Path) -> Path:
     return out_dir
 
 
-# A fixed caption corpus for the tiny SigLIP tokenizer: enough words for captions in tests.
-_COLORS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "brown", "gray", "pink"]
-_OBJECTS = ["cat", "dog", "car", "tree", "house", "bird", "boat", "chair", "cup", "flower", "horse", "person"]
-_TEMPLATES = ("a photo of a {} {}.", "the {} {} is on the left", "there are two {} {}s here")
-
-
-def _siglip_spiece_model() -> bytes:
-    """Train a tiny SentencePiece unigram model, laid out like SigLIP's (pad 0, eos 1, unk 2).
-
-    SigLIP's real 32k spiece.model cannot be obtained offline; a tokenizer trained on a fixed
-    corpus keeps the real ``SiglipTokenizer`` code path. Training is deterministic.
-    """
-    import sentencepiece as spm
-
-    corpus = [t.format(c, o) for t in _TEMPLATES for c in _COLORS for o in _OBJECTS]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus),
-        model_writer=model,
-        model_type="unigram",
-        vocab_size=256,  # an upper bound: this corpus yields fewer pieces
-        hard_vocab_limit=False,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        num_threads=1,
-        minloglevel=2,
-    )
-    return model.getvalue()
-
-
 def build_tiny_siglip(out_dir: str | Path) -> Path:
     """A tiny transformers SiglipModel with SigLIP's image processor (mean/std 0.5) and a tiny spiece tokenizer."""
     from transformers import (
@@ -193,7 +119,7 @@ def build_tiny_siglip(out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spiece = out_dir / "spiece.model"
-    spiece.write_bytes(_siglip_spiece_model())
+    spiece.write_bytes(siglip_spiece_model())
     tokenizer = SiglipTokenizer(str(spiece), model_max_length=SIGLIP_CONTEXT_LENGTH)
     config = SiglipConfig(
         text_config={
@@ -263,7 +189,7 @@ def build_tiny_open_clip(out_dir: str | Path) -> Path:
         config_only = {"model_cfg": OPEN_CLIP_CONFIG, "preprocess_cfg": {}}
         (Path(config_dir) / "open_clip_config.json").write_text(json.dumps(config_only))
         model = _seeded(lambda: open_clip.create_model(f"local-dir:{config_dir}"))
-    save_for_hf(model, _clip_tokenizer(), OPEN_CLIP_CONFIG, out_dir, safe_serialization=True)
+    save_for_hf(model, clip_tokenizer(), OPEN_CLIP_CONFIG, out_dir, safe_serialization=True)
     clip_tokenizer_files(out_dir)
     return out_dir
 
@@ -340,7 +266,7 @@ def build_tiny_sd(out_dir: str | Path, prediction_type: str = "epsilon") -> Path
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=_clip_tokenizer(),
+        tokenizer=clip_tokenizer(),
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,
@@ -352,48 +278,16 @@ def build_tiny_sd(out_dir: str | Path, prediction_type: str = "epsilon") -> Path
     return out_dir
 
 
-LLAMA_VOCAB_SIZE = 1024
-LLAMA_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
-
-
-def _llama_corpus() -> list[str]:
-    """Deterministic text the tiny tokenizer learns from: the synthetic scenes' words and the chat
-    templates' strings, so the tiny pipeline's prompts tokenize into short sequences."""
-    import itertools
-
-    from dcr_mllm.data.synthetic import ATTRIBUTE_VALUES, SceneAttributes, caption
-    from dcr_mllm.prompts import CHOICE_PROMPT, SHORT_ANSWER_PROMPT, VICUNA_ROLES, VICUNA_SYSTEM
-
-    names = list(ATTRIBUTE_VALUES)
-    lines = [
-        VICUNA_SYSTEM,
-        " ".join(f"{role}:" for role in VICUNA_ROLES) + CHOICE_PROMPT + SHORT_ANSWER_PROMPT + " Is there a in the image? Yes. No.",
-        "What colour are the shapes? How many shapes are there? Which way do they point? Where are they?",
-        "Describe the image briefly. Render a clear and concise summary of the photo. (a) (b) (c) (d)",
-    ]
-    for values in itertools.islice(itertools.product(*(ATTRIBUTE_VALUES[n] for n in names)), 0, None, 7):
-        lines.append(caption(SceneAttributes(**dict(zip(names, values)))))
-    return lines
-
-
 def build_tiny_llama(out_dir: str | Path) -> Path:
     """A tiny Llama causal LM with a byte-level BPE tokenizer trained here (no hub tokenizer needed).
 
     The tokenizer behaves like Llama's where it matters: ``<s>`` is prepended, ``</s>`` is the
     end of a turn, and byte-level BPE can encode any text.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     out_dir = Path(out_dir)
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=LLAMA_VOCAB_SIZE, special_tokens=list(LLAMA_SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator(_llama_corpus(), trainer=trainer)
-    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bpe.token_to_id("<s>"))])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=512)
+    tokenizer = llama_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,

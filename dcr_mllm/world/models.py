@@ -124,7 +124,7 @@ def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec(), caption
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    from dcr_mllm.presets.tiny import _clip_tokenizer, clip_tokenizer_files
+    from dcr_mllm.presets.tokenizers import clip_tokenizer, clip_tokenizer_files
 
     out_dir = Path(out_dir)
     torch.manual_seed(spec.train_seed)
@@ -136,7 +136,7 @@ def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec(), caption
         projection_dim=EMBED_DIM,
     )
     model = CLIPModel(config)
-    tokenizer = _clip_tokenizer()
+    tokenizer = clip_tokenizer()
     scenes = sample_scenes(spec.clip_images, spec.train_seed)
     mean, std = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
     pixels = (_pixels(scenes, spec.image_size) - mean) / std
@@ -178,7 +178,7 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dcr_mllm.presets.tiny import _clip_tokenizer, clip_tokenizer_files
+    from dcr_mllm.presets.tokenizers import clip_tokenizer, clip_tokenizer_files
 
     if spec.prediction_type not in ("epsilon", "v_prediction"):
         raise DcrError(f"world prediction_type {spec.prediction_type!r}: use epsilon or v_prediction")
@@ -209,7 +209,7 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     vae.register_to_config(scaling_factor=scaling)
     latents = posterior * scaling
 
-    tokenizer = _clip_tokenizer()
+    tokenizer = clip_tokenizer()
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_size=TEXT_WIDTH,
                                                 intermediate_size=2 * TEXT_WIDTH, num_hidden_layers=2, num_attention_heads=2, hidden_act="gelu"))
     levels = len(spec.unet_channels)

@@ -102,9 +102,9 @@ def test_the_tiny_llama_learns_llava_s_own_system_prompt(tiny):
     it, so the prompt every tiny conversation opens with is a few tokens, not bytes."""
     from transformers import AutoTokenizer
 
-    from dcr_mllm.presets.tiny import _llama_corpus
+    from dcr_mllm.presets.tokenizers import llama_corpus
 
-    assert VICUNA_SYSTEM in _llama_corpus()
+    assert VICUNA_SYSTEM in llama_corpus()
     package = Path(__file__).resolve().parents[2] / "dcr_mllm"
     assert [p.name for p in package.rglob("*.py") if "A chat between" in p.read_text()] == ["prompts.py"]
     tokens = AutoTokenizer.from_pretrained(tiny["llama"])(VICUNA_SYSTEM)["input_ids"]
