@@ -4,7 +4,7 @@
 #   bash stages/5_eval_mllm.sh           # stage two's model vs the base-tower model, local synthetic MMVP + POPE
 #   bash stages/5_eval_mllm.sh --models "dcr=/ckpt/llava-dcr base=/ckpt/llava-1.5-7b-hf" --tasks dcr_suite --nproc 8
 #   bash stages/5_eval_mllm.sh --models "swap=/ckpt/llava-1.5-7b-hf+outputs/enhance_clip_l14_336/tower"
-#   bash stages/5_eval_mllm.sh --models "dcr=outputs/llava_world/model base=outputs/llava_world_base/model" --tasks world_local
+#   bash stages/5_eval_mllm.sh --models "dcr=outputs/llava_world/model base=outputs/llava_world_base/model" --tasks world_local_open
 #
 # A model is NAME=DIR (a llava-hf directory, lmms-eval's llava_hf) or NAME=DIR+TOWER (dcr_llava:
 # the tower swapped in memory). Flags fall back to MODELS, TASKS (default dcr_suite_local),
