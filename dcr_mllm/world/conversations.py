@@ -70,21 +70,12 @@ def _word(value) -> str:
     return NUMBER_WORDS[value] if isinstance(value, int) else value
 
 
-def _instruction_turns(scene: WorldScene, rng: random.Random, turns: int) -> list[dict]:
-    """``turns`` questions about distinct attributes, each open, yes/no or multiple choice."""
+def _instruction_turns(scene: WorldScene, rng: random.Random, turns: int, kinds: tuple[str, ...] = KINDS) -> list[dict]:
+    """``turns`` questions about distinct attributes in a random order, each of one of ``kinds``
+    (drawn per question when there is more than one)."""
     conversation = []
     for i, attribute in enumerate(rng.sample(list(WORLD_VALUES), turns)):
-        qa = world_question(scene, attribute, rng.choice(KINDS), rng)
-        conversation.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + qa["question"]})
-        conversation.append({"from": "gpt", "value": qa["answer"]})
-    return conversation
-
-
-def _open_turns(scene: WorldScene, rng: random.Random) -> list[dict]:
-    """Every attribute asked open (one word), in a random order."""
-    conversation = []
-    for i, attribute in enumerate(rng.sample(list(WORLD_VALUES), len(WORLD_VALUES))):
-        qa = world_question(scene, attribute, "open", rng)
+        qa = world_question(scene, attribute, rng.choice(kinds) if len(kinds) > 1 else kinds[0], rng)
         conversation.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + qa["question"]})
         conversation.append({"from": "gpt", "value": qa["answer"]})
     return conversation
@@ -114,7 +105,7 @@ def _write_conversations(tmp: Path, count: int, seed: int, turns: int, size: int
             pretrain.append({"id": f"p{index}", "image": name, "conversations": [
                 {"from": "human", "value": CAPTION_PROMPT}, {"from": "gpt", "value": detailed_caption(scene)}]})
             finetune.append({"id": f"f{index}", "image": name, "conversations": _instruction_turns(scene, rng, turns)})
-            finetune_open.append({"id": f"o{index}", "image": name, "conversations": _open_turns(scene, open_rng)})
+            finetune_open.append({"id": f"o{index}", "image": name, "conversations": _instruction_turns(scene, open_rng, len(WORLD_VALUES), ("open",))})
             bar.update(1)
     (tmp / "pretrain.json").write_text(json.dumps(pretrain, indent=1), encoding="utf-8")
     (tmp / "finetune.json").write_text(json.dumps(finetune, indent=1), encoding="utf-8")
