@@ -12,18 +12,29 @@ from dcr_mllm.errors import DcrError
 
 
 def _enhance(args: argparse.Namespace) -> None:
-    from dcr_mllm.config import PACKAGED_CONFIGS, config_yaml, load_config
     from dcr_mllm.enhance.config import EnhanceConfig, resolve_config
     from dcr_mllm.enhance.recipe import run_enhance
 
-    cfg = load_config(EnhanceConfig, args.config or PACKAGED_CONFIGS / "enhance_tiny.yaml", args.overrides)
-    if args.print_config:
-        print(config_yaml(resolve_config(cfg)), end="")
-        _print_governors(cfg, ("projector_stage", "lora_stage"))
+    cfg = _training_config(args, EnhanceConfig, "enhance_tiny.yaml", resolve_config, ("projector_stage", "lora_stage"))
+    if cfg is None:
         return
     tower = run_enhance(cfg, [args.stage] if args.stage else None, allow_config_change=args.allow_config_change)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"enhanced tower: {tower}" if tower else f"stage output: {cfg.output_dir}")
+
+
+def _training_config(args: argparse.Namespace, cls, packaged: str, resolve, stages: tuple[str, ...]):
+    """The training command's config (default: the packaged ``packaged``); None once printed, for ``--print-config``."""
+    from dcr_mllm.config import PACKAGED_CONFIGS, config_yaml, load_config
+    from dcr_mllm.training.config import steps_governor
+
+    cfg = load_config(cls, args.config or PACKAGED_CONFIGS / packaged, args.overrides)
+    if not args.print_config:
+        return cfg
+    print(config_yaml(resolve(cfg)), end="")
+    for stage in stages:
+        print(f"# {stage}: the number of steps is set by {steps_governor(getattr(cfg, stage))}")
+    return None
 
 
 def _export_tower(args: argparse.Namespace) -> None:
@@ -32,21 +43,11 @@ def _export_tower(args: argparse.Namespace) -> None:
     print(f"exported tower (LoRA step {args.step}): {export_step(args.run, args.step, args.output, force=args.force)}")
 
 
-def _print_governors(cfg, stages: tuple[str, ...]) -> None:
-    from dcr_mllm.training.config import steps_governor
-
-    for stage in stages:
-        print(f"# {stage}: the number of steps is set by {steps_governor(getattr(cfg, stage))}")
-
-
 def _llava(args: argparse.Namespace) -> None:
-    from dcr_mllm.config import PACKAGED_CONFIGS, config_yaml, load_config
     from dcr_mllm.llava.train import LlavaTrainConfig, resolve_config, run_llava
 
-    cfg = load_config(LlavaTrainConfig, args.config or PACKAGED_CONFIGS / "llava_tiny.yaml", args.overrides)
-    if args.print_config:
-        print(config_yaml(resolve_config(cfg)), end="")
-        _print_governors(cfg, ("pretrain", "finetune"))
+    cfg = _training_config(args, LlavaTrainConfig, "llava_tiny.yaml", resolve_config, ("pretrain", "finetune"))
+    if cfg is None:
         return
     out = run_llava(cfg, args.stage, allow_config_change=args.allow_config_change)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -103,16 +104,16 @@ def _make_eval_data(args: argparse.Namespace) -> None:
 
 
 def _prepare_eval_data(args: argparse.Namespace) -> None:
-    from dcr_mllm.evaluation import lmms_tasks
+    from dcr_mllm.evaluation import eval_data
 
-    root = args.output or str(lmms_tasks.eval_data_root())
+    root = args.output or str(eval_data.eval_data_root())
     if not (args.synthetic or args.mmvp or args.pope or args.world):
         raise DcrError("nothing to prepare; pass --synthetic, --world N, or --mmvp DIR and/or --pope DIR --coco DIR")
     if args.world < 0:
         raise DcrError(f"--world {args.world}: give the number of world images (every attribute asked in every kind about each)")
     if args.pope and not args.coco:
         raise DcrError("--pope needs --coco, the COCO val2014 image directory its questions refer to")
-    written = lmms_tasks.prepare_eval_data(root, mmvp=args.mmvp, pope=args.pope, coco=args.coco, synthetic=args.synthetic, seed=args.seed,
+    written = eval_data.prepare_eval_data(root, mmvp=args.mmvp, pope=args.pope, coco=args.coco, synthetic=args.synthetic, seed=args.seed,
                                           world=args.world)
     print("\n".join(str(p) for p in written))
     if args.output:
@@ -129,7 +130,7 @@ def _build_world(args: argparse.Namespace) -> None:
 def _world(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from dcr_mllm.world.premise import measure_premise
+    from dcr_mllm.evaluation.premise import measure_premise
 
     if args.count < 12:
         raise DcrError(f"--count {args.count}: the premise needs at least 12 validation images")
@@ -139,7 +140,7 @@ def _world(args: argparse.Namespace) -> None:
 
 
 def _eval_task_dir(args: argparse.Namespace) -> None:
-    from dcr_mllm.evaluation.lmms_tasks import task_dir
+    from dcr_mllm.evaluation.eval_data import task_dir
 
     print(task_dir())
 

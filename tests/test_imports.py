@@ -1,5 +1,5 @@
 """Imports go one way: no module of the package imports, at any depth or inside a function, a
-module that imports it back."""
+module that imports it back, and no subpackage imports one that imports it back."""
 
 import ast
 from pathlib import Path
@@ -69,3 +69,37 @@ def test_no_module_of_the_package_imports_one_that_imports_it_back():
     graph = import_graph()
     assert "dcr_mllm.training.ds_config" in graph["dcr_mllm.training.engine"]  # the graph is read, not empty
     assert cycles(graph) == []
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph folded onto ``dcr_mllm``'s subpackages (``dcr_mllm.training``, ...); a
+    top-level module (``dcr_mllm.io``, the package's ``__init__``) stands for itself."""
+
+    def package(module: str) -> str:
+        parts = module.split(".")
+        return ".".join(parts[:2])
+
+    folded: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        folded.setdefault(package(module), set()).update(package(t) for t in targets)
+    return {name: targets - {name} for name, targets in folded.items()}
+
+
+def test_no_subpackage_imports_one_that_imports_it_back():
+    packages = package_graph(import_graph())
+    assert "dcr_mllm.components" in packages["dcr_mllm.presets"]  # folded, not empty
+    assert cycles(packages) == []
+
+
+#: the subpackages from the bottom up, as the README's layout lists them (top down): each imports
+#: only packages below it (the top-level modules, dcr_mllm.io and the like, are not layered here)
+LAYERS = ("data", "components", "world", "presets", "training", "towers", "diffusion", "objectives", "evaluation", "enhance",
+          "llava", "tasks", "models", "pipeline")
+
+
+def test_each_subpackage_imports_only_those_below_it():
+    packages = package_graph(import_graph())
+    rank = {f"dcr_mllm.{name}": i for i, name in enumerate(LAYERS)}
+    assert set(rank) == {p for p in packages if (PACKAGE / p.removeprefix("dcr_mllm.")).is_dir()}  # every subpackage is placed
+    upward = sorted((p, t) for p, targets in packages.items() if p in rank for t in targets if t in rank and rank[t] > rank[p])
+    assert upward == []

@@ -20,27 +20,13 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from dcr_mllm.data.drawing import BACKGROUNDS, COLORS, DIRECTIONS, SUPERSAMPLE, add_tar_member, arrowhead, draw_shape, layout
 from dcr_mllm.errors import DcrError
 
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 210, 40),
-    "purple": (140, 60, 180),
-    "orange": (240, 140, 30),
-    "white": (245, 245, 245),
-}
-BACKGROUNDS = {
-    "gray": (128, 128, 128),
-    "beige": (200, 190, 160),
-    "slate": (80, 95, 115),
-    "sage": (135, 155, 125),
-}
 # Every value each attribute can take; sampling, class folders and pairs all read this table.
 ATTRIBUTE_VALUES: dict[str, tuple] = {
     "shape": ("circle", "square", "triangle", "star"),
-    "colour": tuple(COLOURS),
+    "color": tuple(COLORS),
     "count": (1, 2, 3, 4),
     "position": ("left", "right", "top", "bottom", "center"),
     "orientation": ("up", "down", "left", "right"),
@@ -55,11 +41,8 @@ _POSITION_PHRASES = {
     "bottom": "at the bottom",
     "center": "in the center",
 }
-# Unit vector (x right, y down) each orientation points along.
-_DIRECTIONS = {"up": (0.0, -1.0), "down": (0.0, 1.0), "left": (-1.0, 0.0), "right": (1.0, 0.0)}
 _MARKER_RGB = (25, 25, 25)
-_SUPERSAMPLE = 4  # draw large, then downsample: smooth edges at any size
-VERSION = 1  # of the generated shards: raise when rendering or sampling changes
+VERSION = 2  # of the generated shards: raise when rendering or sampling changes (2: the attribute 'color')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +50,7 @@ class SceneAttributes:
     """Everything that determines a scene; ``render_scene`` is a pure function of it."""
 
     shape: str
-    colour: str
+    color: str
     count: int
     position: str
     orientation: str
@@ -92,7 +75,7 @@ def caption(attrs: SceneAttributes) -> str:
     """One plain sentence that names every attribute, e.g. for contrastive text or zero-shot prompts."""
     noun = attrs.shape + ("s" if attrs.count > 1 else "")
     return (
-        f"{_NUMBER_WORDS[attrs.count]} {attrs.colour} {noun} pointing {attrs.orientation} "
+        f"{_NUMBER_WORDS[attrs.count]} {attrs.color} {noun} pointing {attrs.orientation} "
         f"{_POSITION_PHRASES[attrs.position]} of a {attrs.background} background"
     )
 
@@ -105,72 +88,15 @@ def render_scene(attrs: SceneAttributes, size: int) -> Image.Image:
     """
     if size < 8:
         raise DcrError(f"image size {size} is too small to draw a scene: use 8 pixels or more")
-    big = size * _SUPERSAMPLE
+    big = size * SUPERSAMPLE
     image = Image.new("RGB", (big, big), BACKGROUNDS[attrs.background])
     draw = ImageDraw.Draw(image)
-    for cx, cy, radius in _layout(attrs.position, attrs.count, big):
-        direction = _DIRECTIONS[attrs.orientation]
-        _draw_shape(draw, attrs.shape, cx, cy, radius, direction, COLOURS[attrs.colour])
-        arrow = _arrowhead(cx, cy, radius * 0.45, direction)
+    for cx, cy, radius in layout(attrs.position, attrs.count, big):
+        direction = DIRECTIONS[attrs.orientation]
+        draw_shape(draw, attrs.shape, cx, cy, radius, direction, COLORS[attrs.color])
+        arrow = arrowhead(cx, cy, radius * 0.45, direction)
         draw.polygon(arrow, fill=_MARKER_RGB)
     return image.resize((size, size), Image.Resampling.LANCZOS)
-
-
-def _layout(position: str, count: int, size: int) -> list[tuple[float, float, float]]:
-    """Centres and radius of ``count`` shapes in a grid inside the region named by ``position``."""
-    half, quarter = size / 2, size / 4
-    x0, y0, w, h = {
-        "left": (0, 0, half, size),
-        "right": (half, 0, half, size),
-        "top": (0, 0, size, half),
-        "bottom": (0, half, size, half),
-        "center": (quarter, quarter, half, half),
-    }[position]
-    if count == 4:
-        cols, rows = 2, 2
-    elif w >= h:
-        cols, rows = count, 1
-    else:
-        cols, rows = 1, count
-    cell_w, cell_h = w / cols, h / rows
-    radius = 0.4 * min(cell_w, cell_h)
-    return [
-        (x0 + (col + 0.5) * cell_w, y0 + (row + 0.5) * cell_h, radius)
-        for row in range(rows)
-        for col in range(cols)
-    ]
-
-
-def _draw_shape(draw, shape, cx, cy, r, direction, rgb) -> None:
-    if shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=rgb)
-    elif shape == "square":
-        s = r * 0.85
-        draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=rgb)
-    elif shape == "triangle":
-        draw.polygon(_arrowhead(cx, cy, r, direction), fill=rgb)
-    else:  # star: five tips, the first along the orientation
-        start = math.atan2(direction[1], direction[0])
-        points = []
-        for i in range(10):
-            angle = start + i * math.pi / 5
-            radius = r if i % 2 == 0 else r * 0.45
-            points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
-        draw.polygon(points, fill=rgb)
-
-
-def _arrowhead(cx, cy, r, direction) -> list[tuple[float, float]]:
-    """A triangle of circumradius ``r`` centred on (cx, cy) whose tip points along ``direction``."""
-    dx, dy = direction
-    px, py = -dy, dx  # perpendicular
-    tip = (cx + dx * r, cy + dy * r)
-    back_x, back_y = cx - dx * r * 0.5, cy - dy * r * 0.5
-    half_width = r * math.sqrt(3) / 2
-    return [
-        tip,
-        (back_x + px * half_width, back_y + py * half_width),
-        (back_x - px * half_width, back_y - py * half_width),
-    ]
 
 
 def write_synthetic_shards(
@@ -208,19 +134,11 @@ def write_synthetic_shards(
                 jpeg = io.BytesIO()
                 render_scene(attrs, image_size).save(jpeg, format="JPEG", quality=95)
                 meta = {**dataclasses.asdict(attrs), "key": key}
-                _add_member(tar, f"{key}.jpg", jpeg.getvalue())
-                _add_member(tar, f"{key}.txt", caption(attrs).encode())
-                _add_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+                add_tar_member(tar, f"{key}.jpg", jpeg.getvalue())
+                add_tar_member(tar, f"{key}.txt", caption(attrs).encode())
+                add_tar_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
         os.replace(tmp, path)
     return paths
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    """Add a file with fixed metadata (no mtime, owner) so shard bytes are reproducible."""
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
 
 
 def write_image_folder(

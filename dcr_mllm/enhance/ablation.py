@@ -2,7 +2,7 @@
 DCR, and DCR conditioned on patch tokens (``dcr_tokens``), from the same base tower and denoiser,
 with the same budget, over several seeds.
 
-Writes the premise first (``OUT/premise.{md,json}``, ``world.premise``), then ``OUT/base/tower``
+Writes the premise first (``OUT/premise.{md,json}``, ``evaluation.premise``), then ``OUT/base/tower``
 and ``OUT/<objective>/seed<k>/tower`` (stage one's own output), each tower's metrics
 (``world_metrics.json`` beside it), and ``OUT/results.json``, ``OUT/report.md`` and
 ``OUT/chart.png``: the premise table, every metric as mean +- std over seeds, each objective
@@ -31,7 +31,7 @@ from dcr_mllm.enhance.watch import EVAL_FILE
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir, atomic_path
 from dcr_mllm.world.models import MINI, WorldSpec
-from dcr_mllm.world.premise import measure_premise, premise_report
+from dcr_mllm.evaluation.premise import measure_premise, premise_report
 from dcr_mllm.world.prepare import EVAL_COUNT, SHARD_COUNT, VAL_COUNT, prepare_world
 from dcr_mllm.world.scenes import FINE_ATTRIBUTES
 
@@ -93,7 +93,7 @@ def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str 
              for (objective, seed), run in runs.items() if not (run / "tower" / "model_card.md").is_file()]
     run_jobs(train, jobs)
     towers = [base, *(run / "tower" for run in runs.values())]
-    evaluate = [([sys.executable, "-m", "dcr_mllm.world.metrics", "--tower", str(tower), "--data", str(out / "eval"),
+    evaluate = [([sys.executable, "-m", "dcr_mllm.evaluation.world_metrics", "--tower", str(tower), "--data", str(out / "eval"),
                   "--output", str(tower.parent / "world_metrics.json"), "--pairs", str(pairs)], tower.parent / "world_metrics.log")
                 for tower in towers if not (tower.parent / "world_metrics.json").is_file()]
     run_jobs(evaluate, jobs)

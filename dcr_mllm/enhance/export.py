@@ -12,7 +12,6 @@ sibling directory and renamed, with a model card saying how it was made.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import yaml
@@ -21,10 +20,11 @@ from safetensors import safe_open
 from dcr_mllm.config import load_config, to_dict
 from dcr_mllm.enhance.config import EnhanceConfig, selection_on_test_data
 from dcr_mllm.enhance.watch import SELECTED
+from dcr_mllm.io import atomic_dir
 from dcr_mllm.errors import DcrError
 from dcr_mllm.towers import apply_lora, load_tower, merge_lora
 from dcr_mllm.training import is_finished, load_trainable_state
-from dcr_mllm.training.engine import TRAINABLE, checkpoint_problem
+from dcr_mllm.training.checkpoints import TRAINABLE, checkpoint_problem
 
 MODEL_CARD = "model_card.md"
 RUN_CONFIG = "config.yaml"  # the resolved config of the run's last `enhance` command, which export-tower reads
@@ -48,14 +48,9 @@ def export_tower(cfg: EnhanceConfig, out_dir: str | Path, selection: dict | None
     tower = load_tower(cfg.tower)  # the full model (text side included), in its own format
     for part, trained_part in zip(tower.vision_parts, trained.vision_parts, strict=True):  # encoder, head, projection
         part.load_state_dict(trained_part.state_dict())
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tower.save(tmp)
-    (tmp / MODEL_CARD).write_text(model_card(cfg, merged, lora_dir, section))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        tower.save(tmp)
+        (tmp / MODEL_CARD).write_text(model_card(cfg, merged, lora_dir, section))
     return out_dir
 
 

@@ -41,7 +41,7 @@ from dcr_mllm.training import (
     is_finished,
     load_trainable_state,
 )
-from dcr_mllm.training.engine import export_is_current, write_export_marker
+from dcr_mllm.training.export_marker import export_is_current, write_export_marker
 from dcr_mllm.training.zero import zero3_config
 
 

@@ -26,7 +26,7 @@ from dcr_mllm.io import atomic_path
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.towers import apply_lora, load_tower, merge_lora
 from dcr_mllm.training.distributed import any_true, barrier
-from dcr_mllm.training.engine import truncate_jsonl
+from dcr_mllm.training.checkpoints import truncate_jsonl
 
 EVAL_FILE = "eval.jsonl"
 SELECTED = "selected.safetensors"  # the trained parameters of the best evaluated step by eval.select

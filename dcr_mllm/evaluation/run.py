@@ -3,7 +3,7 @@
 Benchmarks: ``mmvp-vlm`` (a directory in the official layout), ``classification`` (zero-shot and
 linear-probe top-1 on an image folder: D-Ability) and ``fine-grained`` (synthetic pairs that
 differ in one attribute: P-Ability, with MMVP-VLM) and ``world`` (the tiny world's labelled set:
-``dcr_mllm.world.metrics``). Every input is checked before any model is
+``dcr_mllm.evaluation.world_metrics``). Every input is checked before any model is
 loaded, towers are scored one at a time, and the report goes to ``output`` (see ``tower_report``).
 """
 
@@ -60,7 +60,7 @@ def benchmark_scorer(benchmark: str, data: str | Path | None, batch_size: int = 
     if benchmark == "classification":
         return functools.partial(evaluate_classification, data=ClassificationData(data), batch_size=batch_size)
     if benchmark == "world":
-        from dcr_mllm.world.metrics import WorldSet, evaluate_world
+        from dcr_mllm.evaluation.world_metrics import WorldSet, evaluate_world
 
         world = WorldSet.read(data, pairs_per_attribute)  # its labels checked before any tower loads
         return lambda tower: BenchmarkResult(evaluate_world(tower, world))

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from dcr_mllm.data.synthetic import VERSION as SYNTHETIC_VERSION
 from dcr_mllm.data.synthetic import ATTRIBUTE_VALUES, SceneAttributes, caption, make_pair, write_image_folder
 from dcr_mllm.errors import DcrError
 from dcr_mllm.evaluation.mmvp_vlm import CATEGORIES, IMAGES_DIR, PAIRS_PER_CATEGORY, QUESTIONS_FILE
-from dcr_mllm.io import atomic_dir
+from dcr_mllm.io import atomic_dir, generated_dir
 
 CATEGORY_ATTRIBUTES = {
     "Orientation and Direction": "orientation",
@@ -33,7 +34,7 @@ CATEGORY_ATTRIBUTES = {
     "State and Condition": "background",  # stand-in
     "Quantity and Count": "count",
     "Positional and Relational Context": "position",
-    "Color and Appearance": "colour",
+    "Color and Appearance": "color",
     "Structural Characteristics": "shape",
     "Texts": "count",  # stand-in
     "Viewpoint and Perspective": "position",  # stand-in
@@ -60,22 +61,26 @@ def write_mmvp_vlm(out_dir: str | Path, image_size: int = 224, seed: int = 0) ->
     """
     out_dir = Path(out_dir)
     _refuse_existing(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        _fill_mmvp_vlm(tmp, image_size, seed)
+    return out_dir
+
+
+def _fill_mmvp_vlm(tmp: Path, image_size: int, seed: int) -> None:
     rng = random.Random(seed)
     rows = [("Question ID", "Type", "Statement")]
-    with atomic_dir(out_dir) as tmp:
-        qid = 1
-        for category in CATEGORIES:
-            qtype = CATEGORY_TYPES[category]
-            folder = tmp / IMAGES_DIR / qtype
-            folder.mkdir(parents=True)
-            for _ in range(PAIRS_PER_CATEGORY):
-                for attrs, image in make_pair(rng, image_size, CATEGORY_ATTRIBUTES[category]):
-                    image.save(folder / f"{qid}.jpg", format="JPEG", quality=95)
-                    rows.append((str(qid), qtype, caption(attrs)))
-                    qid += 1
-        with open(tmp / QUESTIONS_FILE, "w", newline="", encoding="utf-8") as f:
-            csv.writer(f, lineterminator="\n").writerows(rows)
-    return out_dir
+    qid = 1
+    for category in CATEGORIES:
+        qtype = CATEGORY_TYPES[category]
+        folder = tmp / IMAGES_DIR / qtype
+        folder.mkdir(parents=True)
+        for _ in range(PAIRS_PER_CATEGORY):
+            for attrs, image in make_pair(rng, image_size, CATEGORY_ATTRIBUTES[category]):
+                image.save(folder / f"{qid}.jpg", format="JPEG", quality=95)
+                rows.append((str(qid), qtype, caption(attrs)))
+                qid += 1
+    with open(tmp / QUESTIONS_FILE, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
 
 
 def write_classification_folder(out_dir: str | Path, per_class: int = 20, image_size: int = 224, seed: int = 0, by: str = "shape") -> Path:
@@ -83,9 +88,26 @@ def write_classification_folder(out_dir: str | Path, per_class: int = 20, image_
     out_dir = Path(out_dir)
     _refuse_existing(out_dir)
     with atomic_dir(out_dir) as tmp:
-        write_image_folder(tmp / "train", per_class, image_size, seed, by=by)
-        write_image_folder(tmp / "test", per_class, image_size, seed + 1, by=by)
+        _fill_classification(tmp, per_class, image_size, seed, by)
     return out_dir
+
+
+def _fill_classification(tmp: Path, per_class: int, image_size: int, seed: int, by: str) -> None:
+    write_image_folder(tmp / "train", per_class, image_size, seed, by=by)
+    write_image_folder(tmp / "test", per_class, image_size, seed + 1, by=by)
+
+
+def mmvp_vlm_set(out_dir: str | Path, image_size: int = 224, seed: int = 0) -> Path:
+    """``write_mmvp_vlm``'s set as a generated folder: reused only when made from the same arguments."""
+    recipe = {"generator": "synthetic-mmvp-vlm", "version": SYNTHETIC_VERSION, "image_size": image_size, "seed": seed}
+    return generated_dir(out_dir, recipe, lambda tmp: _fill_mmvp_vlm(tmp, image_size, seed))
+
+
+def classification_set(out_dir: str | Path, per_class: int = 20, image_size: int = 224, seed: int = 0, by: str = "shape") -> Path:
+    """``write_classification_folder``'s set as a generated folder: reused only when made from the same arguments."""
+    recipe = {"generator": "synthetic-classification", "version": SYNTHETIC_VERSION, "per_class": per_class, "image_size": image_size,
+              "seed": seed, "by": by}
+    return generated_dir(out_dir, recipe, lambda tmp: _fill_classification(tmp, per_class, image_size, seed, by))
 
 
 def fine_grained_pairs(pairs_per_attribute: int, image_size: int = 224, seed: int = 0

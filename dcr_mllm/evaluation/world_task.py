@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import re
 
-from dcr_mllm.evaluation.lmms_tasks import mmvp_accuracy, option_letter, pope_doc_to_visual, yes_no
+from dcr_mllm.evaluation.task_common import doc_image, option_letter, share_correct, yes_no
 from dcr_mllm.world.conversations import KINDS
 from dcr_mllm.world.scenes import WORLD_VALUES
 
-world_doc_to_visual = pope_doc_to_visual  # the row's image, as for POPE and MMVP
-world_accuracy = mmvp_accuracy  # the share of records marked correct
+world_doc_to_visual = doc_image
+world_accuracy = share_correct
 
 
 def world_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:

@@ -45,17 +45,12 @@ from dcr_mllm.llava.shards import (
     read_header,
     write_shard,
 )
-from dcr_mllm.llava.swap import (
-    ORIGINAL_PREFIX,
-    Checkpoint,
-    Tower,
-    check_destination,
-    feature_layer_problems,
-    load_check,
-    read_checkpoint,
-    read_tower,
-    write_json,
-)
+from dcr_mllm.llava.checkpoint import Checkpoint, Tower, read_tower, write_json
+from dcr_mllm.llava.compat import feature_layer_problems
+from dcr_mllm.llava.formats import read_checkpoint
+from dcr_mllm.llava.formats.llava_hf import load_check
+from dcr_mllm.llava.formats.original import PREFIX as ORIGINAL_PREFIX
+from dcr_mllm.llava.swap import check_destination
 from dcr_mllm.weights import refuse_pickles
 
 # transformers' KEYS_TO_MODIFY_MAPPING (models/llava/convert_llava_weights_to_hf.py): each pair is

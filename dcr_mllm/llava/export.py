@@ -12,7 +12,6 @@ with about one shard in memory, instead of a float32 copy of the whole model.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ import yaml
 
 from dcr_mllm.config import to_dict
 from dcr_mllm.errors import DcrError
+from dcr_mllm.io import atomic_dir
 from dcr_mllm.llava.build import EMBED, LM_HEAD, PROJECTOR_PREFIX, base_tensors, base_value, build_processor, llava_config
 from dcr_mllm.llava.shards import DTYPES, INDEX_NAME, Cast, StoredTensor, read_header, write_shard
 from dcr_mllm.presets.real import local_path
@@ -55,28 +55,22 @@ def export_llava(cfg, out_dir: str | Path, max_shard_size: int | str = MAX_SHARD
             return base_value(name, base[name], vocab).to(dtype)
         return _as_dtype(base[name], dtype)
 
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    _write_weights(skeleton, saved, value, tmp, max_shard_size)
-    skeleton.config.architectures = [type(skeleton).__name__]
-    skeleton.config.save_pretrained(tmp)
-    skeleton.generation_config.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    processor.image_processor.save_pretrained(tmp)  # preprocessor_config.json, for loaders that want it
-    (tmp / MODEL_CARD).write_text(
-        "# LLaVA-1.5 with a dcr-mllm vision tower\n\n"
-        f"- vision tower: `{cfg.tower}` (feature layer {cfg.feature_layer})\n"
-        f"- language model: `{cfg.language_model}`\n"
-        f"- finetune: {'LoRA r %d, merged' % cfg.lora.r if cfg.lora.enabled else 'full'}\n\n"
-        "Produced by `dcr-mllm llava-pretrain` and `dcr-mllm llava-finetune`. Load it with\n"
-        "`LlavaForConditionalGeneration.from_pretrained` and `AutoProcessor.from_pretrained`.\n\n"
-        f"## Config\n\n```yaml\n{yaml.safe_dump(to_dict(cfg), sort_keys=False)}```\n"
-    )
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        _write_weights(skeleton, saved, value, tmp, max_shard_size)
+        skeleton.config.architectures = [type(skeleton).__name__]
+        skeleton.config.save_pretrained(tmp)
+        skeleton.generation_config.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        processor.image_processor.save_pretrained(tmp)  # preprocessor_config.json, for loaders that want it
+        (tmp / MODEL_CARD).write_text(
+            "# LLaVA-1.5 with a dcr-mllm vision tower\n\n"
+            f"- vision tower: `{cfg.tower}` (feature layer {cfg.feature_layer})\n"
+            f"- language model: `{cfg.language_model}`\n"
+            f"- finetune: {'LoRA r %d, merged' % cfg.lora.r if cfg.lora.enabled else 'full'}\n\n"
+            "Produced by `dcr-mllm llava-pretrain` and `dcr-mllm llava-finetune`. Load it with\n"
+            "`LlavaForConditionalGeneration.from_pretrained` and `AutoProcessor.from_pretrained`.\n\n"
+            f"## Config\n\n```yaml\n{yaml.safe_dump(to_dict(cfg), sort_keys=False)}```\n"
+        )
     return out_dir
 
 

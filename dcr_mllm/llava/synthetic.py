@@ -25,15 +25,15 @@ TEXT_ONLY = [
 
 
 def _questions(attrs, rng: random.Random) -> list[dict]:
-    asked_colour = attrs.colour if rng.random() < 0.5 else rng.choice(["red", "green", "blue", "yellow"])
+    asked_color = attrs.color if rng.random() < 0.5 else rng.choice(["red", "green", "blue", "yellow"])
     other_way = rng.choice([d for d in ("up", "down", "left", "right") if d != attrs.orientation])
     options = [attrs.orientation, other_way] if rng.random() < 0.5 else [other_way, attrs.orientation]
     qa = [
-        ("What colour are the shapes?", attrs.colour.capitalize() + "."),
+        ("What colour are the shapes?", attrs.color.capitalize() + "."),
         ("How many shapes are there?", NUMBERS[attrs.count]),
         ("Which way do the shapes point?", attrs.orientation.capitalize() + "."),
-        (f"Is there a {asked_colour} {attrs.shape} in the image?{SHORT_ANSWER_PROMPT}",
-         "Yes" if asked_colour == attrs.colour else "No"),
+        (f"Is there a {asked_color} {attrs.shape} in the image?{SHORT_ANSWER_PROMPT}",
+         "Yes" if asked_color == attrs.color else "No"),
         (f"Which way do the shapes point?\nA. {options[0]}\nB. {options[1]}{CHOICE_PROMPT}",
          "A" if options[0] == attrs.orientation else "B"),
     ]

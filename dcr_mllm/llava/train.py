@@ -30,7 +30,7 @@ from dcr_mllm.llava.synthetic import write_synthetic_conversations
 from dcr_mllm.presets.real import local_path
 from dcr_mllm.weights import check_model_dir
 from dcr_mllm.training import ResumableBatches, TrainConfig, Trainer, barrier, init_distributed, is_finished, load_trainable_state
-from dcr_mllm.training.engine import export_is_current, write_export_marker
+from dcr_mllm.training.export_marker import export_is_current, write_export_marker
 from dcr_mllm.training.zero import zero3_config
 from dcr_mllm.training.config import resolve_train_config
 

@@ -17,7 +17,8 @@ from lmms_eval.models.simple.llava_hf import LlavaHf as LlavaHfSimple
 from loguru import logger
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.llava.swap import FAMILY_OF_VISION_TYPE, load_vision_state, read_tower, vision_config_problems
+from dcr_mllm.llava.checkpoint import FAMILY_OF_VISION_TYPE, load_vision_state, read_tower
+from dcr_mllm.llava.compat import vision_config_problems
 
 
 def swap_vision_tower(model, processor, tower_dir: str) -> str:

@@ -9,6 +9,7 @@ without autograd when nothing in it trains, which is the projector stage's savin
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -56,20 +57,12 @@ class ObjectiveConfig:
     condition_tokens: int = 0  # tokens: N random patches per image and view (0: all of them)
 
 
-#: the ObjectiveConfig fields each objective's forward never reads
-UNREAD_BY = {
-    "reconstruction": ("tau", "chunk_size", "checkpoint_chunks", "negatives", "num_negatives", "naive_weight", "naive_tau", "augment"),
-    "naive": ("tau", "chunk_size", "checkpoint_chunks", "negatives", "num_negatives"),
-    "dcr": ("naive_weight", "naive_tau"),
-}
-
-
 def unread_keys(cfg: ObjectiveConfig) -> list[str]:
     """The fields set away from their defaults that ``cfg.name`` would silently ignore (dotted,
     under ``objective.``); ``checkpoint_chunks`` is read only with a ``chunk_size``, the
     ``condition_*`` settings only with ``condition: tokens``."""
     default = ObjectiveConfig()
-    unread = list(UNREAD_BY[cfg.name]) + (["checkpoint_chunks"] if cfg.name == "dcr" and not cfg.chunk_size else [])
+    unread = list(OBJECTIVES[cfg.name].unread) + (["checkpoint_chunks"] if cfg.name == "dcr" and not cfg.chunk_size else [])
     unread += ["condition_layer", "condition_tokens"] if cfg.condition == "global" else []
     keys = []
     for name in unread:
@@ -89,14 +82,15 @@ class EnhanceModel(nn.Module):
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
         """images: [B, 3, H, W] in [0, 1]. Returns the loss and scalars to log."""
         cfg = self.config
+        objective = OBJECTIVES[cfg.name]
         batch = images.shape[0]
         views = [self.tower.normalize(images)]
-        if cfg.name in ("dcr", "naive"):
+        if objective.two_views:
             views.append(positive_view(images, self.tower.normalize, cfg.augment, generator))
         tower_trains = any(p.requires_grad for p in self.tower.parameters())
         with torch.set_grad_enabled(tower_trains and torch.is_grad_enabled()):
             pixels = torch.cat(views)  # one tower call for both views
-            embeddings = self.tower.global_embedding(pixels) if cfg.condition == "global" or cfg.name == "naive" else None
+            embeddings = self.tower.global_embedding(pixels) if cfg.condition == "global" or objective.reads_embeddings else None
             conditions = embeddings if cfg.condition == "global" else self.condition_tokens(pixels, generator)
         projector_dtype = next(self.projector.parameters()).dtype  # bf16 under DeepSpeed's bf16 mode
 
@@ -106,18 +100,14 @@ class EnhanceModel(nn.Module):
         timesteps = torch.randint(0, self.denoiser.num_timesteps, (batch,), generator=generator).to(latents.device)
         noisy = self.denoiser.add_noise(latents, noise, timesteps)
         target = self.denoiser.target(latents, noise, timesteps, cfg.target)
+        return objective.loss(self, StepInputs(conditions.to(projector_dtype), embeddings, noisy, timesteps, target, generator))
 
-        if cfg.name == "dcr":
-            loss = self.dcr_objective(conditions.to(projector_dtype), noisy, timesteps, target, generator)
-            return loss, {"loss": loss.item()}
-        contexts = self.projector(conditions.to(projector_dtype), self.denoiser.empty_context)
-        prediction = self.denoiser.predict(noisy, timesteps, contexts[:batch])
-        recon = reconstruction_loss(prediction, target)
-        if cfg.name == "reconstruction":
-            return recon, {"loss": recon.item()}
-        contrast = info_nce(embeddings[:batch], embeddings[batch:], cfg.naive_tau)  # on the global embedding in both forms
-        loss = recon + cfg.naive_weight * contrast
-        return loss, {"loss": loss.item(), "reconstruction": recon.item(), "contrastive": contrast.item()}
+    def reconstruction(self, inputs: StepInputs) -> Tensor:
+        """The denoiser's loss conditioned on the base views (plain diffusion reconstruction)."""
+        batch = inputs.noisy.shape[0]
+        contexts = self.projector(inputs.conditions, self.denoiser.empty_context)
+        prediction = self.denoiser.predict(inputs.noisy, inputs.timesteps, contexts[:batch])
+        return reconstruction_loss(prediction, inputs.target)
 
     def condition_tokens(self, pixels: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """[2B, N, hidden]: patch tokens of ``condition_layer``, ``condition_tokens`` of them per
@@ -152,3 +142,56 @@ class EnhanceModel(nn.Module):
         preds = predict_pairs(self.denoiser.predict, noisy, timesteps, contexts, pairs, cfg.chunk_size, cfg.checkpoint_chunks)
         negative_preds = preds[2 * batch:].view(batch, negatives.shape[1], *preds.shape[1:])
         return contrastive_loss(preds[:batch], preds[batch:2 * batch], target, negative_preds, cfg.tau)
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What every objective is given: conditions [V*B, ...] (base views, then augmented views when
+    the objective takes two), the global embeddings where read, and this rank's diffusion inputs."""
+
+    conditions: Tensor
+    embeddings: Tensor | None
+    noisy: Tensor
+    timesteps: Tensor
+    target: Tensor
+    generator: torch.Generator | None
+
+
+def _dcr(model: EnhanceModel, inputs: StepInputs) -> tuple[Tensor, dict[str, float]]:
+    loss = model.dcr_objective(inputs.conditions, inputs.noisy, inputs.timesteps, inputs.target, inputs.generator)
+    return loss, {"loss": loss.item()}
+
+
+def _reconstruction(model: EnhanceModel, inputs: StepInputs) -> tuple[Tensor, dict[str, float]]:
+    loss = model.reconstruction(inputs)
+    return loss, {"loss": loss.item()}
+
+
+def _naive(model: EnhanceModel, inputs: StepInputs) -> tuple[Tensor, dict[str, float]]:
+    """Reconstruction plus InfoNCE between the two views' global embeddings (whatever the condition form)."""
+    cfg, batch = model.config, inputs.noisy.shape[0]
+    recon = model.reconstruction(inputs)
+    contrast = info_nce(inputs.embeddings[:batch], inputs.embeddings[batch:], cfg.naive_tau)
+    loss = recon + cfg.naive_weight * contrast
+    return loss, {"loss": loss.item(), "reconstruction": recon.item(), "contrastive": contrast.item()}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A stage-one objective: its loss, what its forward needs, and the settings it never reads."""
+
+    loss: Callable[[EnhanceModel, StepInputs], tuple[Tensor, dict[str, float]]]
+    two_views: bool  # an augmented view of every image beside the base view
+    reads_embeddings: bool  # the global embeddings, whatever the condition form
+    unread: tuple[str, ...]  # ObjectiveConfig fields its forward never reads
+
+
+#: objective name (``objective.name``) -> the objective
+OBJECTIVES: dict[str, Objective] = {
+    "dcr": Objective(_dcr, two_views=True, reads_embeddings=False, unread=("naive_weight", "naive_tau")),
+    "reconstruction": Objective(_reconstruction, two_views=False, reads_embeddings=False,
+                                unread=("tau", "chunk_size", "checkpoint_chunks", "negatives", "num_negatives", "naive_weight", "naive_tau",
+                                        "augment")),
+    "naive": Objective(_naive, two_views=True, reads_embeddings=True,
+                       unread=("tau", "chunk_size", "checkpoint_chunks", "negatives", "num_negatives")),
+}

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
+from dcr_mllm.components.build_once import build_once
 from dcr_mllm.errors import DcrError
-from dcr_mllm.presets.tokenizers import (
+from dcr_mllm.components.tokenizers import (
     CLIP_CONTEXT_LENGTH,
     CLIP_VOCAB_SIZE,
     SIGLIP_CONTEXT_LENGTH,
@@ -39,7 +39,6 @@ from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEA
 SEED = 0
 # Bumped whenever a tiny config changes, so that a stale cached build is rebuilt.
 PRESET_VERSION = "2"
-MARKER = ".complete"
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -51,6 +50,9 @@ EMBED_DIM = 16
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: the vision tower of the tiny CLIP and SigLIP
+VISION_CONFIG = {"image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE, "hidden_size": WIDTH, "intermediate_size": MLP_WIDTH,
+                 "num_hidden_layers": VISION_LAYERS, "num_attention_heads": HEADS}
 
 
 def default_tiny_root() -> Path:
@@ -85,15 +87,7 @@ def build_tiny_clip(out_dir: str | Path) -> Path:
             "num_attention_heads": HEADS,
             "projection_dim": EMBED_DIM,
         },
-        vision_config={
-            "image_size": IMAGE_SIZE,
-            "patch_size": PATCH_SIZE,
-            "hidden_size": WIDTH,
-            "intermediate_size": MLP_WIDTH,
-            "num_hidden_layers": VISION_LAYERS,
-            "num_attention_heads": HEADS,
-            "projection_dim": EMBED_DIM,
-        },
+        vision_config={**VISION_CONFIG, "projection_dim": EMBED_DIM},
         projection_dim=EMBED_DIM,
     )
     _seeded(lambda: CLIPModel(config)).save_pretrained(out_dir, safe_serialization=True)
@@ -133,14 +127,7 @@ def build_tiny_siglip(out_dir: str | Path) -> Path:
             "eos_token_id": tokenizer.eos_token_id,
             "bos_token_id": None,
         },
-        vision_config={
-            "image_size": IMAGE_SIZE,
-            "patch_size": PATCH_SIZE,
-            "hidden_size": WIDTH,
-            "intermediate_size": MLP_WIDTH,
-            "num_hidden_layers": VISION_LAYERS,
-            "num_attention_heads": HEADS,
-        },
+        vision_config=VISION_CONFIG,
     )
     _seeded(lambda: SiglipModel(config)).save_pretrained(out_dir, safe_serialization=True)
     SiglipImageProcessor(
@@ -204,77 +191,14 @@ def build_tiny_sd(out_dir: str | Path, prediction_type: str = "epsilon") -> Path
         raise DcrError(
             f"unknown prediction_type {prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}"
         )
-    from diffusers import (
-        AutoencoderKL,
-        DDPMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    out_dir = Path(out_dir)
+    from dcr_mllm.components.diffusion import clip_text_encoder, save_sd_pipeline, sd_scheduler, sd_unet, sd_vae
 
     def build_models():
-        unet = UNet2DConditionModel(
-            sample_size=IMAGE_SIZE // 4,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=WIDTH,
-            attention_head_dim=8,
-            norm_num_groups=8,
-        )
-        # Three encoder blocks downsample twice: 32x32 -> 8x8 (real SD: four blocks, 512 -> 64).
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 3,
-            up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=(16, 32, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=IMAGE_SIZE,
-            scaling_factor=0.18215,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=CLIP_VOCAB_SIZE,
-                max_position_embeddings=CLIP_CONTEXT_LENGTH,
-                hidden_size=WIDTH,  # == the UNet's cross_attention_dim, as in real SD
-                intermediate_size=MLP_WIDTH,
-                num_hidden_layers=2,
-                num_attention_heads=HEADS,
-                hidden_act="gelu",
-            )
-        )
-        return unet, vae, text_encoder
+        return (sd_unet(IMAGE_SIZE, (32, 64), cross_attention_dim=WIDTH), sd_vae(IMAGE_SIZE),
+                clip_text_encoder(WIDTH, MLP_WIDTH, HEADS))
 
     unet, vae, text_encoder = _seeded(build_models)
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type=prediction_type,
-        clip_sample=False,
-        steps_offset=1,
-    )
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(out_dir, safe_serialization=True)
-    clip_tokenizer_files(out_dir / "tokenizer")
+    save_sd_pipeline(Path(out_dir), vae, text_encoder, unet, sd_scheduler(prediction_type))
     return out_dir
 
 
@@ -315,40 +239,13 @@ TINY_BUILDERS = {
 }
 
 
-def _is_complete(path: Path) -> bool:
-    marker = path / MARKER
-    return marker.is_file() and marker.read_text() == PRESET_VERSION
-
-
 def ensure_tiny(name: str, root: str | Path | None = None) -> Path:
-    """Return ``root/name``, building it first unless a complete build of this version is there.
-
-    The build goes to a temporary sibling that is renamed into place after its marker is written,
-    so an interrupted build never looks complete; a file lock lets concurrent ranks share one build.
-    """
-    from filelock import FileLock
-
+    """Return ``root/name``, building it first unless a complete build of this version is there
+    (``build_once``: atomic, and shared by concurrent ranks)."""
     if name not in TINY_BUILDERS:
         raise DcrError(f"unknown tiny model {name!r}; use one of {', '.join(TINY_BUILDERS)}")
     root = Path(root) if root is not None else default_tiny_root()
-    target = root / name
-    if _is_complete(target):
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f".{name}.lock")):
-        if _is_complete(target):
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-        tmp.chmod(0o755)  # mkdtemp makes it private; a cache may be shared between users
-        try:
-            TINY_BUILDERS[name](tmp)
-            (tmp / MARKER).write_text(PRESET_VERSION)
-            if target.exists():  # stale: an older preset version or a foreign directory
-                shutil.rmtree(target)
-            tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_once(root / name, PRESET_VERSION, TINY_BUILDERS[name])
 
 
 def build_tiny_preset(root: str | Path | None = None) -> dict[str, Path]:

@@ -1,17 +1,20 @@
-"""Task functions for the YAMLs beside this file; the logic lives in dcr_mllm.evaluation.lmms_tasks.
+"""Task functions for the YAMLs beside this file; the logic lives in one module per task family
+(``dcr_mllm.evaluation.mmvp_task``, ``pope_task``, ``world_task``).
 
 Names in capitals are the local data files under $DCR_EVAL_DATA (default ~/.cache/dcr_mllm/eval_data),
 resolved when lmms-eval reads the YAML, so the *_local tasks work from any working directory.
 """
 
-from dcr_mllm.evaluation.lmms_tasks import (  # noqa: F401  (referenced from the YAMLs)
-    data_file,
+from dcr_mllm.evaluation.eval_data import data_file
+from dcr_mllm.evaluation.mmvp_task import (  # noqa: F401  (referenced from the YAMLs)
     mmvp_accuracy,
     mmvp_doc_to_text,
     mmvp_doc_to_visual,
     mmvp_pair_accuracy,
     mmvp_process_results,
     mmvp_target,
+)
+from dcr_mllm.evaluation.pope_task import (  # noqa: F401  (referenced from the YAMLs)
     pope_accuracy,
     pope_doc_to_text,
     pope_doc_to_visual,
@@ -31,10 +34,16 @@ from dcr_mllm.evaluation.world_task import (  # noqa: F401  (referenced from the
     world_process_results,
 )
 
-globals().update(WORLD_PART_ACCURACY)  # world_<attribute>_accuracy and world_<kind>_accuracy, as the world YAMLs name them
-
 MMVP_TEST = data_file("mmvp", "test.parquet")
 POPE_ADVERSARIAL = data_file("pope", "adversarial.parquet")
 POPE_POPULAR = data_file("pope", "popular.parquet")
 POPE_RANDOM = data_file("pope", "random.parquet")
 WORLD_TEST = data_file("world", "test.parquet")
+
+
+def __getattr__(name: str):
+    """``world_<attribute>_accuracy`` and ``world_<kind>_accuracy``, as the world YAMLs name them
+    (lmms-eval looks ``!function utils.NAME`` up with ``getattr``)."""
+    if name in WORLD_PART_ACCURACY:
+        return WORLD_PART_ACCURACY[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

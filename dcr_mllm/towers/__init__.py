@@ -18,7 +18,14 @@ from dcr_mllm.towers.openclip import CONFIG_NAME as OPEN_CLIP_CONFIG
 from dcr_mllm.towers.openclip import OpenClipTower, read_open_clip_spec
 from dcr_mllm.weights import check_model_dir
 
-__all__ = ["TowerSpec", "VisionTower", "inspect_tower", "load_tower", "apply_lora", "merge_lora", "resolve_tower_path"]
+__all__ = ["TowerSpec", "VisionTower", "TOWER_CLASSES", "inspect_tower", "load_tower", "apply_lora", "merge_lora", "resolve_tower_path"]
+
+#: a tower directory's family, told by the config file it has -> the reader of its shape facts
+SPEC_READERS = ((OPEN_CLIP_CONFIG, read_open_clip_spec), ("config.json", read_hf_spec))
+#: family (``TowerSpec.family``) -> the class that loads it; HF CLIP and MetaCLIP share transformers' CLIP classes
+TOWER_CLASSES: dict[str, type[VisionTower]] = {"clip": HFTower, "siglip": HFTower, "open_clip": OpenClipTower}
+#: families that ``load_tower`` builds whole under ZeRO-3 (the engine partitions them), not partitioned by transformers
+BUILT_WHOLE = ("open_clip",)
 
 
 def resolve_tower_path(name_or_path: str | Path) -> Path:
@@ -36,10 +43,9 @@ def inspect_tower(name_or_path: str | Path, allow_pickle: bool = False) -> Tower
     (``dcr_mllm.weights.check_model_dir``); pickled weights only with ``allow_pickle``."""
     path = check_model_dir(resolve_tower_path(name_or_path), allow_pickle)
     try:
-        if (path / OPEN_CLIP_CONFIG).is_file():
-            return read_open_clip_spec(path)
-        if (path / "config.json").is_file():
-            return read_hf_spec(path)
+        for config_file, read_spec in SPEC_READERS:
+            if (path / config_file).is_file():
+                return read_spec(path)
     except (KeyError, TypeError, AttributeError) as err:
         raise DcrError(f"{path} has an incomplete tower config ({type(err).__name__}: {err}); re-download or re-save the tower") from err
     raise DcrError(f"{path} is not a tower directory: it has neither config.json (HF) nor {OPEN_CLIP_CONFIG} (open_clip)")
@@ -56,8 +62,8 @@ def load_tower(name_or_path: str | Path, dtype: torch.dtype = torch.float32, vis
     """
     spec = inspect_tower(name_or_path, allow_pickle)
     path = resolve_tower_path(name_or_path)
-    tower_class = OpenClipTower if spec.family == "open_clip" else HFTower
-    if ds_config is None or tower_class is OpenClipTower:
+    tower_class = TOWER_CLASSES[spec.family]
+    if ds_config is None or spec.family in BUILT_WHOLE:
         return tower_class.from_pretrained(path, dtype=dtype, vision_only=vision_only)
     from dcr_mllm.training.zero import transformers_zero3
 

@@ -8,6 +8,7 @@ family's own format, so the result loads with that family's ``from_pretrained``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +37,9 @@ class TowerSpec:
         return (self.image_size // self.patch_size) ** 2
 
 
-class VisionTower(nn.Module):
-    """Base class: subclasses wrap one family's model and implement the three encoders."""
+class VisionTower(nn.Module, ABC):
+    """One family's model behind the interface every caller uses: loading, the three encoders,
+    preprocessing, saving. Subclasses implement each abstract method."""
 
     #: leaf-module names inside the vision encoder that LoRA adapts by default
     default_lora_targets: tuple[str, ...] = ()
@@ -65,49 +67,54 @@ class VisionTower(nn.Module):
         self.mean.copy_(torch.tensor(mean).view(1, 3, 1, 1))
         self.std.copy_(torch.tensor(std).view(1, 3, 1, 1))
 
-    @property
-    def vision_encoder(self) -> nn.Module:
-        """The transformer blocks that LoRA may adapt (no text tower, no heads)."""
-        raise NotImplementedError
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, path: Path, dtype: torch.dtype = torch.float32, vision_only: bool = False) -> VisionTower:
+        """Load a tower directory of this family; ``vision_only`` leaves out the text side."""
 
     @property
+    @abstractmethod
+    def vision_encoder(self) -> nn.Module:
+        """The transformer blocks that LoRA may adapt (no text tower, no heads)."""
+
+    @property
+    @abstractmethod
     def vision_parts(self) -> list[nn.Module]:
         """Submodules of ``model`` that the global embedding runs through (encoder, pooling head,
         projection; no text side), in the same order for a vision-only and a full load."""
-        raise NotImplementedError
 
+    @abstractmethod
     def global_embedding(self, pixels: Tensor) -> Tensor:
         """[B, 3, S, S] normalised pixels -> [B, global_dim]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def patch_features(self, pixels: Tensor, layer: int = -2) -> Tensor:
         """[B, 3, S, S] normalised pixels -> [B, num_patches, hidden] from hidden layer ``layer``.
 
         Layer indices follow transformers' ``hidden_states``: 0 is the embedding output, -1 the
         last block; the CLS token, where the family has one, is dropped.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def encode_text(self, texts: list[str]) -> Tensor:
         """[T] strings -> [T, global_dim] text embeddings (full models only; for zero-shot scoring)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def preprocess(self, images: list[Image.Image]) -> Tensor:
         """PIL images -> [B, 3, S, S] pixels, prepared by the family's own evaluation transform.
 
         Benchmarks feed pixels exactly as the family's processor does (its resize, crop and
         normalisation), so scores compare with published ones; ``normalize`` is for training.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def logit_scale(self) -> float:
         """The trained factor that turns image-text cosine similarities into logits (full models only)."""
-        raise NotImplementedError
 
     def logit_bias(self) -> float:
         """What the family adds to every image-text logit: SigLIP's learned bias, 0 for softmax-trained towers."""
         return 0.0
 
+    @abstractmethod
     def save(self, out_dir: str | Path) -> None:
         """Write the tower in its family's own format (safetensors), with processor files."""
-        raise NotImplementedError

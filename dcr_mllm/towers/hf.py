@@ -32,7 +32,7 @@ FAMILY_OF_MODEL_TYPE = {
 WEIGHT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def _is_side_file(item: Path) -> bool:
+def is_side_file(item: Path) -> bool:
     """Processor, tokenizer and other small files a tower directory carries beside its weights."""
     return item.is_file() and not item.name.startswith(".") and not item.name.endswith((".safetensors", ".bin", ".pth", ".pt"))
 
@@ -72,7 +72,7 @@ def read_hf_spec(path: Path) -> TowerSpec:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     from transformers.utils import logging as hf_logging
 
     previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -100,7 +100,7 @@ class HFTower(VisionTower):
         if vision_only and model_type == "clip":
             vision_config = transformers.CLIPVisionConfig.from_pretrained(path)
             vision_config.projection_dim = spec.global_dim
-            with _quiet_transformers():  # it would list every text-tower weight it leaves out
+            with quiet_transformers():  # it would list every text-tower weight it leaves out
                 model = transformers.CLIPVisionModelWithProjection.from_pretrained(path, config=vision_config, dtype=dtype)
             return cls(model, spec, path)
         if vision_only and model_type == "siglip":
@@ -112,7 +112,7 @@ class HFTower(VisionTower):
             "clip_vision_model": "CLIPVisionModelWithProjection" if "CLIPVisionModelWithProjection" in architectures else "CLIPVisionModel",
             "siglip_vision_model": "SiglipVisionModel",
         }[model_type]
-        with _quiet_transformers():
+        with quiet_transformers():
             model = getattr(transformers, model_class).from_pretrained(path, dtype=dtype)
         return cls(model, spec, path)
 
@@ -186,5 +186,5 @@ class HFTower(VisionTower):
         self.model.save_pretrained(out_dir, safe_serialization=True)
         if self.source is not None:
             for item in self.source.iterdir():
-                if _is_side_file(item) and item.name not in WEIGHT_FILES:
+                if is_side_file(item) and item.name not in WEIGHT_FILES:
                     shutil.copy2(item, out_dir / item.name)

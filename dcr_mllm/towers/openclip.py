@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from dcr_mllm.errors import DcrError
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.towers.base import TowerSpec, VisionTower
-from dcr_mllm.towers.hf import _is_side_file
+from dcr_mllm.towers.hf import is_side_file
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -133,5 +133,5 @@ class OpenClipTower(VisionTower):
         save_file(state, out_dir / WEIGHTS_NAME)
         if self.source is not None:
             for item in self.source.iterdir():
-                if _is_side_file(item):
+                if is_side_file(item):
                     shutil.copy2(item, out_dir / item.name)

@@ -2,7 +2,8 @@
 
 from dcr_mllm.training.config import TrainConfig
 from dcr_mllm.training.distributed import DistInfo, barrier, init_distributed, rank_seed
-from dcr_mllm.training.engine import Trainer, is_finished, load_trainable_state
+from dcr_mllm.training.checkpoints import is_finished, load_trainable_state
+from dcr_mllm.training.engine import Trainer
 from dcr_mllm.training.loader import ResumableBatches
 from dcr_mllm.training.zero import empty_init, gathered, load_streamed, zero3_config
 

@@ -110,3 +110,11 @@ def any_true(flag: bool, device: torch.device) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def all_gather_strings(value: str) -> list[str]:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [value]
+    gathered: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -44,58 +43,25 @@ from torch import nn
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_path, write_atomic
 from dcr_mllm.training.config import TrainConfig
+from dcr_mllm.training.checkpoints import MANIFEST, TRAINABLE, checkpoint_problem, config_changes, is_finished, plain, truncate_jsonl
 from dcr_mllm.training.ds_config import deepspeed_config
-from dcr_mllm.training.zero import gathered, writes_here
-from dcr_mllm.training.distributed import DistInfo, any_true, barrier, rank_seed
+from dcr_mllm.training.optim import build_optimizer, lr_lambda, param_groups
+from dcr_mllm.training.zero import fp32_master, save_dtype, unlinked_masters
+from dcr_mllm.training.distributed import DistInfo, all_gather_strings, any_true, barrier, rank_seed
 from dcr_mllm.training.preemption import Preempted, agreed_signal, catch_preemption
 from dcr_mllm.training.safe_state import (
-    check_safetensors,
     load_tree,
     safetensors_checkpoint_engine,
     save_tree,
 )
 
-TRAINABLE = "trainable.safetensors"
 logger = logging.getLogger("dcr_mllm.training")
-MANIFEST = "manifest.json"
 #: the TrainConfig fields that change what training computes (the rest: logging, saving, workers)
 TRAINING_KEYS = ("max_steps", "micro_batch_size", "grad_accum", "lr", "group_lrs", "weight_decay", "betas", "adam_eps", "scheduler",
                  "warmup_steps", "warmup_ratio", "grad_clip", "zero_stage", "precision")
-#: written into an export by ``write_export_marker``: the weights it was made from
-EXPORT_MARKER = "trained_from.json"
 StepFn = Callable[[nn.Module, dict, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
 #: called on every rank after each optimizer step (and once at step 0 of a fresh run): extra scalars to log
 AfterStep = Callable[["Trainer", int], dict[str, float]]
-
-
-def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Linear warm-up, then constant or cosine decay to zero at max_steps."""
-    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * cfg.max_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.scheduler == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, cfg.max_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """Trainable parameters, split by ``cfg.group_lrs`` (first matching key wins)."""
-    groups: dict[float, list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            lr = next((lr for key, lr in cfg.group_lrs.items() if key in name), cfg.lr)
-            groups.setdefault(lr, []).append(param)
-    return [{"params": params, "lr": lr} for lr, params in groups.items()]
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """The optimizer every stage trains with: AdamW over ``param_groups``, from the config alone."""
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
 
 
 class Trainer:
@@ -112,13 +78,13 @@ class Trainer:
         self.cfg, self.dist, self.output_dir = cfg, dist_info, Path(output_dir)
         self.allow_config_change = allow_config_change
         self.weights_in_checkpoints = weights_in_checkpoints
-        self.fingerprint = _plain({"world_size": dist_info.world_size, "seed": seed,
+        self.fingerprint = plain({"world_size": dist_info.world_size, "seed": seed,
                                    **{key: getattr(cfg, key) for key in TRAINING_KEYS}, **(run_config or {})})
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.trainable_names = [name for name, p in model.named_parameters() if p.requires_grad]
         if not self.trainable_names:
             raise DcrError("nothing to train: every parameter is frozen; check the stage settings")
-        self.save_dtypes = {name: _save_dtype(p) for name, p in model.named_parameters() if p.requires_grad}
+        self.save_dtypes = {name: save_dtype(p) for name, p in model.named_parameters() if p.requires_grad}
         optimizer = build_optimizer(model, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         self.engine, _, _, _ = deepspeed.initialize(
@@ -236,7 +202,7 @@ class Trainer:
         before = json.loads(stored.read_text()) if stored.is_file() else None  # None: checkpoints from before config.json
         if before is not None:  # a setting added since the checkpoint was made ran at its default then
             defaults = TrainConfig()
-            before = {**{key: _plain(getattr(defaults, key)) for key in TRAINING_KEYS if key not in before}, **before}
+            before = {**{key: plain(getattr(defaults, key)) for key in TRAINING_KEYS if key not in before}, **before}
         if before == self.fingerprint:
             return
         changes = config_changes(before, self.fingerprint) if before is not None else []
@@ -266,7 +232,8 @@ class Trainer:
         factor = lr_lambda(self.cfg)(scheduler.last_epoch)
         for group, base in zip(groups, base_lrs, strict=True):
             group.update(initial_lr=base, lr=base * factor, betas=tuple(self.cfg.betas), eps=self.cfg.adam_eps, weight_decay=self.cfg.weight_decay)
-        scheduler._last_lr = [group["lr"] for group in groups]
+        # LambdaLR reports the rate it last set; its public state carries that too
+        scheduler.load_state_dict({**scheduler.state_dict(), "_last_lr": [group["lr"] for group in groups]})
 
     # ---------------------------------------------------------------- loop
     def fit(self, batches, step_fn: StepFn, after_step: AfterStep | None = None) -> None:
@@ -384,7 +351,7 @@ class Trainer:
     def _finish(self) -> None:
         """Write the trained parameters once, after checking every rank holds the same ones."""
         state, digest = self.gathered_trainable_state()
-        digests = _all_gather_strings(digest)
+        digests = all_gather_strings(digest)
         if len(set(digests)) != 1:
             raise DcrError(f"ranks finished with different weights ({len(set(digests))} versions); gradients were not synchronised")
         if self.dist.is_main:
@@ -406,7 +373,7 @@ class Trainer:
         than one extra tensor besides rank 0's copy of the result.
         """
         named = dict(self.engine.module.named_parameters())
-        unlinked = _unlinked_masters(self.engine.optimizer)
+        unlinked = unlinked_masters(self.engine.optimizer)
         sha = hashlib.sha256()
         state: dict[str, torch.Tensor] = {}
         for name in self.trainable_names:
@@ -416,172 +383,3 @@ class Trainer:
             if self.dist.is_main:
                 state[name] = value
         return state, sha.hexdigest()
-
-
-def _unlinked_masters(optimizer) -> dict[int, torch.Tensor]:
-    """Without ZeRO, DeepSpeed's bf16 mode wraps our optimizer in its FP16_UnfusedOptimizer, which
-    keeps fp32 masters that ``safe_get_full_fp32_param`` does not find: {id(param): its master}."""
-    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
-
-    if not isinstance(optimizer, FP16_UnfusedOptimizer):
-        return {}
-    return {id(param): master for fp32_group, group in zip(optimizer.fp32_groups, optimizer.fp16_groups)
-            for master, param in zip(fp32_group, group)}
-
-
-def fp32_master(param: nn.Parameter, unlinked: dict[int, torch.Tensor]) -> torch.Tensor:
-    """A full CPU copy of the optimizer's fp32 master of a trainable parameter: from ``unlinked``
-    (``_unlinked_masters``), else DeepSpeed's own lookup under ZeRO 1-3 (collective: every rank
-    calls it for the same parameters), else the parameter itself (fp32 without ZeRO)."""
-    import deepspeed
-    from deepspeed.utils import safe_get_full_fp32_param
-
-    master = unlinked.get(id(param))
-    if master is None:
-        master = safe_get_full_fp32_param(param)
-    if master is None:
-        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-            master = param.detach().float()
-    return master.detach().cpu().clone()
-
-
-def _save_dtype(param: nn.Parameter) -> torch.dtype:
-    """The dtype a trained parameter is saved in: the one it had before DeepSpeed, except for a
-    parameter that ZeRO-3 built partitioned directly in the training dtype, whose base dtype is
-    unknown: its fp32 master is saved whole."""
-    return torch.float32 if hasattr(param, "ds_id") else param.dtype
-
-
-def _all_gather_strings(value: str) -> list[str]:
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [value]
-    gathered: list[str] = [""] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
-    return gathered
-
-
-def is_finished(stage_dir: str | Path, max_steps: int | None = None) -> bool:
-    """True once a stage's run completed (its train_state.json says so) and, given ``max_steps``,
-    reached it: a finished run whose ``max_steps`` was raised has more to do."""
-    state = Path(stage_dir) / "train_state.json"
-    if not state.is_file():
-        return False
-    summary = json.loads(state.read_text())
-    return summary.get("finished", False) and (max_steps is None or summary["step"] >= max_steps)
-
-
-def checkpoint_problem(folder: Path, world_size: int) -> str | None:
-    """What makes a checkpoint folder unusable (a file missing, truncated or with a broken
-    safetensors header), or None. Checked before DeepSpeed reads it, whose error would be a
-    traceback; every file the manifest lists must be there at its size, and whole."""
-    manifest_file = folder / MANIFEST
-    if manifest_file.is_file():
-        try:
-            sizes = json.loads(manifest_file.read_text())["files"]
-        except (json.JSONDecodeError, KeyError):
-            return f"{MANIFEST} unreadable"
-    else:  # written before manifests: check what is there
-        sizes = {p.name: None for p in folder.iterdir() if p.is_file()}
-        sizes.update({f"rank{r}_state.safetensors": None for r in range(world_size)})
-    for name, size in sizes.items():
-        path = folder / name
-        if not path.is_file():
-            return f"{name} missing"
-        if size is not None and path.stat().st_size != size:
-            return f"{name} truncated" if path.stat().st_size < size else f"{name} has the wrong size"
-        problem = check_safetensors(path)
-        if problem:
-            return f"{name} {problem}"
-    return None
-
-
-def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
-    """(key, checkpoint value, new value) for each setting that differs. ``max_steps`` may grow
-    while the schedule does not depend on it (constant, warm-up in steps)."""
-    old_flat, new_flat = _flatten(old), _flatten(new)
-    changes = []
-    for key in dict.fromkeys([*old_flat, *new_flat]):
-        before, after = old_flat.get(key), new_flat.get(key)
-        if before == after:
-            continue
-        if key == "max_steps" and before is not None and after is not None and after > before:
-            horizon_free = new_flat.get("scheduler") == "constant" and (new_flat.get("warmup_steps") or not new_flat.get("warmup_ratio"))
-            if horizon_free:
-                continue
-        changes.append((key, before, after))
-    return changes
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _plain(value):
-    """JSON's view of ``value`` (tuples become lists), so stored and new settings compare equal."""
-    return json.loads(json.dumps(value))
-
-
-def truncate_jsonl(path: Path, step: int) -> None:
-    """Drop the lines a killed run logged after the checkpoint being resumed (they are logged
-    again), and a line the kill cut short."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        write_atomic(path, "".join(kept))
-
-
-def training_digests(stage_dirs: list[Path]) -> dict[str, str]:
-    """{stage folder name: sha256 of its trained weights} from each finished stage's train_state.json."""
-    return {Path(d).name: json.loads((Path(d) / "train_state.json").read_text())["weights_sha256"] for d in stage_dirs}
-
-
-def export_is_current(out_dir: Path, stage_dirs: list[Path], choice: dict | None = None) -> bool:
-    """True when ``out_dir`` was exported from the weights the stages hold now (its marker says so)
-    and, given ``choice`` (which of them was exported, e.g. a selected step), with that choice."""
-    marker = Path(out_dir) / EXPORT_MARKER
-    if not marker.is_file() or not all(is_finished(d) for d in stage_dirs):
-        return False
-    return json.loads(marker.read_text()) == _marker(stage_dirs, choice)
-
-
-def write_export_marker(out_dir: Path, stage_dirs: list[Path], choice: dict | None = None) -> None:
-    write_atomic(Path(out_dir) / EXPORT_MARKER, json.dumps(_marker(stage_dirs, choice), indent=1))
-
-
-def _marker(stage_dirs: list[Path], choice: dict | None) -> dict:
-    return {**training_digests(stage_dirs), **({"choice": _plain(choice)} if choice else {})}
-
-
-def load_trainable_state(module: nn.Module, path: str | Path, prefix: str = "") -> list[str]:
-    """Load ``trainable.safetensors`` entries starting with ``prefix`` into ``module`` (partitioned
-    ZeRO-3 parameters too: every rank must call it then)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise DcrError(f"{path} does not exist; run the stage that writes it first")
-    state = {k[len(prefix):]: v for k, v in load_file(path).items() if k.startswith(prefix)}
-    if not state:
-        raise DcrError(f"{path} holds no parameters under '{prefix}'; it was written by another stage")
-    unexpected = []
-    own = dict(module.named_parameters())
-    for key, value in state.items():
-        if key not in own:
-            unexpected.append(key)
-            continue
-        with gathered([own[key]]), torch.no_grad():  # ZeRO-3: rank 0 writes, then it is partitioned again
-            if writes_here([own[key]]):
-                own[key].copy_(value.to(own[key].dtype))
-    if unexpected:
-        raise DcrError(f"{path} has parameters this model lacks ({', '.join(unexpected[:3])}...); it belongs to another model")
-    return list(state)

@@ -110,3 +110,37 @@ def transformers_zero3(ds_config: dict):
         yield keep
     finally:
         unset_hf_deepspeed_config()
+
+
+def unlinked_masters(optimizer) -> dict[int, torch.Tensor]:
+    """Without ZeRO, DeepSpeed's bf16 mode wraps our optimizer in its FP16_UnfusedOptimizer, which
+    keeps fp32 masters that ``safe_get_full_fp32_param`` does not find: {id(param): its master}."""
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    if not isinstance(optimizer, FP16_UnfusedOptimizer):
+        return {}
+    return {id(param): master for fp32_group, group in zip(optimizer.fp32_groups, optimizer.fp16_groups)
+            for master, param in zip(fp32_group, group)}
+
+
+def fp32_master(param: nn.Parameter, unlinked: dict[int, torch.Tensor]) -> torch.Tensor:
+    """A full CPU copy of the optimizer's fp32 master of a trainable parameter: from ``unlinked``
+    (``unlinked_masters``), else DeepSpeed's own lookup under ZeRO 1-3 (collective: every rank
+    calls it for the same parameters), else the parameter itself (fp32 without ZeRO)."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    master = unlinked.get(id(param))
+    if master is None:
+        master = safe_get_full_fp32_param(param)
+    if master is None:
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            master = param.detach().float()
+    return master.detach().cpu().clone()
+
+
+def save_dtype(param: nn.Parameter) -> torch.dtype:
+    """The dtype a trained parameter is saved in: the one it had before DeepSpeed, except for a
+    parameter that ZeRO-3 built partitioned directly in the training dtype, whose base dtype is
+    unknown: its fp32 master is saved whole."""
+    return torch.float32 if is_partitioned(param) else param.dtype

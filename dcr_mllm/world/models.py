@@ -10,7 +10,7 @@
   so it must encode the details; a third UNet level and high-noise timesteps make it place things
   from the condition.
 - ``clip_reference``: the same CLIP build on detailed captions only, the premise's yardstick of
-  what the same budget learns when the text names everything (``world.premise``; built on demand).
+  what the same budget learns when the text names everything (``evaluation.premise``; built on demand).
 
 Both are built on first use under ``$DCR_MLLM_CACHE/world`` (``ensure_world``), like the tiny preset,
 and load through the code paths real checkpoints use. Each trains in one thread with fixed seeds,
@@ -26,12 +26,11 @@ import json
 import math
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+from dcr_mllm.components.build_once import build_once, is_built
 from dcr_mllm.errors import DcrError
 from dcr_mllm.progress import ProgressLines
 from dcr_mllm.world.scenes import (
@@ -42,7 +41,6 @@ from dcr_mllm.world.scenes import (
     sample_scenes,
 )
 
-MARKER = ".complete"
 VERSION = "1"
 
 
@@ -124,12 +122,12 @@ def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec(), caption
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    from dcr_mllm.presets.tokenizers import clip_tokenizer, clip_tokenizer_files
+    from dcr_mllm.components.tokenizers import CLIP_CONTEXT_LENGTH, CLIP_VOCAB_SIZE, clip_tokenizer, clip_tokenizer_files
 
     out_dir = Path(out_dir)
     torch.manual_seed(spec.train_seed)
     config = CLIPConfig(
-        text_config={"vocab_size": 49408, "max_position_embeddings": 77, "hidden_size": TEXT_WIDTH, "intermediate_size": 2 * TEXT_WIDTH,
+        text_config={"vocab_size": CLIP_VOCAB_SIZE, "max_position_embeddings": CLIP_CONTEXT_LENGTH, "hidden_size": TEXT_WIDTH, "intermediate_size": 2 * TEXT_WIDTH,
                      "num_hidden_layers": 2, "num_attention_heads": 2, "projection_dim": EMBED_DIM},
         vision_config={"image_size": spec.image_size, "patch_size": CLIP_PATCH, "hidden_size": CLIP_WIDTH, "intermediate_size": 2 * CLIP_WIDTH,
                        "num_hidden_layers": CLIP_LAYERS, "num_attention_heads": 4, "projection_dim": EMBED_DIM},
@@ -170,15 +168,9 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     """Train the VAE, then the UNet and text encoder on detailed captions; write a StableDiffusionPipeline."""
     import torch
     import torch.nn.functional as F
-    from diffusers import (
-        AutoencoderKL,
-        DDPMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dcr_mllm.presets.tokenizers import clip_tokenizer, clip_tokenizer_files
+    from dcr_mllm.components.diffusion import clip_text_encoder, save_sd_pipeline, sd_scheduler, sd_unet, sd_vae
+    from dcr_mllm.components.tokenizers import CLIP_CONTEXT_LENGTH, clip_tokenizer
 
     if spec.prediction_type not in ("epsilon", "v_prediction"):
         raise DcrError(f"world prediction_type {spec.prediction_type!r}: use epsilon or v_prediction")
@@ -186,8 +178,7 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     torch.manual_seed(spec.train_seed + 1)
     scenes = sample_scenes(spec.sd_images, spec.train_seed + 1)
     images = _pixels(scenes, spec.image_size) * 2 - 1
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                        block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=spec.image_size)
+    vae = sd_vae(spec.image_size)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=spec.lr)
     generator = torch.Generator().manual_seed(spec.train_seed + 2)
     lines = ProgressLines("world-sd VAE", spec.vae_steps)
@@ -210,30 +201,23 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     latents = posterior * scaling
 
     tokenizer = clip_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_size=TEXT_WIDTH,
-                                                intermediate_size=2 * TEXT_WIDTH, num_hidden_layers=2, num_attention_heads=2, hidden_act="gelu"))
-    levels = len(spec.unet_channels)
-    unet = UNet2DConditionModel(sample_size=spec.image_size // 4, in_channels=4, out_channels=4,
-                                block_out_channels=tuple(spec.unet_channels), layers_per_block=1,
-                                down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
-                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
-                                cross_attention_dim=TEXT_WIDTH, attention_head_dim=8, norm_num_groups=8)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              prediction_type=spec.prediction_type, clip_sample=False, steps_offset=1)
+    text_encoder = clip_text_encoder(TEXT_WIDTH, 2 * TEXT_WIDTH, heads=2)
+    unet = sd_unet(spec.image_size, spec.unet_channels, cross_attention_dim=TEXT_WIDTH)
+    scheduler = sd_scheduler(spec.prediction_type)
     alphas = scheduler.alphas_cumprod.float()
     captions = [detailed_caption(scene) for scene in scenes]
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=spec.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, spec.sd_steps, min(50, spec.sd_steps)))
     rng = random.Random(spec.train_seed + 3)
-    empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    empty_ids = tokenizer([""], padding="max_length", max_length=CLIP_CONTEXT_LENGTH, return_tensors="pt").input_ids
     unet.train()
     text_encoder.train()
     lines = ProgressLines("world-sd UNet", spec.sd_steps)
     for step in range(1, spec.sd_steps + 1):
         index = torch.randint(0, len(latents), (spec.sd_batch,), generator=generator)
         texts = ["" if rng.random() < spec.caption_dropout else captions[i] for i in index.tolist()]
-        ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer(texts, padding="max_length", max_length=CLIP_CONTEXT_LENGTH, truncation=True, return_tensors="pt").input_ids
         x0 = latents[index]
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, 1000, (len(x0),), generator=generator)
@@ -257,9 +241,7 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
         lines.update(step, loss=loss.item())
     unet.eval()
     text_encoder.eval()
-    StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=None,
-                            feature_extractor=None, requires_safety_checker=False).save_pretrained(out_dir, safe_serialization=True)
-    clip_tokenizer_files(out_dir / "tokenizer")
+    save_sd_pipeline(out_dir, vae, text_encoder, unet, scheduler, tokenizer)
     (out_dir / "train_log.json").write_text(json.dumps({"vae_mse": vae_mse, "final_loss": loss.item(), "spec": dataclasses.asdict(spec)}, indent=1))
     return out_dir
 
@@ -269,48 +251,35 @@ WORLD_BUILDERS = {"clip": build_world_clip, "sd": build_world_sd,
 BASE_MODELS = ("clip", "sd")  # what build-world builds; the reference only when the premise is measured
 
 
-def _is_complete(path: Path, spec: WorldSpec) -> bool:
-    marker = path / MARKER
-    return marker.is_file() and marker.read_text() == spec.fingerprint(path.name)
-
-
 def ensure_world(name: str, root: str | Path | None = None, spec: WorldSpec = WorldSpec()) -> Path:
-    """``root/name``, trained first unless a complete build of this spec is there (built in a
-    temporary sibling, renamed into place; a file lock lets concurrent processes share one build)."""
-    import torch
-    from filelock import FileLock
-
+    """``root/name``, trained first unless a complete build of this spec is there (``build_once``)."""
     if name not in WORLD_BUILDERS:
         raise DcrError(f"unknown world model {name!r}; use one of {', '.join(WORLD_BUILDERS)}")
     root = Path(root) if root is not None else default_world_root()
-    target = root / name
-    if _is_complete(target, spec):
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f".{name}.lock")):
-        if _is_complete(target, spec):
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-        tmp.chmod(0o755)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # one thread: the same weights on every machine, and two builds fit two cores
-        try:
-            with torch.random.fork_rng(devices=[]):
-                WORLD_BUILDERS[name](tmp, spec)
-            (tmp / MARKER).write_text(spec.fingerprint(name))
-            if target.exists():
-                shutil.rmtree(target)
-            tmp.rename(target)
-        finally:
-            torch.set_num_threads(threads)
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    target, fingerprint = root / name, spec.fingerprint(name)
+    if not is_built(target, fingerprint):  # a preset name (world-clip, world-sd) can lead here: say what happens
+        print(f"world model {name} is not built yet under {root}: training it now (minutes; built once, then cached)",
+              file=sys.stderr, flush=True)
+    return build_once(target, fingerprint, lambda tmp: _train_in_one_thread(name, tmp, spec))
+
+
+def _train_in_one_thread(name: str, out_dir: Path, spec: WorldSpec) -> None:
+    """One thread: the same weights on every machine, and two builds fit two cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            WORLD_BUILDERS[name](out_dir, spec)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def build_world(root: str | Path | None = None, spec: WorldSpec = WorldSpec()) -> dict[str, Path]:
     """Build every missing world model, each in its own one-thread process, side by side."""
     root = Path(root) if root is not None else default_world_root()
-    missing = [name for name in BASE_MODELS if not _is_complete(root / name, spec)]
+    missing = [name for name in BASE_MODELS if not is_built(root / name, spec.fingerprint(name))]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     code = ("import sys, json; from dcr_mllm.world.models import WorldSpec, ensure_world; "
             "ensure_world(sys.argv[1], sys.argv[2], WorldSpec(**json.loads(sys.argv[3])))")

@@ -22,7 +22,7 @@ from dcr_mllm.world.scenes import world_eval_set, write_world_shards
 
 SHARD_SEED = 14  # stage one's images: neither the world models' seeds (10-12) nor an evaluation seed
 CONVERSATION_SEED = 13
-EVAL_SEED = 1  # the tower evaluation set; the LLaVA questions use lmms_tasks.WORLD_QA_SEED (2)
+EVAL_SEED = 1  # the tower evaluation set; the LLaVA questions use eval_data.WORLD_QA_SEED (2)
 VAL_SEED = 3  # the validation set stage one's evaluation may choose a step on (never the reported one)
 SHARD_COUNT = 4096
 CONVERSATION_COUNT = 16000  # the long schedule (llava_full.yaml) passes over them about six times

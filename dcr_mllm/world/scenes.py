@@ -1,7 +1,7 @@
 """The world's scenes: a coarse class (the shape) and six fine attributes, with ground truth.
 
-Built on the project's scene generator (``dcr_mllm.data.synthetic``: its colours, backgrounds,
-layout and shape drawing), sized for 32-pixel images that a tiny model learns on two CPU cores:
+Drawn with the project's scene drawing (``dcr_mllm.data.drawing``: its colours, backgrounds,
+layout and shapes), sized for 32-pixel images that a tiny model learns on two CPU cores:
 at most three shapes, in one half of the image, each with the half that faces its orientation
 drawn dark (a mark large enough to survive 32 pixels, unlike a small arrowhead), small or large.
 
@@ -22,14 +22,7 @@ from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw
 
-from dcr_mllm.data.synthetic import (
-    _SUPERSAMPLE,
-    BACKGROUNDS,
-    COLOURS,
-    _add_member,
-    _draw_shape,
-    _layout,
-)
+from dcr_mllm.data.drawing import BACKGROUNDS, COLORS, DIRECTIONS, SUPERSAMPLE, add_tar_member, draw_shape, layout
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir, generated_dir
 from dcr_mllm.progress import progress
@@ -55,8 +48,6 @@ VERSION = 1  # of the generated sets: raise when rendering or sampling changes
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 _SIZE_SCALE = {"small": 0.6, "large": 1.1}
 _SHADE = 0.35  # the facing half is drawn at this fraction of the colour
-# Unit vector (x right, y down) each orientation points along.
-_DIRECTIONS = {"up": (0.0, -1.0), "down": (0.0, 1.0), "left": (-1.0, 0.0), "right": (1.0, 0.0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,24 +77,16 @@ def _noun(scene: WorldScene) -> str:
     return scene.shape + ("es" if scene.shape == "cross" else "s") if scene.count > 1 else scene.shape
 
 
+#: the class with one attribute named, filled from the scene's fields and ``number`` / ``noun``
+_PHRASES = {CLASS: "a {shape}", "color": "a {color} {shape}", "count": "{number} {noun}", "position": "a {shape} on the {position}",
+            "orientation": "a {shape} facing {orientation}", "size": "a {size} {shape}", "background": "a {shape} on {background}"}
+
+
 def attribute_phrase(scene: WorldScene, attribute: str) -> str:
     """The class with one attribute named: the words a pair's statement and a minority caption use."""
-    shape = scene.shape
-    if attribute == CLASS:
-        return f"a {shape}"
-    if attribute == "color":
-        return f"a {scene.color} {shape}"
-    if attribute == "count":
-        return f"{NUMBER_WORDS[scene.count]} {_noun(scene)}"
-    if attribute == "position":
-        return f"a {shape} on the {scene.position}"
-    if attribute == "orientation":
-        return f"a {shape} facing {scene.orientation}"
-    if attribute == "size":
-        return f"a {scene.size} {shape}"
-    if attribute == "background":
-        return f"a {shape} on {scene.background}"
-    raise DcrError(f"unknown attribute {attribute!r}: use one of {', '.join(WORLD_VALUES)}")
+    if attribute not in _PHRASES:
+        raise DcrError(f"unknown attribute {attribute!r}: use one of {', '.join(WORLD_VALUES)}")
+    return _PHRASES[attribute].format(**dataclasses.asdict(scene), number=NUMBER_WORDS[scene.count], noun=_noun(scene))
 
 
 def clip_caption(scene: WorldScene, rng: random.Random, detail_rate: float) -> str:
@@ -122,12 +105,12 @@ def render(scene: WorldScene, size: int = IMAGE_SIZE) -> Image.Image:
     """Draw ``scene`` as a ``size``x``size`` RGB image (supersampled, then downsampled)."""
     if size < 16:
         raise DcrError(f"image size {size} is too small for a world scene: use 16 pixels or more")
-    big = size * _SUPERSAMPLE
+    big = size * SUPERSAMPLE
     image = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
-    rgb = COLOURS[scene.color]
+    rgb = COLORS[scene.color]
     dark = tuple(round(c * _SHADE) for c in rgb)
-    dx, dy = _DIRECTIONS[scene.orientation]
-    for cx, cy, radius in _layout(scene.position, scene.count, big):
+    dx, dy = DIRECTIONS[scene.orientation]
+    for cx, cy, radius in layout(scene.position, scene.count, big):
         r = radius * _SIZE_SCALE[scene.size]
         shape = Image.new("L", (big, big), 0)
         _draw_world_shape(ImageDraw.Draw(shape), scene.shape, cx, cy, r)
@@ -147,7 +130,7 @@ def _draw_world_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: floa
         draw.rectangle((cx - r, cy - arm, cx + r, cy + arm), fill=255)
         draw.rectangle((cx - arm, cy - r, cx + arm, cy + r), fill=255)
     else:  # circle, square, triangle (always upright: orientation is the shading's job)
-        _draw_shape(draw, shape, cx, cy, r, _DIRECTIONS["up"], 255)
+        draw_shape(draw, shape, cx, cy, r, DIRECTIONS["up"], 255)
 
 
 def sample_scenes(count: int, seed: int) -> list[WorldScene]:
@@ -227,7 +210,7 @@ def _write_shards(tmp: Path, count: int, seed: int, samples_per_shard: int, size
                     scene, key = scenes[index], f"{index:09d}"
                     png = io.BytesIO()
                     render(scene, size).save(png, format="PNG")
-                    _add_member(tar, f"{key}.png", png.getvalue())
-                    _add_member(tar, f"{key}.txt", detailed_caption(scene).encode())
-                    _add_member(tar, f"{key}.json", json.dumps({**dataclasses.asdict(scene), "key": key}, sort_keys=True).encode())
+                    add_tar_member(tar, f"{key}.png", png.getvalue())
+                    add_tar_member(tar, f"{key}.txt", detailed_caption(scene).encode())
+                    add_tar_member(tar, f"{key}.json", json.dumps({**dataclasses.asdict(scene), "key": key}, sort_keys=True).encode())
                     bar.update(1)

@@ -184,7 +184,7 @@ def test_missing_paths_are_errors(shard_dir, tmp_path):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_image_folder_labels_captions_and_corrupt_items(tmp_path, num_workers):
-    classes = write_image_folder(tmp_path, num_per_class=2, image_size=20, seed=0, by="colour")
+    classes = write_image_folder(tmp_path, num_per_class=2, image_size=20, seed=0, by="color")
     (tmp_path / "red" / "broken.jpg").write_bytes(os.urandom(200))
     Image.new("RGB", (30, 50)).save(tmp_path / "loose.bmp")  # directly under root: no class
 

@@ -1,7 +1,8 @@
 """Upstream DCR's recipe (boyuh/DCR, commit c16d885) as configs: stages/configs/upstream/enhance_*.yaml.
 
-``UPSTREAM`` transcribes upstream's yaml configs and training scripts, one row per value with the
-file and line it came from; each upstream config is held against it. The behavioural tests check
+``BASE`` transcribes upstream's yaml configs and training scripts, one row per value with the file
+and the line it came from in each upstream family's files; ``DIFFERENCES`` holds each backbone's
+own values; ``UPSTREAM`` expands them per backbone, and each upstream config is held against it. The behavioural tests check
 that the options those configs switch on do what upstream's code does: torchvision's transforms
 with the same random draws, PEFT's LoRA scope and bias, the masked empty prompt.
 """
@@ -30,7 +31,7 @@ from dcr_mllm.presets.real import BACKBONES
 from dcr_mllm.towers import apply_lora, load_tower, merge_lora
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.towers.lora import lora_module_names
-from dcr_mllm.training.engine import build_optimizer, lr_lambda
+from dcr_mllm.training.optim import build_optimizer, lr_lambda
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "visual_projection"]
@@ -38,315 +39,90 @@ SIGLIP_TARGETS = ["k_proj", "v_proj", "q_proj", "out_proj", "fc1", "fc2"]  # boy
 TV_RATIO = inspect.signature(transforms.RandomResizedCrop).parameters["ratio"].default  # torchvision's (3/4, 4/3)
 
 # fmt: off
-UPSTREAM = {
-    'clip_l14_224': [
-        ("tower.image_size", 224),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:5
-        ("projector.output_dim", 1024),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:12
-        ("projector.hidden_dim", 1024),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:12
-        ("denoiser", 'sd-2.1'),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:10
-        ("projector_stage.micro_batch_size", 16),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:3
-        ("projector_stage.max_steps", 100000),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:18
-        ("projector_stage.lr", 0.0001),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:19
-        ("projector_stage.scheduler", 'constant'),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:20
-        ("projector_stage.betas[0]", 0.9),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:22
-        ("projector_stage.betas[1]", 0.999),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:23
-        ("projector_stage.weight_decay", 0.01),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:24
-        ("projector_stage.adam_eps", 1e-08),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:25
-        ("projector_stage.grad_clip", 1.0),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:28
-        ("projector_stage.precision", 'bf16'),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:30
-        ("projector_stage.save_every", 20000),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:31
-        ("projector_stage.grad_accum", 2),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:35
-        ("projector_stage.lr_warmup_steps", 10),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage1.yaml:21
-        ("lora_stage.micro_batch_size", 16),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:3
-        ("lora_stage.max_steps", 4600),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:25
-        ("lora_stage.lr", 1e-05),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:26
-        ("lora_stage.scheduler", 'constant'),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:27
-        ("lora_stage.betas[0]", 0.9),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:29
-        ("lora_stage.betas[1]", 0.999),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:30
-        ("lora_stage.weight_decay", 0.01),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:31
-        ("lora_stage.adam_eps", 1e-08),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:32
-        ("lora_stage.grad_clip", 1.0),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:35
-        ("lora_stage.precision", 'bf16'),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:37
-        ("lora_stage.save_every", 500),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:38
-        ("lora_stage.grad_accum", 2),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:42
-        ("lora_stage.lr_warmup_steps", 10),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:28
-        ("lora.r", 16),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:15
-        ("lora.alpha", 16),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:16
-        ("lora.dropout", 0.1),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:17
-        ("lora.bias", 'lora_only'),  # boyuh/DCR train_configs/train_OpenAICLIP_224_stage2.yaml:18
-        ("objective.target", 'velocity'),  # boyuh/DCR train_OpenAICLIP_stage1.py:265
-        ("objective.tau", 0.1),  # boyuh/DCR train_OpenAICLIP_stage1.py:266
-        ("normalization.mean", [0.48145466, 0.4578275, 0.40821073]),  # boyuh/DCR train_OpenAICLIP_stage1.py:54
-        ("normalization.std", [0.26862954, 0.26130258, 0.27577711]),  # boyuh/DCR train_OpenAICLIP_stage1.py:55
-        ("lora.target_modules", 'all-linear'),  # boyuh/DCR train_OpenAICLIP_stage2.py:129
-        ("objective.empty_prompt_mask", True),  # boyuh/DCR clip_models/CLIP_bank.py:50
-        ("objective.augment.brightness", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:34
-        ("objective.augment.contrast", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:34
-        ("objective.augment.saturation", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:34
-        ("objective.augment.hue", 0.05),  # boyuh/DCR clip_models/CLIP_bank.py:34
-        ("objective.augment.hflip", 0.5),  # boyuh/DCR clip_models/CLIP_bank.py:35
-        ("objective.augment.vflip", 0.5),  # boyuh/DCR clip_models/CLIP_bank.py:36
-        ("objective.augment.crop_scale", (0.9, 1.0)),  # boyuh/DCR clip_models/CLIP_bank.py:39
-        ("objective.augment.crop_ratio", (0.9, 1.1)),  # boyuh/DCR clip_models/CLIP_bank.py:40
-        ("data.crop_scale", (0.9, 1.0)),  # boyuh/DCR image_datasets/dataset_cc3m.py:109
-    ],
-    'clip_l14_336': [
-        ("tower.image_size", 336),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:5
-        ("projector.output_dim", 1024),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:12
-        ("projector.hidden_dim", 1024),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:12
-        ("denoiser", 'sd-2.1'),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:10
-        ("projector_stage.micro_batch_size", 16),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:3
-        ("projector_stage.max_steps", 100000),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:18
-        ("projector_stage.lr", 0.0001),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:19
-        ("projector_stage.scheduler", 'constant'),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:20
-        ("projector_stage.betas[0]", 0.9),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:22
-        ("projector_stage.betas[1]", 0.999),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:23
-        ("projector_stage.weight_decay", 0.01),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:24
-        ("projector_stage.adam_eps", 1e-08),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:25
-        ("projector_stage.grad_clip", 1.0),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:28
-        ("projector_stage.precision", 'bf16'),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:30
-        ("projector_stage.save_every", 20000),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:31
-        ("projector_stage.grad_accum", 2),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:35
-        ("projector_stage.lr_warmup_steps", 10),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage1.yaml:21
-        ("lora_stage.micro_batch_size", 16),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:3
-        ("lora_stage.max_steps", 4600),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:25
-        ("lora_stage.lr", 1e-05),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:26
-        ("lora_stage.scheduler", 'constant'),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:27
-        ("lora_stage.betas[0]", 0.9),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:29
-        ("lora_stage.betas[1]", 0.999),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:30
-        ("lora_stage.weight_decay", 0.01),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:31
-        ("lora_stage.adam_eps", 1e-08),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:32
-        ("lora_stage.grad_clip", 1.0),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:35
-        ("lora_stage.precision", 'bf16'),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:37
-        ("lora_stage.save_every", 500),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:38
-        ("lora_stage.grad_accum", 2),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:42
-        ("lora_stage.lr_warmup_steps", 10),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:28
-        ("lora.r", 16),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:15
-        ("lora.alpha", 16),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:16
-        ("lora.dropout", 0.1),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:17
-        ("lora.bias", 'lora_only'),  # boyuh/DCR train_configs/train_OpenAICLIP_336_stage2.yaml:18
-        ("objective.target", 'velocity'),  # boyuh/DCR train_OpenAICLIP_stage1.py:265
-        ("objective.tau", 0.1),  # boyuh/DCR train_OpenAICLIP_stage1.py:266
-        ("normalization.mean", [0.48145466, 0.4578275, 0.40821073]),  # boyuh/DCR train_OpenAICLIP_stage1.py:54
-        ("normalization.std", [0.26862954, 0.26130258, 0.27577711]),  # boyuh/DCR train_OpenAICLIP_stage1.py:55
-        ("lora.target_modules", 'all-linear'),  # boyuh/DCR train_OpenAICLIP_stage2.py:129
-        ("objective.empty_prompt_mask", True),  # boyuh/DCR clip_models/CLIP_bank.py:50
-        ("objective.augment.brightness", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:34
-        ("objective.augment.contrast", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:34
-        ("objective.augment.saturation", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:34
-        ("objective.augment.hue", 0.05),  # boyuh/DCR clip_models/CLIP_bank.py:34
-        ("objective.augment.hflip", 0.5),  # boyuh/DCR clip_models/CLIP_bank.py:35
-        ("objective.augment.vflip", 0.5),  # boyuh/DCR clip_models/CLIP_bank.py:36
-        ("objective.augment.crop_scale", (0.9, 1.0)),  # boyuh/DCR clip_models/CLIP_bank.py:39
-        ("objective.augment.crop_ratio", (0.9, 1.1)),  # boyuh/DCR clip_models/CLIP_bank.py:40
-        ("data.crop_scale", (0.9, 1.0)),  # boyuh/DCR image_datasets/dataset_cc3m.py:109
-    ],
-    'metaclip_l14': [
-        ("tower.image_size", 224),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:5
-        ("projector.output_dim", 1024),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:13
-        ("projector.hidden_dim", 1024),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:13
-        ("denoiser", 'sd-2.1'),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:10
-        ("projector_stage.micro_batch_size", 16),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:3
-        ("projector_stage.max_steps", 100000),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:19
-        ("projector_stage.lr", 0.0001),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:20
-        ("projector_stage.scheduler", 'constant'),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:21
-        ("projector_stage.betas[0]", 0.9),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:23
-        ("projector_stage.betas[1]", 0.999),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:24
-        ("projector_stage.weight_decay", 0.01),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:25
-        ("projector_stage.adam_eps", 1e-08),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:26
-        ("projector_stage.grad_clip", 1.0),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:29
-        ("projector_stage.precision", 'bf16'),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:31
-        ("projector_stage.save_every", 20000),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:32
-        ("projector_stage.grad_accum", 2),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:36
-        ("projector_stage.lr_warmup_steps", 10),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage1.yaml:22
-        ("lora_stage.micro_batch_size", 16),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:3
-        ("lora_stage.max_steps", 100000),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:26
-        ("lora_stage.lr", 1e-05),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:27
-        ("lora_stage.scheduler", 'constant'),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:28
-        ("lora_stage.betas[0]", 0.9),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:30
-        ("lora_stage.betas[1]", 0.999),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:31
-        ("lora_stage.weight_decay", 0.01),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:32
-        ("lora_stage.adam_eps", 1e-08),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:33
-        ("lora_stage.grad_clip", 1.0),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:36
-        ("lora_stage.precision", 'bf16'),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:38
-        ("lora_stage.save_every", 500),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:39
-        ("lora_stage.grad_accum", 2),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:43
-        ("lora_stage.lr_warmup_steps", 10),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:29
-        ("lora.r", 16),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:16
-        ("lora.alpha", 16),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:17
-        ("lora.dropout", 0.1),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:18
-        ("lora.bias", 'lora_only'),  # boyuh/DCR train_configs/train_MetaCLIP_L_stage2.yaml:19
-        ("objective.target", 'velocity'),  # boyuh/DCR train_MetaCLIP_stage1.py:260
-        ("objective.tau", 0.1),  # boyuh/DCR train_MetaCLIP_stage1.py:261
-        ("normalization.mean", [0.48145466, 0.4578275, 0.40821073]),  # boyuh/DCR train_MetaCLIP_stage1.py:54
-        ("normalization.std", [0.26862954, 0.26130258, 0.27577711]),  # boyuh/DCR train_MetaCLIP_stage1.py:55
-        ("lora.target_modules", 'all-linear'),  # boyuh/DCR train_MetaCLIP_stage2.py:123
-        ("objective.empty_prompt_mask", True),  # boyuh/DCR clip_models/CLIP_bank.py:189
-        ("objective.augment.brightness", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:173
-        ("objective.augment.contrast", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:173
-        ("objective.augment.saturation", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:173
-        ("objective.augment.hue", 0.05),  # boyuh/DCR clip_models/CLIP_bank.py:173
-        ("objective.augment.hflip", 0.5),  # boyuh/DCR clip_models/CLIP_bank.py:174
-        ("objective.augment.vflip", 0.5),  # boyuh/DCR clip_models/CLIP_bank.py:175
-        ("objective.augment.crop_scale", (0.9, 1.0)),  # boyuh/DCR clip_models/CLIP_bank.py:178
-        ("objective.augment.crop_ratio", (0.9, 1.1)),  # boyuh/DCR clip_models/CLIP_bank.py:179
-        ("data.crop_scale", (0.9, 1.0)),  # boyuh/DCR image_datasets/dataset_cc3m.py:109
-    ],
-    'metaclip_h14': [
-        ("tower.image_size", 224),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:5
-        ("projector.output_dim", 1024),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:13
-        ("projector.hidden_dim", 1024),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:13
-        ("denoiser", 'sd-2.1'),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:10
-        ("projector_stage.micro_batch_size", 16),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:3
-        ("projector_stage.max_steps", 100000),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:19
-        ("projector_stage.lr", 0.0001),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:20
-        ("projector_stage.scheduler", 'constant'),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:21
-        ("projector_stage.betas[0]", 0.9),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:23
-        ("projector_stage.betas[1]", 0.999),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:24
-        ("projector_stage.weight_decay", 0.01),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:25
-        ("projector_stage.adam_eps", 1e-08),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:26
-        ("projector_stage.grad_clip", 1.0),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:29
-        ("projector_stage.precision", 'bf16'),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:31
-        ("projector_stage.save_every", 20000),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:32
-        ("projector_stage.grad_accum", 2),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:36
-        ("projector_stage.lr_warmup_steps", 10),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage1.yaml:22
-        ("lora_stage.micro_batch_size", 16),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:3
-        ("lora_stage.max_steps", 100000),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:26
-        ("lora_stage.lr", 1e-05),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:27
-        ("lora_stage.scheduler", 'constant'),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:28
-        ("lora_stage.betas[0]", 0.9),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:30
-        ("lora_stage.betas[1]", 0.999),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:31
-        ("lora_stage.weight_decay", 0.01),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:32
-        ("lora_stage.adam_eps", 1e-08),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:33
-        ("lora_stage.grad_clip", 1.0),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:36
-        ("lora_stage.precision", 'bf16'),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:38
-        ("lora_stage.save_every", 500),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:39
-        ("lora_stage.grad_accum", 2),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:43
-        ("lora_stage.lr_warmup_steps", 10),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:29
-        ("lora.r", 16),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:16
-        ("lora.alpha", 16),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:17
-        ("lora.dropout", 0.1),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:18
-        ("lora.bias", 'lora_only'),  # boyuh/DCR train_configs/train_MetaCLIP_H_stage2.yaml:19
-        ("objective.target", 'velocity'),  # boyuh/DCR train_MetaCLIP_stage1.py:260
-        ("objective.tau", 0.1),  # boyuh/DCR train_MetaCLIP_stage1.py:261
-        ("normalization.mean", [0.48145466, 0.4578275, 0.40821073]),  # boyuh/DCR train_MetaCLIP_stage1.py:54
-        ("normalization.std", [0.26862954, 0.26130258, 0.27577711]),  # boyuh/DCR train_MetaCLIP_stage1.py:55
-        ("lora.target_modules", 'all-linear'),  # boyuh/DCR train_MetaCLIP_stage2.py:123
-        ("objective.empty_prompt_mask", True),  # boyuh/DCR clip_models/CLIP_bank.py:189
-        ("objective.augment.brightness", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:173
-        ("objective.augment.contrast", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:173
-        ("objective.augment.saturation", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:173
-        ("objective.augment.hue", 0.05),  # boyuh/DCR clip_models/CLIP_bank.py:173
-        ("objective.augment.hflip", 0.5),  # boyuh/DCR clip_models/CLIP_bank.py:174
-        ("objective.augment.vflip", 0.5),  # boyuh/DCR clip_models/CLIP_bank.py:175
-        ("objective.augment.crop_scale", (0.9, 1.0)),  # boyuh/DCR clip_models/CLIP_bank.py:178
-        ("objective.augment.crop_ratio", (0.9, 1.1)),  # boyuh/DCR clip_models/CLIP_bank.py:179
-        ("data.crop_scale", (0.9, 1.0)),  # boyuh/DCR image_datasets/dataset_cc3m.py:109
-    ],
-    'siglip_so400m_224': [
-        ("tower.image_size", 224),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:5
-        ("projector.output_dim", 1024),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:12
-        ("projector.hidden_dim", 1024),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:12
-        ("denoiser", 'sd-2.1'),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:10
-        ("projector_stage.micro_batch_size", 16),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:3
-        ("projector_stage.max_steps", 100000),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:18
-        ("projector_stage.lr", 0.0001),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:19
-        ("projector_stage.scheduler", 'constant'),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:20
-        ("projector_stage.betas[0]", 0.9),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:22
-        ("projector_stage.betas[1]", 0.999),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:23
-        ("projector_stage.weight_decay", 0.01),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:24
-        ("projector_stage.adam_eps", 1e-08),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:25
-        ("projector_stage.grad_clip", 1.0),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:28
-        ("projector_stage.precision", 'bf16'),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:30
-        ("projector_stage.save_every", 20000),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:31
-        ("projector_stage.grad_accum", 2),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:35
-        ("projector_stage.lr_warmup_steps", 10),  # boyuh/DCR train_configs/train_SigLIP_224_stage1.yaml:21
-        ("lora_stage.micro_batch_size", 16),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:3
-        ("lora_stage.max_steps", 4600),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:25
-        ("lora_stage.lr", 1e-05),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:26
-        ("lora_stage.scheduler", 'constant'),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:27
-        ("lora_stage.betas[0]", 0.9),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:29
-        ("lora_stage.betas[1]", 0.999),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:30
-        ("lora_stage.weight_decay", 0.01),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:31
-        ("lora_stage.adam_eps", 1e-08),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:32
-        ("lora_stage.grad_clip", 1.0),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:35
-        ("lora_stage.precision", 'bf16'),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:37
-        ("lora_stage.save_every", 20000),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:38
-        ("lora_stage.grad_accum", 2),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:42
-        ("lora_stage.lr_warmup_steps", 10),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:28
-        ("lora.r", 16),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:15
-        ("lora.alpha", 16),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:16
-        ("lora.dropout", 0.1),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:17
-        ("lora.bias", 'lora_only'),  # boyuh/DCR train_configs/train_SigLIP_224_stage2.yaml:18
-        ("objective.target", 'velocity'),  # boyuh/DCR train_SigLIP_stage1.py:260
-        ("objective.tau", 0.1),  # boyuh/DCR train_SigLIP_stage1.py:261
-        ("normalization.mean", [0.48145466, 0.4578275, 0.40821073]),  # boyuh/DCR train_SigLIP_stage1.py:54
-        ("normalization.std", [0.26862954, 0.26130258, 0.27577711]),  # boyuh/DCR train_SigLIP_stage1.py:55
-        ("lora.target_modules", ['k_proj', 'v_proj', 'q_proj', 'out_proj', 'fc1', 'fc2']),  # boyuh/DCR train_SigLIP_stage2.py:123
-        ("objective.empty_prompt_mask", True),  # boyuh/DCR clip_models/CLIP_bank.py:119
-        ("objective.augment.brightness", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:99
-        ("objective.augment.contrast", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:99
-        ("objective.augment.saturation", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:99
-        ("objective.augment.hue", 0.05),  # boyuh/DCR clip_models/CLIP_bank.py:99
-        ("objective.augment.hflip", 0.5),  # boyuh/DCR clip_models/CLIP_bank.py:100
-        ("objective.augment.vflip", 0.5),  # boyuh/DCR clip_models/CLIP_bank.py:101
-        ("objective.augment.crop_scale", (0.9, 1.0)),  # boyuh/DCR clip_models/CLIP_bank.py:104
-        ("objective.augment.crop_ratio", (0.9, 1.1)),  # boyuh/DCR clip_models/CLIP_bank.py:105
-        ("data.crop_scale", (0.9, 1.0)),  # boyuh/DCR image_datasets/dataset_cc3m.py:109
-    ],
-    'siglip_so400m_384': [
-        ("tower.image_size", 384),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:5
-        ("projector.output_dim", 1024),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:12
-        ("projector.hidden_dim", 1024),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:12
-        ("denoiser", 'sd-2.1'),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:10
-        ("projector_stage.micro_batch_size", 16),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:3
-        ("projector_stage.max_steps", 100000),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:18
-        ("projector_stage.lr", 0.0001),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:19
-        ("projector_stage.scheduler", 'constant'),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:20
-        ("projector_stage.betas[0]", 0.9),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:22
-        ("projector_stage.betas[1]", 0.999),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:23
-        ("projector_stage.weight_decay", 0.01),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:24
-        ("projector_stage.adam_eps", 1e-08),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:25
-        ("projector_stage.grad_clip", 1.0),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:28
-        ("projector_stage.precision", 'bf16'),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:30
-        ("projector_stage.save_every", 20000),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:31
-        ("projector_stage.grad_accum", 2),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:35
-        ("projector_stage.lr_warmup_steps", 10),  # boyuh/DCR train_configs/train_SigLIP_384_stage1.yaml:21
-        ("lora_stage.micro_batch_size", 16),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:3
-        ("lora_stage.max_steps", 4600),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:25
-        ("lora_stage.lr", 1e-05),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:26
-        ("lora_stage.scheduler", 'constant'),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:27
-        ("lora_stage.betas[0]", 0.9),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:29
-        ("lora_stage.betas[1]", 0.999),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:30
-        ("lora_stage.weight_decay", 0.01),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:31
-        ("lora_stage.adam_eps", 1e-08),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:32
-        ("lora_stage.grad_clip", 1.0),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:35
-        ("lora_stage.precision", 'bf16'),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:37
-        ("lora_stage.save_every", 20000),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:38
-        ("lora_stage.grad_accum", 2),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:42
-        ("lora_stage.lr_warmup_steps", 10),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:28
-        ("lora.r", 16),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:15
-        ("lora.alpha", 16),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:16
-        ("lora.dropout", 0.1),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:17
-        ("lora.bias", 'lora_only'),  # boyuh/DCR train_configs/train_SigLIP_384_stage2.yaml:18
-        ("objective.target", 'velocity'),  # boyuh/DCR train_SigLIP_stage1.py:260
-        ("objective.tau", 0.1),  # boyuh/DCR train_SigLIP_stage1.py:261
-        ("normalization.mean", [0.48145466, 0.4578275, 0.40821073]),  # boyuh/DCR train_SigLIP_stage1.py:54
-        ("normalization.std", [0.26862954, 0.26130258, 0.27577711]),  # boyuh/DCR train_SigLIP_stage1.py:55
-        ("lora.target_modules", ['k_proj', 'v_proj', 'q_proj', 'out_proj', 'fc1', 'fc2']),  # boyuh/DCR train_SigLIP_stage2.py:123
-        ("objective.empty_prompt_mask", True),  # boyuh/DCR clip_models/CLIP_bank.py:119
-        ("objective.augment.brightness", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:99
-        ("objective.augment.contrast", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:99
-        ("objective.augment.saturation", 0.1),  # boyuh/DCR clip_models/CLIP_bank.py:99
-        ("objective.augment.hue", 0.05),  # boyuh/DCR clip_models/CLIP_bank.py:99
-        ("objective.augment.hflip", 0.5),  # boyuh/DCR clip_models/CLIP_bank.py:100
-        ("objective.augment.vflip", 0.5),  # boyuh/DCR clip_models/CLIP_bank.py:101
-        ("objective.augment.crop_scale", (0.9, 1.0)),  # boyuh/DCR clip_models/CLIP_bank.py:104
-        ("objective.augment.crop_ratio", (0.9, 1.1)),  # boyuh/DCR clip_models/CLIP_bank.py:105
-        ("data.crop_scale", (0.9, 1.0)),  # boyuh/DCR image_datasets/dataset_cc3m.py:109
-    ],
+#: where each upstream family keeps its recipe (boyuh/DCR, commit c16d885): "stage1"/"stage2" are
+#: train_configs/train_<family>_<tag>_stage<n>.yaml, "train1"/"train2" train_<family>_stage<n>.py,
+#: "bank" clip_models/CLIP_bank.py (one class per family), "data" image_datasets/dataset_cc3m.py
+UPSTREAM_FAMILY = {  # our backbone -> (upstream family, the tag of its stage configs)
+    "clip_l14_224": ("OpenAICLIP", "224"), "clip_l14_336": ("OpenAICLIP", "336"), "metaclip_l14": ("MetaCLIP", "L"),
+    "metaclip_h14": ("MetaCLIP", "H"), "siglip_so400m_224": ("SigLIP", "224"), "siglip_so400m_384": ("SigLIP", "384"),
+}
+FAMILIES = ("OpenAICLIP", "MetaCLIP", "SigLIP")
+#: what every backbone's recipe says: (our key, upstream's value, file, its line in the OpenAICLIP, MetaCLIP and SigLIP file)
+BASE = [
+    ("tower.image_size", 224, "stage1", 5, 5, 5),
+    ("projector.output_dim", 1024, "stage1", 12, 13, 12),
+    ("projector.hidden_dim", 1024, "stage1", 12, 13, 12),
+    ("denoiser", 'sd-2.1', "stage1", 10, 10, 10),
+    ("projector_stage.micro_batch_size", 16, "stage1", 3, 3, 3),
+    ("projector_stage.max_steps", 100000, "stage1", 18, 19, 18),
+    ("projector_stage.lr", 0.0001, "stage1", 19, 20, 19),
+    ("projector_stage.scheduler", 'constant', "stage1", 20, 21, 20),
+    ("projector_stage.betas[0]", 0.9, "stage1", 22, 23, 22),
+    ("projector_stage.betas[1]", 0.999, "stage1", 23, 24, 23),
+    ("projector_stage.weight_decay", 0.01, "stage1", 24, 25, 24),
+    ("projector_stage.adam_eps", 1e-08, "stage1", 25, 26, 25),
+    ("projector_stage.grad_clip", 1.0, "stage1", 28, 29, 28),
+    ("projector_stage.precision", 'bf16', "stage1", 30, 31, 30),
+    ("projector_stage.save_every", 20000, "stage1", 31, 32, 31),
+    ("projector_stage.grad_accum", 2, "stage1", 35, 36, 35),
+    ("projector_stage.lr_warmup_steps", 10, "stage1", 21, 22, 21),
+    ("lora_stage.micro_batch_size", 16, "stage2", 3, 3, 3),
+    ("lora_stage.max_steps", 4600, "stage2", 25, 26, 25),
+    ("lora_stage.lr", 1e-05, "stage2", 26, 27, 26),
+    ("lora_stage.scheduler", 'constant', "stage2", 27, 28, 27),
+    ("lora_stage.betas[0]", 0.9, "stage2", 29, 30, 29),
+    ("lora_stage.betas[1]", 0.999, "stage2", 30, 31, 30),
+    ("lora_stage.weight_decay", 0.01, "stage2", 31, 32, 31),
+    ("lora_stage.adam_eps", 1e-08, "stage2", 32, 33, 32),
+    ("lora_stage.grad_clip", 1.0, "stage2", 35, 36, 35),
+    ("lora_stage.precision", 'bf16', "stage2", 37, 38, 37),
+    ("lora_stage.save_every", 500, "stage2", 38, 39, 38),
+    ("lora_stage.grad_accum", 2, "stage2", 42, 43, 42),
+    ("lora_stage.lr_warmup_steps", 10, "stage2", 28, 29, 28),
+    ("lora.r", 16, "stage2", 15, 16, 15),
+    ("lora.alpha", 16, "stage2", 16, 17, 16),
+    ("lora.dropout", 0.1, "stage2", 17, 18, 17),
+    ("lora.bias", 'lora_only', "stage2", 18, 19, 18),
+    ("objective.target", 'velocity', "train1", 265, 260, 260),
+    ("objective.tau", 0.1, "train1", 266, 261, 261),
+    ("normalization.mean", [0.48145466, 0.4578275, 0.40821073], "train1", 54, 54, 54),
+    ("normalization.std", [0.26862954, 0.26130258, 0.27577711], "train1", 55, 55, 55),
+    ("lora.target_modules", 'all-linear', "train2", 129, 123, 123),
+    ("objective.empty_prompt_mask", True, "bank", 50, 189, 119),
+    ("objective.augment.brightness", 0.1, "bank", 34, 173, 99),
+    ("objective.augment.contrast", 0.1, "bank", 34, 173, 99),
+    ("objective.augment.saturation", 0.1, "bank", 34, 173, 99),
+    ("objective.augment.hue", 0.05, "bank", 34, 173, 99),
+    ("objective.augment.hflip", 0.5, "bank", 35, 174, 100),
+    ("objective.augment.vflip", 0.5, "bank", 36, 175, 101),
+    ("objective.augment.crop_scale", (0.9, 1.0), "bank", 39, 178, 104),
+    ("objective.augment.crop_ratio", (0.9, 1.1), "bank", 40, 179, 105),
+    ("data.crop_scale", (0.9, 1.0), "data", 109, 109, 109),
+]
+#: each backbone's values that differ from BASE (same file and line)
+DIFFERENCES = {
+    "clip_l14_336": {"tower.image_size": 336},
+    "metaclip_l14": {"lora_stage.max_steps": 100000},
+    "metaclip_h14": {"lora_stage.max_steps": 100000},
+    "siglip_so400m_224": {"lora_stage.save_every": 20000, "lora.target_modules": ['k_proj', 'v_proj', 'q_proj', 'out_proj', 'fc1', 'fc2']},
+    "siglip_so400m_384": {"tower.image_size": 384, "lora_stage.save_every": 20000, "lora.target_modules": ['k_proj', 'v_proj', 'q_proj', 'out_proj', 'fc1', 'fc2']},
 }
 # fmt: on
+
+
+def upstream_rows(backbone: str) -> list[tuple[str, object, str]]:
+    """(our key, upstream's value, "boyuh/DCR FILE:LINE") for every row of ``backbone``'s recipe."""
+    family, tag = UPSTREAM_FAMILY[backbone]
+    files = {"stage1": f"train_configs/train_{family}_{tag}_stage1.yaml", "stage2": f"train_configs/train_{family}_{tag}_stage2.yaml",
+             "train1": f"train_{family}_stage1.py", "train2": f"train_{family}_stage2.py", "bank": "clip_models/CLIP_bank.py",
+             "data": "image_datasets/dataset_cc3m.py"}
+    changed = DIFFERENCES.get(backbone, {})
+    return [(key, changed.get(key, value), f"boyuh/DCR {files[role]}:{lines[FAMILIES.index(family)]}")
+            for key, value, role, *lines in BASE]
+
+
+UPSTREAM = {backbone: upstream_rows(backbone) for backbone in UPSTREAM_FAMILY}
+
 
 
 def _get(cfg, key):
@@ -399,8 +175,11 @@ def check_row(cfg: EnhanceConfig, key: str, upstream) -> None:
 @pytest.mark.parametrize("backbone", sorted(UPSTREAM))
 def test_upstream_config_holds_upstreams_values(backbone):
     cfg = resolve_config(load_config(EnhanceConfig, REPO / "stages" / "configs" / "upstream" / f"enhance_{backbone}.yaml"))
-    for key, upstream in UPSTREAM[backbone]:
-        check_row(cfg, key, upstream)
+    for key, upstream, source in UPSTREAM[backbone]:
+        try:
+            check_row(cfg, key, upstream)
+        except AssertionError as err:
+            raise AssertionError(f"{key} ({source}): {err}") from err
     assert cfg.objective.augment.mode == "upstream" and cfg.objective.chunk_size == 0
     assert cfg.projector_stage.deepspeed == cfg.lora_stage.deepspeed == "stages/deepspeed/zero2.json"
 

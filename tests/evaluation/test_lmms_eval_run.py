@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dcr_mllm.evaluation.lmms_tasks import POPE_METRICS, prepare_eval_data, synthetic_mmvp, synthetic_pope
+from dcr_mllm.evaluation.eval_data import prepare_eval_data, synthetic_mmvp, synthetic_pope
+from dcr_mllm.evaluation.pope_task import POPE_METRICS
 from dcr_mllm.llava.build import build_llava
 from dcr_mllm.evaluation.world_task import WORLD_METRICS, WORLD_OPEN_METRICS
 from dcr_mllm.training.distributed import child_environment
@@ -185,7 +186,7 @@ def test_eval_mllm_pairs_two_llavas_on_the_world_questions(setup, tmp_path, monk
 
 
 def test_local_data_is_written_where_missing_or_stale_and_real_data_is_kept(tmp_path):
-    from dcr_mllm.evaluation.lmms_tasks import DATA_VERSION
+    from dcr_mllm.evaluation.eval_data import DATA_VERSION
     from dcr_mllm.evaluation.mllm_run import ensure_local_data, local_folders
     from dcr_mllm.io import generated_from
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import lmms_eval
 import pytest
 
-from dcr_mllm.evaluation import lmms_tasks as t
+from dcr_mllm.errors import DcrError
+from dcr_mllm.evaluation import eval_data, mmvp_task, pope_task, task_common
 
 LMMS_TASKS = Path(lmms_eval.__file__).parent / "tasks"
 # lmms-eval 0.7.3, lmms_eval/tasks/mmvp/utils.py:15-18 (1-based Index -> corrected answer):
@@ -23,7 +24,7 @@ LMMS_EVAL_MMVP_CORRECTIONS = {99: ("(a)", "(b)"), 100: ("(b)", "(a)"), 279: ("(a
      ("Option A", "A"), ("closed", "B"), ("Open.", "A"), ("maybe", ""), ("About this", "")],
 )
 def test_option_letters_ignore_formatting(response, letter):
-    assert t.option_letter(response, ["Open", "Closed"]) == letter
+    assert task_common.option_letter(response, ["Open", "Closed"]) == letter
 
 
 @pytest.mark.parametrize(
@@ -32,7 +33,7 @@ def test_option_letters_ignore_formatting(response, letter):
      ("There is no dog.", "no"), ("There isn't one", "no"), ("There is a dog.", "yes")],
 )
 def test_yes_no_ignores_formatting(response, answer):
-    assert t.yes_no(response) == answer
+    assert task_common.yes_no(response) == answer
 
 
 def mmvp_doc(index, answer):
@@ -42,22 +43,22 @@ def mmvp_doc(index, answer):
 def test_mmvp_metrics_by_hand():
     docs = [mmvp_doc(1, "(a)"), mmvp_doc(2, "(b)"), mmvp_doc(3, "(a)"), mmvp_doc(4, "(b)"), mmvp_doc(5, "(a)"), mmvp_doc(6, "(b)")]
     responses = ["(a)", "B.", "A", "a", "open", "The answer is B"]  # pair 1 right, pair 2 half, pair 3 right
-    results = [t.mmvp_process_results(d, [r])["mmvp_accuracy"] for d, r in zip(docs, responses)]
-    assert t.mmvp_accuracy(results) == pytest.approx(5 / 6)
-    assert t.mmvp_pair_accuracy(results) == pytest.approx(2 / 3)
-    assert t.mmvp_doc_to_text(docs[0], {"pre_prompt": "", "post_prompt": "\nAnswer."}) == "Is the door open or closed?\nA. Open\nB. Closed\nAnswer."
+    results = [mmvp_task.mmvp_process_results(d, [r])["mmvp_accuracy"] for d, r in zip(docs, responses)]
+    assert mmvp_task.mmvp_accuracy(results) == pytest.approx(5 / 6)
+    assert mmvp_task.mmvp_pair_accuracy(results) == pytest.approx(2 / 3)
+    assert mmvp_task.mmvp_doc_to_text(docs[0], {"pre_prompt": "", "post_prompt": "\nAnswer."}) == "Is the door open or closed?\nA. Open\nB. Closed\nAnswer."
 
 
 def test_pope_metrics_by_hand():
     truths = ["yes", "yes", "yes", "no", "no", "no", "no", "yes"]
     responses = ["Yes.", "yes", "No", "no.", "Yes, there is.", "No", "There is no cat.", "No."]
-    results = [t.pope_process_results({"answer": a, "question": "q"}, [r])["pope_accuracy"] for a, r in zip(truths, responses)]
+    results = [pope_task.pope_process_results({"answer": a, "question": "q"}, [r])["pope_accuracy"] for a, r in zip(truths, responses)]
     # predictions: yes yes no no yes no no no -> tp=2, fp=1, tn=3, fn=2
-    assert t.pope_accuracy(results) == pytest.approx(5 / 8)
-    assert t.pope_precision(results) == pytest.approx(2 / 3)
-    assert t.pope_recall(results) == pytest.approx(2 / 4)
-    assert t.pope_f1_score(results) == pytest.approx(2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2))
-    assert t.pope_pred_yes_ratio(results) == pytest.approx(3 / 8), "POPE's yes-ratio counts predictions"
+    assert pope_task.pope_accuracy(results) == pytest.approx(5 / 8)
+    assert pope_task.pope_precision(results) == pytest.approx(2 / 3)
+    assert pope_task.pope_recall(results) == pytest.approx(2 / 4)
+    assert pope_task.pope_f1_score(results) == pytest.approx(2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2))
+    assert pope_task.pope_pred_yes_ratio(results) == pytest.approx(3 / 8), "POPE's yes-ratio counts predictions"
 
 
 def test_pope_metrics_match_lmms_eval_and_the_yes_ratio_is_named_apart():
@@ -73,21 +74,21 @@ def test_pope_metrics_match_lmms_eval_and_the_yes_ratio_is_named_apart():
         return {"question_id": i, "answer": truths[i], "question": "q"}
 
     theirs = [pope.pope_process_results(doc(i), [a])["pope_accuracy"] for i, a in enumerate(answers)]
-    ours = [t.pope_process_results(doc(i), [a])["pope_accuracy"] for i, a in enumerate(answers)]
+    ours = [pope_task.pope_process_results(doc(i), [a])["pope_accuracy"] for i, a in enumerate(answers)]
     for name in ("accuracy", "precision", "recall", "f1_score"):
-        assert getattr(t, f"pope_{name}")(ours) == pytest.approx(getattr(pope, f"pope_aggregate_{name}")(theirs)), name
+        assert getattr(pope_task, f"pope_{name}")(ours) == pytest.approx(getattr(pope, f"pope_aggregate_{name}")(theirs)), name
     answers = ["no"] * len(truths)  # a model that never says yes
     theirs = [pope.pope_process_results(doc(i), [a])["pope_accuracy"] for i, a in enumerate(answers)]
-    ours = [t.pope_process_results(doc(i), [a])["pope_accuracy"] for i, a in enumerate(answers)]
+    ours = [pope_task.pope_process_results(doc(i), [a])["pope_accuracy"] for i, a in enumerate(answers)]
     assert pope.pope_aggregate_yes_ratio(theirs) == pytest.approx(4 / 10), "lmms-eval's: the share of ground-truth yes"
-    assert t.pope_pred_yes_ratio(ours) == 0.0, "ours: the share of yes predictions"
-    template = (t.task_dir() / "_pope_local_template_yaml").read_text()
+    assert pope_task.pope_pred_yes_ratio(ours) == 0.0, "ours: the share of yes predictions"
+    template = (eval_data.task_dir() / "_pope_local_template_yaml").read_text()
     assert "metric: pope_yes_ratio" not in template and "metric: pope_pred_yes_ratio" in template
 
 
 def test_task_utils_point_at_the_data_root(tmp_path, monkeypatch):
     monkeypatch.setenv("DCR_EVAL_DATA", str(tmp_path))
-    spec = importlib.util.spec_from_file_location("eval_tasks_utils", t.task_dir() / "utils.py")
+    spec = importlib.util.spec_from_file_location("eval_tasks_utils", eval_data.task_dir() / "utils.py")
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
     assert utils.MMVP_TEST == str(tmp_path / "mmvp" / "test.parquet")
@@ -97,10 +98,10 @@ def test_task_utils_point_at_the_data_root(tmp_path, monkeypatch):
 def test_synthetic_sets_have_the_benchmark_schema(tmp_path):
     import datasets
 
-    mmvp = datasets.Dataset.from_parquet(str(t.synthetic_mmvp(tmp_path, num_pairs=3)))
+    mmvp = datasets.Dataset.from_parquet(str(eval_data.synthetic_mmvp(tmp_path, num_pairs=3)))
     assert mmvp.column_names == ["Index", "Question", "Options", "Correct Answer", "image"]
     assert mmvp["Index"] == [1, 2, 3, 4, 5, 6] and mmvp["Correct Answer"] == ["(a)", "(b)"] * 3
-    for path in t.synthetic_pope(tmp_path, questions_per_split=4):
+    for path in eval_data.synthetic_pope(tmp_path, questions_per_split=4):
         pope = datasets.Dataset.from_parquet(str(path))
         assert set(pope.column_names) == {"question_id", "question", "answer", "category", "image"}
         assert pope["answer"] == ["yes", "no", "yes", "no"]
@@ -118,18 +119,18 @@ def test_prepare_from_the_original_files(tmp_path):
     pope.mkdir()
     coco.mkdir()
     Image.new("RGB", (20, 20)).save(coco / "COCO_val2014_000000000001.jpg")
-    for split in t.POPE_SPLITS:
+    for split in eval_data.POPE_SPLITS:
         (pope / f"coco_pope_{split}.json").write_text(
             '{"question_id": 1, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a cat in the image?", "label": "no"}\n')
     out = tmp_path / "out"
-    assert t.prepare_mmvp(mmvp, out).is_file()
-    assert len(t.prepare_pope(pope, coco, out)) == 3
+    assert eval_data.prepare_mmvp(mmvp, out).is_file()
+    assert len(eval_data.prepare_pope(pope, coco, out)) == 3
     (mmvp / "MMVP Images" / "2.jpg").unlink()
-    with pytest.raises(t.DcrError, match="2.jpg is missing"):
-        t.prepare_mmvp(mmvp, out)
+    with pytest.raises(DcrError, match="2.jpg is missing"):
+        eval_data.prepare_mmvp(mmvp, out)
     (mmvp / "Questions.csv").write_text("Index,Question\nx,y\n")
-    with pytest.raises(t.DcrError, match="line 2 is malformed"):
-        t.prepare_mmvp(mmvp, out)
+    with pytest.raises(DcrError, match="line 2 is malformed"):
+        eval_data.prepare_mmvp(mmvp, out)
 
 
 def test_mmvp_corrections_are_lmms_evals(tmp_path):
@@ -141,7 +142,7 @@ def test_mmvp_corrections_are_lmms_evals(tmp_path):
     source = (LMMS_TASKS / "mmvp" / "utils.py").read_text()
     listed = {int(i): (f"({a})", f"({b})") for i, a, b in re.findall(r"Index (\d+) \(row \d+, 0-based\): Corrected from \((\w)\) to \((\w)\)", source)}
     assert listed == LMMS_EVAL_MMVP_CORRECTIONS
-    assert {i: after for i, (_, after) in LMMS_EVAL_MMVP_CORRECTIONS.items()} == t.MMVP_ANSWER_CORRECTIONS
+    assert {i: after for i, (_, after) in LMMS_EVAL_MMVP_CORRECTIONS.items()} == eval_data.MMVP_ANSWER_CORRECTIONS
 
     mmvp = tmp_path / "MMVP"
     (mmvp / "MMVP Images").mkdir(parents=True)
@@ -153,10 +154,10 @@ def test_mmvp_corrections_are_lmms_evals(tmp_path):
         for i in indices:
             writer.writerow([i, "Long or short?", "(a) Long (b) Short", original[i]])
             Image.new("RGB", (8, 8)).save(mmvp / "MMVP Images" / f"{i}.jpg")
-    rows = datasets.Dataset.from_parquet(str(t.prepare_mmvp(mmvp, tmp_path / "out")))
+    rows = datasets.Dataset.from_parquet(str(eval_data.prepare_mmvp(mmvp, tmp_path / "out")))
     answers = dict(zip(rows["Index"], rows["Correct Answer"]))
     assert answers == {97: "(a)", 98: "(b)", 99: "(b)", 100: "(a)", 279: "(b)", 280: "(a)"}
-    assert [t.mmvp_target(doc) for doc in rows.select_columns(["Correct Answer"])] == ["A", "B", "B", "A", "B", "A"]
+    assert [mmvp_task.mmvp_target(doc) for doc in rows.select_columns(["Correct Answer"])] == ["A", "B", "B", "A", "B", "A"]
 
 
 def test_short_answer_instructions_are_lmms_evals():

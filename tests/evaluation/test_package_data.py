@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dcr_mllm.evaluation.lmms_tasks import synthetic_mmvp, synthetic_pope, task_dir
+from dcr_mllm.evaluation.eval_data import synthetic_mmvp, synthetic_pope, task_dir
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_FILES = {"dcr_suite.yaml", "dcr_suite_local.yaml", "mmvp_local.yaml", "pope_local_adv.yaml", "pope_local_pop.yaml",
@@ -62,7 +62,7 @@ def test_lmms_eval_builds_the_local_tasks_from_the_installed_copy(installed, tmp
            "HF_DATASETS_CACHE": str(tmp_path / "cache")}
     script = (
         "from lmms_eval.tasks import TaskManager, get_task_dict\n"
-        "from dcr_mllm.evaluation.lmms_tasks import task_dir\n"
+        "from dcr_mllm.evaluation.eval_data import task_dir\n"
         "import dcr_mllm\n"
         "tasks = get_task_dict(['dcr_suite_local'], TaskManager('ERROR', include_path=str(task_dir())))\n"
         "flat = {t.config.task: t for group in tasks.values() for t in group.values()}\n"

@@ -102,7 +102,7 @@ def test_the_tiny_llama_learns_llava_s_own_system_prompt(tiny):
     it, so the prompt every tiny conversation opens with is a few tokens, not bytes."""
     from transformers import AutoTokenizer
 
-    from dcr_mllm.presets.tokenizers import llama_corpus
+    from dcr_mllm.components.tokenizers import llama_corpus
 
     assert VICUNA_SYSTEM in llama_corpus()
     package = Path(__file__).resolve().parents[2] / "dcr_mllm"

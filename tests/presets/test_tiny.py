@@ -34,7 +34,8 @@ from transformers import (
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.presets import build_tiny_preset, build_tiny_sd, ensure_tiny, resolve
-from dcr_mllm.presets.tiny import MARKER, VISION_LAYERS, default_tiny_root
+from dcr_mllm.components.build_once import MARKER
+from dcr_mllm.presets.tiny import VISION_LAYERS, default_tiny_root
 
 SENTENCES = [
     "a photo of a cat",

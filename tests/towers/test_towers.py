@@ -132,7 +132,7 @@ def _scenes():
 
     from dcr_mllm.data.synthetic import make_pair
 
-    (_, first), (_, second) = make_pair(random.Random(0), 48, "colour")
+    (_, first), (_, second) = make_pair(random.Random(0), 48, "color")
     return [first, second.resize((40, 56))]  # a non-square image exercises resize and crop
 
 

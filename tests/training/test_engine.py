@@ -14,7 +14,7 @@ from torch.utils.data import IterableDataset
 from dcr_mllm.data.position import ReadPosition
 from dcr_mllm.errors import DcrError
 from dcr_mllm.training import ResumableBatches, TrainConfig, Trainer, init_distributed
-from dcr_mllm.training.engine import lr_lambda
+from dcr_mllm.training.optim import lr_lambda
 
 
 class Toy(nn.Module):

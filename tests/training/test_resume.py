@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from dcr_mllm.cli import main
-from dcr_mllm.training.engine import EXPORT_MARKER, config_changes
+from dcr_mllm.training.checkpoints import config_changes
+from dcr_mllm.training.export_marker import EXPORT_MARKER
 from dcr_mllm.training.safe_state import check_safetensors
 
 DATA = ["data.synthetic_samples=32", "data.synthetic_shards=4"]

@@ -71,8 +71,8 @@ def test_world_build_is_deterministic_and_loads_like_real_checkpoints(mini_world
 
 def test_world_metrics_and_condition_sensitivity(mini_world, tmp_path, capsys):
     from dcr_mllm.towers import load_tower
-    from dcr_mllm.world.diagnose import condition_sensitivity
-    from dcr_mllm.world.metrics import evaluate_world
+    from dcr_mllm.evaluation.condition import condition_sensitivity
+    from dcr_mllm.evaluation.world_metrics import evaluate_world
 
     assert main(["make-eval-data", "world", "--output", str(tmp_path / "eval"), "--count", "24"]) == 0
     scores = evaluate_world(load_tower(mini_world["clip"]), tmp_path / "eval", pairs_per_attribute=2)
@@ -200,7 +200,7 @@ def test_long_world_work_prints_progress(tmp_path, capsys, monkeypatch):
 def test_premise_table_says_where_dcr_can_teach(mini_world, tmp_path):
     """The premise in the miniature world: probes of the base and the reference CLIP, the
     denoiser's sensitivity in both forms, and the verdicts follow the stated thresholds."""
-    from dcr_mllm.world.premise import CARRIED_SHARE, HIDDEN_POINTS, measure_premise, premise_table
+    from dcr_mllm.evaluation.premise import CARRIED_SHARE, HIDDEN_POINTS, measure_premise, premise_table
 
     models = mini_world["clip"].parent  # the miniature world's models; only the reference is built here
     result = measure_premise(tmp_path / "world", MINI, models, count=12, val_count=24)

@@ -240,7 +240,7 @@ def test_run_all_says_what_it_runs_and_refuses_a_bad_config_dir(tmp_path):
         assert refused.returncode == 2 and "--full" in refused.stderr and not (tmp_path / "outputs").exists(), argv
 
 
-def test_full_schedule_differs_from_the_default_only_in_its_questions_length_and_outputs():
+def test_full_schedule_differs_from_the_default_only_in_its_questions_length_and_outputs(monkeypatch):
     from pathlib import Path
 
     import yaml
@@ -254,8 +254,13 @@ def test_full_schedule_differs_from_the_default_only_in_its_questions_length_and
     assert (default["finetune_data"].pop("json"), full["finetune_data"].pop("json")) == \
         ("outputs/world/llava/finetune_open.json", "outputs/world/llava/finetune.json")
     assert full == default
-    script = (configs.parents[1] / "run_all.sh").read_text()
-    assert 'world_task=world_local_open' in script and '--full) llava_name=llava_full.yaml suffix=_full world_task=world_local;' in script
+    from dcr_mllm.pipeline.run_all import plan
+
+    monkeypatch.chdir(configs.parents[2])  # run_all.sh runs from the repository root
+    default, long = plan(), plan(full=True)
+    assert (default.world_task, default.suffix, Path(default.llava_config).name) == ("world_local_open", "", "llava.yaml")
+    assert (long.world_task, long.suffix, Path(long.llava_config).name) == ("world_local", "_full", "llava_full.yaml")
+    assert default.world and long.world and long.llava_out != default.llava_out and long.enhance_out == default.enhance_out
 
 
 def test_the_packaged_world_configs_are_the_stages_ones():

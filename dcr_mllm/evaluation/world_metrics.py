@@ -130,7 +130,7 @@ def evaluate_world(tower: VisionTower, data: str | Path | WorldSet, pairs_per_at
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m dcr_mllm.world.metrics --tower DIR --data DIR --output JSON``: one tower, one thread."""
+    """``python -m dcr_mllm.evaluation.world_metrics --tower DIR --data DIR --output JSON``: one tower, one thread."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--tower", required=True)
     parser.add_argument("--data", required=True)

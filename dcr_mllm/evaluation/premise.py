@@ -34,8 +34,8 @@ def measure_premise(output: str | Path = "outputs/world", spec=None, world_root:
     """Build what is missing (the world models, the reference CLIP, ``OUTPUT/val``), measure, and
     write ``OUTPUT/premise.json`` and ``premise.md``."""
     from dcr_mllm.towers import load_tower
-    from dcr_mllm.world.diagnose import condition_sensitivity
-    from dcr_mllm.world.metrics import evaluate_world
+    from dcr_mllm.evaluation.condition import condition_sensitivity
+    from dcr_mllm.evaluation.world_metrics import evaluate_world
     from dcr_mllm.world.models import WorldSpec, build_world, default_world_root, ensure_world
     from dcr_mllm.world.prepare import VAL_COUNT, VAL_SEED
     from dcr_mllm.world.scenes import world_eval_set

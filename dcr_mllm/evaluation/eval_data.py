@@ -1,6 +1,5 @@
-"""The MLLM benchmarks' local data and result processing, used by the lmms-eval tasks shipped in
-``dcr_mllm/tasks/`` (their ``utils.py`` only re-exports from here; ``task_dir()`` is that folder,
-what ``--include_path`` takes).
+"""The MLLM benchmarks' local data, which the lmms-eval tasks in ``dcr_mllm/tasks/`` read
+(``task_dir()`` is that folder, what ``--include_path`` takes).
 
 Local data lives under one directory, ``$DCR_EVAL_DATA`` (default ``~/.cache/dcr_mllm/eval_data``)::
 
@@ -11,12 +10,6 @@ Local data lives under one directory, ``$DCR_EVAL_DATA`` (default ``~/.cache/dcr
 ``prepare_eval_data`` (``prepare_mmvp``/``prepare_pope``) converts the benchmarks' original files into it, MMVP with the
 answer corrections lmms-eval's own MMVP data carries (``MMVP_ANSWER_CORRECTIONS``); the
 ``synthetic_*`` writers produce small sets in the same schema from the project's scenes.
-
-Answers are parsed so that harmless formatting is not penalised ("Yes." is yes, "(a)" and
-"a) red" are A); the metrics are otherwise those of MMVP (accuracy, pair accuracy) and POPE
-(accuracy, precision, recall, F1). POPE's yes-ratio (the share of "yes" *predictions*, as the POPE
-paper defines it) is ``pope_pred_yes_ratio``: lmms-eval's ``pope_yes_ratio`` is another quantity
-(the share of "yes" *ground truths*, lmms_eval/tasks/pope/utils.py:74-84), so the name is not reused.
 """
 
 from __future__ import annotations
@@ -26,7 +19,6 @@ import csv
 import json
 import os
 import random
-import re
 from pathlib import Path
 
 from dcr_mllm.errors import DcrError
@@ -36,7 +28,6 @@ from dcr_mllm.world.conversations import world_qa_rows
 
 POPE_SPLITS = ("adversarial", "popular", "random")
 WORLD_QA_SEED = 2  # the world's question set: neither a training seed nor the tower evaluation's (1)
-POPE_METRICS = ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_pred_yes_ratio")
 
 # MMVP's answers as lmms-eval 0.7.3 scores them: Questions.csv (MMVP/MMVP) with two pairs swapped.
 # lmms-eval applies these in its dataset (lmms-lab-eval/MMVP), not in code; they are listed in
@@ -59,118 +50,6 @@ def data_file(*parts: str) -> str:
     return str(eval_data_root().joinpath(*parts))
 
 
-# ---------------------------------------------------------------- answer parsing
-def option_letter(response: str, options: list[str]) -> str:
-    """'A', '(a)', 'a) red', 'The answer is B', or an option's own text -> its letter; '' if none."""
-    text = response.strip()
-    letters = "".join(chr(65 + i) for i in range(len(options)))
-    for pattern in (rf"^\(?([{letters}])\)?(?:[.):,\s]|$)", rf"answer is:?\s*\(?([{letters}])\)?\b", rf"option\s*\(?([{letters}])\)?\b"):
-        match = re.search(pattern, text, flags=re.IGNORECASE)
-        if match:
-            return match.group(1).upper()
-    lowered = text.lower().rstrip(".! ")
-    for i, option in enumerate(options):
-        if lowered == option.lower().strip().rstrip("."):
-            return chr(65 + i)
-    return ""
-
-
-def yes_no(response: str) -> str:
-    """'Yes.', 'yes, there is' -> yes; 'No.', 'There is not' -> no (POPE's own rule past the first word)."""
-    words = re.findall(r"[a-z']+", response.lower())
-    if words and words[0] in ("yes", "no"):
-        return words[0]
-    return "no" if any(w in ("no", "not") or w.endswith("n't") for w in words) else "yes"
-
-
-def parse_options(options: str) -> list[str]:
-    """'(a) Open (b) Closed' -> ['Open', 'Closed']."""
-    return [m.strip() for m in re.findall(r"\([a-z]\)\s*([^(]+?)(?=\s*\([a-z]\)|$)", options, flags=re.IGNORECASE)]
-
-
-# ---------------------------------------------------------------- MMVP
-def mmvp_doc_to_visual(doc: dict) -> list:
-    return [doc["image"].convert("RGB")]
-
-
-def mmvp_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    kwargs = lmms_eval_specific_kwargs or {}
-    options = "\n".join(f"{chr(65 + i)}. {option}" for i, option in enumerate(parse_options(doc["Options"])))
-    return f"{kwargs.get('pre_prompt', '')}{doc['Question']}\n{options}{kwargs.get('post_prompt', '')}"
-
-
-def mmvp_target(doc: dict) -> str:
-    return doc["Correct Answer"].strip().strip("()").upper()
-
-
-def mmvp_process_results(doc: dict, results: list[str]) -> dict:
-    pred = option_letter(results[0], parse_options(doc["Options"]))
-    result = {"index": int(doc["Index"]), "pair": (int(doc["Index"]) - 1) // 2, "pred": pred, "correct": pred == mmvp_target(doc)}
-    return {"mmvp_accuracy": result, "mmvp_pair_accuracy": result}
-
-
-def mmvp_accuracy(results: list[dict]) -> float:
-    return sum(r["correct"] for r in results) / len(results) if results else 0.0
-
-
-def mmvp_pair_accuracy(results: list[dict]) -> float:
-    """A pair (indices 2k+1, 2k+2) counts only when both of its questions are right."""
-    pairs: dict[int, list[bool]] = {}
-    for r in results:
-        pairs.setdefault(r["pair"], []).append(r["correct"])
-    complete = [all(v) for v in pairs.values() if len(v) == 2]
-    return sum(complete) / len(complete) if complete else 0.0
-
-
-# ---------------------------------------------------------------- POPE
-def pope_doc_to_visual(doc: dict) -> list:
-    return [doc["image"].convert("RGB")]
-
-
-def pope_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    kwargs = lmms_eval_specific_kwargs or {}
-    return f"{kwargs.get('pre_prompt', '')}{doc['question'].strip()}{kwargs.get('post_prompt', '')}"
-
-
-def pope_process_results(doc: dict, results: list[str]) -> dict:
-    result = {"prediction": yes_no(results[0]), "truth": doc["answer"].strip().lower()}
-    return dict.fromkeys(POPE_METRICS, result)
-
-
-def _counts(results: list[dict]) -> tuple[int, int, int, int]:
-    tp = sum(r["prediction"] == "yes" and r["truth"] == "yes" for r in results)
-    fp = sum(r["prediction"] == "yes" and r["truth"] == "no" for r in results)
-    tn = sum(r["prediction"] == "no" and r["truth"] == "no" for r in results)
-    fn = sum(r["prediction"] == "no" and r["truth"] == "yes" for r in results)
-    return tp, fp, tn, fn
-
-
-def pope_accuracy(results: list[dict]) -> float:
-    return sum(r["prediction"] == r["truth"] for r in results) / len(results) if results else 0.0
-
-
-def pope_precision(results: list[dict]) -> float:
-    tp, fp, _, _ = _counts(results)
-    return tp / (tp + fp) if tp + fp else 0.0
-
-
-def pope_recall(results: list[dict]) -> float:
-    tp, _, _, fn = _counts(results)
-    return tp / (tp + fn) if tp + fn else 0.0
-
-
-def pope_f1_score(results: list[dict]) -> float:
-    precision, recall = pope_precision(results), pope_recall(results)
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-
-
-def pope_pred_yes_ratio(results: list[dict]) -> float:
-    """The share of "yes" predictions (POPE's yes-ratio): 0.5 on a balanced split is unbiased, so
-    neither direction is better (``higher_is_better: null`` in the YAML)."""
-    return sum(r["prediction"] == "yes" for r in results) / len(results) if results else 0.0
-
-
-# ---------------------------------------------------------------- writing the local data
 def write_eval_data(outputs: dict[Path, list[dict]]) -> list[Path]:
     """Write each parquet file (an ``image`` given as a path is decoded only now); all of them are
     renamed into place together at the end, so a failure leaves every destination as it was."""
@@ -299,7 +178,7 @@ def synthetic_recipe(name: str, seed: int = 0) -> dict:
 
 MMVP_QUESTIONS = {
     "orientation": "Which way do the shapes point?",
-    "colour": "What colour are the shapes?",
+    "color": "What colour are the shapes?",
     "count": "How many shapes are there?",
     "position": "Where are the shapes?",
     "shape": "What shape are they?",
@@ -342,7 +221,7 @@ def synthetic_pope_rows(questions_per_split: int = 12, image_size: int = 64, see
     from dcr_mllm.data.synthetic import ATTRIBUTE_VALUES, render_scene, sample_attributes
 
     near = {"red": "orange", "orange": "red", "blue": "purple", "purple": "blue", "green": "yellow", "yellow": "green", "white": "yellow"}
-    colours = list(ATTRIBUTE_VALUES["colour"])
+    colors = list(ATTRIBUTE_VALUES["color"])
     splits = {}
     for split_index, split in enumerate(POPE_SPLITS):
         rng = random.Random(f"{seed}-{split}")
@@ -350,11 +229,11 @@ def synthetic_pope_rows(questions_per_split: int = 12, image_size: int = 64, see
         for q in range(questions_per_split):
             attrs = sample_attributes(rng)
             if q % 2 == 0:
-                asked, answer = attrs.colour, "yes"
+                asked, answer = attrs.color, "yes"
             else:
-                asked = {"random": rng.choice([c for c in colours if c != attrs.colour]),
-                         "popular": colours[0] if attrs.colour != colours[0] else colours[1],
-                         "adversarial": near.get(attrs.colour, colours[0])}[split]
+                asked = {"random": rng.choice([c for c in colors if c != attrs.color]),
+                         "popular": colors[0] if attrs.color != colors[0] else colors[1],
+                         "adversarial": near.get(attrs.color, colors[0])}[split]
                 answer = "no"
             rows.append({"question_id": f"{split_index}{q:05d}", "question": f"Is there a {asked} {attrs.shape} in the image?",
                          "answer": answer, "category": split, "image": render_scene(attrs, image_size)})

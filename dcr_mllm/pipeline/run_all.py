@@ -1,0 +1,128 @@
+"""``stages/run_all.sh``: enhance a tower (1), train LLaVA with it (2, 3) and, as the baseline, with
+the base tower, score both towers (4) and both LLaVAs (5), then print a summary.
+
+The configs are read with ``load_config`` (defaults, validation), so what runs is what they say;
+a bad config stops the run before anything starts. On one CPU process the base-tower LLaVA trains
+alongside stage one and then the DCR-tower LLaVA, one thread each (``launch.ONE_THREAD``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dcr_mllm.errors import DcrError
+from dcr_mllm.pipeline.launch import ONE_THREAD, StepFailed, on_one_cpu, run
+from dcr_mllm.pipeline.steps import Clock, eval_mllm, eval_tower, llava, training_stage
+
+STAGES = Path("stages")
+SIDE_LOG = Path("outputs/logs/llava_base.log")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``run_all`` runs, decided from its arguments and the configs before anything starts."""
+
+    enhance_config: str
+    llava_config: str
+    world: bool  # the tiny world: build-world first, world metrics and world questions
+    world_task: str  # stage 5's task in the world
+    suffix: str  # of the world's stage-5 output and summary ("_full" for --full)
+    enhance_out: str
+    base_tower: str
+    llava_out: str
+
+
+def plan(config_dir: str | None = None, tiny: bool = False, full: bool = False) -> Plan:
+    """The default is the tiny world (``stages/configs/world``, open questions); ``full``: its long
+    LLaVA schedule on every kind of question; ``tiny``: the random tiny preset; ``config_dir``: a
+    directory with enhance.yaml and llava.yaml."""
+    from dcr_mllm.config import load_config
+    from dcr_mllm.enhance.config import EnhanceConfig
+    from dcr_mllm.llava.train import LlavaTrainConfig
+
+    world = config_dir is None and not tiny
+    if full and not world:
+        raise DcrError("--full is the world's long LLaVA schedule; it does not combine with --tiny or --config-dir")
+    if tiny and config_dir is not None:
+        raise DcrError("--tiny is a config directory of its own (stages/configs/tiny): drop --config-dir or --tiny")
+    directory = Path(config_dir) if config_dir is not None else STAGES / "configs" / ("tiny" if tiny else "world")
+    enhance_config, llava_config = directory / "enhance.yaml", directory / ("llava_full.yaml" if full else "llava.yaml")
+    for file in (enhance_config, llava_config):
+        if not file.is_file():
+            raise DcrError(f"{file} does not exist; a config directory needs enhance.yaml and llava.yaml")
+    enhance, llava_cfg = load_config(EnhanceConfig, enhance_config), load_config(LlavaTrainConfig, llava_config)
+    return Plan(str(enhance_config), str(llava_config), world, "world_local" if full else "world_local_open", "_full" if full else "",
+                str(enhance.output_dir), str(enhance.tower), str(llava_cfg.output_dir))
+
+
+def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None) -> None:
+    clock = Clock()
+    if p.world:
+        cache = os.environ.get("DCR_MLLM_CACHE") or "~/.cache/dcr_mllm"
+        clock.step(f"0/5 build the world (base models cached in {cache}/world; data in outputs/world)")
+        run([sys.executable, "-m", "dcr_mllm.cli", "build-world", "--output", "outputs/world"])
+    base_out = f"{p.llava_out}_base"
+    base, dcr = [f"tower={p.base_tower}", f"output_dir={base_out}"], [f"tower={p.enhance_out}/tower", f"output_dir={p.llava_out}"]
+    if on_one_cpu(nproc, hostfile):
+        print(f"(the base-tower LLaVA trains alongside stage one; its log: {SIDE_LOG})", flush=True)
+        with SideJob(["llava", "--variant", "base", "--config", p.llava_config, *base]) as side:
+            clock.step("1/5 enhance the tower")
+            training_stage("enhance", p.enhance_config, nproc, hostfile, [], env=ONE_THREAD)
+            llava("dcr", p.llava_config, dcr, nproc, hostfile, clock, env=ONE_THREAD)  # on the core stage one used
+            side.wait()
+    else:
+        clock.step("1/5 enhance the tower")
+        training_stage("enhance", p.enhance_config, nproc, hostfile, [])
+        llava("base", p.llava_config, base, nproc, hostfile, clock)
+        llava("dcr", p.llava_config, dcr, nproc, hostfile, clock)
+
+    towers, models = f"base={p.base_tower} dcr={p.enhance_out}/tower", f"dcr={p.llava_out}/model base={base_out}/model"
+    if p.world:
+        tower_eval, mllm_eval = "outputs/eval_tower_world", f"outputs/eval_mllm_world{p.suffix}"
+        clock.step("4/5 score the towers (world pairs, per-attribute probes, class)")
+        eval_tower(towers, tower_eval, world="outputs/world/eval")
+        clock.step("5/5 score the LLaVAs (world questions, lmms-eval)")
+        eval_mllm(models, p.world_task, nproc, mllm_eval)
+    else:
+        tower_eval, mllm_eval = "outputs/eval_tower", "outputs/eval_mllm"
+        clock.step("4/5 score the towers")
+        eval_tower(towers, tower_eval)
+        clock.step("5/5 score the LLaVAs")
+        eval_mllm(models, "dcr_suite_local", nproc, mllm_eval)
+    clock.step("summary")
+    summary = f"outputs/summary{p.suffix}.md"
+    run([sys.executable, "-m", "dcr_mllm.cli", "summary", "--run", f"enhance={p.enhance_out}", "--run", f"llava={p.llava_out}",
+         "--run", f"llava_base={base_out}", "--tower-eval", tower_eval, "--mllm-eval", mllm_eval, "--output", summary])
+    print(f"(summary also in {summary}; whole pipeline: {int(clock.elapsed())} s)")
+
+
+class SideJob:
+    """A pipeline step in its own one-thread process group beside the main line, its output in
+    ``SIDE_LOG``; leaving the block early (a failure, Ctrl-C) stops all of it."""
+
+    def __init__(self, step_args: list[str]):
+        self.step_args = step_args
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> SideJob:
+        SIDE_LOG.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(SIDE_LOG, "w")
+        self.process = subprocess.Popen([sys.executable, "-m", "dcr_mllm.pipeline", *self.step_args], env={**os.environ, **ONE_THREAD},
+                                        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait(self) -> None:
+        code = self.process.wait()
+        self.process = None
+        if code:
+            raise StepFailed(1, f"the base-tower LLaVA failed; see {SIDE_LOG}")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait()
+        self.log.close()
