@@ -10,6 +10,8 @@ import warnings
 
 from dcr_mllm.errors import DcrError
 
+PICKLE_HELP = "load .bin/.pt PyTorch pickles (restricted unpickler); without it they are refused with the command to convert them"
+
 
 def _enhance(args: argparse.Namespace) -> None:
     from dcr_mllm.enhance.config import EnhanceConfig, resolve_config
@@ -221,16 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("--force", action="store_true", help="replace an existing DST (only once the new one is written and verified)")
     swap.add_argument("--allow-family-change", action="store_true",
                       help="swap a SigLIP tower into a CLIP-based checkpoint or back; the projector must then be retrained")
-    swap.add_argument("--allow-pickle", action="store_true",
-                      help="load .bin/.pt PyTorch pickles (restricted unpickler); without it they are refused with the command to convert them")
+    swap.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     swap.set_defaults(func=_swap_tower)
 
     convert = sub.add_parser("convert-llava", help="convert an original LLaVA checkpoint (mm_vision_tower) to llava-hf, as transformers' script does")
     convert.add_argument("--input", required=True, metavar="ORIGINAL", help="the original LLaVA checkpoint directory")
     convert.add_argument("--output", required=True, metavar="HF_DIR", help="directory to write (refused if it exists, unless --force)")
     convert.add_argument("--force", action="store_true", help="replace an existing HF_DIR")
-    convert.add_argument("--allow-pickle", action="store_true",
-                      help="load .bin/.pt PyTorch pickles (restricted unpickler); without it they are refused with the command to convert them")
+    convert.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     convert.set_defaults(func=_convert_llava)
 
     tiny = sub.add_parser("build-tiny", help="build the tiny embedded models (random init, from configs) and print their paths")
@@ -261,8 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="fine-grained: generator seed")
     evaluate.add_argument("--preprocess", choices=["tower", "official"], default="tower",
                           help="mmvp-vlm pixels: the tower's own image processor (default), or the official script's (the clip package's PIL pipeline)")
-    evaluate.add_argument("--allow-pickle", action="store_true",
-                      help="load .bin/.pt PyTorch pickles (restricted unpickler); without it they are refused with the command to convert them")
+    evaluate.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     evaluate.add_argument("--if-changed", action="store_true",
                           help="keep a report in --output made from the same towers, data and settings instead of scoring again")
     evaluate.set_defaults(func=_eval_tower)

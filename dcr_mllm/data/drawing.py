@@ -4,9 +4,13 @@ scenes, and ``world.scenes``, the tiny world's), which differ only in what they 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import tarfile
+from typing import ClassVar
+
+from dcr_mllm.errors import DcrError
 
 COLORS = {
     "red": (220, 40, 40),
@@ -91,3 +95,21 @@ def add_tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.size = len(data)
     info.mode = 0o644
     tar.addfile(info, io.BytesIO(data))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """What every scene has (shapes of one kind and colour, how many, where, which way they face),
+    each field one of ``VALUES[field]``: a typo is an error, not a new colour. Subclasses add fields."""
+
+    VALUES: ClassVar[dict[str, tuple]] = {}
+    shape: str
+    color: str
+    count: int
+    position: str
+    orientation: str
+
+    def __post_init__(self):
+        for name, allowed in self.VALUES.items():
+            if getattr(self, name) not in allowed:
+                raise DcrError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(map(str, allowed))}")

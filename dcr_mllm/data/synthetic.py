@@ -17,10 +17,11 @@ import os
 import random
 import tarfile
 from pathlib import Path
+from typing import ClassVar
 
 from PIL import Image, ImageDraw
 
-from dcr_mllm.data.drawing import BACKGROUNDS, COLORS, DIRECTIONS, SUPERSAMPLE, add_tar_member, arrowhead, draw_shape, layout
+from dcr_mllm.data.drawing import BACKGROUNDS, Scene, COLORS, DIRECTIONS, SUPERSAMPLE, add_tar_member, arrowhead, draw_shape, layout
 from dcr_mllm.errors import DcrError
 
 # Every value each attribute can take; sampling, class folders and pairs all read this table.
@@ -46,22 +47,11 @@ VERSION = 2  # of the generated shards: raise when rendering or sampling changes
 
 
 @dataclasses.dataclass(frozen=True)
-class SceneAttributes:
+class SceneAttributes(Scene):
     """Everything that determines a scene; ``render_scene`` is a pure function of it."""
 
-    shape: str
-    color: str
-    count: int
-    position: str
-    orientation: str
+    VALUES: ClassVar[dict[str, tuple]] = ATTRIBUTE_VALUES
     background: str
-
-    def __post_init__(self):
-        for name, allowed in ATTRIBUTE_VALUES.items():
-            if getattr(self, name) not in allowed:
-                raise DcrError(
-                    f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(map(str, allowed))}"
-                )
 
 
 def sample_attributes(rng: random.Random) -> SceneAttributes:

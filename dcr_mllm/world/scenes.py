@@ -19,10 +19,11 @@ import json
 import random
 import tarfile
 from pathlib import Path
+from typing import ClassVar
 
 from PIL import Image, ImageChops, ImageDraw
 
-from dcr_mllm.data.drawing import BACKGROUNDS, COLORS, DIRECTIONS, SUPERSAMPLE, add_tar_member, draw_shape, layout
+from dcr_mllm.data.drawing import BACKGROUNDS, Scene, COLORS, DIRECTIONS, SUPERSAMPLE, add_tar_member, draw_shape, layout
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir, generated_dir
 from dcr_mllm.progress import progress
@@ -51,21 +52,12 @@ _SHADE = 0.35  # the facing half is drawn at this fraction of the colour
 
 
 @dataclasses.dataclass(frozen=True)
-class WorldScene:
+class WorldScene(Scene):
     """Everything that determines a scene; ``render`` is a pure function of it."""
 
-    shape: str
-    color: str
-    count: int
-    position: str
-    orientation: str
+    VALUES: ClassVar[dict[str, tuple]] = WORLD_VALUES
     size: str
     background: str
-
-    def __post_init__(self):
-        for name, allowed in WORLD_VALUES.items():
-            if getattr(self, name) not in allowed:
-                raise DcrError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(map(str, allowed))}")
 
 
 def sample_scene(rng: random.Random) -> WorldScene:
