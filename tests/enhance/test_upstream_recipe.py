@@ -30,7 +30,6 @@ from dcr_mllm.objectives.augment import UPSTREAM_VFLIP, AugmentConfig, positive_
 from dcr_mllm.presets.real import BACKBONES
 from dcr_mllm.towers import apply_lora, load_tower, merge_lora
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from dcr_mllm.towers.lora import lora_module_names
 from dcr_mllm.training.optim import build_optimizer, lr_lambda
 
 REPO = Path(__file__).resolve().parents[2]

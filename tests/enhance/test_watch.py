@@ -4,7 +4,6 @@ resume), the curve in eval.jsonl / metrics.jsonl / eval.png, and settings checke
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path

@@ -1,7 +1,6 @@
 """The real lmms-eval command line on a tiny llava-hf model with the project's tasks, offline."""
 
 import json
-import os
 import re
 import subprocess
 import sys
