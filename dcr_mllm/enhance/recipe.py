@@ -42,6 +42,7 @@ from dcr_mllm.training import (
     load_trainable_state,
 )
 from dcr_mllm.training.export_marker import export_is_current, write_export_marker
+from dcr_mllm.training.log import logger
 from dcr_mllm.training.zero import zero3_config
 
 
@@ -104,7 +105,7 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
     tower_dir = output_dir / "tower"
     if all(is_finished(output_dir / s, stage_cfg(cfg, s).max_steps) for s in stages) and export_is_current(tower_dir, [output_dir / "lora"],
                                                                                                             export_choice(cfg, output_dir)):
-        print(f"stages {', '.join(stages)}: already finished in {output_dir}; nothing to do")
+        logger.info(f"stages {', '.join(stages)}: already finished in {output_dir}; nothing to do")
         return tower_dir
     if "lora" in stages:  # a LoRA target that matches nothing must fail now, not after stage one's first half
         lora_module_names(load_tower(cfg.tower, vision_only=True), cfg.lora.targets or None, cfg.lora.scope)
@@ -123,7 +124,7 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
         train_cfg = stage_cfg(cfg, stage)
         if is_finished(stage_dir, train_cfg.max_steps):
             if dist_info.is_main:
-                print(f"stage {stage}: already finished in {stage_dir}; skipping")
+                logger.info(f"stage {stage}: already finished in {stage_dir}; skipping")
             continue
         model = build_model(cfg, shapes, stage).to(dist_info.device)
         shaping = ("tower", "denoiser", "objective", "projector", "data") + (("lora",) if stage == "lora" else ())

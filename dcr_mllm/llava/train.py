@@ -31,6 +31,7 @@ from dcr_mllm.presets.real import local_path
 from dcr_mllm.weights import check_model_dir
 from dcr_mllm.training import ResumableBatches, TrainConfig, Trainer, barrier, init_distributed, is_finished, load_trainable_state
 from dcr_mllm.training.export_marker import export_is_current, write_export_marker
+from dcr_mllm.training.log import logger
 from dcr_mllm.training.zero import zero3_config
 from dcr_mllm.training.config import resolve_train_config
 
@@ -245,7 +246,7 @@ def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = Fal
     train_cfg.max_steps = stage_steps(cfg, stage, records, dist_info.world_size)
     if is_finished(stage_dir, train_cfg.max_steps) and (stage == "pretrain" or export_is_current(model_dir, trained)):
         if dist_info.is_main:
-            print(f"stage {stage}: already finished in {stage_dir}; nothing to do")
+            logger.info(f"stage {stage}: already finished in {stage_dir}; nothing to do")
         return model_dir if stage == "finetune" else stage_dir
     if stage == "finetune" and cfg.lora.enabled:
         train_cfg.group_lrs = {PROJECTOR: cfg.lora.projector_lr, **train_cfg.group_lrs}

@@ -8,6 +8,7 @@ family's own format, so the result loads with that family's ``from_pretrained``.
 
 from __future__ import annotations
 
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
+
+from dcr_mllm.errors import DcrError
+
+
+def is_side_file(item: Path) -> bool:
+    """Processor, tokenizer and other small files a tower directory carries beside its weights."""
+    return item.is_file() and not item.name.startswith(".") and not item.name.endswith((".safetensors", ".bin", ".pth", ".pt"))
 
 
 @dataclass(frozen=True)
@@ -72,16 +80,36 @@ class VisionTower(nn.Module, ABC):
     def from_pretrained(cls, path: Path, dtype: torch.dtype = torch.float32, vision_only: bool = False) -> VisionTower:
         """Load a tower directory of this family; ``vision_only`` leaves out the text side."""
 
-    @property
-    @abstractmethod
-    def vision_encoder(self) -> nn.Module:
-        """The transformer blocks that LoRA may adapt (no text tower, no heads)."""
+    #: where the family keeps its parts: the vision side inside a full model (a vision-only load is
+    #: that module itself), the transformer blocks inside it, and the projection head on the full
+    #: model, if the family has one outside the vision side
+    vision_attribute: str
+    encoder_attribute: str
+    projection_attribute: str | None = None
 
     @property
-    @abstractmethod
+    def vision(self) -> nn.Module:
+        """The vision side of ``model``, for full and vision-only loads alike."""
+        return getattr(self.model, self.vision_attribute, self.model)
+
+    @property
+    def vision_encoder(self) -> nn.Module:
+        """The transformer blocks that LoRA may adapt (no text tower, no heads)."""
+        return getattr(self.vision, self.encoder_attribute)
+
+    @property
+    def projection(self) -> nn.Module | None:
+        return getattr(self.model, self.projection_attribute, None) if self.projection_attribute else None
+
+    @property
     def vision_parts(self) -> list[nn.Module]:
         """Submodules of ``model`` that the global embedding runs through (encoder, pooling head,
         projection; no text side), in the same order for a vision-only and a full load."""
+        return [self.vision] + ([self.projection] if self.projection is not None else [])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     @abstractmethod
     def global_embedding(self, pixels: Tensor) -> Tensor:
@@ -107,14 +135,32 @@ class VisionTower(nn.Module, ABC):
         normalisation), so scores compare with published ones; ``normalize`` is for training.
         """
 
+    @property
     @abstractmethod
+    def has_text_side(self) -> bool:
+        """Whether the text tower was loaded (zero-shot scoring needs it)."""
+
+    def require_text_side(self) -> None:
+        if not self.has_text_side:
+            raise DcrError(f"tower {self.source} was loaded vision-only; text scoring needs the full {self.spec.family} model directory")
+
     def logit_scale(self) -> float:
         """The trained factor that turns image-text cosine similarities into logits (full models only)."""
+        self.require_text_side()
+        return self.model.logit_scale.exp().item()
 
     def logit_bias(self) -> float:
         """What the family adds to every image-text logit: SigLIP's learned bias, 0 for softmax-trained towers."""
-        return 0.0
+        bias = getattr(self.model, "logit_bias", None)
+        return bias.item() if bias is not None else 0.0
 
     @abstractmethod
     def save(self, out_dir: str | Path) -> None:
         """Write the tower in its family's own format (safetensors), with processor files."""
+
+    def copy_side_files(self, out_dir: Path, leave_out: tuple[str, ...] = ()) -> None:
+        """Copy the source directory's processor, tokenizer and other small files beside saved weights."""
+        if self.source is not None:
+            for item in self.source.iterdir():
+                if is_side_file(item) and item.name not in leave_out:
+                    shutil.copy2(item, out_dir / item.name)

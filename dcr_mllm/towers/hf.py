@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
@@ -30,11 +29,6 @@ FAMILY_OF_MODEL_TYPE = {
 }
 #: files save_pretrained writes itself; everything else in a tower directory is copied as is
 WEIGHT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-def is_side_file(item: Path) -> bool:
-    """Processor, tokenizer and other small files a tower directory carries beside its weights."""
-    return item.is_file() and not item.name.startswith(".") and not item.name.endswith((".safetensors", ".bin", ".pth", ".pt"))
 
 
 def read_hf_spec(path: Path) -> TowerSpec:
@@ -88,6 +82,9 @@ def quiet_transformers():
 
 class HFTower(VisionTower):
     default_lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+    vision_attribute = "vision_model"
+    encoder_attribute = "encoder"
+    projection_attribute = "visual_projection"  # CLIP's; SigLIP pools in vision_model.head
 
     @classmethod
     def from_pretrained(cls, path: Path, dtype: torch.dtype = torch.float32, vision_only: bool = False) -> "HFTower":
@@ -116,30 +113,16 @@ class HFTower(VisionTower):
             model = getattr(transformers, model_class).from_pretrained(path, dtype=dtype)
         return cls(model, spec, path)
 
-    @property
-    def vision_model(self) -> nn.Module:
-        return getattr(self.model, "vision_model", self.model)
-
-    @property
-    def vision_encoder(self) -> nn.Module:
-        return self.vision_model.encoder
-
-    @property
-    def vision_parts(self) -> list[nn.Module]:
-        projection = getattr(self.model, "visual_projection", None)  # CLIP's; SigLIP pools in vision_model.head
-        return [self.vision_model] + ([projection] if projection is not None else [])
-
     def global_embedding(self, pixels: Tensor) -> Tensor:
-        pooled = self.vision_model(pixel_values=pixels.to(self.dtype)).pooler_output
-        projection = getattr(self.model, "visual_projection", None)
-        return projection(pooled) if projection is not None else pooled
+        pooled = self.vision(pixel_values=pixels.to(self.dtype)).pooler_output
+        return self.projection(pooled) if self.projection is not None else pooled
 
     def patch_features(self, pixels: Tensor, layer: int = -2) -> Tensor:
-        hidden = self.vision_model(pixel_values=pixels.to(self.dtype), output_hidden_states=True).hidden_states[layer]
+        hidden = self.vision(pixel_values=pixels.to(self.dtype), output_hidden_states=True).hidden_states[layer]
         return hidden[:, 1:] if self.spec.has_cls else hidden
 
     def encode_text(self, texts: list[str]) -> Tensor:
-        self._require_text_side()
+        self.require_text_side()
         if self.spec.family == "siglip":
             # SigLIP was trained on text padded to its full length, attending to the padding (no mask)
             length = self.model.config.text_config.max_position_embeddings
@@ -153,17 +136,9 @@ class HFTower(VisionTower):
     def preprocess(self, images: list[Image.Image]) -> Tensor:
         return self._image_processor(images=images, return_tensors="pt")["pixel_values"]
 
-    def logit_scale(self) -> float:
-        self._require_text_side()
-        return self.model.logit_scale.exp().item()
-
-    def logit_bias(self) -> float:
-        bias = getattr(self.model, "logit_bias", None)  # SigLIP's; CLIP has none
-        return bias.item() if bias is not None else 0.0
-
-    def _require_text_side(self) -> None:
-        if not hasattr(self.model, "get_text_features"):
-            raise DcrError(f"tower {self.source} is vision-only; text scoring needs the full {self.spec.family} model directory")
+    @property
+    def has_text_side(self) -> bool:
+        return hasattr(self.model, "get_text_features")
 
     @functools.cached_property
     def _tokenizer(self):
@@ -177,14 +152,7 @@ class HFTower(VisionTower):
 
         return AutoImageProcessor.from_pretrained(self.source)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
     def save(self, out_dir: str | Path) -> None:
         out_dir = Path(out_dir)
         self.model.save_pretrained(out_dir, safe_serialization=True)
-        if self.source is not None:
-            for item in self.source.iterdir():
-                if is_side_file(item) and item.name not in WEIGHT_FILES:
-                    shutil.copy2(item, out_dir / item.name)
+        self.copy_side_files(out_dir, leave_out=WEIGHT_FILES)

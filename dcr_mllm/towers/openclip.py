@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.towers.base import TowerSpec, VisionTower
-from dcr_mllm.towers.hf import is_side_file
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -53,6 +51,8 @@ def read_open_clip_spec(path: Path) -> TowerSpec:
 class OpenClipTower(VisionTower):
     # open_clip's attention is a fused nn.MultiheadAttention that LoRA cannot reach; the MLP can
     default_lora_targets = ("c_fc", "c_proj")
+    vision_attribute = "visual"
+    encoder_attribute = "transformer"
 
     @classmethod
     def from_pretrained(cls, path: Path, dtype: torch.dtype = torch.float32, vision_only: bool = False) -> "OpenClipTower":
@@ -63,49 +63,29 @@ class OpenClipTower(VisionTower):
         model = open_clip.create_model("local-dir:" + str(path), device="cpu")
         return cls((model.visual if vision_only else model).to(dtype), spec, path)
 
-    @property
-    def visual(self) -> nn.Module:
-        return getattr(self.model, "visual", self.model)
-
-    @property
-    def vision_encoder(self) -> nn.Module:
-        return self.visual.transformer
-
-    @property
-    def vision_parts(self) -> list[nn.Module]:
-        return [self.visual]
-
     def global_embedding(self, pixels: Tensor) -> Tensor:
-        return self.visual(pixels.to(self.dtype))
+        return self.vision(pixels.to(self.dtype))
 
     def patch_features(self, pixels: Tensor, layer: int = -2) -> Tensor:
         # hidden_states[k] (HF convention) is the output of block k-1; 0 is the embeddings
         index = layer if layer >= 0 else self.spec.num_layers + 1 + layer
         if index == 0:
             raise DcrError("open_clip towers give patch features from block outputs; choose a layer other than 0")
-        out = self.visual.forward_intermediates(
+        out = self.vision.forward_intermediates(
             pixels.to(self.dtype), indices=[index - 1], intermediates_only=True, output_fmt="NLC"
         )
         return out["image_intermediates"][0]
 
     def encode_text(self, texts: list[str]) -> Tensor:
-        self._require_text_side()
+        self.require_text_side()
         return self.model.encode_text(self._tokenizer(texts).to(self.mean.device))
 
     def preprocess(self, images: list[Image.Image]) -> Tensor:
         return torch.stack([self._eval_transform(image) for image in images])
 
-    def logit_scale(self) -> float:
-        self._require_text_side()
-        return self.model.logit_scale.exp().item()
-
-    def logit_bias(self) -> float:
-        bias = getattr(self.model, "logit_bias", None)  # set for open_clip's SigLIP models
-        return bias.item() if bias is not None else 0.0
-
-    def _require_text_side(self) -> None:
-        if self.model is self.visual:
-            raise DcrError(f"tower {self.source} was loaded vision-only; load it in full to score text")
+    @property
+    def has_text_side(self) -> bool:
+        return self.model is not self.vision
 
     @functools.cached_property
     def _tokenizer(self):
@@ -118,20 +98,13 @@ class OpenClipTower(VisionTower):
         """open_clip's own evaluation transform, from the preprocess config the model was built with."""
         from open_clip.transform import PreprocessCfg, image_transform_v2
 
-        return image_transform_v2(PreprocessCfg(**self.visual.preprocess_cfg), is_train=False)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return image_transform_v2(PreprocessCfg(**self.vision.preprocess_cfg), is_train=False)
 
     def save(self, out_dir: str | Path) -> None:
-        if self.model is self.visual:
+        if not self.has_text_side:
             raise DcrError("a vision-only open_clip tower cannot be saved in the local-dir layout; load it in full")
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, out_dir / WEIGHTS_NAME)
-        if self.source is not None:
-            for item in self.source.iterdir():
-                if is_side_file(item):
-                    shutil.copy2(item, out_dir / item.name)
+        self.copy_side_files(out_dir)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -48,6 +47,7 @@ from dcr_mllm.training.ds_config import deepspeed_config
 from dcr_mllm.training.optim import build_optimizer, lr_lambda, param_groups
 from dcr_mllm.training.zero import fp32_master, save_dtype, unlinked_masters
 from dcr_mllm.training.distributed import DistInfo, all_gather_strings, any_true, barrier, rank_seed
+from dcr_mllm.training.log import logger
 from dcr_mllm.training.preemption import Preempted, agreed_signal, catch_preemption
 from dcr_mllm.training.safe_state import (
     load_tree,
@@ -55,7 +55,6 @@ from dcr_mllm.training.safe_state import (
     save_tree,
 )
 
-logger = logging.getLogger("dcr_mllm.training")
 #: the TrainConfig fields that change what training computes (the rest: logging, saving, workers)
 TRAINING_KEYS = ("max_steps", "micro_batch_size", "grad_accum", "lr", "group_lrs", "weight_decay", "betas", "adam_eps", "scheduler",
                  "warmup_steps", "warmup_ratio", "grad_clip", "zero_stage", "precision")
@@ -188,7 +187,7 @@ class Trainer:
             problem = checkpoint_problem(self.checkpoint_dir / tag, self.dist.world_size)
             if problem is None:
                 if problems and self.dist.is_main:
-                    print(f"{'; '.join(problems)}; resuming from {tag}")
+                    logger.info(f"{'; '.join(problems)}; resuming from {tag}")
                 return tag
             problems.append(f"checkpoint {tag} is incomplete ({problem})")
         if problems:
@@ -212,7 +211,7 @@ class Trainer:
                 raise DcrError(f"{self.output_dir} was trained with other settings ({listed}); restore them, "
                                f"pass --allow-config-change to continue with the new ones, or delete {self.checkpoint_dir} to start over")
             if self.dist.is_main:
-                print(f"settings changed since the checkpoint ({listed}); continuing with the new ones (--allow-config-change)")
+                logger.info(f"settings changed since the checkpoint ({listed}); continuing with the new ones (--allow-config-change)")
         self._store_config()
 
     def _store_config(self) -> None:
@@ -242,7 +241,7 @@ class Trainer:
         scalars join the step's logged metrics (the tower's evaluation during training)."""
         if is_finished(self.output_dir, self.cfg.max_steps):
             if self.dist.is_main:
-                print(f"{self.output_dir}: training already finished; nothing to do")
+                logger.info(f"{self.output_dir}: training already finished; nothing to do")
             return
         if not self.maybe_resume(batches):
             if is_finished(self.output_dir):
@@ -250,7 +249,7 @@ class Trainer:
                                f"continue to {self.cfg.max_steps}; restore max_steps, or delete {self.output_dir} to train the stage again")
             self._store_config()
         if self.dist.is_main and is_finished(self.output_dir):
-            print(f"{self.output_dir}: continuing the finished run from step {self.step} to max_steps {self.cfg.max_steps}")
+            logger.info(f"{self.output_dir}: continuing the finished run from step {self.step} to max_steps {self.cfg.max_steps}")
             (self.output_dir / "train_state.json").unlink()
         barrier()
         progress = self._progress_bar()
@@ -289,8 +288,8 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         if self.dist.is_main:
-            print(f"{self.output_dir}: {signal.Signals(signum).name} received; checkpoint at step {self.step} saved, exiting with "
-                  f"{128 + signum}; run the same command again to resume", flush=True)
+            logger.info(f"{self.output_dir}: {signal.Signals(signum).name} received; checkpoint at step {self.step} saved, exiting with "
+                        f"{128 + signum}; run the same command again to resume")
         raise Preempted(signum)
 
     def _optimizer_step(self, data, step_fn: StepFn) -> dict[str, float]:

@@ -186,7 +186,7 @@ def dcr_tower(tiny, tmp_path_factory):
     tower = load_tower(tiny["clip"])
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        for param in tower.vision_model.parameters():
+        for param in tower.vision.parameters():
             param.add_(0.05 * torch.randn(param.shape, generator=generator))
     tower.save(out)
     processor = json.loads((out / "preprocessor_config.json").read_text())

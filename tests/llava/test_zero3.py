@@ -197,7 +197,7 @@ def test_zero3_pretrain_trains_and_resumes(tiny, tmp_path):
     (stage_dir / "checkpoints" / "latest").write_text("step_000002")
     result = _torchrun(args, REPO)
     assert result.returncode == 0, _error(result)
-    assert "resumed from" in result.stderr and "at step 2" in result.stderr
+    assert "resumed from" in result.stdout and "at step 2" in result.stdout
     state = json.loads((stage_dir / "train_state.json").read_text())
     assert state["step"] == 3 and state["world_size"] == 2
     steps = [json.loads(line)["step"] for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]

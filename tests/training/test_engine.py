@@ -2,7 +2,9 @@
 micro-batch is non-finite, and bf16 runs save (and resume from) the fp32 master weights."""
 
 import json
+import logging
 import shutil
+import sys
 
 import pytest
 import torch
@@ -98,3 +100,18 @@ def test_bf16_saves_and_resumes_from_fp32_masters(tmp_path, zero_stage):
     again = load_file(resumed / "trainable.safetensors")
     for name in saved:
         assert torch.equal(again[name], saved[name]), f"{name} differs after resuming a bf16 run"
+
+
+def test_training_status_goes_to_stdout_and_warnings_to_stderr_once(capsys):
+    from dcr_mllm.training.log import logger
+
+    root = logging.StreamHandler(sys.stderr)  # an application's own handler must not print them again
+    logging.getLogger().addHandler(root)
+    try:
+        logger.info("stage lora: already finished")
+        logger.warning("non-finite loss at step 3")
+    finally:
+        logging.getLogger().removeHandler(root)
+    out, err = capsys.readouterr()
+    assert out == "stage lora: already finished\n"
+    assert err == "WARNING dcr_mllm.training: non-finite loss at step 3\n"
