@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from dcr_mllm.components.build_once import build_once
 from dcr_mllm.config import config_yaml, to_dict
 from dcr_mllm.data import ImageTextShards, collate_image_text, write_synthetic_shards
 from dcr_mllm.data.synthetic import VERSION as SYNTHETIC_VERSION
@@ -41,7 +42,7 @@ from dcr_mllm.training import (
     is_finished,
     load_trainable_state,
 )
-from dcr_mllm.training.export_marker import export_is_current, write_export_marker
+from dcr_mllm.training.export_marker import export_fingerprint, export_is_current
 from dcr_mllm.training.log import logger
 from dcr_mllm.training.zero import zero3_config
 
@@ -152,8 +153,8 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
     if not is_finished(output_dir / "lora"):
         return None  # only the projector stage has run so far: nothing to export yet
     choice = export_choice(cfg, output_dir)
-    if dist_info.is_main and not export_is_current(tower_dir, [output_dir / "lora"], choice):
-        export_tower(cfg, tower_dir, selected(cfg, output_dir / "lora" / EVAL_FILE) if choice else None)
-        write_export_marker(tower_dir, [output_dir / "lora"], choice)
+    if dist_info.is_main:
+        selection = selected(cfg, output_dir / "lora" / EVAL_FILE) if choice else None
+        build_once(tower_dir, export_fingerprint([output_dir / "lora"], choice), lambda tmp: export_tower(cfg, tmp, selection))
     barrier()
     return tower_dir

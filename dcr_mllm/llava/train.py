@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from dcr_mllm.components.build_once import build_once
 from dcr_mllm.config import to_dict
 from dcr_mllm.errors import ConfigError, DcrError
 from dcr_mllm.llava.build import add_language_lora, build_llava, vision_layout
@@ -30,7 +31,7 @@ from dcr_mllm.llava.synthetic import write_synthetic_conversations
 from dcr_mllm.presets.real import local_path
 from dcr_mllm.weights import check_model_dir
 from dcr_mllm.training import ResumableBatches, TrainConfig, Trainer, barrier, init_distributed, is_finished, load_trainable_state
-from dcr_mllm.training.export_marker import export_is_current, write_export_marker
+from dcr_mllm.training.export_marker import export_fingerprint, export_is_current
 from dcr_mllm.training.log import logger
 from dcr_mllm.training.zero import zero3_config
 from dcr_mllm.training.config import resolve_train_config
@@ -277,10 +278,9 @@ def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = Fal
 
     if stage == "pretrain":
         return stage_dir
-    if dist_info.is_main and not export_is_current(model_dir, trained):
+    if dist_info.is_main:
         from dcr_mllm.llava.export import export_llava
 
-        export_llava(cfg, model_dir)
-        write_export_marker(model_dir, trained)
+        build_once(model_dir, export_fingerprint(trained), lambda tmp: export_llava(cfg, tmp))
     barrier()
     return model_dir

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from dcr_mllm.cli import main
 from dcr_mllm.training.checkpoints import config_changes
-from dcr_mllm.training.export_marker import EXPORT_MARKER
+from dcr_mllm.components.build_once import MARKER
 from dcr_mllm.training.safe_state import check_safetensors
 
 DATA = ["data.synthetic_samples=32", "data.synthetic_shards=4"]
@@ -117,7 +117,7 @@ def test_raised_max_steps_continues_a_finished_run_and_exports_again(reference, 
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir, ignore=shutil.ignore_patterns("logs"))
     before = json.loads((run_dir / "lora" / "train_state.json").read_text())
-    assert json.loads((run_dir / "tower" / EXPORT_MARKER).read_text()) == {"lora": before["weights_sha256"]}
+    assert json.loads((run_dir / "tower" / MARKER).read_text()) == {"lora": before["weights_sha256"]}
     assert enhance(run_dir, stage=None) == 0
     assert "already finished" in capsys.readouterr().out  # unchanged settings: nothing to do
 
@@ -127,7 +127,7 @@ def test_raised_max_steps_continues_a_finished_run_and_exports_again(reference, 
     assert after["finished"] and after["step"] == 3 and after["weights_sha256"] != before["weights_sha256"]
     assert steps(run_dir / "lora") == [1, 2, 3]
     assert steps(run_dir / "projector") == [1, 2, 3, 4], "the projector stage, already at its max_steps, is left alone"
-    assert json.loads((run_dir / "tower" / EXPORT_MARKER).read_text()) == {"lora": after["weights_sha256"]}
+    assert json.loads((run_dir / "tower" / MARKER).read_text()) == {"lora": after["weights_sha256"]}
     old_tower = load_file(reference / "tower" / "model.safetensors")
     new_tower = load_file(run_dir / "tower" / "model.safetensors")
     assert any(not torch.equal(old_tower[k], new_tower[k]) for k in old_tower), "the tower is exported from the new weights"
