@@ -11,12 +11,12 @@ import sys
 from dcr_mllm.errors import DcrError
 from dcr_mllm.pipeline.launch import StepFailed
 
-TRAINING_STEPS = {  # step -> (dcr-mllm command, default config, script, help)
-    "enhance": ("enhance", "stages/configs/enhance_tiny.yaml", "1_enhance_tower.sh",
+TRAINING_STEPS = {  # step (the dcr-mllm command it runs) -> (default config, script, help)
+    "enhance": ("stages/configs/enhance_tiny.yaml", "1_enhance_tower.sh",
                 "Stage 1: enhance a vision tower with DCR (projector stage, then LoRA stage), then export it."),
-    "llava-pretrain": ("llava-pretrain", "stages/configs/llava_tiny.yaml", "2_llava_pretrain.sh",
+    "llava-pretrain": ("stages/configs/llava_tiny.yaml", "2_llava_pretrain.sh",
                        "Stage 2: LLaVA-1.5 pretraining with a vision tower (default: stage one's tiny tower, tiny Llama)."),
-    "llava-finetune": ("llava-finetune", "stages/configs/llava_tiny.yaml", "3_llava_finetune.sh",
+    "llava-finetune": ("stages/configs/llava_tiny.yaml", "3_llava_finetune.sh",
                        "Stage 3: LLaVA-1.5 instruction tuning (default: the tiny preset)."),
 }
 TRAINING_EPILOG = """examples:
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = OneLineParser(prog="python -m dcr_mllm.pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="step", required=True, parser_class=OneLineParser)
-    for step, (_, config, script, text) in TRAINING_STEPS.items():
+    for step, (config, script, text) in TRAINING_STEPS.items():
         p = sub.add_parser(step, prog=f"stages/{script}", description=text, epilog=TRAINING_EPILOG.format(script=script),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", default=env("CONFIG") or config)
@@ -103,7 +103,7 @@ def run_step(args: argparse.Namespace, extra: list[str]) -> None:
     from dcr_mllm.pipeline import steps
 
     if args.step in TRAINING_STEPS:
-        steps.training_stage(TRAINING_STEPS[args.step][0], args.config, args.nproc, args.hostfile, extra)
+        steps.training_stage(args.step, args.config, args.nproc, args.hostfile, extra)
         return
     if extra and args.step != "llava":
         raise DcrError(f"unknown argument {extra[0]} (see the step's --help)")

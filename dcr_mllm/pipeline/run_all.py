@@ -111,8 +111,12 @@ class SideJob:
     def __enter__(self) -> SideJob:
         SIDE_LOG.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(SIDE_LOG, "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "dcr_mllm.pipeline", *self.step_args], env={**os.environ, **ONE_THREAD},
-                                        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self.process = subprocess.Popen([sys.executable, "-m", "dcr_mllm.pipeline", *self.step_args], env={**os.environ, **ONE_THREAD},
+                                            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        except BaseException:
+            self.log.close()
+            raise
         return self
 
     def wait(self) -> None:
