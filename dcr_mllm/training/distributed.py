@@ -68,29 +68,9 @@ def init_distributed() -> DistInfo:
         device, backend = torch.device("cuda", local_rank), "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
-        _return_freed_buffers_to_the_os()
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
-
-
-def _return_freed_buffers_to_the_os() -> None:
-    """On CPU, make every allocation over 128 KiB its own mapping, returned to the OS when freed.
-
-    glibc's dynamic mmap threshold rises after the first large free and then serves buffers up to
-    32 MB from the heap; ZeRO-3's per-module full-size buffers (created, partitioned, freed) then
-    stay in the process as fragmented heap, and a rank's memory no longer follows its live tensors
-    (bench/zero3_memory.py: 0.87 x the float32 model instead of 0.38 x). Same as
-    MALLOC_MMAP_THRESHOLD_=131072; a no-op where the C library is not glibc.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_mmap_threshold = -3  # malloc.h
-    libc.mallopt(m_mmap_threshold, 128 * 1024)
 
 
 def rank_seed(seed: int, rank: int) -> int:

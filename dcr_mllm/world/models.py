@@ -12,9 +12,11 @@
 - ``clip_reference``: the same CLIP build on detailed captions only, the premise's yardstick of
   what the same budget learns when the text names everything (``evaluation.premise``; built on demand).
 
-Both are built on first use under ``$DCR_MLLM_CACHE/world`` (``ensure_world``), like the tiny preset,
-and load through the code paths real checkpoints use. Each trains in one thread with fixed seeds,
-so the same ``WorldSpec`` gives the same weights.
+Both ship inside the package as trained for the default ``WorldSpec`` (``world.shipped``: recipe and
+digests in its manifest) and are installed on first use under ``$DCR_MLLM_CACHE/world``
+(``ensure_world``), like the tiny preset; any other spec, or ``dcr-mllm build-world --rebuild``,
+trains them here. They load through the code paths real checkpoints use. Each trains in one thread
+with fixed seeds, so the same ``WorldSpec`` gives the same weights on one machine.
 """
 
 from __future__ import annotations
@@ -251,12 +253,18 @@ WORLD_BUILDERS = {"clip": build_world_clip, "sd": build_world_sd,
 BASE_MODELS = ("clip", "sd")  # what build-world builds; the reference only when the premise is measured
 
 
-def ensure_world(name: str, root: str | Path | None = None, spec: WorldSpec = WorldSpec()) -> Path:
-    """``root/name``, trained first unless a complete build of this spec is there (``build_once``)."""
+def ensure_world(name: str, root: str | Path | None = None, spec: WorldSpec = WorldSpec(), train: bool = False) -> Path:
+    """``root/name``, unless a complete build of this spec is there (``build_once``) installed from
+    the package's shipped weights where they were built from this spec, else (or with ``train``)
+    trained here."""
+    from dcr_mllm.world import shipped
+
     if name not in WORLD_BUILDERS:
         raise DcrError(f"unknown world model {name!r}; use one of {', '.join(WORLD_BUILDERS)}")
     root = Path(root) if root is not None else default_world_root()
     target, fingerprint = root / name, spec.fingerprint(name)
+    if not train and shipped.is_shipped(name, fingerprint):
+        return build_once(target, fingerprint, lambda tmp: shipped.install(name, tmp))
     if not is_built(target, fingerprint):  # a preset name (world-clip, world-sd) can lead here: say what happens
         print(f"world model {name} is not built yet under {root}: training it now (minutes; built once, then cached)",
               file=sys.stderr, flush=True)
@@ -276,16 +284,23 @@ def _train_in_one_thread(name: str, out_dir: Path, spec: WorldSpec) -> None:
         torch.set_num_threads(threads)
 
 
-def build_world(root: str | Path | None = None, spec: WorldSpec = WorldSpec()) -> dict[str, Path]:
-    """Build every missing world model, each in its own one-thread process, side by side."""
+def build_world(root: str | Path | None = None, spec: WorldSpec = WorldSpec(), train: bool = False) -> dict[str, Path]:
+    """Every missing world model: installed from the shipped weights where they fit ``spec``, the
+    others (all with ``train``) trained each in its own one-thread process, side by side."""
+    from dcr_mllm.world import shipped
+
     root = Path(root) if root is not None else default_world_root()
     missing = [name for name in BASE_MODELS if not is_built(root / name, spec.fingerprint(name))]
+    to_train = [name for name in missing if train or not shipped.is_shipped(name, spec.fingerprint(name))]
+    for name in missing:
+        if name not in to_train:
+            ensure_world(name, root, spec)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     code = ("import sys, json; from dcr_mllm.world.models import WorldSpec, ensure_world; "
-            "ensure_world(sys.argv[1], sys.argv[2], WorldSpec(**json.loads(sys.argv[3])))")
+            "ensure_world(sys.argv[1], sys.argv[2], WorldSpec(**json.loads(sys.argv[3])), train=True)")
     processes = [subprocess.Popen([sys.executable, "-c", code, name, str(root), json.dumps(dataclasses.asdict(spec))], env=env)
-                 for name in missing]
-    failed = [name for name, process in zip(missing, processes) if process.wait() != 0]
+                 for name in to_train]
+    failed = [name for name, process in zip(to_train, processes) if process.wait() != 0]
     if failed:
         raise DcrError(f"building the world model(s) {', '.join(failed)} failed (see the output above); rerun to retry")
     return {name: root / name for name in BASE_MODELS}

@@ -1,5 +1,6 @@
 """The lmms-eval tasks ship inside the wheel and work from an installed copy, not only from the clone."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -39,6 +40,9 @@ def test_the_wheel_holds_the_task_folder_and_configs(installed):
     names, _ = installed
     assert {f"dcr_mllm/tasks/{name}" for name in TASK_FILES} <= names
     assert {f"dcr_mllm/configs/{stage}_{preset}.yaml" for stage in ("enhance", "llava") for preset in ("tiny", "world")} <= names
+    shipped = json.loads((REPO / "dcr_mllm" / "world" / "weights" / "manifest.json").read_text())  # the world's trained base models
+    assert {f"dcr_mllm/world/weights/{name}/{f}" for name, entry in shipped["models"].items() for f in entry["files"]} <= names
+    assert "dcr_mllm/world/weights/manifest.json" in names
 
 
 def test_task_dir_is_the_installed_folder_and_the_clone_links_it(installed):

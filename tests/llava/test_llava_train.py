@@ -243,3 +243,33 @@ def test_held_out_records_are_a_seeded_share_never_trained_on():
     assert len(held) == 4 and len(train) == 36 and not {r["id"] for r in train} & {r["id"] for r in held}
     assert held_out_split(records, 0.1, seed=0) == (train, held) and held_out_split(records, 0.1, seed=1)[1] != held
     assert held_out_split(records, 0.0, seed=0) == (records, [])
+
+
+def test_the_loss_on_labelled_positions_only_equals_transformers_full_loss(tiny, trained):
+    """``llava_loss`` applies the LM head only where a label follows; its value and gradients are
+    those of transformers' own loss (``labels=``, logits at every position)."""
+    from dcr_mllm.llava.data import GroupedBatches
+    from dcr_mllm.llava.train import conversation_data, llava_loss, read_records
+
+    cfg, out, _ = trained
+    torch.manual_seed(0)
+    model, processor = build_for_stage(cfg, "finetune")
+    data = conversation_data(cfg, "finetune", processor, read_records(out / "data" / "finetune.json"), out / "data" / "images")
+    batch = next(iter(GroupedBatches(data, 4, pad_token_id=processor.tokenizer.pad_token_id)))
+    assert (batch["labels"] == -100).float().mean() > 0.3 and (batch["attention_mask"] == 0).any()  # a padded batch with prompts
+    batch["labels"][1, :] = -100  # a row with nothing to learn (a corrupt image) too
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ours = llava_loss(model, batch, "cpu", torch.float32)
+    ours_grads = grads(ours)
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                 pixel_values=batch["pixel_values"]).loss
+    full_grads = grads(full)
+    torch.testing.assert_close(ours, full, rtol=1e-6, atol=1e-6)
+    assert ours_grads.keys() == full_grads.keys() and len(ours_grads) > 10
+    for name in ours_grads:
+        torch.testing.assert_close(ours_grads[name], full_grads[name], rtol=1e-5, atol=1e-7, msg=name)
