@@ -3,11 +3,12 @@ the base tower, score both towers (4) and both LLaVAs (5), then print a summary.
 
 The configs are read with ``load_config`` (defaults, validation), so what runs is what they say;
 a bad config stops the run before anything starts. On one CPU process the base-tower LLaVA trains
-alongside stage one and then the DCR-tower LLaVA, one thread each (``launch.ONE_THREAD``)."""
+and is scored alongside stage one and then the DCR-tower LLaVA, one thread each (``launch.ONE_THREAD``)."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -67,9 +68,12 @@ def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None) -> None:
         run([sys.executable, "-m", "dcr_mllm.cli", "build-world", "--output", "outputs/world"])
     base_out = f"{p.llava_out}_base"
     base, dcr = [f"tower={p.base_tower}", f"output_dir={base_out}"], [f"tower={p.enhance_out}/tower", f"output_dir={p.llava_out}"]
+    mllm_eval = f"outputs/eval_mllm_world{p.suffix}" if p.world else "outputs/eval_mllm"
+    mllm_task = p.world_task if p.world else "dcr_suite_local"
     if on_one_cpu(nproc, hostfile):
-        print(f"(the base-tower LLaVA trains alongside stage one; its log: {SIDE_LOG})", flush=True)
-        with SideJob(["llava", "--variant", "base", "--config", p.llava_config, *base]) as side:
+        print(f"(the base-tower LLaVA trains alongside stage one, then is scored; its log: {SIDE_LOG})", flush=True)
+        with SideJob([["llava", "--variant", "base", "--config", p.llava_config, *base],
+                      ["eval-mllm", "--models", f"base={base_out}/model", "--tasks", mllm_task, "--output", mllm_eval]]) as side:
             clock.step("1/5 enhance the tower")
             training_stage("enhance", p.enhance_config, nproc, hostfile, [], env=ONE_THREAD)
             llava("dcr", p.llava_config, dcr, nproc, hostfile, clock, env=ONE_THREAD)  # on the core stage one used
@@ -82,17 +86,16 @@ def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None) -> None:
 
     towers, models = f"base={p.base_tower} dcr={p.enhance_out}/tower", f"dcr={p.llava_out}/model base={base_out}/model"
     if p.world:
-        tower_eval, mllm_eval = "outputs/eval_tower_world", f"outputs/eval_mllm_world{p.suffix}"
+        tower_eval = "outputs/eval_tower_world"
         clock.step("4/5 score the towers (world pairs, per-attribute probes, class)")
         eval_tower(towers, tower_eval, world="outputs/world/eval")
         clock.step("5/5 score the LLaVAs (world questions, lmms-eval)")
-        eval_mllm(models, p.world_task, nproc, mllm_eval)
     else:
-        tower_eval, mllm_eval = "outputs/eval_tower", "outputs/eval_mllm"
+        tower_eval = "outputs/eval_tower"
         clock.step("4/5 score the towers")
         eval_tower(towers, tower_eval)
         clock.step("5/5 score the LLaVAs")
-        eval_mllm(models, "dcr_suite_local", nproc, mllm_eval)
+    eval_mllm(models, mllm_task, nproc, mllm_eval)  # on one CPU the base LLaVA's scores are the side job's, kept
     clock.step("summary")
     summary = f"outputs/summary{p.suffix}.md"
     run([sys.executable, "-m", "dcr_mllm.cli", "summary", "--run", f"enhance={p.enhance_out}", "--run", f"llava={p.llava_out}",
@@ -101,18 +104,19 @@ def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None) -> None:
 
 
 class SideJob:
-    """A pipeline step in its own one-thread process group beside the main line, its output in
-    ``SIDE_LOG``; leaving the block early (a failure, Ctrl-C) stops all of it."""
+    """Pipeline steps run one after another in their own one-thread process group beside the main
+    line, their output in ``SIDE_LOG``; leaving the block early (a failure, Ctrl-C) stops all of it."""
 
-    def __init__(self, step_args: list[str]):
-        self.step_args = step_args
+    def __init__(self, steps: list[list[str]]):
+        self.steps = steps
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> SideJob:
         SIDE_LOG.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(SIDE_LOG, "w")
+        script = " && ".join(shlex.join([sys.executable, "-m", "dcr_mllm.pipeline", *step]) for step in self.steps)
         try:
-            self.process = subprocess.Popen([sys.executable, "-m", "dcr_mllm.pipeline", *self.step_args], env={**os.environ, **ONE_THREAD},
+            self.process = subprocess.Popen(["bash", "-c", script], env={**os.environ, **ONE_THREAD},
                                             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         except BaseException:
             self.log.close()
