@@ -28,14 +28,15 @@ TRAINING_EPILOG = """examples:
 Flags fall back to the environment: CONFIG, NPROC, HOSTFILE. Rerunning a finished run does
 nothing; rerunning an interrupted one resumes from its last checkpoint."""
 RUN_ALL_EPILOG = """examples:
-  bash stages/run_all.sh            # the tiny world (default): trained world models, open questions (world_local_open), 2 CPU cores, ~32 min the first time
+  bash stages/run_all.sh            # the tiny world (default): trained world models, open questions (world_local_open), 2 CPU cores, ~10-15 min the first time
   bash stages/run_all.sh --full     # the same with the world LLaVAs' long schedule (llava_full.yaml) on every kind of question (world_local)
   bash stages/run_all.sh --tiny     # the random tiny preset on synthetic data: every stage in ~4 minutes
   bash stages/run_all.sh --config-dir stages/configs/paper_clip_l14_224 --nproc 8 [--hostfile hosts.txt]
 
 A config directory holds enhance.yaml (stage 1) and llava.yaml (stages 2-3); the world's are in
 stages/configs/world and its data comes from `dcr-mllm build-world` (step 0). On one CPU process
-the base-tower LLaVA trains alongside stage one and then the DCR-tower LLaVA (one thread each).
+the base-tower LLaVA trains and is scored alongside stage one and then the DCR-tower LLaVA (one
+thread each).
 Every stage skips what is already complete, so a rerun resumes where a run stopped, and a
 finished run takes seconds."""
 

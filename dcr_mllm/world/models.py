@@ -254,9 +254,9 @@ BASE_MODELS = ("clip", "sd")  # what build-world builds; the reference only when
 
 
 def ensure_world(name: str, root: str | Path | None = None, spec: WorldSpec = WorldSpec(), train: bool = False) -> Path:
-    """``root/name``, unless a complete build of this spec is there (``build_once``) installed from
-    the package's shipped weights where they were built from this spec, else (or with ``train``)
-    trained here."""
+    """``root/name``: kept where a complete build of ``spec`` is there (``build_once``), else installed
+    from the package's shipped weights when they were trained from ``spec``, else (or with
+    ``train``) trained here."""
     from dcr_mllm.world import shipped
 
     if name not in WORLD_BUILDERS:
