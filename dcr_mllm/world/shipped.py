@@ -4,10 +4,11 @@
 wrote them for the default ``WorldSpec`` (safetensors, configs, the training log), less the
 tokenizer files, which are generated on install as a build writes them. ``manifest.json`` records
 the recipe each was built from (its ``WorldSpec`` fingerprint and fields, the builder's version,
-the package version, torch and the CPU it was trained on) and every file's SHA-256: ``install``
-copies a model into the cache only when its fingerprint is the one asked for and every file
-matches its digest. ``compare`` reports how far a rebuild (``dcr-mllm build-world --rebuild``) is
-from the shipped weights: bitwise on the machine that built them, within float rounding on others.
+the package version and commit, torch and the CPU it was trained on) and every file's SHA-256:
+``world.models.ensure_world`` installs a model only when its fingerprint is the one asked for, and
+``install`` copies it only when every file matches its digest. ``compare`` reports how far a
+rebuild (``dcr-mllm build-world --rebuild``) is from the shipped weights: bitwise on the machine
+that built them, within float rounding on others.
 
 ``world.rebuild`` trains them anew and writes this folder.
 """
