@@ -50,6 +50,7 @@ def test_the_plan_reads_the_configs_with_their_defaults(monkeypatch):
     (["eval-mllm", "--models", ""], "no model to score"),
     (["eval-mllm", "--bogus"], "unknown argument --bogus"),
     (["run-all", "--tiny", "--config-dir", "stages/configs/tiny"], "--tiny is a config directory"),
+    (["run-all", "--tiny", "--seeds", "0"], "--seeds 0"),
     (["run-all", "--nproc", "two"], "invalid int value"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, words):
@@ -65,3 +66,45 @@ def test_a_config_the_pipeline_cannot_honour_stops_it_before_anything_runs(tmp_p
     done = step("run-all", "--config-dir", str(configs), cwd=tmp_path)
     assert done.returncode == 2 and "no_such_key" in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["configs"]  # nothing written
+
+
+@pytest.mark.slow
+def test_run_all_with_two_seeds_trains_and_scores_two_llavas_per_tower(tiny, tmp_path):
+    """The plumbing of ``--seeds``, in miniature (the tiny preset, two steps a stage): four LLaVAs that
+    differ only in their seed, each scored, each in the summary; the statistics are tested apart."""
+    import json
+    import os
+
+    import yaml
+    from safetensors.torch import load_file
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    enhance, llava = (yaml.safe_load((REPO / "stages/configs/tiny" / f"{name}.yaml").read_text()) for name in ("enhance", "llava"))
+    enhance["data"] = {"synthetic_samples": 32, "synthetic_shards": 2}
+    for stage in ("projector_stage", "lora_stage"):
+        enhance[stage].update(max_steps=2, save_every=2, num_workers=0, micro_batch_size=4)
+    llava.update(synthetic_images=16)
+    llava["pretrain"].update(epochs=1)
+    llava["finetune"].update(max_steps=2)
+    for data in ("pretrain_data", "finetune_data"):
+        llava[data].update(eval_share=0.25, eval_every=1)
+    (configs / "enhance.yaml").write_text(yaml.safe_dump(enhance))
+    (configs / "llava.yaml").write_text(yaml.safe_dump(llava))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "dcr_mllm.pipeline", "run-all", "--config-dir", str(configs), "--seeds", "2"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs = tmp_path / "outputs"
+    runs = {"llava_tiny": 0, "llava_tiny_seed1": 1, "llava_tiny_base": 0, "llava_tiny_base_seed1": 1}
+    for run, seed in runs.items():
+        assert json.loads((outputs / run / "finetune" / "checkpoints" / "config.json").read_text())["seed"] == seed
+        assert (outputs / run / "model" / "model.safetensors").is_file()
+    projector = [k for k in load_file(outputs / "llava_tiny" / "pretrain" / "trainable.safetensors")][0]
+    first, second = (load_file(outputs / run / "pretrain" / "trainable.safetensors")[projector] for run in ("llava_tiny", "llava_tiny_seed1"))
+    assert not (first == second).all()  # another seed, another run
+    report = json.loads((outputs / "eval_mllm" / "report" / "report.json").read_text())
+    assert {"dcr", "base", "dcr_seed1", "base_seed1"} <= set(json.dumps(report).replace('"', " ").split())
+    summary = (outputs / "summary.md").read_text()
+    assert all(f"- {run.replace('llava_tiny', 'llava')}/finetune: 2 steps" in summary for run in runs)
+    assert "stage-one run (seed 0" in summary

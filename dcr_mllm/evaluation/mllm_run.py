@@ -124,24 +124,25 @@ def evaluate_mllms(specs: list[str], tasks: str, output: str | Path, nproc: int 
     return output / "report"
 
 
-def _side_by_side(cuda: bool, nproc: int, models: int) -> bool:
-    """lmms-eval generates one question at a time; on a CPU a small model's step is bound by Python
-    overhead, not arithmetic, so one-process CPU runs score the models side by side, one thread each."""
-    return not cuda and nproc == 1 and (os.cpu_count() or 1) >= models > 1
+def _side_by_side(cuda: bool, nproc: int, models: int) -> int:
+    """How many models to score at once: lmms-eval generates one question at a time; on a CPU a
+    small model's step is bound by Python overhead, not arithmetic, so one-process CPU runs score
+    as many models side by side as there are cores, one thread each; otherwise one at a time."""
+    return min(os.cpu_count() or 1, models) if not cuda and nproc == 1 and models > 1 else 1
 
 
-def _run_lmms_eval(models: dict[str, tuple[str, str]], tasks: list[str], output: Path, nproc: int, side_by_side: bool) -> None:
+def _run_lmms_eval(models: dict[str, tuple[str, str]], tasks: list[str], output: Path, nproc: int, side_by_side: int) -> None:
     """Score each ``name: (model, model_args)`` into ``output/name`` (log: ``output/logs/name.log``),
-    one after another or, ``side_by_side``, all at once with one thread each."""
+    ``side_by_side`` at a time (one thread each when more than one)."""
     launcher = [sys.executable, "-m", "lmms_eval"]
     if nproc > 1:
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc), "-m", "lmms_eval"]
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **child_environment(), "DCR_EVAL_DATA": str(eval_data_root())}
-    if side_by_side:
+    if side_by_side > 1:
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     queue = list(models)
     while queue:
-        batch, queue = (queue, []) if side_by_side else (queue[:1], queue[1:])
+        batch, queue = queue[:side_by_side], queue[side_by_side:]
         running = {}
         for name in batch:
             model, model_args = models[name]

@@ -86,15 +86,25 @@ def paired(first: dict[str, dict], second: dict[str, dict], ids: list[str]) -> d
 def compare_world(samples: dict[str, dict[str, dict]]) -> dict:
     """Every model's accuracy per group with its interval, and each pair of models (in the order
     given) tested on the questions both answered: ``{"accuracy": {model: {group: ...}},
-    "paired": {"a vs b": {group: ...}}}``."""
+    "paired": {"a vs b": {group: ...}}}``. Models named ``TOWER_seedK`` are seed K of ``TOWER``
+    (``seed_effect``): then only models of one seed are paired, and ``"towers": {"a vs b": {group:
+    effect}}`` judges each pair of towers over their seeds, the training run as the unit."""
+    from dcr_mllm.evaluation.seed_effect import split_name, tower_effects
+
     names = list(samples)
     if not names:
         raise DcrError("no world_local samples to compare")
     result = {"accuracy": {n: {g: accuracy(samples[n], ids) for g, ids in groups(samples[n]).items()} for n in names}, "paired": {}}
+    seeded = any(split_name(n)[1] for n in names)
     for i, first in enumerate(names):
         for second in names[i + 1:]:
+            if seeded and split_name(first)[1] != split_name(second)[1]:
+                continue
             shared = {q: samples[first][q] for q in samples[first] if q in samples[second]}
             if not shared:
                 raise DcrError(f"{first} and {second} answered no question in common; score both on the same world_local data")
             result["paired"][f"{first} vs {second}"] = {g: paired(samples[first], samples[second], ids) for g, ids in groups(shared).items()}
+    towers = list(dict.fromkeys(split_name(n)[0] for n in names))
+    result["towers"] = {f"{first} vs {second}": tower_effects(result["accuracy"], base=second, other=first)
+                        for i, first in enumerate(towers) for second in towers[i + 1:]}
     return result

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_path
 from dcr_mllm.weights import read_json, read_text
@@ -66,12 +68,20 @@ def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path, chart: P
     in the world also the tower's probe beside its LLaVA per attribute, drawn to ``chart``
     (default ``MLLM_EVAL/report/probe_vs_llava.png``)."""
     lines = ["# dcr-mllm pipeline summary", ""]
-    lines += tower_tables(tower_eval) + [""]
     report = mllm_eval / "report" / "report.md"
     significance = mllm_eval / "report" / "world_significance.json"
+    effects = _tower_effect_tables(significance)
+    if effects:
+        lines += [f"**{effects[0]}**", ""]
+    lines += tower_tables(tower_eval) + [""]
+    if "enhance" in runs and (runs["enhance"] / "config.yaml").is_file():
+        seed = yaml.safe_load(read_text(runs["enhance"] / "config.yaml")).get("seed")
+        lines += [f"The enhanced tower is one stage-one run (seed {seed}, {runs['enhance'] / 'config.yaml'}); stage one's spread over "
+                  "seeds is what the ablation measures (`bash stages/ablation.sh`: every objective over several seeds, "
+                  "`outputs/ablation/report.md`).", ""]
     world = _world_llava_tables(significance)
     if world:
-        lines += ["## LLaVA in the world (lmms-eval `world_local` or `world_local_open`, accuracy %)", ""] + world + [""]
+        lines += ["## LLaVA in the world (lmms-eval `world_local` or `world_local_open`, accuracy %)", ""] + effects[1:] + world + [""]
         pairs = probe_vs_llava(tower_eval / "world" / "results.json", significance)
         if pairs:
             chart = chart or mllm_eval / "report" / "probe_vs_llava.png"
@@ -168,12 +178,50 @@ def _world_llava_tables(significance_file: Path) -> list[str]:
         n = accuracy[models[0]]["all"]["n"]
         cell = next((accuracy[models[0]][f"{a}/{k}"]["n"] for a in WORLD_VALUES for k in KINDS if f"{a}/{k}" in accuracy[models[0]]), 0)
         lines += ["", f"{n} questions, {cell} per attribute and kind; a difference in bold is significant (McNemar's exact test, "
-                  "p < 0.05, on the questions both models answered). Chance: yes/no and choice 50, open 1 / number of values.", "",
+                  "p < 0.05, on the questions both models answered: it compares two trained models, not two towers). Chance: yes/no and "
+                  "choice 50, open 1 / number of values.", "",
                   "Per attribute and kind:", "", header, rule]
         lines += [r for r in (row(f"{a} / {k.replace('_', '/')}", f"{a}/{k}") for a in WORLD_VALUES for k in KINDS) if r]
     except (KeyError, TypeError, IndexError) as err:
         raise DcrError(f"{significance_file} is not a world comparison (accuracy and paired tables); re-run dcr-mllm eval-mllm") from err
     return lines
+
+
+def _tower_effect_tables(significance_file: Path) -> list[str]:
+    """The verdict on the first pair of towers in words, then per question group each tower's
+    per-seed accuracies, their means, and the effect judged over training runs (Welch's t-test,
+    ``seed_effect``); empty without a world comparison."""
+    from dcr_mllm.evaluation.seed_effect import verdict
+    from dcr_mllm.world.scenes import WORLD_VALUES
+
+    if not significance_file.is_file():
+        return []
+    towers = read_json(significance_file).get("towers") or {}
+    if not towers:
+        return []
+    pair, effects = next(iter(towers.items()))
+    other, base = pair.split(" vs ")
+    lines = [verdict(effects, base, other), "### The tower's effect over training runs", "",
+             f"Each LLaVA training run (seed) is one unit: per question group, each tower's accuracy per seed, their mean ± std, "
+             f"and {other} − {base} with its 95 % interval, Welch's p and the smallest effect N seeds detect with 80 % power "
+             "(`evaluation/seed_effect.py`). The McNemar tests below compare two trained models, not two towers.", "",
+             f"| questions | {base}: per seed | {other}: per seed | {base}: mean ± std | {other}: mean ± std | {other} − {base} [95 %] | p | detectable |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+
+    def spread(mean: float, std: float | None) -> str:
+        return f"{mean:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+
+    for group in ["all", *WORLD_VALUES]:
+        e = effects.get(group)
+        if e is None:
+            continue
+        tested = e["p"] is not None
+        effect = f"{'**' if e['significant'] else ''}{e['effect']:+.1f}{'**' if e['significant'] else ''}"
+        lines.append(f"| {group} | {' / '.join(f'{a:.1f}' for a in e['base'])} | {' / '.join(f'{a:.1f}' for a in e['other'])} | "
+                     f"{spread(e['base_mean'], e['base_std'])} | {spread(e['other_mean'], e['other_std'])} | "
+                     + (f"{effect} [{e['low']:+.1f}, {e['high']:+.1f}] | {e['p']:.2g} | {e['detectable']:.1f} |" if tested
+                        else f"{effect} (one run per tower: not testable) | - | - |"))
+    return lines + [""]
 
 
 def probe_vs_llava(tower_results: Path, significance_file: Path) -> dict[str, dict[str, tuple[float, float, float, float]]]:

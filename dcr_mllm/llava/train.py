@@ -36,6 +36,9 @@ from dcr_mllm.training.log import logger
 from dcr_mllm.training.zero import zero3_config
 from dcr_mllm.training.config import resolve_train_config
 
+#: the held-out records are drawn with this seed whatever the run's ``seed``: runs of several seeds
+#: then differ only in the projector's initialisation and the data order, and hold out the same records
+HELD_OUT_SEED = 0
 LLAMA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PROJECTOR = "multi_modal_projector"
 
@@ -251,7 +254,7 @@ def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = Fal
     dist_info = init_distributed()
     json_path, image_folder = conversation_files(cfg, stage, dist_info.is_main)
     settings = cfg.pretrain_data if stage == "pretrain" else cfg.finetune_data
-    records, held_out = held_out_split(read_records(json_path), settings.eval_share, cfg.seed)
+    records, held_out = held_out_split(read_records(json_path), settings.eval_share, HELD_OUT_SEED)
     train_cfg.max_steps = stage_steps(cfg, stage, records, dist_info.world_size)
     if is_finished(stage_dir, train_cfg.max_steps) and (stage == "pretrain" or export_is_current(model_dir, trained)):
         if dist_info.is_main:

@@ -30,6 +30,7 @@ nothing; rerunning an interrupted one resumes from its last checkpoint."""
 RUN_ALL_EPILOG = """examples:
   bash stages/run_all.sh            # the tiny world (default): trained world models, open questions (world_local_open), 2 CPU cores, ~10-15 min the first time
   bash stages/run_all.sh --full     # the same with the world LLaVAs' long schedule (llava_full.yaml) on every kind of question (world_local)
+  bash stages/run_all.sh --seeds 3  # three LLaVAs per tower: the tower's effect judged over training runs (Welch's t-test per attribute)
   bash stages/run_all.sh --tiny     # the random tiny preset on synthetic data: every stage in ~4 minutes
   bash stages/run_all.sh --config-dir stages/configs/paper_clip_l14_224 --nproc 8 [--hostfile hosts.txt]
 
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-dir", help="a directory with enhance.yaml and llava.yaml")
     p.add_argument("--tiny", action="store_true", help="the random tiny preset on synthetic data (stages/configs/tiny)")
     p.add_argument("--full", action="store_true", help="the world LLaVAs' long schedule on every kind of question")
+    p.add_argument("--seeds", type=int, default=int(env("SEEDS") or 1),
+                   help="LLaVAs per tower, differing only in their seed; the summary judges the tower's effect over them (SEEDS; "
+                        "default 1: one run per tower cannot attribute a difference to the tower)")
     p.add_argument("--nproc", type=int, default=int(env("NPROC") or 1))
     p.add_argument("--hostfile", default=env("HOSTFILE") or None)
     return parser
@@ -117,7 +121,7 @@ def run_step(args: argparse.Namespace, extra: list[str]) -> None:
     else:
         from dcr_mllm.pipeline.run_all import plan, run_all
 
-        run_all(plan(args.config_dir, args.tiny, args.full), args.nproc, args.hostfile)
+        run_all(plan(args.config_dir, args.tiny, args.full), args.nproc, args.hostfile, args.seeds)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ class Plan:
     enhance_out: str
     base_tower: str
     llava_out: str
+    llava_seed: int  # the LLaVA config's seed: the first of --seeds
 
 
 def plan(config_dir: str | None = None, tiny: bool = False, full: bool = False) -> Plan:
@@ -57,34 +58,51 @@ def plan(config_dir: str | None = None, tiny: bool = False, full: bool = False) 
             raise DcrError(f"{file} does not exist; a config directory needs enhance.yaml and llava.yaml")
     enhance, llava_cfg = load_config(EnhanceConfig, enhance_config), load_config(LlavaTrainConfig, llava_config)
     return Plan(str(enhance_config), str(llava_config), world, "world_local" if full else "world_local_open", "_full" if full else "",
-                str(enhance.output_dir), str(enhance.tower), str(llava_cfg.output_dir))
+                str(enhance.output_dir), str(enhance.tower), str(llava_cfg.output_dir), llava_cfg.seed)
 
 
-def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None) -> None:
+def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1) -> None:
+    """The pipeline; ``seeds`` LLaVAs per tower, differing only in their seed (the config's, then
+    the next ones), each scored on the same questions, so that the tower's effect is judged with
+    the training run as the unit (``evaluation.seed_effect``)."""
+    from dcr_mllm.evaluation.seed_effect import seeded_name
+
+    if seeds < 1:
+        raise DcrError(f"--seeds {seeds}: train at least one LLaVA per tower")
     clock = Clock()
     if p.world:
         cache = os.environ.get("DCR_MLLM_CACHE") or "~/.cache/dcr_mllm"
         clock.step(f"0/5 build the world (base models cached in {cache}/world; data in outputs/world)")
         run([sys.executable, "-m", "dcr_mllm.cli", "build-world", "--output", "outputs/world"])
-    base_out = f"{p.llava_out}_base"
-    base, dcr = [f"tower={p.base_tower}", f"output_dir={base_out}"], [f"tower={p.enhance_out}/tower", f"output_dir={p.llava_out}"]
+    runs = {}  # model name -> (tower, output_dir, overrides)
+    for k in range(seeds):
+        suffix, seed = ("", []) if k == 0 else (f"_seed{k}", [f"seed={p.llava_seed + k}"])
+        runs[seeded_name("dcr", k)] = (f"{p.enhance_out}/tower", f"{p.llava_out}{suffix}", seed)
+        runs[seeded_name("base", k)] = (p.base_tower, f"{p.llava_out}_base{suffix}", seed)
+    overrides = {name: [f"tower={tower}", f"output_dir={out}", *seed] for name, (tower, out, seed) in runs.items()}
     mllm_eval = f"outputs/eval_mllm_world{p.suffix}" if p.world else "outputs/eval_mllm"
     mllm_task = p.world_task if p.world else "dcr_suite_local"
+    base_names, dcr_names = [n for n in runs if n.startswith("base")], [n for n in runs if n.startswith("dcr")]
     if on_one_cpu(nproc, hostfile):
-        print(f"(the base-tower LLaVA trains alongside stage one, then is scored; its log: {SIDE_LOG})", flush=True)
-        with SideJob([["llava", "--variant", "base", "--config", p.llava_config, *base],
-                      ["eval-mllm", "--models", f"base={base_out}/model", "--tasks", mllm_task, "--output", mllm_eval]]) as side:
+        print(f"(the base-tower LLaVA{'s train' if seeds > 1 else ' trains'} alongside stage one, then "
+              f"{'are' if seeds > 1 else 'is'} scored; log: {SIDE_LOG})", flush=True)
+        side_steps = [step for name in base_names for step in (
+            ["llava", "--variant", name, "--config", p.llava_config, *overrides[name]],
+            ["eval-mllm", "--models", f"{name}={runs[name][1]}/model", "--tasks", mllm_task, "--output", mllm_eval])]
+        with SideJob(side_steps) as side:
             clock.step("1/5 enhance the tower")
             training_stage("enhance", p.enhance_config, nproc, hostfile, [], env=ONE_THREAD)
-            llava("dcr", p.llava_config, dcr, nproc, hostfile, clock, env=ONE_THREAD)  # on the core stage one used
+            for name in dcr_names:  # on the core stage one used
+                llava(name, p.llava_config, overrides[name], nproc, hostfile, clock, env=ONE_THREAD)
             side.wait()
     else:
         clock.step("1/5 enhance the tower")
         training_stage("enhance", p.enhance_config, nproc, hostfile, [])
-        llava("base", p.llava_config, base, nproc, hostfile, clock)
-        llava("dcr", p.llava_config, dcr, nproc, hostfile, clock)
+        for name in base_names + dcr_names:
+            llava(name, p.llava_config, overrides[name], nproc, hostfile, clock)
 
-    towers, models = f"base={p.base_tower} dcr={p.enhance_out}/tower", f"dcr={p.llava_out}/model base={base_out}/model"
+    towers = f"base={p.base_tower} dcr={p.enhance_out}/tower"
+    models = " ".join(f"{name}={runs[name][1]}/model" for k in range(seeds) for name in (seeded_name("dcr", k), seeded_name("base", k)))
     if p.world:
         tower_eval = "outputs/eval_tower_world"
         clock.step("4/5 score the towers (world pairs, per-attribute probes, class)")
@@ -95,11 +113,13 @@ def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None) -> None:
         clock.step("4/5 score the towers")
         eval_tower(towers, tower_eval)
         clock.step("5/5 score the LLaVAs")
-    eval_mllm(models, mllm_task, nproc, mllm_eval)  # on one CPU the base LLaVA's scores are the side job's, kept
+    eval_mllm(models, mllm_task, nproc, mllm_eval)  # on one CPU the base LLaVAs' scores are the side job's, kept
     clock.step("summary")
     summary = f"outputs/summary{p.suffix}.md"
-    run([sys.executable, "-m", "dcr_mllm.cli", "summary", "--run", f"enhance={p.enhance_out}", "--run", f"llava={p.llava_out}",
-         "--run", f"llava_base={base_out}", "--tower-eval", tower_eval, "--mllm-eval", mllm_eval, "--output", summary])
+    run_args = ["--run", f"enhance={p.enhance_out}"]
+    for name, (_, out, _) in runs.items():  # dcr -> llava, dcr_seed1 -> llava_seed1, base -> llava_base, ...
+        run_args += ["--run", f"{'llava' + name.removeprefix('dcr') if name.startswith('dcr') else 'llava_' + name}={out}"]
+    run([sys.executable, "-m", "dcr_mllm.cli", "summary", *run_args, "--tower-eval", tower_eval, "--mllm-eval", mllm_eval, "--output", summary])
     print(f"(summary also in {summary}; whole pipeline: {int(clock.elapsed())} s)")
 
 

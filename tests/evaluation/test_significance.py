@@ -36,3 +36,29 @@ def test_compare_world_pairs_the_same_questions():
     assert same["p"] == 1.0 and not same["significant"]
     with pytest.raises(DcrError, match="no question in common"):
         compare_world({"a": first, "b": {"x": first["q0"]}})
+
+
+def test_seeded_models_are_paired_within_a_seed_and_their_towers_judged_over_seeds(tmp_path):
+    """``NAME_seedK`` is seed K of NAME: McNemar pairs only models of one seed; the towers' effect is
+    Welch's test over their per-seed accuracies, and the summary opens with its verdict."""
+    import json
+
+    from dcr_mllm.evaluation.summary import _tower_effect_tables
+
+    def answers(right: int) -> dict:
+        return {f"q{i}": {"attribute": "position", "kind": "open", "correct": i < right} for i in range(100)}
+
+    samples = {"dcr": answers(90), "base": answers(60), "dcr_seed1": answers(92), "base_seed1": answers(62)}
+    result = compare_world(samples)
+    assert set(result["paired"]) == {"dcr vs base", "dcr_seed1 vs base_seed1"}
+    effect = result["towers"]["dcr vs base"]["position"]
+    assert effect["base"] == [60.0, 62.0] and effect["other"] == [90.0, 92.0] and effect["effect"] == pytest.approx(30.0)
+    assert effect["seeds"] == [[0, 1], [0, 1]] and effect["significant"]
+    (tmp_path / "significance.json").write_text(json.dumps(result))
+    lines = _tower_effect_tables(tmp_path / "significance.json")
+    assert lines[0].startswith("The dcr tower changes its LLaVA by +30.0 points overall")
+    assert any(line.startswith("| position | 60.0 / 62.0 | 90.0 / 92.0 | 61.0 ± 1.4 | 91.0 ± 1.4 | **+30.0**") for line in lines)
+    one_run = compare_world({"dcr": answers(90), "base": answers(60)})
+    assert set(one_run["paired"]) == {"dcr vs base"} and one_run["towers"]["dcr vs base"]["all"]["p"] is None
+    (tmp_path / "one.json").write_text(json.dumps(one_run))
+    assert "cannot be attributed to the tower" in _tower_effect_tables(tmp_path / "one.json")[0]
