@@ -8,7 +8,9 @@ and ``OUT/<objective>/seed<k>/tower`` (stage one's own output), each tower's met
 ``OUT/chart.png``: the premise table, every metric as mean +- std over seeds, each objective
 against the base seed by seed, and the paper's claims judged on them (``claims``). With the config's ``eval.every`` each run also scores its tower on the world's
 validation set (``OUT/val``, its own seed) while it trains: ``OUT/curves.png`` and the report's
-curve tables show where each objective gains and where it starts to lose. Training and evaluation run in one-thread processes, ``--jobs`` at a time; finished
+curve tables show where each objective gains and where it starts to lose; each run's step is then
+also chosen on that split by one rule for every objective (``SELECT``), exported as ``tower`` beside
+the last step's ``tower_last``, and both are scored and reported. Training and evaluation run in one-thread processes, ``--jobs`` at a time; finished
 pieces are skipped, so a rerun only redoes what is missing.
 
     python -m dcr_mllm.enhance.ablation --output outputs/ablation --seeds 3
@@ -26,7 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dcr_mllm.config import PACKAGED_CONFIGS
+from dcr_mllm.config import PACKAGED_CONFIGS, load_config
+from dcr_mllm.enhance.config import EnhanceConfig
 from dcr_mllm.enhance.watch import EVAL_FILE
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir, atomic_path
@@ -44,6 +47,9 @@ VARIANTS = {
     "dcr_tokens": ["objective.name=dcr", "objective.condition=tokens"],
 }
 OBJECTIVES = tuple(VARIANTS)
+#: the one rule that chooses each run's step on the validation split, for every objective: the
+#: feature-layer probe's mean over the attributes the paper claims, what a LLaVA reads
+SELECT = "world/probe_layer/claim_mean"
 HEADLINE = ("probe_global/claim_mean", "probe_layer/claim_mean", "probe_global/fine_mean", "class/probe", "class/zero_shot", "pairs/mean",
             "probe_layer/fine_mean")
 
@@ -92,16 +98,32 @@ def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str 
                f"output_dir={run}", f"seed={seed}", f"data.shards={shards}", *watch, *overrides, *own[objective]], run.with_suffix(".log"))
              for (objective, seed), run in runs.items() if not (run / "tower" / "model_card.md").is_file()]
     run_jobs(train, jobs)
-    towers = [base, *(run / "tower" for run in runs.values())]
+    # with a validation split, RUN/tower is the step SELECT chose; the last step is exported beside it
+    last_step = load_config(EnhanceConfig, config, overrides).lora_stage.max_steps
+    if watch:
+        from dcr_mllm.enhance.export import export_step
+
+        for run in runs.values():
+            if not (run / "tower_last" / "model_card.md").is_file():
+                export_step(run, last_step, run / "tower_last", force=True)
+    last = {run: run / ("tower_last" if watch else "tower") for run in runs.values()}
+    scored = [(base, base.parent / "world_metrics.json")] + [(last[run], run / "world_metrics.json") for run in runs.values()]
+    if watch:
+        scored += [(run / "tower", run / "world_metrics_selected.json") for run in runs.values()]
     evaluate = [([sys.executable, "-m", "dcr_mllm.evaluation.world_metrics", "--tower", str(tower), "--data", str(out / "eval"),
-                  "--output", str(tower.parent / "world_metrics.json"), "--pairs", str(pairs)], tower.parent / "world_metrics.log")
-                for tower in towers if not (tower.parent / "world_metrics.json").is_file()]
+                  "--output", str(result), "--pairs", str(pairs)], result.with_suffix(".log"))
+                for tower, result in scored if not result.is_file()]
     run_jobs(evaluate, jobs)
 
     base_scores = json.loads((base.parent / "world_metrics.json").read_text())
     scores = {objective: [json.loads((runs[objective, seed] / "world_metrics.json").read_text()) for seed in range(seeds)]
               for objective in OBJECTIVES}
     results = summarize(base_scores, scores)
+    if watch:
+        chosen = {objective: [json.loads((runs[objective, seed] / "world_metrics_selected.json").read_text()) for seed in range(seeds)]
+                  for objective in OBJECTIVES}
+        results["selected"] = {**summarize(base_scores, chosen), "rule": SELECT, "last_step": last_step,
+                               "steps": {objective: [selected_step(runs[objective, seed]) for seed in range(seeds)] for objective in OBJECTIVES}}
     results["premise"] = json.loads((out / "premise.json").read_text())
     results["curves"] = curves({objective: [runs[objective, seed] / "lora" / EVAL_FILE for seed in range(seeds)] for objective in OBJECTIVES})
     results["setup"] = {"seeds": seeds, "config": str(config), "overrides": list(overrides), "per_objective": own, "world": dataclasses.asdict(spec),
@@ -116,14 +138,17 @@ def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str 
 
 
 def validation_overrides(config: Path, overrides: list[str], val: Path, pairs: int) -> list[str]:
-    """Point the config's evaluation during training at this ablation's validation set; none when
-    the config evaluates nothing during training."""
-    from dcr_mllm.config import load_config
-    from dcr_mllm.enhance.config import EnhanceConfig
-
+    """Point the config's evaluation during training at this ablation's validation set, and choose
+    each run's step on it by ``SELECT``; none when the config evaluates nothing during training."""
     if not load_config(EnhanceConfig, config, overrides).eval.every:
         return []
-    return [f"eval.benchmarks=[{{name: world, data: {json.dumps(str(val))}, pairs_per_attribute: {pairs}}}]"]
+    return [f"eval.benchmarks=[{{name: world, data: {json.dumps(str(val))}, pairs_per_attribute: {pairs}}}]", f"eval.select={SELECT}"]
+
+
+def selected_step(run: Path) -> int:
+    """The LoRA step ``SELECT`` chose for ``run`` (its validation curve's best, the earliest of ties)."""
+    rows = [json.loads(line) for line in (run / "lora" / EVAL_FILE).read_text().splitlines()]
+    return max(rows, key=lambda row: (row[f"eval/{SELECT}"], -row["step"]))["step"]
 
 
 def curves(eval_files: dict[str, list[Path]]) -> dict:
@@ -147,8 +172,6 @@ def objective_overrides(config: Path, overrides: list[str], variant: list[str]) 
     """The overrides that make the shared config one objective's: its variant's settings, and every objective
     key it does not read (set in the shared config for another objective) back at its default,
     which the config check would otherwise refuse."""
-    from dcr_mllm.config import load_config
-    from dcr_mllm.enhance.config import EnhanceConfig
     from dcr_mllm.objectives.model import ObjectiveConfig, unread_keys
 
     cfg = load_config(EnhanceConfig, config, [*overrides, *variant])
@@ -211,11 +234,29 @@ def report(results: dict) -> str:
     for objective in objectives[1:]:
         for metric in HEADLINE:
             lines.append(f"| {objective} | {metric} | " + ", ".join(f"{v:+.1f}" for v in table[objective][metric]["minus_base"]) + " |")
+    if results.get("selected"):
+        lines += selection_table(results)
     if results.get("curves"):
         lines += curve_tables(results["curves"])
     if results["checks"]:
         lines += ["", "## What the world is for", ""] + [f"- {'yes' if ok else 'NO'}: {name}" for name, ok in results["checks"].items()]
     return "\n".join(lines) + "\n"
+
+
+def selection_table(results: dict) -> list[str]:
+    """The headline metrics at the last step beside those at each run's step chosen on the
+    validation split by one rule (mean +- std over seeds), and the chosen steps."""
+    last, chosen = results["metrics"], results["selected"]
+    objectives = [o for o in last if o != "base"]
+    lines = ["", "## The last step and the step chosen on validation", "",
+             f"Each run's LoRA step chosen by one rule for every objective: the highest `{chosen['rule']}` on the validation split "
+             f"(never the evaluation set above), against its last step ({chosen['last_step']}). Mean +- std over seeds (percent).", "",
+             "| metric | " + " | ".join(f"{o}: last | {o}: chosen" for o in objectives) + " |", "|---" * (2 * len(objectives) + 1) + "|"]
+    for metric in HEADLINE:
+        cells = [f"{t[o][metric]['mean']:.1f} +- {t[o][metric]['std']:.1f}" for o in objectives for t in (last, chosen["metrics"])]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    lines.append("| chosen step per seed | " + " | ".join(cell for o in objectives for cell in ("", ", ".join(map(str, chosen["steps"][o])))) + " |")
+    return lines
 
 
 def curve_tables(curves_by_objective: dict) -> list[str]:

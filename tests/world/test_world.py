@@ -130,6 +130,17 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
     assert "## Validation curves during training" in report_text and (out / "curves.png").stat().st_size > 0
     base_curve = {objective: results["curves"][objective]["class/probe"]["mean"][0] for objective in ("reconstruction", "naive", "dcr", "dcr_tokens")}
     assert len(set(base_curve.values())) == 1  # step 0 is the same base tower for every objective
+    # each run's step chosen on the validation split by one rule, beside its last step, both scored
+    chosen = results["selected"]
+    assert chosen["rule"] == "world/probe_layer/claim_mean" and chosen["last_step"] == 1
+    assert all(set(steps) <= {0, 1} and len(steps) == 2 for steps in chosen["steps"].values())
+    assert set(chosen["metrics"]) == set(results["metrics"]) and "## The last step and the step chosen on validation" in report_text
+    for objective in ("reconstruction", "dcr"):
+        for seed in (0, 1):
+            run_dir = out / objective / f"seed{seed}"
+            assert (run_dir / "tower_last" / "model.safetensors").is_file() and (run_dir / "world_metrics_selected.json").is_file()
+            step = chosen["steps"][objective][seed]
+            assert f"Step {step} of the LoRA stage" in (run_dir / "tower" / "model_card.md").read_text()
 
 
 def test_a_denoiser_field_keeps_the_clip_build_and_the_variants_build(tmp_path):
