@@ -102,7 +102,7 @@ def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1
             llava(name, p.llava_config, overrides[name], nproc, hostfile, clock)
 
     towers = f"base={p.base_tower} dcr={p.enhance_out}/tower"
-    models = " ".join(f"{name}={runs[name][1]}/model" for k in range(seeds) for name in (seeded_name("dcr", k), seeded_name("base", k)))
+    models = " ".join(f"{name}={out}/model" for name, (_, out, _) in runs.items())  # dcr, base, dcr_seed1, base_seed1, ...
     if p.world:
         tower_eval = "outputs/eval_tower_world"
         clock.step("4/5 score the towers (world pairs, per-attribute probes, class)")
