@@ -302,6 +302,8 @@ CASES = {
                                               "lacks world metrics"),
     "summary/world-comparison-not-a-comparison": (summary_args({"mllm_eval/report/world_significance.json": b"[1]"}),
                                                   "is not a world comparison"),
+    "summary/world-comparison-bad-tower-effects": (summary_args({"mllm_eval/report/world_significance.json": b'{"towers": {"a vs b": 1}}'}),
+                                                   "holds no tower comparison over seeds"),
     # build-world
     "build-world/output-is-a-file": (lambda tiny, tmp: (tmp / "f").write_text("x") and ["build-world", "--output", str(tmp / "f")],
                                      "is a file"),

@@ -191,15 +191,22 @@ def _tower_effect_tables(significance_file: Path) -> list[str]:
     """The verdict on the first pair of towers in words, then per question group each tower's
     per-seed accuracies, their means, and the effect judged over training runs (Welch's t-test,
     ``seed_effect``); empty without a world comparison."""
+    if not significance_file.is_file():
+        return []
+    data = read_json(significance_file)
+    towers = data.get("towers") if isinstance(data, dict) else None  # a file that is no comparison is refused by _world_llava_tables
+    if not isinstance(towers, dict) or not towers:
+        return []
+    try:
+        return _effect_lines(*next(iter(towers.items())))
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise DcrError(f"{significance_file} holds no tower comparison over seeds ('towers'); re-run dcr-mllm eval-mllm") from err
+
+
+def _effect_lines(pair: str, effects: dict) -> list[str]:
     from dcr_mllm.evaluation.seed_effect import verdict
     from dcr_mllm.world.scenes import WORLD_VALUES
 
-    if not significance_file.is_file():
-        return []
-    towers = read_json(significance_file).get("towers") or {}
-    if not towers:
-        return []
-    pair, effects = next(iter(towers.items()))
     other, base = pair.split(" vs ")
     lines = [verdict(effects, base, other), "### The tower's effect over training runs", "",
              f"Each LLaVA training run (seed) is one unit: per question group, each tower's accuracy per seed, their mean ± std, "
