@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import yaml
 
 from dcr_mllm.errors import ConfigError
+from dcr_mllm.strict import check_yaml_keys, read_text
 
 T = TypeVar("T")
 
@@ -30,10 +31,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
+        text = read_text(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML ({err}); fix the syntax") from err
+        check_yaml_keys(text, f"config file {path}")
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
     for item in overrides:
@@ -44,6 +47,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"override {item!r}: {raw!r} is not a YAML value; quote strings and close brackets, e.g. key=[1, 2]") from err
+        check_yaml_keys(raw, f"override {item!r}")
         _set_dotted(data, key.strip(), value)
     return from_dict(cls, data)
 

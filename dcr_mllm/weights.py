@@ -15,30 +15,11 @@ import struct
 from pathlib import Path
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.strict import read_json
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 #: headers beyond this are not safetensors (the format caps them at 100 MB)
 MAX_HEADER = 100_000_000
-
-
-def read_text(path: str | Path) -> str:
-    """A UTF-8 text file, or a one-line error naming the file and the first bad byte."""
-    path = Path(path)
-    try:
-        return path.read_bytes().decode("utf-8-sig")
-    except OSError as err:
-        raise DcrError(f"cannot read {path}: {err.strerror or err}") from err
-    except UnicodeDecodeError as err:
-        raise DcrError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); re-save it as UTF-8") from err
-
-
-def read_json(path: str | Path) -> object:
-    """A JSON file, or a one-line error naming the file and where parsing stopped."""
-    path = Path(path)
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as err:
-        raise DcrError(f"{path} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); re-download or re-create it") from err
 
 
 def check_safetensors(path: str | Path) -> dict:

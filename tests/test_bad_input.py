@@ -53,6 +53,8 @@ def tower_bad(kind: str):
             (tower / "config.json").write_bytes(b'{"model_type": "clip\xe9"}')
         elif kind == "config-list":
             (tower / "config.json").write_text("[1, 2]")
+        elif kind == "config-twice":
+            (tower / "config.json").write_text((tower / "config.json").read_text().rstrip()[:-1] + ', "model_type": "siglip"}')
         elif kind == "pickle":
             weights(tower).unlink()
             torch.save({"x": torch.zeros(1)}, tower / "pytorch_model.bin")
@@ -120,6 +122,50 @@ def conversations(content: bytes):
     return extra
 
 
+def shard_bad(kind: str):
+    """A shard folder whose one .tar is broken one way (the shard-count check comes later)."""
+    def extra(tmp: Path) -> list[str]:
+        import io
+        import tarfile
+
+        shards = tmp / "shards"
+        shards.mkdir()
+        if kind == "not-a-tar":
+            (shards / "000.tar").write_bytes(b"<html>404 Not Found</html>" * 40)
+            return [f"data.shards={shards}"]
+        with tarfile.open(shards / "000.tar", "w") as tar:
+            members = {"empty": {}, "no-image": {"0001.txt": b"a caption"},
+                       "image-not-decodable": {"0001.jpg": b"not a jpeg", "0001.txt": b"a caption"}}[kind]
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return [f"data.shards={shards}"]
+    return extra
+
+
+def config_file(text: str, key: str = "--config"):
+    """A config (or DeepSpeed JSON, with ``key`` the override naming it) written by the test."""
+    def extra(tmp: Path) -> list[str]:
+        path = tmp / ("ds.json" if key != "--config" else "c.yaml")
+        path.write_text(text)
+        return [key, str(path)] if key == "--config" else [f"{key}={path}"]
+    return extra
+
+
+def images_bad(kind: str):
+    """A valid conversation file whose image folder lacks the images, or holds an undecodable one."""
+    def extra(tmp: Path) -> list[str]:
+        (tmp / "images").mkdir(exist_ok=True)
+        records = [{"id": str(i), "image": f"{i}.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                                                         {"from": "gpt", "value": "A cat."}]} for i in range(4)]
+        (tmp / "conv.json").write_text(json.dumps(records))
+        if kind == "undecodable":
+            (tmp / "images" / "0.png").write_bytes(b"not a png")
+        return [f"pretrain_data.json={tmp / 'conv.json'}", f"pretrain_data.image_folder={tmp / 'images'}"]
+    return extra
+
+
 def empty_shards(tmp: Path) -> list[str]:
     (tmp / "shards").mkdir()
     return [f"data.shards={tmp / 'shards'}"]
@@ -138,6 +184,8 @@ def llava_hf_checkpoint(tmp: Path, broken: str = "") -> Path:
         (src / "config.json").write_bytes(b"\xff\xfe garbage")
     elif broken == "index":
         (src / "model.safetensors.index.json").write_text("{weight_map")
+    elif broken == "config-twice":
+        (src / "config.json").write_text(json.dumps(config)[:-1] + ', "model_type": "llava_next"}')
     return src
 
 
@@ -254,6 +302,17 @@ CASES = {
     "enhance/unet-only-pickle": (enhance_args(sd_fn=sd_bad("unet-pickle")), "safetensors"),
     "enhance/shards-folder-empty": (enhance_args(extra=empty_shards), "no .tar shards"),
     "enhance/shards-missing": (enhance_args(extra=lambda tmp: [f"data.shards={tmp / 'none_{0..3}.tar'}"]), "does not exist"),
+    "enhance/shard-not-a-tar": (enhance_args(extra=shard_bad("not-a-tar")), "is not a readable tar archive"),
+    "enhance/shard-without-samples": (enhance_args(extra=shard_bad("empty")), "holds no samples"),
+    "enhance/shard-first-sample-without-image": (enhance_args(extra=shard_bad("no-image")), "has no image"),
+    "enhance/shard-first-image-undecodable": (enhance_args(extra=shard_bad("image-not-decodable")), "cannot decode image"),
+    "enhance/eval-benchmark-folder-without-labels": (enhance_args(extra=lambda tmp: (tmp / "val").mkdir() or [
+        "eval.every=1", f"eval.benchmarks=[{{name: world, data: {tmp / 'val'}}}]"]), "no labels.csv"),
+    "enhance/config-section-written-twice": (enhance_args(extra=config_file("seed: 0\nprojector_stage:\n  lr: 0.01\nprojector_stage:\n  max_steps: 2\n")),
+                                             "key 'projector_stage' is written twice (lines 2 and 4)"),
+    "enhance/deepspeed-json-key-twice": (enhance_args(extra=config_file('{"zero_optimization": {"stage": 2},\n "zero_optimization": {"stage": 3}}',
+                                                                        "projector_stage.deepspeed")), "key 'zero_optimization' is written twice (lines 1 and 2)"),
+    "enhance/override-key-twice": (enhance_args(extra=["objective={name: dcr, name: naive}"]), "key 'name' is written twice"),
     # stage two: tower, language model, conversation data
     "llava-pretrain/tower-truncated": (llava_args("pretrain", tower_bad("truncated")), "not a complete safetensors file"),
     "llava-pretrain/lm-truncated": (llava_args("pretrain", lm_fn=lm_bad("truncated")), "not a complete safetensors file"),
@@ -261,12 +320,19 @@ CASES = {
     "llava-pretrain/lm-only-pickle": (llava_args("pretrain", lm_fn=lm_bad("pickle")), "--allow-pickle"),
     "llava-pretrain/json-not-utf8": (llava_args("pretrain", extra=conversations(b'[{"image": "\xff"}]')), "is not UTF-8"),
     "llava-pretrain/json-cut-short": (llava_args("pretrain", extra=conversations(b'[{"image": "a.png", ')), "is not valid JSON"),
+    "llava-pretrain/json-key-twice": (llava_args("pretrain", extra=conversations(b'[{"id": "1",\n "conversations": [], "id": "2"}]')),
+                                      "key 'id' is written twice (lines 1 and 2)"),
+    "llava-pretrain/every-image-missing": (llava_args("pretrain", extra=images_bad("missing")), "0.png"),
+    "llava-pretrain/first-image-undecodable": (llava_args("pretrain", extra=images_bad("undecodable")), "cannot decode image"),
+    "llava-pretrain/config-key-twice": (llava_args("pretrain", extra=config_file("seed: 1\nseed: 2\n")), "key 'seed' is written twice"),
     "llava-finetune/tower-config-not-json": (llava_args("finetune", tower_bad("config-garbage")), "is not valid JSON"),
     "llava-finetune/lm-truncated": (llava_args("finetune", lm_fn=lm_bad("truncated")), "not a complete safetensors file"),
     # swap-tower and convert-llava
     "swap-tower/checkpoint-truncated": (swap_args("truncated"), "not a complete safetensors file"),
     "swap-tower/checkpoint-config-not-utf8": (swap_args("config"), "is not UTF-8"),
     "swap-tower/checkpoint-index-not-json": (swap_args("index"), "is not valid JSON"),
+    "swap-tower/checkpoint-config-key-twice": (swap_args("config-twice"), "key 'model_type' is written twice"),
+    "swap-tower/tower-config-key-twice": (swap_args(tower_fn=tower_bad("config-twice")), "key 'model_type' is written twice"),
     "swap-tower/tower-truncated": (swap_args(tower_fn=tower_bad("truncated")), "not a complete safetensors file"),
     "swap-tower/tower-config-not-json": (swap_args(tower_fn=tower_bad("config-garbage")), "is not valid JSON"),
     "swap-tower/tower-only-pickle": (swap_args(tower_fn=tower_bad("pickle"), pickle_flag=True), "convert them to safetensors"),
@@ -284,16 +350,22 @@ CASES = {
     "prepare-eval-data/mmvp-image-missing": (prepare_args(mmvp=mmvp_dir(b"Index,Question,Options,Correct Answer\n2,Q?,(a) x (b) y,(a)\n")), "is missing"),
     "prepare-eval-data/pope-image-not-a-string": (prepare_args(pope=pope_dir("random", b'{"question_id": 1, "image": 7, "text": "Q?", "label": "no"}\n')), "malformed"),
     "prepare-eval-data/pope-not-utf8": (prepare_args(pope=pope_dir("random", b'{"question_id": 1, "image": "\xff", "text": "Q?", "label": "no"}\n')), "is not UTF-8"),
-    "prepare-eval-data/synthetic-then-bad-pope": (prepare_args(pope=pope_dir("popular", b"{oops}\n"), synthetic=True), "malformed"),
+    "prepare-eval-data/synthetic-then-bad-pope": (prepare_args(pope=pope_dir("popular", b"{oops}\n"), synthetic=True), "line 1 is not valid JSON"),
+    "prepare-eval-data/pope-line-key-twice": (prepare_args(pope=pope_dir("adversarial", b'{"question_id": 1, "image": "a.jpg", "text": "Q?", "label": "no", "label": "yes"}\n')),
+                                              "line 1: key 'label' is written twice"),
     # report
     "report/not-json": (results_file(b"{\"results\": "), "is not valid JSON"),
     "report/results-not-a-table": (results_file(b'{"results": [1, 2]}'), "not an lmms-eval results file"),
     "report/task-not-a-table": (results_file(b'{"results": {"mmvp": 3}}'), "not an lmms-eval results file"),
     "report/not-utf8": (results_file(b'{"results": {"\xff": {}}}'), "is not UTF-8"),
+    "report/task-written-twice": (results_file(b'{"results": {"mmvp": {"acc": 1},\n "mmvp": {"acc": 0}}}'), "key 'mmvp' is written twice"),
     # summary
     "summary/run-without-name": (summary_args({}, extra=["--run", "outputs/enhance"]), "NAME=DIR"),
     "summary/train-state-not-json": (summary_args({"run/projector/train_state.json": b"{"}), "is not valid JSON"),
     "summary/train-state-without-step": (summary_args({"run/projector/train_state.json": b"{}"}), "no step count"),
+    "summary/metrics-key-twice": (summary_args({"run/projector/train_state.json": b'{"step": 2}',
+                                                "run/projector/metrics.jsonl": b'{"step": 1, "loss": 1.0, "loss": 2.0}\n'}), "key 'loss' is written twice"),
+    "summary/train-state-key-twice": (summary_args({"run/projector/train_state.json": b'{"step": 2,\n"step": 3}'}), "key 'step' is written twice"),
     "summary/metrics-cut-short": (summary_args({"run/projector/train_state.json": b'{"step": 2}',
                                                 "run/projector/metrics.jsonl": b'{"step": 1, "loss": 1.0}\n{"step": 2, "lo'}), "line 2"),
     "summary/tower-results-not-json": (summary_args({"tower_eval/mmvp-vlm/results.json": b"[1,"}), "is not valid JSON"),

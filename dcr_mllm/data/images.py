@@ -11,6 +11,7 @@ skipped and counted, never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -126,6 +127,31 @@ def expand_shard_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
             shards.append(path)
     if not shards:
         raise DcrError("no shards given: pass a directory, a brace pattern or a list of .tar paths")
+    return shards
+
+
+def check_shards(urls: str | Path | Sequence[str | Path]) -> list[str]:
+    """The shard paths, each opened and its first sample read and decoded, so a file that is not
+    a shard (an HTML error page saved as .tar, an empty archive) is named before a run writes
+    anything; later bad samples are skipped and counted as they come."""
+    shards = expand_shard_urls(urls)
+    for shard in shards:
+        try:
+            with contextlib.closing(_tar_samples(shard)) as samples:
+                first = next(samples, None)
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise DcrError(f"shard {shard} is not a readable tar archive ({err}); re-create it or remove it from data.shards") from err
+        if first is None:
+            raise DcrError(f"shard {shard} holds no samples (KEY.jpg + KEY.txt members); re-create it or remove it from data.shards")
+        key, files = first
+        ext = next((e for e in SHARD_IMAGE_EXTENSIONS if e in files), None)
+        if ext is None:
+            raise DcrError(f"shard {shard}: its first sample {key} has no image (members: {', '.join(sorted(files))}; "
+                           f"expected one of {', '.join(SHARD_IMAGE_EXTENSIONS)}); re-create the shard")
+        try:
+            load_rgb(files[ext])
+        except DcrError as err:
+            raise DcrError(f"shard {shard}: its first sample {key}: {err}") from err
     return shards
 
 

@@ -192,7 +192,8 @@ def selection_on_test_data(cfg: EnhanceConfig) -> str:
 def validate(cfg: EnhanceConfig) -> ResolvedShapes:
     """Check values, paths and widths from config files only; returns the resolved projector shape."""
     from dcr_mllm.presets.real import local_path
-    from dcr_mllm.data.images import expand_shard_urls
+    from dcr_mllm.data.images import check_shards
+    from dcr_mllm.evaluation.run import benchmark_scorer
 
     resolve_config(cfg)
     tower = inspect_tower(cfg.tower)
@@ -205,10 +206,11 @@ def validate(cfg: EnhanceConfig) -> ResolvedShapes:
     if tokens:
         check_condition_tokens(cfg.objective, tower, context_length(local_path(cfg.denoiser)))
     if cfg.data.shards:
-        expand_shard_urls(cfg.data.shards)
+        check_shards(cfg.data.shards)
     for bench in cfg.eval.benchmarks:
         if not Path(bench.data).is_dir():
             raise DcrError(f"eval benchmark {bench.name}: data folder {bench.data} does not exist")
+        benchmark_scorer(bench.name, bench.data, pairs_per_attribute=bench.pairs_per_attribute)  # its data read and checked now
     test = selection_on_test_data(cfg)
     if test and not cfg.eval.allow_test_selection:
         raise ConfigError(f"eval.select={cfg.eval.select} would choose the exported step on {test}; select on a validation folder "

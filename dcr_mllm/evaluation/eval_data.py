@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import GENERATED, atomic_path, write_atomic
-from dcr_mllm.weights import read_text
+from dcr_mllm.strict import loads_json, read_text
 from dcr_mllm.world.conversations import world_qa_rows
 
 POPE_SPLITS = ("adversarial", "popular", "random")
@@ -110,12 +110,12 @@ def read_pope(pope_dir: str | Path, coco_dir: str | Path) -> dict[str, list[dict
         for line_no, line in enumerate(read_text(source).splitlines(), start=1):
             if not line.strip():
                 continue
+            item = loads_json(line, f"{source} line {line_no}")
             try:
-                item = json.loads(line)
                 fields = {"question_id": str(item["question_id"]), "question": item["text"], "answer": item["label"], "image": item["image"]}
                 if not all(isinstance(fields[k], str) for k in ("question", "answer", "image")):
                     raise TypeError
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
+            except (KeyError, TypeError) as err:
                 raise DcrError(f"{source} line {line_no} is malformed; expected question_id, image, text, label (strings)") from err
             rows.append({**fields, "category": split, "image": _image(coco_dir / fields["image"], f"{source.name} line {line_no}")})
         splits[split] = rows

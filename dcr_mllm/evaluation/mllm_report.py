@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_path, write_atomic
-from dcr_mllm.weights import read_json
+from dcr_mllm.strict import read_json
 
 
 def _label(result: dict, path: Path) -> str:

@@ -34,7 +34,7 @@ from dcr_mllm.evaluation.encode import image_embeddings, text_embeddings
 from dcr_mllm.evaluation.pairs import PROMPT, judge_pairs, percent
 from dcr_mllm.evaluation.tower_report import BenchmarkResult
 from dcr_mllm.towers import TowerSpec, VisionTower
-from dcr_mllm.weights import read_text
+from dcr_mllm.strict import read_text
 
 CATEGORIES = (
     "Orientation and Direction",

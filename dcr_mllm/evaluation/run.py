@@ -10,7 +10,6 @@ loaded, towers are scored one at a time, and the report goes to ``output`` (see 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from dcr_mllm.evaluation.mmvp_vlm import PREPROCESS, evaluate_mmvp_vlm, read_ben
 from dcr_mllm.evaluation.probes import ClassificationData, evaluate_classification, evaluate_fine_grained
 from dcr_mllm.evaluation.synthetic import fine_grained_pairs
 from dcr_mllm.evaluation.tower_report import BenchmarkResult, write_report
+from dcr_mllm.strict import read_json
 from dcr_mllm.towers import inspect_tower, load_tower
 
 logger = logging.getLogger("dcr_mllm.evaluation")
@@ -112,7 +112,7 @@ def evaluate_towers(
     record = freshness.made_from(settings, {**{f"tower/{label}": path for label, path in towers.items()}, "data": data})
     if if_changed and freshness.is_current(output, record):
         print(f"{benchmark}: up to date in {output}")
-        return json.loads((Path(output) / "results.json").read_text())
+        return read_json(Path(output) / "results.json")
 
     score = benchmark_scorer(benchmark, data, batch_size, pairs_per_attribute, image_size, seed, preprocess)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

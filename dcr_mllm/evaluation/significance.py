@@ -11,12 +11,11 @@ difference" each such question is a fair coin, so the two-sided p-value is the b
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.weights import read_text
+from dcr_mllm.strict import loads_json, read_text
 
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 ALPHA = 0.05  # a difference is marked significant when McNemar's p is below this
@@ -49,8 +48,9 @@ def world_samples(run_dir: str | Path, task: str = "world_local") -> dict[str, d
         raise DcrError(f"{run_dir} holds no {task} samples file; score the model again (dcr-mllm eval-mllm logs every answer)")
     records = {}
     for number, line in enumerate(read_text(files[-1]).splitlines(), start=1):
+        record = loads_json(line, f"{files[-1]} line {number}")
         try:
-            record = json.loads(line)["world_accuracy"]
+            record = record["world_accuracy"]
             records[str(record["question_id"])] = {k: record[k] for k in ("attribute", "kind", "correct")}
         except (ValueError, KeyError, TypeError) as err:
             raise DcrError(f"{files[-1]} line {number} is not a {task} sample with a world_accuracy record; score the model again") from err

@@ -3,14 +3,12 @@ comparisons, and where each artefact is. Reads only what the stages wrote."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_path
-from dcr_mllm.weights import read_json, read_text
+from dcr_mllm.strict import loads_json, read_json, read_text, read_yaml
 
 
 def loss_points(stage_dir: Path) -> dict[int, float] | None:
@@ -20,8 +18,8 @@ def loss_points(stage_dir: Path) -> dict[int, float] | None:
         return None
     points = {}
     for number, line in enumerate(read_text(metrics).splitlines(), start=1):  # a resumed run logs some steps twice: keep the last
+        record = loads_json(line, f"{metrics} line {number}")
         try:
-            record = json.loads(line)
             points[int(record["step"])] = float(record["loss"])
         except (ValueError, TypeError, KeyError) as err:
             raise DcrError(f"{metrics} line {number} is not a metrics record with step and loss; was the file edited or cut short?") from err
@@ -31,7 +29,7 @@ def loss_points(stage_dir: Path) -> dict[int, float] | None:
 def held_out_points(stage_dir: Path) -> dict[int, float]:
     """Step -> held-out loss (``eval/loss``, the LLaVA stages' ``eval_every``) where it was logged."""
     metrics = stage_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in read_text(metrics).splitlines()] if metrics.is_file() else []
+    rows = [loads_json(line, f"{metrics} line {n}") for n, line in enumerate(read_text(metrics).splitlines(), 1)] if metrics.is_file() else []
     return {int(row["step"]): float(row["eval/loss"]) for row in rows if "eval/loss" in row}
 
 
@@ -75,7 +73,7 @@ def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path, chart: P
         lines += [f"**{effects[0]}**", ""]
     lines += tower_tables(tower_eval) + [""]
     if "enhance" in runs and (runs["enhance"] / "config.yaml").is_file():
-        seed = yaml.safe_load(read_text(runs["enhance"] / "config.yaml")).get("seed")
+        seed = read_yaml(runs["enhance"] / "config.yaml").get("seed")
         lines += [f"The enhanced tower is one stage-one run (seed {seed}, {runs['enhance'] / 'config.yaml'}); stage one's spread over "
                   "seeds is what the ablation measures (`bash stages/ablation.sh`: every objective over several seeds, "
                   "`outputs/ablation/report.md`).", ""]

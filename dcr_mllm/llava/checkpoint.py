@@ -12,7 +12,8 @@ import torch
 from dcr_mllm.errors import DcrError
 from dcr_mllm.llava.shards import StoredTensor, read_header, weight_files
 from dcr_mllm.towers import TowerSpec, inspect_tower, resolve_tower_path
-from dcr_mllm.weights import PICKLE_SUFFIXES, read_json, to_safetensors_hint
+from dcr_mllm.strict import read_json
+from dcr_mllm.weights import PICKLE_SUFFIXES, to_safetensors_hint
 
 TOWER_PREFIX = "vision_model."
 FAMILY_OF_VISION_TYPE = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}

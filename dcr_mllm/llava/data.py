@@ -36,7 +36,7 @@ from dcr_mllm.data.images import load_rgb
 from dcr_mllm.data.position import ReadPosition
 from dcr_mllm.errors import DcrError
 from dcr_mllm.prompts import IMAGE_TOKEN, PLAIN_SEP, VICUNA_ROLES, VICUNA_SEP, VICUNA_SEP2, VICUNA_SYSTEM
-from dcr_mllm.weights import read_json
+from dcr_mllm.strict import read_json
 
 logger = logging.getLogger("dcr_mllm.llava")
 IGNORE_INDEX = -100
@@ -55,6 +55,19 @@ def read_records(path: str | Path) -> list[dict]:
     for index, record in enumerate(records):
         _check_record(path, index, record)
     return records
+
+
+def check_images(records: list[dict], image_folder: Path, setting: str) -> None:
+    """The first image the records name that is there decodes, and there is one: a wrong image
+    folder fails before a model is built or an output written. Later missing or corrupt images are
+    skipped and counted in training, as ``ConversationData`` does."""
+    named = [record["image"] for record in records if "image" in record]
+    first = next((image_folder / name for name in named if (image_folder / name).is_file()), None)
+    if named and first is None:
+        raise DcrError(f"none of the {len(named)} images the conversations name is under {image_folder} (the first: {named[0]}); "
+                       f"set {setting} to the folder their paths are relative to")
+    if first is not None:
+        load_rgb(first)
 
 
 def _check_record(path: Path, index: int, record) -> None:

@@ -26,7 +26,7 @@ from dcr_mllm.components.build_once import build_once
 from dcr_mllm.config import to_dict
 from dcr_mllm.errors import ConfigError, DcrError
 from dcr_mllm.llava.build import add_language_lora, build_llava, vision_layout
-from dcr_mllm.llava.data import IGNORE_INDEX, ASPECTS, ConversationData, GroupedBatches, collate, epoch_steps, read_records
+from dcr_mllm.llava.data import IGNORE_INDEX, ASPECTS, ConversationData, GroupedBatches, check_images, collate, epoch_steps, read_records
 from dcr_mllm.llava.synthetic import write_synthetic_conversations
 from dcr_mllm.presets.real import local_path
 from dcr_mllm.weights import check_model_dir
@@ -120,9 +120,10 @@ def validate(cfg: LlavaTrainConfig, stage: str) -> None:
     check_model_dir(local_path(cfg.language_model))
     data = cfg.pretrain_data if stage == "pretrain" else cfg.finetune_data
     if data.json:
-        read_records(data.json)
+        records = read_records(data.json)
         if not Path(data.image_folder).is_dir():
             raise DcrError(f"image folder {data.image_folder!r} does not exist; set {stage}_data.image_folder")
+        check_images(records, Path(data.image_folder), f"{stage}_data.image_folder")
     if stage == "finetune" and not is_finished(Path(cfg.output_dir) / "pretrain"):
         raise DcrError(f"the pretrain stage has not finished in {Path(cfg.output_dir) / 'pretrain'}; run llava-pretrain first")
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from dcr_mllm.errors import ConfigError
+from dcr_mllm.errors import ConfigError, DcrError
+from dcr_mllm.strict import read_json
 
 
 @dataclass
@@ -146,9 +147,9 @@ def deepspeed_json(cfg: TrainConfig, name: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"DeepSpeed config {path} does not exist; fix {name}.deepspeed or leave it empty")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"DeepSpeed config {path} is not valid JSON ({err}); fix the file") from err
+        data = read_json(path)
+    except DcrError as err:
+        raise ConfigError(f"DeepSpeed config {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"DeepSpeed config {path} must hold a JSON object")
     return data
