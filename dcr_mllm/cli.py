@@ -9,6 +9,7 @@ import sys
 import warnings
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.io import user_error_line
 
 PICKLE_HELP = "load .bin/.pt PyTorch pickles (restricted unpickler); without it they are refused with the command to convert them"
 
@@ -340,10 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     try:
         args.func(args)
-    except DcrError as err:
-        if args.debug or os.environ.get("DCR_MLLM_DEBUG"):
+    except Exception as err:
+        line = user_error_line(err)
+        if line is None or args.debug or os.environ.get("DCR_MLLM_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(line, file=sys.stderr)
         return 2
     return 0
 

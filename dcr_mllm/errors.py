@@ -11,3 +11,8 @@ class DcrError(Exception):
 
 class ConfigError(DcrError):
     """A config key, type or dimension that cannot work; raised before any model is built."""
+
+
+class WriteError(DcrError):
+    """A destination that cannot take the output (full, over quota, read-only, forbidden); once it
+    can, running the same command again resumes or redoes the write."""

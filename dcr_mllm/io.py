@@ -12,14 +12,82 @@ on this host is gone.
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
 import re
 import shutil
 import socket
 import tempfile
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from dcr_mllm.errors import DcrError, WriteError
+
+#: the faults of a destination rather than of the program, with what to do about each
+WRITE_FAULTS = {
+    errno.ENOSPC: ("no space left on device", "free space there or write elsewhere"),
+    errno.EDQUOT: ("disk quota exceeded", "free space within your quota or write elsewhere"),
+    errno.EROFS: ("read-only file system", "write to a writable folder"),
+    errno.EACCES: ("permission denied", "fix the folder's permissions or write elsewhere"),
+    errno.EPERM: ("operation not permitted", "fix the folder's permissions or write elsewhere"),
+}
+_OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")  # how the Rust writers (safetensors, tokenizers) report an errno
+
+
+def fault_errno(err: BaseException) -> int | None:
+    """The errno of a write fault (``WRITE_FAULTS``) behind ``err``, or None for any other error."""
+    if isinstance(err, OSError):
+        code = err.errno
+    else:
+        match = _OS_ERROR_CODE.search(str(err))
+        code = int(match.group(1)) if match else None
+    return code if code in WRITE_FAULTS else None
+
+
+def fault_message(err: BaseException, path: str | Path | None, code: int) -> str:
+    """One line: the file (the error's own, else ``path``), the cause and the fix."""
+    where = _culprit(err, path) or "the output"
+    verb = "cannot access" if code in (errno.EACCES, errno.EPERM) else "cannot write"
+    cause, fix = WRITE_FAULTS[code]
+    return (f"{verb} {where}: {cause} ({errno.errorcode[code]}); {fix}, then run the same command again (nothing partial "
+            "was kept; training resumes from its last checkpoint)")
+
+
+def user_error_line(err: BaseException) -> str | None:
+    """The one line to print for an error meant for the user (a ``DcrError``, or a write fault met
+    outside ``writing``), or None for one that should keep its traceback."""
+    if isinstance(err, DcrError):
+        return f"error: {err}"
+    code = fault_errno(err)
+    return None if code is None else f"error: {fault_message(err, None, code)}"
+
+
+def _culprit(err: BaseException, path: str | Path | None) -> str | Path | None:
+    """The file to name: ``path`` when the error is about it or one of its temporaries (which the
+    user never asked for), else the file the error names (an input read inside the block)."""
+    filename = getattr(err, "filename", None)
+    if path is None or not filename:
+        return filename or path
+    dest, failed = Path(path), Path(filename)
+    temporaries = (f".{dest.name}.", f".{dest.stem}.")
+    ours = [failed, *failed.parents]
+    return path if dest in ours or any(p.name.startswith(temporaries) for p in ours) else filename
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn a write fault met in the block (a full disk, a quota, a read-only or forbidden folder)
+    into one ``WriteError`` line naming ``path`` and the cause; any other error passes unchanged."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except Exception as err:
+        code = fault_errno(err)
+        if code is None:
+            raise
+        raise WriteError(fault_message(err, path, code)) from err
 
 
 def _owner() -> str:
@@ -63,14 +131,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary file name beside ``path`` (same suffix, so writers that go by it still work),
     renamed to ``path`` when the block succeeds and removed when it fails."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path.parent, path.stem)
     tmp = path.with_name(f".{path.stem}.{_owner()}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with writing(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale(path.parent, path.stem)
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> None:
@@ -84,30 +153,32 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """An empty directory beside ``path`` to fill; when the block succeeds it becomes ``path``
     (an existing ``path`` is replaced only then), when it fails it is removed."""
     path = Path(path)
-    tmp = _sibling_dir(path, ".partial")
-    try:
-        yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        if path.exists() or path.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".old", dir=path.parent))
-            path.rename(old / "replaced")
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with writing(path):
+        tmp = _sibling_dir(path, ".partial")
+        try:
+            yield tmp
+            tmp.chmod(0o755)  # mkdtemp makes it private
+            if path.exists() or path.is_symlink():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".old", dir=path.parent))
+                path.rename(old / "replaced")
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def scratch_dir(path: str | Path) -> Iterator[Path]:
     """A temporary directory beside ``path`` (same file system), removed when the block ends
     however it ends; a killed writer's is removed by the next write to ``path``."""
-    tmp = _sibling_dir(Path(path), ".scratch")
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with writing(path):
+        tmp = _sibling_dir(Path(path), ".scratch")
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _sibling_dir(path: Path, suffix: str) -> Path:

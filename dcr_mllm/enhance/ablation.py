@@ -32,7 +32,7 @@ from dcr_mllm.config import PACKAGED_CONFIGS, load_config
 from dcr_mllm.enhance.config import EnhanceConfig
 from dcr_mllm.enhance.watch import EVAL_FILE
 from dcr_mllm.errors import DcrError
-from dcr_mllm.io import atomic_dir, atomic_path
+from dcr_mllm.io import atomic_dir, atomic_path, user_error_line
 from dcr_mllm.world.models import MINI, WorldSpec
 from dcr_mllm.evaluation.premise import measure_premise, premise_report
 from dcr_mllm.world.prepare import EVAL_COUNT, SHARD_COUNT, VAL_COUNT, prepare_world
@@ -346,6 +346,9 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except DcrError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        line = user_error_line(err)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
         sys.exit(2)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.io import user_error_line
 from dcr_mllm.pipeline.launch import StepFailed
 
 TRAINING_STEPS = {  # step (the dcr-mllm command it runs) -> (default config, script, help)
@@ -136,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         if failed.message:
             print(f"error: {failed.message}", file=sys.stderr)
         return failed.returncode
-    except DcrError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        line = user_error_line(err)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
         return 2
     return 0
 

@@ -26,6 +26,7 @@ still leave a broken one), and only with the settings it was made with, unless
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -39,8 +40,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from dcr_mllm.errors import DcrError
-from dcr_mllm.io import atomic_path, write_atomic
+from dcr_mllm.errors import DcrError, WriteError
+from dcr_mllm.io import atomic_path, write_atomic, writing
 from dcr_mllm.training.config import TrainConfig
 from dcr_mllm.training.checkpoints import MANIFEST, TRAINABLE, checkpoint_problem, config_changes, is_finished, plain, truncate_jsonl
 from dcr_mllm.training.ds_config import deepspeed_config
@@ -112,7 +113,18 @@ class Trainer:
         }
 
     def save_checkpoint(self, batches) -> None:
+        """Write ``step_N.partial`` on every rank, then (rank 0) its manifest, rename it and point
+        ``latest`` at it. A write fault (full disk, quota, read-only) removes the partial folder
+        and ends the run in one line; the previous checkpoint stays what a rerun resumes from."""
         tag = f"step_{self.step:06d}"
+        try:
+            with writing(self.checkpoint_dir / tag):
+                self._write_checkpoint(tag, batches)
+        except WriteError:
+            shutil.rmtree(self.checkpoint_dir / f"{tag}.partial", ignore_errors=True)
+            raise
+
+    def _write_checkpoint(self, tag: str, batches) -> None:
         partial = f"{tag}.partial"
         self.engine.save_checkpoint(str(self.checkpoint_dir), tag=partial, save_latest=False, exclude_frozen_parameters=True)
         save_tree(self._rank_state(batches), self.checkpoint_dir / partial / f"rank{self.dist.rank}_state.safetensors")
@@ -258,7 +270,7 @@ class Trainer:
         saved = self.step  # a resumed step has its checkpoint
         if after_step is not None and self.step == 0:
             after_step(self, 0)
-        with catch_preemption():
+        with catch_preemption(), contextlib.closing(progress) if progress is not None else contextlib.nullcontext():
             while self.step < self.cfg.max_steps:
                 signum = agreed_signal(self.dist.device)
                 if signum:
@@ -276,8 +288,6 @@ class Trainer:
                 if self.step % self.cfg.save_every == 0 or self.step == self.cfg.max_steps:
                     self.save_checkpoint(batches)
                     saved = self.step
-        if progress is not None:
-            progress.close()
         self._finish()
 
     def _stop_for(self, signum: int, batches, saved: int) -> None:
@@ -338,10 +348,11 @@ class Trainer:
                 import wandb
 
                 wandb.init(project=self.cfg.wandb_project, name=self.output_dir.name, dir=str(self.output_dir), resume="allow")
-        for key, value in metrics.items():
-            self.writer.add_scalar(key, value, self.step)
-        with open(self.output_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+        with writing(self.output_dir / "metrics.jsonl"):  # a line cut short by a full disk is dropped on resume
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, self.step)
+            with open(self.output_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, **metrics}) + "\n")
         if self.cfg.wandb_project:
             import wandb
 
