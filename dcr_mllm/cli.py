@@ -257,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     presets = sub.add_parser("presets", help="list every model preset: hub id, pinned revision, size, purpose, "
                                              "whether it is on this machine")
     action = presets.add_mutually_exclusive_group()
-    action.add_argument("--download", metavar="NAME", help="fetch a preset (pinned revision; a denoiser's weights checked "
-                        "against their recorded SHA-256) and print its directory")
+    action.add_argument("--download", metavar="NAME", help="fetch a preset (pinned revision; a denoiser's "
+                        "weights checked against their recorded SHA-256) and print its directory")
     action.add_argument("--digest", metavar="PATH", help="print a file's SHA-256 and size, to record it in a preset")
     presets.set_defaults(func=_presets)
 

@@ -6,7 +6,7 @@ Local data lives under one directory, ``$DCR_EVAL_DATA`` (default ``~/.cache/dcr
     mmvp/test.parquet                                   Index, Question, Options, Correct Answer, image
     pope/{adversarial,popular,random}.parquet           question_id, question, answer, category, image
     world/test.parquet                                  question_id, attribute, kind, question, answer, options, image
-    cv_bench/test.parquet                               CV-Bench's fields (idx, type, task, source, prompt, choices, answer, image, ...)
+    cv_bench/test.parquet                               CV-Bench's fields (idx, type, task, source, prompt, ...)
     countbenchqa/test.parquet                           CountBenchQA's fields (question, number, text, image)
 
 ``prepare_eval_data`` (``prepare_mmvp``/``prepare_pope``) converts the benchmarks' original files into it, MMVP with the
@@ -262,7 +262,8 @@ def synthetic_cv_bench_rows(per_source: int = 2, image_size: int = 64, seed: int
         options = " ".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(counts))
         rows.append({"idx": idx, "type": "3D" if source == "Omni3D" else "2D", "task": "Count", "question": question,
                      "choices": counts, "answer": f"({chr(65 + counts.index(str(attrs.count)))})",
-                     "prompt": f"{question} Select from the following choices.\n{options}", "filename": f"img/{idx}.png",
+                     "prompt": f"{question} Select from the following choices.\n{options}",
+                     "filename": f"img/{idx}.png",
                      "source": source, "source_dataset": "synthetic", "source_filename": f"{idx}.png",
                      "image": render_scene(attrs, image_size)})
     return rows

@@ -22,8 +22,14 @@ from pathlib import Path
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.evaluation import freshness
-from dcr_mllm.evaluation.eval_data import (SYNTHETIC_SETS, eval_data_root, prepare_eval_data, synthetic_recipe, task_dir,
-                                           world_recipe)
+from dcr_mllm.evaluation.eval_data import (
+    SYNTHETIC_SETS,
+    eval_data_root,
+    prepare_eval_data,
+    synthetic_recipe,
+    task_dir,
+    world_recipe,
+)
 from dcr_mllm.evaluation.mllm_report import compare_runs
 from dcr_mllm.evaluation.significance import compare_world, world_samples
 from dcr_mllm.evaluation.world_task import WORLD_TASKS

@@ -20,11 +20,17 @@ from dcr_mllm.presets.real import (
     file_digest,
 )
 
-TINY_PURPOSE = {"tiny-clip": "tests and the CPU pipeline (CLIP tower)", "tiny-siglip": "tests (SigLIP tower)",
-                "tiny-open-clip": "tests (open_clip tower)", "tiny-sd": "tests and the CPU pipeline (denoiser)",
-                "tiny-llama": "tests and the CPU pipeline (LLaVA language model)"}
-WORLD_PURPOSE = {"world-clip": "the tiny world's base tower (trained here or shipped)",
-                 "world-sd": "the tiny world's denoiser (trained here or shipped)"}
+TINY_PURPOSE = {
+    "tiny-clip": "tests and the CPU pipeline (CLIP tower)",
+    "tiny-siglip": "tests (SigLIP tower)",
+    "tiny-open-clip": "tests (open_clip tower)",
+    "tiny-sd": "tests and the CPU pipeline (denoiser)",
+    "tiny-llama": "tests and the CPU pipeline (LLaVA language model)",
+}
+WORLD_PURPOSE = {
+    "world-clip": "the tiny world's base tower (trained here or shipped)",
+    "world-sd": "the tiny world's denoiser (trained here or shipped)",
+}
 HEADER = ("name", "hub id", "revision", "size", "for", "on this machine")
 
 
@@ -60,9 +66,13 @@ def preset_rows() -> list[tuple[str, ...]]:
     from dcr_mllm.world.models import WorldSpec, default_world_root
 
     rows = [_real_row(preset) for preset in (*BACKBONES.values(), *DENOISERS.values())]
-    rows += [_built_row(name, default_tiny_root() / d, PRESET_VERSION, TINY_PURPOSE[name]) for name, d in TINY_NAMES.items()]
-    rows += [_built_row(name, default_world_root() / d, WorldSpec().fingerprint(d), WORLD_PURPOSE[name])
-             for name, d in WORLD_NAMES.items()]
+    rows += [
+        _built_row(name, default_tiny_root() / d, PRESET_VERSION, TINY_PURPOSE[name]) for name, d in TINY_NAMES.items()
+    ]
+    rows += [
+        _built_row(name, default_world_root() / d, WorldSpec().fingerprint(d), WORLD_PURPOSE[name])
+        for name, d in WORLD_NAMES.items()
+    ]
     return rows
 
 

