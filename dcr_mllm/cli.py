@@ -78,6 +78,18 @@ def _build_tiny(args: argparse.Namespace) -> None:
         print(f"{name}: {path}")
 
 
+def _presets(args: argparse.Namespace) -> None:
+    from dcr_mllm.presets.listing import digest_line, presets_table
+    from dcr_mllm.presets.real import local_path
+
+    if args.digest:
+        print(digest_line(args.digest))
+    elif args.download:
+        print(local_path(args.download))
+    else:
+        print(presets_table(), end="")
+
+
 def _eval_tower(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -242,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("build-tiny", help="build the tiny embedded models (random init, from configs) and print their paths")
     tiny.add_argument("--root", help="where to build them (default: $DCR_MLLM_CACHE/tiny or ~/.cache/dcr_mllm/tiny)")
     tiny.set_defaults(func=_build_tiny)
+
+    presets = sub.add_parser("presets", help="list every model preset: hub id, pinned revision, size, purpose, "
+                                             "whether it is on this machine")
+    action = presets.add_mutually_exclusive_group()
+    action.add_argument("--download", metavar="NAME", help="fetch a preset (pinned revision; a denoiser's "
+                        "weights checked against their recorded SHA-256) and print its directory")
+    action.add_argument("--digest", metavar="PATH", help="print a file's SHA-256 and size, to record it in a preset")
+    presets.set_defaults(func=_presets)
 
     world = sub.add_parser("build-world", help="build the tiny world's base models (cached) and write its training and evaluation sets")
     world.add_argument("--output", default="outputs/world", help="directory for the world's data sets (default outputs/world)")

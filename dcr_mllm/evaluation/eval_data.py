@@ -6,6 +6,8 @@ Local data lives under one directory, ``$DCR_EVAL_DATA`` (default ``~/.cache/dcr
     mmvp/test.parquet                                   Index, Question, Options, Correct Answer, image
     pope/{adversarial,popular,random}.parquet           question_id, question, answer, category, image
     world/test.parquet                                  question_id, attribute, kind, question, answer, options, image
+    cv_bench/test.parquet                               CV-Bench's fields (idx, type, task, source, prompt, ...)
+    countbenchqa/test.parquet                           CountBenchQA's fields (question, number, text, image)
 
 ``prepare_eval_data`` (``prepare_mmvp``/``prepare_pope``) converts the benchmarks' original files into it, MMVP with the
 answer corrections lmms-eval's own MMVP data carries (``MMVP_ANSWER_CORRECTIONS``); the
@@ -136,10 +138,10 @@ def prepare_eval_data(out_root: str | Path, mmvp: str | Path | None = None, pope
                       coco: str | Path | None = None, synthetic: bool | set[str] = False, seed: int = 0, world: int = 0) -> list[Path]:
     """Every requested set read and checked first, then all written together (``write_eval_data``);
     ``world``: that many world images (``seed`` + ``WORLD_QA_SEED``), a question per attribute each;
-    ``synthetic``: True, or which of {"mmvp", "pope"}. Each folder written records where its data
+    ``synthetic``: True, or which of ``SYNTHETIC_SETS``. Each folder written records where its data
     came from (``generated.json``)."""
     root = Path(out_root)
-    synthetic = {"mmvp", "pope"} if synthetic is True else set(synthetic or ())
+    synthetic = set(SYNTHETIC_SETS) if synthetic is True else set(synthetic or ())
     outputs, sources = {}, {}
     if world:
         outputs[root / "world" / "test.parquet"] = world_qa_rows(world, WORLD_QA_SEED + seed)
@@ -150,6 +152,9 @@ def prepare_eval_data(out_root: str | Path, mmvp: str | Path | None = None, pope
     if "pope" in synthetic:
         outputs.update({root / "pope" / f"{split}.parquet": rows for split, rows in synthetic_pope_rows(seed=seed).items()})
         sources["pope"] = synthetic_recipe("pope", seed)
+    for name in synthetic & {"cv_bench", "countbenchqa"}:
+        outputs[root / name / "test.parquet"] = SYNTHETIC_PERCEPTION[name](seed=seed)
+        sources[name] = synthetic_recipe(name, seed)
     if mmvp:
         outputs[root / "mmvp" / "test.parquet"] = read_mmvp(mmvp)
         sources["mmvp"] = {"source": str(Path(mmvp).resolve())}
@@ -239,3 +244,43 @@ def synthetic_pope_rows(questions_per_split: int = 12, image_size: int = 64, see
                          "answer": answer, "category": split, "image": render_scene(attrs, image_size)})
         splits[split] = rows
     return splits
+
+
+def synthetic_cv_bench_rows(per_source: int = 2, image_size: int = 64, seed: int = 0) -> list[dict]:
+    """CV-Bench-style items with CV-Bench's fields: counting questions about the project's scenes,
+    ``per_source`` under each of its sources (ADE20K and COCO as "2D", Omni3D as "3D"), so that its
+    paper score is defined."""
+    from dcr_mllm.data.synthetic import ATTRIBUTE_VALUES, render_scene, sample_attributes
+
+    rng = random.Random(f"{seed}-cv_bench")
+    counts = [str(c) for c in ATTRIBUTE_VALUES["count"]]
+    rows = []
+    for idx in range(per_source * 3):
+        source = ("ADE20K", "COCO", "Omni3D")[idx % 3]
+        attrs = sample_attributes(rng)
+        question = f"How many {attrs.shape}s are in the image?"
+        options = " ".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(counts))
+        rows.append({"idx": idx, "type": "3D" if source == "Omni3D" else "2D", "task": "Count", "question": question,
+                     "choices": counts, "answer": f"({chr(65 + counts.index(str(attrs.count)))})",
+                     "prompt": f"{question} Select from the following choices.\n{options}",
+                     "filename": f"img/{idx}.png",
+                     "source": source, "source_dataset": "synthetic", "source_filename": f"{idx}.png",
+                     "image": render_scene(attrs, image_size)})
+    return rows
+
+
+def synthetic_countbenchqa_rows(count: int = 6, image_size: int = 64, seed: int = 0) -> list[dict]:
+    """CountBenchQA-style items with its fields (question, number, text, image) about the project's scenes."""
+    from dcr_mllm.data.synthetic import caption, render_scene, sample_attributes
+
+    rng = random.Random(f"{seed}-countbenchqa")
+    rows = []
+    for _ in range(count):
+        attrs = sample_attributes(rng)
+        rows.append({"question": f"How many {attrs.shape}s are there in the image?", "number": attrs.count,
+                     "text": caption(attrs), "image": render_scene(attrs, image_size)})
+    return rows
+
+
+SYNTHETIC_PERCEPTION = {"cv_bench": synthetic_cv_bench_rows, "countbenchqa": synthetic_countbenchqa_rows}
+SYNTHETIC_SETS = ("mmvp", "pope", *SYNTHETIC_PERCEPTION)

@@ -22,7 +22,14 @@ from pathlib import Path
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.evaluation import freshness
-from dcr_mllm.evaluation.eval_data import eval_data_root, prepare_eval_data, synthetic_recipe, task_dir, world_recipe
+from dcr_mllm.evaluation.eval_data import (
+    SYNTHETIC_SETS,
+    eval_data_root,
+    prepare_eval_data,
+    synthetic_recipe,
+    task_dir,
+    world_recipe,
+)
 from dcr_mllm.evaluation.mllm_report import compare_runs
 from dcr_mllm.evaluation.significance import compare_world, world_samples
 from dcr_mllm.evaluation.world_task import WORLD_TASKS
@@ -42,6 +49,9 @@ LOCAL_TASKS = {
     "dcr_suite_local": ("mmvp", "pope"),
     "world_local": ("world",),
     "world_local_open": ("world",),
+    "cv_bench_local": ("cv_bench",),
+    "countbenchqa_local": ("countbenchqa",),
+    "dcr_suite_perception_local": ("cv_bench", "countbenchqa"),
 }
 
 
@@ -73,7 +83,7 @@ def ensure_local_data(root: Path, folders: set[str]) -> None:
     """Write each needed folder that is missing or was generated from other settings; keep real data."""
     world = "world" in folders and generated_from(root / "world") != world_recipe(WORLD_TASK_IMAGES)
     synthetic = set()
-    for name in folders & {"mmvp", "pope"}:
+    for name in folders & set(SYNTHETIC_SETS):
         record = generated_from(root / name)
         real = record is not None and "source" in record
         if not real and record != synthetic_recipe(name):

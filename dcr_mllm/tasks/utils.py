@@ -5,7 +5,19 @@ Names in capitals are the local data files under $DCR_EVAL_DATA (default ~/.cach
 resolved when lmms-eval reads the YAML, so the *_local tasks work from any working directory.
 """
 
+from dcr_mllm.evaluation.cv_bench_task import (  # noqa: F401  (referenced from the YAMLs)
+    cv_bench_both_process_results,
+    cv_bench_doc_to_text,
+    cv_bench_doc_to_visual,
+    cv_bench_lmms_eval_accuracy,
+    cv_bench_paper_score,
+)
 from dcr_mllm.evaluation.eval_data import data_file
+from lmms_eval.tasks.countbenchqa.utils import (  # noqa: F401  (referenced from the YAMLs)
+    countbenchqa_doc_to_text,
+    countbenchqa_doc_to_visual,
+    countbenchqa_process_results,
+)
 from dcr_mllm.evaluation.mmvp_task import (  # noqa: F401  (referenced from the YAMLs)
     mmvp_accuracy,
     mmvp_doc_to_text,
@@ -39,6 +51,8 @@ POPE_ADVERSARIAL = data_file("pope", "adversarial.parquet")
 POPE_POPULAR = data_file("pope", "popular.parquet")
 POPE_RANDOM = data_file("pope", "random.parquet")
 WORLD_TEST = data_file("world", "test.parquet")
+CV_BENCH_TEST = data_file("cv_bench", "test.parquet")
+COUNTBENCHQA_TEST = data_file("countbenchqa", "test.parquet")
 
 
 def __getattr__(name: str):

