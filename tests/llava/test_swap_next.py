@@ -161,3 +161,28 @@ def test_original_v16_refuses_a_tower_its_tiles_cannot_take(case, make_original,
     code, _, err = run(capsys, "--llava", src, "--tower", tower, "--output", tmp_path / "dst")
     assert code == 2 and err.count("\n") == 1 and expected in err, err
     assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize("family", ["llava_next", "llava_onevision"])
+def test_dcr_llava_swaps_into_next_and_onevision_in_memory(family, make_llava_hf, dcr_tower, dcr_siglip_tower):
+    """The lmms-eval plugin loads NeXT/OneVision through llava_hf and swaps as swap-tower would write."""
+    from dcr_mllm.errors import DcrError
+    from dcr_mllm.models.dcr_llava import DcrLlava
+
+    src, tower = make_llava_hf("transformers5", True, family), tower_of(family, dcr_tower, dcr_siglip_tower)
+    plugin = DcrLlava(pretrained=str(src), vision_tower=str(tower), device="cpu", device_map="cpu")
+
+    reference = getattr(transformers, VISION_MODELS[family]).from_pretrained(tower).state_dict()
+    loaded = plugin.model.model.vision_tower.state_dict()
+    assert loaded.keys() == reference.keys() and all(torch.equal(loaded[k], reference[k].to(loaded[k].dtype)) for k in reference)
+    processor = plugin._image_processor
+    saved = AutoProcessor.from_pretrained(src)
+    parts = ["image_processor"] + (["video_processor"] if family == "llava_onevision" else [])
+    for part in parts:
+        new, old = getattr(processor, part), getattr(saved, part)
+        assert type(new) is type(old)
+        assert json.loads(new.to_json_string()) == json.loads(old.to_json_string()) | {"image_mean": ENHANCED_MEAN, "image_std": ENHANCED_STD}
+
+    other = dcr_siglip_tower if family == "llava_next" else dcr_tower
+    with pytest.raises(DcrError, match="family: a .* tower into a .*-based LLaVA-"):
+        DcrLlava(pretrained=str(src), vision_tower=str(other), device="cpu", device_map="cpu")

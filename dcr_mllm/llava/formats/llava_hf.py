@@ -101,8 +101,8 @@ class LlavaHf(CheckpointFormat):
         return load_check(out, self.architecture)
 
     def image_processor(self, tower: Tower, current):
-        """``current`` (a loaded image processor) as it must be for ``tower``: the dcr_llava plugin's
-        counterpart of ``processor_updates``."""
+        """``current`` (a loaded image or video processor) as it must be for ``tower``: the dcr_llava
+        plugin's counterpart of ``processor_updates``."""
         from dcr_mllm.llava.build import llava_image_processor
 
         return llava_image_processor(tower.path, do_pad=getattr(current, "do_pad", True))
