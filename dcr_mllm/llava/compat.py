@@ -71,8 +71,8 @@ def anyres_problems(pinpoints: list, spec: TowerSpec, select: str, drops_first: 
     problems = []
     features = side * side + (1 if spec.has_cls else 0) - (1 if drops_first else 0)
     if features != side * side:
-        problems.append(f"{select} leaves {features} features per tile of this {spec.family} tower, not the {side}x{side} grid "
-                        f"the tiles are reshaped into; it needs {fix!r}")
+        problems.append(f"{select} leaves {features} features per tile of this {spec.family} tower, not the "
+                        f"{side}x{side} grid the tiles are reshaped into; it needs {fix!r}")
     off = [p for p in pinpoints if p[0] % size or p[1] % size]
     if off:
         problems.append(f"image_grid_pinpoints {off[0]} is not a whole number of the tower's {size} px tiles")

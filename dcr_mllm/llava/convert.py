@@ -133,7 +133,8 @@ def _tower_location(name: str, checkpoint_dir: Path) -> str | Path:
 
 
 def _check_supported(checkpoint: Checkpoint, tower: Tower) -> tuple[str, str, Target]:
-    """The text model type, the feature-select strategy and the target, or one line naming everything llava-hf cannot hold."""
+    """The text model type, the feature-select strategy and the target, or one line naming everything
+    llava-hf cannot hold."""
     config, spec = checkpoint.config, tower.spec
     problems = []
     text_type = TEXT_MODEL_TYPES.get(config.get("model_type"))
@@ -146,8 +147,8 @@ def _check_supported(checkpoint: Checkpoint, tower: Tower) -> tuple[str, str, Ta
     merge, aspect = config.get("mm_patch_merge_type", "flat"), str(config.get("image_aspect_ratio", ""))
     target = LLAVA15 if merge == "flat" else LLAVA_NEXT
     if merge not in ("flat", "spatial_unpad") or (merge == "spatial_unpad") != aspect.startswith("anyres"):
-        problems.append(f"mm_patch_merge_type {merge!r} with image_aspect_ratio {aspect!r}: llava-hf holds flat (LLaVA-1.5) "
-                        "or spatial_unpad with anyres (LLaVA-1.6)")
+        problems.append(f"mm_patch_merge_type {merge!r} with image_aspect_ratio {aspect!r}: llava-hf holds flat "
+                        "(LLaVA-1.5) or spatial_unpad with anyres (LLaVA-1.6)")
     select = config.get("mm_vision_select_feature", "patch")
     strategy = SELECT_STRATEGIES.get(select)
     if strategy is None:
@@ -155,7 +156,8 @@ def _check_supported(checkpoint: Checkpoint, tower: Tower) -> tuple[str, str, Ta
     elif target is LLAVA_NEXT:
         pinpoints = config.get("image_grid_pinpoints")
         if not isinstance(pinpoints, list) or not pinpoints:
-            problems.append(f"image_grid_pinpoints {pinpoints!r}: a LLaVA-1.6 checkpoint lists its tile grids ([[height, width], ...])")
+            problems.append(f"image_grid_pinpoints {pinpoints!r}: a LLaVA-1.6 checkpoint lists its tile grids "
+                            "([[height, width], ...])")
         else:
             problems += anyres_problems(pinpoints, spec, f"mm_vision_select_feature {select!r}", select == "patch",
                                         "patch" if spec.has_cls else "cls_patch")
@@ -257,11 +259,12 @@ def _processor(src: Path, tower: Tower, strategy: str, padded_vocab: int, do_pad
     else:
         processor_class, image_processor = LlavaProcessor, llava_image_processor(tower.path, do_pad)
     return processor_class(tokenizer=tokenizer, image_processor=image_processor, patch_size=spec.patch_size,
-                           vision_feature_select_strategy=strategy, num_additional_image_tokens=1 if spec.has_cls else 0,
-                           chat_template=VICUNA_CHAT_TEMPLATE)
+                           vision_feature_select_strategy=strategy,
+                           num_additional_image_tokens=1 if spec.has_cls else 0, chat_template=VICUNA_CHAT_TEMPLATE)
 
 
-def _llava_config(original: dict, text_type: str, tower: Tower, strategy: str, tokenizer, weights: ConvertedWeights, target: Target):
+def _llava_config(original: dict, text_type: str, tower: Tower, strategy: str, tokenizer, weights: ConvertedWeights,
+                  target: Target):
     """LlavaConfig (LLaVA-1.6: LlavaNextConfig with its image_grid_pinpoints): the language model's part of
     the original config, the tower's vision config, LLaVA's layout."""
     from transformers import LlavaConfig, LlavaNextConfig
@@ -302,7 +305,8 @@ class ConvertReport:
         origin = "taken from the tower directory" if weights.tower_sources else "stored in the checkpoint"
         return [
             f"convert-llava {self.src} -> {self.dst}",
-            (f"  checkpoint  original {self.target.label}, {len(weights.layout)} weight file(s), {human_size(weights.nbytes)}, "
+            (f"  checkpoint  original {self.target.label}, {len(weights.layout)} weight file(s), "
+             f"{human_size(weights.nbytes)}, "
              f"{str(weights.dtype).removeprefix('torch.')}"),
             f"  tower       {self.tower.path} ({spec.family}, {spec.num_layers} layers, width {spec.hidden_size}); tensors {origin}",
             ("  keys        model.* -> language_model.model.*, lm_head -> language_model.lm_head, "
@@ -328,7 +332,8 @@ def convert_llava(input_dir: str | Path, output_dir: str | Path, *, force: bool 
     text_type, strategy, target = _check_supported(checkpoint, tower)
     weights = plan_weights(checkpoint, tower, target)
     pinpoints = checkpoint.config["image_grid_pinpoints"] if target is LLAVA_NEXT else None
-    processor = _processor(src, tower, strategy, weights.padded_vocab, checkpoint.config.get("image_aspect_ratio") == "pad", pinpoints)
+    do_pad = checkpoint.config.get("image_aspect_ratio") == "pad"
+    processor = _processor(src, tower, strategy, weights.padded_vocab, do_pad, pinpoints)
     config = _llava_config(checkpoint.config, text_type, tower, strategy, processor.tokenizer, weights, target)
     report = ConvertReport(src, dst, tower, weights, config, target)
     with atomic_dir(dst) as tmp:
@@ -363,7 +368,9 @@ def _verify(weights: ConvertedWeights, out: Path, digests: dict[str, list[bytes]
             if not same:
                 raise DcrError(f"verification failed: {key} in {name} differs from its source")
             checked += 1
-    return [f"{checked} tensors equal to their source (embeddings and lm_head: the first {weights.vocab} rows)", load_check(out, target.architecture)]
+    return [f"{checked} tensors equal to their source (embeddings and lm_head: the first {weights.vocab} rows)",
+            load_check(out, target.architecture)]
 
 
-__all__ = ["LLAVA15", "LLAVA_NEXT", "ConvertReport", "ConvertedWeights", "Target", "convert_llava", "hf_key", "new_embedding_rows", "padded_vocab_size", "plan_weights"]
+__all__ = ["LLAVA15", "LLAVA_NEXT", "ConvertReport", "ConvertedWeights", "Target", "convert_llava", "hf_key",
+           "new_embedding_rows", "padded_vocab_size", "plan_weights"]

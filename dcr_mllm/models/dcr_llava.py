@@ -21,9 +21,7 @@ from loguru import logger
 from dcr_mllm.errors import DcrError
 from dcr_mllm.llava.checkpoint import load_vision_state, read_tower
 from dcr_mllm.llava.formats import LLAVA_HF
-
-#: the processor's parts that preprocess pixels for the tower
-PIXEL_PROCESSORS = ("image_processor", "video_processor")
+from dcr_mllm.llava.formats.llava_next import PIXEL_SECTIONS
 
 
 def swap_vision_tower(model, processor, tower_dir: str) -> str:
@@ -36,12 +34,13 @@ def swap_vision_tower(model, processor, tower_dir: str) -> str:
         raise DcrError(f"dcr_llava swaps towers into {', '.join(LLAVA_HF)} models, not {config.model_type!r}")
     fit = kind.config_fit(config.to_dict(), processor.image_processor.to_dict(), tower, allow_family_change=False)
     if fit.problems:
-        raise DcrError(f"tower {tower_dir} does not fit {getattr(config, '_name_or_path', 'the checkpoint')}: " + "; ".join(fit.problems))
+        name = getattr(config, "_name_or_path", "the checkpoint")
+        raise DcrError(f"tower {tower_dir} does not fit {name}: " + "; ".join(fit.problems))
     vision_tower = model.model.vision_tower
     state = load_vision_state(tower, vision_tower)
     reference = next(vision_tower.parameters())
     vision_tower.load_state_dict({k: v.to(reference.dtype) for k, v in state.items()}, strict=True)
-    for name in PIXEL_PROCESSORS:
+    for name in PIXEL_SECTIONS:  # the processor's parts that preprocess pixels for the tower
         if getattr(processor, name, None) is not None:
             setattr(processor, name, kind.image_processor(tower, getattr(processor, name)))
     sha = hashlib.sha256()

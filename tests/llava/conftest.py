@@ -9,7 +9,10 @@
 - original LLaVA (``LlavaLlamaForCausalLM``): the tiny Llama's tensors plus ``model.mm_projector``,
   optionally with the tower stored inside (``model.vision_tower.vision_tower.*``), in two files:
   safetensors, or ``pytorch_model-*.bin`` pickles as the LLaVA-1.5 releases are.
-- a "DCR" tower: the tiny CLIP with every vision weight moved, saved by ``VisionTower.save``
+  ``anyres``: LLaVA-1.6 (anyres tiles, ``spatial_unpad``, ``model.image_newline``).
+- llava-hf LLaVA-NeXT (tiny CLIP) and LLaVA-OneVision (tiny SigLIP without its head, as the hub's) checkpoints,
+  tiled in 32 px tiles (``PINPOINTS``), in the same key layouts (``make_llava_hf(style, sharded, family)``).
+- "DCR" towers: the tiny CLIP (SigLIP) with every vision weight moved, saved by ``VisionTower.save``
   (the enhance stage's export), with its own normalisation.
 """
 
@@ -57,7 +60,14 @@ def _save_llava_hf(family: str, tiny, out: Path) -> Path:
     """A float16 llava-hf checkpoint of ``family`` ("llava", "llava_next": tiny CLIP; "llava_onevision":
     tiny SigLIP) in 4+ shards, with processor, tokenizer and generation config, as transformers saves it."""
     import transformers
-    from transformers import AddedToken, AutoImageProcessor, AutoTokenizer, CLIPVisionConfig, LlamaConfig, SiglipVisionConfig
+    from transformers import (
+        AddedToken,
+        AutoImageProcessor,
+        AutoTokenizer,
+        CLIPVisionConfig,
+        LlamaConfig,
+        SiglipVisionConfig,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(tiny["llama"])
     tokenizer.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
@@ -68,42 +78,80 @@ def _save_llava_hf(family: str, tiny, out: Path) -> Path:
     text.vocab_size = -(-len(tokenizer) // 64) * 64
     image_token = tokenizer.convert_tokens_to_ids("<image>")
     if family == "llava":
-        config = transformers.LlavaConfig(text_config=text, vision_config=CLIPVisionConfig.from_pretrained(tiny["clip"]),
-                                          image_token_index=image_token, image_seq_length=16, vision_feature_layer=-2,
-                                          vision_feature_select_strategy="default")
+        config = transformers.LlavaConfig(
+            text_config=text,
+            vision_config=CLIPVisionConfig.from_pretrained(tiny["clip"]),
+            image_token_index=image_token,
+            image_seq_length=16,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
     elif family == "llava_next":
-        config = transformers.LlavaNextConfig(text_config=text, vision_config=CLIPVisionConfig.from_pretrained(tiny["clip"]),
-                                              image_token_index=image_token, image_grid_pinpoints=PINPOINTS, vision_feature_layer=-2,
-                                              vision_feature_select_strategy="default")
+        config = transformers.LlavaNextConfig(
+            text_config=text,
+            vision_config=CLIPVisionConfig.from_pretrained(tiny["clip"]),
+            image_token_index=image_token,
+            image_grid_pinpoints=PINPOINTS,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
     else:
-        config = transformers.LlavaOnevisionConfig(text_config=text, vision_config=SiglipVisionConfig.from_pretrained(tiny["siglip"]),
-                                                   image_token_index=image_token, video_token_index=image_token + 2,
-                                                   image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1,
-                                                   vision_feature_select_strategy="full")
+        vision = SiglipVisionConfig.from_pretrained(
+            tiny["siglip"], vision_use_head=False
+        )  # as llava-onevision-*-hf: no pooling head
+        config = transformers.LlavaOnevisionConfig(
+            text_config=text,
+            vision_config=vision,
+            image_token_index=image_token,
+            video_token_index=image_token + 2,
+            image_grid_pinpoints=PINPOINTS,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+        )
     config.pad_token_id = tokenizer.pad_token_id
-    model_class = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
-                   "llava_onevision": "LlavaOnevisionForConditionalGeneration"}[family]
+    model_class = {
+        "llava": "LlavaForConditionalGeneration",
+        "llava_next": "LlavaNextForConditionalGeneration",
+        "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    }[family]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         model = getattr(transformers, model_class)(config).to(torch.float16)
     model.save_pretrained(out, max_shard_size="40KB")
     if family == "llava":
         image_processor = AutoImageProcessor.from_pretrained(tiny["clip"])
-        processor = transformers.LlavaProcessor(tokenizer=tokenizer, image_processor=image_processor, patch_size=8,
-                                                vision_feature_select_strategy="default", num_additional_image_tokens=1)
+        processor = transformers.LlavaProcessor(
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            patch_size=8,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        )
         image_processor.save_pretrained(out)
     elif family == "llava_next":
         image_processor = transformers.LlavaNextImageProcessor.from_dict(
-            {**AutoImageProcessor.from_pretrained(tiny["clip"]).to_dict(), "image_grid_pinpoints": PINPOINTS})
-        processor = transformers.LlavaNextProcessor(tokenizer=tokenizer, image_processor=image_processor, patch_size=8,
-                                                    vision_feature_select_strategy="default", num_additional_image_tokens=1)
+            {**AutoImageProcessor.from_pretrained(tiny["clip"]).to_dict(), "image_grid_pinpoints": PINPOINTS}
+        )
+        processor = transformers.LlavaNextProcessor(
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            patch_size=8,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        )
     else:
-        siglip = {k: v for k, v in AutoImageProcessor.from_pretrained(tiny["siglip"]).to_dict().items()
-                  if k in ("image_mean", "image_std", "size", "resample")}
+        siglip = {
+            k: v
+            for k, v in AutoImageProcessor.from_pretrained(tiny["siglip"]).to_dict().items()
+            if k in ("image_mean", "image_std", "size", "resample")
+        }
         processor = transformers.LlavaOnevisionProcessor(
-            tokenizer=tokenizer, image_processor=transformers.LlavaOnevisionImageProcessor(**siglip, image_grid_pinpoints=PINPOINTS),
-            video_processor=transformers.LlavaOnevisionVideoProcessor(**siglip), vision_feature_select_strategy="full",
-            num_image_tokens=16)
+            tokenizer=tokenizer,
+            image_processor=transformers.LlavaOnevisionImageProcessor(**siglip, image_grid_pinpoints=PINPOINTS),
+            video_processor=transformers.LlavaOnevisionVideoProcessor(**siglip),
+            vision_feature_select_strategy="full",
+            num_image_tokens=16,
+        )
     processor.save_pretrained(out)
     return out
 
@@ -140,7 +188,9 @@ def make_llava_hf(llava_hf_saved, llava_family_saved, tmp_path_factory):
         for item in saved.iterdir():
             if not item.name.startswith("model"):
                 shutil.copy2(item, out / item.name)
-        shards = {name: {_llava_hf_key(k, style): v for k, v in tensors.items()} for name, tensors in _read_all(saved).items()}
+        shards = {
+            name: {_llava_hf_key(k, style): v for k, v in tensors.items()} for name, tensors in _read_all(saved).items()
+        }
         if sharded:
             index = json.loads((saved / "model.safetensors.index.json").read_text())
             for name, tensors in shards.items():
@@ -148,7 +198,11 @@ def make_llava_hf(llava_hf_saved, llava_family_saved, tmp_path_factory):
             index["weight_map"] = {_llava_hf_key(k, style): v for k, v in index["weight_map"].items()}
             (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         else:
-            save_file({k: v for tensors in shards.values() for k, v in tensors.items()}, out / "model.safetensors", metadata={"format": "pt"})
+            save_file(
+                {k: v for tensors in shards.values() for k, v in tensors.items()},
+                out / "model.safetensors",
+                metadata={"format": "pt"},
+            )
         made[style, sharded, family] = out
         return out
 
@@ -215,7 +269,8 @@ def make_original(tiny, tmp_path_factory):
             "tokenizer_padding_side": "right",
         }
         if anyres:
-            config |= {"mm_patch_merge_type": "spatial_unpad", "image_aspect_ratio": "anyres", "image_grid_pinpoints": PINPOINTS}
+            config |= {"mm_patch_merge_type": "spatial_unpad", "image_aspect_ratio": "anyres",
+                       "image_grid_pinpoints": PINPOINTS}
         config.pop("dtype", None)
         (out / "config.json").write_text(json.dumps(config, indent=2))
         for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):

@@ -190,19 +190,29 @@ def test_llava_v16_converts_to_llava_next_as_transformers_does(make_original, ti
     assert torch.equal(on_disk["image_newline"], original["model.image_newline"])
     config = json.loads((dst / "config.json").read_text())
     assert config["architectures"] == ["LlavaNextForConditionalGeneration"] and config["model_type"] == "llava_next"
-    assert config["image_grid_pinpoints"] == pinpoints and (config["image_token_index"], config["pad_token_id"]) == (vocab, vocab + 1)
+    assert config["image_grid_pinpoints"] == pinpoints and (config["image_token_index"], config["pad_token_id"]) == (
+        vocab,
+        vocab + 1,
+    )
     assert (config["vision_feature_layer"], config["vision_feature_select_strategy"]) == (-2, "default")
     processor = AutoProcessor.from_pretrained(dst)
-    assert type(processor).__name__ == "LlavaNextProcessor" and processor.image_processor.image_grid_pinpoints == pinpoints
+    assert (
+        type(processor).__name__ == "LlavaNextProcessor" and processor.image_processor.image_grid_pinpoints == pinpoints
+    )
 
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
-    reference_config = LlavaNextConfig(text_config=LlamaConfig.from_pretrained(tiny["llama"]).to_dict(),
-                                       vision_config=CLIPVisionConfig.from_pretrained(tiny["clip"]), image_grid_pinpoints=pinpoints,
-                                       image_token_index=vocab)
+    reference_config = LlavaNextConfig(
+        text_config=LlamaConfig.from_pretrained(tiny["llama"]).to_dict(),
+        vision_config=CLIPVisionConfig.from_pretrained(tiny["clip"]),
+        image_grid_pinpoints=pinpoints,
+        image_token_index=vocab,
+    )
     reference_config.pad_token_id = vocab + 1
     reference_config.save_pretrained(reference_dir)
-    save_file({next_name(k): v for k, v in original.items()}, reference_dir / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {next_name(k): v for k, v in original.items()}, reference_dir / "model.safetensors", metadata={"format": "pt"}
+    )
     reference = LlavaNextForConditionalGeneration.from_pretrained(reference_dir, dtype=torch.float16)
     reference.resize_token_embeddings(vocab + 2, 64)
     model, info = LlavaNextForConditionalGeneration.from_pretrained(dst, output_loading_info=True)
@@ -210,10 +220,16 @@ def test_llava_v16_converts_to_llava_next_as_transformers_does(make_original, ti
     ours, theirs = model.state_dict(), reference.state_dict()
     assert ours.keys() == theirs.keys()
     for key, value in theirs.items():
-        rows = slice(None, vocab) if key in ("model.language_model.embed_tokens.weight", "lm_head.weight") else slice(None)
+        rows = (
+            slice(None, vocab) if key in ("model.language_model.embed_tokens.weight", "lm_head.weight") else slice(None)
+        )
         assert ours[key].shape == value.shape and torch.equal(ours[key][rows], value[rows]), key
 
-    inputs = processor(images=Image.new("RGB", (70, 30), (0, 90, 200)), text="USER: <image>\nWhat is it? ASSISTANT:", return_tensors="pt")
+    inputs = processor(
+        images=Image.new("RGB", (70, 30), (0, 90, 200)),
+        text="USER: <image>\nWhat is it? ASSISTANT:",
+        return_tensors="pt",
+    )
     assert inputs.pixel_values.shape[1] > 1  # base image and tiles
     with torch.no_grad():
         generated = model.float().generate(**inputs, max_new_tokens=3, do_sample=False)
@@ -226,12 +242,23 @@ def test_llava_v16_converts_to_llava_next_as_transformers_does(make_original, ti
     assert "replace 55 vision-tower tensors" in "\n".join(swap_tower(dst, dcr_tower, swapped).lines())
 
 
-@pytest.mark.parametrize("change,expected", [
-    ({"mm_patch_merge_type": "spatial"}, "mm_patch_merge_type 'spatial' with image_aspect_ratio 'anyres': llava-hf holds flat"),
-    ({"image_grid_pinpoints": [[32, 40]]}, "image_grid_pinpoints [32, 40] is not a whole number of the tower's 32 px tiles"),
-    ({"mm_vision_select_feature": "cls_patch"}, "mm_vision_select_feature 'cls_patch' leaves 17 features per tile"),
-])
-def test_a_v16_checkpoint_llava_next_cannot_hold_is_refused_in_one_line(change, expected, make_original, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (
+            {"mm_patch_merge_type": "spatial"},
+            "mm_patch_merge_type 'spatial' with image_aspect_ratio 'anyres': llava-hf holds flat",
+        ),
+        (
+            {"image_grid_pinpoints": [[32, 40]]},
+            "image_grid_pinpoints [32, 40] is not a whole number of the tower's 32 px tiles",
+        ),
+        ({"mm_vision_select_feature": "cls_patch"}, "mm_vision_select_feature 'cls_patch' leaves 17 features per tile"),
+    ],
+)
+def test_a_v16_checkpoint_llava_next_cannot_hold_is_refused_in_one_line(
+    change, expected, make_original, tmp_path, capsys
+):
     src = shutil.copytree(make_original(anyres=True), tmp_path / "src")
     (src / "config.json").write_text(json.dumps(json.loads((src / "config.json").read_text()) | change))
     capsys.readouterr()

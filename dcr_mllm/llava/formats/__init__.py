@@ -13,7 +13,9 @@ from dcr_mllm.llava.formats.original import OriginalLlava
 from dcr_mllm.llava.shards import INDEX_NAME, read_header, weight_files
 from dcr_mllm.weights import check_model_dir
 
-FORMATS: dict[str, CheckpointFormat] = {kind.name: kind for kind in (OriginalLlava(), LlavaHf(), LlavaNextHf(), LlavaOnevisionHf())}
+FORMATS: dict[str, CheckpointFormat] = {
+    kind.name: kind for kind in (OriginalLlava(), LlavaHf(), LlavaNextHf(), LlavaOnevisionHf())  # tried in this order
+}
 #: the llava-hf families, by their config's model_type
 LLAVA_HF = {kind.model_type: kind for kind in FORMATS.values() if isinstance(kind, LlavaHf)}
 
@@ -35,7 +37,8 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
     kind = next((kind for kind in FORMATS.values() if kind.holds(config)), None)
     if kind is None:
         architectures = ", ".join(kind.architecture for kind in LLAVA_HF.values())
-        raise DcrError(f"{path} is neither a llava-hf checkpoint ({architectures}) nor an original LLaVA one (mm_vision_tower)")
+        raise DcrError(f"{path} is neither a llava-hf checkpoint ({architectures}) nor an original LLaVA one "
+                       "(mm_vision_tower)")
     bins = tuple(sorted(p.name for p in path.glob("*.bin")))
     names = weight_files(path)
     if kind.needs_safetensors and not names and not (allow_pickle and bins):  # with allow_pickle swap_tower converts them
@@ -52,5 +55,5 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
     return Checkpoint(path, kind.name, kind.prefixes, config, shards, metadata, index, () if kind.needs_safetensors else bins, allow_pickle)
 
 
-__all__ = ["FORMATS", "LLAVA_HF", "Changes", "CheckpointFormat", "Fit", "LlavaHf", "LlavaNextHf", "LlavaOnevisionHf", "OriginalLlava",
-           "format_of", "read_checkpoint"]
+__all__ = ["FORMATS", "LLAVA_HF", "Changes", "CheckpointFormat", "Fit", "LlavaHf", "LlavaNextHf", "LlavaOnevisionHf",
+           "OriginalLlava", "format_of", "read_checkpoint"]

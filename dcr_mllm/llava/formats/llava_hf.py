@@ -69,7 +69,8 @@ class LlavaHf(CheckpointFormat):
         if family is None:
             return Fit([f"the checkpoint's vision tower is {vision.get('model_type')!r}, not CLIP or SigLIP"])
         spec = tower.spec
-        fit = Fit(vision_config_problems(with_defaults(vision["model_type"], vision), full["vision_feature_layer"], spec))
+        vision = with_defaults(vision["model_type"], vision)
+        fit = Fit(vision_config_problems(vision, full["vision_feature_layer"], spec))
         fit.family_change = family != spec.family
         if fit.family_change:
             self.family_fit(fit, full, family, spec, allow_family_change)
@@ -79,11 +80,13 @@ class LlavaHf(CheckpointFormat):
 
     def family_fit(self, fit: Fit, config: dict, family: str, spec: TowerSpec, allow_family_change: bool) -> None:
         """A tower of the other family: refused, or (``allow_family_change``) a warning."""
-        tokens = f"checkpoint {family} ({config['image_seq_length']} image tokens), tower {spec.family} ({spec.num_patches} image tokens)"
+        tokens = (f"checkpoint {family} ({config['image_seq_length']} image tokens), "
+                  f"tower {spec.family} ({spec.num_patches} image tokens)")
         if allow_family_change:
             fit.notes.append(f"warning: {tokens}: the projector was trained on {family} features and must be retrained")
         else:
-            fit.problems.append(f"family: {tokens}; swap with `dcr-mllm swap-tower --allow-family-change`, then retrain the projector")
+            fit.problems.append(f"family: {tokens}; swap with `dcr-mllm swap-tower --allow-family-change`, "
+                                "then retrain the projector")
 
     def layout_problems(self, config: dict, image_processor: dict | None, spec: TowerSpec) -> list[str]:
         """Token-layout problems beyond the shape checks; LLaVA-1.5's one image grid has none."""
@@ -95,7 +98,8 @@ class LlavaHf(CheckpointFormat):
         return Changes(config, json_files, lines + processor_lines)
 
     def before_write(self) -> None:
-        _import_in_background(f"transformers.models.{self.model_type}.modeling_{self.model_type}")  # ready by the load check
+        # ready by the load check, which follows the copy
+        _import_in_background(f"transformers.models.{self.model_type}.modeling_{self.model_type}")
 
     def verify_extra(self, tower: Tower, out: Path) -> str:
         return load_check(out, self.architecture)
@@ -107,7 +111,8 @@ class LlavaHf(CheckpointFormat):
 
         return llava_image_processor(tower.path, do_pad=getattr(current, "do_pad", True))
 
-    def processor_updates(self, checkpoint: Checkpoint, tower: Tower, family_change: bool) -> tuple[dict[str, dict], list[str]]:
+    def processor_updates(self, checkpoint: Checkpoint, tower: Tower,
+                          family_change: bool) -> tuple[dict[str, dict], list[str]]:
         """The checkpoint's image-processor files rewritten to a ``LlavaImageProcessor`` that preprocesses
         as the tower does, after LLaVA's ``pad`` aspect (the checkpoint's ``do_pad`` kept where it says,
         else on, as LLaVA-1.5 trains); across families the token layout too. ``({file name: new
@@ -115,8 +120,8 @@ class LlavaHf(CheckpointFormat):
         from dcr_mllm.llava.build import llava_image_processor
 
         spec = tower.spec
-        source = tower.image_processor or {"image_mean": list(spec.mean), "image_std": list(spec.std), "do_center_crop": True,
-                                           "size": {"shortest_edge": spec.image_size},
+        source = tower.image_processor or {"image_mean": list(spec.mean), "image_std": list(spec.std),
+                                           "do_center_crop": True, "size": {"shortest_edge": spec.image_size},
                                            "crop_size": {"height": spec.image_size, "width": spec.image_size}}
         files, changes = {}, []
         for name in PROCESSOR_FILES:
@@ -152,7 +157,8 @@ class LlavaHf(CheckpointFormat):
 
 
 def image_processor_of(directory: Path) -> dict | None:
-    """A llava-hf directory's image-processor settings: ``processor_config.json``'s, else ``preprocessor_config.json``."""
+    """A llava-hf directory's image-processor settings: ``processor_config.json``'s, else
+    ``preprocessor_config.json``."""
     nested, alone = directory / "processor_config.json", directory / "preprocessor_config.json"
     if nested.is_file() and isinstance(read_json_object(nested).get("image_processor"), dict):
         return read_json_object(nested)["image_processor"]
@@ -198,7 +204,8 @@ def _import_in_background(module: str) -> None:
 
 
 def load_check(directory: Path, architecture: str = "LlavaForConditionalGeneration") -> str:
-    """Load a llava-hf directory with transformers' ``architecture`` on the meta device: config, every key and shape, no data."""
+    """Load a llava-hf directory with transformers' ``architecture`` on the meta device: config, every key
+    and shape, no data."""
     import transformers
 
     model_class = getattr(transformers, architecture)
@@ -206,9 +213,11 @@ def load_check(directory: Path, architecture: str = "LlavaForConditionalGenerati
         with quiet_transformers():
             _, info = model_class.from_pretrained(directory, device_map="meta", output_loading_info=True)
     except Exception as err:  # transformers raises plain exceptions with multi-line reports
-        raise DcrError(f"verification failed: {architecture} cannot load the result ({str(err).splitlines()[0]})") from err
+        first = str(err).splitlines()[0]
+        raise DcrError(f"verification failed: {architecture} cannot load the result ({first})") from err
     bad = {kind: keys for kind, keys in info.items() if keys}
     if bad:
         kind, keys = next(iter(bad.items()))
-        raise DcrError(f"verification failed: {architecture} reports {len(keys)} {kind.replace('_', ' ')}, e.g. {min(map(str, keys))}")
+        raise DcrError(f"verification failed: {architecture} reports {len(keys)} {kind.replace('_', ' ')}, "
+                       f"e.g. {min(map(str, keys))}")
     return f"{architecture}.from_pretrained accepts every key and shape (meta device)"

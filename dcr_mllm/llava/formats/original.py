@@ -13,7 +13,13 @@ import torch
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.llava.checkpoint import Checkpoint, Tower, read_json_object
-from dcr_mllm.llava.compat import anyres_problems, feature_layer_problems, shape_problems, stored_layer_count, tensor_problems
+from dcr_mllm.llava.compat import (
+    anyres_problems,
+    feature_layer_problems,
+    shape_problems,
+    stored_layer_count,
+    tensor_problems,
+)
 from dcr_mllm.llava.formats.base import Changes, CheckpointFormat, Fit
 from dcr_mllm.llava.shards import read_header, same_bytes, weight_files
 from dcr_mllm.towers import TowerSpec, inspect_tower
@@ -50,8 +56,9 @@ class OriginalLlava(CheckpointFormat):
             )
         if str(config.get("image_aspect_ratio", "")).startswith("anyres"):  # LLaVA-1.6
             select = config.get("mm_vision_select_feature", "patch")
-            fit.problems += anyres_problems(config.get("image_grid_pinpoints") or [], spec, f"mm_vision_select_feature {select!r}",
-                                            select == "patch", "patch" if spec.has_cls else "cls_patch")
+            fit.problems += anyres_problems(config.get("image_grid_pinpoints") or [], spec,
+                                            f"mm_vision_select_feature {select!r}", select == "patch",
+                                            "patch" if spec.has_cls else "cls_patch")
         stored = checkpoint.tower_keys()
         if any(key.startswith(PREFIX) for key in _bin_keys(checkpoint)):
             fit.problems.append("its vision tower is stored in .bin pickles; pass --allow-pickle to read them (restricted unpickler) "
