@@ -68,6 +68,8 @@ def anyres_problems(pinpoints: list, spec: TowerSpec, select: str, drops_first: 
     the feature-selection setting as the checkpoint names it, ``drops_first`` whether it drops the
     first token, ``fix``: the setting that would fit."""
     side, size = spec.image_size // spec.patch_size, spec.image_size
+    if not isinstance(pinpoints, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pinpoints):
+        return [f"image_grid_pinpoints {pinpoints!r}: expected a list of [height, width] tile grids"]
     problems = []
     features = side * side + (1 if spec.has_cls else 0) - (1 if drops_first else 0)
     if features != side * side:

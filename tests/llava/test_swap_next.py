@@ -120,6 +120,7 @@ def _tower(directory, **overrides):
         "clip into onevision",
         "siglip into next",
         "tiles",
+        "processor tiles",
     ],
 )
 def test_a_tower_that_does_not_fit_is_refused_in_one_line(case, make_llava_hf, dcr_tower, tiny, tmp_path, capsys):
@@ -145,12 +146,17 @@ def test_a_tower_that_does_not_fit_is_refused_in_one_line(case, make_llava_hf, d
         expected = "family: a clip tower into a siglip-based LLaVA-OneVision checkpoint"
     elif case == "siglip into next":
         tower, expected = tiny["siglip"], "family: a siglip tower into a clip-based LLaVA-NeXT checkpoint"
-    else:
+    elif case == "tiles":
         config["image_grid_pinpoints"] = [[32, 48]]
         expected = "image_grid_pinpoints [32, 48] is not a whole number of the tower's 32 px tiles"
-    if config != json.loads((src / "config.json").read_text()):
+    processor = json.loads((src / "processor_config.json").read_text())
+    if case == "processor tiles":
+        processor["image_processor"]["crop_size"] = {"height": 48, "width": 48}
+        expected = "image processor crop_size {'height': 48, 'width': 48}: the tiles must be the tower's image size 32"
+    if case in ("feature layer", "select strategy", "tiles", "processor tiles"):
         src = shutil.copytree(src, tmp_path / "src")
         (src / "config.json").write_text(json.dumps(config))
+        (src / "processor_config.json").write_text(json.dumps(processor))
     dst = tmp_path / "out" / "swapped"
     dst.parent.mkdir()
 

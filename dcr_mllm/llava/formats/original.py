@@ -5,6 +5,7 @@ checkpoint (``model.vision_tower.vision_tower.*``) are replaced as in any format
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import shutil
 from pathlib import Path
@@ -56,7 +57,7 @@ class OriginalLlava(CheckpointFormat):
             )
         if str(config.get("image_aspect_ratio", "")).startswith("anyres"):  # LLaVA-1.6
             select = config.get("mm_vision_select_feature", "patch")
-            fit.problems += anyres_problems(config.get("image_grid_pinpoints") or [], spec,
+            fit.problems += anyres_problems(_pinpoints(config.get("image_grid_pinpoints") or []), spec,
                                             f"mm_vision_select_feature {select!r}", select == "patch",
                                             "patch" if spec.has_cls else "cls_patch")
         stored = checkpoint.tower_keys()
@@ -88,6 +89,17 @@ class OriginalLlava(CheckpointFormat):
                 count += 1
         return f"vision_tower/ holds the tower's {count} tensors unchanged"
 
+
+
+def _pinpoints(value):
+    """``image_grid_pinpoints`` as original LLaVA reads it: a list, or a string holding its Python literal.
+    LLaVA-NeXT's ``"(1x1),...,(6x6)"`` form counts whole tiles of the tower's size, so it always fits: []."""
+    if isinstance(value, str):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return [] if "x" in value else value
+    return value
 
 
 def _bin_keys(checkpoint: Checkpoint) -> list[str]:
