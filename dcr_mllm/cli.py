@@ -233,18 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
         llava.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. finetune.max_steps=10")
         llava.set_defaults(func=_llava, stage=stage, intermixed="overrides")
 
-    swap = sub.add_parser("swap-tower", help="put a tower into an existing LLaVA checkpoint (llava-hf or original), streaming; verified")
+    swap = sub.add_parser("swap-tower", help="put a tower into an existing LLaVA checkpoint (llava-hf LLaVA-1.5/NeXT/"
+                          "OneVision, or original LLaVA-1.5/1.6), streaming; verified")
     swap.add_argument("--llava", required=True, metavar="SRC", help="the LLaVA checkpoint directory (never modified)")
     swap.add_argument("--tower", required=True, help="a HF CLIP/MetaCLIP/SigLIP tower directory or preset name")
     swap.add_argument("--output", required=True, metavar="DST", help="directory to write (refused if it exists, unless --force)")
     swap.add_argument("--dry-run", action="store_true", help="check and print what would change; write nothing")
     swap.add_argument("--force", action="store_true", help="replace an existing DST (only once the new one is written and verified)")
     swap.add_argument("--allow-family-change", action="store_true",
-                      help="swap a SigLIP tower into a CLIP-based checkpoint or back; the projector must then be retrained")
+                      help="swap a SigLIP tower into a CLIP-based LLaVA-1.5 checkpoint or back; "
+                           "the projector must then be retrained")
     swap.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     swap.set_defaults(func=_swap_tower)
 
-    convert = sub.add_parser("convert-llava", help="convert an original LLaVA checkpoint (mm_vision_tower) to llava-hf, as transformers' script does")
+    convert = sub.add_parser("convert-llava", help="convert an original LLaVA checkpoint (mm_vision_tower) to "
+                             "llava-hf, as transformers' scripts do (LLaVA-1.5 -> llava, LLaVA-1.6 -> llava_next)")
     convert.add_argument("--input", required=True, metavar="ORIGINAL", help="the original LLaVA checkpoint directory")
     convert.add_argument("--output", required=True, metavar="HF_DIR", help="directory to write (refused if it exists, unless --force)")
     convert.add_argument("--force", action="store_true", help="replace an existing HF_DIR")

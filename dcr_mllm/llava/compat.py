@@ -59,3 +59,23 @@ def tensor_problems(checkpoint: Checkpoint, tower: Tower) -> list[str]:
 def stored_layer_count(keys) -> int | None:
     layers = {int(m.group(1)) for key in keys if (m := LAYER_INDEX.search(key))}
     return max(layers) + 1 if layers else None
+
+
+def anyres_problems(pinpoints: list, spec: TowerSpec, select: str, drops_first: bool, fix: str) -> list[str]:
+    """LLaVA-NeXT-style tiling (anyres) against a tower: every tile is the tower's image size and gives
+    exactly its patch grid, which the model reshapes the features into (transformers' LLaVA-NeXT
+    ``pack_image_features``, original LLaVA's ``prepare_inputs_labels_for_multimodal``). ``select``:
+    the feature-selection setting as the checkpoint names it, ``drops_first`` whether it drops the
+    first token, ``fix``: the setting that would fit."""
+    side, size = spec.image_size // spec.patch_size, spec.image_size
+    if not isinstance(pinpoints, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pinpoints):
+        return [f"image_grid_pinpoints {pinpoints!r}: expected a list of [height, width] tile grids"]
+    problems = []
+    features = side * side + (1 if spec.has_cls else 0) - (1 if drops_first else 0)
+    if features != side * side:
+        problems.append(f"{select} leaves {features} features per tile of this {spec.family} tower, not the "
+                        f"{side}x{side} grid the tiles are reshaped into; it needs {fix!r}")
+    off = [p for p in pinpoints if p[0] % size or p[1] % size]
+    if off:
+        problems.append(f"image_grid_pinpoints {off[0]} is not a whole number of the tower's {size} px tiles")
+    return problems

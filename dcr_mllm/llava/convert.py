@@ -1,13 +1,16 @@
 """Convert an original LLaVA checkpoint (``mm_vision_tower``) to llava-hf, streaming, as transformers does.
 
-The result matches transformers' own ``convert_llava_weights_to_hf.py`` in what makes the two
-formats interchangeable:
+LLaVA-1.5 (``mm_patch_merge_type: flat``) becomes ``LlavaForConditionalGeneration``, LLaVA-1.6
+(``spatial_unpad`` with ``image_aspect_ratio: anyres``) ``LlavaNextForConditionalGeneration``; the
+result matches transformers' own ``convert_llava_weights_to_hf.py`` (LLaVA-1.6:
+``convert_llava_next_weights_to_hf.py``) in what makes the two formats interchangeable:
 
 - **key mapping**: its ``KEYS_TO_MODIFY_MAPPING``, applied in the same order (``model.*`` ->
   ``language_model.model.*``, ``lm_head`` -> ``language_model.lm_head``, ``model.mm_projector.{0,2}``
   -> ``multi_modal_projector.linear_{1,2}``, stored tower tensors -> ``vision_tower.vision_model.*``),
   the same dropped keys (``*.inv_freq``, ``model.image_newline``) and ``lm_head`` cloned from the
-  embeddings when the checkpoint ties them;
+  embeddings when the checkpoint ties them; LLaVA-1.6 keeps ``model.image_newline`` as ``image_newline``
+  and its ``image_grid_pinpoints`` (config and ``LlavaNextImageProcessor``);
 - **added tokens**: ``<image>`` (special, not normalised), then ``<pad>`` as the pad token;
 - **padded vocabulary**: ``vocab_size + 2`` rounded up to a multiple of 64, the new rows of both
   the embeddings and ``lm_head`` drawn from a normal distribution with the old embeddings' mean
@@ -46,7 +49,7 @@ from dcr_mllm.llava.shards import (
     write_shard,
 )
 from dcr_mllm.llava.checkpoint import Checkpoint, Tower, read_tower, write_json
-from dcr_mllm.llava.compat import feature_layer_problems
+from dcr_mllm.llava.compat import anyres_problems, feature_layer_problems
 from dcr_mllm.llava.formats import read_checkpoint
 from dcr_mllm.llava.formats.llava_hf import load_check
 from dcr_mllm.llava.formats.original import PREFIX as ORIGINAL_PREFIX
@@ -66,7 +69,9 @@ KEY_RENAMES = (
     ("multi_modal_projector.0", "multi_modal_projector.linear_1"),
     ("multi_modal_projector.2", "multi_modal_projector.linear_2"),
 )
-DROPPED = ("model.image_newline",)
+# convert_llava_next_weights_to_hf.py's KEYS_TO_MODIFY_MAPPING: the same, then image_newline out of the LM
+NEXT_KEY_RENAMES = (*KEY_RENAMES, ("language_model.model.image_newline", "image_newline"))
+NEWLINE = "model.image_newline"
 EMBED, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 SINGLE = "model.safetensors"
 PAD_MULTIPLE = 64
@@ -81,10 +86,24 @@ TEXT_MODEL_TYPES = {"llava": "llama", "llava_llama": "llama", "llava_mistral": "
 SELECT_STRATEGIES = {"patch": "default", "cls_patch": "full"}
 
 
-def hf_key(original_key: str) -> str:
+@dataclass(frozen=True)
+class Target:
+    """What an original checkpoint converts to, and how transformers' script for it renames and drops keys."""
+
+    architecture: str
+    renames: tuple[tuple[str, str], ...]
+    dropped: tuple[str, ...]
+    label: str
+
+
+LLAVA15 = Target("LlavaForConditionalGeneration", KEY_RENAMES, (NEWLINE,), "LLaVA-1.5")
+LLAVA_NEXT = Target("LlavaNextForConditionalGeneration", NEXT_KEY_RENAMES, (), "LLaVA-1.6")
+
+
+def hf_key(original_key: str, renames: tuple[tuple[str, str], ...] = KEY_RENAMES) -> str:
     """An original LLaVA tensor name in llava-hf, exactly as transformers' conversion renames it."""
     key = original_key
-    for old, new in KEY_RENAMES:
+    for old, new in renames:
         if old in key:
             key = key.replace(old, new)
     return key
@@ -113,8 +132,9 @@ def _tower_location(name: str, checkpoint_dir: Path) -> str | Path:
     return beside if (beside / "config.json").is_file() else name
 
 
-def _check_supported(checkpoint: Checkpoint, tower: Tower) -> tuple[str, str]:
-    """The text model type and the feature-select strategy, or one line naming everything llava-hf cannot hold."""
+def _check_supported(checkpoint: Checkpoint, tower: Tower) -> tuple[str, str, Target]:
+    """The text model type, the feature-select strategy and the target, or one line naming everything
+    llava-hf cannot hold."""
     config, spec = checkpoint.config, tower.spec
     problems = []
     text_type = TEXT_MODEL_TYPES.get(config.get("model_type"))
@@ -124,17 +144,29 @@ def _check_supported(checkpoint: Checkpoint, tower: Tower) -> tuple[str, str]:
         problems.append(f"mm_projector_type {config.get('mm_projector_type', 'linear')!r}: llava-hf holds only the mlp2x_gelu projector")
     if config.get("mm_use_im_start_end"):
         problems.append("mm_use_im_start_end: llava-hf has no image start/end tokens")
-    if config.get("mm_patch_merge_type", "flat") != "flat":
-        problems.append(f"mm_patch_merge_type {config['mm_patch_merge_type']!r} is LLaVA-NeXT, which converts to llava_next instead")
-    strategy = SELECT_STRATEGIES.get(config.get("mm_vision_select_feature", "patch"))
+    merge, aspect = config.get("mm_patch_merge_type", "flat"), str(config.get("image_aspect_ratio", ""))
+    target = LLAVA15 if merge == "flat" else LLAVA_NEXT
+    if merge not in ("flat", "spatial_unpad") or (merge == "spatial_unpad") != aspect.startswith("anyres"):
+        problems.append(f"mm_patch_merge_type {merge!r} with image_aspect_ratio {aspect!r}: llava-hf holds flat "
+                        "(LLaVA-1.5) or spatial_unpad with anyres (LLaVA-1.6)")
+    select = config.get("mm_vision_select_feature", "patch")
+    strategy = SELECT_STRATEGIES.get(select)
     if strategy is None:
-        problems.append(f"mm_vision_select_feature {config['mm_vision_select_feature']!r}: use one of {', '.join(SELECT_STRATEGIES)}")
+        problems.append(f"mm_vision_select_feature {select!r}: use one of {', '.join(SELECT_STRATEGIES)}")
+    elif target is LLAVA_NEXT:
+        pinpoints = config.get("image_grid_pinpoints")
+        if not isinstance(pinpoints, list) or not pinpoints:
+            problems.append(f"image_grid_pinpoints {pinpoints!r}: a LLaVA-1.6 checkpoint lists its tile grids "
+                            "([[height, width], ...])")
+        else:
+            problems += anyres_problems(pinpoints, spec, f"mm_vision_select_feature {select!r}", select == "patch",
+                                        "patch" if spec.has_cls else "cls_patch")
     if config.get("mm_hidden_size", spec.hidden_size) != spec.hidden_size:
         problems.append(f"hidden size: checkpoint mm_hidden_size {config['mm_hidden_size']}, tower {spec.hidden_size}")
     problems += feature_layer_problems("mm_vision_select_layer", config.get("mm_vision_select_layer", -2), spec.num_layers)
     if problems:
         raise DcrError(f"cannot convert {checkpoint.path} to llava-hf: " + "; ".join(problems))
-    return text_type, strategy
+    return text_type, strategy, target
 
 
 @dataclass
@@ -166,12 +198,13 @@ def _load(source: Source) -> torch.Tensor:
     return source.load() if isinstance(source, (StoredTensor, Cast)) else source
 
 
-def plan_weights(checkpoint: Checkpoint, tower: Tower) -> ConvertedWeights:
+def plan_weights(checkpoint: Checkpoint, tower: Tower, target: Target = LLAVA15) -> ConvertedWeights:
     """Rename every tensor as transformers does, pad the embeddings and lm_head, add the tower's tensors."""
     inputs = _input_tensors(checkpoint)
     tensors = {key: source for _, file_tensors in inputs for key, source in file_tensors.items()}
-    if EMBED not in tensors:
-        raise DcrError(f"{checkpoint.path} has no {EMBED}; it is not a complete LLaVA checkpoint")
+    for needed in (EMBED, NEWLINE) if target is LLAVA_NEXT else (EMBED,):
+        if needed not in tensors:
+            raise DcrError(f"{checkpoint.path} has no {needed}; it is not a complete {target.label} checkpoint")
     embeddings = _load(tensors[EMBED])
     vocab = checkpoint.config.get("vocab_size", embeddings.shape[0])
     if embeddings.shape[0] != vocab:
@@ -189,10 +222,11 @@ def plan_weights(checkpoint: Checkpoint, tower: Tower) -> ConvertedWeights:
     for out_name, (_, file_tensors) in zip(names, inputs):
         items = []
         for key, source in file_tensors.items():
-            if key.endswith(".inv_freq") or key in DROPPED:
+            if key.endswith(".inv_freq") or key in target.dropped:
                 continue
-            items.append((hf_key(key), resized.get(hf_key(key), source)))
-            originals[hf_key(key)] = source
+            name = hf_key(key, target.renames)
+            items.append((name, resized.get(name, source)))
+            originals[name] = source
             if key == EMBED and tied:  # lm_head starts as a copy of the embeddings
                 items.append((hf_key(LM_HEAD), resized[hf_key(LM_HEAD)]))
                 originals[hf_key(LM_HEAD)] = source
@@ -204,11 +238,12 @@ def plan_weights(checkpoint: Checkpoint, tower: Tower) -> ConvertedWeights:
     return ConvertedWeights(layout, originals, tower_sources, vocab, padded, dtype, sum(nbytes(s) for s in tensors.values()))
 
 
-def _processor(src: Path, tower: Tower, strategy: str, padded_vocab: int, do_pad: bool):
+def _processor(src: Path, tower: Tower, strategy: str, padded_vocab: int, do_pad: bool, pinpoints: list | None):
     """The checkpoint's tokenizer with <image> and <pad> added as transformers adds them, the tower's
-    preprocessing (after the square padding the checkpoint was trained with, if ``do_pad``) and the
-    vicuna_v1 chat template."""
-    from transformers import AutoTokenizer, LlavaProcessor
+    preprocessing (after the square padding the checkpoint was trained with, if ``do_pad``; LLaVA-1.6:
+    tiled to the checkpoint's ``pinpoints`` instead, as transformers' script builds its
+    ``LlavaNextImageProcessor`` from the tower's) and the vicuna_v1 chat template."""
+    from transformers import AutoTokenizer, LlavaNextImageProcessor, LlavaNextProcessor, LlavaProcessor
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(src)
@@ -218,19 +253,28 @@ def _processor(src: Path, tower: Tower, strategy: str, padded_vocab: int, do_pad
     if len(tokenizer) > padded_vocab:
         raise DcrError(f"the tokenizer in {src} has {len(tokenizer)} tokens with {IMAGE_TOKEN} and {PAD_TOKEN}, more than the padded vocabulary {padded_vocab}")
     spec = tower.spec
-    return LlavaProcessor(tokenizer=tokenizer, image_processor=llava_image_processor(tower.path, do_pad), patch_size=spec.patch_size,
-                          vision_feature_select_strategy=strategy, num_additional_image_tokens=1 if spec.has_cls else 0,
-                          chat_template=VICUNA_CHAT_TEMPLATE)
+    if pinpoints:
+        processor_class = LlavaNextProcessor
+        image_processor = LlavaNextImageProcessor.from_pretrained(tower.path, image_grid_pinpoints=pinpoints)
+    else:
+        processor_class, image_processor = LlavaProcessor, llava_image_processor(tower.path, do_pad)
+    return processor_class(tokenizer=tokenizer, image_processor=image_processor, patch_size=spec.patch_size,
+                           vision_feature_select_strategy=strategy,
+                           num_additional_image_tokens=1 if spec.has_cls else 0, chat_template=VICUNA_CHAT_TEMPLATE)
 
 
-def _llava_config(original: dict, text_type: str, tower: Tower, strategy: str, tokenizer, weights: ConvertedWeights):
-    """LlavaConfig: the language model's part of the original config, the tower's vision config, LLaVA-1.5's layout."""
-    from transformers import LlavaConfig
+def _llava_config(original: dict, text_type: str, tower: Tower, strategy: str, tokenizer, weights: ConvertedWeights,
+                  target: Target):
+    """LlavaConfig (LLaVA-1.6: LlavaNextConfig with its image_grid_pinpoints): the language model's part of
+    the original config, the tower's vision config, LLaVA's layout."""
+    from transformers import LlavaConfig, LlavaNextConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     text = {k: v for k, v in original.items() if k not in LLAVA_ONLY and not k.startswith("mm_")}
     vision = dict(tower.vision_config)
-    config = LlavaConfig(
+    tiles = {"image_grid_pinpoints": original["image_grid_pinpoints"]} if target is LLAVA_NEXT else {}
+    config = (LlavaNextConfig if target is LLAVA_NEXT else LlavaConfig)(
+        **tiles,
         text_config=CONFIG_MAPPING[text_type].from_dict({**text, "vocab_size": weights.padded_vocab}),
         vision_config=CONFIG_MAPPING[vision.pop("model_type")].from_dict(vision),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
@@ -239,7 +283,7 @@ def _llava_config(original: dict, text_type: str, tower: Tower, strategy: str, t
         vision_feature_select_strategy=strategy,
     )
     config.pad_token_id = tokenizer.pad_token_id
-    config.architectures = ["LlavaForConditionalGeneration"]
+    config.architectures = [target.architecture]
     config.dtype = weights.dtype
     return config
 
@@ -252,7 +296,8 @@ class ConvertReport:
     dst: Path
     tower: Tower
     weights: ConvertedWeights
-    config: object  # the LlavaConfig written
+    config: object  # the LlavaConfig (LlavaNextConfig) written
+    target: Target
     verified: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -260,15 +305,18 @@ class ConvertReport:
         origin = "taken from the tower directory" if weights.tower_sources else "stored in the checkpoint"
         return [
             f"convert-llava {self.src} -> {self.dst}",
-            (f"  checkpoint  original LLaVA, {len(weights.layout)} weight file(s), {human_size(weights.nbytes)}, "
+            (f"  checkpoint  original {self.target.label}, {len(weights.layout)} weight file(s), "
+             f"{human_size(weights.nbytes)}, "
              f"{str(weights.dtype).removeprefix('torch.')}"),
             f"  tower       {self.tower.path} ({spec.family}, {spec.num_layers} layers, width {spec.hidden_size}); tensors {origin}",
             ("  keys        model.* -> language_model.model.*, lm_head -> language_model.lm_head, "
-             "model.mm_projector.{0,2} -> multi_modal_projector.linear_{1,2}, tower -> vision_tower.vision_model.*"),
+             "model.mm_projector.{0,2} -> multi_modal_projector.linear_{1,2}, tower -> vision_tower.vision_model.*"
+             + (", model.image_newline -> image_newline" if self.target is LLAVA_NEXT else "")),
             (f"  tokens      {IMAGE_TOKEN} = {config.image_token_index}, {PAD_TOKEN} = {config.pad_token_id}; vocabulary {weights.vocab} -> "
              f"{weights.padded_vocab} (new rows drawn from the embeddings' mean and covariance)"),
             (f"  config      vision_feature_layer {config.vision_feature_layer}, vision_feature_select_strategy "
-             f"{config.vision_feature_select_strategy}, image_seq_length {config.image_seq_length}"),
+             f"{config.vision_feature_select_strategy}, image_seq_length {config.image_seq_length}"
+             + (f", image_grid_pinpoints {config.image_grid_pinpoints}" if self.target is LLAVA_NEXT else "")),
             *[f"  {'verified' if i == 0 else '':10}  {check}" for i, check in enumerate(self.verified)],
         ]
 
@@ -281,11 +329,13 @@ def convert_llava(input_dir: str | Path, output_dir: str | Path, *, force: bool 
     if checkpoint.format != "original":
         raise DcrError(f"{src} is already a llava-hf checkpoint; convert-llava takes an original LLaVA one (mm_vision_tower in config.json)")
     tower = read_tower(_tower_location(str(checkpoint.config["mm_vision_tower"]), src))
-    text_type, strategy = _check_supported(checkpoint, tower)
-    weights = plan_weights(checkpoint, tower)
-    processor = _processor(src, tower, strategy, weights.padded_vocab, checkpoint.config.get("image_aspect_ratio") == "pad")
-    config = _llava_config(checkpoint.config, text_type, tower, strategy, processor.tokenizer, weights)
-    report = ConvertReport(src, dst, tower, weights, config)
+    text_type, strategy, target = _check_supported(checkpoint, tower)
+    weights = plan_weights(checkpoint, tower, target)
+    pinpoints = checkpoint.config["image_grid_pinpoints"] if target is LLAVA_NEXT else None
+    do_pad = checkpoint.config.get("image_aspect_ratio") == "pad"
+    processor = _processor(src, tower, strategy, weights.padded_vocab, do_pad, pinpoints)
+    config = _llava_config(checkpoint.config, text_type, tower, strategy, processor.tokenizer, weights, target)
+    report = ConvertReport(src, dst, tower, weights, config, target)
     with atomic_dir(dst) as tmp:
         digests = {name: write_shard(tmp / name, items, {"format": "pt"}) for name, items in weights.layout.items()}
         if len(weights.layout) > 1:
@@ -297,11 +347,11 @@ def convert_llava(input_dir: str | Path, output_dir: str | Path, *, force: bool 
         processor.image_processor.save_pretrained(tmp)  # preprocessor_config.json, for loaders that read it alone
         if (src / "generation_config.json").is_file():
             shutil.copy2(src / "generation_config.json", tmp / "generation_config.json")
-        report.verified = _verify(weights, tmp, digests)
+        report.verified = _verify(weights, tmp, digests, target)
     return report
 
 
-def _verify(weights: ConvertedWeights, out: Path, digests: dict[str, list[bytes]]) -> list[str]:
+def _verify(weights: ConvertedWeights, out: Path, digests: dict[str, list[bytes]], target: Target) -> list[str]:
     """Read the result back: every tensor's digest as written (renamed tensors: the input's, tower
     tensors: the cast tower's), the first ``vocab`` rows of the resized ones equal to the input's;
     transformers accepts every key and shape."""
@@ -318,7 +368,9 @@ def _verify(weights: ConvertedWeights, out: Path, digests: dict[str, list[bytes]
             if not same:
                 raise DcrError(f"verification failed: {key} in {name} differs from its source")
             checked += 1
-    return [f"{checked} tensors equal to their source (embeddings and lm_head: the first {weights.vocab} rows)", load_check(out)]
+    return [f"{checked} tensors equal to their source (embeddings and lm_head: the first {weights.vocab} rows)",
+            load_check(out, target.architecture)]
 
 
-__all__ = ["ConvertReport", "ConvertedWeights", "convert_llava", "hf_key", "new_embedding_rows", "padded_vocab_size", "plan_weights"]
+__all__ = ["LLAVA15", "LLAVA_NEXT", "ConvertReport", "ConvertedWeights", "Target", "convert_llava", "hf_key",
+           "new_embedding_rows", "padded_vocab_size", "plan_weights"]

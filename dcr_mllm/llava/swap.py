@@ -4,9 +4,9 @@ Users hold LLaVA checkpoints of tens of GB and want to try an enhanced tower in 
 retraining and without loading the model. The steps: read (``llava.checkpoint``,
 ``llava.formats.read_checkpoint``), check (the format's ``check``, over ``llava.compat``), plan
 (``plan_swap``), write (``write_plan``), verify (``verify``), report (``SwapReport``). Each format
-(``llava.formats``: llava-hf, original LLaVA) says where its tower is, what must fit and which
-files change; every other tensor is copied as raw bytes (see ``shards``), the tower's cast to the
-checkpoint's dtype. The tower is checked against the checkpoint before anything is written; DST is
+(``llava.formats``: llava-hf LLaVA-1.5, -NeXT and -OneVision, original LLaVA-1.5 and 1.6) says
+where its tower is, what must fit and which files change; every other tensor is copied as raw
+bytes (see ``shards``), the tower's cast to the checkpoint's dtype. The tower is checked against the checkpoint before anything is written; DST is
 built under a temporary name, verified, and only then renamed into place
 (``dcr_mllm.io.atomic_dir``), so a failure leaves neither DST nor a temporary directory behind.
 
@@ -206,8 +206,8 @@ def write_plan(plan: SwapPlan, out: Path) -> dict[str, list[bytes]]:
 
 def verify(plan: SwapPlan, out: Path, digests: dict[str, list[bytes]]) -> list[str]:
     """Read DST back: copies byte-identical to SRC, tower tensors equal to the tower's (by the
-    digests ``write_plan`` recorded), and the format's own check (llava-hf: transformers'
-    ``LlavaForConditionalGeneration`` accepts every key and shape; original: the tower copy)."""
+    digests ``write_plan`` recorded), and the format's own check (llava-hf: transformers' model class of
+    the family accepts every key and shape; original: the tower copy)."""
     counts = parallel(lambda shard: _verify_shard(plan, out, shard, digests[shard]), list(plan.layout))
     identical, equal = sum(c[0] for c in counts), sum(c[1] for c in counts)
     checks = [f"{identical} tensors byte-identical to SRC, {equal} equal to the tower's (xxh3-128 of every tensor)"]

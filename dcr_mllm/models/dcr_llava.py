@@ -2,9 +2,11 @@
 
     lmms-eval eval --model dcr_llava --model_args pretrained=CKPT,vision_tower=TOWER --tasks ...
 
-scores TOWER inside the LLaVA checkpoint CKPT without writing a new checkpoint. The tower must
-fit the checkpoint exactly as ``dcr-mllm swap-tower`` requires (hidden size, layers, patch and
-image size, feature layer, same family); its image processor replaces the checkpoint's.
+scores TOWER inside the LLaVA checkpoint CKPT without writing a new checkpoint. ``llava_hf`` loads
+LLaVA-1.5, -NeXT and -OneVision checkpoints; the tower must fit as ``dcr-mllm swap-tower`` requires
+for that family (``llava.formats``: hidden size, layers, patch and image size, feature layer, same
+family, NeXT/OneVision tiles), and the checkpoint's image processor follows it as there (LLaVA-1.5:
+the tower's preprocessing; NeXT/OneVision: the tower's normalisation, tiles kept).
 """
 
 from __future__ import annotations
@@ -17,31 +19,30 @@ from lmms_eval.models.simple.llava_hf import LlavaHf as LlavaHfSimple
 from loguru import logger
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.llava.checkpoint import FAMILY_OF_VISION_TYPE, load_vision_state, read_tower
-from dcr_mllm.llava.compat import vision_config_problems
+from dcr_mllm.llava.checkpoint import load_vision_state, read_tower
+from dcr_mllm.llava.formats import LLAVA_HF
+from dcr_mllm.llava.formats.llava_next import PIXEL_SECTIONS
 
 
 def swap_vision_tower(model, processor, tower_dir: str) -> str:
-    """Load ``tower_dir``'s vision encoder into ``model`` (checked as ``swap-tower`` checks a llava-hf
-    checkpoint first); returns its weights' sha256."""
-    from dcr_mllm.llava.build import llava_image_processor
-
+    """Load ``tower_dir``'s vision encoder into ``model`` (checked as ``swap-tower`` checks a checkpoint
+    of the model's family first); returns its weights' sha256."""
     tower = read_tower(tower_dir)
     config = model.config
-    vision = config.vision_config
-    problems = vision_config_problems(vision.to_dict(), config.vision_feature_layer, tower.spec)
-    family = FAMILY_OF_VISION_TYPE.get(vision.model_type)
-    if family != tower.spec.family:
-        problems.append(f"family: checkpoint {family}, tower {tower.spec.family}; write a new checkpoint with "
-                        "`dcr-mllm swap-tower --allow-family-change` and retrain the projector")
-    if problems:
-        raise DcrError(f"tower {tower_dir} does not fit {getattr(config, '_name_or_path', 'the checkpoint')}: " + "; ".join(problems))
+    kind = LLAVA_HF.get(config.model_type)
+    if kind is None:
+        raise DcrError(f"dcr_llava swaps towers into {', '.join(LLAVA_HF)} models, not {config.model_type!r}")
+    fit = kind.config_fit(config.to_dict(), processor.image_processor.to_dict(), tower, allow_family_change=False)
+    if fit.problems:
+        name = getattr(config, "_name_or_path", "the checkpoint")
+        raise DcrError(f"tower {tower_dir} does not fit {name}: " + "; ".join(fit.problems))
     vision_tower = model.model.vision_tower
     state = load_vision_state(tower, vision_tower)
     reference = next(vision_tower.parameters())
     vision_tower.load_state_dict({k: v.to(reference.dtype) for k, v in state.items()}, strict=True)
-    # the tower's preprocessing, padded as LLaVA-1.5 trains unless the checkpoint says otherwise
-    processor.image_processor = llava_image_processor(tower.path, do_pad=getattr(processor.image_processor, "do_pad", True))
+    for name in PIXEL_SECTIONS:  # the processor's parts that preprocess pixels for the tower
+        if getattr(processor, name, None) is not None:
+            setattr(processor, name, kind.image_processor(tower, getattr(processor, name)))
     sha = hashlib.sha256()
     for key in sorted(state):
         sha.update(state[key].to(torch.float32).numpy().tobytes())

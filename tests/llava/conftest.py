@@ -9,7 +9,10 @@
 - original LLaVA (``LlavaLlamaForCausalLM``): the tiny Llama's tensors plus ``model.mm_projector``,
   optionally with the tower stored inside (``model.vision_tower.vision_tower.*``), in two files:
   safetensors, or ``pytorch_model-*.bin`` pickles as the LLaVA-1.5 releases are.
-- a "DCR" tower: the tiny CLIP with every vision weight moved, saved by ``VisionTower.save``
+  ``anyres``: LLaVA-1.6 (anyres tiles, ``spatial_unpad``, ``model.image_newline``).
+- llava-hf LLaVA-NeXT (tiny CLIP) and LLaVA-OneVision (tiny SigLIP without its head, as the hub's) checkpoints,
+  tiled in 32 px tiles (``PINPOINTS``), in the same key layouts (``make_llava_hf(style, sharded, family)``).
+- "DCR" towers: the tiny CLIP (SigLIP) with every vision weight moved, saved by ``VisionTower.save``
   (the enhance stage's export), with its own normalisation.
 """
 
@@ -49,64 +52,158 @@ def _read_all(directory: Path) -> dict[str, dict[str, torch.Tensor]]:
     return shards
 
 
-@pytest.fixture(scope="session")
-def llava_hf_saved(tiny, tmp_path_factory):
-    """A float16 llava-hf checkpoint in 4+ shards, with processor, tokenizer and generation config."""
+#: the tiny NeXT/OneVision tile grid: pinpoints in whole 32 px tiles (the tiny towers' image size)
+PINPOINTS = [[32, 64], [64, 32], [64, 64]]
+
+
+def _save_llava_hf(family: str, tiny, out: Path) -> Path:
+    """A float16 llava-hf checkpoint of ``family`` ("llava", "llava_next": tiny CLIP; "llava_onevision":
+    tiny SigLIP) in 4+ shards, with processor, tokenizer and generation config, as transformers saves it."""
+    import transformers
     from transformers import (
         AddedToken,
         AutoImageProcessor,
         AutoTokenizer,
         CLIPVisionConfig,
         LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
+        SiglipVisionConfig,
     )
 
-    out = tmp_path_factory.mktemp("llava_hf_saved")
     tokenizer = AutoTokenizer.from_pretrained(tiny["llama"])
     tokenizer.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
     tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    if family == "llava_onevision":
+        tokenizer.add_tokens(AddedToken("<video>", special=True, normalized=False), special_tokens=True)
     text = LlamaConfig.from_pretrained(tiny["llama"])
     text.vocab_size = -(-len(tokenizer) // 64) * 64
-    vision = CLIPVisionConfig.from_pretrained(tiny["clip"])
-    config = LlavaConfig(text_config=text, vision_config=vision, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=16, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    if family == "llava":
+        config = transformers.LlavaConfig(
+            text_config=text,
+            vision_config=CLIPVisionConfig.from_pretrained(tiny["clip"]),
+            image_token_index=image_token,
+            image_seq_length=16,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
+    elif family == "llava_next":
+        config = transformers.LlavaNextConfig(
+            text_config=text,
+            vision_config=CLIPVisionConfig.from_pretrained(tiny["clip"]),
+            image_token_index=image_token,
+            image_grid_pinpoints=PINPOINTS,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
+    else:
+        vision = SiglipVisionConfig.from_pretrained(
+            tiny["siglip"], vision_use_head=False
+        )  # as llava-onevision-*-hf: no pooling head
+        config = transformers.LlavaOnevisionConfig(
+            text_config=text,
+            vision_config=vision,
+            image_token_index=image_token,
+            video_token_index=image_token + 2,
+            image_grid_pinpoints=PINPOINTS,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+        )
     config.pad_token_id = tokenizer.pad_token_id
+    model_class = {
+        "llava": "LlavaForConditionalGeneration",
+        "llava_next": "LlavaNextForConditionalGeneration",
+        "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    }[family]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
-        model = LlavaForConditionalGeneration(config).to(torch.float16)
+        model = getattr(transformers, model_class)(config).to(torch.float16)
     model.save_pretrained(out, max_shard_size="40KB")
-    image_processor = AutoImageProcessor.from_pretrained(tiny["clip"])
-    processor = LlavaProcessor(tokenizer=tokenizer, image_processor=image_processor, patch_size=8,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    if family == "llava":
+        image_processor = AutoImageProcessor.from_pretrained(tiny["clip"])
+        processor = transformers.LlavaProcessor(
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            patch_size=8,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        )
+        image_processor.save_pretrained(out)
+    elif family == "llava_next":
+        image_processor = transformers.LlavaNextImageProcessor.from_dict(
+            {**AutoImageProcessor.from_pretrained(tiny["clip"]).to_dict(), "image_grid_pinpoints": PINPOINTS}
+        )
+        processor = transformers.LlavaNextProcessor(
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            patch_size=8,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        )
+    else:
+        siglip = {
+            k: v
+            for k, v in AutoImageProcessor.from_pretrained(tiny["siglip"]).to_dict().items()
+            if k in ("image_mean", "image_std", "size", "resample")
+        }
+        processor = transformers.LlavaOnevisionProcessor(
+            tokenizer=tokenizer,
+            image_processor=transformers.LlavaOnevisionImageProcessor(**siglip, image_grid_pinpoints=PINPOINTS),
+            video_processor=transformers.LlavaOnevisionVideoProcessor(**siglip),
+            vision_feature_select_strategy="full",
+            num_image_tokens=16,
+        )
     processor.save_pretrained(out)
-    image_processor.save_pretrained(out)
     return out
 
 
 @pytest.fixture(scope="session")
-def make_llava_hf(llava_hf_saved, tmp_path_factory):
-    """make_llava_hf(style, sharded=True) -> a llava-hf checkpoint directory in that key layout."""
+def llava_hf_saved(tiny, tmp_path_factory):
+    """A float16 llava-hf LLaVA-1.5 checkpoint in 4+ shards, with processor, tokenizer and generation config."""
+    return _save_llava_hf("llava", tiny, tmp_path_factory.mktemp("llava_hf_saved"))
+
+
+@pytest.fixture(scope="session")
+def llava_family_saved(tiny, tmp_path_factory):
+    """llava_family_saved(family) -> that family's tiny checkpoint as transformers saves it (built once)."""
     made = {}
 
-    def make(style: str, sharded: bool = True) -> Path:
-        if (style, sharded) in made:
-            return made[style, sharded]
-        out = tmp_path_factory.mktemp(f"llava_hf_{style}_{'sharded' if sharded else 'single'}")
-        for item in llava_hf_saved.iterdir():
+    def make(family: str) -> Path:
+        if family not in made:
+            made[family] = _save_llava_hf(family, tiny, tmp_path_factory.mktemp(f"{family}_saved"))
+        return made[family]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_llava_hf(llava_hf_saved, llava_family_saved, tmp_path_factory):
+    """make_llava_hf(style, sharded=True, family="llava") -> a llava-hf checkpoint directory in that key layout."""
+    made = {}
+
+    def make(style: str, sharded: bool = True, family: str = "llava") -> Path:
+        if (style, sharded, family) in made:
+            return made[style, sharded, family]
+        saved = llava_hf_saved if family == "llava" else llava_family_saved(family)
+        out = tmp_path_factory.mktemp(f"{family}_{style}_{'sharded' if sharded else 'single'}")
+        for item in saved.iterdir():
             if not item.name.startswith("model"):
                 shutil.copy2(item, out / item.name)
-        shards = {name: {_llava_hf_key(k, style): v for k, v in tensors.items()} for name, tensors in _read_all(llava_hf_saved).items()}
+        shards = {
+            name: {_llava_hf_key(k, style): v for k, v in tensors.items()} for name, tensors in _read_all(saved).items()
+        }
         if sharded:
-            index = json.loads((llava_hf_saved / "model.safetensors.index.json").read_text())
+            index = json.loads((saved / "model.safetensors.index.json").read_text())
             for name, tensors in shards.items():
                 save_file(tensors, out / name, metadata={"format": "pt"})
             index["weight_map"] = {_llava_hf_key(k, style): v for k, v in index["weight_map"].items()}
             (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         else:
-            save_file({k: v for tensors in shards.values() for k, v in tensors.items()}, out / "model.safetensors", metadata={"format": "pt"})
-        made[style, sharded] = out
+            save_file(
+                {k: v for tensors in shards.values() for k, v in tensors.items()},
+                out / "model.safetensors",
+                metadata={"format": "pt"},
+            )
+        made[style, sharded, family] = out
         return out
 
     return make
@@ -114,13 +211,15 @@ def make_llava_hf(llava_hf_saved, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def make_original(tiny, tmp_path_factory):
-    """make_original(stored_tower=False, pickled=False) -> an original LLaVA-1.5 checkpoint (tiny Llama + projector)."""
+    """make_original(stored_tower=False, pickled=False, anyres=False) -> an original LLaVA-1.5 checkpoint (tiny Llama +
+    projector); ``anyres``: LLaVA-1.6 (llava-v1.6-*: anyres tiles, spatial_unpad, ``model.image_newline``)."""
     made = {}
 
-    def make(stored_tower: bool = False, pickled: bool = False) -> Path:
-        if (stored_tower, pickled) in made:
-            return made[stored_tower, pickled]
-        out = tmp_path_factory.mktemp(f"llava_original{'_tower' if stored_tower else ''}{'_bin' if pickled else ''}")
+    def make(stored_tower: bool = False, pickled: bool = False, anyres: bool = False) -> Path:
+        if (stored_tower, pickled, anyres) in made:
+            return made[stored_tower, pickled, anyres]
+        name = f"llava_original{'_tower' if stored_tower else ''}{'_bin' if pickled else ''}{'_v16' if anyres else ''}"
+        out = tmp_path_factory.mktemp(name)
         llama = tiny["llama"]
         config = json.loads((llama / "config.json").read_text())
         with safe_open(llama / "model.safetensors", "pt") as f:
@@ -133,6 +232,8 @@ def make_original(tiny, tmp_path_factory):
             "model.mm_projector.2.weight": torch.randn(width, width, generator=generator),
             "model.mm_projector.2.bias": torch.randn(width, generator=generator),
         }
+        if anyres:
+            projector["model.image_newline"] = torch.randn(width, generator=generator)
         second = {k: v.to(torch.float16) for k, v in projector.items()}
         if stored_tower:
             with safe_open(tiny["clip"] / "model.safetensors", "pt") as f:
@@ -167,23 +268,24 @@ def make_original(tiny, tmp_path_factory):
             "tokenizer_model_max_length": 512,
             "tokenizer_padding_side": "right",
         }
+        if anyres:
+            config |= {"mm_patch_merge_type": "spatial_unpad", "image_aspect_ratio": "anyres",
+                       "image_grid_pinpoints": PINPOINTS}
         config.pop("dtype", None)
         (out / "config.json").write_text(json.dumps(config, indent=2))
         for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
             shutil.copy2(llama / name, out / name)
-        made[stored_tower, pickled] = out
+        made[stored_tower, pickled, anyres] = out
         return out
 
     return make
 
 
-@pytest.fixture(scope="session")
-def dcr_tower(tiny, tmp_path_factory):
-    """The tiny CLIP with every vision-encoder weight changed and its own mean/std, as ``enhance`` exports it."""
+def _moved_tower(source: Path, out: Path) -> Path:
+    """``source`` with every vision-encoder weight changed and its own mean/std, as ``enhance`` exports it."""
     from dcr_mllm.towers import load_tower
 
-    out = tmp_path_factory.mktemp("dcr_tower")
-    tower = load_tower(tiny["clip"])
+    tower = load_tower(source)
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for param in tower.vision.parameters():
@@ -193,3 +295,15 @@ def dcr_tower(tiny, tmp_path_factory):
     processor |= {"image_mean": ENHANCED_MEAN, "image_std": ENHANCED_STD}
     (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
     return out
+
+
+@pytest.fixture(scope="session")
+def dcr_tower(tiny, tmp_path_factory):
+    """The tiny CLIP with every vision-encoder weight changed and its own mean/std, as ``enhance`` exports it."""
+    return _moved_tower(tiny["clip"], tmp_path_factory.mktemp("dcr_tower"))
+
+
+@pytest.fixture(scope="session")
+def dcr_siglip_tower(tiny, tmp_path_factory):
+    """The tiny SigLIP, changed the same way (a tower for OneVision)."""
+    return _moved_tower(tiny["siglip"], tmp_path_factory.mktemp("dcr_siglip_tower"))

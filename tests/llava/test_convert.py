@@ -1,7 +1,9 @@
 """convert-llava: an original LLaVA checkpoint becomes the llava-hf checkpoint transformers' conversion makes."""
 
 import json
+import shutil
 
+import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
@@ -142,3 +144,125 @@ def test_llava_hf_input_is_refused(make_llava_hf, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "already a llava-hf checkpoint" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# A transcription of transformers' LLaVA-1.6 conversion, huggingface/transformers
+# src/transformers/models/llava_next/convert_llava_next_weights_to_hf.py at commit 063b32f6798e:
+# lines 47-57, KEYS_TO_MODIFY_MAPPING, applied in order with str.replace (lines 73-83, which also skip *.inv_freq):
+NEXT_KEYS_TO_MODIFY_MAPPING = {
+    "model.vision_tower.": "",
+    "model.mm_projector": "multi_modal_projector",
+    "model": "model.model",
+    "vision_model.model": "vision_model",
+    "lm_head": "language_model.lm_head",
+    "model.model": "language_model.model",
+    "multi_modal_projector.0": "multi_modal_projector.linear_1",
+    "multi_modal_projector.2": "multi_modal_projector.linear_2",
+    "language_model.model.image_newline": "image_newline",
+}
+
+
+def next_name(key: str) -> str:
+    for old, new in NEXT_KEYS_TO_MODIFY_MAPPING.items():
+        if old in key:
+            key = key.replace(old, new)
+    return key
+
+
+def test_llava_v16_converts_to_llava_next_as_transformers_does(make_original, tiny, dcr_tower, tmp_path):
+    """LLaVA-1.6 -> LlavaNextForConditionalGeneration: the transcribed renames (image_newline kept, lines 47-57),
+    LlavaNextConfig with the checkpoint's image_grid_pinpoints and pad token <pad> = vocab + 1 (lines 116-121),
+    the tower's preprocessing as a LlavaNextImageProcessor (line 113), embeddings resized to vocab + 2 padded to
+    64 (lines 140-141); the model transformers builds from that recipe equals ours."""
+    from safetensors.torch import save_file
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    src = make_original(stored_tower=True, anyres=True)
+    original = stored(src)
+    vocab = original["model.embed_tokens.weight"].shape[0]
+    pinpoints = json.loads((src / "config.json").read_text())["image_grid_pinpoints"]
+    dst = tmp_path / "llava-next"
+
+    report = convert_llava(src, dst)
+
+    on_disk = stored(dst)
+    assert set(on_disk) == {next_name(k) for k in original}
+    assert torch.equal(on_disk["image_newline"], original["model.image_newline"])
+    config = json.loads((dst / "config.json").read_text())
+    assert config["architectures"] == ["LlavaNextForConditionalGeneration"] and config["model_type"] == "llava_next"
+    assert config["image_grid_pinpoints"] == pinpoints and (config["image_token_index"], config["pad_token_id"]) == (
+        vocab,
+        vocab + 1,
+    )
+    assert (config["vision_feature_layer"], config["vision_feature_select_strategy"]) == (-2, "default")
+    processor = AutoProcessor.from_pretrained(dst)
+    assert (
+        type(processor).__name__ == "LlavaNextProcessor" and processor.image_processor.image_grid_pinpoints == pinpoints
+    )
+
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    reference_config = LlavaNextConfig(
+        text_config=LlamaConfig.from_pretrained(tiny["llama"]).to_dict(),
+        vision_config=CLIPVisionConfig.from_pretrained(tiny["clip"]),
+        image_grid_pinpoints=pinpoints,
+        image_token_index=vocab,
+    )
+    reference_config.pad_token_id = vocab + 1
+    reference_config.save_pretrained(reference_dir)
+    save_file(
+        {next_name(k): v for k, v in original.items()}, reference_dir / "model.safetensors", metadata={"format": "pt"}
+    )
+    reference = LlavaNextForConditionalGeneration.from_pretrained(reference_dir, dtype=torch.float16)
+    reference.resize_token_embeddings(vocab + 2, 64)
+    model, info = LlavaNextForConditionalGeneration.from_pretrained(dst, output_loading_info=True)
+    assert not any(info.values()), info
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        rows = (
+            slice(None, vocab) if key in ("model.language_model.embed_tokens.weight", "lm_head.weight") else slice(None)
+        )
+        assert ours[key].shape == value.shape and torch.equal(ours[key][rows], value[rows]), key
+
+    inputs = processor(
+        images=Image.new("RGB", (70, 30), (0, 90, 200)),
+        text="USER: <image>\nWhat is it? ASSISTANT:",
+        return_tensors="pt",
+    )
+    assert inputs.pixel_values.shape[1] > 1  # base image and tiles
+    with torch.no_grad():
+        generated = model.float().generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == inputs.input_ids.shape[1] + 3
+    text = "\n".join(report.lines())
+    assert "original LLaVA-1.6" in text and "model.image_newline -> image_newline" in text
+    assert "LlavaNextForConditionalGeneration.from_pretrained accepts" in text
+
+    swapped = tmp_path / "swapped"  # and the result takes a swap
+    assert "replace 55 vision-tower tensors" in "\n".join(swap_tower(dst, dcr_tower, swapped).lines())
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (
+            {"mm_patch_merge_type": "spatial"},
+            "mm_patch_merge_type 'spatial' with image_aspect_ratio 'anyres': llava-hf holds flat",
+        ),
+        (
+            {"image_grid_pinpoints": [[32, 40]]},
+            "image_grid_pinpoints [32, 40] is not a whole number of the tower's 32 px tiles",
+        ),
+        ({"mm_vision_select_feature": "cls_patch"}, "mm_vision_select_feature 'cls_patch' leaves 17 features per tile"),
+    ],
+)
+def test_a_v16_checkpoint_llava_next_cannot_hold_is_refused_in_one_line(
+    change, expected, make_original, tmp_path, capsys
+):
+    src = shutil.copytree(make_original(anyres=True), tmp_path / "src")
+    (src / "config.json").write_text(json.dumps(json.loads((src / "config.json").read_text()) | change))
+    capsys.readouterr()
+    code = main(["convert-llava", "--input", str(src), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
+    assert not (tmp_path / "out").exists()

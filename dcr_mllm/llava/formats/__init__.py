@@ -8,11 +8,16 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.llava.checkpoint import Checkpoint, read_json_object
 from dcr_mllm.llava.formats.base import Changes, CheckpointFormat, Fit
 from dcr_mllm.llava.formats.llava_hf import LlavaHf
+from dcr_mllm.llava.formats.llava_next import LlavaNextHf, LlavaOnevisionHf
 from dcr_mllm.llava.formats.original import OriginalLlava
 from dcr_mllm.llava.shards import INDEX_NAME, read_header, weight_files
 from dcr_mllm.weights import check_model_dir
 
-FORMATS: dict[str, CheckpointFormat] = {kind.name: kind for kind in (OriginalLlava(), LlavaHf())}  # tried in this order
+FORMATS: dict[str, CheckpointFormat] = {
+    kind.name: kind for kind in (OriginalLlava(), LlavaHf(), LlavaNextHf(), LlavaOnevisionHf())  # tried in this order
+}
+#: the llava-hf families, by their config's model_type
+LLAVA_HF = {kind.model_type: kind for kind in FORMATS.values() if isinstance(kind, LlavaHf)}
 
 
 def format_of(checkpoint: Checkpoint) -> CheckpointFormat:
@@ -31,13 +36,15 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
     config = read_json_object(path / "config.json")
     kind = next((kind for kind in FORMATS.values() if kind.holds(config)), None)
     if kind is None:
-        raise DcrError(f"{path} is neither a llava-hf checkpoint (LlavaForConditionalGeneration) nor an original LLaVA one (mm_vision_tower)")
+        architectures = ", ".join(kind.architecture for kind in LLAVA_HF.values())
+        raise DcrError(f"{path} is neither a llava-hf checkpoint ({architectures}) nor an original LLaVA one "
+                       "(mm_vision_tower)")
     bins = tuple(sorted(p.name for p in path.glob("*.bin")))
     names = weight_files(path)
     if kind.needs_safetensors and not names and not (allow_pickle and bins):  # with allow_pickle swap_tower converts them
         raise DcrError(
             f"{path} has no safetensors weights{' (only .bin pickles: pass --allow-pickle to read them with the restricted unpickler)' if bins else ''}; "
-            "or re-save it with LlavaForConditionalGeneration.from_pretrained(SRC).save_pretrained(DIR) and swap into DIR"
+            f"or re-save it with {kind.architecture}.from_pretrained(SRC).save_pretrained(DIR) and swap into DIR"
         )
     if not names and not bins:
         raise DcrError(f"{path} has no weight files (*.safetensors or *.bin)")
@@ -48,4 +55,5 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
     return Checkpoint(path, kind.name, kind.prefixes, config, shards, metadata, index, () if kind.needs_safetensors else bins, allow_pickle)
 
 
-__all__ = ["FORMATS", "Changes", "CheckpointFormat", "Fit", "LlavaHf", "OriginalLlava", "format_of", "read_checkpoint"]
+__all__ = ["FORMATS", "LLAVA_HF", "Changes", "CheckpointFormat", "Fit", "LlavaHf", "LlavaNextHf", "LlavaOnevisionHf",
+           "OriginalLlava", "format_of", "read_checkpoint"]

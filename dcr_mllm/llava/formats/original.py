@@ -1,9 +1,11 @@
 """Original LLaVA checkpoints (``mm_vision_tower`` in ``config.json``). The tower directory is
 copied to ``DST/vision_tower`` and ``mm_vision_tower`` points at it; tower tensors stored in the
-checkpoint (``model.vision_tower.vision_tower.*``) are replaced as in any format."""
+checkpoint (``model.vision_tower.vision_tower.*``) are replaced as in any format. LLaVA-1.6 checkpoints
+(``image_aspect_ratio: anyres``) keep their tiles and ``model.image_newline``; the tiles must fit the tower."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import shutil
 from pathlib import Path
@@ -12,7 +14,13 @@ import torch
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.llava.checkpoint import Checkpoint, Tower, read_json_object
-from dcr_mllm.llava.compat import feature_layer_problems, shape_problems, stored_layer_count, tensor_problems
+from dcr_mllm.llava.compat import (
+    anyres_problems,
+    feature_layer_problems,
+    shape_problems,
+    stored_layer_count,
+    tensor_problems,
+)
 from dcr_mllm.llava.formats.base import Changes, CheckpointFormat, Fit
 from dcr_mllm.llava.shards import read_header, same_bytes, weight_files
 from dcr_mllm.towers import TowerSpec, inspect_tower
@@ -47,6 +55,11 @@ class OriginalLlava(CheckpointFormat):
                 f"family: checkpoint {family}, tower {spec.family}; an original LLaVA checkpoint keeps its tower family: "
                 "convert it with `dcr-mllm convert-llava`, then swap with --allow-family-change"
             )
+        if str(config.get("image_aspect_ratio", "")).startswith("anyres"):  # LLaVA-1.6
+            select = config.get("mm_vision_select_feature", "patch")
+            fit.problems += anyres_problems(_pinpoints(config.get("image_grid_pinpoints") or []), spec,
+                                            f"mm_vision_select_feature {select!r}", select == "patch",
+                                            "patch" if spec.has_cls else "cls_patch")
         stored = checkpoint.tower_keys()
         if any(key.startswith(PREFIX) for key in _bin_keys(checkpoint)):
             fit.problems.append("its vision tower is stored in .bin pickles; pass --allow-pickle to read them (restricted unpickler) "
@@ -76,6 +89,17 @@ class OriginalLlava(CheckpointFormat):
                 count += 1
         return f"vision_tower/ holds the tower's {count} tensors unchanged"
 
+
+
+def _pinpoints(value):
+    """``image_grid_pinpoints`` as original LLaVA reads it: a list, or a string holding its Python literal.
+    LLaVA-NeXT's ``"(1x1),...,(6x6)"`` form counts whole tiles of the tower's size, so it always fits: []."""
+    if isinstance(value, str):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return [] if "x" in value else value
+    return value
 
 
 def _bin_keys(checkpoint: Checkpoint) -> list[str]:
