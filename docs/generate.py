@@ -30,7 +30,13 @@ RESULTS = REPO / "bench" / "results"
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)", re.S)
 ATTRIBUTES = ("shape", "color", "count", "position", "orientation", "size", "background")
 CLAIMED = ("color", "count", "position", "orientation")  # claim_mean: what a class-trained tower misses
-OBJECTIVES = {"base": "base", "reconstruction": "reconstruction", "naive": "naive", "dcr": "DCR", "dcr_tokens": "DCR, tokens"}
+OBJECTIVES = {
+    "base": "base",
+    "reconstruction": "reconstruction",
+    "naive": "naive",
+    "dcr": "DCR",
+    "dcr_tokens": "DCR, tokens",
+}
 
 
 def _table(header: list[str], rows: list[list[str]], align: str = "") -> str:
@@ -110,7 +116,11 @@ def _key_rows(cls: type, instance: object | None, prefix: str = "") -> list[list
             rows.append([f"`{key}`", f"section ({hint.__name__})", "", note])
             rows += _key_rows(hint, value, key + ".")
             continue
-        if typing.get_origin(hint) is list and typing.get_args(hint) and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        if (
+            typing.get_origin(hint) is list
+            and typing.get_args(hint)
+            and dataclasses.is_dataclass(typing.get_args(hint)[0])
+        ):
             item = typing.get_args(hint)[0]
             rows.append([f"`{key}`", f"list of {item.__name__}", _default_text([]), comments.get(field.name, "")])
             rows += _key_rows(item, None, key + "[].")
@@ -125,8 +135,10 @@ def config_reference() -> str:
     from dcr_mllm.llava.train import LlavaTrainConfig
 
     out = []
-    for title, cls, commands in (("Stage one", EnhanceConfig, "`dcr-mllm enhance`"),
-                                 ("Stage two", LlavaTrainConfig, "`dcr-mllm llava-pretrain` and `dcr-mllm llava-finetune`")):
+    for title, cls, commands in (
+        ("Stage one", EnhanceConfig, "`dcr-mllm enhance`"),
+        ("Stage two", LlavaTrainConfig, "`dcr-mllm llava-pretrain` and `dcr-mllm llava-finetune`"),
+    ):
         module = f"{cls.__module__.replace('.', '/')}.py"
         out.append(f"### {title}: `{cls.__name__}` ({commands}; `{module}`)\n\n")
         out.append(_table(["key", "type", "default", "meaning"], _key_rows(cls, None)))
@@ -177,12 +189,21 @@ def upstream_recipe(backbone: str = "clip_l14_224") -> str:
         if key == "output_dir" or key.endswith("shards"):
             continue
         theirs, mine = upstream[key], ours[key]
-        rows.append([f"`{key}`", _default_text(theirs), up_notes.get(key, ""), "same" if theirs == mine else f"**{_default_text(mine)}**",
-                     our_notes.get(key, "")])
-    head = (f"`{upstream_path.relative_to(REPO)}` (upstream's recipe, value for value) against `{ours_path.relative_to(REPO)}` "
-            "(the recommended settings), every key either file sets, as each loads (defaults filled in). The upstream "
-            "source column is the upstream config's own comment, citing boyuh/DCR at commit c16d885 (file:line); "
-            "\"why\" is the recommended config's comment on that key.\n\n")
+        rows.append(
+            [
+                f"`{key}`",
+                _default_text(theirs),
+                up_notes.get(key, ""),
+                "same" if theirs == mine else f"**{_default_text(mine)}**",
+                our_notes.get(key, ""),
+            ]
+        )
+    head = (
+        f"`{upstream_path.relative_to(REPO)}` (upstream's recipe, value for value) against `{ours_path.relative_to(REPO)}` "
+        "(the recommended settings), every key either file sets, as each loads (defaults filled in). The upstream "
+        "source column is the upstream config's own comment, citing boyuh/DCR at commit c16d885 (file:line); "
+        '"why" is the recommended config\'s comment on that key.\n\n'
+    )
     return head + _table(["key", "upstream", "upstream's source", "ours", "why"], rows)
 
 
@@ -216,19 +237,31 @@ def ablation_metrics() -> str:
             text = _mean_std(values[name], name == "base")
             cells.append(f"**{text}**" if name == best and above else text)
         rows.append([label, *cells])
-    rows.append(["position, global / feature layer", *(
-        f"{_num(metrics[n]['probe_global/position']['mean'])} / {_num(metrics[n]['probe_layer/position']['mean'])}" for n in OBJECTIVES)])
+    rows.append(
+        [
+            "position, global / feature layer",
+            *(
+                f"{_num(metrics[n]['probe_global/position']['mean'])} / {_num(metrics[n]['probe_layer/position']['mean'])}"
+                for n in OBJECTIVES
+            ),
+        ]
+    )
     seeds = data["setup"]["seeds"]
-    head = (f"{seeds} seeds, %, mean ± std over seeds (`bench/results/ablation_world.json`); bold: the best objective "
-            "where it is above base.\n\n")
+    head = (
+        f"{seeds} seeds, %, mean ± std over seeds (`bench/results/ablation_world.json`); bold: the best objective "
+        "where it is above base.\n\n"
+    )
     return head + _table(["metric", *OBJECTIVES.values()], rows)
 
 
 def headline() -> str:
     metrics = _load("ablation_world.json")["metrics"]
     rows = []
-    for label, key in (("missed attributes (`claim_mean`), global embedding", "probe_global/claim_mean"),
-                       ("the same, feature layer −2", "probe_layer/claim_mean"), ("class zero-shot", "class/zero_shot")):
+    for label, key in (
+        ("missed attributes (`claim_mean`), global embedding", "probe_global/claim_mean"),
+        ("the same, feature layer −2", "probe_layer/claim_mean"),
+        ("class zero-shot", "class/zero_shot"),
+    ):
         rows.append([label, *(_mean_std(metrics[n][key], n == "base") for n in ("base", "dcr", "dcr_tokens"))])
     return _table(["tower (%)", "base", "DCR, global condition", "DCR, patch tokens"], rows, "lrrr")
 
@@ -251,7 +284,15 @@ def ablation_curves() -> str:
             curve = curves[name][key]
             cells.append(_num(curve["mean"][i]) if step == 0 else f"{_num(curve['mean'][i])} ± {_num(curve['std'][i])}")
         rows.append([str(step), *cells])
-    header = ["LoRA step", "`claim_mean`, global: reconstruction", "naive", "DCR", "DCR, tokens", "zero-shot: DCR", "DCR, tokens"]
+    header = [
+        "LoRA step",
+        "`claim_mean`, global: reconstruction",
+        "naive",
+        "DCR",
+        "DCR, tokens",
+        "zero-shot: DCR",
+        "DCR, tokens",
+    ]
     return _table(header, rows, "r" * len(header))
 
 
@@ -259,13 +300,34 @@ def premise_table() -> str:
     premise = _load("ablation_world.json")["premise"]
     rows = []
     for name, a in premise["attributes"].items():
-        rows.append([name, _num(a["base/probe_global"]), _num(a["reference/probe_global"]), _num(a["base/probe_layer"]),
-                     _num(a["reference/probe_layer"]), f"{100 * a['carried_global']:.1f} %", f"{100 * a['carried_tokens']:.1f} %",
-                     "**yes**" if a["teachable_global"] else "no", "**yes**" if a["teachable_tokens"] else "no"])
-    head = (f"The packaged world's premise as the ablation measured it (`bench/results/ablation_world.json`, `premise`; "
-            f"the whole caption gains {premise['caption_gain']:.3f} MSE over the empty prompt).\n\n")
-    header = ["attribute", "base global", "reference global", "base layer −2", "reference layer −2", "carried, global form",
-              "carried, token form", "teachable: global", "teachable: tokens"]
+        rows.append(
+            [
+                name,
+                _num(a["base/probe_global"]),
+                _num(a["reference/probe_global"]),
+                _num(a["base/probe_layer"]),
+                _num(a["reference/probe_layer"]),
+                f"{100 * a['carried_global']:.1f} %",
+                f"{100 * a['carried_tokens']:.1f} %",
+                "**yes**" if a["teachable_global"] else "no",
+                "**yes**" if a["teachable_tokens"] else "no",
+            ]
+        )
+    head = (
+        f"The packaged world's premise as the ablation measured it (`bench/results/ablation_world.json`, `premise`; "
+        f"the whole caption gains {premise['caption_gain']:.3f} MSE over the empty prompt).\n\n"
+    )
+    header = [
+        "attribute",
+        "base global",
+        "reference global",
+        "base layer −2",
+        "reference layer −2",
+        "carried, global form",
+        "carried, token form",
+        "teachable: global",
+        "teachable: tokens",
+    ]
     return head + _table(header, rows, "lrrrrrrll")
 
 
@@ -275,15 +337,24 @@ def llava_search() -> str:
     for run in data["runs"]:
         args, acc = run["args"], run["accuracy"]
         kinds = args["kinds"].split(",")
-        setting = (f"{args['lm']}; {', '.join(kinds)} × {args['turns']} per image; {args['steps']} steps at lr {args['lr']}"
-                   + (f"; {args['text_steps']} text steps first" if args.get("text_steps") else "")
-                   + ("; LM trained in pretraining" if args.get("pre_lm") else "")
-                   + (f"; {args['images']} images" if args.get("images") not in (None, 4000) else ""))
+        setting = (
+            f"{args['lm']}; {', '.join(kinds)} × {args['turns']} per image; {args['steps']} steps at lr {args['lr']}"
+            + (f"; {args['text_steps']} text steps first" if args.get("text_steps") else "")
+            + ("; LM trained in pretraining" if args.get("pre_lm") else "")
+            + (f"; {args['images']} images" if args.get("images") not in (None, 4000) else "")
+        )
         cells = [acc.get(k) if k in kinds else None for k in ("open", "yes_no", "choice")]
-        rows.append([f"`{run['name']}`", setting, *("" if c is None else _num(c) for c in cells), str(run["seconds"]),
-                     run.get("cpu", "Xeon")])
+        rows.append(
+            [
+                f"`{run['name']}`",
+                setting,
+                *("" if c is None else _num(c) for c in cells),
+                str(run["seconds"]),
+                run.get("cpu", "Xeon"),
+            ]
+        )
     probes = ", ".join(f"{k} {v}" for k, v in data["probe_layer_base"].items())
-    head = (f"{data['what']}. Accuracy (%) by kind of question; the base tower's feature-layer probes: {probes}.\n\n")
+    head = f"{data['what']}. Accuracy (%) by kind of question; the base tower's feature-layer probes: {probes}.\n\n"
     return head + _table(["run", "setting", "open", "yes/no", "choice", "seconds", "CPU"], rows, "llrrrrl")
 
 
@@ -320,7 +391,9 @@ def pages() -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page's generated block is stale")
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a page's generated block is stale"
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     cache: dict[str, str] = {}

@@ -43,7 +43,7 @@ def _expand(path: str) -> list[str]:
     match = re.search(r"\{([^{}]*,[^{}]*)\}", path)
     if not match:
         return [path]
-    return [path[: match.start()] + part + path[match.end():] for part in match.group(1).split(",")]
+    return [path[: match.start()] + part + path[match.end() :] for part in match.group(1).split(",")]
 
 
 def links():
@@ -68,7 +68,11 @@ def named_paths():
         for span in CODE_SPAN.findall(_prose(page)):
             word = span.strip().split()[0] if span.strip() else ""
             first = word.split("/")[0]
-            if "/" not in word or first not in TOP or re.search(r"[<>*A-Z]{2,}|<|\*|\.\.\.", word.replace("README", "")):
+            if (
+                "/" not in word
+                or first not in TOP
+                or re.search(r"[<>*A-Z]{2,}|<|\*|\.\.\.", word.replace("README", ""))
+            ):
                 continue
             yield pytest.param(page, word.rstrip(".,:;"), id=f"{page.relative_to(REPO)}:{word}")
 
@@ -115,7 +119,12 @@ def test_every_command_of_the_cli_has_a_row_in_the_readme():
 
 
 def shipped_configs():
-    configs = sorted({p.resolve() for p in [*(REPO / "dcr_mllm" / "configs").glob("*.yaml"), *(REPO / "stages" / "configs").rglob("*.yaml")]})
+    configs = sorted(
+        {
+            p.resolve()
+            for p in [*(REPO / "dcr_mllm" / "configs").glob("*.yaml"), *(REPO / "stages" / "configs").rglob("*.yaml")]
+        }
+    )
     for path in configs:
         command = "enhance" if path.name.startswith("enhance") else "llava-finetune"
         yield pytest.param(command, path, id=str(path.relative_to(REPO)))
@@ -131,8 +140,11 @@ def test_every_shipped_config_resolves(command, path, capsys):
 
 def test_the_generated_pages_are_what_the_generator_writes_now():
     generate = _generator()
-    stale = [str(page.relative_to(REPO)) for page in generate.pages() if generate.render(page.read_text(encoding="utf-8")) !=
-             page.read_text(encoding="utf-8")]
+    stale = [
+        str(page.relative_to(REPO))
+        for page in generate.pages()
+        if generate.render(page.read_text(encoding="utf-8")) != page.read_text(encoding="utf-8")
+    ]
     assert not stale, f"stale generated blocks in {', '.join(stale)}: run `python docs/generate.py`"
 
 
