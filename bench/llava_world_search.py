@@ -9,7 +9,7 @@ gives every one of its tokens. One thread, so two variants run side by side on t
 
     python bench/llava_world_search.py --lm ~/.cache/dcr_mllm/tiny/llama --steps 3000 --out out.json
 
-Results of the search: bench/results/llava_world_search.json (README, "The tiny world").
+Results of the search: bench/results/llava_world_search.json (docs/results/default-run.md).
 """
 import argparse, json, math, random, sys, time
 from pathlib import Path

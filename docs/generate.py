@@ -1,0 +1,414 @@
+"""Write the generated parts of the documentation from the code and the committed results.
+
+    python docs/generate.py            # rewrite every generated block in docs/**/*.md
+    python docs/generate.py --check    # exit 1, naming the stale pages, if a block differs
+
+A page holds a block between ``<!-- generated: NAME -->`` and ``<!-- end generated: NAME -->``;
+everything between the two lines is replaced by ``BLOCKS[NAME]()``. The sources: the config
+dataclasses (the key reference), the upstream and recommended stage-one configs (the recipe
+table) and ``bench/results/*.json`` (the tiny world's tables), so the pages cannot drift from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+RESULTS = REPO / "bench" / "results"
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)", re.S)
+ATTRIBUTES = ("shape", "color", "count", "position", "orientation", "size", "background")
+CLAIMED = ("color", "count", "position", "orientation")  # claim_mean: what a class-trained tower misses
+OBJECTIVES = {
+    "base": "base",
+    "reconstruction": "reconstruction",
+    "naive": "naive",
+    "dcr": "DCR",
+    "dcr_tokens": "DCR, tokens",
+}
+
+
+def _table(header: list[str], rows: list[list[str]], align: str = "") -> str:
+    """A Markdown table; ``align`` gives one character per column, ``r`` right-aligned, anything else left."""
+    rule = ["---:" if a == "r" else "---" for a in align.ljust(len(header), "l")]
+    lines = [header, rule, *rows]
+    return "".join("| " + " | ".join(line) + " |\n" for line in lines)
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text(encoding="utf-8"))
+
+
+def _num(value: float, digits: int = 1) -> str:
+    return f"{value:.{digits}f}"
+
+
+# --- the config key reference ------------------------------------------------------------------
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the class source: its ``#:`` lines above and its trailing ``#``."""
+    comments: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+            continue
+        match = re.match(r"(\w+): [^=]+?(?:=(.*?))?(?:\s+#\s*(.*))?$", stripped)
+        if match and not stripped.startswith(("def ", "class ", "return ")):
+            text = " ".join([*pending, match.group(3) or ""]).strip()
+            # a comment on the field's first line only; default_factory lambdas spanning lines keep theirs
+            comments[match.group(1)] = text
+        pending = []
+    return comments
+
+
+def _plain_type(hint: object) -> str:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return " \\| ".join(f'"{a}"' if isinstance(a, str) else str(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_plain_type(a) for a in typing.get_args(hint))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_plain_type(a) for a in typing.get_args(hint))}]"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def _type_name(hint: object) -> str:
+    return f"`{_plain_type(hint)}`"
+
+
+def _default_text(value: object) -> str:
+    if isinstance(value, str):
+        return f'`"{value}"`' if value else '`""`'
+    return f"`{yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix('...').strip()}`"
+
+
+def _key_rows(cls: type, instance: object | None, prefix: str = "") -> list[list[str]]:
+    hints = typing.get_type_hints(cls)
+    comments = _field_comments(cls)
+    rows = []
+    for field in dataclasses.fields(cls):
+        key = prefix + field.name
+        if instance is not None:
+            value = getattr(instance, field.name)
+        elif field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            value = dataclasses.MISSING
+        hint = hints[field.name]
+        if dataclasses.is_dataclass(hint):
+            note = comments.get(field.name, "")
+            rows.append([f"`{key}`", f"section ({hint.__name__})", "", note])
+            rows += _key_rows(hint, value, key + ".")
+            continue
+        if (
+            typing.get_origin(hint) is list
+            and typing.get_args(hint)
+            and dataclasses.is_dataclass(typing.get_args(hint)[0])
+        ):
+            item = typing.get_args(hint)[0]
+            rows.append([f"`{key}`", f"list of {item.__name__}", _default_text([]), comments.get(field.name, "")])
+            rows += _key_rows(item, None, key + "[].")
+            continue
+        default = "**required**" if value is dataclasses.MISSING else _default_text(value)
+        rows.append([f"`{key}`", _type_name(hint), default, comments.get(field.name, "")])
+    return rows
+
+
+def config_reference() -> str:
+    from dcr_mllm.enhance.config import EnhanceConfig
+    from dcr_mllm.llava.train import LlavaTrainConfig
+
+    out = []
+    for title, cls, commands in (
+        ("Stage one", EnhanceConfig, "`dcr-mllm enhance`"),
+        ("Stage two", LlavaTrainConfig, "`dcr-mllm llava-pretrain` and `dcr-mllm llava-finetune`"),
+    ):
+        module = f"{cls.__module__.replace('.', '/')}.py"
+        out.append(f"### {title}: `{cls.__name__}` ({commands}; `{module}`)\n\n")
+        out.append(_table(["key", "type", "default", "meaning"], _key_rows(cls, None)))
+        out.append("\n")
+    return "".join(out)
+
+
+# --- upstream's recipe against ours --------------------------------------------------------------
+
+
+def _commented_keys(path: Path) -> dict[str, str]:
+    """Every dotted key of a YAML file with the comment on its line."""
+    comments, stack = {}, []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"(\s*)([\w]+):(.*)$", line)
+        if not match or line.lstrip().startswith("#"):
+            continue
+        indent = len(match.group(1))
+        stack = [(i, k) for i, k in stack if i < indent] + [(indent, match.group(2))]
+        rest = match.group(3)
+        comments[".".join(k for _, k in stack)] = rest.split("  # ", 1)[1].strip() if "  # " in rest else ""
+    return comments
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def upstream_recipe(backbone: str = "clip_l14_224") -> str:
+    from dcr_mllm.config import load_config, to_dict
+    from dcr_mllm.enhance.config import EnhanceConfig
+
+    configs = REPO / "stages" / "configs"
+    upstream_path, ours_path = configs / "upstream" / f"enhance_{backbone}.yaml", configs / f"enhance_{backbone}.yaml"
+    set_keys = [*_flatten(yaml.safe_load(upstream_path.read_text(encoding="utf-8")))]
+    set_keys += [k for k in _flatten(yaml.safe_load(ours_path.read_text(encoding="utf-8"))) if k not in set_keys]
+    upstream = _flatten(to_dict(load_config(EnhanceConfig, upstream_path)))
+    ours = _flatten(to_dict(load_config(EnhanceConfig, ours_path)))
+    up_notes, our_notes = _commented_keys(upstream_path), _commented_keys(ours_path)
+    rows = []
+    for key in set_keys:
+        if key == "output_dir" or key.endswith("shards"):
+            continue
+        theirs, mine = upstream[key], ours[key]
+        rows.append(
+            [
+                f"`{key}`",
+                _default_text(theirs),
+                up_notes.get(key, ""),
+                "same" if theirs == mine else f"**{_default_text(mine)}**",
+                our_notes.get(key, ""),
+            ]
+        )
+    head = (
+        f"`{upstream_path.relative_to(REPO)}` (upstream's recipe, value for value) against `{ours_path.relative_to(REPO)}` "
+        "(the recommended settings), every key either file sets, as each loads (defaults filled in). The upstream "
+        "source column is the upstream config's own comment, citing boyuh/DCR at commit c16d885 (file:line); "
+        '"why" is the recommended config\'s comment on that key.\n\n'
+    )
+    return head + _table(["key", "upstream", "upstream's source", "ours", "why"], rows)
+
+
+# --- the tiny world's results --------------------------------------------------------------------
+
+
+def _mean_std(entry: dict, base: bool) -> str:
+    return _num(entry["mean"]) if base else f"{_num(entry['mean'])} ± {_num(entry['std'])}"
+
+
+def ablation_metrics() -> str:
+    data = _load("ablation_world.json")
+    metrics = data["metrics"]
+    rows_spec = [
+        ("colour / count / position / orientation, global embedding (`claim_mean`)", "probe_global/claim_mean"),
+        ("the same, feature layer −2", "probe_layer/claim_mean"),
+        ("fine-attribute probe, global embedding (mean of 6)", "probe_global/fine_mean"),
+        ("fine-attribute probe, feature layer −2 (mean of 6)", "probe_layer/fine_mean"),
+        ("class probe (D-Ability)", "class/probe"),
+        ("class zero-shot", "class/zero_shot"),
+        ("world pairs, mean", "pairs/mean"),
+        ("background, global embedding", "probe_global/background"),
+    ]
+    rows = []
+    for label, key in rows_spec:
+        values = {name: metrics[name][key] for name in OBJECTIVES}
+        best = max((n for n in OBJECTIVES if n != "base"), key=lambda n: values[n]["mean"])
+        above = round(values[best]["mean"], 1) > round(values["base"]["mean"], 1)
+        cells = []
+        for name in OBJECTIVES:
+            text = _mean_std(values[name], name == "base")
+            cells.append(f"**{text}**" if name == best and above else text)
+        rows.append([label, *cells])
+    rows.append(
+        [
+            "position, global / feature layer",
+            *(
+                f"{_num(metrics[n]['probe_global/position']['mean'])} / {_num(metrics[n]['probe_layer/position']['mean'])}"
+                for n in OBJECTIVES
+            ),
+        ]
+    )
+    seeds = data["setup"]["seeds"]
+    head = (
+        f"{seeds} seeds, %, mean ± std over seeds (`bench/results/ablation_world.json`); bold: the best objective "
+        "where it is above base.\n\n"
+    )
+    return head + _table(["metric", *OBJECTIVES.values()], rows)
+
+
+def headline() -> str:
+    metrics = _load("ablation_world.json")["metrics"]
+    rows = []
+    for label, key in (
+        ("missed attributes (`claim_mean`), global embedding", "probe_global/claim_mean"),
+        ("the same, feature layer −2", "probe_layer/claim_mean"),
+        ("class zero-shot", "class/zero_shot"),
+    ):
+        rows.append([label, *(_mean_std(metrics[n][key], n == "base") for n in ("base", "dcr", "dcr_tokens"))])
+    return _table(["tower (%)", "base", "DCR, global condition", "DCR, patch tokens"], rows, "lrrr")
+
+
+def ablation_checks() -> str:
+    data = _load("ablation_world.json")
+    rows = [[claim, "yes" if held else "**no**"] for claim, held in data["checks"].items()]
+    return _table(["the paper's claim, as the ablation checks it", "holds"], rows)
+
+
+def ablation_curves() -> str:
+    curves = _load("ablation_world.json")["curves"]
+    steps = curves["dcr"]["probe_global/claim_mean"]["steps"]
+    columns = [(n, "probe_global/claim_mean") for n in ("reconstruction", "naive", "dcr", "dcr_tokens")]
+    columns += [(n, "class/zero_shot") for n in ("dcr", "dcr_tokens")]
+    rows = []
+    for i, step in enumerate(steps):
+        cells = []
+        for name, key in columns:
+            curve = curves[name][key]
+            cells.append(_num(curve["mean"][i]) if step == 0 else f"{_num(curve['mean'][i])} ± {_num(curve['std'][i])}")
+        rows.append([str(step), *cells])
+    header = [
+        "LoRA step",
+        "`claim_mean`, global: reconstruction",
+        "naive",
+        "DCR",
+        "DCR, tokens",
+        "zero-shot: DCR",
+        "DCR, tokens",
+    ]
+    return _table(header, rows, "r" * len(header))
+
+
+def premise_table() -> str:
+    premise = _load("ablation_world.json")["premise"]
+    rows = []
+    for name, a in premise["attributes"].items():
+        rows.append(
+            [
+                name,
+                _num(a["base/probe_global"]),
+                _num(a["reference/probe_global"]),
+                _num(a["base/probe_layer"]),
+                _num(a["reference/probe_layer"]),
+                f"{100 * a['carried_global']:.1f} %",
+                f"{100 * a['carried_tokens']:.1f} %",
+                "**yes**" if a["teachable_global"] else "no",
+                "**yes**" if a["teachable_tokens"] else "no",
+            ]
+        )
+    head = (
+        f"The packaged world's premise as the ablation measured it (`bench/results/ablation_world.json`, `premise`; "
+        f"the whole caption gains {premise['caption_gain']:.3f} MSE over the empty prompt).\n\n"
+    )
+    header = [
+        "attribute",
+        "base global",
+        "reference global",
+        "base layer −2",
+        "reference layer −2",
+        "carried, global form",
+        "carried, token form",
+        "teachable: global",
+        "teachable: tokens",
+    ]
+    return head + _table(header, rows, "lrrrrrrll")
+
+
+def llava_search() -> str:
+    data = _load("llava_world_search.json")
+    rows = []
+    for run in data["runs"]:
+        args, acc = run["args"], run["accuracy"]
+        kinds = args["kinds"].split(",")
+        setting = (
+            f"{args['lm']}; {', '.join(kinds)} × {args['turns']} per image; {args['steps']} steps at lr {args['lr']}"
+            + (f"; {args['text_steps']} text steps first" if args.get("text_steps") else "")
+            + ("; LM trained in pretraining" if args.get("pre_lm") else "")
+            + (f"; {args['images']} images" if args.get("images") not in (None, 4000) else "")
+        )
+        cells = [acc.get(k) if k in kinds else None for k in ("open", "yes_no", "choice")]
+        rows.append(
+            [
+                f"`{run['name']}`",
+                setting,
+                *("" if c is None else _num(c) for c in cells),
+                str(run["seconds"]),
+                run.get("cpu", "Xeon"),
+            ]
+        )
+    probes = ", ".join(f"{k} {v}" for k, v in data["probe_layer_base"].items())
+    head = f"{data['what']}. Accuracy (%) by kind of question; the base tower's feature-layer probes: {probes}.\n\n"
+    return head + _table(["run", "setting", "open", "yes/no", "choice", "seconds", "CPU"], rows, "llrrrrl")
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "config-reference": config_reference,
+    "upstream-recipe": upstream_recipe,
+    "ablation-metrics": ablation_metrics,
+    "ablation-checks": ablation_checks,
+    "headline": headline,
+    "ablation-curves": ablation_curves,
+    "premise": premise_table,
+    "llava-search": llava_search,
+}
+
+
+def render(text: str, cache: dict[str, str] | None = None) -> str:
+    """``text`` with every generated block written anew; an unknown block name is an error."""
+    cache = {} if cache is None else cache
+
+    def fill(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in BLOCKS:
+            raise KeyError(f"unknown generated block {name!r}; known: {', '.join(BLOCKS)}")
+        if name not in cache:
+            cache[name] = BLOCKS[name]()
+        return match.group(1) + cache[name] + match.group(4)
+
+    return BLOCK.sub(fill, text)
+
+
+def pages() -> list[Path]:
+    return sorted(DOCS.rglob("*.md"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a page's generated block is stale"
+    )
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    cache: dict[str, str] = {}
+    stale = []
+    for page in pages():
+        text = page.read_text(encoding="utf-8")
+        new = render(text, cache)
+        if new != text:
+            stale.append(page.relative_to(REPO))
+            if not args.check:
+                page.write_text(new, encoding="utf-8")
+    verb = "stale" if args.check else "written"
+    print("\n".join(f"{verb}: {p}" for p in stale) or "every generated block is up to date")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
