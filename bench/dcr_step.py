@@ -49,10 +49,14 @@ def upstream_step(model, images, generator, text_encoder, tokenizer):
 
     ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
     empty = text_encoder(ids)[0]  # recomputed every step
-    augment = transforms.Compose([
-        transforms.RandomResizedCrop(images.shape[-1], scale=(0.9, 1.0), ratio=(0.9, 1.1)),
-        transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip(),
-        transforms.ColorJitter(0.1, 0.1, 0.1, 0.05)])
+    augment = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(images.shape[-1], scale=(0.9, 1.0), ratio=(0.9, 1.1)),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomVerticalFlip(),
+            transforms.ColorJitter(0.1, 0.1, 0.1, 0.05),
+        ]
+    )
     normalized = model.tower.normalize(images)
     augmented = torch.stack([augment(x.cpu()) for x in normalized]).to(images.device)  # one by one, after normalisation
     original_embedding = model.tower.global_embedding(normalized)  # the tower, twice
@@ -68,16 +72,26 @@ def upstream_step(model, images, generator, text_encoder, tokenizer):
     latent_index = torch.cat([torch.arange(b).repeat_interleave(b), torch.arange(b)])
     context_index = torch.cat([torch.arange(b).repeat(b), b + torch.arange(b)])
     preds = denoiser.predict(noisy[latent_index], timesteps[latent_index], contexts[context_index])  # all at once
-    pairwise, positive = preds[: b * b].view(b, b, -1), preds[b * b:].flatten(1)
+    pairwise, positive = preds[: b * b].view(b, b, -1), preds[b * b :].flatten(1)
     anchor = F.normalize(torch.diagonal(pairwise).T, dim=-1)
     pos, tgt = F.normalize(positive, dim=-1), F.normalize(target.flatten(1), dim=-1)
     negatives = F.normalize(pairwise, dim=-1)
     losses = []
     for i in range(b):
-        sims = torch.cat([(anchor[i] * pos[i]).sum()[None], (anchor[i] * tgt[i]).sum()[None],
-                          (negatives[i][torch.arange(b) != i] @ anchor[i])]) / 0.1
+        sims = (
+            torch.cat(
+                [
+                    (anchor[i] * pos[i]).sum()[None],
+                    (anchor[i] * tgt[i]).sum()[None],
+                    (negatives[i][torch.arange(b) != i] @ anchor[i]),
+                ]
+            )
+            / 0.1
+        )
         denominator = torch.exp(sims).sum()
-        losses.append(0.5 * (-torch.log(torch.exp(sims[0]) / denominator) - torch.log(torch.exp(sims[1]) / denominator)))
+        losses.append(
+            0.5 * (-torch.log(torch.exp(sims[0]) / denominator) - torch.log(torch.exp(sims[1]) / denominator))
+        )
     return torch.stack(losses).mean()
 
 
@@ -109,14 +123,24 @@ def run_one(kind: str, batch: int, chunk: int) -> dict:
         loss.backward()
         optimizer.step()
     seconds = (time.perf_counter() - start) / STEPS
-    return {"kind": kind, "batch": batch, "chunk": chunk, "seconds_per_step": seconds,
-            "samples_per_second": batch / seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "step_memory_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}
+    return {
+        "kind": kind,
+        "batch": batch,
+        "chunk": chunk,
+        "seconds_per_step": seconds,
+        "samples_per_second": batch / seconds,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "step_memory_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
+    }
 
 
 def measure(kind: str, batch: int, chunk: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", kind, str(batch), str(chunk)], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", kind, str(batch), str(chunk)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     if out.returncode:
         raise SystemExit(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -126,18 +150,26 @@ def main() -> None:
     results = {"speed": [], "chunking": []}
     for batch in (8, 16):
         ours, upstream = measure("dcr-mllm", batch, 0), measure("upstream", batch, 0)
-        row = {"batch": batch, "dcr_mllm": ours, "upstream": upstream,
-               "speedup": ours["samples_per_second"] / upstream["samples_per_second"],
-               "step_memory_ratio": ours["step_memory_mib"] / upstream["step_memory_mib"]}
+        row = {
+            "batch": batch,
+            "dcr_mllm": ours,
+            "upstream": upstream,
+            "speedup": ours["samples_per_second"] / upstream["samples_per_second"],
+            "step_memory_ratio": ours["step_memory_mib"] / upstream["step_memory_mib"],
+        }
         results["speed"].append(row)
-        print(f"B={batch:2d}: dcr-mllm {ours['samples_per_second']:.1f} img/s, step memory {ours['step_memory_mib']:.0f} MiB | "
-              f"upstream {upstream['samples_per_second']:.1f} img/s, {upstream['step_memory_mib']:.0f} MiB | "
-              f"speed x{row['speedup']:.2f}, step memory x{row['step_memory_ratio']:.2f}")
+        print(
+            f"B={batch:2d}: dcr-mllm {ours['samples_per_second']:.1f} img/s, step memory {ours['step_memory_mib']:.0f} MiB | "
+            f"upstream {upstream['samples_per_second']:.1f} img/s, {upstream['step_memory_mib']:.0f} MiB | "
+            f"speed x{row['speedup']:.2f}, step memory x{row['step_memory_ratio']:.2f}"
+        )
     for batch in (16, 32):
         whole, chunked = measure("dcr-mllm", batch, 0), measure("dcr-mllm", batch, batch)
         results["chunking"].append({"batch": batch, "chunk": batch, "unchunked": whole, "chunked": chunked})
-        print(f"B={batch:2d}: step memory unchunked {whole['step_memory_mib']:.0f} MiB, chunked ({batch} calls) {chunked['step_memory_mib']:.0f} MiB, "
-              f"{whole['seconds_per_step']:.2f} vs {chunked['seconds_per_step']:.2f} s/step")
+        print(
+            f"B={batch:2d}: step memory unchunked {whole['step_memory_mib']:.0f} MiB, chunked ({batch} calls) {chunked['step_memory_mib']:.0f} MiB, "
+            f"{whole['seconds_per_step']:.2f} vs {chunked['seconds_per_step']:.2f} s/step"
+        )
     out = HERE / "results" / "dcr_step.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

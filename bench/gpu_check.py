@@ -49,19 +49,45 @@ def sd21_base(smoke: bool):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     if smoke:
-        unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
-                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                                    attention_head_dim=8, norm_num_groups=8)
-        vae = AutoencoderKL(block_out_channels=(16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 3,
-                            up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, norm_num_groups=8)
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            cross_attention_dim=32,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(16, 32, 32),
+            down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3,
+            layers_per_block=1,
+            norm_num_groups=8,
+        )
     else:  # stabilityai/stable-diffusion-2-1-base unet/config.json and vae/config.json
         unet = UNet2DConditionModel(
-            sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=1024,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512)
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon")
+            sample_size=64,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            cross_attention_dim=1024,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            attention_head_dim=(5, 10, 20, 20),
+            use_linear_projection=True,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+        )
+    scheduler = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon"
+    )
     return unet, vae, scheduler
 
 
@@ -69,21 +95,36 @@ def clip_l14_vision(image_size: int, smoke: bool):
     from transformers import CLIPVisionConfig
 
     if smoke:
-        return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                                image_size=32, patch_size=8, projection_dim=16)
+        return CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            projection_dim=16,
+        )
     # openai/clip-vit-large-patch14(-336) vision_config
-    return CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                            image_size=image_size, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
+    return CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=image_size,
+        patch_size=14,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+    )
 
 
 def dcr_model(image_size: int, chunk_size: int, smoke: bool):
     from transformers import CLIPVisionModelWithProjection
 
     from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
+    from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     from dcr_mllm.objectives import EnhanceModel, ObjectiveConfig
     from dcr_mllm.towers import apply_lora
     from dcr_mllm.towers.base import TowerSpec
-    from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     from dcr_mllm.towers.hf import HFTower
 
     torch.manual_seed(0)
@@ -91,8 +132,17 @@ def dcr_model(image_size: int, chunk_size: int, smoke: bool):
     width = unet.config.cross_attention_dim
     denoiser = FrozenDenoiser(unet, vae, scheduler, torch.randn(1, 77, width))  # the empty prompt is a constant
     config = clip_l14_vision(image_size, smoke)
-    spec = TowerSpec("clip", config.image_size, config.patch_size, config.hidden_size, config.num_hidden_layers,
-                     config.projection_dim, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, True)
+    spec = TowerSpec(
+        "clip",
+        config.image_size,
+        config.patch_size,
+        config.hidden_size,
+        config.num_hidden_layers,
+        config.projection_dim,
+        OPENAI_CLIP_MEAN,
+        OPENAI_CLIP_STD,
+        True,
+    )
     tower = HFTower(CLIPVisionModelWithProjection(config), spec, None)
     projector = ConditionProjector(spec.global_dim, width)
     model = EnhanceModel(tower, projector, denoiser, ObjectiveConfig(chunk_size=chunk_size))
@@ -123,15 +173,36 @@ def llava_7b_config(smoke: bool):
 
     vision = clip_l14_vision(336, smoke)
     if smoke:
-        text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=4, vocab_size=512, max_position_embeddings=512)
+        text = LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            vocab_size=512,
+            max_position_embeddings=512,
+        )
     else:  # lmsys/vicuna-7b-v1.5 config.json, vocabulary padded as llava-hf's (32064)
-        text = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                           num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5)
+        text = LlamaConfig(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            vocab_size=32064,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+        )
     patches = (vision.image_size // vision.patch_size) ** 2
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=text.vocab_size - 64,
-                       image_seq_length=patches, vision_feature_layer=-2, vision_feature_select_strategy="default",
-                       projector_hidden_act="gelu")
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=text.vocab_size - 64,
+        image_seq_length=patches,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
 
 
 def llava_lora_row(dist_info, smoke: bool, steps: int, batch: int, text_tokens: int) -> dict:
@@ -159,19 +230,29 @@ def llava_lora_row(dist_info, smoke: bool, steps: int, batch: int, text_tokens: 
     generator = torch.Generator().manual_seed(0)
     image_tokens = config.image_seq_length
     text = torch.randint(0, config.image_token_index, (batch, text_tokens), generator=generator)
-    input_ids = torch.cat([torch.full((batch, image_tokens), config.image_token_index), text], dim=1).to(dist_info.device)
+    input_ids = torch.cat([torch.full((batch, image_tokens), config.image_token_index), text], dim=1).to(
+        dist_info.device
+    )
     labels = input_ids.masked_fill(input_ids == config.image_token_index, -100)
     size = config.vision_config.image_size
     pixels = torch.randn(batch, 3, size, size, generator=generator).to(dist_info.device, torch.bfloat16)
 
     def step():
-        loss = engine(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels, pixel_values=pixels).loss
+        loss = engine(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels, pixel_values=pixels
+        ).loss
         engine.backward(loss)
         engine.step()
 
     row = measure(step, steps, dist_info.device, images=batch)
-    row.update(part="llava_lora_step", zero_stage=3, batch=batch, sequence=input_ids.shape[1], build_seconds=build_seconds,
-               parameters=sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()))
+    row.update(
+        part="llava_lora_step",
+        zero_stage=3,
+        batch=batch,
+        sequence=input_ids.shape[1],
+        build_seconds=build_seconds,
+        parameters=sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters()),
+    )
     return row
 
 
@@ -196,8 +277,11 @@ def measure(step, steps: int, device: torch.device, images: int) -> dict:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-        row.update(gpu=name, peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30,
-                   mfu=flops / seconds / peak if peak else None)
+        row.update(
+            gpu=name,
+            peak_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30,
+            mfu=flops / seconds / peak if peak else None,
+        )
         torch.cuda.empty_cache()
     return row
 
@@ -223,7 +307,11 @@ def main() -> None:
                 rows.append(dcr_step_row(image_size, batch, chunk, dist_info, args.smoke, args.steps))
                 print(json.dumps(rows[-1]), flush=True)
     if not args.skip_llava:
-        rows.append(llava_lora_row(dist_info, args.smoke, args.steps, batch=2 if args.smoke else 4, text_tokens=16 if args.smoke else 448))
+        rows.append(
+            llava_lora_row(
+                dist_info, args.smoke, args.steps, batch=2 if args.smoke else 4, text_tokens=16 if args.smoke else 448
+            )
+        )
         print(json.dumps(rows[-1]), flush=True)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

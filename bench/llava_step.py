@@ -44,14 +44,19 @@ def measure(variant: str, data_dir: str) -> dict:
     torch.set_num_threads(1)
     if variant == "before":
         ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    cfg = load_config(LlavaTrainConfig, HERE.parent / "dcr_mllm" / "configs" / "llava_world.yaml",
-                      ["tower=world-clip", f"output_dir={data_dir}/run"])
+    cfg = load_config(
+        LlavaTrainConfig,
+        HERE.parent / "dcr_mllm" / "configs" / "llava_world.yaml",
+        ["tower=world-clip", f"output_dir={data_dir}/run"],
+    )
     torch.manual_seed(0)
     model, processor = build_llava(cfg.tower, local_path(cfg.language_model), cfg.feature_layer)
     model.requires_grad_(False)
     for part in (model.model.multi_modal_projector, model.model.language_model, model.lm_head):
         part.requires_grad_(True)
-    data = conversation_data(cfg, "finetune", processor, read_records(f"{data_dir}/finetune_open.json"), f"{data_dir}/images")
+    data = conversation_data(
+        cfg, "finetune", processor, read_records(f"{data_dir}/finetune_open.json"), f"{data_dir}/images"
+    )
     batches = iter(GroupedBatches(data, BATCH, pad_token_id=processor.tokenizer.pad_token_id))
     batch = next(batches)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -59,7 +64,12 @@ def measure(variant: str, data_dir: str) -> dict:
     def loss_of(b):
         if variant == "after":
             return llava_loss(model, b, "cpu", torch.float32)
-        return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"], pixel_values=b["pixel_values"]).loss
+        return model(
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            labels=b["labels"],
+            pixel_values=b["pixel_values"],
+        ).loss
 
     def step(b):
         loss = loss_of(b)
@@ -86,8 +96,14 @@ def measure(variant: str, data_dir: str) -> dict:
         a @ b
         if i >= WARMUP:
             matmul.append(time.perf_counter() - start)
-    return {"variant": variant, "seconds": statistics.median(times), "gflop": flops / 1e9, "tokens": int(batch["input_ids"].numel()),
-            "matmul_seconds": statistics.median(matmul), "matmul_gflop": 2 * n * n * k / 1e9}
+    return {
+        "variant": variant,
+        "seconds": statistics.median(times),
+        "gflop": flops / 1e9,
+        "tokens": int(batch["input_ids"].numel()),
+        "matmul_seconds": statistics.median(matmul),
+        "matmul_gflop": 2 * n * n * k / 1e9,
+    }
 
 
 def main() -> None:
@@ -100,7 +116,9 @@ def main() -> None:
         runs = {v: [] for v in VARIANTS}
         for _ in range(ROUNDS):
             for variant in VARIANTS:
-                out = subprocess.run([sys.executable, __file__, "--variant", variant, str(data)], env=env, capture_output=True, text=True)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--variant", variant, str(data)], env=env, capture_output=True, text=True
+                )
                 if out.returncode:
                     sys.exit(out.stderr[-3000:])
                 runs[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -109,9 +127,17 @@ def main() -> None:
         seconds = statistics.median(r["seconds"] for r in results)
         matmul = statistics.median(r["matmul_seconds"] for r in results)
         gflop, reference = results[0]["gflop"], results[0]["matmul_gflop"]
-        rows.append({"variant": variant, "ms_per_step": round(1000 * seconds, 1), "step_gflop": round(gflop, 2),
-                     "step_gflop_per_s": round(gflop / seconds, 1), "matmul_gflop_per_s": round(reference / matmul, 1),
-                     "tokens_per_batch": results[0]["tokens"], "rounds_ms": [round(1000 * r["seconds"], 1) for r in results]})
+        rows.append(
+            {
+                "variant": variant,
+                "ms_per_step": round(1000 * seconds, 1),
+                "step_gflop": round(gflop, 2),
+                "step_gflop_per_s": round(gflop / seconds, 1),
+                "matmul_gflop_per_s": round(reference / matmul, 1),
+                "tokens_per_batch": results[0]["tokens"],
+                "rounds_ms": [round(1000 * r["seconds"], 1) for r in results],
+            }
+        )
     before = rows[0]["ms_per_step"]
     for row in rows:
         row["speedup"] = round(before / row["ms_per_step"], 2)
@@ -122,7 +148,9 @@ def main() -> None:
     print("| variant | ms/step | GFLOP/step | GFLOP/s | 1-thread matmul GFLOP/s | speed-up |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['variant']} | {r['ms_per_step']} | {r['step_gflop']} | {r['step_gflop_per_s']} | {r['matmul_gflop_per_s']} | {r['speedup']}x |")
+        print(
+            f"| {r['variant']} | {r['ms_per_step']} | {r['step_gflop']} | {r['step_gflop_per_s']} | {r['matmul_gflop_per_s']} | {r['speedup']}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,10 @@ def per_pair_reference(tower, benchmark_dir: Path) -> dict[str, float]:
         for qid1, qtype1, statement1 in reader:
             qid2, _, statement2 = next(reader)
             qid1, qid2 = int(qid1), int(qid2)
-            images = [Image.open(benchmark_dir / "MLLM_VLM Images" / qtype1 / f"{qid}.jpg").convert("RGB") for qid in (qid1, qid2)]
+            images = [
+                Image.open(benchmark_dir / "MLLM_VLM Images" / qtype1 / f"{qid}.jpg").convert("RGB")
+                for qid in (qid1, qid2)
+            ]
             pixels = tower.preprocess(images).to(tower.mean.device)
             preds = []
             for statement in (statement1, statement2):

@@ -65,16 +65,31 @@ def rank_run(negatives: str, k: int, out: str) -> None:
     dist.barrier()
     seconds = (time.perf_counter() - start) / STEPS
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    Path(out, f"rank{rank}.json").write_text(json.dumps({"seconds_per_step": seconds, "peak_rss_mib": peak / 1024,
-                                                         "step_memory_mib": (peak - before) / 1024}))
+    Path(out, f"rank{rank}.json").write_text(
+        json.dumps(
+            {"seconds_per_step": seconds, "peak_rss_mib": peak / 1024, "step_memory_mib": (peak - before) / 1024}
+        )
+    )
     dist.destroy_process_group()
 
 
 def measure(negatives: str, k: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                   __file__, "--rank", negatives, str(k), out]
-        result = subprocess.run(command, check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            __file__,
+            "--rank",
+            negatives,
+            str(k),
+            out,
+        ]
+        result = subprocess.run(
+            command, check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
         if result.returncode:
             raise SystemExit(result.stderr[-3000:])
         return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(2)]
@@ -83,29 +98,49 @@ def measure(negatives: str, k: int) -> list[dict]:
 def main() -> None:
     runs: dict[str, list] = {}
     for round_ in range(ROUNDS):
-        order = SETTINGS[round_ % len(SETTINGS):] + SETTINGS[:round_ % len(SETTINGS)]  # a different first setting each round
+        order = (
+            SETTINGS[round_ % len(SETTINGS) :] + SETTINGS[: round_ % len(SETTINGS)]
+        )  # a different first setting each round
         for negatives, k in order:
             name = f"{negatives} K={k or BATCH - 1}"
             ranks = measure(negatives, k)
             runs.setdefault(name, []).append(ranks)
-            print(f"round {round_}: {name}: {max(r['seconds_per_step'] for r in ranks):.2f} s/step, "
-                  f"peak RSS {[round(r['peak_rss_mib']) for r in ranks]} MiB", flush=True)
+            print(
+                f"round {round_}: {name}: {max(r['seconds_per_step'] for r in ranks):.2f} s/step, "
+                f"peak RSS {[round(r['peak_rss_mib']) for r in ranks]} MiB",
+                flush=True,
+            )
     summary = []
     for (negatives, k), (name, rounds) in zip(SETTINGS, runs.items()):
         kk = k or BATCH - 1
-        summary.append({
-            "setting": name, "negatives": negatives, "num_negatives": kk,
-            "negative_pool": BATCH - 1 if negatives == "local" else 2 * BATCH - 1,
-            "unet_calls_per_rank": BATCH * (BATCH + 1) if negatives == "local" else BATCH * (kk + 2),
-            "seconds_per_step": statistics.median(max(r["seconds_per_step"] for r in ranks) for ranks in rounds),
-            "peak_rss_mib_per_rank": [statistics.median(ranks[i]["peak_rss_mib"] for ranks in rounds) for i in range(2)],
-            "step_memory_mib_per_rank": [statistics.median(ranks[i]["step_memory_mib"] for ranks in rounds) for i in range(2)],
-        })
+        summary.append(
+            {
+                "setting": name,
+                "negatives": negatives,
+                "num_negatives": kk,
+                "negative_pool": BATCH - 1 if negatives == "local" else 2 * BATCH - 1,
+                "unet_calls_per_rank": BATCH * (BATCH + 1) if negatives == "local" else BATCH * (kk + 2),
+                "seconds_per_step": statistics.median(max(r["seconds_per_step"] for r in ranks) for ranks in rounds),
+                "peak_rss_mib_per_rank": [
+                    statistics.median(ranks[i]["peak_rss_mib"] for ranks in rounds) for i in range(2)
+                ],
+                "step_memory_mib_per_rank": [
+                    statistics.median(ranks[i]["step_memory_mib"] for ranks in rounds) for i in range(2)
+                ],
+            }
+        )
         row = summary[-1]
-        print(f"{name:12s} pool {row['negative_pool']:2d}, {row['unet_calls_per_rank']:3d} UNet calls/rank: {row['seconds_per_step']:.2f} s/step, "
-              f"peak RSS {row['peak_rss_mib_per_rank']} MiB, step memory {row['step_memory_mib_per_rank']} MiB")
+        print(
+            f"{name:12s} pool {row['negative_pool']:2d}, {row['unet_calls_per_rank']:3d} UNet calls/rank: {row['seconds_per_step']:.2f} s/step, "
+            f"peak RSS {row['peak_rss_mib_per_rank']} MiB, step memory {row['step_memory_mib_per_rank']} MiB"
+        )
     out = HERE / "results" / "negatives.json"
-    out.write_text(json.dumps({"ranks": 2, "batch_per_rank": BATCH, "rounds": ROUNDS, "steps": STEPS, "summary": summary, "runs": runs}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"ranks": 2, "batch_per_rank": BATCH, "rounds": ROUNDS, "steps": STEPS, "summary": summary, "runs": runs},
+            indent=2,
+        )
+    )
     print(f"written: {out}")
 
 

@@ -33,16 +33,26 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "swap_tower.json"
 SHARD_BYTES = 600_000_000
-TEXT = {"vocab_size": 32064, "hidden_size": 2048, "intermediate_size": 5504, "num_attention_heads": 16,
-        "num_key_value_heads": 16, "max_position_embeddings": 4096}
+TEXT = {
+    "vocab_size": 32064,
+    "hidden_size": 2048,
+    "intermediate_size": 5504,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "max_position_embeddings": 4096,
+}
 TEXT_LAYERS = (16, 64, 128)
 ROUNDS = 5
 
 
 def hub_key(in_memory_key: str) -> str:
     """transformers 5's in-memory Llava names -> the llava-hf hub layout (``vision_tower.vision_model.*``)."""
-    for old, new in (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
-                     ("model.vision_tower.", "vision_tower.vision_model."), ("model.multi_modal_projector.", "multi_modal_projector.")):
+    for old, new in (
+        ("model.language_model.", "language_model.model."),
+        ("lm_head.", "language_model.lm_head."),
+        ("model.vision_tower.", "vision_tower.vision_model."),
+        ("model.multi_modal_projector.", "multi_modal_projector."),
+    ):
         if in_memory_key.startswith(old):
             return new + in_memory_key.removeprefix(old)
     raise ValueError(in_memory_key)
@@ -65,7 +75,9 @@ def build_checkpoint(out: Path, text_layers: int) -> tuple[int, int]:
         LlavaForConditionalGeneration,
     )
 
-    config = LlavaConfig(text_config=LlamaConfig(**TEXT, num_hidden_layers=text_layers), image_token_index=32000, image_seq_length=576)
+    config = LlavaConfig(
+        text_config=LlamaConfig(**TEXT, num_hidden_layers=text_layers), image_token_index=32000, image_seq_length=576
+    )
     config.pad_token_id = 32001
     config.dtype = torch.float16
     with torch.device("meta"):
@@ -84,11 +96,15 @@ def build_checkpoint(out: Path, text_layers: int) -> tuple[int, int]:
     weight_map, largest, total = {}, 0, 0
     for i, keys in enumerate(groups):
         name = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
-        save_file({k: random_tensor(shapes[k], torch.float16, generator) for k in keys}, out / name, metadata={"format": "pt"})
+        save_file(
+            {k: random_tensor(shapes[k], torch.float16, generator) for k in keys}, out / name, metadata={"format": "pt"}
+        )
         weight_map |= dict.fromkeys(keys, name)
         largest = max(largest, (out / name).stat().st_size)
         total += (out / name).stat().st_size
-    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     config.save_pretrained(out)
     CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}).save_pretrained(out)
     return total, largest
@@ -106,16 +122,35 @@ def build_tower(out: Path) -> int:
     )
 
     vision = LlavaConfig().vision_config
-    config = CLIPVisionConfig(**{k: getattr(vision, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                                                  "num_attention_heads", "image_size", "patch_size")})
+    config = CLIPVisionConfig(
+        **{
+            k: getattr(vision, k)
+            for k in (
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "image_size",
+                "patch_size",
+            )
+        }
+    )
     with torch.device("meta"):
         shapes = {f"vision_model.{k}": tuple(v.shape) for k, v in CLIPVisionModel(config).state_dict().items()}
     out.mkdir(parents=True)
     generator = torch.Generator().manual_seed(1)
-    save_file({k: random_tensor(s, torch.float32, generator) for k, s in shapes.items()}, out / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: random_tensor(s, torch.float32, generator) for k, s in shapes.items()},
+        out / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     config.save_pretrained(out)
-    CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                       image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]).save_pretrained(out)
+    CLIPImageProcessor(
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    ).save_pretrained(out)
     return (out / "model.safetensors").stat().st_size
 
 
@@ -129,8 +164,13 @@ def timed_child(command: list[str]) -> dict:
     elapsed = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"{' '.join(command)} failed:\n{output}")
-    return {"seconds": elapsed, "cpu_seconds": usage.ru_utime + usage.ru_stime, "rss_bytes": usage.ru_maxrss * 1024,
-            "load": os.getloadavg()[0], "output": output}
+    return {
+        "seconds": elapsed,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "rss_bytes": usage.ru_maxrss * 1024,
+        "load": os.getloadavg()[0],
+        "output": output,
+    }
 
 
 def build(work: Path, text_layers: int) -> None:
@@ -147,8 +187,23 @@ def measure(text_layers: int) -> dict:
         built = timed_child([sys.executable, __file__, "--build", str(work), "--text-layers", str(text_layers)])
         sizes = json.loads(built["output"].strip().splitlines()[-1])
         src, tower, dst, copy = work / "llava-hf", work / "tower", work / "swapped", work / "copied"
-        swap = [sys.executable, "-m", "dcr_mllm.cli", "swap-tower", "--llava", str(src), "--tower", str(tower), "--output", str(dst)]
-        imports = [sys.executable, "-c", "import dcr_mllm.cli, dcr_mllm.llava.swap; from transformers import LlavaForConditionalGeneration"]
+        swap = [
+            sys.executable,
+            "-m",
+            "dcr_mllm.cli",
+            "swap-tower",
+            "--llava",
+            str(src),
+            "--tower",
+            str(tower),
+            "--output",
+            str(dst),
+        ]
+        imports = [
+            sys.executable,
+            "-c",
+            "import dcr_mllm.cli, dcr_mllm.llava.swap; from transformers import LlavaForConditionalGeneration",
+        ]
         runs = {"cp": [], "swap": [], "imports": []}
         for _ in range(ROUNDS):
             runs["cp"].append(timed_child(["cp", "-r", str(src), str(copy)]))
@@ -190,18 +245,28 @@ def main(layer_counts: list[int]) -> None:
     needed = 2.2 * (0.9e9 + 0.1e9 * max(layer_counts))  # checkpoint, one output, tower; with room to spare
     free = shutil.disk_usage(tempfile.gettempdir()).free
     if free < needed:
-        raise SystemExit(f"need about {needed / 1e9:.0f} GB free under {tempfile.gettempdir()}; {free / 1e9:.1f} GB free")
+        raise SystemExit(
+            f"need about {needed / 1e9:.0f} GB free under {tempfile.gettempdir()}; {free / 1e9:.1f} GB free"
+        )
     results = [measure(layers) for layers in layer_counts]
     gb = 1e9
     for result in results:
         print("\n".join(result["swap_summary"]))
-        print(f"checkpoint   {result['checkpoint_bytes'] / gb:.2f} GB float16 in {result['shards']} shards "
-              f"(largest {result['largest_shard_bytes'] / gb:.2f} GB); tower {result['tower_bytes'] / gb:.2f} GB float32")
-        print(f"cp -r        median {result['cp_r_median_seconds']:.2f} s  ({', '.join(f'{t:.2f}' for t in result['cp_r_seconds'])})")
-        print(f"swap-tower   median {result['swap_median_seconds']:.2f} s  ({', '.join(f'{t:.2f}' for t in result['swap_seconds'])}), "
-              f"verification included: {result['swap_over_cp']:.1f}x cp -r (target 2x); imports alone {result['imports_median_seconds']:.2f} s")
-        print(f"peak RSS     {result['swap_peak_rss_bytes'] / gb:.2f} GB (imports alone {result['imports_peak_rss_bytes'] / gb:.2f} GB); "
-              f"target < 1.5 x largest shard + tower = {result['rss_limit_bytes'] / gb:.2f} GB")
+        print(
+            f"checkpoint   {result['checkpoint_bytes'] / gb:.2f} GB float16 in {result['shards']} shards "
+            f"(largest {result['largest_shard_bytes'] / gb:.2f} GB); tower {result['tower_bytes'] / gb:.2f} GB float32"
+        )
+        print(
+            f"cp -r        median {result['cp_r_median_seconds']:.2f} s  ({', '.join(f'{t:.2f}' for t in result['cp_r_seconds'])})"
+        )
+        print(
+            f"swap-tower   median {result['swap_median_seconds']:.2f} s  ({', '.join(f'{t:.2f}' for t in result['swap_seconds'])}), "
+            f"verification included: {result['swap_over_cp']:.1f}x cp -r (target 2x); imports alone {result['imports_median_seconds']:.2f} s"
+        )
+        print(
+            f"peak RSS     {result['swap_peak_rss_bytes'] / gb:.2f} GB (imports alone {result['imports_peak_rss_bytes'] / gb:.2f} GB); "
+            f"target < 1.5 x largest shard + tower = {result['rss_limit_bytes'] / gb:.2f} GB"
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"cpu_count": os.cpu_count(), "runs": results}, indent=2) + "\n")
     print(f"wrote {RESULTS}")
@@ -209,7 +274,13 @@ def main(layer_counts: list[int]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="swap-tower against cp -r on a synthetic llava-hf checkpoint")
-    parser.add_argument("--text-layers", type=int, nargs="+", default=list(TEXT_LAYERS), help="Llama layers per checkpoint (about 0.1 GB each)")
+    parser.add_argument(
+        "--text-layers",
+        type=int,
+        nargs="+",
+        default=list(TEXT_LAYERS),
+        help="Llama layers per checkpoint (about 0.1 GB each)",
+    )
     parser.add_argument("--build", metavar="DIR", help=argparse.SUPPRESS)  # the child that writes the inputs
     args = parser.parse_args()
     if args.build:

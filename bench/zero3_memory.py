@@ -36,14 +36,28 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "zero3_memory.json"
-LLAMA = {"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 16, "num_attention_heads": 16,
-         "num_key_value_heads": 16, "max_position_embeddings": 512, "tie_word_embeddings": False}
+LLAMA = {
+    "hidden_size": 2048,
+    "intermediate_size": 5504,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": False,
+}
 LIMIT = 0.6  # of the model's float32 size
 #: stages/deepspeed/zero3.json, with the gathered-parameter cache scaled to the model: DeepSpeed keeps
 #: up to stage3_max_live_parameters (default 1e9, a seventh of a 7B model) gathered between uses,
 #: which would be the whole of a 0.8 B one
-DEEPSPEED = {"zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": 50_000_000, "stage3_param_persistence_threshold": 100_000,
-                                   "stage3_max_live_parameters": 100_000_000, "stage3_max_reuse_distance": 100_000_000}}
+DEEPSPEED = {
+    "zero_optimization": {
+        "stage": 3,
+        "stage3_prefetch_bucket_size": 50_000_000,
+        "stage3_param_persistence_threshold": 100_000,
+        "stage3_max_live_parameters": 100_000_000,
+        "stage3_max_reuse_distance": 100_000_000,
+    }
+}
 
 
 def build_llama(out: Path) -> None:
@@ -55,7 +69,9 @@ def build_llama(out: Path) -> None:
     from dcr_mllm.training.zero import empty_init
 
     tokenizer = AutoTokenizer.from_pretrained(local_path("tiny-llama"))
-    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **LLAMA)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **LLAMA
+    )
     with empty_init(torch.bfloat16):
         model = LlamaForCausalLM(config)
     generator = torch.Generator().manual_seed(0)
@@ -98,36 +114,63 @@ def run_pretrain(language_model: str, out: Path, zero_stage: int, deepspeed: Pat
     """Two ranks of llava-pretrain; each rank's peak RssAnon, sampled every 0.1 s."""
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dcr_mllm.cli",
-               "llava-pretrain", "tower=tiny-clip", f"language_model={language_model}", f"output_dir={out}",
-               "synthetic_images=4", "pretrain.micro_batch_size=1", "pretrain.epochs=0", "pretrain.max_steps=2",
-               f"pretrain.zero_stage={zero_stage}", "pretrain.precision=bf16", "pretrain.num_workers=0"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "dcr_mllm.cli",
+        "llava-pretrain",
+        "tower=tiny-clip",
+        f"language_model={language_model}",
+        f"output_dir={out}",
+        "synthetic_images=4",
+        "pretrain.micro_batch_size=1",
+        "pretrain.epochs=0",
+        "pretrain.max_steps=2",
+        f"pretrain.zero_stage={zero_stage}",
+        "pretrain.precision=bf16",
+        "pretrain.num_workers=0",
+    ]
     if zero_stage == 3:
         command.append(f"pretrain.deepspeed={deepspeed}")
     start = time.perf_counter()
     log_path = out.parent / (out.name + ".log")
-    log = open(log_path, "w")
-    launcher = subprocess.Popen(command, cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT)
-    peaks: dict[int, int] = {}
-    while launcher.poll() is None:
-        for pid in rank_pids(launcher.pid):
-            value = rss_anon(pid)
-            if value is not None:
-                peaks[pid] = max(peaks.get(pid, 0), value)
-        time.sleep(0.1)
-    log.close()
+    with open(log_path, "w") as log:
+        launcher = subprocess.Popen(command, cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT)
+        peaks: dict[int, int] = {}
+        while launcher.poll() is None:
+            for pid in rank_pids(launcher.pid):
+                value = rss_anon(pid)
+                if value is not None:
+                    peaks[pid] = max(peaks.get(pid, 0), value)
+            time.sleep(0.1)
     if launcher.returncode != 0:
         raise SystemExit(f"llava-pretrain failed; see {log_path}")
     state = json.loads((out / "pretrain" / "train_state.json").read_text())
-    return {"peak_rss_anon_bytes": sorted(peaks.values(), reverse=True), "seconds": time.perf_counter() - start, "steps": state["step"]}
+    return {
+        "peak_rss_anon_bytes": sorted(peaks.values(), reverse=True),
+        "seconds": time.perf_counter() - start,
+        "steps": state["step"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work-dir", default="/tmp/dcr_bench_zero3", help="where the 0.8 B Llama is cached and the runs write")
-    parser.add_argument("--zero2", action="store_true", help="also run the 0.8 B Llama under ZeRO-2 (whole model on every rank)")
-    parser.add_argument("--code", metavar="DIR", help="run the ranks with the dcr_mllm package in DIR (an export of an "
-                        "earlier commit, to measure it the same way); the figures then go to zero3_memory_before.json")
+    parser.add_argument(
+        "--work-dir", default="/tmp/dcr_bench_zero3", help="where the 0.8 B Llama is cached and the runs write"
+    )
+    parser.add_argument(
+        "--zero2", action="store_true", help="also run the 0.8 B Llama under ZeRO-2 (whole model on every rank)"
+    )
+    parser.add_argument(
+        "--code",
+        metavar="DIR",
+        help="run the ranks with the dcr_mllm package in DIR (an export of an "
+        "earlier commit, to measure it the same way); the figures then go to zero3_memory_before.json",
+    )
     parser.add_argument("--build", metavar="DIR", help=argparse.SUPPRESS)  # the child that writes the Llama
     args = parser.parse_args()
     if args.build:
@@ -145,21 +188,38 @@ def main() -> None:
     code = Path(args.code).resolve() if args.code else REPO  # `-m dcr_mllm.cli` imports the package from there
     fp32 = 4 * params
     runs = {}
-    for name, model, stage in [("tiny", "tiny-llama", 3), ("0.8b", str(llama), 3)] + ([("0.8b_zero2", str(llama), 2)] if args.zero2 else []):
+    for name, model, stage in [("tiny", "tiny-llama", 3), ("0.8b", str(llama), 3)] + (
+        [("0.8b_zero2", str(llama), 2)] if args.zero2 else []
+    ):
         print(f"llava-pretrain, {name} Llama, ZeRO-{stage}, 2 ranks ...", flush=True)
         runs[name] = run_pretrain(model, work / f"run_{name}", stage, deepspeed, code)
-        print(f"  peak RssAnon per rank: {[round(b / 1e9, 2) for b in runs[name]['peak_rss_anon_bytes']]} GB, {runs[name]['seconds']:.0f} s", flush=True)
+        print(
+            f"  peak RssAnon per rank: {[round(b / 1e9, 2) for b in runs[name]['peak_rss_anon_bytes']]} GB, {runs[name]['seconds']:.0f} s",
+            flush=True,
+        )
     baseline = runs["tiny"]["peak_rss_anon_bytes"][0]
     above = runs["0.8b"]["peak_rss_anon_bytes"][0] - baseline
-    result = {"llama_parameters": params, "llama_fp32_bytes": fp32, "limit_bytes": int(LIMIT * fp32),
-              "zero3_peak_above_tiny_bytes": above, "zero3_ratio_of_fp32": above / fp32, "passes": above < LIMIT * fp32,
-              "runs": runs, "deepspeed": DEEPSPEED, "cpu_count": os.cpu_count()}
+    result = {
+        "llama_parameters": params,
+        "llama_fp32_bytes": fp32,
+        "limit_bytes": int(LIMIT * fp32),
+        "zero3_peak_above_tiny_bytes": above,
+        "zero3_ratio_of_fp32": above / fp32,
+        "passes": above < LIMIT * fp32,
+        "runs": runs,
+        "deepspeed": DEEPSPEED,
+        "cpu_count": os.cpu_count(),
+    }
     if args.zero2:
         result["zero2_peak_above_tiny_bytes"] = runs["0.8b_zero2"]["peak_rss_anon_bytes"][0] - baseline
-    print(f"0.8 B Llama ({params / 1e9:.3f} B params, {fp32 / 1e9:.2f} GB in fp32): largest rank's peak RssAnon "
-          f"{above / 1e9:.2f} GB above the tiny run = {above / fp32:.2f} x fp32 (limit {LIMIT})")
+    print(
+        f"0.8 B Llama ({params / 1e9:.3f} B params, {fp32 / 1e9:.2f} GB in fp32): largest rank's peak RssAnon "
+        f"{above / 1e9:.2f} GB above the tiny run = {above / fp32:.2f} x fp32 (limit {LIMIT})"
+    )
     if args.zero2:
-        print(f"ZeRO-2 (whole model on every rank): {result['zero2_peak_above_tiny_bytes'] / 1e9:.2f} GB above the tiny run")
+        print(
+            f"ZeRO-2 (whole model on every rank): {result['zero2_peak_above_tiny_bytes'] / 1e9:.2f} GB above the tiny run"
+        )
     name = RESULTS.stem + ("_before" if args.code else "")
     RESULTS.with_name(name + ".json").write_text(json.dumps(result, indent=2) + "\n")
     if not result["passes"] and not args.code:

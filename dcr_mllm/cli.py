@@ -11,7 +11,9 @@ import warnings
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import user_error_line
 
-PICKLE_HELP = "load .bin/.pt PyTorch pickles (restricted unpickler); without it they are refused with the command to convert them"
+PICKLE_HELP = (
+    "load .bin/.pt PyTorch pickles (restricted unpickler); without it they are refused with the command to convert them"
+)
 
 
 def _enhance(args: argparse.Namespace) -> None:
@@ -60,8 +62,15 @@ def _llava(args: argparse.Namespace) -> None:
 def _swap_tower(args: argparse.Namespace) -> None:
     from dcr_mllm.llava.swap import swap_tower
 
-    report = swap_tower(args.llava, args.tower, args.output, force=args.force, dry_run=args.dry_run,
-                        allow_family_change=args.allow_family_change, allow_pickle=args.allow_pickle)
+    report = swap_tower(
+        args.llava,
+        args.tower,
+        args.output,
+        force=args.force,
+        dry_run=args.dry_run,
+        allow_family_change=args.allow_family_change,
+        allow_pickle=args.allow_pickle,
+    )
     print("\n".join(report.lines()))
 
 
@@ -96,9 +105,18 @@ def _eval_tower(args: argparse.Namespace) -> None:
     from dcr_mllm.evaluation import evaluate_towers, parse_tower_args
 
     evaluate_towers(
-        parse_tower_args(args.tower), args.benchmark, args.output, data=args.data, batch_size=args.batch_size, device=args.device,
-        pairs_per_attribute=args.pairs_per_attribute, image_size=args.image_size, seed=args.seed, preprocess=args.preprocess,
-        allow_pickle=args.allow_pickle, if_changed=args.if_changed,
+        parse_tower_args(args.tower),
+        args.benchmark,
+        args.output,
+        data=args.data,
+        batch_size=args.batch_size,
+        device=args.device,
+        pairs_per_attribute=args.pairs_per_attribute,
+        image_size=args.image_size,
+        seed=args.seed,
+        preprocess=args.preprocess,
+        allow_pickle=args.allow_pickle,
+        if_changed=args.if_changed,
     )
     print(Path(args.output, "results.md").read_text(encoding="utf-8"), end="")
     print(f"report: {args.output}")
@@ -114,7 +132,9 @@ def _make_eval_data(args: argparse.Namespace) -> None:
     elif args.benchmark == "mmvp-vlm":
         out = write_mmvp_vlm(args.output, image_size=args.image_size or 224, seed=args.seed)
     else:
-        out = write_classification_folder(args.output, per_class=args.per_class, image_size=args.image_size or 224, seed=args.seed)
+        out = write_classification_folder(
+            args.output, per_class=args.per_class, image_size=args.image_size or 224, seed=args.seed
+        )
     print(f"synthetic {args.benchmark} data: {out}")
 
 
@@ -125,11 +145,14 @@ def _prepare_eval_data(args: argparse.Namespace) -> None:
     if not (args.synthetic or args.mmvp or args.pope or args.world):
         raise DcrError("nothing to prepare; pass --synthetic, --world N, or --mmvp DIR and/or --pope DIR --coco DIR")
     if args.world < 0:
-        raise DcrError(f"--world {args.world}: give the number of world images (every attribute asked in every kind about each)")
+        raise DcrError(
+            f"--world {args.world}: give the number of world images (every attribute asked in every kind about each)"
+        )
     if args.pope and not args.coco:
         raise DcrError("--pope needs --coco, the COCO val2014 image directory its questions refer to")
-    written = eval_data.prepare_eval_data(root, mmvp=args.mmvp, pope=args.pope, coco=args.coco, synthetic=args.synthetic, seed=args.seed,
-                                          world=args.world)
+    written = eval_data.prepare_eval_data(
+        root, mmvp=args.mmvp, pope=args.pope, coco=args.coco, synthetic=args.synthetic, seed=args.seed, world=args.world
+    )
     print("\n".join(str(p) for p in written))
     if args.output:
         print(f"export DCR_EVAL_DATA={root}   # so that the *_local lmms-eval tasks read it")
@@ -193,149 +216,277 @@ def _summary(args: argparse.Namespace) -> None:
         raise DcrError(f"--run {bad[0]!r}: give NAME=DIR, e.g. --run enhance=outputs/enhance")
     runs = dict(item.split("=", 1) for item in args.run)
     chart = Path(args.output).with_suffix(".png") if args.output else None
-    text = summarize({name: Path(path) for name, path in runs.items()}, Path(args.tower_eval), Path(args.mllm_eval), chart)
+    text = summarize(
+        {name: Path(path) for name, path in runs.items()}, Path(args.tower_eval), Path(args.mllm_eval), chart
+    )
     if args.output:
         Path(args.output).write_text(text)
     print(text, end="")
 
 
-ALLOW_CONFIG_CHANGE = ("resume from checkpoints made with other training settings (learning rate, batch size, schedule, "
-                       "model, data); the new ones take effect from the resumed step")
+ALLOW_CONFIG_CHANGE = (
+    "resume from checkpoints made with other training settings (learning rate, batch size, schedule, "
+    "model, data); the new ones take effect from the resumed step"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcr-mllm", description="DCR-enhanced vision towers for multimodal LLMs.")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of a user error too (also: DCR_MLLM_DEBUG=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of a user error too (also: DCR_MLLM_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    enhance = sub.add_parser("enhance", help="stage one: enhance a vision tower with DCR (projector, then LoRA), then export it")
-    enhance.add_argument("--config", help="YAML config (default: the packaged tiny config, dcr_mllm/configs/enhance_tiny.yaml)")
-    enhance.add_argument("--print-config", action="store_true", help="print the resolved config (file + overrides + defaults) as YAML and exit")
+    enhance = sub.add_parser(
+        "enhance", help="stage one: enhance a vision tower with DCR (projector, then LoRA), then export it"
+    )
+    enhance.add_argument(
+        "--config", help="YAML config (default: the packaged tiny config, dcr_mllm/configs/enhance_tiny.yaml)"
+    )
+    enhance.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (file + overrides + defaults) as YAML and exit",
+    )
     enhance.add_argument("--stage", choices=["projector", "lora"], help="run only this stage")
     enhance.add_argument("--allow-config-change", action="store_true", help=ALLOW_CONFIG_CHANGE)
-    enhance.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1 lora_stage.max_steps=10")
+    enhance.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1 lora_stage.max_steps=10"
+    )
     enhance.set_defaults(func=_enhance, intermixed="overrides")
 
-    export = sub.add_parser("export-tower", help="export the tower of any kept LoRA step of a stage-one run (its checkpoints, the selected step)")
+    export = sub.add_parser(
+        "export-tower",
+        help="export the tower of any kept LoRA step of a stage-one run (its checkpoints, the selected step)",
+    )
     export.add_argument("run", metavar="RUN", help="the run's output_dir")
-    export.add_argument("--step", type=int, required=True, help="a LoRA step whose checkpoint is kept (the error lists them)")
+    export.add_argument(
+        "--step", type=int, required=True, help="a LoRA step whose checkpoint is kept (the error lists them)"
+    )
     export.add_argument("--output", help="directory to write (default RUN/tower_step_N)")
     export.add_argument("--force", action="store_true", help="replace an existing output directory")
     export.set_defaults(func=_export_tower)
 
-    for stage, text in (("pretrain", "stage two: LLaVA-1.5 projector pretraining with a tower"),
-                        ("finetune", "stage two: LLaVA-1.5 instruction tuning, then export a llava-hf model")):
+    for stage, text in (
+        ("pretrain", "stage two: LLaVA-1.5 projector pretraining with a tower"),
+        ("finetune", "stage two: LLaVA-1.5 instruction tuning, then export a llava-hf model"),
+    ):
         llava = sub.add_parser(f"llava-{stage}", help=text)
-        llava.add_argument("--config", help="YAML config (default: the packaged tiny config with stage one's tower, dcr_mllm/configs/llava_tiny.yaml)")
-        llava.add_argument("--print-config", action="store_true", help="print the resolved config (file + overrides + defaults) as YAML and exit")
+        llava.add_argument(
+            "--config",
+            help="YAML config (default: the packaged tiny config with stage one's tower, dcr_mllm/configs/llava_tiny.yaml)",
+        )
+        llava.add_argument(
+            "--print-config",
+            action="store_true",
+            help="print the resolved config (file + overrides + defaults) as YAML and exit",
+        )
         llava.add_argument("--allow-config-change", action="store_true", help=ALLOW_CONFIG_CHANGE)
-        llava.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. finetune.max_steps=10")
+        llava.add_argument(
+            "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. finetune.max_steps=10"
+        )
         llava.set_defaults(func=_llava, stage=stage, intermixed="overrides")
 
-    swap = sub.add_parser("swap-tower", help="put a tower into an existing LLaVA checkpoint (llava-hf LLaVA-1.5/NeXT/"
-                          "OneVision, or original LLaVA-1.5/1.6), streaming; verified")
+    swap = sub.add_parser(
+        "swap-tower",
+        help="put a tower into an existing LLaVA checkpoint (llava-hf LLaVA-1.5/NeXT/"
+        "OneVision, or original LLaVA-1.5/1.6), streaming; verified",
+    )
     swap.add_argument("--llava", required=True, metavar="SRC", help="the LLaVA checkpoint directory (never modified)")
     swap.add_argument("--tower", required=True, help="a HF CLIP/MetaCLIP/SigLIP tower directory or preset name")
-    swap.add_argument("--output", required=True, metavar="DST", help="directory to write (refused if it exists, unless --force)")
+    swap.add_argument(
+        "--output", required=True, metavar="DST", help="directory to write (refused if it exists, unless --force)"
+    )
     swap.add_argument("--dry-run", action="store_true", help="check and print what would change; write nothing")
-    swap.add_argument("--force", action="store_true", help="replace an existing DST (only once the new one is written and verified)")
-    swap.add_argument("--allow-family-change", action="store_true",
-                      help="swap a SigLIP tower into a CLIP-based LLaVA-1.5 checkpoint or back; "
-                           "the projector must then be retrained")
+    swap.add_argument(
+        "--force", action="store_true", help="replace an existing DST (only once the new one is written and verified)"
+    )
+    swap.add_argument(
+        "--allow-family-change",
+        action="store_true",
+        help="swap a SigLIP tower into a CLIP-based LLaVA-1.5 checkpoint or back; the projector must then be retrained",
+    )
     swap.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     swap.set_defaults(func=_swap_tower)
 
-    convert = sub.add_parser("convert-llava", help="convert an original LLaVA checkpoint (mm_vision_tower) to "
-                             "llava-hf, as transformers' scripts do (LLaVA-1.5 -> llava, LLaVA-1.6 -> llava_next)")
+    convert = sub.add_parser(
+        "convert-llava",
+        help="convert an original LLaVA checkpoint (mm_vision_tower) to "
+        "llava-hf, as transformers' scripts do (LLaVA-1.5 -> llava, LLaVA-1.6 -> llava_next)",
+    )
     convert.add_argument("--input", required=True, metavar="ORIGINAL", help="the original LLaVA checkpoint directory")
-    convert.add_argument("--output", required=True, metavar="HF_DIR", help="directory to write (refused if it exists, unless --force)")
+    convert.add_argument(
+        "--output", required=True, metavar="HF_DIR", help="directory to write (refused if it exists, unless --force)"
+    )
     convert.add_argument("--force", action="store_true", help="replace an existing HF_DIR")
     convert.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     convert.set_defaults(func=_convert_llava)
 
-    tiny = sub.add_parser("build-tiny", help="build the tiny embedded models (random init, from configs) and print their paths")
+    tiny = sub.add_parser(
+        "build-tiny", help="build the tiny embedded models (random init, from configs) and print their paths"
+    )
     tiny.add_argument("--root", help="where to build them (default: $DCR_MLLM_CACHE/tiny or ~/.cache/dcr_mllm/tiny)")
     tiny.set_defaults(func=_build_tiny)
 
-    presets = sub.add_parser("presets", help="list every model preset: hub id, pinned revision, size, purpose, "
-                                             "whether it is on this machine")
+    presets = sub.add_parser(
+        "presets", help="list every model preset: hub id, pinned revision, size, purpose, whether it is on this machine"
+    )
     action = presets.add_mutually_exclusive_group()
-    action.add_argument("--download", metavar="NAME", help="fetch a preset (pinned revision; a denoiser's "
-                        "weights checked against their recorded SHA-256) and print its directory")
+    action.add_argument(
+        "--download",
+        metavar="NAME",
+        help="fetch a preset (pinned revision; a denoiser's "
+        "weights checked against their recorded SHA-256) and print its directory",
+    )
     action.add_argument("--digest", metavar="PATH", help="print a file's SHA-256 and size, to record it in a preset")
     presets.set_defaults(func=_presets)
 
-    world = sub.add_parser("build-world", help="build the tiny world's base models (cached) and write its training and evaluation sets")
-    world.add_argument("--output", default="outputs/world", help="directory for the world's data sets (default outputs/world)")
-    world.add_argument("--rebuild", action="store_true", help="train the base models from their recipe instead of installing the shipped "
-                       "weights, and report how far the rebuild is from them (about 6 minutes on 2 cores; writes no data set)")
-    world.add_argument("--rebuild-dir", default=None, help="where --rebuild trains (default $DCR_MLLM_CACHE/world_rebuild)")
+    world = sub.add_parser(
+        "build-world", help="build the tiny world's base models (cached) and write its training and evaluation sets"
+    )
+    world.add_argument(
+        "--output", default="outputs/world", help="directory for the world's data sets (default outputs/world)"
+    )
+    world.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="train the base models from their recipe instead of installing the shipped "
+        "weights, and report how far the rebuild is from them (about 6 minutes on 2 cores; writes no data set)",
+    )
+    world.add_argument(
+        "--rebuild-dir", default=None, help="where --rebuild trains (default $DCR_MLLM_CACHE/world_rebuild)"
+    )
     world.set_defaults(func=_build_world)
 
-    world_cmd = sub.add_parser("world", help="the tiny world's measurements: `world premise` (is each attribute hidden from the base "
-                                             "tower, and carried by DCR's condition?)")
+    world_cmd = sub.add_parser(
+        "world",
+        help="the tiny world's measurements: `world premise` (is each attribute hidden from the base "
+        "tower, and carried by DCR's condition?)",
+    )
     world_cmd.add_argument("measure", choices=["premise"])
-    world_cmd.add_argument("--output", default="outputs/world", help="the world folder (build-world's; built if missing)")
+    world_cmd.add_argument(
+        "--output", default="outputs/world", help="the world folder (build-world's; built if missing)"
+    )
     world_cmd.add_argument("--count", type=int, default=256, help="validation images for the denoiser's sensitivity")
     world_cmd.set_defaults(func=_world)
 
-    evaluate = sub.add_parser("eval-tower", help="score towers on MMVP-VLM or a probe; write results.json, predictions.csv, results.md, chart.png")
-    evaluate.add_argument("--tower", action="append", required=True, metavar="[NAME=]DIR", help="a tower directory or preset name; repeat to compare")
-    evaluate.add_argument("--benchmark", required=True, help="mmvp-vlm, classification (zero-shot + linear probe), fine-grained (synthetic pairs) "
-                          "or world (a make-eval-data world directory: pairs, per-attribute probes, class)")
-    evaluate.add_argument("--data", help="the MMVP-VLM directory, or the image folder for classification (fine-grained needs none)")
+    evaluate = sub.add_parser(
+        "eval-tower",
+        help="score towers on MMVP-VLM or a probe; write results.json, predictions.csv, results.md, chart.png",
+    )
+    evaluate.add_argument(
+        "--tower",
+        action="append",
+        required=True,
+        metavar="[NAME=]DIR",
+        help="a tower directory or preset name; repeat to compare",
+    )
+    evaluate.add_argument(
+        "--benchmark",
+        required=True,
+        help="mmvp-vlm, classification (zero-shot + linear probe), fine-grained (synthetic pairs) "
+        "or world (a make-eval-data world directory: pairs, per-attribute probes, class)",
+    )
+    evaluate.add_argument(
+        "--data", help="the MMVP-VLM directory, or the image folder for classification (fine-grained needs none)"
+    )
     evaluate.add_argument("--output", required=True, help="directory for the report")
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--device", help="default: cuda if available, else cpu")
     evaluate.add_argument("--pairs-per-attribute", type=int, default=20, help="fine-grained: pairs per scene attribute")
     evaluate.add_argument("--image-size", type=int, default=224, help="fine-grained: size of the generated images")
     evaluate.add_argument("--seed", type=int, default=0, help="fine-grained: generator seed")
-    evaluate.add_argument("--preprocess", choices=["tower", "official"], default="tower",
-                          help="mmvp-vlm pixels: the tower's own image processor (default), or the official script's (the clip package's PIL pipeline)")
+    evaluate.add_argument(
+        "--preprocess",
+        choices=["tower", "official"],
+        default="tower",
+        help="mmvp-vlm pixels: the tower's own image processor (default), or the official script's (the clip package's PIL pipeline)",
+    )
     evaluate.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
-    evaluate.add_argument("--if-changed", action="store_true",
-                          help="keep a report in --output made from the same towers, data and settings instead of scoring again")
+    evaluate.add_argument(
+        "--if-changed",
+        action="store_true",
+        help="keep a report in --output made from the same towers, data and settings instead of scoring again",
+    )
     evaluate.set_defaults(func=_eval_tower)
 
-    make_data = sub.add_parser("make-eval-data", help="write a synthetic dataset in a benchmark's layout (for trying the pipeline without downloads)")
+    make_data = sub.add_parser(
+        "make-eval-data",
+        help="write a synthetic dataset in a benchmark's layout (for trying the pipeline without downloads)",
+    )
     make_data.add_argument("benchmark", choices=["mmvp-vlm", "classification", "world"])
     make_data.add_argument("--output", required=True, help="directory to create (must not exist)")
-    make_data.add_argument("--image-size", type=int, default=0, help="default 224 (world: 32, the world models' resolution)")
-    make_data.add_argument("--per-class", type=int, default=20, help="classification: images per class in each of train/ and test/")
+    make_data.add_argument(
+        "--image-size", type=int, default=0, help="default 224 (world: 32, the world models' resolution)"
+    )
+    make_data.add_argument(
+        "--per-class", type=int, default=20, help="classification: images per class in each of train/ and test/"
+    )
     make_data.add_argument("--count", type=int, default=1200, help="world: number of images (labels in DIR/labels.csv)")
-    make_data.add_argument("--seed", type=int, default=0, help="world: any seed but 10-14, which draw the world's training images")
+    make_data.add_argument(
+        "--seed", type=int, default=0, help="world: any seed but 10-14, which draw the world's training images"
+    )
     make_data.set_defaults(func=_make_eval_data)
 
-    prepare = sub.add_parser("prepare-eval-data", help="write MMVP and POPE (original files or synthetic) where the *_local lmms-eval tasks read them")
+    prepare = sub.add_parser(
+        "prepare-eval-data",
+        help="write MMVP and POPE (original files or synthetic) where the *_local lmms-eval tasks read them",
+    )
     prepare.add_argument("--output", help="data directory (default: $DCR_EVAL_DATA or ~/.cache/dcr_mllm/eval_data)")
     prepare.add_argument("--mmvp", help="MMVP as distributed: a directory with Questions.csv and 'MMVP Images/'")
     prepare.add_argument("--pope", help="a directory with POPE's coco_pope_{adversarial,popular,random}.json")
     prepare.add_argument("--coco", help="COCO val2014 images (for --pope)")
-    prepare.add_argument("--synthetic", action="store_true", help="small synthetic MMVP and POPE sets in the same schema")
-    prepare.add_argument("--world", type=int, default=0, metavar="N", help="the world's questions (world_local task) about N images")
+    prepare.add_argument(
+        "--synthetic", action="store_true", help="small synthetic MMVP and POPE sets in the same schema"
+    )
+    prepare.add_argument(
+        "--world", type=int, default=0, metavar="N", help="the world's questions (world_local task) about N images"
+    )
     prepare.add_argument("--seed", type=int, default=0)
     prepare.set_defaults(func=_prepare_eval_data)
 
-    task_dir = sub.add_parser("eval-task-dir", help="print the installed lmms-eval task folder, for lmms-eval's --include_path")
+    task_dir = sub.add_parser(
+        "eval-task-dir", help="print the installed lmms-eval task folder, for lmms-eval's --include_path"
+    )
     task_dir.set_defaults(func=_eval_task_dir)
 
-    mllm = sub.add_parser("eval-mllm", help="score LLaVA models on lmms-eval tasks (each only if its model, tower, tasks or data changed), "
-                                             "then compare them in one report")
-    mllm.add_argument("--model", action="append", required=True, metavar="NAME=DIR[+TOWER]",
-                      help="a llava-hf directory (llava_hf), or DIR+TOWER to swap a tower in memory (dcr_llava); repeat to compare")
-    mllm.add_argument("--tasks", default="dcr_suite_local", help="lmms-eval tasks or groups, comma-separated (default dcr_suite_local)")
+    mllm = sub.add_parser(
+        "eval-mllm",
+        help="score LLaVA models on lmms-eval tasks (each only if its model, tower, tasks or data changed), "
+        "then compare them in one report",
+    )
+    mllm.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME=DIR[+TOWER]",
+        help="a llava-hf directory (llava_hf), or DIR+TOWER to swap a tower in memory (dcr_llava); repeat to compare",
+    )
+    mllm.add_argument(
+        "--tasks",
+        default="dcr_suite_local",
+        help="lmms-eval tasks or groups, comma-separated (default dcr_suite_local)",
+    )
     mllm.add_argument("--nproc", type=int, default=1, help="processes (accelerate launch) per model")
     mllm.add_argument("--output", default="outputs/eval_mllm", help="one folder per model, logs/, and report/")
     mllm.set_defaults(func=_eval_mllm)
 
     report = sub.add_parser("report", help="compare lmms-eval runs: one table (Markdown + JSON) and a chart")
-    report.add_argument("results", nargs="+", metavar="[NAME=]RESULTS", help="lmms-eval *_results.json files or --output_path directories")
+    report.add_argument(
+        "results",
+        nargs="+",
+        metavar="[NAME=]RESULTS",
+        help="lmms-eval *_results.json files or --output_path directories",
+    )
     report.add_argument("--output", required=True, help="directory for report.md, report.json and report.png")
     report.set_defaults(func=_report, intermixed="results")
 
-    summary = sub.add_parser("summary", help="print the pipeline summary: tower and MLLM tables, loss curves (PNG), artefacts")
-    summary.add_argument("--run", action="append", default=[], metavar="NAME=DIR", help="a training output directory (enhance or llava)")
+    summary = sub.add_parser(
+        "summary", help="print the pipeline summary: tower and MLLM tables, loss curves (PNG), artefacts"
+    )
+    summary.add_argument(
+        "--run", action="append", default=[], metavar="NAME=DIR", help="a training output directory (enhance or llava)"
+    )
     summary.add_argument("--tower-eval", default="outputs/eval_tower")
     summary.add_argument("--mllm-eval", default="outputs/eval_mllm")
     summary.add_argument("--output", help="also write the summary to this Markdown file")

@@ -46,7 +46,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: {raw!r} is not a YAML value; quote strings and close brackets, e.g. key=[1, 2]") from err
+            raise ConfigError(
+                f"override {item!r}: {raw!r} is not a YAML value; quote strings and close brackets, e.g. key=[1, 2]"
+            ) from err
         check_yaml_keys(raw, f"override {item!r}")
         _set_dotted(data, key.strip(), value)
     return from_dict(cls, data)
@@ -60,15 +62,24 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"unknown config key '{prefix}{key}'; known keys here: {known}")
     hints = typing.get_type_hints(cls)
-    required = [name for name, f in fields.items()
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in data]
+    required = [
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in data
+    ]
     if required:
-        raise ConfigError(f"config lacks '{prefix}{required[0]}' (required, no default); set it in the config file or as "
-                          f"{prefix}{required[0]}=VALUE, e.g. a preset name or a local directory")
+        raise ConfigError(
+            f"config lacks '{prefix}{required[0]}' (required, no default); set it in the config file or as "
+            f"{prefix}{required[0]}=VALUE, e.g. a preset name or a local directory"
+        )
     kwargs = {}
     for name, value in data.items():
         default_factory = fields[name].default_factory
-        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict) and default_factory is not dataclasses.MISSING:
+        if (
+            dataclasses.is_dataclass(hints[name])
+            and isinstance(value, dict)
+            and default_factory is not dataclasses.MISSING
+        ):
             # a section given in part keeps the field's own defaults for the rest
             value = _merge(dataclasses.asdict(default_factory()), value)
         kwargs[name] = _coerce(hints[name], value, prefix + name)

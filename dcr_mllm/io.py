@@ -50,8 +50,10 @@ def fault_message(err: BaseException, path: str | Path | None, code: int) -> str
     where = _culprit(err, path) or "the output"
     verb = "cannot access" if code in (errno.EACCES, errno.EPERM) else "cannot write"
     cause, fix = WRITE_FAULTS[code]
-    return (f"{verb} {where}: {cause} ({errno.errorcode[code]}); {fix}, then run the same command again (nothing partial "
-            "was kept; training resumes from its last checkpoint)")
+    return (
+        f"{verb} {where}: {cause} ({errno.errorcode[code]}); {fix}, then run the same command again (nothing partial "
+        "was kept; training resumes from its last checkpoint)"
+    )
 
 
 def user_error_line(err: BaseException) -> str | None:

@@ -10,7 +10,14 @@ def progress(total: int, desc: str):
     from tqdm.auto import tqdm
 
     interactive = sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, dynamic_ncols=True, mininterval=1 if interactive else 15, maxinterval=30, file=sys.stderr)
+    return tqdm(
+        total=total,
+        desc=desc,
+        dynamic_ncols=True,
+        mininterval=1 if interactive else 15,
+        maxinterval=30,
+        file=sys.stderr,
+    )
 
 
 class ProgressLines:

@@ -37,7 +37,11 @@ VICUNA_CHAT_TEMPLATE = (
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for part in message['content'] if part['type'] == 'image' %}{{ '" + IMAGE_TOKEN + "\n' }}{% endfor %}"
     "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}{% endif %}"
-    "{% if message['role'] == 'assistant' %}{{ '" + VICUNA_SEP2 + "' }}{% set ns.sep = '' %}{% else %}{% set ns.sep = '" + VICUNA_SEP + "' %}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{{ '"
+    + VICUNA_SEP2
+    + "' }}{% set ns.sep = '' %}{% else %}{% set ns.sep = '"
+    + VICUNA_SEP
+    + "' %}{% endif %}"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '" + VICUNA_SEP + VICUNA_ROLES[1] + ":' }}{% endif %}"
 )

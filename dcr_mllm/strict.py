@@ -30,8 +30,9 @@ def read_text(path: str | Path) -> str:
     except OSError as err:
         raise DcrError(f"cannot read {path}: {err.strerror or err}") from err
     except UnicodeDecodeError as err:
-        raise DcrError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
-                       "re-save it as UTF-8") from err
+        raise DcrError(
+            f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); re-save it as UTF-8"
+        ) from err
 
 
 def read_json(path: str | Path) -> object:
@@ -61,8 +62,10 @@ def loads_json(text: str, source: str) -> object:
     try:
         return json.loads(text, object_pairs_hook=_unique_pairs)
     except json.JSONDecodeError as err:
-        raise DcrError(f"{source} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); "
-                       "re-download or re-create it") from err
+        raise DcrError(
+            f"{source} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); "
+            "re-download or re-create it"
+        ) from err
     except _Repeated:
         key, first, second = _repeated_json_key(text)
         raise DcrError(_repeat_message(source, key, first, second)) from None
@@ -130,8 +133,10 @@ def _check_yaml_keys(node: yaml.Node | None, source: str) -> None:
 
 
 def _repeat_message(source: str, key: str, first: int, second: int) -> str:
-    return (f"{source}: key '{key}' is written twice (lines {first} and {second}), and only the second would count; "
-            "keep one of them")
+    return (
+        f"{source}: key '{key}' is written twice (lines {first} and {second}), and only the second would count; "
+        "keep one of them"
+    )
 
 
 def _one_line(err: Exception) -> str:

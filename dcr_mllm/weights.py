@@ -34,7 +34,9 @@ def check_safetensors(path: str | Path) -> dict:
                 raise DcrError(f"{bad} ({size} bytes); re-download or re-save it")
             (length,) = struct.unpack("<Q", head)
             if length > min(MAX_HEADER, size - 8):
-                raise DcrError(f"{bad} (its header needs {length} bytes, the file has {size}); re-download or re-save it")
+                raise DcrError(
+                    f"{bad} (its header needs {length} bytes, the file has {size}); re-download or re-save it"
+                )
             header = json.loads(f.read(length))
     except OSError as err:
         raise DcrError(f"cannot read {path}: {err.strerror or err}") from err
@@ -47,21 +49,31 @@ def check_safetensors(path: str | Path) -> dict:
         if name == "__metadata__":
             continue
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1] or not isinstance(info.get("dtype"), str) or not isinstance(info.get("shape"), list)):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+            or not isinstance(info.get("dtype"), str)
+            or not isinstance(info.get("shape"), list)
+        ):
             raise DcrError(f"{bad} (tensor {name!r} has no valid dtype/shape/data_offsets); re-download or re-save it")
         end = max(end, offsets[1])
     if 8 + length + end > size:
-        raise DcrError(f"{bad}: its tensors need {8 + length + end} bytes, the file has {size} (truncated?); re-download or re-save it")
+        raise DcrError(
+            f"{bad}: its tensors need {8 + length + end} bytes, the file has {size} (truncated?); re-download or re-save it"
+        )
     return header
 
 
 def to_safetensors_hint(path: Path) -> str:
     """The command that converts one pickle into the safetensors file transformers looks for beside it."""
     target = path.with_name(path.name.replace("pytorch_model", "model", 1)).with_suffix(".safetensors")
-    return ("python -c \"import sys, torch, safetensors.torch as st; st.save_file({k: v.contiguous().clone() for k, v in "
-            "torch.load(sys.argv[1], map_location='cpu', weights_only=True).items()}, sys.argv[2], {'format': 'pt'})\" "
-            f"{path} {target}")
+    return (
+        'python -c "import sys, torch, safetensors.torch as st; st.save_file({k: v.contiguous().clone() for k, v in '
+        "torch.load(sys.argv[1], map_location='cpu', weights_only=True).items()}, sys.argv[2], {'format': 'pt'})\" "
+        f"{path} {target}"
+    )
 
 
 def refuse_pickles(pickles: list[Path]) -> None:
@@ -77,7 +89,11 @@ def check_model_dir(directory: str | Path, allow_pickle: bool = False) -> Path:
     weights are only pickles refused unless ``allow_pickle`` (pickles beside safetensors are never read)."""
     directory = Path(directory)
     pickles = []
-    folders = [p for p in directory.rglob("*") if p.is_dir() and not any(part.startswith(".") for part in p.relative_to(directory).parts)]
+    folders = [
+        p
+        for p in directory.rglob("*")
+        if p.is_dir() and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    ]
     for folder in [directory, *sorted(folders)]:
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         for path in files:

@@ -29,9 +29,10 @@ def pytest_sessionstart(session):
     build_shm_op()
 
 
-
 def pytest_collection_modifyitems(config, items):
     """Files with slow (end-to-end, multi-process) tests run first, each file's tests in their
     order: under ``-n 2 --dist loadfile`` the long files then start at once instead of ending the run."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("distributed")}
+    slow_files = {
+        item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("distributed")
+    }
     items.sort(key=lambda item: item.path not in slow_files)

@@ -1,7 +1,6 @@
+import json
 from dataclasses import dataclass, field
 from typing import Literal
-
-import json
 
 import pytest
 
@@ -29,7 +28,9 @@ def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("name: run\ninner:\n  width: 16\n  rate: 1\n")
     cfg = load_config(Outer, path, ["seed=3", "inner.mode=b", "inner.targets=[fc1, fc2]", "path=/tmp/x"])
-    assert cfg == Outer(name="run", seed=3, path="/tmp/x", inner=Inner(width=16, rate=1.0, mode="b", targets=["fc1", "fc2"]))
+    assert cfg == Outer(
+        name="run", seed=3, path="/tmp/x", inner=Inner(width=16, rate=1.0, mode="b", targets=["fc1", "fc2"])
+    )
 
 
 @pytest.mark.parametrize(
@@ -106,7 +107,9 @@ def test_print_config_resolves_without_building(command, capsys, tmp_path):
 
 
 def test_print_config_takes_the_zero_stage_from_the_deepspeed_json(capsys):
-    code, out, err = run(["llava-finetune", "--config", str(REPO / "stages/configs/llava_7b.yaml"), "--print-config"], capsys)
+    code, out, err = run(
+        ["llava-finetune", "--config", str(REPO / "stages/configs/llava_7b.yaml"), "--print-config"], capsys
+    )
     assert code == 0, err
     printed = yaml.safe_load(out)
     assert printed["finetune"]["zero_stage"] == 3 and printed["pretrain"]["zero_stage"] == 2
@@ -124,27 +127,46 @@ def test_print_config_takes_the_zero_stage_from_the_deepspeed_json(capsys):
         ("enhance", ["lora_stage.gradient_checkpointing=true"], "not read by stage one"),
         ("enhance", ["objective.tau=0"], "objective.tau must be positive"),
         ("enhance", ["seed=[1"], "is not a YAML value"),
-        ("enhance", ["projector_stage.zero_stage=3", "projector_stage.deepspeed=stages/deepspeed/zero2.json"],
-         "projector_stage.zero_stage is 3 but stages/deepspeed/zero2.json says zero_optimization.stage 2"),
+        (
+            "enhance",
+            ["projector_stage.zero_stage=3", "projector_stage.deepspeed=stages/deepspeed/zero2.json"],
+            "projector_stage.zero_stage is 3 but stages/deepspeed/zero2.json says zero_optimization.stage 2",
+        ),
         ("enhance", ["lora_stage.deepspeed=missing.json"], "DeepSpeed config missing.json does not exist"),
         ("llava-pretrain", ["pretrain.micro_batch_size=0"], "pretrain.micro_batch_size must be at least 1"),
         ("llava-finetune", ["language_model=null"], "language_model"),
         ("llava-finetune", ["finetune.epochs=0"], "finetune.max_steps and finetune.epochs are both 0; set one of them"),
         ("enhance", ["lora_stage.max_steps=0"], "lora_stage.max_steps and lora_stage.epochs are both 0"),
-        ("enhance", ["objective.name=reconstruction", "objective.tau=0.2"],
-         "objective.tau is not read by objective.name=reconstruction"),
-        ("enhance", ["objective.name=reconstruction", "objective.augment.hflip=0.0", "objective.chunk_size=4"],
-         "objective.chunk_size, objective.augment.hflip are not read by objective.name=reconstruction"),
-        ("enhance", ["objective.name=naive", "objective.negatives=global"], "objective.negatives is not read by objective.name=naive"),
+        (
+            "enhance",
+            ["objective.name=reconstruction", "objective.tau=0.2"],
+            "objective.tau is not read by objective.name=reconstruction",
+        ),
+        (
+            "enhance",
+            ["objective.name=reconstruction", "objective.augment.hflip=0.0", "objective.chunk_size=4"],
+            "objective.chunk_size, objective.augment.hflip are not read by objective.name=reconstruction",
+        ),
+        (
+            "enhance",
+            ["objective.name=naive", "objective.negatives=global"],
+            "objective.negatives is not read by objective.name=naive",
+        ),
         ("enhance", ["objective.naive_weight=2.0"], "objective.naive_weight is not read by objective.name=dcr"),
-        ("enhance", ["objective.checkpoint_chunks=false"], "objective.checkpoint_chunks is not read by objective.name=dcr"),
+        (
+            "enhance",
+            ["objective.checkpoint_chunks=false"],
+            "objective.checkpoint_chunks is not read by objective.name=dcr",
+        ),
         ("llava-finetune", ["lora.r=8"], "lora.r is read only with lora.enabled=true"),
     ],
 )
-def test_bad_config_values_fail_in_one_line_before_anything_runs(command, overrides, message, capsys, tmp_path, monkeypatch):
+def test_bad_config_values_fail_in_one_line_before_anything_runs(
+    command, overrides, message, capsys, tmp_path, monkeypatch
+):
     monkeypatch.chdir(REPO)
     out_dir = tmp_path / "out"
-    code, out, err = run([command, f"output_dir={out_dir}", *overrides], capsys)
+    code, _out, err = run([command, f"output_dir={out_dir}", *overrides], capsys)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out_dir.exists()
@@ -173,19 +195,40 @@ def test_debug_keeps_the_cause_of_a_user_error(tmp_path):
 
 def _deepspeed_json(tmp_path, **values) -> Path:
     path = tmp_path / "ds.json"
-    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 2, "overlap_comm": True}, **values}))
+    path.write_text(
+        json.dumps(
+            {
+                "train_micro_batch_size_per_gpu": "auto",
+                "zero_optimization": {"stage": 2, "overlap_comm": True},
+                **values,
+            }
+        )
+    )
     return path
 
 
 def test_a_deepspeed_json_that_contradicts_the_config_is_refused_listing_every_key(tmp_path, capsys):
-    ds = _deepspeed_json(tmp_path, gradient_clipping=0.5, gradient_accumulation_steps=4, bf16={"enabled": False},
-                         optimizer={"type": "AdamW", "params": {"lr": 0.1, "eps": "auto"}}, scheduler={"type": "WarmupLR"})
+    ds = _deepspeed_json(
+        tmp_path,
+        gradient_clipping=0.5,
+        gradient_accumulation_steps=4,
+        bf16={"enabled": False},
+        optimizer={"type": "AdamW", "params": {"lr": 0.1, "eps": "auto"}},
+        scheduler={"type": "WarmupLR"},
+    )
     code, _, err = run(["enhance", "--print-config", f"lora_stage.deepspeed={ds}", "lora_stage.precision=bf16"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    for part in ("gradient_clipping: 0.5 vs grad_clip 1.0", "gradient_accumulation_steps: 4 vs grad_accum 1",
-                 "bf16.enabled: False vs precision True", "optimizer.params.lr: 0.1 vs lr ", "scheduler: "):
+    for part in (
+        "gradient_clipping: 0.5 vs grad_clip 1.0",
+        "gradient_accumulation_steps: 4 vs grad_accum 1",
+        "bf16.enabled: False vs precision True",
+        "optimizer.params.lr: 0.1 vs lr ",
+        "scheduler: ",
+    ):
         assert part in err, part
-    assert "optimizer.params.eps" not in err and "train_micro_batch_size_per_gpu" not in err  # "auto" takes the config's
+    assert (
+        "optimizer.params.eps" not in err and "train_micro_batch_size_per_gpu" not in err
+    )  # "auto" takes the config's
 
 
 def test_deepspeed_json_values_that_agree_or_are_auto_are_kept(tmp_path, capsys):
@@ -199,7 +242,10 @@ def test_deepspeed_json_values_that_agree_or_are_auto_are_kept(tmp_path, capsys)
     import torch
 
     merged = deepspeed_config(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
-    assert merged["zero_optimization"] == {"stage": 2, "overlap_comm": True} and merged["train_micro_batch_size_per_gpu"] == 8
+    assert (
+        merged["zero_optimization"] == {"stage": 2, "overlap_comm": True}
+        and merged["train_micro_batch_size_per_gpu"] == 8
+    )
     assert merged["bf16"] == {"enabled": True} and merged["gradient_clipping"] == 1.0
 
 
@@ -211,11 +257,27 @@ def test_print_config_says_which_setting_sets_the_steps(capsys):
 
 
 def test_options_and_overrides_mix_in_any_order(capsys, tmp_path):
-    code, out, err = run(["enhance", "--config", str(REPO / "stages/configs/enhance_tiny.yaml"), f"output_dir={tmp_path / 'x'}", "--stage",
-                          "projector", "projector_stage.max_steps=30", "--print-config", "seed=4"], capsys)
+    code, out, err = run(
+        [
+            "enhance",
+            "--config",
+            str(REPO / "stages/configs/enhance_tiny.yaml"),
+            f"output_dir={tmp_path / 'x'}",
+            "--stage",
+            "projector",
+            "projector_stage.max_steps=30",
+            "--print-config",
+            "seed=4",
+        ],
+        capsys,
+    )
     assert code == 0, err
     printed = yaml.safe_load(out)
-    assert printed["projector_stage"]["max_steps"] == 30 and printed["seed"] == 4 and printed["output_dir"] == str(tmp_path / "x")
+    assert (
+        printed["projector_stage"]["max_steps"] == 30
+        and printed["seed"] == 4
+        and printed["output_dir"] == str(tmp_path / "x")
+    )
     with pytest.raises(SystemExit):
         main(["enhance", "--print-config", "--no-such-option"])
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err

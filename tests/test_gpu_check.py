@@ -13,13 +13,19 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_gpu_check_smoke_runs_every_part(tmp_path):
     out = tmp_path / "gpu_check.json"
-    proc = subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), "--smoke", "--steps", "1", "--output", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench/gpu_check.sh"), "--smoke", "--steps", "1", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     dcr = [row for row in result["rows"] if row["part"] == "dcr_step"]
     llava = [row for row in result["rows"] if row["part"] == "llava_lora_step"]
-    assert {(r["image_size"], r["batch"], r["chunk"] > 0) for r in dcr} == {(s, b, c) for s in (224, 336) for b in (8, 16) for c in (False, True)}
+    assert {(r["image_size"], r["batch"], r["chunk"] > 0) for r in dcr} == {
+        (s, b, c) for s in (224, 336) for b in (8, 16) for c in (False, True)
+    }
     assert all(r["denoiser_calls"] == r["batch"] * (r["batch"] + 1) for r in dcr)
     assert len(llava) == 1 and llava[0]["zero_stage"] == 3
     for row in result["rows"]:

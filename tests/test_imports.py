@@ -93,13 +93,31 @@ def test_no_subpackage_imports_one_that_imports_it_back():
 
 #: the subpackages from the bottom up, as the README's layout lists them (top down): each imports
 #: only packages below it (the top-level modules, dcr_mllm.io and the like, are not layered here)
-LAYERS = ("data", "components", "world", "presets", "training", "towers", "diffusion", "objectives", "evaluation", "enhance",
-          "llava", "tasks", "models", "pipeline")
+LAYERS = (
+    "data",
+    "components",
+    "world",
+    "presets",
+    "training",
+    "towers",
+    "diffusion",
+    "objectives",
+    "evaluation",
+    "enhance",
+    "llava",
+    "tasks",
+    "models",
+    "pipeline",
+)
 
 
 def test_each_subpackage_imports_only_those_below_it():
     packages = package_graph(import_graph())
     rank = {f"dcr_mllm.{name}": i for i, name in enumerate(LAYERS)}
-    assert set(rank) == {p for p in packages if (PACKAGE / p.removeprefix("dcr_mllm.")).is_dir()}  # every subpackage is placed
-    upward = sorted((p, t) for p, targets in packages.items() if p in rank for t in targets if t in rank and rank[t] > rank[p])
+    assert set(rank) == {
+        p for p in packages if (PACKAGE / p.removeprefix("dcr_mllm.")).is_dir()
+    }  # every subpackage is placed
+    upward = sorted(
+        (p, t) for p, targets in packages.items() if p in rank for t in targets if t in rank and rank[t] > rank[p]
+    )
     assert upward == []

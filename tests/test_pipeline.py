@@ -20,7 +20,14 @@ def step(*argv, cwd=REPO):
 
 def test_one_process_torchrun_or_the_deepspeed_launcher(tmp_path):
     assert cli_command(1, None, ["enhance"]) == [sys.executable, "-m", "dcr_mllm.cli", "enhance"]
-    assert cli_command(2, None, ["enhance"])[1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    assert cli_command(2, None, ["enhance"])[1:7] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+    ]
     hosts = tmp_path / "hosts.txt"
     hosts.write_text("node1 slots=8\n")
     launched = cli_command(8, str(hosts), ["enhance"])
@@ -44,15 +51,18 @@ def test_the_plan_reads_the_configs_with_their_defaults(monkeypatch):
     assert world.world and world.world_task == "world_local_open" and world.llava_config.endswith("world/llava.yaml")
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["eval-tower", "--towers", "base=missing/tower"], "missing/tower does not exist"),
-    (["eval-tower", "--towers", "tiny-clip", "--world", "nowhere"], "not a world set"),
-    (["eval-mllm", "--models", ""], "no model to score"),
-    (["eval-mllm", "--bogus"], "unknown argument --bogus"),
-    (["run-all", "--tiny", "--config-dir", "stages/configs/tiny"], "--tiny is a config directory"),
-    (["run-all", "--tiny", "--seeds", "0"], "--seeds 0"),
-    (["run-all", "--nproc", "two"], "invalid int value"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["eval-tower", "--towers", "base=missing/tower"], "missing/tower does not exist"),
+        (["eval-tower", "--towers", "tiny-clip", "--world", "nowhere"], "not a world set"),
+        (["eval-mllm", "--models", ""], "no model to score"),
+        (["eval-mllm", "--bogus"], "unknown argument --bogus"),
+        (["run-all", "--tiny", "--config-dir", "stages/configs/tiny"], "--tiny is a config directory"),
+        (["run-all", "--tiny", "--seeds", "0"], "--seeds 0"),
+        (["run-all", "--nproc", "two"], "invalid int value"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, words):
     done = step(*argv)
     assert done.returncode == 2 and words in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
@@ -80,7 +90,9 @@ def test_run_all_with_two_seeds_trains_and_scores_two_llavas_per_tower(tiny, tmp
 
     configs = tmp_path / "configs"
     configs.mkdir()
-    enhance, llava = (yaml.safe_load((REPO / "stages/configs/tiny" / f"{name}.yaml").read_text()) for name in ("enhance", "llava"))
+    enhance, llava = (
+        yaml.safe_load((REPO / "stages/configs/tiny" / f"{name}.yaml").read_text()) for name in ("enhance", "llava")
+    )
     enhance["data"] = {"synthetic_samples": 32, "synthetic_shards": 2}
     for stage in ("projector_stage", "lora_stage"):
         enhance[stage].update(max_steps=2, save_every=2, num_workers=0, micro_batch_size=4)
@@ -92,16 +104,25 @@ def test_run_all_with_two_seeds_trains_and_scores_two_llavas_per_tower(tiny, tmp
     (configs / "enhance.yaml").write_text(yaml.safe_dump(enhance))
     (configs / "llava.yaml").write_text(yaml.safe_dump(llava))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "dcr_mllm.pipeline", "run-all", "--config-dir", str(configs), "--seeds", "2"],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "dcr_mllm.pipeline", "run-all", "--config-dir", str(configs), "--seeds", "2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     outputs = tmp_path / "outputs"
     runs = {"llava_tiny": 0, "llava_tiny_seed1": 1, "llava_tiny_base": 0, "llava_tiny_base_seed1": 1}
     for run, seed in runs.items():
         assert json.loads((outputs / run / "finetune" / "checkpoints" / "config.json").read_text())["seed"] == seed
         assert (outputs / run / "model" / "model.safetensors").is_file()
-    projector = [k for k in load_file(outputs / "llava_tiny" / "pretrain" / "trainable.safetensors")][0]
-    first, second = (load_file(outputs / run / "pretrain" / "trainable.safetensors")[projector] for run in ("llava_tiny", "llava_tiny_seed1"))
+    projector = next(iter(load_file(outputs / "llava_tiny" / "pretrain" / "trainable.safetensors")))
+    first, second = (
+        load_file(outputs / run / "pretrain" / "trainable.safetensors")[projector]
+        for run in ("llava_tiny", "llava_tiny_seed1")
+    )
     assert not (first == second).all()  # another seed, another run
     report = json.loads((outputs / "eval_mllm" / "report" / "report.json").read_text())
     assert {"dcr", "base", "dcr_seed1", "base_seed1"} <= set(json.dumps(report).replace('"', " ").split())

@@ -108,7 +108,10 @@ def llama_corpus() -> list[str]:
     names = list(ATTRIBUTE_VALUES)
     lines = [
         VICUNA_SYSTEM,
-        " ".join(f"{role}:" for role in VICUNA_ROLES) + CHOICE_PROMPT + SHORT_ANSWER_PROMPT + " Is there a in the image? Yes. No.",
+        " ".join(f"{role}:" for role in VICUNA_ROLES)
+        + CHOICE_PROMPT
+        + SHORT_ANSWER_PROMPT
+        + " Is there a in the image? Yes. No.",
         "What colour are the shapes? How many shapes are there? Which way do they point? Where are they?",
         "Describe the image briefly. Render a clear and concise summary of the photo. (a) (b) (c) (d)",
     ]
@@ -125,8 +128,16 @@ def llama_tokenizer():
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=LLAMA_VOCAB_SIZE, special_tokens=list(LLAMA_SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=LLAMA_VOCAB_SIZE,
+        special_tokens=list(LLAMA_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     bpe.train_from_iterator(llama_corpus(), trainer=trainer)
-    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bpe.token_to_id("<s>"))])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=512)
+    bpe.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bpe.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=512
+    )

@@ -51,9 +51,7 @@ def layout(position: str, count: int, size: int) -> list[tuple[float, float, flo
     cell_w, cell_h = w / cols, h / rows
     radius = 0.4 * min(cell_w, cell_h)
     return [
-        (x0 + (col + 0.5) * cell_w, y0 + (row + 0.5) * cell_h, radius)
-        for row in range(rows)
-        for col in range(cols)
+        (x0 + (col + 0.5) * cell_w, y0 + (row + 0.5) * cell_h, radius) for row in range(rows) for col in range(cols)
     ]
 
 

@@ -68,32 +68,37 @@ def _square(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def random_resized_crop_params(height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
-                               generator: torch.Generator | None) -> tuple[int, int, int, int]:
+def random_resized_crop_params(
+    height: int, width: int, scale: Sequence[float], ratio: Sequence[float], generator: torch.Generator | None
+) -> tuple[int, int, int, int]:
     """torchvision's ``RandomResizedCrop.get_params`` drawing from ``generator``: the same draws,
     in the same order, so a generator seeded like torch's global RNG picks the same box (i, j, h, w)."""
     area = height * width
     log_ratio = torch.log(torch.tensor(ratio))
     for _ in range(10):
         target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0].item(), log_ratio[1].item(), generator=generator)).item()
-        w = int(round(math.sqrt(target_area * aspect_ratio)))
-        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        aspect_ratio = torch.exp(
+            torch.empty(1).uniform_(log_ratio[0].item(), log_ratio[1].item(), generator=generator)
+        ).item()
+        w = round(math.sqrt(target_area * aspect_ratio))
+        h = round(math.sqrt(target_area / aspect_ratio))
         if 0 < w <= width and 0 < h <= height:
             i = torch.randint(0, height - h + 1, size=(1,), generator=generator).item()
             j = torch.randint(0, width - w + 1, size=(1,), generator=generator).item()
             return i, j, h, w
     in_ratio = width / height  # ten misses: torchvision's fallback, a central crop
     if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
+        w, h = width, round(width / min(ratio))
     elif in_ratio > max(ratio):
-        w, h = int(round(height * max(ratio))), height
+        w, h = round(height * max(ratio)), height
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def random_resized_square(image: Image.Image, size: int, crop: CropRange, generator: torch.Generator | None) -> Image.Image:
+def random_resized_square(
+    image: Image.Image, size: int, crop: CropRange, generator: torch.Generator | None
+) -> Image.Image:
     """torchvision's ``RandomResizedCrop(size, scale, ratio, interpolation=BICUBIC)`` on a PIL image."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
@@ -116,9 +121,7 @@ def expand_shard_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
         if os.path.isdir(item):
             found = sorted(str(p) for p in Path(item).glob("*.tar"))
             if not found:
-                raise DcrError(
-                    f"no .tar shards in {item}: point to a directory of webdataset shards"
-                )
+                raise DcrError(f"no .tar shards in {item}: point to a directory of webdataset shards")
             shards += found
             continue
         for path in braceexpand(item):
@@ -140,14 +143,20 @@ def check_shards(urls: str | Path | Sequence[str | Path]) -> list[str]:
             with contextlib.closing(_tar_samples(shard)) as samples:
                 first = next(samples, None)
         except (tarfile.TarError, OSError, EOFError) as err:
-            raise DcrError(f"shard {shard} is not a readable tar archive ({err}); re-create it or remove it from data.shards") from err
+            raise DcrError(
+                f"shard {shard} is not a readable tar archive ({err}); re-create it or remove it from data.shards"
+            ) from err
         if first is None:
-            raise DcrError(f"shard {shard} holds no samples (KEY.jpg + KEY.txt members); re-create it or remove it from data.shards")
+            raise DcrError(
+                f"shard {shard} holds no samples (KEY.jpg + KEY.txt members); re-create it or remove it from data.shards"
+            )
         key, files = first
         ext = next((e for e in SHARD_IMAGE_EXTENSIONS if e in files), None)
         if ext is None:
-            raise DcrError(f"shard {shard}: its first sample {key} has no image (members: {', '.join(sorted(files))}; "
-                           f"expected one of {', '.join(SHARD_IMAGE_EXTENSIONS)}); re-create the shard")
+            raise DcrError(
+                f"shard {shard}: its first sample {key} has no image (members: {', '.join(sorted(files))}; "
+                f"expected one of {', '.join(SHARD_IMAGE_EXTENSIONS)}); re-create the shard"
+            )
         try:
             load_rgb(files[ext])
         except DcrError as err:
@@ -187,9 +196,7 @@ class ImageTextShards(IterableDataset):
         random_crop: CropRange | None = None,
     ):
         if not 0 <= rank < world_size:
-            raise DcrError(
-                f"rank {rank} is outside world size {world_size}: use 0 <= rank < world_size"
-            )
+            raise DcrError(f"rank {rank} is outside world size {world_size}: use 0 <= rank < world_size")
         self.shards = expand_shard_urls(urls)
         self.image_size = image_size
         self.rank = rank
@@ -323,14 +330,10 @@ class ImageFolder(Dataset):
         if not self.root.is_dir():
             raise DcrError(f"image folder {self.root} does not exist: check the path")
         self.paths = sorted(
-            p
-            for p in self.root.rglob("*")
-            if p.suffix.lower() in FOLDER_IMAGE_EXTENSIONS and p.is_file()
+            p for p in self.root.rglob("*") if p.suffix.lower() in FOLDER_IMAGE_EXTENSIONS and p.is_file()
         )
         if not self.paths:
-            raise DcrError(
-                f"no images ({' '.join(FOLDER_IMAGE_EXTENSIONS)}) under {self.root}: check the path"
-            )
+            raise DcrError(f"no images ({' '.join(FOLDER_IMAGE_EXTENSIONS)}) under {self.root}: check the path")
         self.image_size = image_size
         relative = [p.relative_to(self.root) for p in self.paths]
         self.classes = sorted({rel.parts[0] for rel in relative if len(rel.parts) > 1})

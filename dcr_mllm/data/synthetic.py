@@ -21,7 +21,17 @@ from typing import ClassVar
 
 from PIL import Image, ImageDraw
 
-from dcr_mllm.data.drawing import BACKGROUNDS, Scene, COLORS, DIRECTIONS, SUPERSAMPLE, add_tar_member, arrowhead, draw_shape, layout
+from dcr_mllm.data.drawing import (
+    BACKGROUNDS,
+    COLORS,
+    DIRECTIONS,
+    SUPERSAMPLE,
+    Scene,
+    add_tar_member,
+    arrowhead,
+    draw_shape,
+    layout,
+)
 from dcr_mllm.errors import DcrError
 
 # Every value each attribute can take; sampling, class folders and pairs all read this table.
@@ -56,9 +66,7 @@ class SceneAttributes(Scene):
 
 def sample_attributes(rng: random.Random) -> SceneAttributes:
     """Draw every attribute uniformly and independently."""
-    return SceneAttributes(
-        **{name: rng.choice(values) for name, values in ATTRIBUTE_VALUES.items()}
-    )
+    return SceneAttributes(**{name: rng.choice(values) for name, values in ATTRIBUTE_VALUES.items()})
 
 
 def caption(attrs: SceneAttributes) -> str:
@@ -104,9 +112,7 @@ def write_synthetic_shards(
     a temporary name and renamed, so a crash never leaves a half-written shard.
     """
     if num_samples < 1 or samples_per_shard < 1:
-        raise DcrError(
-            f"num_samples={num_samples}, samples_per_shard={samples_per_shard}: both must be at least 1"
-        )
+        raise DcrError(f"num_samples={num_samples}, samples_per_shard={samples_per_shard}: both must be at least 1")
     out_dir = Path(out_dir)
     num_shards = math.ceil(num_samples / samples_per_shard)
     paths = [out_dir / f"{shard:05d}.tar" for shard in range(num_shards)]
@@ -180,9 +186,7 @@ def _refuse_stale(out_dir: Path, wanted: list[Path], pattern: str) -> None:
         return
     wanted_set = set(wanted)
     stale = sorted(
-        p
-        for p in out_dir.glob(pattern)
-        if p.is_file() and p not in wanted_set and not p.name.endswith(".tmp")
+        p for p in out_dir.glob(pattern) if p.is_file() and p not in wanted_set and not p.name.endswith(".tmp")
     )
     if stale:
         raise DcrError(

@@ -7,4 +7,4 @@ from dcr_mllm.diffusion.denoiser import (
 )
 from dcr_mllm.diffusion.projector import ConditionProjector, check_widths
 
-__all__ = ["FrozenDenoiser", "check_sd_dir", "unet_cross_attention_dim", "ConditionProjector", "check_widths"]
+__all__ = ["ConditionProjector", "FrozenDenoiser", "check_sd_dir", "check_widths", "unet_cross_attention_dim"]

@@ -27,11 +27,15 @@ def check_sd_dir(path: str | Path) -> Path:
     """A diffusers Stable Diffusion directory with every part DCR needs, or a one-line error."""
     path = Path(path)
     if not path.is_dir():
-        raise DcrError(f"denoiser directory {path} does not exist; point denoiser.path at a local Stable Diffusion (diffusers layout) directory")
+        raise DcrError(
+            f"denoiser directory {path} does not exist; point denoiser.path at a local Stable Diffusion (diffusers layout) directory"
+        )
     missing = [s for s in SUBFOLDERS if not (path / s).is_dir()]
     if missing:
         lacking = ", ".join(m + "/" for m in missing)
-        raise DcrError(f"denoiser directory {path} lacks {lacking}; it must have the diffusers Stable Diffusion layout ({', '.join(SUBFOLDERS)})")
+        raise DcrError(
+            f"denoiser directory {path} lacks {lacking}; it must have the diffusers Stable Diffusion layout ({', '.join(SUBFOLDERS)})"
+        )
     return check_model_dir(path)
 
 
@@ -67,8 +71,13 @@ class FrozenDenoiser(nn.Module):
         self.register_buffer("sqrt_one_minus_alpha", (1 - alphas).sqrt(), persistent=False)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, empty_prompt_mask: bool = False,
-                        ds_config: dict | None = None) -> "FrozenDenoiser":
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        dtype: torch.dtype = torch.float32,
+        empty_prompt_mask: bool = False,
+        ds_config: dict | None = None,
+    ) -> FrozenDenoiser:
         """``empty_prompt_mask`` runs the text encoder with the tokenizer's padding mask, as upstream DCR
         does (boyuh/DCR clip_models/CLIP_bank.py:45-51); without it (the default) the context is the
         one diffusers' SD pipelines, and so the UNet's training, use: every padding token attended."""
@@ -88,12 +97,16 @@ class FrozenDenoiser(nn.Module):
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
         tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
-        tokens = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+        tokens = tokenizer(
+            [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
         with torch.no_grad():
-            empty = text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask if empty_prompt_mask else None)[0].to(dtype)
+            empty = text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask if empty_prompt_mask else None)[
+                0
+            ].to(dtype)
         return cls(unet, vae, scheduler, empty)
 
-    def train(self, mode: bool = True) -> "FrozenDenoiser":
+    def train(self, mode: bool = True) -> FrozenDenoiser:
         return super().train(False)  # always eval: frozen, and no dropout in the reconstruction
 
     @property
@@ -113,13 +126,17 @@ class FrozenDenoiser(nn.Module):
         """Pixels in [0, 1] -> scaled latents (a sample of the VAE posterior, as in SD training)."""
         dtype = next(self.vae.parameters()).dtype
         posterior = self.vae.encode((images * 2 - 1).to(dtype)).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=generator, dtype=posterior.mean.dtype).to(posterior.mean.device)
+        noise = torch.randn(posterior.mean.shape, generator=generator, dtype=posterior.mean.dtype).to(
+            posterior.mean.device
+        )
         latents = posterior.mean + posterior.std * noise
         return latents * self.vae.config.scaling_factor
 
     def add_noise(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         shape = (-1,) + (1,) * (latents.dim() - 1)
-        return self.sqrt_alpha[timesteps].view(shape) * latents + self.sqrt_one_minus_alpha[timesteps].view(shape) * noise
+        return (
+            self.sqrt_alpha[timesteps].view(shape) * latents + self.sqrt_one_minus_alpha[timesteps].view(shape) * noise
+        )
 
     def target(self, latents: Tensor, noise: Tensor, timesteps: Tensor, kind: TargetKind = "auto") -> Tensor:
         """What the UNet should predict. ``auto`` follows the scheduler; ``velocity`` is upstream's choice."""
@@ -130,7 +147,10 @@ class FrozenDenoiser(nn.Module):
             return latents
         if kind in ("v_prediction", "velocity"):
             shape = (-1,) + (1,) * (latents.dim() - 1)
-            return self.sqrt_alpha[timesteps].view(shape) * noise - self.sqrt_one_minus_alpha[timesteps].view(shape) * latents
+            return (
+                self.sqrt_alpha[timesteps].view(shape) * noise
+                - self.sqrt_one_minus_alpha[timesteps].view(shape) * latents
+            )
         raise DcrError(f"unknown diffusion target {kind!r}; use auto, epsilon, v_prediction, sample or velocity")
 
     def predict(self, noisy: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
@@ -151,12 +171,16 @@ def _partitioned(model_class, directory: Path, dtype: torch.dtype, ds_config: di
         model = model_class.from_config(model_class.load_config(directory))
     names = {name for name, _ in model.named_parameters()}
     with contextlib.ExitStack() as stack:
-        files = [stack.enter_context(safe_open(str(f), framework="pt")) for f in sorted(directory.glob("*.safetensors"))]
+        files = [
+            stack.enter_context(safe_open(str(f), framework="pt")) for f in sorted(directory.glob("*.safetensors"))
+        ]
         where = {key: f for f in files for key in f.keys()}
         missing = sorted(names - where.keys())
         if missing:
-            raise DcrError(f"{directory} lacks {missing[0]} (and {len(missing) - 1} more) in safetensors; ZeRO-3 loading needs "
-                           "the current diffusers layout: load and save_pretrained it once")
+            raise DcrError(
+                f"{directory} lacks {missing[0]} (and {len(missing) - 1} more) in safetensors; ZeRO-3 loading needs "
+                "the current diffusers layout: load and save_pretrained it once"
+            )
         load_streamed(model, lambda name: where[name].get_tensor(name), names)
     return model
 

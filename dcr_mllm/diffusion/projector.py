@@ -13,7 +13,9 @@ from torch import Tensor, nn
 from dcr_mllm.errors import ConfigError
 
 
-def check_widths(tower_width: int, projector_input: int, projector_output: int, unet_width: int, what: str = "global embedding") -> None:
+def check_widths(
+    tower_width: int, projector_input: int, projector_output: int, unet_width: int, what: str = "global embedding"
+) -> None:
     """Fail with both numbers named when a projector cannot sit between this tower and UNet."""
     if projector_input != tower_width:
         raise ConfigError(

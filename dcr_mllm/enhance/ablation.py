@@ -32,9 +32,9 @@ from dcr_mllm.config import PACKAGED_CONFIGS, load_config
 from dcr_mllm.enhance.config import EnhanceConfig
 from dcr_mllm.enhance.watch import EVAL_FILE
 from dcr_mllm.errors import DcrError
+from dcr_mllm.evaluation.premise import measure_premise, premise_report
 from dcr_mllm.io import atomic_dir, atomic_path, user_error_line
 from dcr_mllm.world.models import MINI, WorldSpec
-from dcr_mllm.evaluation.premise import measure_premise, premise_report
 from dcr_mllm.world.prepare import EVAL_COUNT, SHARD_COUNT, VAL_COUNT, prepare_world
 from dcr_mllm.world.scenes import FINE_ATTRIBUTES
 
@@ -50,13 +50,26 @@ OBJECTIVES = tuple(VARIANTS)
 #: the one rule that chooses each run's step on the validation split, for every objective: the
 #: feature-layer probe's mean over the attributes the paper claims, what a LLaVA reads
 SELECT = "world/probe_layer/claim_mean"
-HEADLINE = ("probe_global/claim_mean", "probe_layer/claim_mean", "probe_global/fine_mean", "class/probe", "class/zero_shot", "pairs/mean",
-            "probe_layer/fine_mean")
+HEADLINE = (
+    "probe_global/claim_mean",
+    "probe_layer/claim_mean",
+    "probe_global/fine_mean",
+    "class/probe",
+    "class/zero_shot",
+    "pairs/mean",
+    "probe_layer/fine_mean",
+)
 
 
 def run_jobs(commands: list[tuple[list[str], Path]], jobs: int) -> None:
     """Run each (argv, log file) in a one-thread process, ``jobs`` at a time; fail naming the logs."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     pending, running, failed = list(commands), [], []
     while pending or running:
         while pending and len(running) < jobs:
@@ -71,9 +84,19 @@ def run_jobs(commands: list[tuple[list[str], Path]], jobs: int) -> None:
         raise DcrError(f"{len(failed)} run(s) failed; see {', '.join(failed)}")
 
 
-def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str | Path | None = None, overrides: list[str] = (),
-                 spec: WorldSpec | None = None, world_root: str | Path | None = None, eval_count: int = EVAL_COUNT, pairs: int = 30,
-                 shard_count: int = SHARD_COUNT, val_count: int = VAL_COUNT) -> Path:
+def run_ablation(
+    output: str | Path,
+    seeds: int = 3,
+    jobs: int = 2,
+    config: str | Path | None = None,
+    overrides: list[str] = (),
+    spec: WorldSpec | None = None,
+    world_root: str | Path | None = None,
+    eval_count: int = EVAL_COUNT,
+    pairs: int = 30,
+    shard_count: int = SHARD_COUNT,
+    val_count: int = VAL_COUNT,
+) -> Path:
     if seeds < 1 or jobs < 1:
         raise DcrError(f"--seeds {seeds} and --jobs {jobs}: both must be at least 1")
     config = Path(config or PACKAGED_CONFIGS / "enhance_world.yaml")
@@ -82,7 +105,9 @@ def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str 
     spec = spec or WorldSpec()
     out = Path(output).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    world = prepare_world(out, spec, world_root, shard_count=shard_count, conversation_count=0, eval_count=eval_count, val_count=val_count)
+    world = prepare_world(
+        out, spec, world_root, shard_count=shard_count, conversation_count=0, eval_count=eval_count, val_count=val_count
+    )
     models, shards = {"clip": world["world-clip"], "sd": world["world-sd"]}, world["shards"]
     if not (out / "premise.json").is_file():
         measure_premise(out, spec, world_root, count=min(256, val_count), val_count=val_count)
@@ -94,9 +119,29 @@ def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str 
     runs = {(objective, seed): out / objective / f"seed{seed}" for objective in OBJECTIVES for seed in range(seeds)}
     own = {objective: objective_overrides(config, overrides, VARIANTS[objective]) for objective in OBJECTIVES}
     watch = validation_overrides(config, overrides, world["val"], pairs)
-    train = [([sys.executable, "-m", "dcr_mllm.cli", "enhance", "--config", str(config), f"tower={models['clip']}", f"denoiser={models['sd']}",
-               f"output_dir={run}", f"seed={seed}", f"data.shards={shards}", *watch, *overrides, *own[objective]], run.with_suffix(".log"))
-             for (objective, seed), run in runs.items() if not (run / "tower" / "model_card.md").is_file()]
+    train = [
+        (
+            [
+                sys.executable,
+                "-m",
+                "dcr_mllm.cli",
+                "enhance",
+                "--config",
+                str(config),
+                f"tower={models['clip']}",
+                f"denoiser={models['sd']}",
+                f"output_dir={run}",
+                f"seed={seed}",
+                f"data.shards={shards}",
+                *watch,
+                *overrides,
+                *own[objective],
+            ],
+            run.with_suffix(".log"),
+        )
+        for (objective, seed), run in runs.items()
+        if not (run / "tower" / "model_card.md").is_file()
+    ]
     run_jobs(train, jobs)
     # with a validation split, RUN/tower is the step SELECT chose; the last step is exported beside it
     last_step = load_config(EnhanceConfig, config, overrides).lora_stage.max_steps
@@ -107,28 +152,69 @@ def run_ablation(output: str | Path, seeds: int = 3, jobs: int = 2, config: str 
             if not (run / "tower_last" / "model_card.md").is_file():
                 export_step(run, last_step, run / "tower_last", force=True)
     last = {run: run / ("tower_last" if watch else "tower") for run in runs.values()}
-    scored = [(base, base.parent / "world_metrics.json")] + [(last[run], run / "world_metrics.json") for run in runs.values()]
+    scored = [(base, base.parent / "world_metrics.json")] + [
+        (last[run], run / "world_metrics.json") for run in runs.values()
+    ]
     if watch:
         scored += [(run / "tower", run / "world_metrics_selected.json") for run in runs.values()]
-    evaluate = [([sys.executable, "-m", "dcr_mllm.evaluation.world_metrics", "--tower", str(tower), "--data", str(out / "eval"),
-                  "--output", str(result), "--pairs", str(pairs)], result.with_suffix(".log"))
-                for tower, result in scored if not result.is_file()]
+    evaluate = [
+        (
+            [
+                sys.executable,
+                "-m",
+                "dcr_mllm.evaluation.world_metrics",
+                "--tower",
+                str(tower),
+                "--data",
+                str(out / "eval"),
+                "--output",
+                str(result),
+                "--pairs",
+                str(pairs),
+            ],
+            result.with_suffix(".log"),
+        )
+        for tower, result in scored
+        if not result.is_file()
+    ]
     run_jobs(evaluate, jobs)
 
     base_scores = json.loads((base.parent / "world_metrics.json").read_text())
-    scores = {objective: [json.loads((runs[objective, seed] / "world_metrics.json").read_text()) for seed in range(seeds)]
-              for objective in OBJECTIVES}
+    scores = {
+        objective: [json.loads((runs[objective, seed] / "world_metrics.json").read_text()) for seed in range(seeds)]
+        for objective in OBJECTIVES
+    }
     results = summarize(base_scores, scores)
     if watch:
-        chosen = {objective: [json.loads((runs[objective, seed] / "world_metrics_selected.json").read_text()) for seed in range(seeds)]
-                  for objective in OBJECTIVES}
-        results["selected"] = {**summarize(base_scores, chosen), "rule": SELECT, "last_step": last_step,
-                               "steps": {objective: [selected_step(runs[objective, seed]) for seed in range(seeds)] for objective in OBJECTIVES}}
+        chosen = {
+            objective: [
+                json.loads((runs[objective, seed] / "world_metrics_selected.json").read_text()) for seed in range(seeds)
+            ]
+            for objective in OBJECTIVES
+        }
+        results["selected"] = {
+            **summarize(base_scores, chosen),
+            "rule": SELECT,
+            "last_step": last_step,
+            "steps": {
+                objective: [selected_step(runs[objective, seed]) for seed in range(seeds)] for objective in OBJECTIVES
+            },
+        }
     results["premise"] = json.loads((out / "premise.json").read_text())
-    results["curves"] = curves({objective: [runs[objective, seed] / "lora" / EVAL_FILE for seed in range(seeds)] for objective in OBJECTIVES})
-    results["setup"] = {"seeds": seeds, "config": str(config), "overrides": list(overrides), "per_objective": own, "world": dataclasses.asdict(spec),
-                        "eval_images": eval_count, "pairs_per_attribute": pairs, "stage_one_images": shard_count,
-                        "validation": {"images": val_count, "overrides": watch}}
+    results["curves"] = curves(
+        {objective: [runs[objective, seed] / "lora" / EVAL_FILE for seed in range(seeds)] for objective in OBJECTIVES}
+    )
+    results["setup"] = {
+        "seeds": seeds,
+        "config": str(config),
+        "overrides": list(overrides),
+        "per_objective": own,
+        "world": dataclasses.asdict(spec),
+        "eval_images": eval_count,
+        "pairs_per_attribute": pairs,
+        "stage_one_images": shard_count,
+        "validation": {"images": val_count, "overrides": watch},
+    }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "report.md").write_text(report(results))
     chart(results, out / "chart.png")
@@ -142,7 +228,10 @@ def validation_overrides(config: Path, overrides: list[str], val: Path, pairs: i
     each run's step on it by ``SELECT``; none when the config evaluates nothing during training."""
     if not load_config(EnhanceConfig, config, overrides).eval.every:
         return []
-    return [f"eval.benchmarks=[{{name: world, data: {json.dumps(str(val))}, pairs_per_attribute: {pairs}}}]", f"eval.select={SELECT}"]
+    return [
+        f"eval.benchmarks=[{{name: world, data: {json.dumps(str(val))}, pairs_per_attribute: {pairs}}}]",
+        f"eval.select={SELECT}",
+    ]
 
 
 def selected_step(run: Path) -> int:
@@ -163,8 +252,11 @@ def curves(eval_files: dict[str, list[Path]]) -> dict:
         out[objective] = {}
         for metric in HEADLINE:
             values = [[rows[step][f"eval/world/{metric}"] for rows in per_seed] for step in steps]
-            out[objective][metric] = {"steps": steps, "mean": [statistics.fmean(v) for v in values],
-                                      "std": [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]}
+            out[objective][metric] = {
+                "steps": steps,
+                "mean": [statistics.fmean(v) for v in values],
+                "std": [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values],
+            }
     return out
 
 
@@ -192,28 +284,47 @@ def summarize(base: dict[str, float], scores: dict[str, list[dict[str, float]]])
         table[objective] = {}
         for metric, base_value in base.items():
             values = [seed_scores[metric] for seed_scores in per_seed]
-            table[objective][metric] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                                        "seeds": values, "minus_base": [v - base_value for v in values]}
+            table[objective][metric] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "seeds": values,
+                "minus_base": [v - base_value for v in values],
+            }
     return {"metrics": table, "checks": claims(table)}
 
 
 def claims(table: dict) -> dict[str, bool]:
     """The paper's claims in the world, each true or false from the ablation's numbers."""
     checks = {}
-    gained = lambda objective, metric, points: objective in table and metric in table[objective] and all(
-        v >= points for v in table[objective][metric]["minus_base"])
+
+    def gained(objective, metric, points):
+        return (
+            objective in table
+            and metric in table[objective]
+            and all(v >= points for v in table[objective][metric]["minus_base"])
+        )
+
     base_class = table["base"]["class/probe"]["mean"]
     if "dcr" in table:
-        checks["dcr (global) above base on every seed by >= 5 points: probe_global/claim_mean"] = gained("dcr", "probe_global/claim_mean", 5)
-        checks["dcr class probe within 2 points of base (mean)"] = abs(table["dcr"]["class/probe"]["mean"] - base_class) <= 2
+        checks["dcr (global) above base on every seed by >= 5 points: probe_global/claim_mean"] = gained(
+            "dcr", "probe_global/claim_mean", 5
+        )
+        checks["dcr class probe within 2 points of base (mean)"] = (
+            abs(table["dcr"]["class/probe"]["mean"] - base_class) <= 2
+        )
         checks["dcr class probe above reconstruction (mean)"] = (
-            "reconstruction" in table and table["dcr"]["class/probe"]["mean"] > table["reconstruction"]["class/probe"]["mean"])
+            "reconstruction" in table
+            and table["dcr"]["class/probe"]["mean"] > table["reconstruction"]["class/probe"]["mean"]
+        )
     if "dcr_tokens" in table:
-        checks["dcr_tokens above base on every seed by >= 5 points: probe_layer/claim_mean"] = gained("dcr_tokens", "probe_layer/claim_mean", 5)
+        checks["dcr_tokens above base on every seed by >= 5 points: probe_layer/claim_mean"] = gained(
+            "dcr_tokens", "probe_layer/claim_mean", 5
+        )
     for objective in ("dcr", "dcr_tokens"):
         if objective in table:
             checks[f"{objective} loses at most 5 points of class zero-shot on every seed"] = all(
-                v >= -5 for v in table[objective]["class/zero_shot"]["minus_base"])
+                v >= -5 for v in table[objective]["class/zero_shot"]["minus_base"]
+            )
     return checks
 
 
@@ -221,25 +332,42 @@ def report(results: dict) -> str:
     table, objectives = results["metrics"], list(results["metrics"])
     metrics = [*HEADLINE, *(m for m in table["base"] if m not in HEADLINE)]
     premise = premise_report(results["premise"]) if "premise" in results else []
-    lines = ["# Ablation in the world", "", *("#" + line if line.startswith("# ") else line for line in premise), "",
-             "## The objectives", "",
-             f"{results['setup']['seeds']} seed(s) per objective; base is one tower. Mean +- std over seeds (percent); "
-             "`probe_global` = linear probe on the global embedding, `probe_layer` = on the mean of feature layer -2; "
-             "`fine_mean` = mean over " + ", ".join(FINE_ATTRIBUTES) + ".", "",
-             "| metric | " + " | ".join(objectives) + " |", "|---" * (len(objectives) + 1) + "|"]
+    lines = [
+        "# Ablation in the world",
+        "",
+        *("#" + line if line.startswith("# ") else line for line in premise),
+        "",
+        "## The objectives",
+        "",
+        f"{results['setup']['seeds']} seed(s) per objective; base is one tower. Mean +- std over seeds (percent); "
+        "`probe_global` = linear probe on the global embedding, `probe_layer` = on the mean of feature layer -2; "
+        "`fine_mean` = mean over " + ", ".join(FINE_ATTRIBUTES) + ".",
+        "",
+        "| metric | " + " | ".join(objectives) + " |",
+        "|---" * (len(objectives) + 1) + "|",
+    ]
     for metric in metrics:
-        cells = [f"{table[o][metric]['mean']:.1f}" + (f" +- {table[o][metric]['std']:.1f}" if o != "base" else "") for o in objectives]
+        cells = [
+            f"{table[o][metric]['mean']:.1f}" + (f" +- {table[o][metric]['std']:.1f}" if o != "base" else "")
+            for o in objectives
+        ]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     lines += ["", "## Each seed minus base", "", "| objective | metric | per seed |", "|---|---|---|"]
     for objective in objectives[1:]:
         for metric in HEADLINE:
-            lines.append(f"| {objective} | {metric} | " + ", ".join(f"{v:+.1f}" for v in table[objective][metric]["minus_base"]) + " |")
+            lines.append(
+                f"| {objective} | {metric} | "
+                + ", ".join(f"{v:+.1f}" for v in table[objective][metric]["minus_base"])
+                + " |"
+            )
     if results.get("selected"):
         lines += selection_table(results)
     if results.get("curves"):
         lines += curve_tables(results["curves"])
     if results["checks"]:
-        lines += ["", "## What the world is for", ""] + [f"- {'yes' if ok else 'NO'}: {name}" for name, ok in results["checks"].items()]
+        lines += ["", "## What the world is for", ""] + [
+            f"- {'yes' if ok else 'NO'}: {name}" for name, ok in results["checks"].items()
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -248,14 +376,28 @@ def selection_table(results: dict) -> list[str]:
     validation split by one rule (mean +- std over seeds), and the chosen steps."""
     last, chosen = results["metrics"], results["selected"]
     objectives = [o for o in last if o != "base"]
-    lines = ["", "## The last step and the step chosen on validation", "",
-             f"Each run's LoRA step chosen by one rule for every objective: the highest `{chosen['rule']}` on the validation split "
-             f"(never the evaluation set above), against its last step ({chosen['last_step']}). Mean +- std over seeds (percent).", "",
-             "| metric | " + " | ".join(f"{o}: last | {o}: chosen" for o in objectives) + " |", "|---" * (2 * len(objectives) + 1) + "|"]
+    lines = [
+        "",
+        "## The last step and the step chosen on validation",
+        "",
+        f"Each run's LoRA step chosen by one rule for every objective: the highest `{chosen['rule']}` on the validation split "
+        f"(never the evaluation set above), against its last step ({chosen['last_step']}). Mean +- std over seeds (percent).",
+        "",
+        "| metric | " + " | ".join(f"{o}: last | {o}: chosen" for o in objectives) + " |",
+        "|---" * (2 * len(objectives) + 1) + "|",
+    ]
     for metric in HEADLINE:
-        cells = [f"{t[o][metric]['mean']:.1f} +- {t[o][metric]['std']:.1f}" for o in objectives for t in (last, chosen["metrics"])]
+        cells = [
+            f"{t[o][metric]['mean']:.1f} +- {t[o][metric]['std']:.1f}"
+            for o in objectives
+            for t in (last, chosen["metrics"])
+        ]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-    lines.append("| chosen step per seed | " + " | ".join(cell for o in objectives for cell in ("", ", ".join(map(str, chosen["steps"][o])))) + " |")
+    lines.append(
+        "| chosen step per seed | "
+        + " | ".join(cell for o in objectives for cell in ("", ", ".join(map(str, chosen["steps"][o]))))
+        + " |"
+    )
     return lines
 
 
@@ -263,18 +405,32 @@ def curve_tables(curves_by_objective: dict) -> list[str]:
     """One table per headline metric: the validation value (mean +- std over seeds) at each
     evaluated LoRA step, per objective, and the step where the mean peaks."""
     objectives = list(curves_by_objective)
-    lines = ["", "## Validation curves during training", "",
-             "The world's validation set (its own seed, not the evaluation set above) scored every `eval.every` LoRA steps; "
-             "step 0 is the base tower. Mean +- std over seeds (percent). `OUT/curves.png` draws them."]
+    lines = [
+        "",
+        "## Validation curves during training",
+        "",
+        "The world's validation set (its own seed, not the evaluation set above) scored every `eval.every` LoRA steps; "
+        "step 0 is the base tower. Mean +- std over seeds (percent). `OUT/curves.png` draws them.",
+    ]
     for metric in HEADLINE:
         steps = curves_by_objective[objectives[0]][metric]["steps"]
-        lines += ["", f"**{metric}**", "", "| step | " + " | ".join(objectives) + " |", "|---:" * (len(objectives) + 1) + "|"]
+        lines += [
+            "",
+            f"**{metric}**",
+            "",
+            "| step | " + " | ".join(objectives) + " |",
+            "|---:" * (len(objectives) + 1) + "|",
+        ]
         for i, step in enumerate(steps):
-            cells = [f"{c[metric]['mean'][i]:.1f} +- {c[metric]['std'][i]:.1f}" if i < len(c[metric]["steps"]) else ""
-                     for c in (curves_by_objective[o] for o in objectives)]
+            cells = [
+                f"{c[metric]['mean'][i]:.1f} +- {c[metric]['std'][i]:.1f}" if i < len(c[metric]["steps"]) else ""
+                for c in (curves_by_objective[o] for o in objectives)
+            ]
             lines.append(f"| {step} | " + " | ".join(cells) + " |")
-        peaks = [c[metric]["steps"][max(range(len(c[metric]["mean"])), key=lambda i: (c[metric]["mean"][i], -i))]
-                 for c in (curves_by_objective[o] for o in objectives)]
+        peaks = [
+            c[metric]["steps"][max(range(len(c[metric]["mean"])), key=lambda i: (c[metric]["mean"][i], -i))]
+            for c in (curves_by_objective[o] for o in objectives)
+        ]
         lines.append("| peak at step | " + " | ".join(str(p) for p in peaks) + " |")
     return lines
 
@@ -291,7 +447,12 @@ def curves_chart(results: dict, path: Path) -> None:
         for objective, curve in results["curves"].items():
             c = curve[metric]
             ax.plot(c["steps"], c["mean"], marker="o", markersize=3, label=objective)
-            ax.fill_between(c["steps"], [m - s for m, s in zip(c["mean"], c["std"])], [m + s for m, s in zip(c["mean"], c["std"])], alpha=0.2)
+            ax.fill_between(
+                c["steps"],
+                [m - s for m, s in zip(c["mean"], c["std"])],
+                [m + s for m, s in zip(c["mean"], c["std"])],
+                alpha=0.2,
+            )
         ax.set_title(metric, fontsize=8)
         ax.set_xlabel("LoRA step")
     axes[0][0].set_ylabel("validation, percent")
@@ -318,7 +479,11 @@ def chart(results: dict, path: Path) -> None:
         means = [table[objective][m]["mean"] for m in HEADLINE]
         stds = [table[objective][m]["std"] for m in HEADLINE]
         ax.bar([x + i * width for x in range(len(HEADLINE))], means, width, yerr=stds, capsize=3, label=objective)
-    ax.set_xticks([x + width * (len(objectives) - 1) / 2 for x in range(len(HEADLINE))], [m.replace("/", "\n") for m in HEADLINE], fontsize=8)
+    ax.set_xticks(
+        [x + width * (len(objectives) - 1) / 2 for x in range(len(HEADLINE))],
+        [m.replace("/", "\n") for m in HEADLINE],
+        fontsize=8,
+    )
     ax.set_ylabel("percent")
     ax.set_title(f"World ablation ({results['setup']['seeds']} seeds, mean +- std)")
     ax.legend(fontsize=8)
@@ -329,12 +494,16 @@ def chart(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Reconstruction-only, naive and DCR from the same world base, same budget, several seeds.")
+    parser = argparse.ArgumentParser(
+        description="Reconstruction-only, naive and DCR from the same world base, same budget, several seeds."
+    )
     parser.add_argument("--output", default="outputs/ablation")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2, help="one-thread processes at a time")
     parser.add_argument("--config", help="stage-one config (default: the packaged enhance_world.yaml)")
-    parser.add_argument("--mini", action="store_true", help="a miniature world and evaluation (tests: seconds, not minutes)")
+    parser.add_argument(
+        "--mini", action="store_true", help="a miniature world and evaluation (tests: seconds, not minutes)"
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="stage-one config overrides for every run")
     args = parser.parse_args(argv)
     sizes = {"spec": MINI, "eval_count": 36, "pairs": 2, "shard_count": 64, "val_count": 24} if args.mini else {}

@@ -108,42 +108,62 @@ def resolve_config(cfg: EnhanceConfig) -> EnhanceConfig:
     for name in ("projector_stage", "lora_stage"):
         stage = resolve_train_config(getattr(cfg, name), name, default_zero_stage=2)
         if stage.epochs:
-            raise ConfigError(f"{name}.epochs is not read by stage one (its shards have no known length); set {name}.max_steps")
+            raise ConfigError(
+                f"{name}.epochs is not read by stage one (its shards have no known length); set {name}.max_steps"
+            )
         if stage.gradient_checkpointing:
-            raise ConfigError(f"{name}.gradient_checkpointing is not read by stage one; bound memory with objective.chunk_size")
+            raise ConfigError(
+                f"{name}.gradient_checkpointing is not read by stage one; bound memory with objective.chunk_size"
+            )
     unread = unread_keys(cfg.objective)
     token_keys = [key for key in unread if key.startswith("objective.condition_")]
     if token_keys:
         one = len(token_keys) == 1
-        raise ConfigError(f"{', '.join(token_keys)} {'is' if one else 'are'} read only with objective.condition=tokens; "
-                          f"set objective.condition=tokens or remove {'it' if one else 'them'}")
+        raise ConfigError(
+            f"{', '.join(token_keys)} {'is' if one else 'are'} read only with objective.condition=tokens; "
+            f"set objective.condition=tokens or remove {'it' if one else 'them'}"
+        )
     if unread:
         one = len(unread) == 1
-        raise ConfigError(f"{', '.join(unread)} {'is' if one else 'are'} not read by objective.name={cfg.objective.name}; "
-                          f"remove {'it' if one else 'them'} or choose the objective that uses {'it' if one else 'them'}")
+        raise ConfigError(
+            f"{', '.join(unread)} {'is' if one else 'are'} not read by objective.name={cfg.objective.name}; "
+            f"remove {'it' if one else 'them'} or choose the objective that uses {'it' if one else 'them'}"
+        )
     if cfg.objective.tau <= 0:
         raise ConfigError(f"objective.tau must be positive, got {cfg.objective.tau}")
     if cfg.objective.chunk_size < 0:
         raise ConfigError("objective.chunk_size must be 0 (unchunked) or a positive number of denoiser calls")
     negatives, k = cfg.objective.negatives, cfg.objective.num_negatives
     if k < 0 or (k and negatives == "local"):
-        raise ConfigError(f"objective.num_negatives={k}: set 0 (the micro batch size minus one), or a positive K with objective.negatives=global")
+        raise ConfigError(
+            f"objective.num_negatives={k}: set 0 (the micro batch size minus one), or a positive K with objective.negatives=global"
+        )
     if cfg.lora.r < 1 or cfg.lora.alpha <= 0 or not 0 <= cfg.lora.dropout < 1:
-        raise ConfigError(f"lora needs r >= 1, alpha > 0 and dropout in [0, 1); got r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}")
+        raise ConfigError(
+            f"lora needs r >= 1, alpha > 0 and dropout in [0, 1); got r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}"
+        )
     if cfg.data.synthetic_samples < 1 or cfg.data.synthetic_shards < 1:
         raise ConfigError("data.synthetic_samples and data.synthetic_shards must be at least 1")
     if cfg.eval.every < 0:
-        raise ConfigError(f"eval.every must be 0 (no evaluation during training) or a number of LoRA steps, got {cfg.eval.every}")
+        raise ConfigError(
+            f"eval.every must be 0 (no evaluation during training) or a number of LoRA steps, got {cfg.eval.every}"
+        )
     if cfg.eval.every and not cfg.eval.benchmarks:
-        raise ConfigError("eval.every is set but eval.benchmarks is empty; name at least one, e.g. {name: world, data: outputs/world/val}")
+        raise ConfigError(
+            "eval.every is set but eval.benchmarks is empty; name at least one, e.g. {name: world, data: outputs/world/val}"
+        )
     if cfg.eval.benchmarks and not cfg.eval.every:
         raise ConfigError("eval.benchmarks are read only with eval.every > 0; set eval.every or remove them")
     names = [bench.name for bench in cfg.eval.benchmarks]
     if len(set(names)) != len(names):
-        raise ConfigError(f"eval.benchmarks names {names}: each benchmark once (the metrics are named eval/<benchmark>/...)")
+        raise ConfigError(
+            f"eval.benchmarks names {names}: each benchmark once (the metrics are named eval/<benchmark>/...)"
+        )
     if cfg.eval.select and cfg.eval.select.split("/")[0] not in names:
-        raise ConfigError(f"eval.select={cfg.eval.select}: start it with an evaluated benchmark ({', '.join(names) or 'none'}), "
-                          "e.g. world/probe_global/fine_mean")
+        raise ConfigError(
+            f"eval.select={cfg.eval.select}: start it with an evaluated benchmark ({', '.join(names) or 'none'}), "
+            "e.g. world/probe_global/fine_mean"
+        )
     if (cfg.eval.test_data or cfg.eval.allow_test_selection) and not cfg.eval.select:
         raise ConfigError("eval.test_data and eval.allow_test_selection are read only with eval.select")
     for index, bench in enumerate(cfg.eval.benchmarks):
@@ -153,7 +173,9 @@ def resolve_config(cfg: EnhanceConfig) -> EnhanceConfig:
             raise ConfigError(f"eval.benchmarks[{index}].pairs_per_attribute is read only by the world benchmark")
     scale, ratio = cfg.data.crop_scale, cfg.data.crop_ratio
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1 or len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
-        raise ConfigError(f"data.crop_scale must be [low, high] within (0, 1] and data.crop_ratio [low, high] above 0; got {scale} and {ratio}")
+        raise ConfigError(
+            f"data.crop_scale must be [low, high] within (0, 1] and data.crop_ratio [low, high] above 0; got {scale} and {ratio}"
+        )
     return cfg
 
 
@@ -161,13 +183,19 @@ def check_condition_tokens(objective, tower, context: int) -> None:
     """Token conditions must fit the UNet's context one to one, from a layer the tower has."""
     keep, layer = objective.condition_tokens, objective.condition_layer
     if keep < 0:
-        raise ConfigError(f"objective.condition_tokens={keep}: give a number of patches per image, or 0 for all of them")
+        raise ConfigError(
+            f"objective.condition_tokens={keep}: give a number of patches per image, or 0 for all of them"
+        )
     if not -tower.num_layers <= layer <= tower.num_layers:
-        raise ConfigError(f"objective.condition_layer={layer}: the tower has hidden layers -{tower.num_layers}..{tower.num_layers}")
+        raise ConfigError(
+            f"objective.condition_layer={layer}: the tower has hidden layers -{tower.num_layers}..{tower.num_layers}"
+        )
     count = min(keep or tower.num_patches, tower.num_patches)
     if count > context:
-        raise ConfigError(f"objective.condition_tokens={keep} gives {count} tokens per image, more than the denoiser's {context} "
-                          f"context tokens; set objective.condition_tokens to at most {context}")
+        raise ConfigError(
+            f"objective.condition_tokens={keep} gives {count} tokens per image, more than the denoiser's {context} "
+            f"context tokens; set objective.condition_tokens to at most {context}"
+        )
 
 
 def selection_on_test_data(cfg: EnhanceConfig) -> str:
@@ -191,9 +219,9 @@ def selection_on_test_data(cfg: EnhanceConfig) -> str:
 
 def validate(cfg: EnhanceConfig) -> ResolvedShapes:
     """Check values, paths and widths from config files only; returns the resolved projector shape."""
-    from dcr_mllm.presets.real import local_path
     from dcr_mllm.data.images import check_shards
     from dcr_mllm.evaluation.run import benchmark_scorer
+    from dcr_mllm.presets.real import local_path
 
     resolve_config(cfg)
     tower = inspect_tower(cfg.tower)
@@ -202,7 +230,9 @@ def validate(cfg: EnhanceConfig) -> ResolvedShapes:
     feature_width = tower.hidden_size if tokens else tower.global_dim
     projector_input = cfg.projector.input_dim or feature_width
     projector_output = cfg.projector.output_dim or unet_width
-    check_widths(feature_width, projector_input, projector_output, unet_width, "patch token" if tokens else "global embedding")
+    check_widths(
+        feature_width, projector_input, projector_output, unet_width, "patch token" if tokens else "global embedding"
+    )
     if tokens:
         check_condition_tokens(cfg.objective, tower, context_length(local_path(cfg.denoiser)))
     if cfg.data.shards:
@@ -210,9 +240,13 @@ def validate(cfg: EnhanceConfig) -> ResolvedShapes:
     for bench in cfg.eval.benchmarks:
         if not Path(bench.data).is_dir():
             raise DcrError(f"eval benchmark {bench.name}: data folder {bench.data} does not exist")
-        benchmark_scorer(bench.name, bench.data, pairs_per_attribute=bench.pairs_per_attribute)  # its data read and checked now
+        benchmark_scorer(
+            bench.name, bench.data, pairs_per_attribute=bench.pairs_per_attribute
+        )  # its data read and checked now
     test = selection_on_test_data(cfg)
     if test and not cfg.eval.allow_test_selection:
-        raise ConfigError(f"eval.select={cfg.eval.select} would choose the exported step on {test}; select on a validation folder "
-                          "(build-world writes outputs/world/val) or set eval.allow_test_selection=true (the model card says so)")
+        raise ConfigError(
+            f"eval.select={cfg.eval.select} would choose the exported step on {test}; select on a validation folder "
+            "(build-world writes outputs/world/val) or set eval.allow_test_selection=true (the model card says so)"
+        )
     return ResolvedShapes(tower, unet_width, projector_input, projector_output)

@@ -20,8 +20,8 @@ from safetensors import safe_open
 from dcr_mllm.config import load_config, to_dict
 from dcr_mllm.enhance.config import EnhanceConfig, selection_on_test_data
 from dcr_mllm.enhance.watch import SELECTED
-from dcr_mllm.io import atomic_dir
 from dcr_mllm.errors import DcrError
+from dcr_mllm.io import atomic_dir
 from dcr_mllm.towers import apply_lora, load_tower, merge_lora
 from dcr_mllm.training import is_finished, load_trainable_state
 from dcr_mllm.training.checkpoints import TRAINABLE, checkpoint_problem
@@ -30,7 +30,9 @@ MODEL_CARD = "model_card.md"
 RUN_CONFIG = "config.yaml"  # the resolved config of the run's last `enhance` command, which export-tower reads
 
 
-def export_tower(cfg: EnhanceConfig, out_dir: str | Path, selection: dict | None = None, step: int | None = None) -> Path:
+def export_tower(
+    cfg: EnhanceConfig, out_dir: str | Path, selection: dict | None = None, step: int | None = None
+) -> Path:
     """The last step's tower; with ``selection`` (``watch.selected``) the chosen step's; with
     ``step`` that kept checkpoint's (``step_weights``)."""
     out_dir = Path(out_dir)
@@ -42,7 +44,9 @@ def export_tower(cfg: EnhanceConfig, out_dir: str | Path, selection: dict | None
     else:
         weights, section = lora_dir / TRAINABLE, ""
     trained = load_tower(cfg.tower, vision_only=True)  # the structure the LoRA stage trained
-    apply_lora(trained, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None, cfg.lora.scope, cfg.lora.bias)
+    apply_lora(
+        trained, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None, cfg.lora.scope, cfg.lora.bias
+    )
     load_trainable_state(trained, weights, prefix="tower.")
     merged = merge_lora(trained)
     tower = load_tower(cfg.tower)  # the full model (text side included), in its own format
@@ -59,7 +63,12 @@ def kept_steps(lora_dir: Path) -> dict[int, Path]:
     checkpoints that hold them, the selected step, and the last step of a finished stage."""
     kept = {}
     for folder in sorted((lora_dir / "checkpoints").glob("step_*")):
-        if folder.is_dir() and (folder / TRAINABLE).is_file() and folder.name[5:].isdigit() and checkpoint_problem(folder, 1) is None:
+        if (
+            folder.is_dir()
+            and (folder / TRAINABLE).is_file()
+            and folder.name[5:].isdigit()
+            and checkpoint_problem(folder, 1) is None
+        ):
             kept[int(folder.name[5:])] = folder / TRAINABLE
     if (lora_dir / SELECTED).is_file():
         with safe_open(str(lora_dir / SELECTED), "pt") as f:
@@ -73,7 +82,9 @@ def step_weights(lora_dir: Path, step: int) -> Path:
     kept = kept_steps(lora_dir)
     if step not in kept:
         have = ", ".join(map(str, kept)) or "none"
-        raise DcrError(f"step {step} is not kept in {lora_dir} (kept: {have}); lower lora_stage.save_every or raise keep_last to keep more steps")
+        raise DcrError(
+            f"step {step} is not kept in {lora_dir} (kept: {have}); lower lora_stage.save_every or raise keep_last to keep more steps"
+        )
     return kept[step]
 
 
@@ -100,11 +111,19 @@ def selection_card(cfg: EnhanceConfig, selection: dict) -> str:
     """Which step was exported and why, with every evaluated step's value."""
     bench = next(b for b in cfg.eval.benchmarks if b.name == cfg.eval.select.split("/")[0])
     test = selection_on_test_data(cfg)
-    lines = ["## Exported step\n",
-             f"Step {selection['step']} of the LoRA stage, the highest `{selection['metric']}` ({selection['value']:.2f}) among the "
-             f"evaluated steps, on `{bench.data}`" + (f". **Chosen on test data** ({test}; eval.allow_test_selection): scores on it "
-                                                      "are optimistic." if test else ", a validation split.") + "\n",
-             "| step | " + selection["metric"] + " |", "|---:|---:|"]
+    lines = [
+        "## Exported step\n",
+        f"Step {selection['step']} of the LoRA stage, the highest `{selection['metric']}` ({selection['value']:.2f}) among the "
+        f"evaluated steps, on `{bench.data}`"
+        + (
+            f". **Chosen on test data** ({test}; eval.allow_test_selection): scores on it are optimistic."
+            if test
+            else ", a validation split."
+        )
+        + "\n",
+        "| step | " + selection["metric"] + " |",
+        "|---:|---:|",
+    ]
     lines += [f"| {step} | {value:.2f} |" for step, value in sorted(selection["values"].items())]
     return "\n".join(lines) + "\n\n"
 
@@ -122,6 +141,6 @@ def model_card(cfg: EnhanceConfig, merged_layers: int, lora_dir: Path, exported_
         f"- data: `{cfg.data.shards or 'synthetic (dcr-mllm generator)'}`\n"
         f"- seed: {cfg.seed}\n\n"
         f"Produced by `dcr-mllm enhance`. Load it with the tower family's own `from_pretrained`.\n\n"
-        + exported_step +
-        f"## Config\n\n```yaml\n{yaml.safe_dump(to_dict(cfg), sort_keys=False)}```\n"
+        + exported_step
+        + f"## Config\n\n```yaml\n{yaml.safe_dump(to_dict(cfg), sort_keys=False)}```\n"
     )

@@ -28,10 +28,10 @@ from dcr_mllm.enhance.config import EnhanceConfig, ResolvedShapes, validate
 from dcr_mllm.enhance.export import RUN_CONFIG, export_tower
 from dcr_mllm.enhance.watch import EVAL_FILE, TowerWatch, selected
 from dcr_mllm.io import generated_dir, write_atomic
+from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.objectives import EnhanceModel
 from dcr_mllm.objectives.negatives import check_negative_count
 from dcr_mllm.presets.real import local_path
-from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.towers import apply_lora, load_tower
 from dcr_mllm.towers.lora import lora_module_names
 from dcr_mllm.training import (
@@ -55,8 +55,9 @@ def build_model(cfg: EnhanceConfig, shapes: ResolvedShapes, stage: str) -> Enhan
     tower = load_tower(cfg.tower, vision_only=True, ds_config=ds_config)
     if cfg.data.normalization == "openai_clip":
         tower.use_normalization(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
-    denoiser = FrozenDenoiser.from_pretrained(local_path(cfg.denoiser), empty_prompt_mask=cfg.objective.empty_prompt_mask,
-                                              ds_config=ds_config)
+    denoiser = FrozenDenoiser.from_pretrained(
+        local_path(cfg.denoiser), empty_prompt_mask=cfg.objective.empty_prompt_mask, ds_config=ds_config
+    )
     projector = ConditionProjector(shapes.projector_input, shapes.projector_output, cfg.projector.hidden_dim or None)
     model = EnhanceModel(tower, projector, denoiser, cfg.objective)
     model.requires_grad_(False)
@@ -64,7 +65,9 @@ def build_model(cfg: EnhanceConfig, shapes: ResolvedShapes, stage: str) -> Enhan
         projector.requires_grad_(True)
     else:
         load_trainable_state(model, Path(cfg.output_dir) / "projector" / "trainable.safetensors", prefix="")
-        apply_lora(tower, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None, cfg.lora.scope, cfg.lora.bias)
+        apply_lora(
+            tower, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None, cfg.lora.scope, cfg.lora.bias
+        )
     return model
 
 
@@ -75,7 +78,11 @@ def export_choice(cfg: EnhanceConfig, output_dir: Path) -> dict | None:
     if not cfg.eval.select or not eval_file.is_file():
         return None
     choice = selected(cfg, eval_file)
-    return {"step": choice["step"], "metric": cfg.eval.select, "data": next(b.data for b in cfg.eval.benchmarks if b.name == cfg.eval.select.split("/")[0])}
+    return {
+        "step": choice["step"],
+        "metric": cfg.eval.select,
+        "data": next(b.data for b in cfg.eval.benchmarks if b.name == cfg.eval.select.split("/")[0]),
+    }
 
 
 def stage_cfg(cfg: EnhanceConfig, stage: str):
@@ -89,10 +96,21 @@ def training_shards(cfg: EnhanceConfig, image_size: int, is_main: bool) -> str:
     out = Path(cfg.output_dir) / "data"
     if is_main:
         per_shard = math.ceil(cfg.data.synthetic_samples / cfg.data.synthetic_shards)
-        recipe = {"generator": "synthetic-shards", "version": SYNTHETIC_VERSION, "count": cfg.data.synthetic_samples,
-                  "samples_per_shard": per_shard, "image_size": image_size, "seed": cfg.seed}
-        generated_dir(out, recipe, lambda tmp: write_synthetic_shards(tmp, cfg.data.synthetic_samples, samples_per_shard=per_shard,
-                                                                      image_size=image_size, seed=cfg.seed))
+        recipe = {
+            "generator": "synthetic-shards",
+            "version": SYNTHETIC_VERSION,
+            "count": cfg.data.synthetic_samples,
+            "samples_per_shard": per_shard,
+            "image_size": image_size,
+            "seed": cfg.seed,
+        }
+        generated_dir(
+            out,
+            recipe,
+            lambda tmp: write_synthetic_shards(
+                tmp, cfg.data.synthetic_samples, samples_per_shard=per_shard, image_size=image_size, seed=cfg.seed
+            ),
+        )
     barrier()
     return str(out)
 
@@ -104,8 +122,9 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
     output_dir = Path(cfg.output_dir).resolve()
     stages = stages or list(cfg.stages)
     tower_dir = output_dir / "tower"
-    if all(is_finished(output_dir / s, stage_cfg(cfg, s).max_steps) for s in stages) and export_is_current(tower_dir, [output_dir / "lora"],
-                                                                                                            export_choice(cfg, output_dir)):
+    if all(is_finished(output_dir / s, stage_cfg(cfg, s).max_steps) for s in stages) and export_is_current(
+        tower_dir, [output_dir / "lora"], export_choice(cfg, output_dir)
+    ):
         logger.info(f"stages {', '.join(stages)}: already finished in {output_dir}; nothing to do")
         return tower_dir
     if "lora" in stages:  # a LoRA target that matches nothing must fail now, not after stage one's first half
@@ -113,10 +132,14 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
     dist_info = init_distributed()
     if cfg.objective.negatives == "global":  # the global batch is known only now, still before any model is built
         for stage in stages:
-            check_negative_count(cfg.objective.num_negatives, dist_info.world_size * stage_cfg(cfg, stage).micro_batch_size)
+            check_negative_count(
+                cfg.objective.num_negatives, dist_info.world_size * stage_cfg(cfg, stage).micro_batch_size
+            )
     if dist_info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(output_dir / RUN_CONFIG, config_yaml(cfg))  # what `export-tower RUN --step N` rebuilds the tower with
+        write_atomic(
+            output_dir / RUN_CONFIG, config_yaml(cfg)
+        )  # what `export-tower RUN --step N` rebuilds the tower with
     image_size = cfg.data.image_size or shapes.tower.image_size
     shards = training_shards(cfg, image_size, dist_info.is_main)
 
@@ -130,15 +153,35 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
         model = build_model(cfg, shapes, stage).to(dist_info.device)
         shaping = ("tower", "denoiser", "objective", "projector", "data") + (("lora",) if stage == "lora" else ())
         run_config = {key: value for key, value in to_dict(cfg).items() if key in shaping}
-        trainer = Trainer(model, train_cfg, stage_dir, cfg.seed, dist_info, run_config, allow_config_change, weights_in_checkpoints=stage == "lora")
-        random_crop = (tuple(cfg.data.crop_scale), tuple(cfg.data.crop_ratio)) if cfg.data.base_view == "random_resized_crop" else None
-        dataset = ImageTextShards(shards, image_size, rank=dist_info.rank, world_size=dist_info.world_size, seed=cfg.seed, random_crop=random_crop)
+        trainer = Trainer(
+            model,
+            train_cfg,
+            stage_dir,
+            cfg.seed,
+            dist_info,
+            run_config,
+            allow_config_change,
+            weights_in_checkpoints=stage == "lora",
+        )
+        random_crop = (
+            (tuple(cfg.data.crop_scale), tuple(cfg.data.crop_ratio))
+            if cfg.data.base_view == "random_resized_crop"
+            else None
+        )
+        dataset = ImageTextShards(
+            shards,
+            image_size,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+            seed=cfg.seed,
+            random_crop=random_crop,
+        )
         batches = ResumableBatches(dataset, train_cfg.micro_batch_size, collate_image_text, train_cfg.num_workers)
         seen_log = stage_dir / "samples" / f"rank{dist_info.rank}.txt"
         seen_log.parent.mkdir(parents=True, exist_ok=True)
 
         def step(engine, batch, generator):
-            with open(seen_log, "a") as f:
+            with open(seen_log, "a") as f:  # noqa: B023 - fit() runs within this iteration
                 f.write("\n".join(batch["key"]) + "\n")
             loss, metrics = engine(batch["image"].to(dist_info.device), generator)
             metrics["skipped_images"] = float(batch["skipped"])
@@ -155,6 +198,8 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
     choice = export_choice(cfg, output_dir)
     if dist_info.is_main:
         selection = selected(cfg, output_dir / "lora" / EVAL_FILE) if choice else None
-        build_once(tower_dir, export_fingerprint([output_dir / "lora"], choice), lambda tmp: export_tower(cfg, tmp, selection))
+        build_once(
+            tower_dir, export_fingerprint([output_dir / "lora"], choice), lambda tmp: export_tower(cfg, tmp, selection)
+        )
     barrier()
     return tower_dir

@@ -25,14 +25,22 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_path
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.towers import apply_lora, load_tower, merge_lora
-from dcr_mllm.training.distributed import any_true, barrier
 from dcr_mllm.training.checkpoints import truncate_jsonl
+from dcr_mllm.training.distributed import any_true, barrier
 
 EVAL_FILE = "eval.jsonl"
 SELECTED = "selected.safetensors"  # the trained parameters of the best evaluated step by eval.select
 #: the metrics each benchmark's curve panel shows (the rest are in eval.jsonl)
 HEADLINE = {
-    "world": ("probe_global/claim_mean", "probe_layer/claim_mean", "probe_global/fine_mean", "probe_layer/fine_mean", "pairs/mean", "class/zero_shot", "class/probe"),
+    "world": (
+        "probe_global/claim_mean",
+        "probe_layer/claim_mean",
+        "probe_global/fine_mean",
+        "probe_layer/fine_mean",
+        "pairs/mean",
+        "class/zero_shot",
+        "class/probe",
+    ),
     "mmvp-vlm": ("average",),
     "classification": ("zero_shot_top1", "linear_probe_top1"),
 }
@@ -75,7 +83,9 @@ class TowerWatch:
         key = f"eval/{self.cfg.eval.select}"
         if self.cfg.eval.select and any_true(self.is_main and key not in scores, trainer.dist.device):
             known = ", ".join(k.removeprefix("eval/") for k in scores)
-            raise DcrError(f"eval.select={self.cfg.eval.select} is not a metric the benchmarks report ({known}); fix eval.select")
+            raise DcrError(
+                f"eval.select={self.cfg.eval.select} is not a metric the benchmarks report ({known}); fix eval.select"
+            )
         if self.is_main:
             with open(self.file, "a") as f:
                 f.write(json.dumps({"step": step, **scores}) + "\n")
@@ -89,15 +99,25 @@ class TowerWatch:
         from dcr_mllm.evaluation.run import benchmark_scorer
 
         if self.scorers is None:
-            self.scorers = [(bench, benchmark_scorer(bench.name, bench.data, pairs_per_attribute=bench.pairs_per_attribute))
-                            for bench in self.cfg.eval.benchmarks]
+            self.scorers = [
+                (bench, benchmark_scorer(bench.name, bench.data, pairs_per_attribute=bench.pairs_per_attribute))
+                for bench in self.cfg.eval.benchmarks
+            ]
         return self.scorers
 
     def _tower(self, state: dict[str, torch.Tensor]):
         """The base tower (text side included) with the trained vision weights merged in."""
         cfg = self.cfg
         trained = load_tower(cfg.tower, vision_only=True)  # the structure the LoRA stage trains
-        apply_lora(trained, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None, cfg.lora.scope, cfg.lora.bias)
+        apply_lora(
+            trained,
+            cfg.lora.r,
+            cfg.lora.alpha,
+            cfg.lora.dropout,
+            cfg.lora.targets or None,
+            cfg.lora.scope,
+            cfg.lora.bias,
+        )
         own = dict(trained.named_parameters())
         for name, value in state.items():
             own[name.removeprefix("tower.")].data.copy_(value)

@@ -6,9 +6,19 @@ loaded tower; ``synthetic`` writes stand-in datasets in the same layouts as the 
 """
 
 from dcr_mllm.evaluation.mmvp_vlm import CATEGORIES, evaluate_mmvp_vlm, ground_truth, read_benchmark
-from dcr_mllm.evaluation.probes import ClassificationData, evaluate_classification, evaluate_fine_grained, fit_linear_probe
+from dcr_mllm.evaluation.probes import (
+    ClassificationData,
+    evaluate_classification,
+    evaluate_fine_grained,
+    fit_linear_probe,
+)
 from dcr_mllm.evaluation.run import BENCHMARKS, evaluate_towers, parse_tower_args
-from dcr_mllm.evaluation.synthetic import CATEGORY_ATTRIBUTES, fine_grained_pairs, write_classification_folder, write_mmvp_vlm
+from dcr_mllm.evaluation.synthetic import (
+    CATEGORY_ATTRIBUTES,
+    fine_grained_pairs,
+    write_classification_folder,
+    write_mmvp_vlm,
+)
 from dcr_mllm.evaluation.tower_report import BenchmarkResult, write_report
 
 __all__ = [

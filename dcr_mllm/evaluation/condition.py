@@ -38,8 +38,9 @@ TIMESTEPS = (200, 500, 800)
 
 
 @torch.inference_mode()
-def condition_sensitivity(sd_dir: str | Path, data_dir: str | Path, count: int = 256, seed: int = 0,
-                          timesteps: tuple[int, ...] = TIMESTEPS) -> dict[str, float]:
+def condition_sensitivity(
+    sd_dir: str | Path, data_dir: str | Path, count: int = 256, seed: int = 0, timesteps: tuple[int, ...] = TIMESTEPS
+) -> dict[str, float]:
     """Each value is the mean over ``timesteps``."""
     from transformers import AutoTokenizer, CLIPTextModel
 
@@ -48,7 +49,9 @@ def condition_sensitivity(sd_dir: str | Path, data_dir: str | Path, count: int =
     text_encoder = CLIPTextModel.from_pretrained(sd_dir, subfolder="text_encoder").eval()
 
     def context(texts):
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer(
+            texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         return text_encoder(ids)[0]
 
     items = read_world(data_dir)[:count]
@@ -61,8 +64,17 @@ def condition_sensitivity(sd_dir: str | Path, data_dir: str | Path, count: int =
     shift = empty + (captions - empty).mean(dim=1, keepdim=True)
     other = torch.roll(torch.arange(len(items)), 1)
     rng = random.Random(seed)
-    changed = {a: context([detailed_caption(dataclasses.replace(s, **{a: rng.choice([v for v in WORLD_VALUES[a] if v != getattr(s, a)])}))
-                           for s in scenes]) for a in FINE_ATTRIBUTES}
+    changed = {
+        a: context(
+            [
+                detailed_caption(
+                    dataclasses.replace(s, **{a: rng.choice([v for v in WORLD_VALUES[a] if v != getattr(s, a)])})
+                )
+                for s in scenes
+            ]
+        )
+        for a in FINE_ATTRIBUTES
+    }
 
     sums: dict[str, float] = {}
     for t in timesteps:
@@ -71,14 +83,19 @@ def condition_sensitivity(sd_dir: str | Path, data_dir: str | Path, count: int =
         noisy = denoiser.add_noise(latents, noise, steps)
         target = denoiser.target(latents, noise, steps)
         own, own_shift = denoiser.predict(noisy, steps, captions), denoiser.predict(noisy, steps, shift)
-        values = {"mse/caption": _mse(own, target), "mse/empty": _mse(denoiser.predict(noisy, steps, empty), target),
-                  "mse/shift": _mse(own_shift, target),
-                  "change/caption": _change(own, denoiser.predict(noisy, steps, captions[other])),
-                  "change/shift": _change(own_shift, denoiser.predict(noisy, steps, shift[other]))}
+        values = {
+            "mse/caption": _mse(own, target),
+            "mse/empty": _mse(denoiser.predict(noisy, steps, empty), target),
+            "mse/shift": _mse(own_shift, target),
+            "change/caption": _change(own, denoiser.predict(noisy, steps, captions[other])),
+            "change/shift": _change(own_shift, denoiser.predict(noisy, steps, shift[other])),
+        }
         for attribute, ctx in changed.items():
             values[f"mse_gain/{attribute}"] = _mse(denoiser.predict(noisy, steps, ctx), target) - values["mse/caption"]
             ctx_shift = empty + (ctx - empty).mean(dim=1, keepdim=True)
-            values[f"shift_gain/{attribute}"] = _mse(denoiser.predict(noisy, steps, ctx_shift), target) - values["mse/shift"]
+            values[f"shift_gain/{attribute}"] = (
+                _mse(denoiser.predict(noisy, steps, ctx_shift), target) - values["mse/shift"]
+            )
         for key, value in values.items():
             sums[key] = sums.get(key, 0.0) + value / len(timesteps)
     return sums

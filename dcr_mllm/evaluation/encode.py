@@ -31,8 +31,13 @@ def open_image(path: str | Path, convert_rgb: bool = True) -> Image.Image:
 
 
 @torch.inference_mode()
-def image_embeddings(tower: VisionTower, images: Sequence[str | Path | Image.Image], batch_size: int, desc: str = "images",
-                     transform: Callable[[Image.Image], Tensor] | None = None) -> Tensor:
+def image_embeddings(
+    tower: VisionTower,
+    images: Sequence[str | Path | Image.Image],
+    batch_size: int,
+    desc: str = "images",
+    transform: Callable[[Image.Image], Tensor] | None = None,
+) -> Tensor:
     """[N] image paths or PIL images -> [N, global_dim] unit vectors (float32, CPU); files are opened batch by batch.
 
     ``transform``: PIL image as decoded -> [3, S, S] pixels, in place of the tower's processor.
@@ -40,8 +45,10 @@ def image_embeddings(tower: VisionTower, images: Sequence[str | Path | Image.Ima
     device = tower.mean.device
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=None, leave=False):
-        batch = [item if isinstance(item, Image.Image) else open_image(item, convert_rgb=transform is None)
-                 for item in images[start : start + batch_size]]
+        batch = [
+            item if isinstance(item, Image.Image) else open_image(item, convert_rgb=transform is None)
+            for item in images[start : start + batch_size]
+        ]
         pixels = tower.preprocess(batch) if transform is None else torch.stack([transform(image) for image in batch])
         out.append(tower.global_embedding(pixels.to(device)).float().cpu())
     return F.normalize(torch.cat(out), dim=-1)
@@ -50,5 +57,8 @@ def image_embeddings(tower: VisionTower, images: Sequence[str | Path | Image.Ima
 @torch.inference_mode()
 def text_embeddings(tower: VisionTower, texts: Sequence[str], batch_size: int) -> Tensor:
     """[T] strings -> [T, global_dim] unit vectors (float32, CPU)."""
-    out = [tower.encode_text(list(texts[start : start + batch_size])).float().cpu() for start in range(0, len(texts), batch_size)]
+    out = [
+        tower.encode_text(list(texts[start : start + batch_size])).float().cpu()
+        for start in range(0, len(texts), batch_size)
+    ]
     return F.normalize(torch.cat(out), dim=-1)

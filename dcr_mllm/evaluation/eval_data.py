@@ -61,7 +61,10 @@ def write_eval_data(outputs: dict[Path, list[dict]]) -> list[Path]:
         for path, rows in outputs.items():
             if not rows:
                 raise DcrError(f"no rows to write to {path}")
-            rows = [{**row, "image": _open_image(row["image"]) if isinstance(row["image"], Path) else row["image"]} for row in rows]
+            rows = [
+                {**row, "image": _open_image(row["image"]) if isinstance(row["image"], Path) else row["image"]}
+                for row in rows
+            ]
             tmp = stack.enter_context(atomic_path(path))
             datasets.Dataset.from_list(rows).cast_column("image", datasets.Image()).to_parquet(str(tmp))
     return list(outputs)
@@ -85,7 +88,9 @@ def read_mmvp(mmvp_dir: str | Path) -> list[dict]:
     mmvp_dir = Path(mmvp_dir)
     csv_path = mmvp_dir / "Questions.csv"
     if not csv_path.is_file():
-        raise DcrError(f"{csv_path} does not exist; pass the MMVP directory that holds Questions.csv and 'MMVP Images/'")
+        raise DcrError(
+            f"{csv_path} does not exist; pass the MMVP directory that holds Questions.csv and 'MMVP Images/'"
+        )
     rows = []
     for line, row in enumerate(csv.DictReader(read_text(csv_path).splitlines()), start=2):
         try:
@@ -94,9 +99,18 @@ def read_mmvp(mmvp_dir: str | Path) -> list[dict]:
             if not all(isinstance(v, str) for v in (row["Question"], row["Options"], answer)):
                 raise TypeError
         except (KeyError, TypeError, ValueError) as err:
-            raise DcrError(f"{csv_path} line {line} is malformed; expected Index,Question,Options,Correct Answer") from err
-        rows.append({"Index": index, "Question": row["Question"], "Options": row["Options"], "Correct Answer": answer,
-                     "image": _image(mmvp_dir / "MMVP Images" / f"{index}.jpg", f"{csv_path.name} line {line}")})
+            raise DcrError(
+                f"{csv_path} line {line} is malformed; expected Index,Question,Options,Correct Answer"
+            ) from err
+        rows.append(
+            {
+                "Index": index,
+                "Question": row["Question"],
+                "Options": row["Options"],
+                "Correct Answer": answer,
+                "image": _image(mmvp_dir / "MMVP Images" / f"{index}.jpg", f"{csv_path.name} line {line}"),
+            }
+        )
     return rows
 
 
@@ -114,12 +128,25 @@ def read_pope(pope_dir: str | Path, coco_dir: str | Path) -> dict[str, list[dict
                 continue
             item = loads_json(line, f"{source} line {line_no}")
             try:
-                fields = {"question_id": str(item["question_id"]), "question": item["text"], "answer": item["label"], "image": item["image"]}
+                fields = {
+                    "question_id": str(item["question_id"]),
+                    "question": item["text"],
+                    "answer": item["label"],
+                    "image": item["image"],
+                }
                 if not all(isinstance(fields[k], str) for k in ("question", "answer", "image")):
                     raise TypeError
             except (KeyError, TypeError) as err:
-                raise DcrError(f"{source} line {line_no} is malformed; expected question_id, image, text, label (strings)") from err
-            rows.append({**fields, "category": split, "image": _image(coco_dir / fields["image"], f"{source.name} line {line_no}")})
+                raise DcrError(
+                    f"{source} line {line_no} is malformed; expected question_id, image, text, label (strings)"
+                ) from err
+            rows.append(
+                {
+                    **fields,
+                    "category": split,
+                    "image": _image(coco_dir / fields["image"], f"{source.name} line {line_no}"),
+                }
+            )
         splits[split] = rows
     return splits
 
@@ -131,11 +158,20 @@ def prepare_mmvp(mmvp_dir: str | Path, out_root: str | Path) -> Path:
 
 def prepare_pope(pope_dir: str | Path, coco_dir: str | Path, out_root: str | Path) -> list[Path]:
     """``read_pope`` -> pope/<split>.parquet."""
-    return write_eval_data({Path(out_root) / "pope" / f"{split}.parquet": rows for split, rows in read_pope(pope_dir, coco_dir).items()})
+    return write_eval_data(
+        {Path(out_root) / "pope" / f"{split}.parquet": rows for split, rows in read_pope(pope_dir, coco_dir).items()}
+    )
 
 
-def prepare_eval_data(out_root: str | Path, mmvp: str | Path | None = None, pope: str | Path | None = None,
-                      coco: str | Path | None = None, synthetic: bool | set[str] = False, seed: int = 0, world: int = 0) -> list[Path]:
+def prepare_eval_data(
+    out_root: str | Path,
+    mmvp: str | Path | None = None,
+    pope: str | Path | None = None,
+    coco: str | Path | None = None,
+    synthetic: bool | set[str] = False,
+    seed: int = 0,
+    world: int = 0,
+) -> list[Path]:
     """Every requested set read and checked first, then all written together (``write_eval_data``);
     ``world``: that many world images (``seed`` + ``WORLD_QA_SEED``), a question per attribute each;
     ``synthetic``: True, or which of ``SYNTHETIC_SETS``. Each folder written records where its data
@@ -150,7 +186,9 @@ def prepare_eval_data(out_root: str | Path, mmvp: str | Path | None = None, pope
         outputs[root / "mmvp" / "test.parquet"] = synthetic_mmvp_rows(seed=seed)
         sources["mmvp"] = synthetic_recipe("mmvp", seed)
     if "pope" in synthetic:
-        outputs.update({root / "pope" / f"{split}.parquet": rows for split, rows in synthetic_pope_rows(seed=seed).items()})
+        outputs.update(
+            {root / "pope" / f"{split}.parquet": rows for split, rows in synthetic_pope_rows(seed=seed).items()}
+        )
         sources["pope"] = synthetic_recipe("pope", seed)
     for name in synthetic & {"cv_bench", "countbenchqa"}:
         outputs[root / name / "test.parquet"] = SYNTHETIC_PERCEPTION[name](seed=seed)
@@ -192,7 +230,9 @@ MMVP_QUESTIONS = {
 
 def synthetic_mmvp(out_root: str | Path, num_pairs: int = 10, image_size: int = 64, seed: int = 0) -> Path:
     """``synthetic_mmvp_rows`` -> mmvp/test.parquet."""
-    return write_eval_data({Path(out_root) / "mmvp" / "test.parquet": synthetic_mmvp_rows(num_pairs, image_size, seed)})[0]
+    return write_eval_data(
+        {Path(out_root) / "mmvp" / "test.parquet": synthetic_mmvp_rows(num_pairs, image_size, seed)}
+    )[0]
 
 
 def synthetic_mmvp_rows(num_pairs: int = 10, image_size: int = 64, seed: int = 0) -> list[dict]:
@@ -208,15 +248,26 @@ def synthetic_mmvp_rows(num_pairs: int = 10, image_size: int = 64, seed: int = 0
         (first, image_a), (second, image_b) = make_pair(rng, image_size, attribute)
         a, b = str(getattr(first, attribute)), str(getattr(second, attribute))
         for offset, (image, answer) in enumerate(((image_a, "(a)"), (image_b, "(b)"))):
-            rows.append({"Index": 2 * pair + offset + 1, "Question": MMVP_QUESTIONS[attribute],
-                         "Options": f"(a) {a} (b) {b}", "Correct Answer": answer, "image": image})
+            rows.append(
+                {
+                    "Index": 2 * pair + offset + 1,
+                    "Question": MMVP_QUESTIONS[attribute],
+                    "Options": f"(a) {a} (b) {b}",
+                    "Correct Answer": answer,
+                    "image": image,
+                }
+            )
     return rows
 
 
-def synthetic_pope(out_root: str | Path, questions_per_split: int = 12, image_size: int = 64, seed: int = 0) -> list[Path]:
+def synthetic_pope(
+    out_root: str | Path, questions_per_split: int = 12, image_size: int = 64, seed: int = 0
+) -> list[Path]:
     """``synthetic_pope_rows`` -> pope/<split>.parquet."""
     rows = synthetic_pope_rows(questions_per_split, image_size, seed)
-    return write_eval_data({Path(out_root) / "pope" / f"{split}.parquet": split_rows for split, split_rows in rows.items()})
+    return write_eval_data(
+        {Path(out_root) / "pope" / f"{split}.parquet": split_rows for split, split_rows in rows.items()}
+    )
 
 
 def synthetic_pope_rows(questions_per_split: int = 12, image_size: int = 64, seed: int = 0) -> dict[str, list[dict]]:
@@ -225,7 +276,15 @@ def synthetic_pope_rows(questions_per_split: int = 12, image_size: int = 64, see
     differs from the true one only in hue family (red/orange, blue/purple, ...)."""
     from dcr_mllm.data.synthetic import ATTRIBUTE_VALUES, render_scene, sample_attributes
 
-    near = {"red": "orange", "orange": "red", "blue": "purple", "purple": "blue", "green": "yellow", "yellow": "green", "white": "yellow"}
+    near = {
+        "red": "orange",
+        "orange": "red",
+        "blue": "purple",
+        "purple": "blue",
+        "green": "yellow",
+        "yellow": "green",
+        "white": "yellow",
+    }
     colors = list(ATTRIBUTE_VALUES["color"])
     splits = {}
     for split_index, split in enumerate(POPE_SPLITS):
@@ -236,12 +295,21 @@ def synthetic_pope_rows(questions_per_split: int = 12, image_size: int = 64, see
             if q % 2 == 0:
                 asked, answer = attrs.color, "yes"
             else:
-                asked = {"random": rng.choice([c for c in colors if c != attrs.color]),
-                         "popular": colors[0] if attrs.color != colors[0] else colors[1],
-                         "adversarial": near.get(attrs.color, colors[0])}[split]
+                asked = {
+                    "random": rng.choice([c for c in colors if c != attrs.color]),
+                    "popular": colors[0] if attrs.color != colors[0] else colors[1],
+                    "adversarial": near.get(attrs.color, colors[0]),
+                }[split]
                 answer = "no"
-            rows.append({"question_id": f"{split_index}{q:05d}", "question": f"Is there a {asked} {attrs.shape} in the image?",
-                         "answer": answer, "category": split, "image": render_scene(attrs, image_size)})
+            rows.append(
+                {
+                    "question_id": f"{split_index}{q:05d}",
+                    "question": f"Is there a {asked} {attrs.shape} in the image?",
+                    "answer": answer,
+                    "category": split,
+                    "image": render_scene(attrs, image_size),
+                }
+            )
         splits[split] = rows
     return splits
 
@@ -260,12 +328,22 @@ def synthetic_cv_bench_rows(per_source: int = 2, image_size: int = 64, seed: int
         attrs = sample_attributes(rng)
         question = f"How many {attrs.shape}s are in the image?"
         options = " ".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(counts))
-        rows.append({"idx": idx, "type": "3D" if source == "Omni3D" else "2D", "task": "Count", "question": question,
-                     "choices": counts, "answer": f"({chr(65 + counts.index(str(attrs.count)))})",
-                     "prompt": f"{question} Select from the following choices.\n{options}",
-                     "filename": f"img/{idx}.png",
-                     "source": source, "source_dataset": "synthetic", "source_filename": f"{idx}.png",
-                     "image": render_scene(attrs, image_size)})
+        rows.append(
+            {
+                "idx": idx,
+                "type": "3D" if source == "Omni3D" else "2D",
+                "task": "Count",
+                "question": question,
+                "choices": counts,
+                "answer": f"({chr(65 + counts.index(str(attrs.count)))})",
+                "prompt": f"{question} Select from the following choices.\n{options}",
+                "filename": f"img/{idx}.png",
+                "source": source,
+                "source_dataset": "synthetic",
+                "source_filename": f"{idx}.png",
+                "image": render_scene(attrs, image_size),
+            }
+        )
     return rows
 
 
@@ -277,8 +355,14 @@ def synthetic_countbenchqa_rows(count: int = 6, image_size: int = 64, seed: int 
     rows = []
     for _ in range(count):
         attrs = sample_attributes(rng)
-        rows.append({"question": f"How many {attrs.shape}s are there in the image?", "number": attrs.count,
-                     "text": caption(attrs), "image": render_scene(attrs, image_size)})
+        rows.append(
+            {
+                "question": f"How many {attrs.shape}s are there in the image?",
+                "number": attrs.count,
+                "text": caption(attrs),
+                "image": render_scene(attrs, image_size),
+            }
+        )
     return rows
 
 

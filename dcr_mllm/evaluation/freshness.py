@@ -24,7 +24,11 @@ def fingerprint(path: str | Path) -> object:
     path = Path(path)
     if not path.exists():
         return str(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix != ".pyc")
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix != ".pyc")
+    )
     return {str(p.relative_to(path)) if p != path else p.name: _file_fingerprint(p) for p in files}
 
 
@@ -37,7 +41,9 @@ def _file_fingerprint(path: Path) -> str:
 
 def made_from(settings: dict, inputs: dict[str, str | Path | None]) -> dict:
     """The record of one evaluation: its settings and each named input's fingerprint."""
-    return json.loads(json.dumps({"settings": settings, "inputs": {name: fingerprint(p) for name, p in inputs.items() if p}}))
+    return json.loads(
+        json.dumps({"settings": settings, "inputs": {name: fingerprint(p) for name, p in inputs.items() if p}})
+    )
 
 
 def is_current(output: str | Path, record: dict) -> bool:

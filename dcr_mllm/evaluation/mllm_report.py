@@ -28,7 +28,9 @@ def _read_results(path: Path) -> dict:
     data = read_json(path)
     results = data.get("results") if isinstance(data, dict) else None
     if not isinstance(results, dict) or not all(isinstance(values, dict) for values in results.values()):
-        raise DcrError(f"{path} is not an lmms-eval results file (no 'results' table of tasks); pass the *_results.json lmms-eval wrote")
+        raise DcrError(
+            f"{path} is not an lmms-eval results file (no 'results' table of tasks); pass the *_results.json lmms-eval wrote"
+        )
     return data
 
 
@@ -40,7 +42,11 @@ def read_run(path: str | Path) -> dict[str, float]:
     for task, values in results.items():
         for key, value in values.items():
             metric, _, _ = key.partition(",")
-            if isinstance(value, (int, float)) and not metric.endswith(("_stderr", "_stderr_clt", "_stderr_clustered")) and "stderr" not in metric:
+            if (
+                isinstance(value, (int, float))
+                and not metric.endswith(("_stderr", "_stderr_clt", "_stderr_clustered"))
+                and "stderr" not in metric
+            ):
                 metrics[f"{task}/{metric}"] = float(value)
     return metrics
 

@@ -65,7 +65,9 @@ def parse_models(specs: list[str]) -> dict[str, tuple[Path, Path | None]]:
         checkpoint, _, tower = target.partition("+")
         for path, what in ((checkpoint, "model"), (tower, "tower")):
             if path and not Path(path).is_dir():
-                raise DcrError(f"{what} {path} does not exist: run stages 2-3 first (run_all.sh trains both tiny models), or pass --model")
+                raise DcrError(
+                    f"{what} {path} does not exist: run stages 2-3 first (run_all.sh trains both tiny models), or pass --model"
+                )
         if name in models:
             raise DcrError(f"two models are named {name!r}; give each its own NAME")
         models[name] = (Path(checkpoint), Path(tower) if tower else None)
@@ -101,7 +103,9 @@ def evaluate_mllms(specs: list[str], tasks: str, output: str | Path, nproc: int 
     if nproc < 1:
         raise DcrError(f"--nproc {nproc}: must be at least 1")
     if len([t for t in task_names if t in WORLD_TASKS]) > 1:
-        raise DcrError("--tasks names world_local and world_local_open: score one of them (world_local holds the open questions too)")
+        raise DcrError(
+            "--tasks names world_local and world_local_open: score one of them (world_local holds the open questions too)"
+        )
     output = Path(output)
     root = eval_data_root()
     folders = local_folders(task_names)
@@ -114,14 +118,26 @@ def evaluate_mllms(specs: list[str], tasks: str, output: str | Path, nproc: int 
     for name, (checkpoint, tower) in models.items():
         model = "dcr_llava" if tower else "llava_hf"
         model_args = f"pretrained={checkpoint}" + (f",vision_tower={tower}" if tower else "") + f",{device_args}"
-        record = freshness.made_from({"model": model, "model_args": model_args, "tasks": task_names, "log_samples": True},
-                                     {"model": checkpoint, "tower": tower, "tasks": task_dir(), **{f"data/{f}": root / f for f in sorted(folders)}})
+        record = freshness.made_from(
+            {"model": model, "model_args": model_args, "tasks": task_names, "log_samples": True},
+            {
+                "model": checkpoint,
+                "tower": tower,
+                "tasks": task_dir(),
+                **{f"data/{f}": root / f for f in sorted(folders)},
+            },
+        )
         if freshness.is_current(output / name, record):
             print(f"{name}: up to date in {output / name}")
         else:
             stale[name] = (model, model_args, record)
-    _run_lmms_eval({name: (model, model_args) for name, (model, model_args, _) in stale.items()}, task_names, output, nproc,
-                   _side_by_side(cuda, nproc, len(stale)))
+    _run_lmms_eval(
+        {name: (model, model_args) for name, (model, model_args, _) in stale.items()},
+        task_names,
+        output,
+        nproc,
+        _side_by_side(cuda, nproc, len(stale)),
+    )
     for name, (_, _, record) in stale.items():
         freshness.mark_current(output / name, record)
         print(f"{name}: {output / name}")
@@ -141,13 +157,28 @@ def _side_by_side(cuda: bool, nproc: int, models: int) -> int:
     return min(os.cpu_count() or 1, models) if not cuda and nproc == 1 and models > 1 else 1
 
 
-def _run_lmms_eval(models: dict[str, tuple[str, str]], tasks: list[str], output: Path, nproc: int, side_by_side: int) -> None:
+def _run_lmms_eval(
+    models: dict[str, tuple[str, str]], tasks: list[str], output: Path, nproc: int, side_by_side: int
+) -> None:
     """Score each ``name: (model, model_args)`` into ``output/name`` (log: ``output/logs/name.log``),
     ``side_by_side`` at a time (one thread each when more than one)."""
     launcher = [sys.executable, "-m", "lmms_eval"]
     if nproc > 1:
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc), "-m", "lmms_eval"]
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **child_environment(), "DCR_EVAL_DATA": str(eval_data_root())}
+        launcher = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            str(nproc),
+            "-m",
+            "lmms_eval",
+        ]
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        **child_environment(),
+        "DCR_EVAL_DATA": str(eval_data_root()),
+    }
     if side_by_side > 1:
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     queue = list(models)
@@ -159,9 +190,24 @@ def _run_lmms_eval(models: dict[str, tuple[str, str]], tasks: list[str], output:
             out, log = output / name, output / "logs" / f"{name}.log"
             shutil.rmtree(out, ignore_errors=True)
             log.parent.mkdir(parents=True, exist_ok=True)
-            command = [*launcher, "eval", "--model", model, "--model_args", model_args, "--tasks", ",".join(tasks),
-                       "--include_path", str(task_dir()), "--batch_size", "1", "--output_path", str(out), "--log_samples"]
-            stream = open(log, "w")
+            command = [
+                *launcher,
+                "eval",
+                "--model",
+                model,
+                "--model_args",
+                model_args,
+                "--tasks",
+                ",".join(tasks),
+                "--include_path",
+                str(task_dir()),
+                "--batch_size",
+                "1",
+                "--output_path",
+                str(out),
+                "--log_samples",
+            ]
+            stream = open(log, "w")  # noqa: SIM115 - open while the process runs; _wait closes it
             running[name] = (subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT), stream, log)
         _wait(running)
 
@@ -175,7 +221,10 @@ def _wait(running: dict[str, tuple[subprocess.Popen, object, Path]]) -> None:
         while busy := [name for name, (process, _, _) in running.items() if process.poll() is None]:
             if time.monotonic() >= report:
                 report += 30
-                print(f"lmms-eval running for {', '.join(busy)} ({time.monotonic() - start:.0f} s; logs: {running[busy[0]][2].parent})", flush=True)
+                print(
+                    f"lmms-eval running for {', '.join(busy)} ({time.monotonic() - start:.0f} s; logs: {running[busy[0]][2].parent})",
+                    flush=True,
+                )
             time.sleep(1)
     finally:
         for name, (process, stream, log) in running.items():

@@ -21,7 +21,12 @@ def mmvp_target(doc: dict) -> str:
 
 def mmvp_process_results(doc: dict, results: list[str]) -> dict:
     pred = option_letter(results[0], parse_options(doc["Options"]))
-    result = {"index": int(doc["Index"]), "pair": (int(doc["Index"]) - 1) // 2, "pred": pred, "correct": pred == mmvp_target(doc)}
+    result = {
+        "index": int(doc["Index"]),
+        "pair": (int(doc["Index"]) - 1) // 2,
+        "pred": pred,
+        "correct": pred == mmvp_target(doc),
+    }
     return {"mmvp_accuracy": result, "mmvp_pair_accuracy": result}
 
 

@@ -33,8 +33,8 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.evaluation.encode import image_embeddings, text_embeddings
 from dcr_mllm.evaluation.pairs import PROMPT, judge_pairs, percent
 from dcr_mllm.evaluation.tower_report import BenchmarkResult
-from dcr_mllm.towers import TowerSpec, VisionTower
 from dcr_mllm.strict import read_text
+from dcr_mllm.towers import TowerSpec, VisionTower
 
 CATEGORIES = (
     "Orientation and Direction",
@@ -85,35 +85,47 @@ def read_benchmark(data_dir: str | Path) -> list[QuestionPair]:
     data_dir = Path(data_dir)
     questions = data_dir / QUESTIONS_FILE
     if not questions.is_file():
-        raise DcrError(f"no {QUESTIONS_FILE} in {data_dir}: point --data at the MMVP-VLM directory "
-                       f"(Questions.csv and '{IMAGES_DIR}/'), or write a synthetic one with `dcr-mllm make-eval-data mmvp-vlm`")
+        raise DcrError(
+            f"no {QUESTIONS_FILE} in {data_dir}: point --data at the MMVP-VLM directory "
+            f"(Questions.csv and '{IMAGES_DIR}/'), or write a synthetic one with `dcr-mllm make-eval-data mmvp-vlm`"
+        )
     lines = read_text(questions).splitlines()
     rows = [(line, row) for line, row in enumerate(csv.reader(lines), start=1) if any(cell.strip() for cell in row)]
     if not rows or [cell.strip().lower() for cell in rows[0][1]] != [name.lower() for name in HEADER]:
         found = ",".join(rows[0][1]) if rows else "an empty file"
-        raise DcrError(f"{questions} must start with the header {','.join(HEADER)} (the official MMVP-VLM layout); found {found[:80]!r}")
+        raise DcrError(
+            f"{questions} must start with the header {','.join(HEADER)} (the official MMVP-VLM layout); found {found[:80]!r}"
+        )
     statements = [_statement(questions, line, row) for line, row in rows[1:]]  # the first row is the header
     if len(statements) != NUM_ROWS:
-        raise DcrError(f"{questions} has {len(statements)} statement rows; MMVP-VLM has {NUM_ROWS} "
-                       f"({len(CATEGORIES)} categories x {PAIRS_PER_CATEGORY} pairs x 2): re-download the benchmark")
+        raise DcrError(
+            f"{questions} has {len(statements)} statement rows; MMVP-VLM has {NUM_ROWS} "
+            f"({len(CATEGORIES)} categories x {PAIRS_PER_CATEGORY} pairs x 2): re-download the benchmark"
+        )
     pairs = []
     for index in range(0, NUM_ROWS, 2):
         first, second = statements[index], statements[index + 1]
         if first.qid % 2 != 1 or second.qid != first.qid + 1:
-            raise DcrError(f"{questions} lines {first.line}-{second.line}: question ids {first.qid}, {second.qid} "
-                           "do not form a pair (an odd id, then the next one); keep the rows in their original order")
+            raise DcrError(
+                f"{questions} lines {first.line}-{second.line}: question ids {first.qid}, {second.qid} "
+                "do not form a pair (an odd id, then the next one); keep the rows in their original order"
+            )
         pair = QuestionPair(first, second, CATEGORIES[len(pairs) // PAIRS_PER_CATEGORY])
         for path, statement in zip(pair.image_paths(data_dir), (first, second)):
             if not path.is_file():
-                raise DcrError(f"missing image {path} (question {statement.qid}, {questions.name} line {statement.line}): "
-                               "the benchmark directory is incomplete, re-download it")
+                raise DcrError(
+                    f"missing image {path} (question {statement.qid}, {questions.name} line {statement.line}): "
+                    "the benchmark directory is incomplete, re-download it"
+                )
         pairs.append(pair)
     return pairs
 
 
 def _statement(questions: Path, line: int, row: list[str]) -> Statement:
     if len(row) != 3:
-        raise DcrError(f"{questions} line {line}: expected 3 fields (question id, type, statement), got {len(row)}: {row!r}")
+        raise DcrError(
+            f"{questions} line {line}: expected 3 fields (question id, type, statement), got {len(row)}: {row!r}"
+        )
     qid, qtype, text = (cell.strip() for cell in row)
     if not qid.isdigit():
         raise DcrError(f"{questions} line {line}: question id {qid!r} is not a positive integer")
@@ -139,12 +151,24 @@ def official_transform(spec: TowerSpec) -> Callable[[Image.Image], Tensor]:
     from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
 
     size = spec.image_size
-    return Compose([Resize(size, interpolation=InterpolationMode.BICUBIC), CenterCrop(size), _convert_image_to_rgb,
-                    ToTensor(), Normalize(spec.mean, spec.std)])
+    return Compose(
+        [
+            Resize(size, interpolation=InterpolationMode.BICUBIC),
+            CenterCrop(size),
+            _convert_image_to_rgb,
+            ToTensor(),
+            Normalize(spec.mean, spec.std),
+        ]
+    )
 
 
-def evaluate_mmvp_vlm(tower: VisionTower, data_dir: str | Path, batch_size: int = 64,
-                      pairs: list[QuestionPair] | None = None, preprocess: str = "tower") -> BenchmarkResult:
+def evaluate_mmvp_vlm(
+    tower: VisionTower,
+    data_dir: str | Path,
+    batch_size: int = 64,
+    pairs: list[QuestionPair] | None = None,
+    preprocess: str = "tower",
+) -> BenchmarkResult:
     """Score ``tower`` on the benchmark at ``data_dir`` (``pairs``: an already read ``read_benchmark``;
     ``preprocess``: "tower" or "official", see the module docstring)."""
     if preprocess not in PREPROCESS:
@@ -162,9 +186,19 @@ def evaluate_mmvp_vlm(tower: VisionTower, data_dir: str | Path, batch_size: int 
     for pair, (pred1, pred2, score1, score2) in zip(pairs, verdicts):
         gt1, gt2 = ground_truth(pair.first.qid), ground_truth(pair.second.qid)
         correct[pair.category] += pred1 == gt1 and pred2 == gt2
-        predictions.append({"category": pair.category, "qid1": pair.first.qid, "qid2": pair.second.qid,
-                            "pred1": pred1, "pred2": pred2, "gt1": gt1, "gt2": gt2,
-                            "img1_score1": score1, "img1_score2": score2})
+        predictions.append(
+            {
+                "category": pair.category,
+                "qid1": pair.first.qid,
+                "qid2": pair.second.qid,
+                "pred1": pred1,
+                "pred2": pred2,
+                "gt1": gt1,
+                "gt2": gt2,
+                "img1_score1": score1,
+                "img1_score2": score2,
+            }
+        )
     scores = {category: percent(correct[category], PAIRS_PER_CATEGORY) for category in CATEGORIES}
     scores["average"] = sum(scores.values()) / len(CATEGORIES)
     return BenchmarkResult(scores, predictions)

@@ -30,7 +30,9 @@ def prediction(img1_score: float) -> str:
     return "img1" if img1_score > 0.5 else "img2"
 
 
-def judge_pairs(tower: VisionTower, image1: Tensor, image2: Tensor, text1: Tensor, text2: Tensor) -> list[tuple[str, str, float, float]]:
+def judge_pairs(
+    tower: VisionTower, image1: Tensor, image2: Tensor, text1: Tensor, text2: Tensor
+) -> list[tuple[str, str, float, float]]:
     """For each pair: ``(pred1, pred2, img1_score1, img1_score2)``, statement k scored against both images."""
     scores1 = img1_probability(tower, text1, image1, image2).tolist()
     scores2 = img1_probability(tower, text2, image1, image2).tolist()

@@ -29,13 +29,18 @@ CARRIED_SHARE = 0.1  # of the caption's whole gain over the empty prompt
 FORMS = {"global": "shift_gain", "tokens": "mse_gain"}
 
 
-def measure_premise(output: str | Path = "outputs/world", spec=None, world_root: str | Path | None = None, count: int = 256,
-                    val_count: int | None = None) -> dict:
+def measure_premise(
+    output: str | Path = "outputs/world",
+    spec=None,
+    world_root: str | Path | None = None,
+    count: int = 256,
+    val_count: int | None = None,
+) -> dict:
     """Build what is missing (the world models, the reference CLIP, ``OUTPUT/val``), measure, and
     write ``OUTPUT/premise.json`` and ``premise.md``."""
-    from dcr_mllm.towers import load_tower
     from dcr_mllm.evaluation.condition import condition_sensitivity
     from dcr_mllm.evaluation.world_metrics import evaluate_world
+    from dcr_mllm.towers import load_tower
     from dcr_mllm.world.models import WorldSpec, build_world, default_world_root, ensure_world
     from dcr_mllm.world.prepare import VAL_COUNT, VAL_SEED
     from dcr_mllm.world.scenes import world_eval_set
@@ -44,8 +49,13 @@ def measure_premise(output: str | Path = "outputs/world", spec=None, world_root:
     out = Path(output)
     models = build_world(world_root, spec)
     reference = ensure_world("clip_reference", world_root or default_world_root(), spec)
-    val = world_eval_set(out / "val", VAL_SEED, val_count or VAL_COUNT, size=spec.image_size)  # the same set build-world writes
-    probes = {name: evaluate_world(load_tower(path), val, pairs_per_attribute=1) for name, path in (("base", models["clip"]), ("reference", reference))}
+    val = world_eval_set(
+        out / "val", VAL_SEED, val_count or VAL_COUNT, size=spec.image_size
+    )  # the same set build-world writes
+    probes = {
+        name: evaluate_world(load_tower(path), val, pairs_per_attribute=1)
+        for name, path in (("base", models["clip"]), ("reference", reference))
+    }
     sensitivity = condition_sensitivity(models["sd"], val, count)
     result = premise_table(probes, sensitivity)
     (out / "premise.json").write_text(json.dumps({**result, "probes": probes, "sensitivity": sensitivity}, indent=1))
@@ -59,7 +69,11 @@ def premise_table(probes: dict[str, dict[str, float]], sensitivity: dict[str, fl
     caption_gain = sensitivity["mse/empty"] - sensitivity["mse/caption"]
     rows = {}
     for attribute in FINE_ATTRIBUTES:
-        row = {f"{name}/{kind}": probes[name][f"{kind}/{attribute}"] for name in probes for kind in ("probe_global", "probe_layer")}
+        row = {
+            f"{name}/{kind}": probes[name][f"{kind}/{attribute}"]
+            for name in probes
+            for kind in ("probe_global", "probe_layer")
+        }
         row["hidden_global"] = row["reference/probe_global"] - row["base/probe_global"]
         row["hidden_layer"] = row["reference/probe_layer"] - row["base/probe_layer"]
         for form, key in FORMS.items():
@@ -71,16 +85,22 @@ def premise_table(probes: dict[str, dict[str, float]], sensitivity: dict[str, fl
 
 
 def premise_report(result: dict) -> list[str]:
-    lines = ["# The premise: is each attribute hidden from the base tower, and carried by DCR's condition?", "",
-             f"Probe accuracy (%) of the base world-clip and of the reference (same build, captions naming every attribute) on the "
-             f"validation set; carried = the denoiser's extra error with that attribute wrong, as a share of the whole caption's gain "
-             f"over the empty prompt ({result['caption_gain']:.3f} MSE). Teachable: hidden by >= {HIDDEN_POINTS:.0f} points "
-             f"and carried >= {CARRIED_SHARE:.0%} in that form (global form: global-embedding probe; token form: feature-layer probe).", "",
-             "| attribute | base global | reference global | base layer −2 | reference layer −2 | carried, global form | carried, token form "
-             "| teachable: global | teachable: tokens |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = [
+        "# The premise: is each attribute hidden from the base tower, and carried by DCR's condition?",
+        "",
+        f"Probe accuracy (%) of the base world-clip and of the reference (same build, captions naming every attribute) on the "
+        f"validation set; carried = the denoiser's extra error with that attribute wrong, as a share of the whole caption's gain "
+        f"over the empty prompt ({result['caption_gain']:.3f} MSE). Teachable: hidden by >= {HIDDEN_POINTS:.0f} points "
+        f"and carried >= {CARRIED_SHARE:.0%} in that form (global form: global-embedding probe; token form: feature-layer probe).",
+        "",
+        "| attribute | base global | reference global | base layer −2 | reference layer −2 | carried, global form | carried, token form "
+        "| teachable: global | teachable: tokens |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
     for attribute, row in result["attributes"].items():
-        lines.append(f"| {attribute} | {row['base/probe_global']:.1f} | {row['reference/probe_global']:.1f} | {row['base/probe_layer']:.1f} "
-                     f"| {row['reference/probe_layer']:.1f} | {row['carried_global']:.1%} | {row['carried_tokens']:.1%} "
-                     f"| {'yes' if row['teachable_global'] else 'no'} | {'yes' if row['teachable_tokens'] else 'no'} |")
+        lines.append(
+            f"| {attribute} | {row['base/probe_global']:.1f} | {row['reference/probe_global']:.1f} | {row['base/probe_layer']:.1f} "
+            f"| {row['reference/probe_layer']:.1f} | {row['carried_global']:.1%} | {row['carried_tokens']:.1%} "
+            f"| {'yes' if row['teachable_global'] else 'no'} | {'yes' if row['teachable_tokens'] else 'no'} |"
+        )
     return lines

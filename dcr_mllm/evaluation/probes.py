@@ -45,7 +45,9 @@ class ClassificationData:
             test_classes, test = _class_images(root / "test")
             unknown = sorted(set(test_classes) - set(self.classes))
             if unknown:
-                raise DcrError(f"{root}/test has classes that {root}/train lacks ({', '.join(unknown)}): give both splits the same class folders")
+                raise DcrError(
+                    f"{root}/test has classes that {root}/train lacks ({', '.join(unknown)}): give both splits the same class folders"
+                )
             index = {name: label for label, name in enumerate(self.classes)}
             self.test = [(path, index[test_classes[label]]) for path, label in test]
         else:
@@ -56,10 +58,14 @@ class ClassificationData:
 def _class_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if len(classes) < 2:
-        raise DcrError(f"{root} has {len(classes)} class folders: an image folder needs one subfolder per class, at least two")
+        raise DcrError(
+            f"{root} has {len(classes)} class folders: an image folder needs one subfolder per class, at least two"
+        )
     images = []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in FOLDER_IMAGE_EXTENSIONS and p.is_file())
+        found = sorted(
+            p for p in (root / name).rglob("*") if p.suffix.lower() in FOLDER_IMAGE_EXTENSIONS and p.is_file()
+        )
         if not found:
             raise DcrError(f"class folder {root / name} has no images ({' '.join(FOLDER_IMAGE_EXTENSIONS)})")
         images += [(path, label) for path in found]
@@ -70,16 +76,24 @@ def _hash_split(root: Path, images: list[tuple[Path, int]], num_classes: int) ->
     """Per class, the ceil(TEST_FRACTION * n) images with the smallest path hashes are the test set."""
     train, test = [], []
     for label in range(num_classes):
-        members = sorted((hashlib.sha256(p.relative_to(root).as_posix().encode()).hexdigest(), p) for p, lbl in images if lbl == label)
+        members = sorted(
+            (hashlib.sha256(p.relative_to(root).as_posix().encode()).hexdigest(), p)
+            for p, lbl in images
+            if lbl == label
+        )
         if len(members) < 2:
-            raise DcrError(f"class folder {members[0][1].parent} has one image: a linear probe needs at least two per class")
+            raise DcrError(
+                f"class folder {members[0][1].parent} has one image: a linear probe needs at least two per class"
+            )
         cut = math.ceil(TEST_FRACTION * len(members))
         test += [(p, label) for _, p in members[:cut]]
         train += [(p, label) for _, p in members[cut:]]
     return sorted(train), sorted(test)
 
 
-def fit_linear_probe(features: Tensor, labels: Tensor, num_classes: int, weight_decay: float = 1e-3, max_iter: int = 200) -> Tensor:
+def fit_linear_probe(
+    features: Tensor, labels: Tensor, num_classes: int, weight_decay: float = 1e-3, max_iter: int = 200
+) -> Tensor:
     """Multinomial logistic regression by L-BFGS from zeros (deterministic); returns [C, D + 1] (weights, bias)."""
     x = _with_bias_input(features)
     weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
@@ -104,7 +118,9 @@ def _with_bias_input(features: Tensor) -> Tensor:
     return torch.cat([features.double(), torch.ones(len(features), 1, dtype=torch.float64)], dim=1)
 
 
-def evaluate_classification(tower: VisionTower, data: str | Path | ClassificationData, batch_size: int = 64) -> BenchmarkResult:
+def evaluate_classification(
+    tower: VisionTower, data: str | Path | ClassificationData, batch_size: int = 64
+) -> BenchmarkResult:
     """Zero-shot and linear-probe top-1 (percent) of ``tower`` on an image folder."""
     data = data if isinstance(data, ClassificationData) else ClassificationData(data)
     train_x = image_embeddings(tower, [p for p, _ in data.train], batch_size, desc="train images")
@@ -121,7 +137,12 @@ def evaluate_classification(tower: VisionTower, data: str | Path | Classificatio
         "linear_probe_top1": percent(int((probe == test_y).sum()), len(test_y)),
     }
     predictions = [
-        {"image": str(path), "label": data.classes[label], "zero_shot": data.classes[z], "linear_probe": data.classes[p]}
+        {
+            "image": str(path),
+            "label": data.classes[label],
+            "zero_shot": data.classes[z],
+            "linear_probe": data.classes[p],
+        }
         for (path, label), z, p in zip(data.test, zero_shot.tolist(), probe.tolist())
     ]
     return BenchmarkResult(scores, predictions)
@@ -132,17 +153,31 @@ def evaluate_fine_grained(tower: VisionTower, pairs: list, batch_size: int = 64)
 
     Statement k is the caption of scene k, so the right answers are ``img1`` then ``img2``.
     """
-    images = image_embeddings(tower, [image for _, *scenes in pairs for _, image in scenes], batch_size, desc="pair images")
+    images = image_embeddings(
+        tower, [image for _, *scenes in pairs for _, image in scenes], batch_size, desc="pair images"
+    )
     texts = text_embeddings(tower, [PROMPT + caption(attrs) for _, *scenes in pairs for attrs, _ in scenes], batch_size)
     verdicts = judge_pairs(tower, images[0::2], images[1::2], texts[0::2], texts[1::2])
 
     correct, totals = Counter(), Counter()
     predictions = []
-    for index, ((attribute, (attrs1, _), (attrs2, _)), (pred1, pred2, score1, score2)) in enumerate(zip(pairs, verdicts)):
+    for index, ((attribute, (attrs1, _), (attrs2, _)), (pred1, pred2, score1, score2)) in enumerate(
+        zip(pairs, verdicts)
+    ):
         correct[attribute] += pred1 == "img1" and pred2 == "img2"
         totals[attribute] += 1
-        predictions.append({"attribute": attribute, "pair": index, "statement1": caption(attrs1), "statement2": caption(attrs2),
-                            "pred1": pred1, "pred2": pred2, "img1_score1": score1, "img1_score2": score2})
+        predictions.append(
+            {
+                "attribute": attribute,
+                "pair": index,
+                "statement1": caption(attrs1),
+                "statement2": caption(attrs2),
+                "pred1": pred1,
+                "pred2": pred2,
+                "img1_score1": score1,
+                "img1_score2": score2,
+            }
+        )
     scores = {attribute: percent(correct[attribute], total) for attribute, total in totals.items()}
     scores["average"] = sum(scores.values()) / len(scores)
     return BenchmarkResult(scores, predictions)

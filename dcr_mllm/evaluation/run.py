@@ -51,12 +51,21 @@ def parse_tower_args(specs: list[str]) -> dict[str, str]:
     return towers
 
 
-def benchmark_scorer(benchmark: str, data: str | Path | None, batch_size: int = 64, pairs_per_attribute: int = 20,
-                     image_size: int = 224, seed: int = 0, preprocess: str = "tower") -> Callable[[object], BenchmarkResult]:
+def benchmark_scorer(
+    benchmark: str,
+    data: str | Path | None,
+    batch_size: int = 64,
+    pairs_per_attribute: int = 20,
+    image_size: int = 224,
+    seed: int = 0,
+    preprocess: str = "tower",
+) -> Callable[[object], BenchmarkResult]:
     """``score(tower) -> BenchmarkResult`` for one benchmark, its data read and checked once, now
     (``evaluate_towers`` and the evaluation during training both use it)."""
     if benchmark == "mmvp-vlm":
-        return functools.partial(evaluate_mmvp_vlm, data_dir=data, batch_size=batch_size, pairs=read_benchmark(data), preprocess=preprocess)
+        return functools.partial(
+            evaluate_mmvp_vlm, data_dir=data, batch_size=batch_size, pairs=read_benchmark(data), preprocess=preprocess
+        )
     if benchmark == "classification":
         return functools.partial(evaluate_classification, data=ClassificationData(data), batch_size=batch_size)
     if benchmark == "world":
@@ -64,7 +73,9 @@ def benchmark_scorer(benchmark: str, data: str | Path | None, batch_size: int = 
 
         world = WorldSet.read(data, pairs_per_attribute)  # its labels checked before any tower loads
         return lambda tower: BenchmarkResult(evaluate_world(tower, world))
-    return functools.partial(evaluate_fine_grained, pairs=fine_grained_pairs(pairs_per_attribute, image_size, seed), batch_size=batch_size)
+    return functools.partial(
+        evaluate_fine_grained, pairs=fine_grained_pairs(pairs_per_attribute, image_size, seed), batch_size=batch_size
+    )
 
 
 def evaluate_towers(
@@ -101,14 +112,21 @@ def evaluate_towers(
         if data is not None:
             raise DcrError("the fine-grained benchmark generates its own pairs: drop --data")
     elif data is None:
-        raise DcrError(f"the {benchmark} benchmark reads a dataset: pass --data DIR "
-                       f"(or write a synthetic one with `dcr-mllm make-eval-data {benchmark} --output DIR`)")
+        raise DcrError(
+            f"the {benchmark} benchmark reads a dataset: pass --data DIR "
+            f"(or write a synthetic one with `dcr-mllm make-eval-data {benchmark} --output DIR`)"
+        )
     elif not Path(data).is_dir():
         raise DcrError(f"--data {data} is not a directory: check the path")
     for path in towers.values():
         inspect_tower(path, allow_pickle)
-    settings = {"benchmark": benchmark, "towers": towers, "pairs_per_attribute": pairs_per_attribute, "preprocess": preprocess,
-                **({"image_size": image_size, "seed": seed} if benchmark == "fine-grained" else {})}
+    settings = {
+        "benchmark": benchmark,
+        "towers": towers,
+        "pairs_per_attribute": pairs_per_attribute,
+        "preprocess": preprocess,
+        **({"image_size": image_size, "seed": seed} if benchmark == "fine-grained" else {}),
+    }
     record = freshness.made_from(settings, {**{f"tower/{label}": path for label, path in towers.items()}, "data": data})
     if if_changed and freshness.is_current(output, record):
         print(f"{benchmark}: up to date in {output}")
@@ -122,7 +140,11 @@ def evaluate_towers(
         tower = load_tower(path, allow_pickle=allow_pickle).to(device).eval()
         results[label] = score(tower)
         del tower  # freed before the next one loads
-    source = f"data: `{data}`" + (f", {pairs_per_attribute} pairs per attribute" if benchmark == "world" else "") if data is not None else f"{pairs_per_attribute} pairs per attribute, {image_size} px, seed {seed}"
+    source = (
+        f"data: `{data}`" + (f", {pairs_per_attribute} pairs per attribute" if benchmark == "world" else "")
+        if data is not None
+        else f"{pairs_per_attribute} pairs per attribute, {image_size} px, seed {seed}"
+    )
     if benchmark == "mmvp-vlm":
         source += f", {preprocess} preprocessing"
     note = source + "; towers: " + ", ".join(f"{label} = `{path}`" for label, path in towers.items())

@@ -42,34 +42,78 @@ def seed_effect(base: list[float], other: list[float], alpha: float = ALPHA, pow
     ``power``; with fewer than two seeds a tower the test, interval and detectable effect are None."""
     from scipy import stats
 
-    out = {"base": list(base), "other": list(other), "n": [len(base), len(other)],
-           "base_mean": statistics.fmean(base), "other_mean": statistics.fmean(other)}
+    out = {
+        "base": list(base),
+        "other": list(other),
+        "n": [len(base), len(other)],
+        "base_mean": statistics.fmean(base),
+        "other_mean": statistics.fmean(other),
+    }
     out["effect"] = out["other_mean"] - out["base_mean"]
     if min(len(base), len(other)) < 2:
-        return {**out, "base_std": None, "other_std": None, "low": None, "high": None, "p": None, "significant": False, "detectable": None}
+        return {
+            **out,
+            "base_std": None,
+            "other_std": None,
+            "low": None,
+            "high": None,
+            "p": None,
+            "significant": False,
+            "detectable": None,
+        }
     vb, vo = statistics.variance(base), statistics.variance(other)
     out["base_std"], out["other_std"] = math.sqrt(vb), math.sqrt(vo)
     se = math.sqrt(vb / len(base) + vo / len(other))
     if se == 0:  # every run of both towers scored the same: no spread to judge a difference against
         same = out["effect"] == 0
-        return {**out, "low": out["effect"], "high": out["effect"], "p": 1.0 if same else 0.0, "significant": not same, "detectable": 0.0}
-    df = se**4 / ((vb / len(base)) ** 2 / (len(base) - 1) + (vo / len(other)) ** 2 / (len(other) - 1))  # Welch-Satterthwaite
+        return {
+            **out,
+            "low": out["effect"],
+            "high": out["effect"],
+            "p": 1.0 if same else 0.0,
+            "significant": not same,
+            "detectable": 0.0,
+        }
+    df = se**4 / (
+        (vb / len(base)) ** 2 / (len(base) - 1) + (vo / len(other)) ** 2 / (len(other) - 1)
+    )  # Welch-Satterthwaite
     half = stats.t.ppf(1 - alpha / 2, df) * se
     p = float(2 * stats.t.sf(abs(out["effect"]) / se, df))
-    return {**out, "low": out["effect"] - half, "high": out["effect"] + half, "p": p, "significant": p < alpha, "df": df,
-            "detectable": float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)}
+    return {
+        **out,
+        "low": out["effect"] - half,
+        "high": out["effect"] + half,
+        "p": p,
+        "significant": p < alpha,
+        "df": df,
+        "detectable": float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se),
+    }
 
 
 def tower_effects(accuracy: dict[str, dict[str, dict]], base: str, other: str) -> dict[str, dict]:
     """Per question group, ``seed_effect`` of tower ``other`` against tower ``base`` over every
     seed each was scored with (``accuracy``: ``compare_world``'s, models named ``TOWER[_seedK]``)."""
-    runs = {tower: sorted((seed, name) for name in accuracy for t, seed in [split_name(name)] if t == tower) for tower in (base, other)}
+    runs = {
+        tower: sorted((seed, name) for name in accuracy for t, seed in [split_name(name)] if t == tower)
+        for tower in (base, other)
+    }
     if not runs[base] or not runs[other]:
         return {}
-    groups = [g for g in accuracy[runs[base][0][1]] if all(g in accuracy[name] for runs_ in runs.values() for _, name in runs_)]
-    return {g: {**seed_effect([accuracy[name][g]["accuracy"] for _, name in runs[base]],
-                              [accuracy[name][g]["accuracy"] for _, name in runs[other]]),
-                "seeds": [[seed for seed, _ in runs[base]], [seed for seed, _ in runs[other]]]} for g in groups}
+    groups = [
+        g
+        for g in accuracy[runs[base][0][1]]
+        if all(g in accuracy[name] for runs_ in runs.values() for _, name in runs_)
+    ]
+    return {
+        g: {
+            **seed_effect(
+                [accuracy[name][g]["accuracy"] for _, name in runs[base]],
+                [accuracy[name][g]["accuracy"] for _, name in runs[other]],
+            ),
+            "seeds": [[seed for seed, _ in runs[base]], [seed for seed, _ in runs[other]]],
+        }
+        for g in groups
+    }
 
 
 def verdict(effects: dict[str, dict], base: str, other: str) -> str:
@@ -77,11 +121,17 @@ def verdict(effects: dict[str, dict], base: str, other: str) -> str:
     overall = effects["all"]
     n = min(overall["n"])
     if n < 2:
-        return (f"One training run per tower: the {other} − {base} difference ({overall['effect']:+.1f} points) cannot be "
-                "attributed to the tower; run with --seeds 3 or more.")
+        return (
+            f"One training run per tower: the {other} − {base} difference ({overall['effect']:+.1f} points) cannot be "
+            "attributed to the tower; run with --seeds 3 or more."
+        )
     if overall["significant"]:
-        return (f"The {other} tower changes its LLaVA by {overall['effect']:+.1f} points overall [{overall['low']:+.1f}, {overall['high']:+.1f}] "
-                f"(Welch's t-test over N = {n} seeds per tower, p = {overall['p']:.2g}).")
-    return (f"No detectable tower effect at N = {n} seeds per tower: {other} − {base} {overall['effect']:+.1f} points overall "
-            f"[{overall['low']:+.1f}, {overall['high']:+.1f}], p = {overall['p']:.2g}; could detect ≥ {overall['detectable']:.1f} points "
-            f"(80 % power).")
+        return (
+            f"The {other} tower changes its LLaVA by {overall['effect']:+.1f} points overall [{overall['low']:+.1f}, {overall['high']:+.1f}] "
+            f"(Welch's t-test over N = {n} seeds per tower, p = {overall['p']:.2g})."
+        )
+    return (
+        f"No detectable tower effect at N = {n} seeds per tower: {other} − {base} {overall['effect']:+.1f} points overall "
+        f"[{overall['low']:+.1f}, {overall['high']:+.1f}], p = {overall['p']:.2g}; could detect ≥ {overall['detectable']:.1f} points "
+        f"(80 % power)."
+    )

@@ -28,7 +28,9 @@ def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, fl
     share = correct / total
     centre = (share + z * z / (2 * total)) / (1 + z * z / total)
     half = z / (1 + z * z / total) * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total))
-    return min(share, max(0.0, centre - half)), max(share, min(1.0, centre + half))  # rounding never leaves the share outside
+    return min(share, max(0.0, centre - half)), max(
+        share, min(1.0, centre + half)
+    )  # rounding never leaves the share outside
 
 
 def mcnemar_exact(first_only: int, second_only: int) -> float:
@@ -45,7 +47,9 @@ def world_samples(run_dir: str | Path, task: str = "world_local") -> dict[str, d
     (``world_local`` or ``world_local_open``) lmms-eval logged under ``run_dir`` (``--log_samples``)."""
     files = sorted(Path(run_dir).rglob(f"*_samples_{task}.jsonl"), key=lambda p: p.stat().st_mtime)
     if not files:
-        raise DcrError(f"{run_dir} holds no {task} samples file; score the model again (dcr-mllm eval-mllm logs every answer)")
+        raise DcrError(
+            f"{run_dir} holds no {task} samples file; score the model again (dcr-mllm eval-mllm logs every answer)"
+        )
     records = {}
     for number, line in enumerate(read_text(files[-1]).splitlines(), start=1):
         record = loads_json(line, f"{files[-1]} line {number}")
@@ -53,7 +57,9 @@ def world_samples(run_dir: str | Path, task: str = "world_local") -> dict[str, d
             record = record["world_accuracy"]
             records[str(record["question_id"])] = {k: record[k] for k in ("attribute", "kind", "correct")}
         except (ValueError, KeyError, TypeError) as err:
-            raise DcrError(f"{files[-1]} line {number} is not a {task} sample with a world_accuracy record; score the model again") from err
+            raise DcrError(
+                f"{files[-1]} line {number} is not a {task} sample with a world_accuracy record; score the model again"
+            ) from err
     return records
 
 
@@ -79,8 +85,14 @@ def paired(first: dict[str, dict], second: dict[str, dict], ids: list[str]) -> d
     first_only = sum(bool(first[i]["correct"]) and not second[i]["correct"] for i in ids)
     second_only = sum(bool(second[i]["correct"]) and not first[i]["correct"] for i in ids)
     p = mcnemar_exact(first_only, second_only)
-    return {"difference": 100 * (first_only - second_only) / len(ids), "first_only": first_only, "second_only": second_only,
-            "p": p, "significant": p < ALPHA, "n": len(ids)}
+    return {
+        "difference": 100 * (first_only - second_only) / len(ids),
+        "first_only": first_only,
+        "second_only": second_only,
+        "p": p,
+        "significant": p < ALPHA,
+        "n": len(ids),
+    }
 
 
 def compare_world(samples: dict[str, dict[str, dict]]) -> dict:
@@ -94,17 +106,27 @@ def compare_world(samples: dict[str, dict[str, dict]]) -> dict:
     names = list(samples)
     if not names:
         raise DcrError("no world_local samples to compare")
-    result = {"accuracy": {n: {g: accuracy(samples[n], ids) for g, ids in groups(samples[n]).items()} for n in names}, "paired": {}}
+    result = {
+        "accuracy": {n: {g: accuracy(samples[n], ids) for g, ids in groups(samples[n]).items()} for n in names},
+        "paired": {},
+    }
     seeded = any(split_name(n)[1] for n in names)
     for i, first in enumerate(names):
-        for second in names[i + 1:]:
+        for second in names[i + 1 :]:
             if seeded and split_name(first)[1] != split_name(second)[1]:
                 continue
             shared = {q: samples[first][q] for q in samples[first] if q in samples[second]}
             if not shared:
-                raise DcrError(f"{first} and {second} answered no question in common; score both on the same world_local data")
-            result["paired"][f"{first} vs {second}"] = {g: paired(samples[first], samples[second], ids) for g, ids in groups(shared).items()}
+                raise DcrError(
+                    f"{first} and {second} answered no question in common; score both on the same world_local data"
+                )
+            result["paired"][f"{first} vs {second}"] = {
+                g: paired(samples[first], samples[second], ids) for g, ids in groups(shared).items()
+            }
     towers = list(dict.fromkeys(split_name(n)[0] for n in names))
-    result["towers"] = {f"{first} vs {second}": tower_effects(result["accuracy"], base=second, other=first)
-                        for i, first in enumerate(towers) for second in towers[i + 1:]}
+    result["towers"] = {
+        f"{first} vs {second}": tower_effects(result["accuracy"], base=second, other=first)
+        for i, first in enumerate(towers)
+        for second in towers[i + 1 :]
+    }
     return result

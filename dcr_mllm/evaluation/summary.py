@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_path
 from dcr_mllm.strict import loads_json, read_json, read_text, read_yaml
@@ -17,19 +16,27 @@ def loss_points(stage_dir: Path) -> dict[int, float] | None:
     if not metrics.is_file():
         return None
     points = {}
-    for number, line in enumerate(read_text(metrics).splitlines(), start=1):  # a resumed run logs some steps twice: keep the last
+    for number, line in enumerate(
+        read_text(metrics).splitlines(), start=1
+    ):  # a resumed run logs some steps twice: keep the last
         record = loads_json(line, f"{metrics} line {number}")
         try:
             points[int(record["step"])] = float(record["loss"])
         except (ValueError, TypeError, KeyError) as err:
-            raise DcrError(f"{metrics} line {number} is not a metrics record with step and loss; was the file edited or cut short?") from err
+            raise DcrError(
+                f"{metrics} line {number} is not a metrics record with step and loss; was the file edited or cut short?"
+            ) from err
     return points
 
 
 def held_out_points(stage_dir: Path) -> dict[int, float]:
     """Step -> held-out loss (``eval/loss``, the LLaVA stages' ``eval_every``) where it was logged."""
     metrics = stage_dir / "metrics.jsonl"
-    rows = [loads_json(line, f"{metrics} line {n}") for n, line in enumerate(read_text(metrics).splitlines(), 1)] if metrics.is_file() else []
+    rows = (
+        [loads_json(line, f"{metrics} line {n}") for n, line in enumerate(read_text(metrics).splitlines(), 1)]
+        if metrics.is_file()
+        else []
+    )
     return {int(row["step"]): float(row["eval/loss"]) for row in rows if "eval/loss" in row}
 
 
@@ -71,36 +78,59 @@ def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path, chart: P
     effects = _tower_effect_tables(significance)
     if effects:
         lines += [f"**{effects[0]}**", ""]
-    lines += tower_tables(tower_eval) + [""]
+    lines += [*tower_tables(tower_eval), ""]
     if "enhance" in runs and (runs["enhance"] / "config.yaml").is_file():
         seed = read_yaml(runs["enhance"] / "config.yaml").get("seed")
-        lines += [f"The enhanced tower is one stage-one run (seed {seed}, {runs['enhance'] / 'config.yaml'}); stage one's spread over "
-                  "seeds is what the ablation measures (`bash stages/ablation.sh`: every objective over several seeds, "
-                  "`outputs/ablation/report.md`).", ""]
+        lines += [
+            f"The enhanced tower is one stage-one run (seed {seed}, {runs['enhance'] / 'config.yaml'}); stage one's spread over "
+            "seeds is what the ablation measures (`bash stages/ablation.sh`: every objective over several seeds, "
+            "`outputs/ablation/report.md`).",
+            "",
+        ]
     world = _world_llava_tables(significance)
     if world:
-        lines += ["## LLaVA in the world (lmms-eval `world_local` or `world_local_open`, accuracy %)", ""] + effects[1:] + world + [""]
+        lines += [
+            "## LLaVA in the world (lmms-eval `world_local` or `world_local_open`, accuracy %)",
+            "",
+            *effects[1:],
+            *world,
+            "",
+        ]
         pairs = probe_vs_llava(tower_eval / "world" / "results.json", significance)
         if pairs:
             chart = chart or mllm_eval / "report" / "probe_vs_llava.png"
-            lines += ["## Does what the tower holds reach its LLaVA? (%)", "",
-                      "Per attribute, the tower's feature-layer probe (layer −2, what the LLaVA reads) beside the LLaVA's "
-                      f"accuracy on that attribute's open questions (which ask for the value, as the probe reads it); chart: {plot_probe_vs_llava(pairs, chart)}", ""]
-            lines += probe_vs_llava_table(pairs) + [""]
-            lines += learning_targets(pairs, read_json(significance)["accuracy"]) + [""]
+            lines += [
+                "## Does what the tower holds reach its LLaVA? (%)",
+                "",
+                "Per attribute, the tower's feature-layer probe (layer −2, what the LLaVA reads) beside the LLaVA's "
+                f"accuracy on that attribute's open questions (which ask for the value, as the probe reads it); chart: {plot_probe_vs_llava(pairs, chart)}",
+                "",
+            ]
+            lines += [*probe_vs_llava_table(pairs), ""]
+            lines += [*learning_targets(pairs, read_json(significance)["accuracy"]), ""]
     else:
-        lines += ["## LLaVA on the lmms-eval suite", "", read_text(report).strip() if report.is_file() else "(not run)", ""]
+        lines += [
+            "## LLaVA on the lmms-eval suite",
+            "",
+            read_text(report).strip() if report.is_file() else "(not run)",
+            "",
+        ]
     lines += ["## Training stages (loss curves)", ""]
     stages = []  # everything read and checked before the first curve is drawn
     for name, run in runs.items():
         for stage_dir in sorted(p.parent for p in run.glob("*/train_state.json")):
             state = read_json(stage_dir / "train_state.json")
             if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-                raise DcrError(f"{stage_dir / 'train_state.json'} has no step count; it was not written by a training stage")
+                raise DcrError(
+                    f"{stage_dir / 'train_state.json'} has no step count; it was not written by a training stage"
+                )
             stages.append((name, stage_dir, state["step"], loss_points(stage_dir)))
     for name, stage_dir, step, points in stages:
         watched = stage_dir / "eval.png"  # the tower evaluated during training (enhance.watch)
-        lines.append(f"- {name}/{stage_dir.name}: {step} steps, {plot_loss(stage_dir, points)}" + (f", validation curves {watched}" if watched.is_file() else ""))
+        lines.append(
+            f"- {name}/{stage_dir.name}: {step} steps, {plot_loss(stage_dir, points)}"
+            + (f", validation curves {watched}" if watched.is_file() else "")
+        )
     lines += ["", "## Artefacts", ""]
     for name, run in runs.items():
         for artefact in ("tower", "model"):
@@ -116,7 +146,7 @@ def tower_tables(tower_eval: str | Path) -> list[str]:
     world = tower_eval / "world" / "results.json"
     if world.is_file():
         return _world_tables(world)
-    return ["## Towers (MMVP-VLM, probes; %)", ""] + _tower_table(tower_eval)
+    return ["## Towers (MMVP-VLM, probes; %)", "", *_tower_table(tower_eval)]
 
 
 def _world_tables(results_file: Path) -> list[str]:
@@ -126,23 +156,44 @@ def _world_tables(results_file: Path) -> list[str]:
     results = read_json(results_file)
     towers = list(results)
     try:
+
         def cells(metric: str) -> str:
             return " | ".join(f"{results[t][metric]:.1f}" for t in towers)
 
-        headline = [("class zero-shot (D-Ability)", "class/zero_shot"), ("class linear probe (D-Ability)", "class/probe"),
-                    ("fine attributes, global-embedding probe (mean)", "probe_global/fine_mean"),
-                    ("fine attributes, feature-layer probe (mean)", "probe_layer/fine_mean"), ("world pairs, MMVP-VLM rule (mean)", "pairs/mean")]
-        lines = ["## Towers in the world (%)", "", "| metric | " + " | ".join(towers) + " |", "|---|" + "---:|" * len(towers)]
+        headline = [
+            ("class zero-shot (D-Ability)", "class/zero_shot"),
+            ("class linear probe (D-Ability)", "class/probe"),
+            ("fine attributes, global-embedding probe (mean)", "probe_global/fine_mean"),
+            ("fine attributes, feature-layer probe (mean)", "probe_layer/fine_mean"),
+            ("world pairs, MMVP-VLM rule (mean)", "pairs/mean"),
+        ]
+        lines = [
+            "## Towers in the world (%)",
+            "",
+            "| metric | " + " | ".join(towers) + " |",
+            "|---|" + "---:|" * len(towers),
+        ]
         lines += [f"| {label} | {cells(metric)} |" for label, metric in headline]
         joined = " / ".join(towers)
-        lines += ["", f"Per attribute, {joined} (chance: a probe 1 / number of values, a pair 25):", "",
-                  "| attribute | global probe | feature-layer probe | pairs |", "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            f"Per attribute, {joined} (chance: a probe 1 / number of values, a pair 25):",
+            "",
+            "| attribute | global probe | feature-layer probe | pairs |",
+            "|---|---:|---:|---:|",
+        ]
         for attribute in (CLASS, *FINE_ATTRIBUTES):
-            per_kind = [" / ".join(f"{results[t][f'{kind}/{attribute}']:.1f}" for t in towers) if f"{kind}/{attribute}" in results[towers[0]] else "-"
-                        for kind in ("probe_global", "probe_layer", "pairs")]
+            per_kind = [
+                " / ".join(f"{results[t][f'{kind}/{attribute}']:.1f}" for t in towers)
+                if f"{kind}/{attribute}" in results[towers[0]]
+                else "-"
+                for kind in ("probe_global", "probe_layer", "pairs")
+            ]
             lines.append(f"| {attribute} | " + " | ".join(per_kind) + " |")
     except (KeyError, TypeError, ValueError) as err:
-        raise DcrError(f"{results_file} lacks world metrics for every tower; re-run dcr-mllm eval-tower --benchmark world") from err
+        raise DcrError(
+            f"{results_file} lacks world metrics for every tower; re-run dcr-mllm eval-tower --benchmark world"
+        ) from err
     return lines
 
 
@@ -159,29 +210,57 @@ def _world_llava_tables(significance_file: Path) -> list[str]:
     try:
         accuracy, paired = data["accuracy"], data["paired"]
         models = list(accuracy)
-        header = "| questions | " + " | ".join(f"{m} [95 % interval]" for m in models) + "".join(f" | {p} (points, p)" for p in paired) + " |"
+        header = (
+            "| questions | "
+            + " | ".join(f"{m} [95 % interval]" for m in models)
+            + "".join(f" | {p} (points, p)" for p in paired)
+            + " |"
+        )
         rule = "|---|" + "---:|" * (len(models) + len(paired))
 
         def row(label: str, group: str) -> str | None:
             if group not in accuracy[models[0]]:
                 return None
-            cells = [f"{a['accuracy']:.1f} [{a['low']:.1f}, {a['high']:.1f}]" for a in (accuracy[m][group] for m in models)]
+            cells = [
+                f"{a['accuracy']:.1f} [{a['low']:.1f}, {a['high']:.1f}]" for a in (accuracy[m][group] for m in models)
+            ]
             for test in paired.values():
                 t = test[group]
-                cells.append(f"{'**' if t['significant'] else ''}{t['difference']:+.1f}{'**' if t['significant'] else ''} (p={t['p']:.2g})")
+                cells.append(
+                    f"{'**' if t['significant'] else ''}{t['difference']:+.1f}{'**' if t['significant'] else ''} (p={t['p']:.2g})"
+                )
             return f"| {label} | " + " | ".join(cells) + " |"
 
         summary_groups = [("all", "all"), *((a, a) for a in WORLD_VALUES), *((k.replace("_", "/"), k) for k in KINDS)]
         lines = [header, rule] + [r for r in (row(label, g) for label, g in summary_groups) if r]
         n = accuracy[models[0]]["all"]["n"]
-        cell = next((accuracy[models[0]][f"{a}/{k}"]["n"] for a in WORLD_VALUES for k in KINDS if f"{a}/{k}" in accuracy[models[0]]), 0)
-        lines += ["", f"{n} questions, {cell} per attribute and kind; a difference in bold is significant (McNemar's exact test, "
-                  "p < 0.05, on the questions both models answered: it compares two trained models, not two towers). Chance: yes/no and "
-                  "choice 50, open 1 / number of values.", "",
-                  "Per attribute and kind:", "", header, rule]
-        lines += [r for r in (row(f"{a} / {k.replace('_', '/')}", f"{a}/{k}") for a in WORLD_VALUES for k in KINDS) if r]
+        cell = next(
+            (
+                accuracy[models[0]][f"{a}/{k}"]["n"]
+                for a in WORLD_VALUES
+                for k in KINDS
+                if f"{a}/{k}" in accuracy[models[0]]
+            ),
+            0,
+        )
+        lines += [
+            "",
+            f"{n} questions, {cell} per attribute and kind; a difference in bold is significant (McNemar's exact test, "
+            "p < 0.05, on the questions both models answered: it compares two trained models, not two towers). Chance: yes/no and "
+            "choice 50, open 1 / number of values.",
+            "",
+            "Per attribute and kind:",
+            "",
+            header,
+            rule,
+        ]
+        lines += [
+            r for r in (row(f"{a} / {k.replace('_', '/')}", f"{a}/{k}") for a in WORLD_VALUES for k in KINDS) if r
+        ]
     except (KeyError, TypeError, IndexError) as err:
-        raise DcrError(f"{significance_file} is not a world comparison (accuracy and paired tables); re-run dcr-mllm eval-mllm") from err
+        raise DcrError(
+            f"{significance_file} is not a world comparison (accuracy and paired tables); re-run dcr-mllm eval-mllm"
+        ) from err
     return lines
 
 
@@ -192,13 +271,17 @@ def _tower_effect_tables(significance_file: Path) -> list[str]:
     if not significance_file.is_file():
         return []
     data = read_json(significance_file)
-    towers = data.get("towers") if isinstance(data, dict) else None  # a file that is no comparison is refused by _world_llava_tables
+    towers = (
+        data.get("towers") if isinstance(data, dict) else None
+    )  # a file that is no comparison is refused by _world_llava_tables
     if not isinstance(towers, dict) or not towers:
         return []
     try:
         return _effect_lines(*next(iter(towers.items())))
     except (KeyError, TypeError, ValueError, IndexError) as err:
-        raise DcrError(f"{significance_file} holds no tower comparison over seeds ('towers'); re-run dcr-mllm eval-mllm") from err
+        raise DcrError(
+            f"{significance_file} holds no tower comparison over seeds ('towers'); re-run dcr-mllm eval-mllm"
+        ) from err
 
 
 def _effect_lines(pair: str, effects: dict) -> list[str]:
@@ -206,12 +289,17 @@ def _effect_lines(pair: str, effects: dict) -> list[str]:
     from dcr_mllm.world.scenes import WORLD_VALUES
 
     other, base = pair.split(" vs ")
-    lines = [verdict(effects, base, other), "### The tower's effect over training runs", "",
-             f"Each LLaVA training run (seed) is one unit: per question group, each tower's accuracy per seed, their mean ± std, "
-             f"and {other} − {base} with its 95 % interval, Welch's p and the smallest effect N seeds detect with 80 % power "
-             "(`evaluation/seed_effect.py`). The McNemar tests below compare two trained models, not two towers.", "",
-             f"| questions | {base}: per seed | {other}: per seed | {base}: mean ± std | {other}: mean ± std | {other} − {base} [95 %] | p | detectable |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        verdict(effects, base, other),
+        "### The tower's effect over training runs",
+        "",
+        f"Each LLaVA training run (seed) is one unit: per question group, each tower's accuracy per seed, their mean ± std, "
+        f"and {other} − {base} with its 95 % interval, Welch's p and the smallest effect N seeds detect with 80 % power "
+        "(`evaluation/seed_effect.py`). The McNemar tests below compare two trained models, not two towers.",
+        "",
+        f"| questions | {base}: per seed | {other}: per seed | {base}: mean ± std | {other}: mean ± std | {other} − {base} [95 %] | p | detectable |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
 
     def spread(mean: float, std: float | None) -> str:
         return f"{mean:.1f}" + (f" ± {std:.1f}" if std is not None else "")
@@ -222,14 +310,21 @@ def _effect_lines(pair: str, effects: dict) -> list[str]:
             continue
         tested = e["p"] is not None
         effect = f"{'**' if e['significant'] else ''}{e['effect']:+.1f}{'**' if e['significant'] else ''}"
-        lines.append(f"| {group} | {' / '.join(f'{a:.1f}' for a in e['base'])} | {' / '.join(f'{a:.1f}' for a in e['other'])} | "
-                     f"{spread(e['base_mean'], e['base_std'])} | {spread(e['other_mean'], e['other_std'])} | "
-                     + (f"{effect} [{e['low']:+.1f}, {e['high']:+.1f}] | {e['p']:.2g} | {e['detectable']:.1f} |" if tested
-                        else f"{effect} (one run per tower: not testable) | - | - |"))
-    return lines + [""]
+        lines.append(
+            f"| {group} | {' / '.join(f'{a:.1f}' for a in e['base'])} | {' / '.join(f'{a:.1f}' for a in e['other'])} | "
+            f"{spread(e['base_mean'], e['base_std'])} | {spread(e['other_mean'], e['other_std'])} | "
+            + (
+                f"{effect} [{e['low']:+.1f}, {e['high']:+.1f}] | {e['p']:.2g} | {e['detectable']:.1f} |"
+                if tested
+                else f"{effect} (one run per tower: not testable) | - | - |"
+            )
+        )
+    return [*lines, ""]
 
 
-def probe_vs_llava(tower_results: Path, significance_file: Path) -> dict[str, dict[str, tuple[float, float, float, float]]]:
+def probe_vs_llava(
+    tower_results: Path, significance_file: Path
+) -> dict[str, dict[str, tuple[float, float, float, float]]]:
     """``{name: {attribute: (feature-layer probe %, LLaVA open-question accuracy %, its interval)}}``
     for every name scored both as a tower (``eval-tower --benchmark world``) and as a LLaVA
     (``world_local``); {} when none is. Open questions ask for the value, as the probe reads it."""
@@ -242,8 +337,16 @@ def probe_vs_llava(tower_results: Path, significance_file: Path) -> dict[str, di
     for name in towers:
         probe, llava = towers.get(name), llavas.get(name)
         if isinstance(probe, dict) and isinstance(llava, dict):
-            out[name] = {a: (probe[f"probe_layer/{a}"], llava[f"{a}/open"]["accuracy"], llava[f"{a}/open"]["low"], llava[f"{a}/open"]["high"])
-                         for a in WORLD_VALUES if f"probe_layer/{a}" in probe and f"{a}/open" in llava}
+            out[name] = {
+                a: (
+                    probe[f"probe_layer/{a}"],
+                    llava[f"{a}/open"]["accuracy"],
+                    llava[f"{a}/open"]["low"],
+                    llava[f"{a}/open"]["high"],
+                )
+                for a in WORLD_VALUES
+                if f"probe_layer/{a}" in probe and f"{a}/open" in llava
+            }
     return {name: rows for name, rows in out.items() if rows}
 
 
@@ -257,35 +360,66 @@ def learning_targets(pairs: dict[str, dict[str, tuple[float, float, float, float
     """Markdown: each learning target and, per LLaVA, its accuracy and whether it is met."""
     names = list(pairs)
     scored = [kind for kind in ("yes_no", "choice") if any(kind in accuracy[n] for n in names)]
-    rows = [(f"{kind.replace('_', '/')} ≥ {50 + ABOVE_CHANCE:.0f}", {n: (accuracy[n][kind]["accuracy"], 50 + ABOVE_CHANCE) for n in names if kind in accuracy[n]})
-            for kind in scored]
+    rows = [
+        (
+            f"{kind.replace('_', '/')} ≥ {50 + ABOVE_CHANCE:.0f}",
+            {n: (accuracy[n][kind]["accuracy"], 50 + ABOVE_CHANCE) for n in names if kind in accuracy[n]},
+        )
+        for kind in scored
+    ]
     attributes = [a for a in pairs[names[0]] if all(a in pairs[n] for n in names)]
     for attribute in attributes:
-        goals = {n: (pairs[n][attribute][1], pairs[n][attribute][0] - OPEN_WITHIN) for n in names if pairs[n][attribute][0] > PROBE_FLOOR}
+        goals = {
+            n: (pairs[n][attribute][1], pairs[n][attribute][0] - OPEN_WITHIN)
+            for n in names
+            if pairs[n][attribute][0] > PROBE_FLOOR
+        }
         if goals:
             rows.append((f"{attribute} / open ≥ its probe − {OPEN_WITHIN:.0f}", goals))
-    lines = ["## Has each LLaVA learnt its questions? (targets)", "",
-             f"Yes/no and choice at least {ABOVE_CHANCE:.0f} points above chance; each attribute's open questions within "
-             f"{OPEN_WITHIN:.0f} points of the tower's feature-layer probe, wherever that probe reads more than {PROBE_FLOOR:.0f} %.", "",
-             "| target | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines = [
+        "## Has each LLaVA learnt its questions? (targets)",
+        "",
+        f"Yes/no and choice at least {ABOVE_CHANCE:.0f} points above chance; each attribute's open questions within "
+        f"{OPEN_WITHIN:.0f} points of the tower's feature-layer probe, wherever that probe reads more than {PROBE_FLOOR:.0f} %.",
+        "",
+        "| target | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
     for label, goals in rows:
-        cells = [f"{goals[n][0]:.1f} ({'met' if goals[n][0] >= goals[n][1] else f'not met: {goals[n][1]:.1f} needed'})" if n in goals else "-"
-                 for n in names]
+        cells = [
+            f"{goals[n][0]:.1f} ({'met' if goals[n][0] >= goals[n][1] else f'not met: {goals[n][1]:.1f} needed'})"
+            if n in goals
+            else "-"
+            for n in names
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if len(scored) < 2:
-        lines += ["", "Yes/no and multiple-choice questions were not scored in this run (`world_local_open`: the default schedule "
-                  "trains and scores the open questions; `run_all.sh --full` trains on every kind and scores it, `world_local`)."]
+        lines += [
+            "",
+            "Yes/no and multiple-choice questions were not scored in this run (`world_local_open`: the default schedule "
+            "trains and scores the open questions; `run_all.sh --full` trains on every kind and scores it, `world_local`).",
+        ]
     return lines
 
 
 def probe_vs_llava_table(pairs: dict[str, dict[str, tuple[float, float, float, float]]]) -> list[str]:
     names = list(pairs)
-    lines = ["| attribute | " + " | ".join(f"probe: {n}" for n in names) + " | " + " | ".join(f"LLaVA: {n}" for n in names) + " |",
-             "|---|" + "---:|" * (2 * len(names))]
+    lines = [
+        "| attribute | "
+        + " | ".join(f"probe: {n}" for n in names)
+        + " | "
+        + " | ".join(f"LLaVA: {n}" for n in names)
+        + " |",
+        "|---|" + "---:|" * (2 * len(names)),
+    ]
     for attribute in pairs[names[0]]:
         cells = [f"{pairs[n][attribute][0]:.1f}" if attribute in pairs[n] else "-" for n in names]
-        cells += [f"{pairs[n][attribute][1]:.1f} [{pairs[n][attribute][2]:.1f}, {pairs[n][attribute][3]:.1f}]" if attribute in pairs[n] else "-"
-                  for n in names]
+        cells += [
+            f"{pairs[n][attribute][1]:.1f} [{pairs[n][attribute][2]:.1f}, {pairs[n][attribute][3]:.1f}]"
+            if attribute in pairs[n]
+            else "-"
+            for n in names
+        ]
         lines.append(f"| {attribute} | " + " | ".join(cells) + " |")
     return lines
 
@@ -307,8 +441,17 @@ def plot_probe_vs_llava(pairs: dict[str, dict[str, tuple[float, float, float, fl
             rows = [pairs[name].get(a, (float("nan"),) * 4) for a in attributes]
             values = [r[j] for r in rows]
             errors = None if hatch else [[r[1] - r[2] for r in rows], [r[3] - r[1] for r in rows]]
-            ax.bar([x + offset for x in range(len(attributes))], values, width, hatch=hatch, color=f"C{i}",
-                   alpha=0.45 if hatch else 0.9, label=f"{name}: {label}", yerr=errors, capsize=2)
+            ax.bar(
+                [x + offset for x in range(len(attributes))],
+                values,
+                width,
+                hatch=hatch,
+                color=f"C{i}",
+                alpha=0.45 if hatch else 0.9,
+                label=f"{name}: {label}",
+                yerr=errors,
+                capsize=2,
+            )
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(attributes))], attributes, fontsize=8)
     ax.set_ylabel("percent")
     ax.set_ylim(0, 100)
@@ -323,9 +466,15 @@ def plot_probe_vs_llava(pairs: dict[str, dict[str, tuple[float, float, float, fl
 
 
 def _tower_table(tower_eval: Path) -> list[str]:
-    rows = [("MMVP-VLM average", "mmvp-vlm", "average"), ("zero-shot top-1", "classification", "zero_shot_top1"),
-            ("linear-probe top-1", "classification", "linear_probe_top1"), ("fine-grained pairs average", "fine-grained", "average")]
-    tables = {b: read_json(tower_eval / b / "results.json") for _, b, _ in rows if (tower_eval / b / "results.json").is_file()}
+    rows = [
+        ("MMVP-VLM average", "mmvp-vlm", "average"),
+        ("zero-shot top-1", "classification", "zero_shot_top1"),
+        ("linear-probe top-1", "classification", "linear_probe_top1"),
+        ("fine-grained pairs average", "fine-grained", "average"),
+    ]
+    tables = {
+        b: read_json(tower_eval / b / "results.json") for _, b, _ in rows if (tower_eval / b / "results.json").is_file()
+    }
     if not tables:
         return ["(not run)"]
     towers = list(next(iter(tables.values())))
@@ -335,5 +484,7 @@ def _tower_table(tower_eval: Path) -> list[str]:
             try:
                 lines.append(f"| {label} | " + " | ".join(f"{tables[benchmark][t][metric]:.1f}" for t in towers) + " |")
             except (KeyError, TypeError, ValueError) as err:
-                raise DcrError(f"{tower_eval / benchmark / 'results.json'} lacks {metric} for every tower; re-run dcr-mllm eval-tower") from err
+                raise DcrError(
+                    f"{tower_eval / benchmark / 'results.json'} lacks {metric} for every tower; re-run dcr-mllm eval-tower"
+                ) from err
     return lines

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from dcr_mllm.data.synthetic import VERSION as SYNTHETIC_VERSION
 from dcr_mllm.data.synthetic import ATTRIBUTE_VALUES, SceneAttributes, caption, make_pair, write_image_folder
+from dcr_mllm.data.synthetic import VERSION as SYNTHETIC_VERSION
 from dcr_mllm.errors import DcrError
 from dcr_mllm.evaluation.mmvp_vlm import CATEGORIES, IMAGES_DIR, PAIRS_PER_CATEGORY, QUESTIONS_FILE
 from dcr_mllm.io import atomic_dir, generated_dir
@@ -83,7 +83,9 @@ def _fill_mmvp_vlm(tmp: Path, image_size: int, seed: int) -> None:
         csv.writer(f, lineterminator="\n").writerows(rows)
 
 
-def write_classification_folder(out_dir: str | Path, per_class: int = 20, image_size: int = 224, seed: int = 0, by: str = "shape") -> Path:
+def write_classification_folder(
+    out_dir: str | Path, per_class: int = 20, image_size: int = 224, seed: int = 0, by: str = "shape"
+) -> Path:
     """Write ``train/<class>/`` and ``test/<class>/`` (``per_class`` images each), a class per value of ``by``."""
     out_dir = Path(out_dir)
     _refuse_existing(out_dir)
@@ -103,20 +105,33 @@ def mmvp_vlm_set(out_dir: str | Path, image_size: int = 224, seed: int = 0) -> P
     return generated_dir(out_dir, recipe, lambda tmp: _fill_mmvp_vlm(tmp, image_size, seed))
 
 
-def classification_set(out_dir: str | Path, per_class: int = 20, image_size: int = 224, seed: int = 0, by: str = "shape") -> Path:
+def classification_set(
+    out_dir: str | Path, per_class: int = 20, image_size: int = 224, seed: int = 0, by: str = "shape"
+) -> Path:
     """``write_classification_folder``'s set as a generated folder: reused only when made from the same arguments."""
-    recipe = {"generator": "synthetic-classification", "version": SYNTHETIC_VERSION, "per_class": per_class, "image_size": image_size,
-              "seed": seed, "by": by}
+    recipe = {
+        "generator": "synthetic-classification",
+        "version": SYNTHETIC_VERSION,
+        "per_class": per_class,
+        "image_size": image_size,
+        "seed": seed,
+        "by": by,
+    }
     return generated_dir(out_dir, recipe, lambda tmp: _fill_classification(tmp, per_class, image_size, seed, by))
 
 
-def fine_grained_pairs(pairs_per_attribute: int, image_size: int = 224, seed: int = 0
-                       ) -> list[tuple[str, tuple[SceneAttributes, Image.Image], tuple[SceneAttributes, Image.Image]]]:
+def fine_grained_pairs(
+    pairs_per_attribute: int, image_size: int = 224, seed: int = 0
+) -> list[tuple[str, tuple[SceneAttributes, Image.Image], tuple[SceneAttributes, Image.Image]]]:
     """``(attribute, scene 1, scene 2)`` for ``pairs_per_attribute`` pairs of each attribute, in a fixed order."""
     if pairs_per_attribute < 1:
         raise DcrError(f"pairs_per_attribute={pairs_per_attribute}: must be at least 1")
     rng = random.Random(seed)
-    return [(attribute, *make_pair(rng, image_size, attribute)) for attribute in ATTRIBUTE_VALUES for _ in range(pairs_per_attribute)]
+    return [
+        (attribute, *make_pair(rng, image_size, attribute))
+        for attribute in ATTRIBUTE_VALUES
+        for _ in range(pairs_per_attribute)
+    ]
 
 
 def _refuse_existing(out_dir: Path) -> None:

@@ -20,7 +20,11 @@ def option_letter(response: str, options: list[str]) -> str:
     """'A', '(a)', 'a) red', 'The answer is B', or an option's own text -> its letter; '' if none."""
     text = response.strip()
     letters = "".join(chr(65 + i) for i in range(len(options)))
-    for pattern in (rf"^\(?([{letters}])\)?(?:[.):,\s]|$)", rf"answer is:?\s*\(?([{letters}])\)?\b", rf"option\s*\(?([{letters}])\)?\b"):
+    for pattern in (
+        rf"^\(?([{letters}])\)?(?:[.):,\s]|$)",
+        rf"answer is:?\s*\(?([{letters}])\)?\b",
+        rf"option\s*\(?([{letters}])\)?\b",
+    ):
         match = re.search(pattern, text, flags=re.IGNORECASE)
         if match:
             return match.group(1).upper()

@@ -27,12 +27,21 @@ class BenchmarkResult:
     predictions: list[dict] = field(default_factory=list)
 
 
-def write_report(out_dir: str | Path, title: str, results: dict[str, BenchmarkResult], note: str = "") -> dict[str, Path]:
+def write_report(
+    out_dir: str | Path, title: str, results: dict[str, BenchmarkResult], note: str = ""
+) -> dict[str, Path]:
     """Write the four files for ``{tower label: result}``; returns their paths by kind."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {kind: out_dir / name for kind, name in
-             (("csv", "predictions.csv"), ("md", "results.md"), ("png", "chart.png"), ("json", "results.json"))}
+    paths = {
+        kind: out_dir / name
+        for kind, name in (
+            ("csv", "predictions.csv"),
+            ("md", "results.md"),
+            ("png", "chart.png"),
+            ("json", "results.json"),
+        )
+    }
     paths["json"].unlink(missing_ok=True)  # an earlier report's, which the files below replace
     write_atomic(paths["csv"], _predictions_csv(results).encode())
     write_atomic(paths["md"], _markdown_table(title, results, note).encode())
@@ -78,7 +87,9 @@ def _chart_png(title: str, results: dict[str, BenchmarkResult]) -> bytes:
     for i, label in enumerate(labels):
         positions = [m + (i - (len(labels) - 1) / 2) * width for m in range(len(metrics))]
         ax.bar(positions, [results[label].scores[metric] for metric in metrics], width, label=label)
-    ax.set_xticks(range(len(metrics)), [textwrap.fill(metric, 14, break_long_words=False) for metric in metrics], fontsize=8)
+    ax.set_xticks(
+        range(len(metrics)), [textwrap.fill(metric, 14, break_long_words=False) for metric in metrics], fontsize=8
+    )
     ax.set_ylim(0, 100)
     ax.set_ylabel("%")
     ax.set_title(title)

@@ -84,14 +84,18 @@ class WorldSet:
     pair_images: list
 
     @classmethod
-    def read(cls, data_dir: str | Path, pairs_per_attribute: int = 30, pair_seed: int = 1001) -> "WorldSet":
+    def read(cls, data_dir: str | Path, pairs_per_attribute: int = 30, pair_seed: int = 1001) -> WorldSet:
         items = read_world(data_dir)
         if len(items) < 12:
-            raise DcrError(f"{data_dir} has {len(items)} images; the probes need at least 12 (make-eval-data world --count N)")
+            raise DcrError(
+                f"{data_dir} has {len(items)} images; the probes need at least 12 (make-eval-data world --count N)"
+            )
         images = [open_image(path) for path, _ in items]
         pairs = world_pairs(pairs_per_attribute, pair_seed)
         size = images[0].width
-        return cls(images, [scene for _, scene in items], pairs, [render(scene, size) for _, *two in pairs for scene in two])
+        return cls(
+            images, [scene for _, scene in items], pairs, [render(scene, size) for _, *two in pairs for scene in two]
+        )
 
 
 #: what a tower trained on class-mostly captions misses and DCR is claimed to restore; size and
@@ -104,7 +108,10 @@ def evaluate_world(tower: VisionTower, data: str | Path | WorldSet, pairs_per_at
     world = data if isinstance(data, WorldSet) else WorldSet.read(data, pairs_per_attribute)
     images, scenes, pairs = world.images, world.scenes, world.pairs
     cut = (2 * len(images)) // 3
-    features = {"probe_global": image_embeddings(tower, images, 128, desc="world images"), "probe_layer": layer_features(tower, images)}
+    features = {
+        "probe_global": image_embeddings(tower, images, 128, desc="world images"),
+        "probe_layer": layer_features(tower, images),
+    }
     scores: dict[str, float] = {}
     for kind, x in features.items():
         for attribute in WORLD_VALUES:
@@ -120,7 +127,9 @@ def evaluate_world(tower: VisionTower, data: str | Path | WorldSet, pairs_per_at
     scores["class/probe"] = scores[f"probe_global/{CLASS}"]
 
     pair_images = image_embeddings(tower, world.pair_images, 128, desc="pair images")
-    texts = text_embeddings(tower, [PROMPT + attribute_phrase(scene, attribute) for attribute, *two in pairs for scene in two], 128)
+    texts = text_embeddings(
+        tower, [PROMPT + attribute_phrase(scene, attribute) for attribute, *two in pairs for scene in two], 128
+    )
     verdicts = judge_pairs(tower, pair_images[0::2], pair_images[1::2], texts[0::2], texts[1::2])
     for attribute in FINE_ATTRIBUTES:
         right = [p1 == "img1" and p2 == "img2" for (a, *_), (p1, p2, *_) in zip(pairs, verdicts) if a == attribute]

@@ -58,8 +58,9 @@ def _world_accuracy_of(key: str, value: str):
 #: ``world_<attribute>_accuracy`` for each attribute and ``world_<kind>_accuracy`` for each kind of
 #: question (the YAMLs list them); ``WORLD_METRICS`` adds the overall ``world_accuracy``, and
 #: ``WORLD_OPEN_METRICS`` are those of ``world_local_open`` (no yes/no or choice questions to score)
-WORLD_PART_ACCURACY = {f"world_{a}_accuracy": _world_accuracy_of("attribute", a) for a in WORLD_VALUES} | \
-    {f"world_{k}_accuracy": _world_accuracy_of("kind", k) for k in KINDS}
+WORLD_PART_ACCURACY = {f"world_{a}_accuracy": _world_accuracy_of("attribute", a) for a in WORLD_VALUES} | {
+    f"world_{k}_accuracy": _world_accuracy_of("kind", k) for k in KINDS
+}
 WORLD_METRICS = ("world_accuracy", *WORLD_PART_ACCURACY)
 WORLD_OPEN_METRICS = tuple(m for m in WORLD_METRICS if m not in ("world_yes_no_accuracy", "world_choice_accuracy"))
 #: the world tasks: every kind of question, and the open ones

@@ -36,7 +36,9 @@ def vision_layout(tower: str | Path, feature_layer: int = -2) -> VisionLayout:
     if spec.family == "open_clip":
         raise DcrError(f"{tower} is an open_clip tower; LLaVA needs a HF CLIP/MetaCLIP/SigLIP tower directory")
     if not -spec.num_layers <= feature_layer <= spec.num_layers:
-        raise DcrError(f"feature layer {feature_layer} does not exist in a {spec.num_layers}-layer tower; choose one in [-{spec.num_layers}, {spec.num_layers}]")
+        raise DcrError(
+            f"feature layer {feature_layer} does not exist in a {spec.num_layers}-layer tower; choose one in [-{spec.num_layers}, {spec.num_layers}]"
+        )
     return VisionLayout(
         feature_layer=feature_layer,
         select_strategy="default" if spec.has_cls else "full",
@@ -55,8 +57,19 @@ def add_llava_tokens(tokenizer) -> None:
 
 
 #: tower image-processor fields a LlavaImageProcessor takes over
-IMAGE_PROCESSOR_FIELDS = ("image_mean", "image_std", "size", "crop_size", "do_center_crop", "resample", "rescale_factor",
-                          "do_resize", "do_rescale", "do_normalize", "do_convert_rgb")
+IMAGE_PROCESSOR_FIELDS = (
+    "image_mean",
+    "image_std",
+    "size",
+    "crop_size",
+    "do_center_crop",
+    "resample",
+    "rescale_factor",
+    "do_resize",
+    "do_rescale",
+    "do_normalize",
+    "do_convert_rgb",
+)
 
 
 def llava_image_processor(tower_processor, do_pad: bool = True):
@@ -101,7 +114,11 @@ def build_processor(tower: str | Path, language_model: str | Path, feature_layer
 
 VOCAB_MULTIPLE = 64
 # LlavaForConditionalGeneration's parameter names by part (transformers 5)
-TOWER_PREFIX, LM_PREFIX, PROJECTOR_PREFIX = "model.vision_tower.", "model.language_model.", "model.multi_modal_projector."
+TOWER_PREFIX, LM_PREFIX, PROJECTOR_PREFIX = (
+    "model.vision_tower.",
+    "model.language_model.",
+    "model.multi_modal_projector.",
+)
 EMBED, LM_HEAD, LM_EMBED = "model.language_model.embed_tokens.weight", "lm_head.weight", "model.embed_tokens.weight"
 
 
@@ -129,8 +146,13 @@ def llava_config(tower: str | Path, language_model: str | Path, feature_layer: i
     return config
 
 
-def build_llava(tower: str | Path, language_model: str | Path, feature_layer: int = -2,
-                dtype: torch.dtype = torch.float32, ds_config: dict | None = None):
+def build_llava(
+    tower: str | Path,
+    language_model: str | Path,
+    feature_layer: int = -2,
+    dtype: torch.dtype = torch.float32,
+    ds_config: dict | None = None,
+):
     """(model, processor): the tower's and the LM's weights as given, the added token rows drawn as
     transformers' mean resizing does (seeded), a freshly initialised projector.
 
@@ -167,7 +189,9 @@ def base_tensors(tower: str | Path, language_model: str | Path, names: list[str]
     tower_files = _stored(tower_dir)
     lm_files = _stored(lm_dir)
     if not lm_files:
-        raise DcrError(f"{lm_dir} has no safetensors weights; save the language model with save_pretrained(safe_serialization=True) first")
+        raise DcrError(
+            f"{lm_dir} has no safetensors weights; save the language model with save_pretrained(safe_serialization=True) first"
+        )
     sources = {}
     for name in names:
         if name.startswith(TOWER_PREFIX):
@@ -179,7 +203,9 @@ def base_tensors(tower: str | Path, language_model: str | Path, names: list[str]
             found = lm_files.get(key) or (lm_files.get(LM_EMBED) if name == LM_HEAD else None)  # a tied head
             where = lm_dir
         if found is None:
-            raise DcrError(f"{where} lacks {key}; it is not a complete {'tower' if where == tower_dir else 'language model'} directory")
+            raise DcrError(
+                f"{where} lacks {key}; it is not a complete {'tower' if where == tower_dir else 'language model'} directory"
+            )
         sources[name] = found
     return sources
 
@@ -212,12 +238,18 @@ def _stored(directory: Path) -> dict:
     """Every tensor of a directory's safetensors files, by name."""
     from dcr_mllm.llava.shards import read_header
 
-    return {name: stored for file in sorted(directory.glob("*.safetensors")) for name, stored in read_header(file)[0].items()}
+    return {
+        name: stored
+        for file in sorted(directory.glob("*.safetensors"))
+        for name, stored in read_header(file)[0].items()
+    }
 
 
 def add_language_lora(model, lora) -> None:
     """LoRA adapters on the language model's projections (the LoRA finetune variant)."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    inject_adapter_in_model(LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.targets),
-                            model.model.language_model)
+    inject_adapter_in_model(
+        LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.targets),
+        model.model.language_model,
+    )

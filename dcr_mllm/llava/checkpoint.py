@@ -11,8 +11,8 @@ import torch
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.llava.shards import StoredTensor, read_header, weight_files
-from dcr_mllm.towers import TowerSpec, inspect_tower, resolve_tower_path
 from dcr_mllm.strict import read_json
+from dcr_mllm.towers import TowerSpec, inspect_tower, resolve_tower_path
 from dcr_mllm.weights import PICKLE_SUFFIXES, to_safetensors_hint
 
 TOWER_PREFIX = "vision_model."
@@ -62,11 +62,15 @@ def read_tower(name_or_path: str | Path) -> Tower:
     if not weight_files(path):
         pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
-            raise DcrError(f"tower {path} has only PyTorch pickle weights; convert them to safetensors: {to_safetensors_hint(pickles[0])}")
+            raise DcrError(
+                f"tower {path} has only PyTorch pickle weights; convert them to safetensors: {to_safetensors_hint(pickles[0])}"
+            )
     config = read_json_object(path / "config.json")
     vision = config["vision_config"] if config["model_type"] in ("clip", "siglip") else config
     vision_type = f"{spec.family}_vision_model"
-    vision = {k: v for k, v in with_defaults(vision_type, vision).items() if k not in BOOKKEEPING} | {"model_type": vision_type}
+    vision = {k: v for k, v in with_defaults(vision_type, vision).items() if k not in BOOKKEEPING} | {
+        "model_type": vision_type
+    }
     tensors = {}
     vision_only = config["model_type"] == vision_type
     for name in weight_files(path):
@@ -78,7 +82,9 @@ def read_tower(name_or_path: str | Path) -> Tower:
                 # transformers 5 saves a freshly built vision model without its vision_model level
                 tensors[TOWER_PREFIX + key] = value
     if not tensors:
-        raise DcrError(f"tower {path} has no vision_model.* tensors in safetensors files; save it with save_pretrained(safe_serialization=True)")
+        raise DcrError(
+            f"tower {path} has no vision_model.* tensors in safetensors files; save it with save_pretrained(safe_serialization=True)"
+        )
     processor_file = path / "preprocessor_config.json"
     processor = read_json_object(processor_file) if processor_file.is_file() else None
     return Tower(str(name_or_path), path, spec, vision, tensors, processor)
@@ -95,7 +101,9 @@ def load_vision_state(tower: Tower, vision: torch.nn.Module) -> dict[str, torch.
         else:
             state[name] = stored.load()
     if missing:
-        raise DcrError(f"{tower.path} lacks vision weights ({sorted(missing)[0]}, ...); it is not a complete tower directory")
+        raise DcrError(
+            f"{tower.path} lacks vision weights ({sorted(missing)[0]}, ...); it is not a complete tower directory"
+        )
     return state
 
 
@@ -127,7 +135,7 @@ class Checkpoint:
         for key in self.tensors:
             for prefix in self.prefixes:
                 if key.startswith(prefix):
-                    rest = key[len(prefix):]
+                    rest = key[len(prefix) :]
                     found[key] = rest if rest.startswith(TOWER_PREFIX) else TOWER_PREFIX + rest
                     break
         return found

@@ -23,7 +23,12 @@ def feature_layer_problems(label: str, layers, num_layers: int) -> list[str]:
 def shape_problems(checkpoint_facts: dict[str, int | None], spec: TowerSpec) -> list[str]:
     """``{"hidden size" | "layers" | "patch size" | "image size": the checkpoint's value or None}``
     against the tower's: one line per mismatch."""
-    tower_facts = {"hidden size": spec.hidden_size, "layers": spec.num_layers, "patch size": spec.patch_size, "image size": spec.image_size}
+    tower_facts = {
+        "hidden size": spec.hidden_size,
+        "layers": spec.num_layers,
+        "patch size": spec.patch_size,
+        "image size": spec.image_size,
+    }
     return [
         f"{label}: checkpoint {value}, tower {tower_facts[label]}"
         for label, value in checkpoint_facts.items()
@@ -33,8 +38,12 @@ def shape_problems(checkpoint_facts: dict[str, int | None], spec: TowerSpec) -> 
 
 def vision_config_problems(vision: dict, feature_layer, spec: TowerSpec) -> list[str]:
     """A llava-hf ``vision_config`` (with its defaults) and ``vision_feature_layer`` against a tower."""
-    facts = {"hidden size": vision["hidden_size"], "layers": vision["num_hidden_layers"],
-             "patch size": vision["patch_size"], "image size": vision["image_size"]}
+    facts = {
+        "hidden size": vision["hidden_size"],
+        "layers": vision["num_hidden_layers"],
+        "patch size": vision["patch_size"],
+        "image size": vision["image_size"],
+    }
     return shape_problems(facts, spec) + feature_layer_problems("vision_feature_layer", feature_layer, spec.num_layers)
 
 
@@ -45,7 +54,9 @@ def tensor_problems(checkpoint: Checkpoint, tower: Tower) -> list[str]:
     for key, tower_key in checkpoint.tower_keys().items():
         if tower_key in tower.tensors:
             if tower.tensors[tower_key].shape != stored[key].shape:
-                differ.append(f"{tower_key}: checkpoint {list(stored[key].shape)}, tower {list(tower.tensors[tower_key].shape)}")
+                differ.append(
+                    f"{tower_key}: checkpoint {list(stored[key].shape)}, tower {list(tower.tensors[tower_key].shape)}"
+                )
         elif not key.endswith("position_ids"):
             missing.append(tower_key)
     problems = []
@@ -73,8 +84,10 @@ def anyres_problems(pinpoints: list, spec: TowerSpec, select: str, drops_first: 
     problems = []
     features = side * side + (1 if spec.has_cls else 0) - (1 if drops_first else 0)
     if features != side * side:
-        problems.append(f"{select} leaves {features} features per tile of this {spec.family} tower, not the "
-                        f"{side}x{side} grid the tiles are reshaped into; it needs {fix!r}")
+        problems.append(
+            f"{select} leaves {features} features per tile of this {spec.family} tower, not the "
+            f"{side}x{side} grid the tiles are reshaped into; it needs {fix!r}"
+        )
     off = [p for p in pinpoints if p[0] % size or p[1] % size]
     if off:
         problems.append(f"image_grid_pinpoints {off[0]} is not a whole number of the tower's {size} px tiles")

@@ -37,6 +37,11 @@ import torch
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir
 from dcr_mllm.llava.build import IMAGE_TOKEN, PAD_TOKEN, VICUNA_CHAT_TEMPLATE, add_llava_tokens, llava_image_processor
+from dcr_mllm.llava.checkpoint import Checkpoint, Tower, read_tower, write_json
+from dcr_mllm.llava.compat import anyres_problems, feature_layer_problems
+from dcr_mllm.llava.formats import read_checkpoint
+from dcr_mllm.llava.formats.llava_hf import load_check
+from dcr_mllm.llava.formats.original import PREFIX as ORIGINAL_PREFIX
 from dcr_mllm.llava.shards import (
     INDEX_NAME,
     Cast,
@@ -48,11 +53,6 @@ from dcr_mllm.llava.shards import (
     read_header,
     write_shard,
 )
-from dcr_mllm.llava.checkpoint import Checkpoint, Tower, read_tower, write_json
-from dcr_mllm.llava.compat import anyres_problems, feature_layer_problems
-from dcr_mllm.llava.formats import read_checkpoint
-from dcr_mllm.llava.formats.llava_hf import load_check
-from dcr_mllm.llava.formats.original import PREFIX as ORIGINAL_PREFIX
 from dcr_mllm.llava.swap import check_destination
 from dcr_mllm.weights import refuse_pickles
 
@@ -78,9 +78,18 @@ PAD_MULTIPLE = 64
 SEED = 0
 #: original-LLaVA config keys that describe the multimodal wrapper, not the language model
 LLAVA_ONLY = {
-    "architectures", "_name_or_path", "model_type", "transformers_version", "use_mm_proj", "tune_mm_mlp_adapter",
-    "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower", "image_aspect_ratio", "image_grid_pinpoints",
-    "tokenizer_model_max_length", "tokenizer_padding_side",
+    "architectures",
+    "_name_or_path",
+    "model_type",
+    "transformers_version",
+    "use_mm_proj",
+    "tune_mm_mlp_adapter",
+    "freeze_mm_mlp_adapter",
+    "unfreeze_mm_vision_tower",
+    "image_aspect_ratio",
+    "image_grid_pinpoints",
+    "tokenizer_model_max_length",
+    "tokenizer_padding_side",
 }
 TEXT_MODEL_TYPES = {"llava": "llama", "llava_llama": "llama", "llava_mistral": "mistral"}
 SELECT_STRATEGIES = {"patch": "default", "cls_patch": "full"}
@@ -122,7 +131,9 @@ def new_embedding_rows(embeddings: torch.Tensor, count: int, generator: torch.Ge
     covariance = centered.T @ centered / values.shape[0]
     scale, info = torch.linalg.cholesky_ex(1e-5 * covariance)
     if info:
-        raise DcrError("the input embeddings' covariance is singular, so new token rows cannot be drawn as transformers does")
+        raise DcrError(
+            "the input embeddings' covariance is singular, so new token rows cannot be drawn as transformers does"
+        )
     return (mean + torch.randn(count, values.shape[1], generator=generator) @ scale.T).to(embeddings.dtype)
 
 
@@ -139,16 +150,22 @@ def _check_supported(checkpoint: Checkpoint, tower: Tower) -> tuple[str, str, Ta
     problems = []
     text_type = TEXT_MODEL_TYPES.get(config.get("model_type"))
     if text_type is None:
-        problems.append(f"model_type {config.get('model_type')!r} is not a LLaVA-Llama/Mistral checkpoint ({', '.join(TEXT_MODEL_TYPES)})")
+        problems.append(
+            f"model_type {config.get('model_type')!r} is not a LLaVA-Llama/Mistral checkpoint ({', '.join(TEXT_MODEL_TYPES)})"
+        )
     if config.get("mm_projector_type", "linear") != "mlp2x_gelu":
-        problems.append(f"mm_projector_type {config.get('mm_projector_type', 'linear')!r}: llava-hf holds only the mlp2x_gelu projector")
+        problems.append(
+            f"mm_projector_type {config.get('mm_projector_type', 'linear')!r}: llava-hf holds only the mlp2x_gelu projector"
+        )
     if config.get("mm_use_im_start_end"):
         problems.append("mm_use_im_start_end: llava-hf has no image start/end tokens")
     merge, aspect = config.get("mm_patch_merge_type", "flat"), str(config.get("image_aspect_ratio", ""))
     target = LLAVA15 if merge == "flat" else LLAVA_NEXT
     if merge not in ("flat", "spatial_unpad") or (merge == "spatial_unpad") != aspect.startswith("anyres"):
-        problems.append(f"mm_patch_merge_type {merge!r} with image_aspect_ratio {aspect!r}: llava-hf holds flat "
-                        "(LLaVA-1.5) or spatial_unpad with anyres (LLaVA-1.6)")
+        problems.append(
+            f"mm_patch_merge_type {merge!r} with image_aspect_ratio {aspect!r}: llava-hf holds flat "
+            "(LLaVA-1.5) or spatial_unpad with anyres (LLaVA-1.6)"
+        )
     select = config.get("mm_vision_select_feature", "patch")
     strategy = SELECT_STRATEGIES.get(select)
     if strategy is None:
@@ -156,14 +173,23 @@ def _check_supported(checkpoint: Checkpoint, tower: Tower) -> tuple[str, str, Ta
     elif target is LLAVA_NEXT:
         pinpoints = config.get("image_grid_pinpoints")
         if not isinstance(pinpoints, list) or not pinpoints:
-            problems.append(f"image_grid_pinpoints {pinpoints!r}: a LLaVA-1.6 checkpoint lists its tile grids "
-                            "([[height, width], ...])")
+            problems.append(
+                f"image_grid_pinpoints {pinpoints!r}: a LLaVA-1.6 checkpoint lists its tile grids "
+                "([[height, width], ...])"
+            )
         else:
-            problems += anyres_problems(pinpoints, spec, f"mm_vision_select_feature {select!r}", select == "patch",
-                                        "patch" if spec.has_cls else "cls_patch")
+            problems += anyres_problems(
+                pinpoints,
+                spec,
+                f"mm_vision_select_feature {select!r}",
+                select == "patch",
+                "patch" if spec.has_cls else "cls_patch",
+            )
     if config.get("mm_hidden_size", spec.hidden_size) != spec.hidden_size:
         problems.append(f"hidden size: checkpoint mm_hidden_size {config['mm_hidden_size']}, tower {spec.hidden_size}")
-    problems += feature_layer_problems("mm_vision_select_layer", config.get("mm_vision_select_layer", -2), spec.num_layers)
+    problems += feature_layer_problems(
+        "mm_vision_select_layer", config.get("mm_vision_select_layer", -2), spec.num_layers
+    )
     if problems:
         raise DcrError(f"cannot convert {checkpoint.path} to llava-hf: " + "; ".join(problems))
     return text_type, strategy, target
@@ -217,7 +243,11 @@ def plan_weights(checkpoint: Checkpoint, tower: Tower, target: Target = LLAVA15)
         hf_key(EMBED): torch.cat([embeddings, new_embedding_rows(embeddings, padded - vocab, generator)]),
         hf_key(LM_HEAD): torch.cat([head, new_embedding_rows(embeddings, padded - vocab, generator)]),
     }
-    names = [SINGLE] if len(inputs) == 1 else [f"model-{i + 1:05d}-of-{len(inputs):05d}.safetensors" for i in range(len(inputs))]
+    names = (
+        [SINGLE]
+        if len(inputs) == 1
+        else [f"model-{i + 1:05d}-of-{len(inputs):05d}.safetensors" for i in range(len(inputs))]
+    )
     layout, originals = {}, {}
     for out_name, (_, file_tensors) in zip(names, inputs):
         items = []
@@ -233,9 +263,13 @@ def plan_weights(checkpoint: Checkpoint, tower: Tower, target: Target = LLAVA15)
         layout[out_name] = items
     dtype = embeddings.dtype
     stored_tower = any(key.startswith(ORIGINAL_PREFIX) for key in tensors)
-    tower_sources = {} if stored_tower else {f"vision_tower.{key}": Cast(stored, dtype) for key, stored in tower.tensors.items()}
+    tower_sources = (
+        {} if stored_tower else {f"vision_tower.{key}": Cast(stored, dtype) for key, stored in tower.tensors.items()}
+    )
     layout[names[-1]] += tower_sources.items()
-    return ConvertedWeights(layout, originals, tower_sources, vocab, padded, dtype, sum(nbytes(s) for s in tensors.values()))
+    return ConvertedWeights(
+        layout, originals, tower_sources, vocab, padded, dtype, sum(nbytes(s) for s in tensors.values())
+    )
 
 
 def _processor(src: Path, tower: Tower, strategy: str, padded_vocab: int, do_pad: bool, pinpoints: list | None):
@@ -248,23 +282,33 @@ def _processor(src: Path, tower: Tower, strategy: str, padded_vocab: int, do_pad
     try:
         tokenizer = AutoTokenizer.from_pretrained(src)
     except Exception as err:  # tokenizers fail with many exception types; the first line says why
-        raise DcrError(f"cannot load the tokenizer in {src} ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
+        raise DcrError(
+            f"cannot load the tokenizer in {src} ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        ) from err
     add_llava_tokens(tokenizer)
     if len(tokenizer) > padded_vocab:
-        raise DcrError(f"the tokenizer in {src} has {len(tokenizer)} tokens with {IMAGE_TOKEN} and {PAD_TOKEN}, more than the padded vocabulary {padded_vocab}")
+        raise DcrError(
+            f"the tokenizer in {src} has {len(tokenizer)} tokens with {IMAGE_TOKEN} and {PAD_TOKEN}, more than the padded vocabulary {padded_vocab}"
+        )
     spec = tower.spec
     if pinpoints:
         processor_class = LlavaNextProcessor
         image_processor = LlavaNextImageProcessor.from_pretrained(tower.path, image_grid_pinpoints=pinpoints)
     else:
         processor_class, image_processor = LlavaProcessor, llava_image_processor(tower.path, do_pad)
-    return processor_class(tokenizer=tokenizer, image_processor=image_processor, patch_size=spec.patch_size,
-                           vision_feature_select_strategy=strategy,
-                           num_additional_image_tokens=1 if spec.has_cls else 0, chat_template=VICUNA_CHAT_TEMPLATE)
+    return processor_class(
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy=strategy,
+        num_additional_image_tokens=1 if spec.has_cls else 0,
+        chat_template=VICUNA_CHAT_TEMPLATE,
+    )
 
 
-def _llava_config(original: dict, text_type: str, tower: Tower, strategy: str, tokenizer, weights: ConvertedWeights,
-                  target: Target):
+def _llava_config(
+    original: dict, text_type: str, tower: Tower, strategy: str, tokenizer, weights: ConvertedWeights, target: Target
+):
     """LlavaConfig (LLaVA-1.6: LlavaNextConfig with its image_grid_pinpoints): the language model's part of
     the original config, the tower's vision config, LLaVA's layout."""
     from transformers import LlavaConfig, LlavaNextConfig
@@ -305,29 +349,41 @@ class ConvertReport:
         origin = "taken from the tower directory" if weights.tower_sources else "stored in the checkpoint"
         return [
             f"convert-llava {self.src} -> {self.dst}",
-            (f"  checkpoint  original {self.target.label}, {len(weights.layout)} weight file(s), "
-             f"{human_size(weights.nbytes)}, "
-             f"{str(weights.dtype).removeprefix('torch.')}"),
+            (
+                f"  checkpoint  original {self.target.label}, {len(weights.layout)} weight file(s), "
+                f"{human_size(weights.nbytes)}, "
+                f"{str(weights.dtype).removeprefix('torch.')}"
+            ),
             f"  tower       {self.tower.path} ({spec.family}, {spec.num_layers} layers, width {spec.hidden_size}); tensors {origin}",
-            ("  keys        model.* -> language_model.model.*, lm_head -> language_model.lm_head, "
-             "model.mm_projector.{0,2} -> multi_modal_projector.linear_{1,2}, tower -> vision_tower.vision_model.*"
-             + (", model.image_newline -> image_newline" if self.target is LLAVA_NEXT else "")),
-            (f"  tokens      {IMAGE_TOKEN} = {config.image_token_index}, {PAD_TOKEN} = {config.pad_token_id}; vocabulary {weights.vocab} -> "
-             f"{weights.padded_vocab} (new rows drawn from the embeddings' mean and covariance)"),
-            (f"  config      vision_feature_layer {config.vision_feature_layer}, vision_feature_select_strategy "
-             f"{config.vision_feature_select_strategy}, image_seq_length {config.image_seq_length}"
-             + (f", image_grid_pinpoints {config.image_grid_pinpoints}" if self.target is LLAVA_NEXT else "")),
+            (
+                "  keys        model.* -> language_model.model.*, lm_head -> language_model.lm_head, "
+                "model.mm_projector.{0,2} -> multi_modal_projector.linear_{1,2}, tower -> vision_tower.vision_model.*"
+                + (", model.image_newline -> image_newline" if self.target is LLAVA_NEXT else "")
+            ),
+            (
+                f"  tokens      {IMAGE_TOKEN} = {config.image_token_index}, {PAD_TOKEN} = {config.pad_token_id}; vocabulary {weights.vocab} -> "
+                f"{weights.padded_vocab} (new rows drawn from the embeddings' mean and covariance)"
+            ),
+            (
+                f"  config      vision_feature_layer {config.vision_feature_layer}, vision_feature_select_strategy "
+                f"{config.vision_feature_select_strategy}, image_seq_length {config.image_seq_length}"
+                + (f", image_grid_pinpoints {config.image_grid_pinpoints}" if self.target is LLAVA_NEXT else "")
+            ),
             *[f"  {'verified' if i == 0 else '':10}  {check}" for i, check in enumerate(self.verified)],
         ]
 
 
-def convert_llava(input_dir: str | Path, output_dir: str | Path, *, force: bool = False, allow_pickle: bool = False) -> ConvertReport:
+def convert_llava(
+    input_dir: str | Path, output_dir: str | Path, *, force: bool = False, allow_pickle: bool = False
+) -> ConvertReport:
     """Write the original LLaVA checkpoint INPUT as a llava-hf directory OUTPUT (see the module docstring)."""
     src, dst = Path(input_dir), Path(output_dir)
     check_destination(src, dst, force)
     checkpoint = read_checkpoint(src, allow_pickle)
     if checkpoint.format != "original":
-        raise DcrError(f"{src} is already a llava-hf checkpoint; convert-llava takes an original LLaVA one (mm_vision_tower in config.json)")
+        raise DcrError(
+            f"{src} is already a llava-hf checkpoint; convert-llava takes an original LLaVA one (mm_vision_tower in config.json)"
+        )
     tower = read_tower(_tower_location(str(checkpoint.config["mm_vision_tower"]), src))
     text_type, strategy, target = _check_supported(checkpoint, tower)
     weights = plan_weights(checkpoint, tower, target)
@@ -341,7 +397,9 @@ def convert_llava(input_dir: str | Path, output_dir: str | Path, *, force: bool 
         if len(weights.layout) > 1:
             total = sum(nbytes(source) for items in weights.layout.values() for _, source in items)
             weight_map = {key: name for name, items in weights.layout.items() for key, _ in items}
-            write_json(tmp / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+            write_json(
+                tmp / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            )
         config.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         processor.image_processor.save_pretrained(tmp)  # preprocessor_config.json, for loaders that read it alone
@@ -359,7 +417,9 @@ def _verify(weights: ConvertedWeights, out: Path, digests: dict[str, list[bytes]
     checked = 0
     for name, items in weights.layout.items():
         written, _ = read_header(out / name)
-        if [(key, stored.dtype, stored.shape) for key, stored in written.items()] != [(key, *describe(source)[:2]) for key, source in items]:
+        if [(key, stored.dtype, stored.shape) for key, stored in written.items()] != [
+            (key, *describe(source)[:2]) for key, source in items
+        ]:
             raise DcrError(f"verification failed: {out / name} does not hold the planned tensors")
         for (key, _), digest in zip(items, digests[name]):
             same = written[key].digest() == digest
@@ -368,9 +428,21 @@ def _verify(weights: ConvertedWeights, out: Path, digests: dict[str, list[bytes]
             if not same:
                 raise DcrError(f"verification failed: {key} in {name} differs from its source")
             checked += 1
-    return [f"{checked} tensors equal to their source (embeddings and lm_head: the first {weights.vocab} rows)",
-            load_check(out, target.architecture)]
+    return [
+        f"{checked} tensors equal to their source (embeddings and lm_head: the first {weights.vocab} rows)",
+        load_check(out, target.architecture),
+    ]
 
 
-__all__ = ["LLAVA15", "LLAVA_NEXT", "ConvertReport", "ConvertedWeights", "Target", "convert_llava", "hf_key",
-           "new_embedding_rows", "padded_vocab_size", "plan_weights"]
+__all__ = [
+    "LLAVA15",
+    "LLAVA_NEXT",
+    "ConvertReport",
+    "ConvertedWeights",
+    "Target",
+    "convert_llava",
+    "hf_key",
+    "new_embedding_rows",
+    "padded_vocab_size",
+    "plan_weights",
+]

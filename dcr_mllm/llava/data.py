@@ -64,8 +64,10 @@ def check_images(records: list[dict], image_folder: Path, setting: str) -> None:
     named = [record["image"] for record in records if "image" in record]
     first = next((image_folder / name for name in named if (image_folder / name).is_file()), None)
     if named and first is None:
-        raise DcrError(f"none of the {len(named)} images the conversations name is under {image_folder} (the first: {named[0]}); "
-                       f"set {setting} to the folder their paths are relative to")
+        raise DcrError(
+            f"none of the {len(named)} images the conversations name is under {image_folder} (the first: {named[0]}); "
+            f"set {setting} to the folder their paths are relative to"
+        )
     if first is not None:
         load_rgb(first)
 
@@ -81,11 +83,15 @@ def _check_record(path: Path, index: int, record) -> None:
         raise DcrError(f"{where}: field 'conversations' must be a list of human/gpt turn pairs")
     first = 1 if _opens_with_answer(turns) else 0
     if len(turns) - first < 2 or (len(turns) - first) % 2:
-        raise DcrError(f"{where}: field 'conversations' must be a list of human/gpt turn pairs (an opening gpt turn is dropped)")
+        raise DcrError(
+            f"{where}: field 'conversations' must be a list of human/gpt turn pairs (an opening gpt turn is dropped)"
+        )
     for turn_index, turn in enumerate(turns[first:], start=first):
         expected = "human" if (turn_index - first) % 2 == 0 else "gpt"
         if not isinstance(turn, dict) or turn.get("from") != expected or not isinstance(turn.get("value"), str):
-            raise DcrError(f"{where}: field 'conversations[{turn_index}]' must be {{\"from\": \"{expected}\", \"value\": str}}")
+            raise DcrError(
+                f'{where}: field \'conversations[{turn_index}]\' must be {{"from": "{expected}", "value": str}}'
+            )
     has_token = any(IMAGE_TOKEN in turn["value"] for turn in turns[first:])
     if ("image" in record) != has_token:
         raise DcrError(f"{where}: field 'image' and an '{IMAGE_TOKEN}' in the first human turn go together")
@@ -119,7 +125,7 @@ def prompt_segments(record: dict, template: str) -> list[tuple[str, bool]]:
     user, assistant = VICUNA_ROLES
     segments = [(VICUNA_SYSTEM + VICUNA_SEP, False)]
     for i in range(0, len(turns), 2):
-        question, answer = (_with_image_first(t["value"]) if has_image else t["value"] for t in turns[i:i + 2])
+        question, answer = (_with_image_first(t["value"]) if has_image else t["value"] for t in turns[i : i + 2])
         # the space of "ASSISTANT: " goes with the answer: LLaVA's labels start at the token that
         # holds it (its instruction length counts "ASSISTANT:" and drops the trailing "▁", train.py:454-481)
         segments.append((f"{user}: {question}{VICUNA_SEP}{assistant}:", False))
@@ -131,7 +137,9 @@ def prompt_text(record: dict, template: str) -> str:
     return "".join(text for text, _ in prompt_segments(record, template))
 
 
-def tokenize(record: dict, template: str, tokenizer, image_seq_length: int, max_length: int) -> tuple[list[int], list[int]] | None:
+def tokenize(
+    record: dict, template: str, tokenizer, image_seq_length: int, max_length: int
+) -> tuple[list[int], list[int]] | None:
     """(input_ids, labels): <s>, then each piece between images tokenized whole (LLaVA's
     ``tokenizer_image_token``, mm_utils.py:185-204), <image> expanded; None when an image would be cut."""
     segments = prompt_segments(record, template)
@@ -176,8 +184,16 @@ class ConversationData:
     does not.
     """
 
-    def __init__(self, records: list[dict], image_folder: str | Path, processor, template: str,
-                 image_seq_length: int, max_length: int, aspect: str = "pad"):
+    def __init__(
+        self,
+        records: list[dict],
+        image_folder: str | Path,
+        processor,
+        template: str,
+        image_seq_length: int,
+        max_length: int,
+        aspect: str = "pad",
+    ):
         if aspect not in ASPECTS:
             raise DcrError(f"unknown image aspect {aspect!r}; use one of {', '.join(ASPECTS)}")
         self.image_folder, self.processor, self.template, self.aspect = Path(image_folder), processor, template, aspect
@@ -188,13 +204,17 @@ class ConversationData:
         for record in records:
             if "image" in record and not (self.image_folder / record["image"]).is_file():
                 self.missing += 1
-                logger.warning("record %s: image %s is missing; skipped", record.get("id"), self.image_folder / record["image"])
+                logger.warning(
+                    "record %s: image %s is missing; skipped", record.get("id"), self.image_folder / record["image"]
+                )
                 continue
             if _opens_with_answer(record["conversations"]):
                 self.dropped_turns += 1
             self.records.append(record)
         if self.dropped_turns:
-            logger.warning("%d conversations open with an answer; that turn is dropped, as LLaVA does", self.dropped_turns)
+            logger.warning(
+                "%d conversations open with an answer; that turn is dropped, as LLaVA does", self.dropped_turns
+            )
         if not self.records:
             raise DcrError(f"no usable record: every image is missing under {self.image_folder}; fix the image folder")
 
@@ -216,7 +236,9 @@ class ConversationData:
         record = self.records[index]
         tokens = tokenize(record, self.template, self.processor.tokenizer, self.image_seq_length, self.max_length)
         if tokens is None:
-            logger.warning("record %s does not fit model_max_length %d with its image; skipped", record.get("id"), self.max_length)
+            logger.warning(
+                "record %s does not fit model_max_length %d with its image; skipped", record.get("id"), self.max_length
+            )
             return None
         input_ids, labels = tokens
         if "image" not in record:
@@ -270,15 +292,31 @@ class GroupedBatches(IterableDataset):
     Without ``group_by_length`` the megabatches are split in drawn order (LLaVA samples at random).
     """
 
-    def __init__(self, data: ConversationData, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, pad_token_id: int = 0, group_by_length: bool = True, grad_accum: int = 1):
+    def __init__(
+        self,
+        data: ConversationData,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        pad_token_id: int = 0,
+        group_by_length: bool = True,
+        grad_accum: int = 1,
+    ):
         self.data, self.batch_size, self.rank, self.world_size = data, batch_size, rank, world_size
-        self.seed, self.pad_token_id, self.group_by_length, self.grad_accum = seed, pad_token_id, group_by_length, grad_accum
+        self.seed, self.pad_token_id, self.group_by_length, self.grad_accum = (
+            seed,
+            pad_token_id,
+            group_by_length,
+            grad_accum,
+        )
         self.epoch = 0
         self.position = ReadPosition()  # lets a resumed run pass over batches without loading them
         if self.steps_per_epoch() == 0:
-            raise DcrError(f"{len(data)} records give no full global batch of {batch_size} x {world_size} x {grad_accum} "
-                           "(micro batch x ranks x accumulation); add data or lower micro_batch_size")
+            raise DcrError(
+                f"{len(data)} records give no full global batch of {batch_size} x {world_size} x {grad_accum} "
+                "(micro batch x ranks x accumulation); add data or lower micro_batch_size"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -298,13 +336,15 @@ class GroupedBatches(IterableDataset):
         order = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
         megabatches = []
         for start in range(0, len(order), size):
-            megabatch = order[start:start + size]
+            megabatch = order[start : start + size]
             if len(megabatch) < size:
                 megabatches.append([megabatch])
             elif self.group_by_length:
-                megabatches.append(split_to_even_chunks(sorted(megabatch, key=lengths.__getitem__, reverse=True), lengths, chunks))
+                megabatches.append(
+                    split_to_even_chunks(sorted(megabatch, key=lengths.__getitem__, reverse=True), lengths, chunks)
+                )
             else:
-                megabatches.append([megabatch[c * self.batch_size:(c + 1) * self.batch_size] for c in range(chunks)])
+                megabatches.append([megabatch[c * self.batch_size : (c + 1) * self.batch_size] for c in range(chunks)])
         return megabatches
 
     def plan(self) -> list[list[list[int]]]:
@@ -323,7 +363,7 @@ class GroupedBatches(IterableDataset):
             megabatches += [image_batches[-1], text_batches[-1]]
         megabatches = [m for m in megabatches if sum(map(len, m)) == self.megabatch_size]  # whole global batches only
         world = self.world_size
-        return [megabatch[k * world:(k + 1) * world] for megabatch in megabatches for k in range(self.grad_accum)]
+        return [megabatch[k * world : (k + 1) * world] for megabatch in megabatches for k in range(self.grad_accum)]
 
     def steps_per_epoch(self) -> int:
         """Micro-batch steps per epoch (the same on every rank)."""

@@ -20,7 +20,15 @@ import yaml
 from dcr_mllm.config import to_dict
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir
-from dcr_mllm.llava.build import EMBED, LM_HEAD, PROJECTOR_PREFIX, base_tensors, base_value, build_processor, llava_config
+from dcr_mllm.llava.build import (
+    EMBED,
+    LM_HEAD,
+    PROJECTOR_PREFIX,
+    base_tensors,
+    base_value,
+    build_processor,
+    llava_config,
+)
 from dcr_mllm.llava.shards import DTYPES, INDEX_NAME, Cast, StoredTensor, read_header, write_shard
 from dcr_mllm.presets.real import local_path
 
@@ -30,18 +38,24 @@ MAX_SHARD_SIZE = "5GB"
 LORA_A, LORA_B = ".lora_A.default.weight", ".lora_B.default.weight"
 
 
-def export_llava(cfg, out_dir: str | Path, max_shard_size: int | str = MAX_SHARD_SIZE, dtype: torch.dtype = torch.float32) -> Path:
+def export_llava(
+    cfg, out_dir: str | Path, max_shard_size: int | str = MAX_SHARD_SIZE, dtype: torch.dtype = torch.float32
+) -> Path:
     """Base model + pretrained projector + finetuned weights (LoRA merged) -> ``out_dir``."""
     out_dir = Path(out_dir)
     output_dir = Path(cfg.output_dir)
     language_model = local_path(cfg.language_model)
     processor = build_processor(cfg.tower, language_model, cfg.feature_layer)
-    processor.image_processor.do_pad = cfg.finetune_data.image_aspect_ratio == "pad"  # the pixels the model was tuned on
+    processor.image_processor.do_pad = (
+        cfg.finetune_data.image_aspect_ratio == "pad"
+    )  # the pixels the model was tuned on
     skeleton = _skeleton(cfg, language_model, processor.tokenizer, dtype)
     saved = _saved_names(skeleton)
     trained = _trained_tensors(output_dir, cfg.lora, set(saved.values()))
     lora_scale = cfg.lora.alpha / cfg.lora.r if cfg.lora.enabled else 0.0
-    base = base_tensors(cfg.tower, language_model, [n for n in saved.values() if n not in trained or _has_lora(n, trained)])
+    base = base_tensors(
+        cfg.tower, language_model, [n for n in saved.values() if n not in trained or _has_lora(n, trained)]
+    )
     vocab = skeleton.config.text_config.vocab_size
 
     def value(name: str):
@@ -66,7 +80,7 @@ def export_llava(cfg, out_dir: str | Path, max_shard_size: int | str = MAX_SHARD
             "# LLaVA-1.5 with a dcr-mllm vision tower\n\n"
             f"- vision tower: `{cfg.tower}` (feature layer {cfg.feature_layer})\n"
             f"- language model: `{cfg.language_model}`\n"
-            f"- finetune: {'LoRA r %d, merged' % cfg.lora.r if cfg.lora.enabled else 'full'}\n\n"
+            f"- finetune: {f'LoRA r {cfg.lora.r}, merged' if cfg.lora.enabled else 'full'}\n\n"
             "Produced by `dcr-mllm llava-pretrain` and `dcr-mllm llava-finetune`. Load it with\n"
             "`LlavaForConditionalGeneration.from_pretrained` and `AutoProcessor.from_pretrained`.\n\n"
             f"## Config\n\n```yaml\n{yaml.safe_dump(to_dict(cfg), sort_keys=False)}```\n"
@@ -106,7 +120,9 @@ def _trained_tensors(output_dir: Path, lora, names: set[str]) -> dict[str, Store
         trained.update(read_header(path)[0])
     unknown = [n for n in trained if n not in names and not (lora.enabled and n.endswith((LORA_A, LORA_B)))]
     if unknown:
-        raise DcrError(f"{output_dir} holds trained tensors this model lacks ({', '.join(unknown[:3])}); it belongs to another model or lora setting")
+        raise DcrError(
+            f"{output_dir} holds trained tensors this model lacks ({', '.join(unknown[:3])}); it belongs to another model or lora setting"
+        )
     if not any(n.startswith(PROJECTOR_PREFIX) for n in trained):
         raise DcrError(f"{output_dir} holds no trained projector; rerun llava-pretrain")
     return trained
@@ -126,10 +142,16 @@ def _write_weights(skeleton, saved: dict[str, str], value, out: Path, max_shard_
     from huggingface_hub import split_torch_state_dict_into_shards
 
     shapes = dict(skeleton.state_dict())
-    split = split_torch_state_dict_into_shards({key: shapes[name] for key, name in saved.items()},
-                                               filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
+    split = split_torch_state_dict_into_shards(
+        {key: shapes[name] for key, name in saved.items()},
+        filename_pattern="model{suffix}.safetensors",
+        max_shard_size=max_shard_size,
+    )
     for file, keys in split.filename_to_tensors.items():
         write_shard(out / file, [(key, value(saved[key])) for key in keys], {"format": "pt"})
     if split.is_sharded:
-        index = {"metadata": {"total_parameters": skeleton.num_parameters(), **split.metadata}, "weight_map": split.tensor_to_filename}
+        index = {
+            "metadata": {"total_parameters": skeleton.num_parameters(), **split.metadata},
+            "weight_map": split.tensor_to_filename,
+        }
         (out / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -95,8 +95,11 @@ class StoredTensor:
             if os.fstat(f.fileno()).st_size < self.end:
                 raise DcrError(f"{self.path} ends inside tensor {self.name}; the file is truncated")
             offset = start - start % mmap.ALLOCATIONGRANULARITY
-            with (mmap.mmap(f.fileno(), end - offset, offset=offset, access=mmap.ACCESS_COPY) as pages, memoryview(pages) as view,
-                  view[start - offset:] as data):
+            with (
+                mmap.mmap(f.fileno(), end - offset, offset=offset, access=mmap.ACCESS_COPY) as pages,
+                memoryview(pages) as view,
+                view[start - offset :] as data,
+            ):
                 yield data
 
 
@@ -130,7 +133,14 @@ def read_header(path: str | Path) -> tuple[dict[str, StoredTensor], dict[str, st
     metadata = header.pop("__metadata__", None) or {}
     base = 8 + length
     tensors = {
-        name: StoredTensor(name, info["dtype"], tuple(info["shape"]), path, base + info["data_offsets"][0], base + info["data_offsets"][1])
+        name: StoredTensor(
+            name,
+            info["dtype"],
+            tuple(info["shape"]),
+            path,
+            base + info["data_offsets"][0],
+            base + info["data_offsets"][1],
+        )
         for name, info in header.items()
     }
     return tensors, metadata
@@ -176,7 +186,7 @@ def describe(source: Source) -> tuple[str, tuple[int, ...], int]:
 
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 class _RangeCopier:
@@ -225,7 +235,9 @@ class _RangeCopier:
             os.close(fd)
 
 
-def write_shard(path: str | Path, tensors: list[tuple[str, Source]], metadata: dict[str, str] | None = None) -> list[bytes]:
+def write_shard(
+    path: str | Path, tensors: list[tuple[str, Source]], metadata: dict[str, str] | None = None
+) -> list[bytes]:
     """Write a safetensors file from stored byte ranges and in-memory tensors, in the given order.
 
     Returns each tensor's digest, what reading the file back must find: a stored tensor's is taken
@@ -322,7 +334,9 @@ def convert_pickled_checkpoint(src: Path, out: Path) -> list[str]:
     so memory stays near one shard's touched pages, never the whole model.
     """
     shards = pickled_weight_files(src)
-    names = {shard: shard.replace("pytorch_model", "model", 1).removesuffix(".bin") + ".safetensors" for shard in shards}
+    names = {
+        shard: shard.replace("pytorch_model", "model", 1).removesuffix(".bin") + ".safetensors" for shard in shards
+    }
     weight_map, total = {}, 0
     for shard in shards:
         try:
@@ -330,7 +344,9 @@ def convert_pickled_checkpoint(src: Path, out: Path) -> list[str]:
         except RuntimeError:  # a legacy (non-zip) pickle cannot be memory-mapped
             state = torch.load(src / shard, map_location="cpu", weights_only=True)
         except Exception as err:  # the restricted unpickler refuses many things, each its own type
-            raise DcrError(f"{src / shard} cannot be read as a weights-only PyTorch pickle ({err}); re-download it") from err
+            raise DcrError(
+                f"{src / shard} cannot be read as a weights-only PyTorch pickle ({err}); re-download it"
+            ) from err
         bad = next((key for key, value in state.items() if not isinstance(value, torch.Tensor)), None)
         if bad is not None:
             raise DcrError(f"{src / shard} holds {bad!r}, which is not a tensor; it is not a weight shard")

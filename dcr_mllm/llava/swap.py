@@ -46,6 +46,7 @@ from dcr_mllm.llava.shards import (
     write_shard,
 )
 
+
 @dataclass
 class SwapPlan:
     """Everything a swap will write, decided (and checked) before anything is written."""
@@ -61,8 +62,9 @@ class SwapPlan:
     notes: list[str]
 
 
-def plan_swap(src: str | Path, tower: str | Path, dst: str | Path, allow_family_change: bool = False,
-              allow_pickle: bool = False) -> SwapPlan:
+def plan_swap(
+    src: str | Path, tower: str | Path, dst: str | Path, allow_family_change: bool = False, allow_pickle: bool = False
+) -> SwapPlan:
     """Check the tower against the checkpoint and decide every tensor and file of DST; writes nothing."""
     checkpoint = read_checkpoint(src, allow_pickle)
     new_tower = read_tower(tower)
@@ -72,11 +74,22 @@ def plan_swap(src: str | Path, tower: str | Path, dst: str | Path, allow_family_
     layout, tower_tensors = _layout(checkpoint, new_tower, fit.family_change)
     changes = format_of(checkpoint).changes(checkpoint, new_tower, Path(dst), fit.family_change)
     dropped = list(checkpoint.tower_keys()) if fit.family_change else []
-    return SwapPlan(checkpoint, new_tower, layout, tower_tensors, dropped, changes.config, changes.json_files, changes.lines,
-                    fit.notes + changes.notes)
+    return SwapPlan(
+        checkpoint,
+        new_tower,
+        layout,
+        tower_tensors,
+        dropped,
+        changes.config,
+        changes.json_files,
+        changes.lines,
+        fit.notes + changes.notes,
+    )
 
 
-def _layout(checkpoint: Checkpoint, tower: Tower, family_change: bool) -> tuple[dict[str, list[tuple[str, Source]]], dict[str, Source]]:
+def _layout(
+    checkpoint: Checkpoint, tower: Tower, family_change: bool
+) -> tuple[dict[str, list[tuple[str, Source]]], dict[str, Source]]:
     """Each output shard's tensors in the source's order, and which of them must equal the tower's.
 
     Within a family, each stored tower tensor is replaced in place (cast to its dtype). Across
@@ -88,15 +101,20 @@ def _layout(checkpoint: Checkpoint, tower: Tower, family_change: bool) -> tuple[
     if family_change:
         first = next(iter(tower_keys))
         prefix = next(p for p in LLAVA_HF_PREFIXES if first.startswith(p))
-        keeps_level = first[len(prefix):].startswith(TOWER_PREFIX)
+        keeps_level = first[len(prefix) :].startswith(TOWER_PREFIX)
         dtype = DTYPES[checkpoint.tensors[first].dtype]
-        incoming = {prefix + (key if keeps_level else key[len(TOWER_PREFIX):]): _as_dtype(source, dtype) for key, source in tower.tensors.items()}
+        incoming = {
+            prefix + (key if keeps_level else key[len(TOWER_PREFIX) :]): _as_dtype(source, dtype)
+            for key, source in tower.tensors.items()
+        }
     layout, tower_tensors = {}, {}
     for shard, tensors in checkpoint.shards.items():
         items = []
         for key, stored in sorted(tensors.items(), key=lambda kv: kv[1].start):
             tower_key = tower_keys.get(key)
-            if tower_key is None or (not family_change and tower_key not in tower.tensors):  # a position_ids buffer stays
+            if tower_key is None or (
+                not family_change and tower_key not in tower.tensors
+            ):  # a position_ids buffer stays
                 items.append((key, stored))
             elif family_change:
                 items += incoming.items()
@@ -139,18 +157,26 @@ class SwapReport:
         lines = [
             head,
             f"  checkpoint  {checkpoint.format}, {len(checkpoint.shards)} safetensors file(s), {human_size(checkpoint.nbytes)}",
-            (f"  tower       {plan.tower.path} ({spec.family}, {spec.num_layers} layers, width {spec.hidden_size}, "
-             f"{spec.image_size} px / patch {spec.patch_size})"),
-            (f"  tensors     {action} {len(replaced)} vision-tower tensors ({human_size(replaced_bytes)}{cast}); "
-             f"copy {len(copied)} others byte for byte ({human_size(sum(s.nbytes for s in copied))})"),
+            (
+                f"  tower       {plan.tower.path} ({spec.family}, {spec.num_layers} layers, width {spec.hidden_size}, "
+                f"{spec.image_size} px / patch {spec.patch_size})"
+            ),
+            (
+                f"  tensors     {action} {len(replaced)} vision-tower tensors ({human_size(replaced_bytes)}{cast}); "
+                f"copy {len(copied)} others byte for byte ({human_size(sum(s.nbytes for s in copied))})"
+            ),
         ]
         if self.converted:
-            lines.append(f"  files       {len(self.converted)} .bin shard(s) of SRC read with the restricted unpickler and written as "
-                         "safetensors shards with an index")
+            lines.append(
+                f"  files       {len(self.converted)} .bin shard(s) of SRC read with the restricted unpickler and written as "
+                "safetensors shards with an index"
+            )
         if checkpoint.format == "original":
             bins = f"; {len(checkpoint.bin_files)} .bin file(s) copied as they are" if checkpoint.bin_files else ""
             lines.append(f"  files       tower directory copied to {self.dst / 'vision_tower'}{bins}")
-        lines += [f"  {'config' if i == 0 else '':10}  {change}" for i, change in enumerate(plan.changes or ["unchanged"])]
+        lines += [
+            f"  {'config' if i == 0 else '':10}  {change}" for i, change in enumerate(plan.changes or ["unchanged"])
+        ]
         lines += [f"  {'verified' if i == 0 else '':10}  {check}" for i, check in enumerate(self.verified)]
         lines += [f"  {note}" for note in plan.notes]
         return lines
@@ -162,7 +188,9 @@ def check_destination(src: Path, dst: Path, force: bool) -> None:
         raise DcrError(f"LLaVA checkpoint {src}: no such directory")
     real_src, real_dst = src.resolve(), dst.expanduser().resolve()
     if real_dst == real_src or real_dst.is_relative_to(real_src) or real_src.is_relative_to(real_dst):
-        raise DcrError(f"output {dst} overlaps the input {src}; the input is never modified: choose another output directory")
+        raise DcrError(
+            f"output {dst} overlaps the input {src}; the input is never modified: choose another output directory"
+        )
     if dst.exists() and not force:
         raise DcrError(f"output {dst} already exists; pass --force to replace it")
 
@@ -183,7 +211,14 @@ def write_plan(plan: SwapPlan, out: Path) -> dict[str, list[bytes]]:
     totals = {"total_size": 0, "total_parameters": 0}
     weight_map = {}
     shards = list(plan.layout)
-    digests = dict(zip(shards, parallel(lambda shard: write_shard(out / shard, plan.layout[shard], checkpoint.shard_metadata[shard]), shards)))
+    digests = dict(
+        zip(
+            shards,
+            parallel(
+                lambda shard: write_shard(out / shard, plan.layout[shard], checkpoint.shard_metadata[shard]), shards
+            ),
+        )
+    )
     for shard, items in plan.layout.items():
         for key, source in items:
             totals["total_size"] += nbytes(source)
@@ -193,7 +228,13 @@ def write_plan(plan: SwapPlan, out: Path) -> dict[str, list[bytes]]:
         metadata = dict(checkpoint.index.get("metadata") or {})
         metadata.update({k: v for k, v in totals.items() if k in metadata or k == "total_size"})
         write_json(out / INDEX_NAME, {"metadata": metadata, "weight_map": dict(sorted(weight_map.items()))})
-    written = {*plan.layout, INDEX_NAME, "config.json", *plan.json_files, *format_of(checkpoint).write_extra(plan.tower, out)}
+    written = {
+        *plan.layout,
+        INDEX_NAME,
+        "config.json",
+        *plan.json_files,
+        *format_of(checkpoint).write_extra(plan.tower, out),
+    }
     if plan.config == checkpoint.config:
         shutil.copy2(checkpoint.path / "config.json", out / "config.json")
     else:
@@ -224,7 +265,9 @@ def _verify_shard(plan: SwapPlan, out: Path, shard: str, digests: list[bytes]) -
     """(tensors byte-identical to SRC, tensors equal to the tower's) in one written shard."""
     items = plan.layout[shard]
     written, _ = read_header(out / shard)
-    if [(key, stored.dtype, stored.shape) for key, stored in written.items()] != [(key, *describe(source)[:2]) for key, source in items]:
+    if [(key, stored.dtype, stored.shape) for key, stored in written.items()] != [
+        (key, *describe(source)[:2]) for key, source in items
+    ]:
         raise DcrError(f"verification failed: {out / shard} does not hold the planned tensors")
     for (key, _), digest in zip(items, digests):
         if written[key].digest() != digest:
@@ -234,9 +277,16 @@ def _verify_shard(plan: SwapPlan, out: Path, shard: str, digests: list[bytes]) -
     return len(items) - equal, equal
 
 
-
-def swap_tower(src: str | Path, tower: str | Path, dst: str | Path, *, force: bool = False, dry_run: bool = False,
-               allow_family_change: bool = False, allow_pickle: bool = False) -> SwapReport:
+def swap_tower(
+    src: str | Path,
+    tower: str | Path,
+    dst: str | Path,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    allow_family_change: bool = False,
+    allow_pickle: bool = False,
+) -> SwapReport:
     """Write SRC with TOWER's vision encoder to DST; see the module docstring. Returns the report."""
     src, dst = Path(src), Path(dst)
     check_destination(src, dst, force)
@@ -255,4 +305,3 @@ def swap_tower(src: str | Path, tower: str | Path, dst: str | Path, *, force: bo
             digests = write_plan(plan, tmp)
             report.verified = verify(plan, tmp, digests)
     return report
-

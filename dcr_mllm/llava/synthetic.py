@@ -32,10 +32,14 @@ def _questions(attrs, rng: random.Random) -> list[dict]:
         ("What colour are the shapes?", attrs.color.capitalize() + "."),
         ("How many shapes are there?", NUMBERS[attrs.count]),
         ("Which way do the shapes point?", attrs.orientation.capitalize() + "."),
-        (f"Is there a {asked_color} {attrs.shape} in the image?{SHORT_ANSWER_PROMPT}",
-         "Yes" if asked_color == attrs.color else "No"),
-        (f"Which way do the shapes point?\nA. {options[0]}\nB. {options[1]}{CHOICE_PROMPT}",
-         "A" if options[0] == attrs.orientation else "B"),
+        (
+            f"Is there a {asked_color} {attrs.shape} in the image?{SHORT_ANSWER_PROMPT}",
+            "Yes" if asked_color == attrs.color else "No",
+        ),
+        (
+            f"Which way do the shapes point?\nA. {options[0]}\nB. {options[1]}{CHOICE_PROMPT}",
+            "A" if options[0] == attrs.orientation else "B",
+        ),
     ]
     rng.shuffle(qa)
     turns = []
@@ -45,11 +49,19 @@ def _questions(attrs, rng: random.Random) -> list[dict]:
     return turns
 
 
-def write_synthetic_conversations(out_dir: str | Path, num_images: int = 64, image_size: int = 48, seed: int = 0) -> dict[str, Path]:
+def write_synthetic_conversations(
+    out_dir: str | Path, num_images: int = 64, image_size: int = 48, seed: int = 0
+) -> dict[str, Path]:
     """Write images/ plus pretrain.json and finetune.json; returns their paths. A folder generated
     from the same arguments is reused; any other is generated anew (``generated_dir``)."""
     out_dir = Path(out_dir)
-    recipe = {"generator": "llava-synthetic-conversations", "version": VERSION, "count": num_images, "image_size": image_size, "seed": seed}
+    recipe = {
+        "generator": "llava-synthetic-conversations",
+        "version": VERSION,
+        "count": num_images,
+        "image_size": image_size,
+        "seed": seed,
+    }
     generated_dir(out_dir, recipe, lambda tmp: _write_conversations(tmp, num_images, image_size, seed))
     return {"images": out_dir / "images", "pretrain": out_dir / "pretrain.json", "finetune": out_dir / "finetune.json"}
 
@@ -62,12 +74,24 @@ def _write_conversations(out_dir: Path, num_images: int, image_size: int, seed: 
         attrs = sample_attributes(rng)
         name = f"{index:06d}.png"
         render_scene(attrs, image_size).save(out_dir / "images" / name)
-        pretrain.append({"id": f"p{index}", "image": name, "conversations": [
-            {"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
-            {"from": "gpt", "value": caption(attrs)}]})
+        pretrain.append(
+            {
+                "id": f"p{index}",
+                "image": name,
+                "conversations": [
+                    {"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
+                    {"from": "gpt", "value": caption(attrs)},
+                ],
+            }
+        )
         finetune.append({"id": f"f{index}", "image": name, "conversations": _questions(attrs, rng)})
     for index in range(max(1, num_images // 8)):  # text-only records, as in the 665K mix
         question, answer = TEXT_ONLY[index % len(TEXT_ONLY)]
-        finetune.append({"id": f"t{index}", "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
+        finetune.append(
+            {
+                "id": f"t{index}",
+                "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
+            }
+        )
     for key, records in (("pretrain", pretrain), ("finetune", finetune)):
         (out_dir / f"{key}.json").write_text(json.dumps(records, indent=1))

@@ -26,15 +26,32 @@ from dcr_mllm.components.build_once import build_once
 from dcr_mllm.config import to_dict
 from dcr_mllm.errors import ConfigError, DcrError
 from dcr_mllm.llava.build import add_language_lora, build_llava, vision_layout
-from dcr_mllm.llava.data import IGNORE_INDEX, ASPECTS, ConversationData, GroupedBatches, check_images, collate, epoch_steps, read_records
+from dcr_mllm.llava.data import (
+    ASPECTS,
+    IGNORE_INDEX,
+    ConversationData,
+    GroupedBatches,
+    check_images,
+    collate,
+    epoch_steps,
+    read_records,
+)
 from dcr_mllm.llava.synthetic import write_synthetic_conversations
 from dcr_mllm.presets.real import local_path
-from dcr_mllm.weights import check_model_dir
-from dcr_mllm.training import ResumableBatches, TrainConfig, Trainer, barrier, init_distributed, is_finished, load_trainable_state
+from dcr_mllm.training import (
+    ResumableBatches,
+    TrainConfig,
+    Trainer,
+    barrier,
+    init_distributed,
+    is_finished,
+    load_trainable_state,
+)
+from dcr_mllm.training.config import resolve_train_config
 from dcr_mllm.training.export_marker import export_fingerprint, export_is_current
 from dcr_mllm.training.log import logger
 from dcr_mllm.training.zero import zero3_config
-from dcr_mllm.training.config import resolve_train_config
+from dcr_mllm.weights import check_model_dir
 
 #: the held-out records are drawn with this seed whatever the run's ``seed``: runs of several seeds
 #: then differ only in the projector's initialisation and the data order, and hold out the same records
@@ -48,7 +65,9 @@ class ConversationSettings:
     json: str = ""  # a LLaVA conversation file; empty = the synthetic set (written under output_dir/data)
     image_folder: str = ""
     model_max_length: int = 2048
-    image_aspect_ratio: str = "pad"  # LLaVA's: "pad" (to a square of the mean colour, then the tower's preprocessing) or "square"
+    image_aspect_ratio: str = (
+        "pad"  # LLaVA's: "pad" (to a square of the mean colour, then the tower's preprocessing) or "square"
+    )
     group_by_length: bool = True  # LLaVA's group_by_modality_length: one modality and similar lengths per global batch
     #: share of the records held out (never trained on) for a held-out loss, as HF Trainer's eval_dataset
     eval_share: float = 0.0
@@ -74,13 +93,20 @@ class LlavaTrainConfig:
     feature_layer: int = -2
     synthetic_images: int = 64
     pretrain_data: ConversationSettings = field(  # LLaVA-1.5's pretraining: no padding, no grouping
-        default_factory=lambda: ConversationSettings(image_aspect_ratio="square", group_by_length=False))
+        default_factory=lambda: ConversationSettings(image_aspect_ratio="square", group_by_length=False)
+    )
     finetune_data: ConversationSettings = field(default_factory=ConversationSettings)
     # one epoch each, as LLaVA-1.5; a positive max_steps wins over epochs (HF Trainer's rule)
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(
-        max_steps=0, lr=1e-3, scheduler="cosine", warmup_ratio=0.03, epochs=1, gradient_checkpointing=True))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(
-        max_steps=0, lr=2e-5, scheduler="cosine", warmup_ratio=0.03, epochs=1, gradient_checkpointing=True))
+    pretrain: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            max_steps=0, lr=1e-3, scheduler="cosine", warmup_ratio=0.03, epochs=1, gradient_checkpointing=True
+        )
+    )
+    finetune: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            max_steps=0, lr=2e-5, scheduler="cosine", warmup_ratio=0.03, epochs=1, gradient_checkpointing=True
+        )
+    )
     lora: LanguageLora = field(default_factory=LanguageLora)
 
 
@@ -94,18 +120,25 @@ def resolve_config(cfg: LlavaTrainConfig) -> LlavaTrainConfig:
             raise ConfigError(f"{name}.model_max_length must be at least 1")
         if getattr(cfg, name).image_aspect_ratio not in ASPECTS:
             raise ConfigError(f"{name}.image_aspect_ratio must be one of {', '.join(ASPECTS)}")
-    unread = [f"lora.{f.name}" for f in dataclasses.fields(LanguageLora)
-              if f.name != "enabled" and getattr(cfg.lora, f.name) != getattr(LanguageLora(), f.name)]
+    unread = [
+        f"lora.{f.name}"
+        for f in dataclasses.fields(LanguageLora)
+        if f.name != "enabled" and getattr(cfg.lora, f.name) != getattr(LanguageLora(), f.name)
+    ]
     if unread and not cfg.lora.enabled:
-        raise ConfigError(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read only with lora.enabled=true; "
-                          f"enable LoRA or remove {'it' if len(unread) == 1 else 'them'}")
+        raise ConfigError(
+            f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read only with lora.enabled=true; "
+            f"enable LoRA or remove {'it' if len(unread) == 1 else 'them'}"
+        )
     for name in ("pretrain_data", "finetune_data"):
         settings = getattr(cfg, name)
         if not 0 <= settings.eval_share < 1 or settings.eval_every < 0:
             raise ConfigError(f"{name}.eval_share must be in [0, 1) and {name}.eval_every 0 or more")
         if bool(settings.eval_share) != bool(settings.eval_every):
-            raise ConfigError(f"{name}.eval_share and {name}.eval_every work together: set both (a held-out share and how often "
-                              "its loss is taken) or neither")
+            raise ConfigError(
+                f"{name}.eval_share and {name}.eval_every work together: set both (a held-out share and how often "
+                "its loss is taken) or neither"
+            )
     if cfg.synthetic_images < 1:
         raise ConfigError("synthetic_images must be at least 1")
     return cfg
@@ -125,7 +158,9 @@ def validate(cfg: LlavaTrainConfig, stage: str) -> None:
             raise DcrError(f"image folder {data.image_folder!r} does not exist; set {stage}_data.image_folder")
         check_images(records, Path(data.image_folder), f"{stage}_data.image_folder")
     if stage == "finetune" and not is_finished(Path(cfg.output_dir) / "pretrain"):
-        raise DcrError(f"the pretrain stage has not finished in {Path(cfg.output_dir) / 'pretrain'}; run llava-pretrain first")
+        raise DcrError(
+            f"the pretrain stage has not finished in {Path(cfg.output_dir) / 'pretrain'}; run llava-pretrain first"
+        )
 
 
 def build_for_stage(cfg: LlavaTrainConfig, stage: str):
@@ -221,9 +256,13 @@ class HeldOutLoss:
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             if self.collated is None:  # decoded once; the same batches every time
-                self.collated = [collate([self.data[i] for i in indices], self.pad_token_id) for indices in self.batches]
+                self.collated = [
+                    collate([self.data[i] for i in indices], self.pad_token_id) for indices in self.batches
+                ]
             for batch in self.collated:
-                count = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # the tokens the shifted loss averages over
+                count = float(
+                    (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+                )  # the tokens the shifted loss averages over
                 total += llava_loss(engine, batch, self.device, self.dtype).item() * count
                 tokens += count
         engine.train()
@@ -232,15 +271,24 @@ class HeldOutLoss:
 
 def _by_modality(data: ConversationData, batch_size: int) -> list[list[int]]:
     groups = [[i for i in range(len(data)) if data.has_image(i) == image] for image in (True, False)]
-    return [group[j:j + batch_size] for group in groups for j in range(0, len(group), batch_size)]
+    return [group[j : j + batch_size] for group in groups for j in range(0, len(group), batch_size)]
 
 
-def conversation_data(cfg: LlavaTrainConfig, stage: str, processor, records: list[dict], image_folder: Path) -> ConversationData:
+def conversation_data(
+    cfg: LlavaTrainConfig, stage: str, processor, records: list[dict], image_folder: Path
+) -> ConversationData:
     settings = cfg.pretrain_data if stage == "pretrain" else cfg.finetune_data
     layout = vision_layout(cfg.tower, cfg.feature_layer)
     template = "plain" if stage == "pretrain" else "vicuna_v1"
-    return ConversationData(records, image_folder, processor, template, layout.image_seq_length, settings.model_max_length,
-                            settings.image_aspect_ratio)
+    return ConversationData(
+        records,
+        image_folder,
+        processor,
+        template,
+        layout.image_seq_length,
+        settings.model_max_length,
+        settings.image_aspect_ratio,
+    )
 
 
 def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = False) -> Path:
@@ -267,12 +315,24 @@ def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = Fal
     if not is_finished(stage_dir, train_cfg.max_steps):
         model, processor = build_for_stage(cfg, stage)
         data = conversation_data(cfg, stage, processor, records, image_folder)
-        plan = GroupedBatches(data, train_cfg.micro_batch_size, dist_info.rank, dist_info.world_size, cfg.seed,
-                              processor.tokenizer.pad_token_id, settings.group_by_length, train_cfg.grad_accum)
-        shaping = ("tower", "language_model", "feature_layer", "synthetic_images", f"{stage}_data") + (("lora",) if stage == "finetune" else ())
+        plan = GroupedBatches(
+            data,
+            train_cfg.micro_batch_size,
+            dist_info.rank,
+            dist_info.world_size,
+            cfg.seed,
+            processor.tokenizer.pad_token_id,
+            settings.group_by_length,
+            train_cfg.grad_accum,
+        )
+        shaping = ("tower", "language_model", "feature_layer", "synthetic_images", f"{stage}_data") + (
+            ("lora",) if stage == "finetune" else ()
+        )
         run_config = {key: value for key, value in to_dict(cfg).items() if key in shaping}
         run_config[f"{stage}_data"].pop("eval_every")  # how often the held-out loss is taken does not change training
-        trainer = Trainer(model.to(dist_info.device), train_cfg, stage_dir, cfg.seed, dist_info, run_config, allow_config_change)
+        trainer = Trainer(
+            model.to(dist_info.device), train_cfg, stage_dir, cfg.seed, dist_info, run_config, allow_config_change
+        )
         batches = ResumableBatches(plan, None, None, train_cfg.num_workers)
         dtype = next(model.parameters()).dtype
 
@@ -283,8 +343,14 @@ def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = Fal
         held_out_loss = None
         if held_out:
             held_data = conversation_data(cfg, stage, processor, held_out, image_folder)
-            held_out_loss = HeldOutLoss(held_data, train_cfg.micro_batch_size, processor.tokenizer.pad_token_id, settings.eval_every,
-                                        dist_info.device, dtype)
+            held_out_loss = HeldOutLoss(
+                held_data,
+                train_cfg.micro_batch_size,
+                processor.tokenizer.pad_token_id,
+                settings.eval_every,
+                dist_info.device,
+                dtype,
+            )
         trainer.fit(batches, step, after_step=held_out_loss)
         del trainer, model
 

@@ -61,7 +61,9 @@ class _TowerSwap:
         if vision_tower:
             model = getattr(self._model, "module", self._model)  # unwrap DDP
             self.vision_tower_sha256 = swap_vision_tower(model, self._image_processor, vision_tower)
-            logger.info(f"dcr_llava: vision tower {vision_tower} swapped in (weights sha256 {self.vision_tower_sha256})")
+            logger.info(
+                f"dcr_llava: vision tower {vision_tower} swapped in (weights sha256 {self.vision_tower_sha256})"
+            )
 
 
 class DcrLlava(_TowerSwap, LlavaHfChat):

@@ -3,4 +3,4 @@
 from dcr_mllm.objectives.dcr import dcr_loss
 from dcr_mllm.objectives.model import EnhanceModel, ObjectiveConfig
 
-__all__ = ["dcr_loss", "EnhanceModel", "ObjectiveConfig"]
+__all__ = ["EnhanceModel", "ObjectiveConfig", "dcr_loss"]

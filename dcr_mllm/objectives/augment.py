@@ -51,7 +51,9 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator | None)
     return low + (high - low) * torch.rand(n, generator=generator)
 
 
-def random_resized_crop_flip(images: Tensor, cfg: AugmentConfig, vflip: float, generator: torch.Generator | None) -> Tensor:
+def random_resized_crop_flip(
+    images: Tensor, cfg: AugmentConfig, vflip: float, generator: torch.Generator | None
+) -> Tensor:
     """Crop a random box of the given scale/aspect ratio, resize back, maybe flip: one grid_sample."""
     n = images.shape[0]
     area = _uniform(n, *cfg.crop_scale, generator)

@@ -66,8 +66,15 @@ def dcr_loss(pairwise: Tensor, positive: Tensor, target: Tensor, tau: float = 0.
     return contrastive_loss(anchor, positive, target, negatives, tau)
 
 
-def predict_pairs(predict, noisy: Tensor, timesteps: Tensor, contexts: Tensor, pairs: Tensor,
-                  chunk_size: int = 0, checkpoint: bool = True) -> Tensor:
+def predict_pairs(
+    predict,
+    noisy: Tensor,
+    timesteps: Tensor,
+    contexts: Tensor,
+    pairs: Tensor,
+    chunk_size: int = 0,
+    checkpoint: bool = True,
+) -> Tensor:
     """Denoiser predictions for (latent i, context j) pairs, ``chunk_size`` pairs per call.
 
     pairs: [P, 2] long tensor of (latent index, context index). With chunk_size 0 every pair
@@ -77,9 +84,13 @@ def predict_pairs(predict, noisy: Tensor, timesteps: Tensor, contexts: Tensor, p
     chunk = chunk_size if chunk_size > 0 else len(pairs)
     outputs = []
     for start in range(0, len(pairs), chunk):
-        part = pairs[start:start + chunk]
+        part = pairs[start : start + chunk]
         if checkpoint and chunk_size > 0 and torch.is_grad_enabled():
-            outputs.append(torch.utils.checkpoint.checkpoint(_predict_part, predict, noisy, timesteps, contexts, part, use_reentrant=False))
+            outputs.append(
+                torch.utils.checkpoint.checkpoint(
+                    _predict_part, predict, noisy, timesteps, contexts, part, use_reentrant=False
+                )
+            )
         else:
             outputs.append(_predict_part(predict, noisy, timesteps, contexts, part))
     return torch.cat(outputs)

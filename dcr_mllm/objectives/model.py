@@ -62,20 +62,26 @@ def unread_keys(cfg: ObjectiveConfig) -> list[str]:
     under ``objective.``); ``checkpoint_chunks`` is read only with a ``chunk_size``, the
     ``condition_*`` settings only with ``condition: tokens``."""
     default = ObjectiveConfig()
-    unread = list(OBJECTIVES[cfg.name].unread) + (["checkpoint_chunks"] if cfg.name == "dcr" and not cfg.chunk_size else [])
+    unread = list(OBJECTIVES[cfg.name].unread) + (
+        ["checkpoint_chunks"] if cfg.name == "dcr" and not cfg.chunk_size else []
+    )
     unread += ["condition_layer", "condition_tokens"] if cfg.condition == "global" else []
     keys = []
     for name in unread:
         ours, theirs = getattr(cfg, name), getattr(default, name)
         if dataclasses.is_dataclass(ours):
-            keys += [f"{name}.{f.name}" for f in dataclasses.fields(ours) if getattr(ours, f.name) != getattr(theirs, f.name)]
+            keys += [
+                f"{name}.{f.name}" for f in dataclasses.fields(ours) if getattr(ours, f.name) != getattr(theirs, f.name)
+            ]
         elif ours != theirs:
             keys.append(name)
     return [f"objective.{key}" for key in keys]
 
 
 class EnhanceModel(nn.Module):
-    def __init__(self, tower: VisionTower, projector: ConditionProjector, denoiser: FrozenDenoiser, config: ObjectiveConfig):
+    def __init__(
+        self, tower: VisionTower, projector: ConditionProjector, denoiser: FrozenDenoiser, config: ObjectiveConfig
+    ):
         super().__init__()
         self.tower, self.projector, self.denoiser, self.config = tower, projector, denoiser, config
 
@@ -90,7 +96,9 @@ class EnhanceModel(nn.Module):
         tower_trains = any(p.requires_grad for p in self.tower.parameters())
         with torch.set_grad_enabled(tower_trains and torch.is_grad_enabled()):
             pixels = torch.cat(views)  # one tower call for both views
-            embeddings = self.tower.global_embedding(pixels) if cfg.condition == "global" or objective.reads_embeddings else None
+            embeddings = (
+                self.tower.global_embedding(pixels) if cfg.condition == "global" or objective.reads_embeddings else None
+            )
             conditions = embeddings if cfg.condition == "global" else self.condition_tokens(pixels, generator)
         projector_dtype = next(self.projector.parameters()).dtype  # bf16 under DeepSpeed's bf16 mode
 
@@ -100,7 +108,9 @@ class EnhanceModel(nn.Module):
         timesteps = torch.randint(0, self.denoiser.num_timesteps, (batch,), generator=generator).to(latents.device)
         noisy = self.denoiser.add_noise(latents, noise, timesteps)
         target = self.denoiser.target(latents, noise, timesteps, cfg.target)
-        return objective.loss(self, StepInputs(conditions.to(projector_dtype), embeddings, noisy, timesteps, target, generator))
+        return objective.loss(
+            self, StepInputs(conditions.to(projector_dtype), embeddings, noisy, timesteps, target, generator)
+        )
 
     def reconstruction(self, inputs: StepInputs) -> Tensor:
         """The denoiser's loss conditioned on the base views (plain diffusion reconstruction)."""
@@ -116,11 +126,22 @@ class EnhanceModel(nn.Module):
         keep = self.config.condition_tokens
         if not keep or keep >= tokens.shape[1]:
             return tokens
-        order = torch.rand(tokens.shape[:2], generator=generator).argsort(dim=1)[:, :keep].sort(dim=1).values.to(tokens.device)
+        order = (
+            torch.rand(tokens.shape[:2], generator=generator)
+            .argsort(dim=1)[:, :keep]
+            .sort(dim=1)
+            .values.to(tokens.device)
+        )
         return tokens.gather(1, order[..., None].expand(-1, -1, tokens.shape[-1]))
 
-    def dcr_objective(self, embeddings: Tensor, noisy: Tensor, timesteps: Tensor, target: Tensor,
-                      generator: torch.Generator | None = None) -> Tensor:
+    def dcr_objective(
+        self,
+        embeddings: Tensor,
+        noisy: Tensor,
+        timesteps: Tensor,
+        target: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """The DCR loss once everything random but the negatives' draw is fixed: conditions
         [2B, in] or, with ``condition: tokens``, [2B, N, in] (base views, then augmented views), this rank's noisy latents, timesteps and targets [B, ...].
         Callable with given tensors, so one rank of B and several ranks of fewer can be compared."""
@@ -131,17 +152,21 @@ class EnhanceModel(nn.Module):
         if cfg.negatives == "local":
             contexts = self.projector.broadcast(projected, empty)
             pairs = dcr_pairs(batch, device=noisy.device)
-            preds = predict_pairs(self.denoiser.predict, noisy, timesteps, contexts, pairs, cfg.chunk_size, cfg.checkpoint_chunks)
+            preds = predict_pairs(
+                self.denoiser.predict, noisy, timesteps, contexts, pairs, cfg.chunk_size, cfg.checkpoint_chunks
+            )
             pairwise = preds[: batch * batch].view(batch, batch, *preds.shape[1:])
-            return dcr_loss(pairwise, preds[batch * batch:], target, cfg.tau)
+            return dcr_loss(pairwise, preds[batch * batch :], target, cfg.tau)
         gathered, offset = gather_with_grad(projected[:batch])  # every rank's base-view conditions
         total = gathered.shape[0]
         negatives = sample_negatives(batch, total, offset, cfg.num_negatives or batch - 1, generator)
         pairs = sampled_pairs(batch, total, offset, negatives).to(noisy.device)
         contexts = self.projector.broadcast(torch.cat([gathered, projected[batch:]]), empty)
-        preds = predict_pairs(self.denoiser.predict, noisy, timesteps, contexts, pairs, cfg.chunk_size, cfg.checkpoint_chunks)
-        negative_preds = preds[2 * batch:].view(batch, negatives.shape[1], *preds.shape[1:])
-        return contrastive_loss(preds[:batch], preds[batch:2 * batch], target, negative_preds, cfg.tau)
+        preds = predict_pairs(
+            self.denoiser.predict, noisy, timesteps, contexts, pairs, cfg.chunk_size, cfg.checkpoint_chunks
+        )
+        negative_preds = preds[2 * batch :].view(batch, negatives.shape[1], *preds.shape[1:])
+        return contrastive_loss(preds[:batch], preds[batch : 2 * batch], target, negative_preds, cfg.tau)
 
 
 @dataclass(frozen=True)
@@ -189,9 +214,25 @@ class Objective:
 #: objective name (``objective.name``) -> the objective
 OBJECTIVES: dict[str, Objective] = {
     "dcr": Objective(_dcr, two_views=True, reads_embeddings=False, unread=("naive_weight", "naive_tau")),
-    "reconstruction": Objective(_reconstruction, two_views=False, reads_embeddings=False,
-                                unread=("tau", "chunk_size", "checkpoint_chunks", "negatives", "num_negatives", "naive_weight", "naive_tau",
-                                        "augment")),
-    "naive": Objective(_naive, two_views=True, reads_embeddings=True,
-                       unread=("tau", "chunk_size", "checkpoint_chunks", "negatives", "num_negatives")),
+    "reconstruction": Objective(
+        _reconstruction,
+        two_views=False,
+        reads_embeddings=False,
+        unread=(
+            "tau",
+            "chunk_size",
+            "checkpoint_chunks",
+            "negatives",
+            "num_negatives",
+            "naive_weight",
+            "naive_tau",
+            "augment",
+        ),
+    ),
+    "naive": Objective(
+        _naive,
+        two_views=True,
+        reads_embeddings=True,
+        unread=("tau", "chunk_size", "checkpoint_chunks", "negatives", "num_negatives"),
+    ),
 }

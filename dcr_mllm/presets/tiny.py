@@ -24,7 +24,6 @@ import tempfile
 from pathlib import Path
 
 from dcr_mllm.components.build_once import build_once
-from dcr_mllm.errors import DcrError
 from dcr_mllm.components.tokenizers import (
     CLIP_CONTEXT_LENGTH,
     CLIP_VOCAB_SIZE,
@@ -34,6 +33,7 @@ from dcr_mllm.components.tokenizers import (
     llama_tokenizer,
     siglip_spiece_model,
 )
+from dcr_mllm.errors import DcrError
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 
 SEED = 0
@@ -51,8 +51,14 @@ EMBED_DIM = 16
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 #: the vision tower of the tiny CLIP and SigLIP
-VISION_CONFIG = {"image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE, "hidden_size": WIDTH, "intermediate_size": MLP_WIDTH,
-                 "num_hidden_layers": VISION_LAYERS, "num_attention_heads": HEADS}
+VISION_CONFIG = {
+    "image_size": IMAGE_SIZE,
+    "patch_size": PATCH_SIZE,
+    "hidden_size": WIDTH,
+    "intermediate_size": MLP_WIDTH,
+    "num_hidden_layers": VISION_LAYERS,
+    "num_attention_heads": HEADS,
+}
 
 
 def default_tiny_root() -> Path:
@@ -188,14 +194,15 @@ def build_tiny_sd(out_dir: str | Path, prediction_type: str = "epsilon") -> Path
     component (``from_pretrained(dir, subfolder=...)``) load from it.
     """
     if prediction_type not in PREDICTION_TYPES:
-        raise DcrError(
-            f"unknown prediction_type {prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}"
-        )
+        raise DcrError(f"unknown prediction_type {prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}")
     from dcr_mllm.components.diffusion import clip_text_encoder, save_sd_pipeline, sd_scheduler, sd_unet, sd_vae
 
     def build_models():
-        return (sd_unet(IMAGE_SIZE, (32, 64), cross_attention_dim=WIDTH), sd_vae(IMAGE_SIZE),
-                clip_text_encoder(WIDTH, MLP_WIDTH, HEADS))
+        return (
+            sd_unet(IMAGE_SIZE, (32, 64), cross_attention_dim=WIDTH),
+            sd_vae(IMAGE_SIZE),
+            clip_text_encoder(WIDTH, MLP_WIDTH, HEADS),
+        )
 
     unet, vae, text_encoder = _seeded(build_models)
     save_sd_pipeline(Path(out_dir), vae, text_encoder, unet, sd_scheduler(prediction_type))

@@ -5,6 +5,12 @@ Names in capitals are the local data files under $DCR_EVAL_DATA (default ~/.cach
 resolved when lmms-eval reads the YAML, so the *_local tasks work from any working directory.
 """
 
+from lmms_eval.tasks.countbenchqa.utils import (  # noqa: F401  (referenced from the YAMLs)
+    countbenchqa_doc_to_text,
+    countbenchqa_doc_to_visual,
+    countbenchqa_process_results,
+)
+
 from dcr_mllm.evaluation.cv_bench_task import (  # noqa: F401  (referenced from the YAMLs)
     cv_bench_both_process_results,
     cv_bench_doc_to_text,
@@ -13,11 +19,6 @@ from dcr_mllm.evaluation.cv_bench_task import (  # noqa: F401  (referenced from 
     cv_bench_paper_score,
 )
 from dcr_mllm.evaluation.eval_data import data_file
-from lmms_eval.tasks.countbenchqa.utils import (  # noqa: F401  (referenced from the YAMLs)
-    countbenchqa_doc_to_text,
-    countbenchqa_doc_to_visual,
-    countbenchqa_process_results,
-)
 from dcr_mllm.evaluation.mmvp_task import (  # noqa: F401  (referenced from the YAMLs)
     mmvp_accuracy,
     mmvp_doc_to_text,

@@ -18,7 +18,16 @@ from dcr_mllm.towers.openclip import CONFIG_NAME as OPEN_CLIP_CONFIG
 from dcr_mllm.towers.openclip import OpenClipTower, read_open_clip_spec
 from dcr_mllm.weights import check_model_dir
 
-__all__ = ["TowerSpec", "VisionTower", "TOWER_CLASSES", "inspect_tower", "load_tower", "apply_lora", "merge_lora", "resolve_tower_path"]
+__all__ = [
+    "TOWER_CLASSES",
+    "TowerSpec",
+    "VisionTower",
+    "apply_lora",
+    "inspect_tower",
+    "load_tower",
+    "merge_lora",
+    "resolve_tower_path",
+]
 
 #: a tower directory's family, told by the config file it has -> the reader of its shape facts
 SPEC_READERS = ((OPEN_CLIP_CONFIG, read_open_clip_spec), ("config.json", read_hf_spec))
@@ -47,12 +56,21 @@ def inspect_tower(name_or_path: str | Path, allow_pickle: bool = False) -> Tower
             if (path / config_file).is_file():
                 return read_spec(path)
     except (KeyError, TypeError, AttributeError) as err:
-        raise DcrError(f"{path} has an incomplete tower config ({type(err).__name__}: {err}); re-download or re-save the tower") from err
-    raise DcrError(f"{path} is not a tower directory: it has neither config.json (HF) nor {OPEN_CLIP_CONFIG} (open_clip)")
+        raise DcrError(
+            f"{path} has an incomplete tower config ({type(err).__name__}: {err}); re-download or re-save the tower"
+        ) from err
+    raise DcrError(
+        f"{path} is not a tower directory: it has neither config.json (HF) nor {OPEN_CLIP_CONFIG} (open_clip)"
+    )
 
 
-def load_tower(name_or_path: str | Path, dtype: torch.dtype = torch.float32, vision_only: bool = False,
-               ds_config: dict | None = None, allow_pickle: bool = False) -> VisionTower:
+def load_tower(
+    name_or_path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    vision_only: bool = False,
+    ds_config: dict | None = None,
+    allow_pickle: bool = False,
+) -> VisionTower:
     """Build a tower; ``vision_only`` leaves out the text side (training and LLaVA need none).
 
     With ``ds_config`` (the engine's ZeRO-3 config) a HF tower is built partitioned, in that

@@ -23,7 +23,11 @@ from dcr_mllm.errors import DcrError
 
 def is_side_file(item: Path) -> bool:
     """Processor, tokenizer and other small files a tower directory carries beside its weights."""
-    return item.is_file() and not item.name.startswith(".") and not item.name.endswith((".safetensors", ".bin", ".pth", ".pt"))
+    return (
+        item.is_file()
+        and not item.name.startswith(".")
+        and not item.name.endswith((".safetensors", ".bin", ".pth", ".pt"))
+    )
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,9 @@ class VisionTower(nn.Module, ABC):
         """Pixels in [0, 1] at any size -> this tower's resolution and normalisation."""
         size = self.spec.image_size
         if images.shape[-2:] != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+            images = F.interpolate(
+                images, size=(size, size), mode="bicubic", align_corners=False, antialias=True
+            ).clamp(0, 1)
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
     def use_normalization(self, mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
@@ -142,7 +148,9 @@ class VisionTower(nn.Module, ABC):
 
     def require_text_side(self) -> None:
         if not self.has_text_side:
-            raise DcrError(f"tower {self.source} was loaded vision-only; text scoring needs the full {self.spec.family} model directory")
+            raise DcrError(
+                f"tower {self.source} was loaded vision-only; text scoring needs the full {self.spec.family} model directory"
+            )
 
     def logit_scale(self) -> float:
         """The trained factor that turns image-text cosine similarities into logits (full models only)."""

@@ -20,7 +20,6 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 from dcr_mllm.towers.base import TowerSpec, VisionTower
 
-
 FAMILY_OF_MODEL_TYPE = {
     "clip": "clip",
     "clip_vision_model": "clip",
@@ -28,7 +27,13 @@ FAMILY_OF_MODEL_TYPE = {
     "siglip_vision_model": "siglip",
 }
 #: files save_pretrained writes itself; everything else in a tower directory is copied as is
-WEIGHT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def read_hf_spec(path: Path) -> TowerSpec:
@@ -36,12 +41,16 @@ def read_hf_spec(path: Path) -> TowerSpec:
     model_type = config.get("model_type")
     family = FAMILY_OF_MODEL_TYPE.get(model_type)
     if family is None:
-        raise DcrError(f"{path}/config.json has model_type {model_type!r}; supported towers are CLIP, MetaCLIP, SigLIP (HF) and open_clip")
+        raise DcrError(
+            f"{path}/config.json has model_type {model_type!r}; supported towers are CLIP, MetaCLIP, SigLIP (HF) and open_clip"
+        )
     vision = config.get("vision_config", config) if model_type in ("clip", "siglip") else config
     architectures = config.get("architectures") or []
     if family == "clip":
         has_projection = model_type == "clip" or "CLIPVisionModelWithProjection" in architectures
-        global_dim = config.get("projection_dim", vision.get("projection_dim", 512)) if has_projection else vision["hidden_size"]
+        global_dim = (
+            config.get("projection_dim", vision.get("projection_dim", 512)) if has_projection else vision["hidden_size"]
+        )
         mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     else:
         global_dim = vision["hidden_size"]
@@ -87,7 +96,7 @@ class HFTower(VisionTower):
     projection_attribute = "visual_projection"  # CLIP's; SigLIP pools in vision_model.head
 
     @classmethod
-    def from_pretrained(cls, path: Path, dtype: torch.dtype = torch.float32, vision_only: bool = False) -> "HFTower":
+    def from_pretrained(cls, path: Path, dtype: torch.dtype = torch.float32, vision_only: bool = False) -> HFTower:
         """Load the directory's model; ``vision_only`` skips the text tower (training needs none)."""
         import transformers
 
@@ -98,7 +107,9 @@ class HFTower(VisionTower):
             vision_config = transformers.CLIPVisionConfig.from_pretrained(path)
             vision_config.projection_dim = spec.global_dim
             with quiet_transformers():  # it would list every text-tower weight it leaves out
-                model = transformers.CLIPVisionModelWithProjection.from_pretrained(path, config=vision_config, dtype=dtype)
+                model = transformers.CLIPVisionModelWithProjection.from_pretrained(
+                    path, config=vision_config, dtype=dtype
+                )
             return cls(model, spec, path)
         if vision_only and model_type == "siglip":
             model_type = "siglip_vision_model"
@@ -106,7 +117,9 @@ class HFTower(VisionTower):
         model_class = {
             "clip": "CLIPModel",
             "siglip": "SiglipModel",
-            "clip_vision_model": "CLIPVisionModelWithProjection" if "CLIPVisionModelWithProjection" in architectures else "CLIPVisionModel",
+            "clip_vision_model": "CLIPVisionModelWithProjection"
+            if "CLIPVisionModelWithProjection" in architectures
+            else "CLIPVisionModel",
             "siglip_vision_model": "SiglipVisionModel",
         }[model_type]
         with quiet_transformers():
@@ -126,7 +139,9 @@ class HFTower(VisionTower):
         if self.spec.family == "siglip":
             # SigLIP was trained on text padded to its full length, attending to the padding (no mask)
             length = self.model.config.text_config.max_position_embeddings
-            ids = self._tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+            ids = self._tokenizer(
+                texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+            ).input_ids
             tokens = {"input_ids": ids.to(self.mean.device)}
         else:
             tokens = self._tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.mean.device)

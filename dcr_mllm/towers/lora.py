@@ -55,7 +55,9 @@ def _targeted(tower: VisionTower, targets, scope: LoraScope) -> list[tuple[str, 
     matched = {name.rsplit(".", 1)[-1] for name, _, runs in chosen if runs}
     unmatched = [t for t in targets if t not in matched]
     if unmatched:
-        available = sorted({n.rsplit(".", 1)[-1] for n, _, runs in linears if runs and not n.rsplit(".", 1)[-1].isdigit()})
+        available = sorted(
+            {n.rsplit(".", 1)[-1] for n, _, runs in linears if runs and not n.rsplit(".", 1)[-1].isdigit()}
+        )
         raise DcrError(
             f"LoRA target {', '.join(map(repr, unmatched))} matches no module in the {tower.spec.family} "
             f"vision side (lora.scope {scope}); choose among: {', '.join(available)}"
@@ -63,14 +65,22 @@ def _targeted(tower: VisionTower, targets, scope: LoraScope) -> list[tuple[str, 
     return chosen
 
 
-def lora_module_names(tower: VisionTower, targets: tuple[str, ...] | list[str] | None = None, scope: LoraScope = "encoder") -> list[str]:
+def lora_module_names(
+    tower: VisionTower, targets: tuple[str, ...] | list[str] | None = None, scope: LoraScope = "encoder"
+) -> list[str]:
     """Full names (within ``tower.model``) of the modules LoRA will adapt."""
     return [name for name, _, runs in _targeted(tower, targets, scope) if runs]
 
 
-def apply_lora(tower: VisionTower, r: int = 16, alpha: int = 16, dropout: float = 0.1,
-               targets: tuple[str, ...] | list[str] | None = None, scope: LoraScope = "encoder",
-               bias: LoraBias = "none") -> list[str]:
+def apply_lora(
+    tower: VisionTower,
+    r: int = 16,
+    alpha: int = 16,
+    dropout: float = 0.1,
+    targets: tuple[str, ...] | list[str] | None = None,
+    scope: LoraScope = "encoder",
+    bias: LoraBias = "none",
+) -> list[str]:
     """Insert LoRA adapters; only they (and, with ``bias="lora_only"``, the targeted layers' biases) train."""
     from peft import (  # heavy: imported when LoRA is used
         LoraConfig,

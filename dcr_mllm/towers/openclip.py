@@ -29,7 +29,9 @@ def read_open_clip_spec(path: Path) -> TowerSpec:
     model_cfg = config.get("model_cfg", config)
     vision = model_cfg.get("vision_cfg", {})
     if "timm_model_name" in vision or isinstance(vision.get("layers"), (list, tuple)):
-        raise DcrError(f"{path} holds a non-ViT open_clip tower (timm or ResNet); dcr-mllm supports open_clip ViT towers")
+        raise DcrError(
+            f"{path} holds a non-ViT open_clip tower (timm or ResNet); dcr-mllm supports open_clip ViT towers"
+        )
     preprocess = config.get("preprocess_cfg", {})
     image_size = vision.get("image_size", 224)
     image_size = image_size[0] if isinstance(image_size, (list, tuple)) else image_size
@@ -55,7 +57,9 @@ class OpenClipTower(VisionTower):
     encoder_attribute = "transformer"
 
     @classmethod
-    def from_pretrained(cls, path: Path, dtype: torch.dtype = torch.float32, vision_only: bool = False) -> "OpenClipTower":
+    def from_pretrained(
+        cls, path: Path, dtype: torch.dtype = torch.float32, vision_only: bool = False
+    ) -> OpenClipTower:
         """Load the directory's model; ``vision_only`` keeps just ``model.visual``."""
         import open_clip
 

@@ -63,7 +63,9 @@ def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
         if before == after:
             continue
         if key == "max_steps" and before is not None and after is not None and after > before:
-            horizon_free = new_flat.get("scheduler") == "constant" and (new_flat.get("warmup_steps") or not new_flat.get("warmup_ratio"))
+            horizon_free = new_flat.get("scheduler") == "constant" and (
+                new_flat.get("warmup_steps") or not new_flat.get("warmup_ratio")
+            )
             if horizon_free:
                 continue
         changes.append((key, before, after))
@@ -104,7 +106,7 @@ def load_trainable_state(module: nn.Module, path: str | Path, prefix: str = "") 
     path = Path(path)
     if not path.is_file():
         raise DcrError(f"{path} does not exist; run the stage that writes it first")
-    state = {k[len(prefix):]: v for k, v in load_file(path).items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in load_file(path).items() if k.startswith(prefix)}
     if not state:
         raise DcrError(f"{path} holds no parameters under '{prefix}'; it was written by another stage")
     unexpected = []
@@ -117,5 +119,7 @@ def load_trainable_state(module: nn.Module, path: str | Path, prefix: str = "") 
             if writes_here([own[key]]):
                 own[key].copy_(value.to(own[key].dtype))
     if unexpected:
-        raise DcrError(f"{path} has parameters this model lacks ({', '.join(unexpected[:3])}...); it belongs to another model")
+        raise DcrError(
+            f"{path} has parameters this model lacks ({', '.join(unexpected[:3])}...); it belongs to another model"
+        )
     return list(state)

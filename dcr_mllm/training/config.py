@@ -71,10 +71,12 @@ def resolve_train_config(cfg: TrainConfig, name: str, default_zero_stage: int = 
     json_stage = theirs.get("zero_optimization", {}).get("stage", "auto")
     if json_stage != "auto":
         if json_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"{cfg.deepspeed}: zero_optimization.stage must be 0-3 or \"auto\", got {json_stage!r}")
+            raise ConfigError(f'{cfg.deepspeed}: zero_optimization.stage must be 0-3 or "auto", got {json_stage!r}')
         if cfg.zero_stage is not None and cfg.zero_stage != json_stage:
-            raise ConfigError(f"{name}.zero_stage is {cfg.zero_stage} but {cfg.deepspeed} says zero_optimization.stage "
-                              f"{json_stage}; remove one of them or make them agree")
+            raise ConfigError(
+                f"{name}.zero_stage is {cfg.zero_stage} but {cfg.deepspeed} says zero_optimization.stage "
+                f"{json_stage}; remove one of them or make them agree"
+            )
         cfg.zero_stage = json_stage
     if cfg.zero_stage is None:
         cfg.zero_stage = default_zero_stage
@@ -83,19 +85,27 @@ def resolve_train_config(cfg: TrainConfig, name: str, default_zero_stage: int = 
         cfg.precision = "bf16" if json_bf16 else "fp32"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and _cuda())
-    conflicts = [f"{key}: {theirs_value!r} vs {config_key} {ours_value!r}"
-                 for key, theirs_value, config_key, ours_value in _json_conflicts(theirs, owned_values(cfg, world_size, bf16))]
+    conflicts = [
+        f"{key}: {theirs_value!r} vs {config_key} {ours_value!r}"
+        for key, theirs_value, config_key, ours_value in _json_conflicts(theirs, owned_values(cfg, world_size, bf16))
+    ]
     if "scheduler" in theirs:
-        conflicts.append(f"scheduler: {theirs['scheduler']!r} vs {name}.scheduler {cfg.scheduler!r} (the config's schedule runs)")
+        conflicts.append(
+            f"scheduler: {theirs['scheduler']!r} vs {name}.scheduler {cfg.scheduler!r} (the config's schedule runs)"
+        )
     if conflicts:
-        raise ConfigError(f"{cfg.deepspeed} contradicts {name}: {'; '.join(conflicts)}; set each value in one place "
-                          f"(\"auto\" in the JSON takes the config's)")
+        raise ConfigError(
+            f"{cfg.deepspeed} contradicts {name}: {'; '.join(conflicts)}; set each value in one place "
+            f'("auto" in the JSON takes the config\'s)'
+        )
     return cfg
 
 
 def steps_governor(cfg: TrainConfig) -> str:
     """Which setting decides the number of optimizer steps (``--print-config`` says so)."""
-    return f"max_steps ({cfg.max_steps} steps)" if cfg.max_steps > 0 else f"epochs ({cfg.epochs:g} passes over the data)"
+    return (
+        f"max_steps ({cfg.max_steps} steps)" if cfg.max_steps > 0 else f"epochs ({cfg.epochs:g} passes over the data)"
+    )
 
 
 def owned_values(cfg: TrainConfig, world_size: int, bf16: bool) -> dict[str, tuple[str, object]]:
@@ -104,7 +114,10 @@ def owned_values(cfg: TrainConfig, world_size: int, bf16: bool) -> dict[str, tup
     return {
         "train_micro_batch_size_per_gpu": ("micro_batch_size", cfg.micro_batch_size),
         "gradient_accumulation_steps": ("grad_accum", cfg.grad_accum),
-        "train_batch_size": (f"micro_batch_size x grad_accum x {world_size} ranks", cfg.micro_batch_size * cfg.grad_accum * world_size),
+        "train_batch_size": (
+            f"micro_batch_size x grad_accum x {world_size} ranks",
+            cfg.micro_batch_size * cfg.grad_accum * world_size,
+        ),
         "gradient_clipping": ("grad_clip", cfg.grad_clip),
         "zero_optimization.stage": ("zero_stage", cfg.zero_stage),
         "bf16.enabled": ("precision", bf16),

@@ -25,7 +25,7 @@ def deepspeed_config(cfg: TrainConfig, dist_info: DistInfo) -> dict:
 
 
 def _fill_auto(theirs: dict, ours: dict) -> dict:
-    """"auto" takes our value; the file's other values stay (``resolve_train_config`` has refused
+    """ "auto" takes our value; the file's other values stay (``resolve_train_config`` has refused
     any that contradicts the config); our keys it lacks are added."""
     merged = dict(ours)
     for key, value in theirs.items():

@@ -42,23 +42,45 @@ from torch import nn
 
 from dcr_mllm.errors import DcrError, WriteError
 from dcr_mllm.io import atomic_path, write_atomic, writing
+from dcr_mllm.training.checkpoints import (
+    MANIFEST,
+    TRAINABLE,
+    checkpoint_problem,
+    config_changes,
+    is_finished,
+    plain,
+    truncate_jsonl,
+)
 from dcr_mllm.training.config import TrainConfig
-from dcr_mllm.training.checkpoints import MANIFEST, TRAINABLE, checkpoint_problem, config_changes, is_finished, plain, truncate_jsonl
-from dcr_mllm.training.ds_config import deepspeed_config
-from dcr_mllm.training.optim import build_optimizer, lr_lambda, param_groups
-from dcr_mllm.training.zero import fp32_master, save_dtype, unlinked_masters
 from dcr_mllm.training.distributed import DistInfo, all_gather_strings, any_true, barrier, rank_seed
+from dcr_mllm.training.ds_config import deepspeed_config
 from dcr_mllm.training.log import logger
+from dcr_mllm.training.optim import build_optimizer, lr_lambda, param_groups
 from dcr_mllm.training.preemption import Preempted, agreed_signal, catch_preemption
 from dcr_mllm.training.safe_state import (
     load_tree,
     safetensors_checkpoint_engine,
     save_tree,
 )
+from dcr_mllm.training.zero import fp32_master, save_dtype, unlinked_masters
 
 #: the TrainConfig fields that change what training computes (the rest: logging, saving, workers)
-TRAINING_KEYS = ("max_steps", "micro_batch_size", "grad_accum", "lr", "group_lrs", "weight_decay", "betas", "adam_eps", "scheduler",
-                 "warmup_steps", "warmup_ratio", "grad_clip", "zero_stage", "precision")
+TRAINING_KEYS = (
+    "max_steps",
+    "micro_batch_size",
+    "grad_accum",
+    "lr",
+    "group_lrs",
+    "weight_decay",
+    "betas",
+    "adam_eps",
+    "scheduler",
+    "warmup_steps",
+    "warmup_ratio",
+    "grad_clip",
+    "zero_stage",
+    "precision",
+)
 StepFn = Callable[[nn.Module, dict, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
 #: called on every rank after each optimizer step (and once at step 0 of a fresh run): extra scalars to log
 AfterStep = Callable[["Trainer", int], dict[str, float]]
@@ -67,8 +89,17 @@ AfterStep = Callable[["Trainer", int], dict[str, float]]
 class Trainer:
     """Runs ``step_fn`` over batches for ``cfg.max_steps`` optimizer steps, resumably."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, output_dir: str | Path, seed: int, dist_info: DistInfo,
-                 run_config: dict | None = None, allow_config_change: bool = False, weights_in_checkpoints: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        output_dir: str | Path,
+        seed: int,
+        dist_info: DistInfo,
+        run_config: dict | None = None,
+        allow_config_change: bool = False,
+        weights_in_checkpoints: bool = False,
+    ):
         """``run_config``: the recipe's settings that shape this stage (model, objective, data);
         with the stage's training settings, world size and seed, a resume must match them
         unless ``allow_config_change``. ``weights_in_checkpoints``: every checkpoint also holds
@@ -78,8 +109,14 @@ class Trainer:
         self.cfg, self.dist, self.output_dir = cfg, dist_info, Path(output_dir)
         self.allow_config_change = allow_config_change
         self.weights_in_checkpoints = weights_in_checkpoints
-        self.fingerprint = plain({"world_size": dist_info.world_size, "seed": seed,
-                                   **{key: getattr(cfg, key) for key in TRAINING_KEYS}, **(run_config or {})})
+        self.fingerprint = plain(
+            {
+                "world_size": dist_info.world_size,
+                "seed": seed,
+                **{key: getattr(cfg, key) for key in TRAINING_KEYS},
+                **(run_config or {}),
+            }
+        )
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.trainable_names = [name for name, p in model.named_parameters() if p.requires_grad]
         if not self.trainable_names:
@@ -126,7 +163,9 @@ class Trainer:
 
     def _write_checkpoint(self, tag: str, batches) -> None:
         partial = f"{tag}.partial"
-        self.engine.save_checkpoint(str(self.checkpoint_dir), tag=partial, save_latest=False, exclude_frozen_parameters=True)
+        self.engine.save_checkpoint(
+            str(self.checkpoint_dir), tag=partial, save_latest=False, exclude_frozen_parameters=True
+        )
         save_tree(self._rank_state(batches), self.checkpoint_dir / partial / f"rank{self.dist.rank}_state.safetensors")
         if self.weights_in_checkpoints:  # collective; readable without DeepSpeed or the other ranks' shards
             trained, _ = self.gathered_trainable_state()
@@ -134,7 +173,10 @@ class Trainer:
                 save_file(trained, self.checkpoint_dir / partial / TRAINABLE)
         barrier()
         if self.dist.is_main:
-            for script in ("zero_to_fp32.py", "zero_to_torch.py"):  # DeepSpeed's pickle-based converters; ours need none
+            for script in (
+                "zero_to_fp32.py",
+                "zero_to_torch.py",
+            ):  # DeepSpeed's pickle-based converters; ours need none
                 (self.checkpoint_dir / script).unlink(missing_ok=True)
             files = sorted(p for p in (self.checkpoint_dir / partial).iterdir() if p.is_file())
             manifest = {"files": {p.name: p.stat().st_size for p in files}}
@@ -163,10 +205,14 @@ class Trainer:
         self._check_config()
         load_path, _ = self.engine.load_checkpoint(str(self.checkpoint_dir), tag=tag, load_module_strict=False)
         if load_path is None:
-            raise DcrError(f"checkpoint {self.checkpoint_dir / tag} could not be loaded; delete {self.checkpoint_dir} to start over")
+            raise DcrError(
+                f"checkpoint {self.checkpoint_dir / tag} could not be loaded; delete {self.checkpoint_dir} to start over"
+            )
         state_file = self.checkpoint_dir / tag / f"rank{self.dist.rank}_state.safetensors"
         if not state_file.is_file():
-            raise DcrError(f"{state_file} is missing: the checkpoint was written by a run with a different number of processes; resume with the same count")
+            raise DcrError(
+                f"{state_file} is missing: the checkpoint was written by a run with a different number of processes; resume with the same count"
+            )
         state = load_tree(state_file)
         self.step = int(state["step"])
         self.generator.set_state(state["generator"])
@@ -188,7 +234,10 @@ class Trainer:
         ``step_*`` folder whose files are all there and whole; None when there is no checkpoint
         at all. Broken ones are reported in one line; none intact is an error."""
         latest = self.checkpoint_dir / "latest"
-        tags = sorted((p.name for p in self.checkpoint_dir.glob("step_*") if p.is_dir() and not p.name.endswith(".partial")), reverse=True)
+        tags = sorted(
+            (p.name for p in self.checkpoint_dir.glob("step_*") if p.is_dir() and not p.name.endswith(".partial")),
+            reverse=True,
+        )
         problems = []
         if latest.is_file():
             named = latest.read_text().strip()
@@ -203,14 +252,18 @@ class Trainer:
                 return tag
             problems.append(f"checkpoint {tag} is incomplete ({problem})")
         if problems:
-            raise DcrError(f"no intact checkpoint in {self.checkpoint_dir} ({'; '.join(problems)}); "
-                           f"delete {self.checkpoint_dir} to start the stage over")
+            raise DcrError(
+                f"no intact checkpoint in {self.checkpoint_dir} ({'; '.join(problems)}); "
+                f"delete {self.checkpoint_dir} to start the stage over"
+            )
         return None
 
     def _check_config(self) -> None:
         """Refuse to resume with settings that change training, unless allowed; then record them."""
         stored = self.checkpoint_dir / "config.json"
-        before = json.loads(stored.read_text()) if stored.is_file() else None  # None: checkpoints from before config.json
+        before = (
+            json.loads(stored.read_text()) if stored.is_file() else None
+        )  # None: checkpoints from before config.json
         if before is not None:  # a setting added since the checkpoint was made ran at its default then
             defaults = TrainConfig()
             before = {**{key: plain(getattr(defaults, key)) for key in TRAINING_KEYS if key not in before}, **before}
@@ -220,10 +273,14 @@ class Trainer:
         if changes:
             listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
             if not self.allow_config_change:
-                raise DcrError(f"{self.output_dir} was trained with other settings ({listed}); restore them, "
-                               f"pass --allow-config-change to continue with the new ones, or delete {self.checkpoint_dir} to start over")
+                raise DcrError(
+                    f"{self.output_dir} was trained with other settings ({listed}); restore them, "
+                    f"pass --allow-config-change to continue with the new ones, or delete {self.checkpoint_dir} to start over"
+                )
             if self.dist.is_main:
-                logger.info(f"settings changed since the checkpoint ({listed}); continuing with the new ones (--allow-config-change)")
+                logger.info(
+                    f"settings changed since the checkpoint ({listed}); continuing with the new ones (--allow-config-change)"
+                )
         self._store_config()
 
     def _store_config(self) -> None:
@@ -242,7 +299,13 @@ class Trainer:
         scheduler.base_lrs = base_lrs
         factor = lr_lambda(self.cfg)(scheduler.last_epoch)
         for group, base in zip(groups, base_lrs, strict=True):
-            group.update(initial_lr=base, lr=base * factor, betas=tuple(self.cfg.betas), eps=self.cfg.adam_eps, weight_decay=self.cfg.weight_decay)
+            group.update(
+                initial_lr=base,
+                lr=base * factor,
+                betas=tuple(self.cfg.betas),
+                eps=self.cfg.adam_eps,
+                weight_decay=self.cfg.weight_decay,
+            )
         # LambdaLR reports the rate it last set; its public state carries that too
         scheduler.load_state_dict({**scheduler.state_dict(), "_last_lr": [group["lr"] for group in groups]})
 
@@ -257,11 +320,15 @@ class Trainer:
             return
         if not self.maybe_resume(batches):
             if is_finished(self.output_dir):
-                raise DcrError(f"{self.output_dir} finished at a lower max_steps and its checkpoints are gone, so it cannot "
-                               f"continue to {self.cfg.max_steps}; restore max_steps, or delete {self.output_dir} to train the stage again")
+                raise DcrError(
+                    f"{self.output_dir} finished at a lower max_steps and its checkpoints are gone, so it cannot "
+                    f"continue to {self.cfg.max_steps}; restore max_steps, or delete {self.output_dir} to train the stage again"
+                )
             self._store_config()
         if self.dist.is_main and is_finished(self.output_dir):
-            logger.info(f"{self.output_dir}: continuing the finished run from step {self.step} to max_steps {self.cfg.max_steps}")
+            logger.info(
+                f"{self.output_dir}: continuing the finished run from step {self.step} to max_steps {self.cfg.max_steps}"
+            )
             (self.output_dir / "train_state.json").unlink()
         barrier()
         progress = self._progress_bar()
@@ -278,7 +345,11 @@ class Trainer:
                 start = time.perf_counter()
                 metrics = self._optimizer_step(data, step_fn)
                 self.step += 1
-                metrics.update(lr=self.engine.get_lr()[0], step_seconds=time.perf_counter() - start, nonfinite_total=self.nonfinite_total)
+                metrics.update(
+                    lr=self.engine.get_lr()[0],
+                    step_seconds=time.perf_counter() - start,
+                    nonfinite_total=self.nonfinite_total,
+                )
                 if after_step is not None:
                     metrics.update(after_step(self, self.step))
                 self._log(metrics)
@@ -298,8 +369,10 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         if self.dist.is_main:
-            logger.info(f"{self.output_dir}: {signal.Signals(signum).name} received; checkpoint at step {self.step} saved, exiting with "
-                        f"{128 + signum}; run the same command again to resume")
+            logger.info(
+                f"{self.output_dir}: {signal.Signals(signum).name} received; checkpoint at step {self.step} saved, exiting with "
+                f"{128 + signum}; run the same command again to resume"
+            )
         raise Preempted(signum)
 
     def _optimizer_step(self, data, step_fn: StepFn) -> dict[str, float]:
@@ -326,9 +399,15 @@ class Trainer:
         self.nonfinite_total += 1
         self.nonfinite_in_row += 1
         if self.dist.is_main:
-            logger.warning("non-finite loss at step %d: micro-batch replaced by the next (%d in a row)", self.step, self.nonfinite_in_row)
+            logger.warning(
+                "non-finite loss at step %d: micro-batch replaced by the next (%d in a row)",
+                self.step,
+                self.nonfinite_in_row,
+            )
         if self.nonfinite_in_row >= self.cfg.max_nonfinite:
-            raise DcrError(f"{self.nonfinite_in_row} non-finite losses in a row at step {self.step}; lower the learning rate or check the data (training.max_nonfinite)")
+            raise DcrError(
+                f"{self.nonfinite_in_row} non-finite losses in a row at step {self.step}; lower the learning rate or check the data (training.max_nonfinite)"
+            )
 
     def _progress_bar(self):
         if not self.dist.is_main:
@@ -343,11 +422,15 @@ class Trainer:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.output_dir / "logs"), purge_step=None if self.resumed_step is None else self.resumed_step + 1)
+            self.writer = SummaryWriter(
+                str(self.output_dir / "logs"), purge_step=None if self.resumed_step is None else self.resumed_step + 1
+            )
             if self.cfg.wandb_project:
                 import wandb
 
-                wandb.init(project=self.cfg.wandb_project, name=self.output_dir.name, dir=str(self.output_dir), resume="allow")
+                wandb.init(
+                    project=self.cfg.wandb_project, name=self.output_dir.name, dir=str(self.output_dir), resume="allow"
+                )
         with writing(self.output_dir / "metrics.jsonl"):  # a line cut short by a full disk is dropped on resume
             for key, value in metrics.items():
                 self.writer.add_scalar(key, value, self.step)
@@ -363,12 +446,19 @@ class Trainer:
         state, digest = self.gathered_trainable_state()
         digests = all_gather_strings(digest)
         if len(set(digests)) != 1:
-            raise DcrError(f"ranks finished with different weights ({len(set(digests))} versions); gradients were not synchronised")
+            raise DcrError(
+                f"ranks finished with different weights ({len(set(digests))} versions); gradients were not synchronised"
+            )
         if self.dist.is_main:
             with atomic_path(self.output_dir / TRAINABLE) as tmp:
                 save_file(state, tmp)
-            summary = {"finished": True, "step": self.step, "nonfinite_total": self.nonfinite_total,
-                       "world_size": self.dist.world_size, "weights_sha256": digests[0]}
+            summary = {
+                "finished": True,
+                "step": self.step,
+                "nonfinite_total": self.nonfinite_total,
+                "world_size": self.dist.world_size,
+                "weights_sha256": digests[0],
+            }
             write_atomic(self.output_dir / "train_state.json", json.dumps(summary, indent=1))
             if self.writer is not None:
                 self.writer.close()

@@ -18,7 +18,9 @@ def training_digests(stage_dirs: list[Path]) -> dict[str, str]:
 def export_fingerprint(stage_dirs: list[Path], choice: dict | None = None) -> str:
     """The finished stages' weight digests and, given ``choice`` (which of them is exported, e.g. a
     selected step), that choice, as the text an export's build marker holds."""
-    return json.dumps({**training_digests(stage_dirs), **({"choice": plain(choice)} if choice else {})}, indent=1, sort_keys=True)
+    return json.dumps(
+        {**training_digests(stage_dirs), **({"choice": plain(choice)} if choice else {})}, indent=1, sort_keys=True
+    )
 
 
 def export_is_current(out_dir: Path, stage_dirs: list[Path], choice: dict | None = None) -> bool:

@@ -29,10 +29,18 @@ from dcr_mllm.training.preemption import ignore_in_workers
 class ResumableBatches:
     """Batches of ``batch_size`` samples, or, with ``batch_size=None``, the batches a dataset forms itself."""
 
-    def __init__(self, dataset: Dataset | IterableDataset, batch_size: int | None, collate_fn: Callable | None, num_workers: int = 0):
+    def __init__(
+        self,
+        dataset: Dataset | IterableDataset,
+        batch_size: int | None,
+        collate_fn: Callable | None,
+        num_workers: int = 0,
+    ):
         if not hasattr(dataset, "set_epoch") or not isinstance(getattr(dataset, "position", None), ReadPosition):
-            raise TypeError("ResumableBatches needs a dataset with set_epoch(epoch) and a ReadPosition as `position`, "
-                            "so each epoch has its own order and a run can resume inside it")
+            raise TypeError(
+                "ResumableBatches needs a dataset with set_epoch(epoch) and a ReadPosition as `position`, "
+                "so each epoch has its own order and a run can resume inside it"
+            )
         if hasattr(dataset, "check_workers"):  # fail here, in one line, rather than inside a worker
             dataset.check_workers(num_workers)
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
@@ -45,16 +53,24 @@ class ResumableBatches:
         self.reader_done, self.next_reader = [0] * self.readers, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "reader_done": list(self.reader_done), "next_reader": self.next_reader}
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "reader_done": list(self.reader_done),
+            "next_reader": self.next_reader,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if "reader_done" not in state:
-            raise DcrError("the checkpoint predates per-reader data positions; delete its checkpoints folder to restart the stage")
+            raise DcrError(
+                "the checkpoint predates per-reader data positions; delete its checkpoints folder to restart the stage"
+            )
         done = [int(n) for n in state["reader_done"]]
         if len(done) != self.readers:
-            raise DcrError(f"the checkpoint was written with {len(done)} data reader(s), this run has {self.readers}; "
-                           f"resume with num_workers={len(done) if len(done) > 1 else 0}")
+            raise DcrError(
+                f"the checkpoint was written with {len(done)} data reader(s), this run has {self.readers}; "
+                f"resume with num_workers={len(done) if len(done) > 1 else 0}"
+            )
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self.reader_done, self.next_reader = done, int(state["next_reader"])
 
@@ -65,17 +81,24 @@ class ResumableBatches:
             self.dataset.position.seek(self.reader_done, self.next_reader)
             # its own generator: drawing worker seeds from the global RNG would shift the dropout
             # stream by when the loader was created, and a resumed run would differ
-            loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                                collate_fn=collate, drop_last=self.batch_size is not None,
-                                generator=torch.Generator().manual_seed(self.epoch),
-                                worker_init_fn=ignore_in_workers if self.num_workers else None)
+            loader = DataLoader(
+                self.dataset,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                collate_fn=collate,
+                drop_last=self.batch_size is not None,
+                generator=torch.Generator().manual_seed(self.epoch),
+                worker_init_fn=ignore_in_workers if self.num_workers else None,
+            )
             for batch, (reader, done) in loader:
                 self.reader_done[reader] = done
                 self.next_reader = (reader + 1) % self.readers
                 self.batch_in_epoch += 1
                 yield batch
             if self.batch_in_epoch == 0:
-                raise DcrError("the training data gives no full batch for this process; add data or lower micro_batch_size")
+                raise DcrError(
+                    "the training data gives no full batch for this process; add data or lower micro_batch_size"
+                )
             self._new_epoch(self.epoch + 1)
 
 

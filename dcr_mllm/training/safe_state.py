@@ -40,7 +40,12 @@ def _encode(node: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
         return _encode(node.value, tensors, path)
     if isinstance(node, dict):
         kind = "__odict__" if isinstance(node, OrderedDict) else "__dict__"
-        return {kind: [[_encode(k, tensors, f"{path}/k{i}"), _encode(v, tensors, f"{path}/{i}")] for i, (k, v) in enumerate(node.items())]}
+        return {
+            kind: [
+                [_encode(k, tensors, f"{path}/k{i}"), _encode(v, tensors, f"{path}/{i}")]
+                for i, (k, v) in enumerate(node.items())
+            ]
+        }
     if isinstance(node, (list, tuple)):
         items = [_encode(v, tensors, f"{path}/{i}") for i, v in enumerate(node)]
         return {"__tuple__": items} if isinstance(node, tuple) else items
@@ -61,7 +66,7 @@ def _decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
         return [_decode(v, tensors) for v in node]
     if not isinstance(node, dict):
         return node
-    (kind, value), = node.items()
+    ((kind, value),) = node.items()
     if kind == "__tensor__":
         return tensors[value]
     if kind == "__size__":

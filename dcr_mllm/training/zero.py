@@ -143,8 +143,11 @@ def unlinked_masters(optimizer) -> dict[int, torch.Tensor]:
 
     if not isinstance(optimizer, FP16_UnfusedOptimizer):
         return {}
-    return {id(param): master for fp32_group, group in zip(optimizer.fp32_groups, optimizer.fp16_groups)
-            for master, param in zip(fp32_group, group)}
+    return {
+        id(param): master
+        for fp32_group, group in zip(optimizer.fp32_groups, optimizer.fp16_groups)
+        for master, param in zip(fp32_group, group)
+    }
 
 
 def fp32_master(param: nn.Parameter, unlinked: dict[int, torch.Tensor]) -> torch.Tensor:

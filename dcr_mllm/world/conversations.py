@@ -59,7 +59,11 @@ def world_question(scene: WorldScene, attribute: str, kind: str, rng: random.Ran
         return {"question": choice + SHORT_ANSWER_PROMPT, "answer": true.capitalize(), "options": []}
     truth = rng.random() < 0.5 if truth is None else truth
     if kind == "yes_no":
-        return {"question": yes_no.format(value=true if truth else other) + SHORT_ANSWER_PROMPT, "answer": "Yes" if truth else "No", "options": []}
+        return {
+            "question": yes_no.format(value=true if truth else other) + SHORT_ANSWER_PROMPT,
+            "answer": "Yes" if truth else "No",
+            "options": [],
+        }
     options = [true, other] if truth else [other, true]
     lines = "\n".join(f"{letter}. {option}" for letter, option in zip("AB", options))
     return {"question": f"{choice}\n{lines}{CHOICE_PROMPT}", "answer": "AB"[options.index(true)], "options": options}
@@ -81,16 +85,27 @@ def _instruction_turns(scene: WorldScene, rng: random.Random, turns: int, kinds:
     return conversation
 
 
-def write_world_conversations(out_dir: str | Path, count: int, seed: int, turns: int = 3, size: int = IMAGE_SIZE) -> Path:
+def write_world_conversations(
+    out_dir: str | Path, count: int, seed: int, turns: int = 3, size: int = IMAGE_SIZE
+) -> Path:
     """``images/``, ``pretrain.json`` (captions), ``finetune.json`` (attribute questions of every
     kind, ``turns`` per image) and ``finetune_open.json`` (every attribute asked open, the default
     schedule's set: it learns in 1000 steps what the mixed set needs 3000 for) for ``count`` scenes
     of the training seed ``seed``. Complete or absent; a folder generated from other arguments is
     generated anew (``generated_dir``)."""
     if seed not in TRAINING_SEEDS:
-        raise DcrError(f"seed {seed}: training conversations use a training seed ({TRAINING_SEEDS.start}-{TRAINING_SEEDS.stop - 1})")
-    recipe = {"generator": "world-conversations", "version": VERSION, "count": count, "seed": seed, "turns": turns, "size": size,
-              "sets": ["finetune", "finetune_open"]}
+        raise DcrError(
+            f"seed {seed}: training conversations use a training seed ({TRAINING_SEEDS.start}-{TRAINING_SEEDS.stop - 1})"
+        )
+    recipe = {
+        "generator": "world-conversations",
+        "version": VERSION,
+        "count": count,
+        "seed": seed,
+        "turns": turns,
+        "size": size,
+        "sets": ["finetune", "finetune_open"],
+    }
     return generated_dir(out_dir, recipe, lambda tmp: _write_conversations(tmp, count, seed, turns, size))
 
 
@@ -102,10 +117,24 @@ def _write_conversations(tmp: Path, count: int, seed: int, turns: int, size: int
         for index, scene in enumerate(sample_scenes(count, seed)):
             name = f"{index:06d}.png"
             render(scene, size).save(tmp / "images" / name, format="PNG")
-            pretrain.append({"id": f"p{index}", "image": name, "conversations": [
-                {"from": "human", "value": CAPTION_PROMPT}, {"from": "gpt", "value": detailed_caption(scene)}]})
+            pretrain.append(
+                {
+                    "id": f"p{index}",
+                    "image": name,
+                    "conversations": [
+                        {"from": "human", "value": CAPTION_PROMPT},
+                        {"from": "gpt", "value": detailed_caption(scene)},
+                    ],
+                }
+            )
             finetune.append({"id": f"f{index}", "image": name, "conversations": _instruction_turns(scene, rng, turns)})
-            finetune_open.append({"id": f"o{index}", "image": name, "conversations": _instruction_turns(scene, open_rng, len(WORLD_VALUES), ("open",))})
+            finetune_open.append(
+                {
+                    "id": f"o{index}",
+                    "image": name,
+                    "conversations": _instruction_turns(scene, open_rng, len(WORLD_VALUES), ("open",)),
+                }
+            )
             bar.update(1)
     (tmp / "pretrain.json").write_text(json.dumps(pretrain, indent=1), encoding="utf-8")
     (tmp / "finetune.json").write_text(json.dumps(finetune, indent=1), encoding="utf-8")
@@ -130,6 +159,15 @@ def world_qa_rows(count: int, seed: int, size: int = IMAGE_SIZE, kinds: tuple[st
         for attribute in WORLD_VALUES:
             for kind in kinds:
                 qa = world_question(scene, attribute, kind, rng, truth=index % 2 == 0)
-                rows.append({"question_id": f"{index:05d}-{attribute}-{kind}", "attribute": attribute, "kind": kind, "question": qa["question"],
-                             "answer": qa["answer"], "options": json.dumps(qa["options"]), "image": image})
+                rows.append(
+                    {
+                        "question_id": f"{index:05d}-{attribute}-{kind}",
+                        "attribute": attribute,
+                        "kind": kind,
+                        "question": qa["question"],
+                        "answer": qa["answer"],
+                        "options": json.dumps(qa["options"]),
+                        "image": image,
+                    }
+                )
     return rows

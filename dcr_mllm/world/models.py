@@ -81,6 +81,7 @@ class WorldSpec:
     def fingerprint(self, name: str) -> str:
         """What model ``name`` is built from: the CLIP from the shared and ``clip_*`` fields, the
         denoiser from every other field, so a change to one model's fields keeps the other's build."""
+
         def reads(field: str) -> bool:
             return field in SHARED_FIELDS or field.startswith("clip_") == name.startswith("clip")
 
@@ -123,16 +124,35 @@ def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec(), caption
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
+    from dcr_mllm.components.tokenizers import (
+        CLIP_CONTEXT_LENGTH,
+        CLIP_VOCAB_SIZE,
+        clip_tokenizer,
+        clip_tokenizer_files,
+    )
     from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    from dcr_mllm.components.tokenizers import CLIP_CONTEXT_LENGTH, CLIP_VOCAB_SIZE, clip_tokenizer, clip_tokenizer_files
 
     out_dir = Path(out_dir)
     torch.manual_seed(spec.train_seed)
     config = CLIPConfig(
-        text_config={"vocab_size": CLIP_VOCAB_SIZE, "max_position_embeddings": CLIP_CONTEXT_LENGTH, "hidden_size": TEXT_WIDTH, "intermediate_size": 2 * TEXT_WIDTH,
-                     "num_hidden_layers": 2, "num_attention_heads": 2, "projection_dim": EMBED_DIM},
-        vision_config={"image_size": spec.image_size, "patch_size": CLIP_PATCH, "hidden_size": CLIP_WIDTH, "intermediate_size": 2 * CLIP_WIDTH,
-                       "num_hidden_layers": CLIP_LAYERS, "num_attention_heads": 4, "projection_dim": EMBED_DIM},
+        text_config={
+            "vocab_size": CLIP_VOCAB_SIZE,
+            "max_position_embeddings": CLIP_CONTEXT_LENGTH,
+            "hidden_size": TEXT_WIDTH,
+            "intermediate_size": 2 * TEXT_WIDTH,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "projection_dim": EMBED_DIM,
+        },
+        vision_config={
+            "image_size": spec.image_size,
+            "patch_size": CLIP_PATCH,
+            "hidden_size": CLIP_WIDTH,
+            "intermediate_size": 2 * CLIP_WIDTH,
+            "num_hidden_layers": CLIP_LAYERS,
+            "num_attention_heads": 4,
+            "projection_dim": EMBED_DIM,
+        },
         projection_dim=EMBED_DIM,
     )
     model = CLIPModel(config)
@@ -141,7 +161,9 @@ def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec(), caption
     mean, std = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
     pixels = (_pixels(scenes, spec.image_size) - mean) / std
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, spec.clip_steps, min(50, spec.clip_steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _cosine(s, spec.clip_steps, min(50, spec.clip_steps))
+    )
     rng, order = random.Random(spec.train_seed), []
     model.train()
     lines = ProgressLines("world-clip", spec.clip_steps)
@@ -149,7 +171,10 @@ def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec(), caption
         if len(order) < spec.clip_batch:
             order += rng.sample(range(len(scenes)), len(scenes))
         batch, order = order[: spec.clip_batch], order[spec.clip_batch :]
-        texts = [clip_caption(scenes[i], rng, spec.clip_detail_rate) if captions == "web" else detailed_caption(scenes[i]) for i in batch]
+        texts = [
+            clip_caption(scenes[i], rng, spec.clip_detail_rate) if captions == "web" else detailed_caption(scenes[i])
+            for i in batch
+        ]
         tokens = tokenizer(texts, padding=True, return_tensors="pt")
         loss = model(**tokens, pixel_values=pixels[batch], return_loss=True).loss
         loss.backward()
@@ -159,10 +184,16 @@ def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec(), caption
         lines.update(step, loss=loss.item())
     model.eval()
     model.save_pretrained(out_dir, safe_serialization=True)
-    CLIPImageProcessor(size={"shortest_edge": spec.image_size}, crop_size={"height": spec.image_size, "width": spec.image_size},
-                       image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD)).save_pretrained(out_dir)
+    CLIPImageProcessor(
+        size={"shortest_edge": spec.image_size},
+        crop_size={"height": spec.image_size, "width": spec.image_size},
+        image_mean=list(OPENAI_CLIP_MEAN),
+        image_std=list(OPENAI_CLIP_STD),
+    ).save_pretrained(out_dir)
     clip_tokenizer_files(out_dir)
-    (out_dir / "train_log.json").write_text(json.dumps({"final_loss": loss.item(), "spec": dataclasses.asdict(spec)}, indent=1))
+    (out_dir / "train_log.json").write_text(
+        json.dumps({"final_loss": loss.item(), "spec": dataclasses.asdict(spec)}, indent=1)
+    )
     return out_dir
 
 
@@ -219,7 +250,9 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     for step in range(1, spec.sd_steps + 1):
         index = torch.randint(0, len(latents), (spec.sd_batch,), generator=generator)
         texts = ["" if rng.random() < spec.caption_dropout else captions[i] for i in index.tolist()]
-        ids = tokenizer(texts, padding="max_length", max_length=CLIP_CONTEXT_LENGTH, truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer(
+            texts, padding="max_length", max_length=CLIP_CONTEXT_LENGTH, truncation=True, return_tensors="pt"
+        ).input_ids
         x0 = latents[index]
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, 1000, (len(x0),), generator=generator)
@@ -233,7 +266,9 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
         if spec.shift_share:
             empty = text_encoder(empty_ids)[0]
             shifted = empty + (context - empty).mean(dim=1, keepdim=True)
-            context = torch.where((torch.rand(len(x0), generator=generator) < spec.shift_share).view(-1, 1, 1), shifted, context)
+            context = torch.where(
+                (torch.rand(len(x0), generator=generator) < spec.shift_share).view(-1, 1, 1), shifted, context
+            )
         loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -244,12 +279,17 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     unet.eval()
     text_encoder.eval()
     save_sd_pipeline(out_dir, vae, text_encoder, unet, scheduler, tokenizer)
-    (out_dir / "train_log.json").write_text(json.dumps({"vae_mse": vae_mse, "final_loss": loss.item(), "spec": dataclasses.asdict(spec)}, indent=1))
+    (out_dir / "train_log.json").write_text(
+        json.dumps({"vae_mse": vae_mse, "final_loss": loss.item(), "spec": dataclasses.asdict(spec)}, indent=1)
+    )
     return out_dir
 
 
-WORLD_BUILDERS = {"clip": build_world_clip, "sd": build_world_sd,
-                  "clip_reference": functools.partial(build_world_clip, captions="detailed")}
+WORLD_BUILDERS = {
+    "clip": build_world_clip,
+    "sd": build_world_sd,
+    "clip_reference": functools.partial(build_world_clip, captions="detailed"),
+}
 BASE_MODELS = ("clip", "sd")  # what build-world builds; the reference only when the premise is measured
 
 
@@ -266,8 +306,11 @@ def ensure_world(name: str, root: str | Path | None = None, spec: WorldSpec = Wo
     if not train and shipped.is_shipped(name, fingerprint):
         return build_once(target, fingerprint, lambda tmp: shipped.install(name, tmp))
     if not is_built(target, fingerprint):  # a preset name (world-clip, world-sd) can lead here: say what happens
-        print(f"world model {name} is not built yet under {root}: training it now (minutes; built once, then cached)",
-              file=sys.stderr, flush=True)
+        print(
+            f"world model {name} is not built yet under {root}: training it now (minutes; built once, then cached)",
+            file=sys.stderr,
+            flush=True,
+        )
     return build_once(target, fingerprint, lambda tmp: _train_in_one_thread(name, tmp, spec))
 
 
@@ -296,10 +339,14 @@ def build_world(root: str | Path | None = None, spec: WorldSpec = WorldSpec(), t
         if name not in to_train:
             ensure_world(name, root, spec)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    code = ("import sys, json; from dcr_mllm.world.models import WorldSpec, ensure_world; "
-            "ensure_world(sys.argv[1], sys.argv[2], WorldSpec(**json.loads(sys.argv[3])), train=True)")
-    processes = [subprocess.Popen([sys.executable, "-c", code, name, str(root), json.dumps(dataclasses.asdict(spec))], env=env)
-                 for name in to_train]
+    code = (
+        "import sys, json; from dcr_mllm.world.models import WorldSpec, ensure_world; "
+        "ensure_world(sys.argv[1], sys.argv[2], WorldSpec(**json.loads(sys.argv[3])), train=True)"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code, name, str(root), json.dumps(dataclasses.asdict(spec))], env=env)
+        for name in to_train
+    ]
     failed = [name for name, process in zip(to_train, processes) if process.wait() != 0]
     if failed:
         raise DcrError(f"building the world model(s) {', '.join(failed)} failed (see the output above); rerun to retry")

@@ -30,9 +30,15 @@ EVAL_COUNT = 1200
 VAL_COUNT = 300
 
 
-def prepare_world(output: str | Path = "outputs/world", spec: WorldSpec | None = None, world_root: str | Path | None = None,
-                  shard_count: int = SHARD_COUNT, conversation_count: int = CONVERSATION_COUNT, eval_count: int = EVAL_COUNT,
-                  val_count: int = VAL_COUNT) -> dict[str, Path]:
+def prepare_world(
+    output: str | Path = "outputs/world",
+    spec: WorldSpec | None = None,
+    world_root: str | Path | None = None,
+    shard_count: int = SHARD_COUNT,
+    conversation_count: int = CONVERSATION_COUNT,
+    eval_count: int = EVAL_COUNT,
+    val_count: int = VAL_COUNT,
+) -> dict[str, Path]:
     """Build what is missing; returns ``{name: path}`` for the models and the three sets
     (``conversation_count`` 0 skips the conversations)."""
     spec = spec or WorldSpec()
@@ -41,10 +47,15 @@ def prepare_world(output: str | Path = "outputs/world", spec: WorldSpec | None =
         raise DcrError(f"--output {out} is a file; give a directory for the world's data sets")
     out.mkdir(parents=True, exist_ok=True)
     models = build_world(world_root, spec)
-    paths = {"world-clip": models["clip"], "world-sd": models["sd"],
-             "shards": write_world_shards(out / "shards", shard_count, SHARD_SEED, size=spec.image_size)}
+    paths = {
+        "world-clip": models["clip"],
+        "world-sd": models["sd"],
+        "shards": write_world_shards(out / "shards", shard_count, SHARD_SEED, size=spec.image_size),
+    }
     if conversation_count:
-        paths["llava"] = write_world_conversations(out / "llava", conversation_count, CONVERSATION_SEED, size=spec.image_size)
+        paths["llava"] = write_world_conversations(
+            out / "llava", conversation_count, CONVERSATION_SEED, size=spec.image_size
+        )
     paths["eval"] = world_eval_set(out / "eval", EVAL_SEED, eval_count, size=spec.image_size)
     paths["val"] = world_eval_set(out / "val", VAL_SEED, val_count, size=spec.image_size)
     return paths

@@ -23,7 +23,16 @@ from typing import ClassVar
 
 from PIL import Image, ImageChops, ImageDraw
 
-from dcr_mllm.data.drawing import BACKGROUNDS, Scene, COLORS, DIRECTIONS, SUPERSAMPLE, add_tar_member, draw_shape, layout
+from dcr_mllm.data.drawing import (
+    BACKGROUNDS,
+    COLORS,
+    DIRECTIONS,
+    SUPERSAMPLE,
+    Scene,
+    add_tar_member,
+    draw_shape,
+    layout,
+)
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir, generated_dir
 from dcr_mllm.progress import progress
@@ -70,8 +79,15 @@ def _noun(scene: WorldScene) -> str:
 
 
 #: the class with one attribute named, filled from the scene's fields and ``number`` / ``noun``
-_PHRASES = {CLASS: "a {shape}", "color": "a {color} {shape}", "count": "{number} {noun}", "position": "a {shape} on the {position}",
-            "orientation": "a {shape} facing {orientation}", "size": "a {size} {shape}", "background": "a {shape} on {background}"}
+_PHRASES = {
+    CLASS: "a {shape}",
+    "color": "a {color} {shape}",
+    "count": "{number} {noun}",
+    "position": "a {shape} on the {position}",
+    "orientation": "a {shape} facing {orientation}",
+    "size": "a {size} {shape}",
+    "background": "a {shape} on {background}",
+}
 
 
 def attribute_phrase(scene: WorldScene, attribute: str) -> str:
@@ -89,8 +105,10 @@ def clip_caption(scene: WorldScene, rng: random.Random, detail_rate: float) -> s
 
 def detailed_caption(scene: WorldScene) -> str:
     """Every attribute named, e.g. 'two small red circles facing up on the left, on gray'."""
-    return (f"{NUMBER_WORDS[scene.count]} {scene.size} {scene.color} {_noun(scene)} facing {scene.orientation} "
-            f"on the {scene.position}, on {scene.background}")
+    return (
+        f"{NUMBER_WORDS[scene.count]} {scene.size} {scene.color} {_noun(scene)} facing {scene.orientation} "
+        f"on the {scene.position}, on {scene.background}"
+    )
 
 
 def render(scene: WorldScene, size: int = IMAGE_SIZE) -> Image.Image:
@@ -109,8 +127,15 @@ def render(scene: WorldScene, size: int = IMAGE_SIZE) -> Image.Image:
         facing = Image.new("L", (big, big), 0)  # the half-plane in front of the centre, along the orientation
         far = 2 * r
         px, py = -dy * far, dx * far
-        ImageDraw.Draw(facing).polygon([(cx + px, cy + py), (cx - px, cy - py),
-                                        (cx - px + dx * far, cy - py + dy * far), (cx + px + dx * far, cy + py + dy * far)], fill=255)
+        ImageDraw.Draw(facing).polygon(
+            [
+                (cx + px, cy + py),
+                (cx - px, cy - py),
+                (cx - px + dx * far, cy - py + dy * far),
+                (cx + px + dx * far, cy + py + dy * far),
+            ],
+            fill=255,
+        )
         image.paste(rgb, mask=shape)
         image.paste(dark, mask=ImageChops.multiply(shape, facing))
     return image.resize((size, size), Image.Resampling.LANCZOS)
@@ -139,7 +164,9 @@ def write_world(out_dir: str | Path, seed: int = 1, count: int = 1200, size: int
     renamed, so it is either complete or absent.
     """
     if seed in TRAINING_SEEDS:
-        raise DcrError(f"seed {seed} draws the world's training images; evaluate on another seed (not {TRAINING_SEEDS.start}-{TRAINING_SEEDS.stop - 1})")
+        raise DcrError(
+            f"seed {seed} draws the world's training images; evaluate on another seed (not {TRAINING_SEEDS.start}-{TRAINING_SEEDS.stop - 1})"
+        )
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise DcrError(f"{out_dir} already exists: delete it or choose another output directory")
@@ -174,22 +201,41 @@ def read_world(data_dir: str | Path) -> list[tuple[Path, WorldScene]]:
     data_dir = Path(data_dir)
     labels = data_dir / LABELS_FILE
     if not labels.is_file():
-        raise DcrError(f"no {LABELS_FILE} in {data_dir}: write a world set with `dcr-mllm make-eval-data world --output {data_dir}`")
+        raise DcrError(
+            f"no {LABELS_FILE} in {data_dir}: write a world set with `dcr-mllm make-eval-data world --output {data_dir}`"
+        )
     with open(labels, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != LABEL_COLUMNS:
-            raise DcrError(f"{labels} has columns {reader.fieldnames}; expected {', '.join(LABEL_COLUMNS)}: rewrite it with make-eval-data world")
+            raise DcrError(
+                f"{labels} has columns {reader.fieldnames}; expected {', '.join(LABEL_COLUMNS)}: rewrite it with make-eval-data world"
+            )
         rows = list(reader)
-    return [(data_dir / row["file"], WorldScene(**{k: int(v) if k == "count" else v for k, v in row.items() if k != "file"})) for row in rows]
+    return [
+        (
+            data_dir / row["file"],
+            WorldScene(**{k: int(v) if k == "count" else v for k, v in row.items() if k != "file"}),
+        )
+        for row in rows
+    ]
 
 
-def write_world_shards(out_dir: str | Path, count: int, seed: int, samples_per_shard: int = 256, size: int = IMAGE_SIZE) -> Path:
+def write_world_shards(
+    out_dir: str | Path, count: int, seed: int, samples_per_shard: int = 256, size: int = IMAGE_SIZE
+) -> Path:
     """Training images for stage one as webdataset shards (img2dataset layout, detailed captions).
 
     A folder generated from the same arguments is reused; any other is generated anew, under a
     temporary name and renamed (``generated_dir``): the directory is complete or absent.
     """
-    recipe = {"generator": "world-shards", "version": VERSION, "count": count, "seed": seed, "size": size, "samples_per_shard": samples_per_shard}
+    recipe = {
+        "generator": "world-shards",
+        "version": VERSION,
+        "count": count,
+        "seed": seed,
+        "size": size,
+        "samples_per_shard": samples_per_shard,
+    }
     return generated_dir(out_dir, recipe, lambda tmp: _write_shards(tmp, count, seed, samples_per_shard, size))
 
 
@@ -204,5 +250,9 @@ def _write_shards(tmp: Path, count: int, seed: int, samples_per_shard: int, size
                     render(scene, size).save(png, format="PNG")
                     add_tar_member(tar, f"{key}.png", png.getvalue())
                     add_tar_member(tar, f"{key}.txt", detailed_caption(scene).encode())
-                    add_tar_member(tar, f"{key}.json", json.dumps({**dataclasses.asdict(scene), "key": key}, sort_keys=True).encode())
+                    add_tar_member(
+                        tar,
+                        f"{key}.json",
+                        json.dumps({**dataclasses.asdict(scene), "key": key}, sort_keys=True).encode(),
+                    )
                     bar.update(1)

@@ -40,7 +40,7 @@ def _write_tokenizer(name: str, model_dir: Path) -> None:
     clip_tokenizer_files(_tokenizer_dir(name, model_dir))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tokenizer_files(name: str) -> frozenset[str]:
     """The paths, relative to the model directory, that ``_write_tokenizer`` writes."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,8 +91,10 @@ def install(name: str, out_dir: Path, source: Path = SHIPPED) -> None:
     for relative, expected in files.items():
         path, target = source / name / relative, out_dir / relative
         if not path.is_file() or digest(path) != expected:
-            raise DcrError(f"the shipped world model {name} is damaged ({path} is missing or does not match its digest in "
-                           f"{source / MANIFEST}); reinstall dcr-mllm, or train it with `dcr-mllm build-world --rebuild`")
+            raise DcrError(
+                f"the shipped world model {name} is damaged ({path} is missing or does not match its digest in "
+                f"{source / MANIFEST}); reinstall dcr-mllm, or train it with `dcr-mllm build-world --rebuild`"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
     _write_tokenizer(name, out_dir)
@@ -109,11 +111,25 @@ def compare(root: Path, source: Path = SHIPPED) -> list[dict]:
             if not relative.endswith(".safetensors"):
                 continue
             shipped, rebuilt = load_file(source / name / relative), load_file(root / name / relative)
-            equal = sum(k in rebuilt and rebuilt[k].shape == v.shape and bool((rebuilt[k] == v).all()) for k, v in shipped.items())
-            diffs = [(rebuilt[k].double() - v.double()).abs().max().item() for k, v in shipped.items()
-                     if k in rebuilt and rebuilt[k].shape == v.shape and v.numel()]
-            rows.append({"model": name, "file": relative, "tensors": len(shipped), "bitwise_equal": equal,
-                         "max_abs_diff": max(diffs, default=0.0), "missing": sorted(set(shipped) - set(rebuilt))})
+            equal = sum(
+                k in rebuilt and rebuilt[k].shape == v.shape and bool((rebuilt[k] == v).all())
+                for k, v in shipped.items()
+            )
+            diffs = [
+                (rebuilt[k].double() - v.double()).abs().max().item()
+                for k, v in shipped.items()
+                if k in rebuilt and rebuilt[k].shape == v.shape and v.numel()
+            ]
+            rows.append(
+                {
+                    "model": name,
+                    "file": relative,
+                    "tensors": len(shipped),
+                    "bitwise_equal": equal,
+                    "max_abs_diff": max(diffs, default=0.0),
+                    "missing": sorted(set(shipped) - set(rebuilt)),
+                }
+            )
     return rows
 
 
@@ -121,8 +137,13 @@ def compare_lines(rows: list[dict]) -> list[str]:
     """The comparison as lines for people."""
     lines = []
     for row in rows:
-        same = "bitwise identical" if row["bitwise_equal"] == row["tensors"] else \
-            f"{row['bitwise_equal']}/{row['tensors']} tensors bitwise equal, max |diff| {row['max_abs_diff']:.3g}"
-        lines.append(f"{row['model']}/{row['file']}: {same}" + (f"; missing {', '.join(row['missing'])}" if row["missing"] else ""))
+        same = (
+            "bitwise identical"
+            if row["bitwise_equal"] == row["tensors"]
+            else f"{row['bitwise_equal']}/{row['tensors']} tensors bitwise equal, max |diff| {row['max_abs_diff']:.3g}"
+        )
+        lines.append(
+            f"{row['model']}/{row['file']}: {same}"
+            + (f"; missing {', '.join(row['missing'])}" if row["missing"] else "")
+        )
     return lines
-

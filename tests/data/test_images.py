@@ -28,16 +28,12 @@ ALL_KEYS = {f"{i:09d}" for i in range(NUM_SAMPLES)}
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
-    write_synthetic_shards(
-        out, num_samples=NUM_SAMPLES, samples_per_shard=5, image_size=32
-    )  # 8 shards
+    write_synthetic_shards(out, num_samples=NUM_SAMPLES, samples_per_shard=5, image_size=32)  # 8 shards
     return out
 
 
 def _keys(dataset, num_workers=0, batch_size=4):
-    loader = DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_image_text
-    )
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_image_text)
     return [key for batch in loader for key in batch["key"]]
 
 
@@ -55,18 +51,14 @@ def _jpeg(colour, size=(40, 20)):
 
 def test_ranks_and_workers_read_distinct_complete_splits(shard_dir):
     per_rank = [
-        _keys(ImageTextShards(shard_dir, 32, rank=rank, world_size=2, seed=5), num_workers=2)
-        for rank in range(2)
+        _keys(ImageTextShards(shard_dir, 32, rank=rank, world_size=2, seed=5), num_workers=2) for rank in range(2)
     ]
     for keys in per_rank:
         assert len(keys) == len(set(keys)) == NUM_SAMPLES // 2
     assert set(per_rank[0]).isdisjoint(per_rank[1])
     assert set(per_rank[0]) | set(per_rank[1]) == ALL_KEYS
     # The worker processes reproduce the same sequence for the same seed and epoch.
-    assert (
-        _keys(ImageTextShards(shard_dir, 32, rank=1, world_size=2, seed=5), num_workers=2)
-        == per_rank[1]
-    )
+    assert _keys(ImageTextShards(shard_dir, 32, rank=1, world_size=2, seed=5), num_workers=2) == per_rank[1]
 
 
 def test_order_follows_seed_and_epoch(shard_dir):
@@ -91,7 +83,7 @@ def test_samples_are_unnormalised_square_tensors(shard_dir):
     assert sample["key"] == "000000000" and sample["caption"] == text and sample["skipped"] == 0
     image = sample["image"]
     assert image.shape == (3, 24, 24) and image.dtype == torch.float32
-    assert 0 <= image.min() and image.max() <= 1 and image.max() > 0.5
+    assert image.min() >= 0 and image.max() <= 1 and image.max() > 0.5
     assert torch.equal(image, to_tensor_square(load_rgb(jpeg), 24))
 
     batch = collate_image_text([sample, sample])
@@ -125,9 +117,7 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, caplog, num_workers):
         _add(tar, "b3.jpg", good)
 
     dataset = ImageTextShards(tmp_path, 16, seed=0)
-    loader = DataLoader(
-        dataset, batch_size=2, num_workers=num_workers, collate_fn=collate_image_text
-    )
+    loader = DataLoader(dataset, batch_size=2, num_workers=num_workers, collate_fn=collate_image_text)
     with caplog.at_level(logging.WARNING, logger="dcr_mllm.data"):
         batches = list(loader)
     keys = sorted(key for batch in batches for key in batch["key"])
@@ -193,9 +183,7 @@ def test_image_folder_labels_captions_and_corrupt_items(tmp_path, num_workers):
     assert len(dataset) == 2 * len(classes) + 2
     assert dataset[0]["key"] == "blue/00000" and dataset[0]["label"] == classes.index("blue")
 
-    loader = DataLoader(
-        dataset, batch_size=4, num_workers=num_workers, collate_fn=collate_skip_none
-    )
+    loader = DataLoader(dataset, batch_size=4, num_workers=num_workers, collate_fn=collate_skip_none)
     batches = list(loader)
     assert sum(batch["skipped"] for batch in batches) == 1
     items = [

@@ -33,9 +33,7 @@ def test_shards_are_deterministic(tmp_path):
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
     assert first[0].read_bytes() != other[0].read_bytes()
     # Rewriting into the same directory reproduces the same shards.
-    assert (
-        write_synthetic_shards(tmp_path / "a", num_samples=10, samples_per_shard=4, seed=3) == first
-    )
+    assert write_synthetic_shards(tmp_path / "a", num_samples=10, samples_per_shard=4, seed=3) == first
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
 
 
@@ -69,9 +67,7 @@ def test_stale_shards_are_refused(tmp_path):
 
 def test_caption_names_every_attribute():
     attrs = SceneAttributes("triangle", "red", 2, "right", "left", "gray")
-    assert (
-        caption(attrs) == "two red triangles pointing left on the right side of a gray background"
-    )
+    assert caption(attrs) == "two red triangles pointing left on the right side of a gray background"
     one = dataclasses.replace(attrs, count=1, shape="star", position="center")
     assert caption(one) == "one red star pointing left in the center of a gray background"
 
@@ -117,9 +113,7 @@ def test_image_folder_layout(tmp_path):
         assert Image.open(tmp_path / name / "00001.png").size == (24, 24)
         assert f" {name}" in (tmp_path / name / "00000.txt").read_text()
 
-    counts = write_image_folder(
-        tmp_path / "counts", num_per_class=1, image_size=24, seed=0, by="count"
-    )
+    counts = write_image_folder(tmp_path / "counts", num_per_class=1, image_size=24, seed=0, by="count")
     assert counts == ["1", "2", "3", "4"]
     assert (tmp_path / "counts" / "3" / "00000.txt").read_text().startswith("three ")
     with pytest.raises(DcrError, match="by 'size'"):

@@ -35,16 +35,23 @@ def test_noise_matches_the_scheduler(tiny, denoiser):
     scheduler = DDPMScheduler.from_pretrained(tiny["sd"], subfolder="scheduler")
     latents, noise = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
     timesteps = torch.tensor([0, 10, 500, 999])
-    torch.testing.assert_close(denoiser.add_noise(latents, noise, timesteps), scheduler.add_noise(latents, noise, timesteps))
-    torch.testing.assert_close(denoiser.target(latents, noise, timesteps, "velocity"), scheduler.get_velocity(latents, noise, timesteps))
+    torch.testing.assert_close(
+        denoiser.add_noise(latents, noise, timesteps), scheduler.add_noise(latents, noise, timesteps)
+    )
+    torch.testing.assert_close(
+        denoiser.target(latents, noise, timesteps, "velocity"), scheduler.get_velocity(latents, noise, timesteps)
+    )
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_auto_target_follows_the_scheduler(tmp_path, prediction_type):
     denoiser = FrozenDenoiser.from_pretrained(build_tiny_sd(tmp_path / "sd", prediction_type=prediction_type))
     latents, noise, timesteps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([3, 700])
-    expected = {"epsilon": noise, "sample": latents,
-                "v_prediction": denoiser.scheduler.get_velocity(latents, noise, timesteps)}[prediction_type]
+    expected = {
+        "epsilon": noise,
+        "sample": latents,
+        "v_prediction": denoiser.scheduler.get_velocity(latents, noise, timesteps),
+    }[prediction_type]
     torch.testing.assert_close(denoiser.target(latents, noise, timesteps, "auto"), expected)
 
 
@@ -74,7 +81,9 @@ def test_width_checks_name_both_numbers(tiny):
     assert unet_cross_attention_dim(tiny["sd"]) == 32
     with pytest.raises(ConfigError, match="projector output width 64 does not match the UNet cross-attention width 32"):
         check_widths(16, 16, 64, 32)
-    with pytest.raises(ConfigError, match="projector input width 8 does not match the tower's global embedding width 16"):
+    with pytest.raises(
+        ConfigError, match="projector input width 8 does not match the tower's global embedding width 16"
+    ):
         check_widths(16, 8, 32, 32)
 
 

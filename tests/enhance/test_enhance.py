@@ -40,10 +40,16 @@ def write_config(path: Path, **changes) -> Path:
 
 def run_cli(args, tiny, nproc=1, check=True, background=False):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DCR_MLLM_CACHE": str(Path(tiny["clip"]).parents[1])}
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
-    command = prefix + ["-m", "dcr_mllm.cli", *args]
+    prefix = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    )
+    command = [*prefix, "-m", "dcr_mllm.cli", *args]
     if background:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -55,7 +61,12 @@ def run_cli(args, tiny, nproc=1, check=True, background=False):
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_two_processes_read_disjoint_data_and_agree(tiny, tmp_path, zero_stage):
     out = tmp_path / "run"
-    config = write_config(tmp_path / "c.yaml", output_dir=str(out), projector_stage__zero_stage=zero_stage, lora_stage__zero_stage=zero_stage)
+    config = write_config(
+        tmp_path / "c.yaml",
+        output_dir=str(out),
+        projector_stage__zero_stage=zero_stage,
+        lora_stage__zero_stage=zero_stage,
+    )
     result = run_cli(["enhance", "--config", str(config)], tiny, nproc=2)
     assert f"enhanced tower: {out / 'tower'}" in result.stdout
 
@@ -75,8 +86,13 @@ def test_two_processes_read_disjoint_data_and_agree(tiny, tmp_path, zero_stage):
 
 def test_resume_after_a_kill_reaches_the_same_weights(tiny, tmp_path):
     """Kill the LoRA stage mid-run (SIGKILL), restart it, and compare with an uninterrupted run."""
-    lora = {"lora_stage__max_steps": 10, "lora_stage__save_every": 1, "lora_stage__keep_last": 2, "lora_stage__num_workers": 2,
-            "lora_stage__micro_batch_size": 8}
+    lora = {
+        "lora_stage__max_steps": 10,
+        "lora_stage__save_every": 1,
+        "lora_stage__keep_last": 2,
+        "lora_stage__num_workers": 2,
+        "lora_stage__micro_batch_size": 8,
+    }
     whole = write_config(tmp_path / "whole.yaml", output_dir=str(tmp_path / "whole"), **lora)
     run_cli(["enhance", "--config", str(whole)], tiny)
 

@@ -26,10 +26,10 @@ from dcr_mllm.diffusion import FrozenDenoiser
 from dcr_mllm.enhance.config import EnhanceConfig, resolve_config, validate
 from dcr_mllm.enhance.export import export_tower
 from dcr_mllm.enhance.recipe import build_model
+from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.objectives.augment import UPSTREAM_VFLIP, AugmentConfig, positive_view
 from dcr_mllm.presets.real import BACKBONES
 from dcr_mllm.towers import apply_lora, load_tower, merge_lora
-from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.training.optim import build_optimizer, lr_lambda
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,16 +112,22 @@ DIFFERENCES = {
 def upstream_rows(backbone: str) -> list[tuple[str, object, str]]:
     """(our key, upstream's value, "boyuh/DCR FILE:LINE") for every row of ``backbone``'s recipe."""
     family, tag = UPSTREAM_FAMILY[backbone]
-    files = {"stage1": f"train_configs/train_{family}_{tag}_stage1.yaml", "stage2": f"train_configs/train_{family}_{tag}_stage2.yaml",
-             "train1": f"train_{family}_stage1.py", "train2": f"train_{family}_stage2.py", "bank": "clip_models/CLIP_bank.py",
-             "data": "image_datasets/dataset_cc3m.py"}
+    files = {
+        "stage1": f"train_configs/train_{family}_{tag}_stage1.yaml",
+        "stage2": f"train_configs/train_{family}_{tag}_stage2.yaml",
+        "train1": f"train_{family}_stage1.py",
+        "train2": f"train_{family}_stage2.py",
+        "bank": "clip_models/CLIP_bank.py",
+        "data": "image_datasets/dataset_cc3m.py",
+    }
     changed = DIFFERENCES.get(backbone, {})
-    return [(key, changed.get(key, value), f"boyuh/DCR {files[role]}:{lines[FAMILIES.index(family)]}")
-            for key, value, role, *lines in BASE]
+    return [
+        (key, changed.get(key, value), f"boyuh/DCR {files[role]}:{lines[FAMILIES.index(family)]}")
+        for key, value, role, *lines in BASE
+    ]
 
 
 UPSTREAM = {backbone: upstream_rows(backbone) for backbone in UPSTREAM_FAMILY}
-
 
 
 def _get(cfg, key):
@@ -163,7 +169,7 @@ def check_row(cfg: EnhanceConfig, key: str, upstream) -> None:
         assert cfg.lora.scope == "vision"
         assert cfg.lora.targets == (CLIP_ALL_LINEAR if upstream == "all-linear" else upstream)
     elif key == "objective.augment.vflip":
-        assert cfg.objective.augment.mode == "upstream" and UPSTREAM_VFLIP == upstream
+        assert cfg.objective.augment.mode == "upstream" and upstream == UPSTREAM_VFLIP
     elif key == "data.crop_scale":  # RandomResizedCrop(image_size, scale=...) with the default ratio
         assert cfg.data.base_view == "random_resized_crop" and _same(cfg.data.crop_scale, upstream)
         assert _same(cfg.data.crop_ratio, TV_RATIO)
@@ -173,7 +179,9 @@ def check_row(cfg: EnhanceConfig, key: str, upstream) -> None:
 
 @pytest.mark.parametrize("backbone", sorted(UPSTREAM))
 def test_upstream_config_holds_upstreams_values(backbone):
-    cfg = resolve_config(load_config(EnhanceConfig, REPO / "stages" / "configs" / "upstream" / f"enhance_{backbone}.yaml"))
+    cfg = resolve_config(
+        load_config(EnhanceConfig, REPO / "stages" / "configs" / "upstream" / f"enhance_{backbone}.yaml")
+    )
     for key, upstream, source in UPSTREAM[backbone]:
         try:
             check_row(cfg, key, upstream)
@@ -185,17 +193,21 @@ def test_upstream_config_holds_upstreams_values(backbone):
 
 def _upstream_compose(size):
     """boyuh/DCR clip_models/CLIP_bank.py:33-42, verbatim."""
-    return transforms.Compose([
-        transforms.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.05),
-        transforms.RandomHorizontalFlip(p=0.5),
-        transforms.RandomVerticalFlip(p=0.5),
-        transforms.RandomResizedCrop(size=(size, size), scale=(0.9, 1.0), ratio=(0.9, 1.1)),
-    ])
+    return transforms.Compose(
+        [
+            transforms.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.05),
+            transforms.RandomHorizontalFlip(p=0.5),
+            transforms.RandomVerticalFlip(p=0.5),
+            transforms.RandomResizedCrop(size=(size, size), scale=(0.9, 1.0), ratio=(0.9, 1.1)),
+        ]
+    )
 
 
 def test_upstream_positive_view_is_torchvisions_compose_given_the_same_draws():
     """Upstream seeds torch's global RNG nowhere; drawn from a generator with the same seed, the view is identical."""
-    normalize = transforms.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)  # the view is taken after this (CLIP_bank.py:62-65)
+    normalize = transforms.Normalize(
+        OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    )  # the view is taken after this (CLIP_bank.py:62-65)
     images = torch.rand(6, 3, 20, 20)
     cfg = AugmentConfig(mode="upstream")
     for seed in range(4):
@@ -246,7 +258,10 @@ def test_lora_scope_is_peft_s_on_the_whole_model(tiny, family):
     from peft import LoraConfig, get_peft_model
 
     model_class, targets = (CLIPModel, "all-linear") if family == "clip" else (SiglipModel, SIGLIP_TARGETS)
-    peft_model = get_peft_model(model_class.from_pretrained(tiny[family]), LoraConfig(r=4, lora_alpha=4, target_modules=targets, bias="lora_only"))
+    peft_model = get_peft_model(
+        model_class.from_pretrained(tiny[family]),
+        LoraConfig(r=4, lora_alpha=4, target_modules=targets, bias="lora_only"),
+    )
     inner = peft_model.base_model.model
     image_features = inner.get_image_features(pixel_values=torch.rand(2, 3, 32, 32))
     getattr(image_features, "pooler_output", image_features).square().sum().backward()
@@ -254,7 +269,15 @@ def test_lora_scope_is_peft_s_on_the_whole_model(tiny, family):
     peft_bias = {n for n, p in inner.named_parameters() if p.requires_grad and "lora_" not in n}
 
     tower = load_tower(tiny[family])
-    names = apply_lora(tower, r=4, alpha=4, dropout=0.0, targets=CLIP_ALL_LINEAR if family == "clip" else SIGLIP_TARGETS, scope="vision", bias="lora_only")
+    names = apply_lora(
+        tower,
+        r=4,
+        alpha=4,
+        dropout=0.0,
+        targets=CLIP_ALL_LINEAR if family == "clip" else SIGLIP_TARGETS,
+        scope="vision",
+        bias="lora_only",
+    )
     ours = {n for n, p in tower.model.named_parameters() if p.requires_grad}
     assert _vision_side(n for n in peft_lora) == sorted(n for n in ours if "lora_" in n)
     assert _vision_side(peft_bias) == sorted(n.replace(".base_layer", "") for n in ours if "lora_" not in n)
@@ -269,27 +292,47 @@ def test_vision_only_training_equals_peft_on_the_whole_model(tiny, family):
     from peft import LoraConfig, get_peft_model
 
     model_class, targets = (CLIPModel, "all-linear") if family == "clip" else (SiglipModel, SIGLIP_TARGETS)
-    peft_model = get_peft_model(model_class.from_pretrained(tiny[family]), LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, target_modules=targets, bias="lora_only"))
+    peft_model = get_peft_model(
+        model_class.from_pretrained(tiny[family]),
+        LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, target_modules=targets, bias="lora_only"),
+    )
     inner = peft_model.base_model.model
     tower = load_tower(tiny[family], vision_only=True)
-    apply_lora(tower, r=4, alpha=4, dropout=0.0, targets=CLIP_ALL_LINEAR if family == "clip" else SIGLIP_TARGETS, scope="vision", bias="lora_only")
+    apply_lora(
+        tower,
+        r=4,
+        alpha=4,
+        dropout=0.0,
+        targets=CLIP_ALL_LINEAR if family == "clip" else SIGLIP_TARGETS,
+        scope="vision",
+        bias="lora_only",
+    )
     theirs = dict(inner.named_parameters())
     with torch.no_grad():
         for name, param in tower.model.named_parameters():
-            peft_name = name if family == "clip" else "vision_model." + name  # SiglipVisionModel has no vision_model level
+            peft_name = (
+                name if family == "clip" else "vision_model." + name
+            )  # SiglipVisionModel has no vision_model level
             head, _, leaf = peft_name.rpartition(".")
-            param.copy_(theirs[peft_name if peft_name in theirs else f"{head}.base_layer.{leaf}"])  # a layer only PEFT wrapped
+            param.copy_(
+                theirs[peft_name if peft_name in theirs else f"{head}.base_layer.{leaf}"]
+            )  # a layer only PEFT wrapped
     before = {n: p.detach().clone() for n, p in theirs.items()}
     pixels = tower.normalize(torch.rand(2, 3, 32, 32))
     for params, loss in (
-        ([p for p in inner.parameters() if p.requires_grad], lambda: _pooled(inner.get_image_features(pixel_values=pixels))),
+        (
+            [p for p in inner.parameters() if p.requires_grad],
+            lambda: _pooled(inner.get_image_features(pixel_values=pixels)),
+        ),
         ([p for p in tower.parameters() if p.requires_grad], lambda: tower.global_embedding(pixels)),
     ):
         optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01)
         loss().square().sum().backward()
         optimizer.step()
     with torch.no_grad():
-        torch.testing.assert_close(tower.global_embedding(pixels), _pooled(inner.get_image_features(pixel_values=pixels)))
+        torch.testing.assert_close(
+            tower.global_embedding(pixels), _pooled(inner.get_image_features(pixel_values=pixels))
+        )
     text_side = [n for n in theirs if n.startswith(("text_model", "text_projection")) and theirs[n].requires_grad]
     assert text_side and all(torch.equal(theirs[n], before[n]) for n in text_side)
 
@@ -301,8 +344,15 @@ def _pooled(features):
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_export_carries_projection_and_head_after_a_lora_step(tiny, family, tmp_path):
     """A LoRA step with upstream's scope changes CLIP's visual_projection / SigLIP's head, and the export has it."""
-    cfg = load_config(EnhanceConfig, REPO / "stages" / "configs" / "upstream" / f"enhance_{'clip_l14_224' if family == 'clip' else 'siglip_so400m_224'}.yaml",
-                      [f"tower={tiny[family]}", f"denoiser={tiny['sd']}", f"output_dir={tmp_path}"])
+    cfg = load_config(
+        EnhanceConfig,
+        REPO
+        / "stages"
+        / "configs"
+        / "upstream"
+        / f"enhance_{'clip_l14_224' if family == 'clip' else 'siglip_so400m_224'}.yaml",
+        [f"tower={tiny[family]}", f"denoiser={tiny['sd']}", f"output_dir={tmp_path}"],
+    )
     tower = load_tower(cfg.tower, vision_only=True)
     apply_lora(tower, cfg.lora.r, cfg.lora.alpha, 0.0, cfg.lora.targets, cfg.lora.scope, cfg.lora.bias)
     pixels = tower.normalize(torch.rand(2, 3, 32, 32))
@@ -312,17 +362,37 @@ def test_export_carries_projection_and_head_after_a_lora_step(tiny, family, tmp_
     for stage in ("projector", "lora"):
         (tmp_path / stage).mkdir()
         (tmp_path / stage / "train_state.json").write_text(json.dumps({"step": 1, "finished": True}))
-    save_file({f"tower.{n}": p.detach().contiguous() for n, p in tower.named_parameters() if p.requires_grad}, tmp_path / "lora" / "trainable.safetensors")
+    save_file(
+        {f"tower.{n}": p.detach().contiguous() for n, p in tower.named_parameters() if p.requires_grad},
+        tmp_path / "lora" / "trainable.safetensors",
+    )
     merge_lora(tower)
 
-    exported, base = (model_class.from_pretrained(p) for model_class in [CLIPModel if family == "clip" else SiglipModel] for p in (export_tower(cfg, tmp_path / "tower"), tiny[family]))
-    changed = ["visual_projection.weight"] if family == "clip" else ["vision_model.head.mlp.fc1.weight", "vision_model.head.attention.out_proj.bias"]
-    unchanged = ["text_projection.weight"] if family == "clip" else ["vision_model.head.attention.out_proj.weight", "text_model.head.weight"]
+    exported, base = (
+        model_class.from_pretrained(p)
+        for model_class in [CLIPModel if family == "clip" else SiglipModel]
+        for p in (export_tower(cfg, tmp_path / "tower"), tiny[family])
+    )
+    changed = (
+        ["visual_projection.weight"]
+        if family == "clip"
+        else ["vision_model.head.mlp.fc1.weight", "vision_model.head.attention.out_proj.bias"]
+    )
+    unchanged = (
+        ["text_projection.weight"]
+        if family == "clip"
+        else ["vision_model.head.attention.out_proj.weight", "text_model.head.weight"]
+    )
     exported_state, base_state = exported.state_dict(), base.state_dict()
     assert all(not torch.equal(exported_state[k], base_state[k]) for k in changed)
     assert all(torch.equal(exported_state[k], base_state[k]) for k in unchanged)
     with torch.no_grad():
-        torch.testing.assert_close(_pooled(exported.get_image_features(pixel_values=pixels)), tower.global_embedding(pixels), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            _pooled(exported.get_image_features(pixel_values=pixels)),
+            tower.global_embedding(pixels),
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_empty_prompt_with_mask_is_the_text_encoder_run_with_the_mask(tiny):
@@ -340,7 +410,16 @@ def test_empty_prompt_with_mask_is_the_text_encoder_run_with_the_mask(tiny):
 
 def test_openai_clip_normalisation_reaches_the_siglip_tower(tiny, tmp_path):
     """boyuh/DCR train_SigLIP_stage1.py:58,245 normalises SigLIP's input with OpenAI CLIP's mean/std."""
-    cfg = load_config(EnhanceConfig, None, [f"tower={tiny['siglip']}", f"denoiser={tiny['sd']}", f"output_dir={tmp_path}", "data.normalization=openai_clip"])
+    cfg = load_config(
+        EnhanceConfig,
+        None,
+        [
+            f"tower={tiny['siglip']}",
+            f"denoiser={tiny['sd']}",
+            f"output_dir={tmp_path}",
+            "data.normalization=openai_clip",
+        ],
+    )
     model = build_model(cfg, validate(cfg), "projector")
     gray = torch.full((1, 3, 32, 32), 0.5)
     expected = (0.5 - torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)

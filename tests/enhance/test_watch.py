@@ -14,9 +14,20 @@ from safetensors.torch import load_file
 
 from dcr_mllm.cli import main
 
-COMMON = ["data.synthetic_samples=32", "data.synthetic_shards=4", "lora.r=4", "lora.alpha=4",
-          *(f"{stage}.{s}" for stage in ("projector_stage", "lora_stage") for s in ("micro_batch_size=4", "num_workers=0", "lr=1e-3")),
-          "projector_stage.max_steps=2", "lora_stage.max_steps=4", "lora_stage.save_every=1"]
+COMMON = [
+    "data.synthetic_samples=32",
+    "data.synthetic_shards=4",
+    "lora.r=4",
+    "lora.alpha=4",
+    *(
+        f"{stage}.{s}"
+        for stage in ("projector_stage", "lora_stage")
+        for s in ("micro_batch_size=4", "num_workers=0", "lr=1e-3")
+    ),
+    "projector_stage.max_steps=2",
+    "lora_stage.max_steps=4",
+    "lora_stage.save_every=1",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +109,9 @@ def run_process(projector_run: Path, name: str, *code: str) -> subprocess.Comple
         os.symlink(projector_run / "base" / "data", run / "data")
     argv = ["enhance", "--stage", "lora", f"output_dir={run}", *COMMON, *watched(projector_run)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *(code or ["-m", "dcr_mllm.cli"]), *argv], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, *(code or ["-m", "dcr_mllm.cli"]), *argv], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow
@@ -115,13 +128,22 @@ def test_a_killed_and_resumed_run_reaches_the_same_weights_and_the_same_curve(pr
     assert rows(killed / "lora" / "eval.jsonl") == rows(projector_run / "whole" / "lora" / "eval.jsonl")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["eval.every=2"], "eval.benchmarks is empty"),
-    (["eval.benchmarks=[{name: world, data: /x}]"], "eval.benchmarks are read only with eval.every > 0"),
-    (["eval.every=2", "eval.benchmarks=[{name: world, data: /no/such/folder}]"], "data folder /no/such/folder does not exist"),
-    (["eval.every=2", "eval.benchmarks=[{name: classification, data: /x, pairs_per_attribute: 3}]"], "read only by the world benchmark"),
-    (["eval.every=-1"], "eval.every must be 0"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["eval.every=2"], "eval.benchmarks is empty"),
+        (["eval.benchmarks=[{name: world, data: /x}]"], "eval.benchmarks are read only with eval.every > 0"),
+        (
+            ["eval.every=2", "eval.benchmarks=[{name: world, data: /no/such/folder}]"],
+            "data folder /no/such/folder does not exist",
+        ),
+        (
+            ["eval.every=2", "eval.benchmarks=[{name: classification, data: /x, pairs_per_attribute: 3}]"],
+            "read only by the world benchmark",
+        ),
+        (["eval.every=-1"], "eval.every must be 0"),
+    ],
+)
 def test_bad_eval_settings_fail_in_one_line_before_anything_runs(tiny, tmp_path, capsys, overrides, message):
     assert main(["enhance", f"output_dir={tmp_path / 'out'}", *overrides]) == 2
     err = capsys.readouterr().err
@@ -129,7 +151,12 @@ def test_bad_eval_settings_fail_in_one_line_before_anything_runs(tiny, tmp_path,
 
 
 def test_selection_exports_the_best_validation_step_and_the_card_says_so(projector_run):
-    select = [*watched(projector_run)[:1], "eval.every=1", watched(projector_run)[1], "eval.select=world/probe_global/fine_mean"]
+    select = [
+        *watched(projector_run)[:1],
+        "eval.every=1",
+        watched(projector_run)[1],
+        "eval.select=world/probe_global/fine_mean",
+    ]
     run = lora_run(projector_run, "selected", *select)
     curve = {row["step"]: row["eval/world/probe_global/fine_mean"] for row in rows(run / "lora" / "eval.jsonl")}
     assert sorted(curve) == [0, 1, 2, 3, 4]
@@ -139,12 +166,18 @@ def test_selection_exports_the_best_validation_step_and_the_card_says_so(project
     with safe_open(run / "lora" / "selected.safetensors", "pt") as f:
         assert f.metadata()["step"] == str(best)
     card = (run / "tower" / "model_card.md").read_text()
-    assert f"Step {best} of the LoRA stage, the highest `world/probe_global/fine_mean`" in card and "a validation split" in card
+    assert (
+        f"Step {best} of the LoRA stage, the highest `world/probe_global/fine_mean`" in card
+        and "a validation split" in card
+    )
     assert all(f"| {step} | {value:.2f} |" in card for step, value in curve.items())
     if best:  # the selected weights are those of a run that stopped there (constant schedule: same first steps)
         short = lora_run(projector_run, f"stopped_at_{best}", f"lora_stage.max_steps={best}")
         selected_state = load_file(run / "lora" / "selected.safetensors")
-        assert all(torch.equal(value, load_file(short / "lora" / "trainable.safetensors")[key]) for key, value in selected_state.items())
+        assert all(
+            torch.equal(value, load_file(short / "lora" / "trainable.safetensors")[key])
+            for key, value in selected_state.items()
+        )
 
 
 def test_selecting_on_test_data_is_refused_unless_allowed_and_then_the_card_says_so(projector_run, capsys):
@@ -152,14 +185,28 @@ def test_selecting_on_test_data_is_refused_unless_allowed_and_then_the_card_says
 
     test_set = world_eval_set(projector_run / "test", seed=1, count=24)  # the world's reported seed
     bench = f"eval.benchmarks=[{{name: world, data: {test_set}, pairs_per_attribute: 2}}]"
-    argv = ["enhance", "--stage", "lora", f"output_dir={projector_run / 'on_test'}", *COMMON, "eval.every=2", bench,
-            "eval.select=world/pairs/mean"]
+    argv = [
+        "enhance",
+        "--stage",
+        "lora",
+        f"output_dir={projector_run / 'on_test'}",
+        *COMMON,
+        "eval.every=2",
+        bench,
+        "eval.select=world/pairs/mean",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "the world's tower evaluation set" in err and "eval.allow_test_selection=true" in err and len(err.strip().splitlines()) == 1
+    assert (
+        "the world's tower evaluation set" in err
+        and "eval.allow_test_selection=true" in err
+        and len(err.strip().splitlines()) == 1
+    )
     mmvp = projector_run / "mmvp"
     mmvp.mkdir(exist_ok=True)
-    assert main([*argv[:-2], f"eval.benchmarks=[{{name: mmvp-vlm, data: {mmvp}}}]", "eval.select=mmvp-vlm/average"]) == 2
+    assert (
+        main([*argv[:-2], f"eval.benchmarks=[{{name: mmvp-vlm, data: {mmvp}}}]", "eval.select=mmvp-vlm/average"]) == 2
+    )
     assert "MMVP-VLM, a test set" in capsys.readouterr().err
     shutil.copytree(projector_run / "base" / "projector", projector_run / "on_test" / "projector")
     os.symlink(projector_run / "base" / "data", projector_run / "on_test" / "data")
@@ -171,8 +218,22 @@ def test_a_select_metric_the_benchmarks_do_not_report_stops_at_step_0(projector_
     run = projector_run / "typo"
     shutil.copytree(projector_run / "base" / "projector", run / "projector")
     os.symlink(projector_run / "base" / "data", run / "data")
-    code = main(["enhance", "--stage", "lora", f"output_dir={run}", *COMMON, *watched(projector_run), "eval.select=world/fine_mean"])
-    assert code == 2 and "eval.select=world/fine_mean is not a metric the benchmarks report (world/probe_global/" in capsys.readouterr().err
+    code = main(
+        [
+            "enhance",
+            "--stage",
+            "lora",
+            f"output_dir={run}",
+            *COMMON,
+            *watched(projector_run),
+            "eval.select=world/fine_mean",
+        ]
+    )
+    assert (
+        code == 2
+        and "eval.select=world/fine_mean is not a metric the benchmarks report (world/probe_global/"
+        in capsys.readouterr().err
+    )
     assert not (run / "lora" / "metrics.jsonl").exists()
 
 
@@ -180,9 +241,14 @@ def test_export_tower_exports_any_kept_step_as_a_run_stopped_there_would(project
     run = lora_run(projector_run, "every_step", "lora_stage.keep_last=0")
     stopped = lora_run(projector_run, "stopped_at_2", "lora_stage.max_steps=2")
     assert main(["export-tower", str(run), "--step", "2"]) == 0
-    exported, short = load_file(run / "tower_step_2" / "model.safetensors"), load_file(stopped / "tower" / "model.safetensors")
+    exported, short = (
+        load_file(run / "tower_step_2" / "model.safetensors"),
+        load_file(stopped / "tower" / "model.safetensors"),
+    )
     assert exported.keys() == short.keys() and all(torch.equal(exported[k], short[k]) for k in exported)
-    assert "Step 2 of the LoRA stage, exported from its checkpoint" in (run / "tower_step_2" / "model_card.md").read_text()
+    assert (
+        "Step 2 of the LoRA stage, exported from its checkpoint" in (run / "tower_step_2" / "model_card.md").read_text()
+    )
     capsys.readouterr()
     assert main(["export-tower", str(run), "--step", "2"]) == 2  # never overwritten without --force
     assert "tower_step_2 exists; pass --force" in capsys.readouterr().err

@@ -34,7 +34,9 @@ class ColourTower:
         self.image_batches, self.text_batches = [], []
 
     def preprocess(self, images):
-        return torch.stack([torch.tensor(image.resize((1, 1)).getpixel((0, 0)), dtype=torch.float32) / 255 for image in images])
+        return torch.stack(
+            [torch.tensor(image.resize((1, 1)).getpixel((0, 0)), dtype=torch.float32) / 255 for image in images]
+        )
 
     def global_embedding(self, pixels):
         self.image_batches.append(len(pixels))
@@ -42,7 +44,9 @@ class ColourTower:
 
     def encode_text(self, texts):
         self.text_batches.append(len(texts))
-        return torch.tensor([COLOURS.get(text.rstrip(".").split()[-1], (1, 1, 1)) for text in texts], dtype=torch.float32)
+        return torch.tensor(
+            [COLOURS.get(text.rstrip(".").split()[-1], (1, 1, 1)) for text in texts], dtype=torch.float32
+        )
 
     def logit_scale(self):
         return 100.0

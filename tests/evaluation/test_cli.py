@@ -13,8 +13,23 @@ from dcr_mllm.evaluation import CATEGORIES, read_benchmark
 
 def test_two_towers_on_mmvp_vlm_write_json_csv_table_and_chart(tiny, mmvp_dir, tmp_path, capsys):
     out = tmp_path / "report"
-    code = main(["eval-tower", "--tower", f"base={tiny['clip']}", "--tower", str(tiny["open_clip"]),
-                 "--benchmark", "mmvp-vlm", "--data", str(mmvp_dir), "--output", str(out), "--batch-size", "50"])
+    code = main(
+        [
+            "eval-tower",
+            "--tower",
+            f"base={tiny['clip']}",
+            "--tower",
+            str(tiny["open_clip"]),
+            "--benchmark",
+            "mmvp-vlm",
+            "--data",
+            str(mmvp_dir),
+            "--output",
+            str(out),
+            "--batch-size",
+            "50",
+        ]
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert list(results) == ["base", str(tiny["open_clip"])]
@@ -22,7 +37,18 @@ def test_two_towers_on_mmvp_vlm_write_json_csv_table_and_chart(tiny, mmvp_dir, t
         assert list(scores) == [*CATEGORIES, "average"] and all(0 <= v <= 100 for v in scores.values())
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["tower", "category", "qid1", "qid2", "pred1", "pred2", "gt1", "gt2", "img1_score1", "img1_score2"]
+    assert list(rows[0]) == [
+        "tower",
+        "category",
+        "qid1",
+        "qid2",
+        "pred1",
+        "pred2",
+        "gt1",
+        "gt2",
+        "img1_score1",
+        "img1_score2",
+    ]
     assert [r["tower"] for r in rows] == ["base"] * 135 + [str(tiny["open_clip"])] * 135
     table = (out / "results.md").read_text()
     assert f"| metric (%) | base | {tiny['open_clip']} |" in table and table.count("\n| ") == 11
@@ -34,12 +60,46 @@ def test_two_towers_on_mmvp_vlm_write_json_csv_table_and_chart(tiny, mmvp_dir, t
 
 def test_probes_have_the_same_report_shape(tiny, tmp_path):
     data = tmp_path / "shapes"
-    assert main(["make-eval-data", "classification", "--output", str(data), "--per-class", "3", "--image-size", "32"]) == 0
-    assert main(["eval-tower", "--tower", "tiny-clip", "--benchmark", "classification", "--data", str(data),
-                 "--output", str(tmp_path / "cls")]) == 0
+    assert (
+        main(["make-eval-data", "classification", "--output", str(data), "--per-class", "3", "--image-size", "32"]) == 0
+    )
+    assert (
+        main(
+            [
+                "eval-tower",
+                "--tower",
+                "tiny-clip",
+                "--benchmark",
+                "classification",
+                "--data",
+                str(data),
+                "--output",
+                str(tmp_path / "cls"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "cls" / "results.json").read_text()).keys() == {"tiny-clip"}
-    assert main(["eval-tower", "--tower", "a=tiny-clip", "--tower", "b=tiny-siglip", "--benchmark", "fine-grained",
-                 "--pairs-per-attribute", "2", "--image-size", "32", "--output", str(tmp_path / "fg")]) == 0
+    assert (
+        main(
+            [
+                "eval-tower",
+                "--tower",
+                "a=tiny-clip",
+                "--tower",
+                "b=tiny-siglip",
+                "--benchmark",
+                "fine-grained",
+                "--pairs-per-attribute",
+                "2",
+                "--image-size",
+                "32",
+                "--output",
+                str(tmp_path / "fg"),
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "fg" / "results.json").read_text())
     assert list(results) == ["a", "b"] and list(results["a"]) == [*ATTRIBUTE_VALUES, "average"]
     for name in ("predictions.csv", "results.md", "chart.png"):
@@ -54,15 +114,24 @@ def test_make_eval_data_writes_the_official_layout_once(tmp_path, capsys):
     assert "already exists: delete it or choose another output directory" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--benchmark", "mmvp-vlm", "--data", "{tmp}/missing"], "is not a directory"),
-    (["--benchmark", "mmvp", "--data", "{mmvp}"], "unknown benchmark 'mmvp': use one of mmvp-vlm, classification, fine-grained"),
-    (["--benchmark", "mmvp-vlm"], "reads a dataset: pass --data DIR"),
-    (["--benchmark", "fine-grained", "--data", "{mmvp}"], "generates its own pairs: drop --data"),
-    (["--benchmark", "mmvp-vlm", "--data", "{tmp}"], "no Questions.csv in"),
-    (["--benchmark", "classification", "--data", "{mmvp}"], "has 1 class folders"),
-    (["--benchmark", "fine-grained", "--preprocess", "official"], "--preprocess official reproduces the official MMVP-VLM script"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--benchmark", "mmvp-vlm", "--data", "{tmp}/missing"], "is not a directory"),
+        (
+            ["--benchmark", "mmvp", "--data", "{mmvp}"],
+            "unknown benchmark 'mmvp': use one of mmvp-vlm, classification, fine-grained",
+        ),
+        (["--benchmark", "mmvp-vlm"], "reads a dataset: pass --data DIR"),
+        (["--benchmark", "fine-grained", "--data", "{mmvp}"], "generates its own pairs: drop --data"),
+        (["--benchmark", "mmvp-vlm", "--data", "{tmp}"], "no Questions.csv in"),
+        (["--benchmark", "classification", "--data", "{mmvp}"], "has 1 class folders"),
+        (
+            ["--benchmark", "fine-grained", "--preprocess", "official"],
+            "--preprocess official reproduces the official MMVP-VLM script",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(tiny, mmvp_dir, tmp_path, capsys, args, message):
     args = [a.format(tmp=tmp_path, mmvp=mmvp_dir) for a in args]
     assert main(["eval-tower", "--tower", "tiny-clip", "--output", str(tmp_path / "out"), *args]) == 2
@@ -86,8 +155,20 @@ def test_if_changed_keeps_a_report_made_from_the_same_inputs(tiny, tmp_path, cap
 
     tower = tmp_path / "tower"
     shutil.copytree(tiny["clip"], tower)
-    argv = ["eval-tower", "--tower", f"t={tower}", "--benchmark", "fine-grained", "--pairs-per-attribute", "2", "--image-size", "32",
-            "--output", str(tmp_path / "out"), "--if-changed"]
+    argv = [
+        "eval-tower",
+        "--tower",
+        f"t={tower}",
+        "--benchmark",
+        "fine-grained",
+        "--pairs-per-attribute",
+        "2",
+        "--image-size",
+        "32",
+        "--output",
+        str(tmp_path / "out"),
+        "--if-changed",
+    ]
     assert main(argv) == 0 and "up to date" not in capsys.readouterr().out
     assert main(argv) == 0 and "fine-grained: up to date" in capsys.readouterr().out
     assert main([*argv[:-3], "--seed", "1", *argv[-3:]]) == 0 and "up to date" not in capsys.readouterr().out

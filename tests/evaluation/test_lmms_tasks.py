@@ -20,8 +20,20 @@ LMMS_EVAL_MMVP_CORRECTIONS = {99: ("(a)", "(b)"), 100: ("(b)", "(a)"), 279: ("(a
 
 @pytest.mark.parametrize(
     "response, letter",
-    [("A", "A"), ("b", "B"), ("(a)", "A"), ("(B).", "B"), ("a) open", "A"), ("B. Closed", "B"), ("The answer is (b).", "B"),
-     ("Option A", "A"), ("closed", "B"), ("Open.", "A"), ("maybe", ""), ("About this", "")],
+    [
+        ("A", "A"),
+        ("b", "B"),
+        ("(a)", "A"),
+        ("(B).", "B"),
+        ("a) open", "A"),
+        ("B. Closed", "B"),
+        ("The answer is (b).", "B"),
+        ("Option A", "A"),
+        ("closed", "B"),
+        ("Open.", "A"),
+        ("maybe", ""),
+        ("About this", ""),
+    ],
 )
 def test_option_letters_ignore_formatting(response, letter):
     assert task_common.option_letter(response, ["Open", "Closed"]) == letter
@@ -29,30 +41,56 @@ def test_option_letters_ignore_formatting(response, letter):
 
 @pytest.mark.parametrize(
     "response, answer",
-    [("Yes", "yes"), ("Yes.", "yes"), ("yes, there is a dog", "yes"), ("No.", "no"), ("NO", "no"),
-     ("There is no dog.", "no"), ("There isn't one", "no"), ("There is a dog.", "yes")],
+    [
+        ("Yes", "yes"),
+        ("Yes.", "yes"),
+        ("yes, there is a dog", "yes"),
+        ("No.", "no"),
+        ("NO", "no"),
+        ("There is no dog.", "no"),
+        ("There isn't one", "no"),
+        ("There is a dog.", "yes"),
+    ],
 )
 def test_yes_no_ignores_formatting(response, answer):
     assert task_common.yes_no(response) == answer
 
 
 def mmvp_doc(index, answer):
-    return {"Index": index, "Question": "Is the door open or closed?", "Options": "(a) Open (b) Closed", "Correct Answer": answer}
+    return {
+        "Index": index,
+        "Question": "Is the door open or closed?",
+        "Options": "(a) Open (b) Closed",
+        "Correct Answer": answer,
+    }
 
 
 def test_mmvp_metrics_by_hand():
-    docs = [mmvp_doc(1, "(a)"), mmvp_doc(2, "(b)"), mmvp_doc(3, "(a)"), mmvp_doc(4, "(b)"), mmvp_doc(5, "(a)"), mmvp_doc(6, "(b)")]
+    docs = [
+        mmvp_doc(1, "(a)"),
+        mmvp_doc(2, "(b)"),
+        mmvp_doc(3, "(a)"),
+        mmvp_doc(4, "(b)"),
+        mmvp_doc(5, "(a)"),
+        mmvp_doc(6, "(b)"),
+    ]
     responses = ["(a)", "B.", "A", "a", "open", "The answer is B"]  # pair 1 right, pair 2 half, pair 3 right
     results = [mmvp_task.mmvp_process_results(d, [r])["mmvp_accuracy"] for d, r in zip(docs, responses)]
     assert mmvp_task.mmvp_accuracy(results) == pytest.approx(5 / 6)
     assert mmvp_task.mmvp_pair_accuracy(results) == pytest.approx(2 / 3)
-    assert mmvp_task.mmvp_doc_to_text(docs[0], {"pre_prompt": "", "post_prompt": "\nAnswer."}) == "Is the door open or closed?\nA. Open\nB. Closed\nAnswer."
+    assert (
+        mmvp_task.mmvp_doc_to_text(docs[0], {"pre_prompt": "", "post_prompt": "\nAnswer."})
+        == "Is the door open or closed?\nA. Open\nB. Closed\nAnswer."
+    )
 
 
 def test_pope_metrics_by_hand():
     truths = ["yes", "yes", "yes", "no", "no", "no", "no", "yes"]
     responses = ["Yes.", "yes", "No", "no.", "Yes, there is.", "No", "There is no cat.", "No."]
-    results = [pope_task.pope_process_results({"answer": a, "question": "q"}, [r])["pope_accuracy"] for a, r in zip(truths, responses)]
+    results = [
+        pope_task.pope_process_results({"answer": a, "question": "q"}, [r])["pope_accuracy"]
+        for a, r in zip(truths, responses)
+    ]
     # predictions: yes yes no no yes no no no -> tp=2, fp=1, tn=3, fn=2
     assert pope_task.pope_accuracy(results) == pytest.approx(5 / 8)
     assert pope_task.pope_precision(results) == pytest.approx(2 / 3)
@@ -76,7 +114,9 @@ def test_pope_metrics_match_lmms_eval_and_the_yes_ratio_is_named_apart():
     theirs = [pope.pope_process_results(doc(i), [a])["pope_accuracy"] for i, a in enumerate(answers)]
     ours = [pope_task.pope_process_results(doc(i), [a])["pope_accuracy"] for i, a in enumerate(answers)]
     for name in ("accuracy", "precision", "recall", "f1_score"):
-        assert getattr(pope_task, f"pope_{name}")(ours) == pytest.approx(getattr(pope, f"pope_aggregate_{name}")(theirs)), name
+        assert getattr(pope_task, f"pope_{name}")(ours) == pytest.approx(
+            getattr(pope, f"pope_aggregate_{name}")(theirs)
+        ), name
     answers = ["no"] * len(truths)  # a model that never says yes
     theirs = [pope.pope_process_results(doc(i), [a])["pope_accuracy"] for i, a in enumerate(answers)]
     ours = [pope_task.pope_process_results(doc(i), [a])["pope_accuracy"] for i, a in enumerate(answers)]
@@ -91,8 +131,8 @@ def test_task_utils_point_at_the_data_root(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("eval_tasks_utils", eval_data.task_dir() / "utils.py")
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
-    assert utils.MMVP_TEST == str(tmp_path / "mmvp" / "test.parquet")
-    assert utils.POPE_ADVERSARIAL == str(tmp_path / "pope" / "adversarial.parquet")
+    assert str(tmp_path / "mmvp" / "test.parquet") == utils.MMVP_TEST
+    assert str(tmp_path / "pope" / "adversarial.parquet") == utils.POPE_ADVERSARIAL
 
 
 def test_synthetic_sets_have_the_benchmark_schema(tmp_path):
@@ -112,7 +152,9 @@ def test_prepare_from_the_original_files(tmp_path):
 
     mmvp = tmp_path / "MMVP"
     (mmvp / "MMVP Images").mkdir(parents=True)
-    (mmvp / "Questions.csv").write_text('Index,Question,Options,Correct Answer\n1,Open?,(a) Open (b) Closed,(a)\n2,Open?,(a) Open (b) Closed,(b)\n')
+    (mmvp / "Questions.csv").write_text(
+        "Index,Question,Options,Correct Answer\n1,Open?,(a) Open (b) Closed,(a)\n2,Open?,(a) Open (b) Closed,(b)\n"
+    )
     for i in (1, 2):
         Image.new("RGB", (20, 20)).save(mmvp / "MMVP Images" / f"{i}.jpg")
     pope, coco = tmp_path / "POPE", tmp_path / "coco"
@@ -121,7 +163,8 @@ def test_prepare_from_the_original_files(tmp_path):
     Image.new("RGB", (20, 20)).save(coco / "COCO_val2014_000000000001.jpg")
     for split in eval_data.POPE_SPLITS:
         (pope / f"coco_pope_{split}.json").write_text(
-            '{"question_id": 1, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a cat in the image?", "label": "no"}\n')
+            '{"question_id": 1, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a cat in the image?", "label": "no"}\n'
+        )
     out = tmp_path / "out"
     assert eval_data.prepare_mmvp(mmvp, out).is_file()
     assert len(eval_data.prepare_pope(pope, coco, out)) == 3
@@ -140,7 +183,10 @@ def test_mmvp_corrections_are_lmms_evals(tmp_path):
     from PIL import Image
 
     source = (LMMS_TASKS / "mmvp" / "utils.py").read_text()
-    listed = {int(i): (f"({a})", f"({b})") for i, a, b in re.findall(r"Index (\d+) \(row \d+, 0-based\): Corrected from \((\w)\) to \((\w)\)", source)}
+    listed = {
+        int(i): (f"({a})", f"({b})")
+        for i, a, b in re.findall(r"Index (\d+) \(row \d+, 0-based\): Corrected from \((\w)\) to \((\w)\)", source)
+    }
     assert listed == LMMS_EVAL_MMVP_CORRECTIONS
     assert {i: after for i, (_, after) in LMMS_EVAL_MMVP_CORRECTIONS.items()} == eval_data.MMVP_ANSWER_CORRECTIONS
 
@@ -157,7 +203,14 @@ def test_mmvp_corrections_are_lmms_evals(tmp_path):
     rows = datasets.Dataset.from_parquet(str(eval_data.prepare_mmvp(mmvp, tmp_path / "out")))
     answers = dict(zip(rows["Index"], rows["Correct Answer"]))
     assert answers == {97: "(a)", 98: "(b)", 99: "(b)", 100: "(a)", 279: "(b)", 280: "(a)"}
-    assert [mmvp_task.mmvp_target(doc) for doc in rows.select_columns(["Correct Answer"])] == ["A", "B", "B", "A", "B", "A"]
+    assert [mmvp_task.mmvp_target(doc) for doc in rows.select_columns(["Correct Answer"])] == [
+        "A",
+        "B",
+        "B",
+        "A",
+        "B",
+        "A",
+    ]
 
 
 def test_short_answer_instructions_are_lmms_evals():
@@ -169,6 +222,8 @@ def test_short_answer_instructions_are_lmms_evals():
         text = (LMMS_TASKS / relative).read_text().splitlines()[line - 1]
         return re.fullmatch(r'\s*post_prompt: "(.*)"', text).group(1).encode().decode("unicode_escape")
 
-    assert SHORT_ANSWER_PROMPT == post_prompt("pope/pope.yaml", 36)  # lmms_eval/tasks/pope/pope.yaml:36
-    assert SHORT_ANSWER_PROMPT == post_prompt("gqa/gqa.yaml", 30)  # lmms_eval/tasks/gqa/gqa.yaml:30
-    assert CHOICE_PROMPT == post_prompt("mmvp/_default_template_yaml", 23)  # lmms_eval/tasks/mmvp/_default_template_yaml:23
+    assert post_prompt("pope/pope.yaml", 36) == SHORT_ANSWER_PROMPT  # lmms_eval/tasks/pope/pope.yaml:36
+    assert post_prompt("gqa/gqa.yaml", 30) == SHORT_ANSWER_PROMPT  # lmms_eval/tasks/gqa/gqa.yaml:30
+    assert (
+        post_prompt("mmvp/_default_template_yaml", 23) == CHOICE_PROMPT
+    )  # lmms_eval/tasks/mmvp/_default_template_yaml:23

@@ -24,17 +24,28 @@ def family_logits_per_text(family, tower_dir):
         tokenizer = open_clip.get_tokenizer("local-dir:" + str(tower_dir))
 
         def forward(images, text):
-            image_features, text_features, scale = model(torch.stack([preprocess(i) for i in images]), tokenizer([text]))[:3]
+            image_features, text_features, scale = model(
+                torch.stack([preprocess(i) for i in images]), tokenizer([text])
+            )[:3]
             return scale * text_features @ image_features.T
+
         return forward
 
-    model, tokenizer, processor = AutoModel.from_pretrained(tower_dir), AutoTokenizer.from_pretrained(tower_dir), AutoImageProcessor.from_pretrained(tower_dir)
+    model, tokenizer, processor = (
+        AutoModel.from_pretrained(tower_dir),
+        AutoTokenizer.from_pretrained(tower_dir),
+        AutoImageProcessor.from_pretrained(tower_dir),
+    )
 
     def forward(images, text):
         pixels = processor(images=images, return_tensors="pt").pixel_values
         if family == "siglip":  # max-length padding, no attention mask, as SigLIP was trained
-            return model(input_ids=tokenizer([text], padding="max_length", truncation=True, return_tensors="pt").input_ids, pixel_values=pixels).logits_per_text
+            return model(
+                input_ids=tokenizer([text], padding="max_length", truncation=True, return_tensors="pt").input_ids,
+                pixel_values=pixels,
+            ).logits_per_text
         return model(**tokenizer([text], return_tensors="pt"), pixel_values=pixels).logits_per_text
+
     return forward
 
 
@@ -79,8 +90,12 @@ def test_batched_evaluator_matches_the_per_pair_transcription(tiny, mmvp_dir, fa
     assert result.scores["average"] == pytest.approx(sum(expected.values()) / 9)
     ours = [tuple(p[k] for k in ("qid1", "qid2", "pred1", "pred2", "gt1", "gt2")) for p in result.predictions]
     assert ours == [row[:6] for row in rows]
-    torch.testing.assert_close(torch.tensor([(p["img1_score1"], p["img1_score2"]) for p in result.predictions]),
-                               torch.tensor([row[6:] for row in rows]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor([(p["img1_score1"], p["img1_score2"]) for p in result.predictions]),
+        torch.tensor([row[6:] for row in rows]),
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def clip_preprocess(n_px, mean, std):
@@ -88,14 +103,16 @@ def clip_preprocess(n_px, mean, std):
     BICUBIC), CenterCrop(n_px), convert("RGB"), ToTensor(), Normalize), spelled out in PIL: torchvision
     resizes a PIL image's short side to n_px and its long side to int(n_px * long / short) with PIL's
     bicubic, crops at round((size - n_px) / 2), and ToTensor divides by 255."""
+
     def transform(image):
         w, h = image.size
         size = (n_px, int(n_px * h / w)) if w <= h else (int(n_px * w / h), n_px)
         image = image.resize(size, Image.BICUBIC)
-        left, top = int(round((image.width - n_px) / 2.0)), int(round((image.height - n_px) / 2.0))
+        left, top = round((image.width - n_px) / 2.0), round((image.height - n_px) / 2.0)
         image = image.crop((left, top, left + n_px, top + n_px)).convert("RGB")
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
         return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
     return transform
 
 
@@ -110,6 +127,7 @@ def official_logits_per_text(tower_dir):
     def forward(images, text):
         imgs = torch.stack([preprocess(image) for image in images])
         return model(**tokenizer([text], return_tensors="pt"), pixel_values=imgs).logits_per_text
+
     return forward
 
 
@@ -131,7 +149,9 @@ def test_official_preprocessing_matches_the_official_script(tiny, oblong_mmvp_di
     result = evaluate_mmvp_vlm(tower, oblong_mmvp_dir, batch_size=32, preprocess="official")
     expected, rows = reference_mmvp_vlm(official_logits_per_text(tiny["clip"]), oblong_mmvp_dir)
     assert [result.scores[c] for c in CATEGORIES] == pytest.approx([expected[c] for c in CATEGORIES], abs=1e-9)
-    assert [tuple(p[k] for k in ("qid1", "qid2", "pred1", "pred2")) for p in result.predictions] == [row[:4] for row in rows]
+    assert [tuple(p[k] for k in ("qid1", "qid2", "pred1", "pred2")) for p in result.predictions] == [
+        row[:4] for row in rows
+    ]
     official_scores = torch.tensor([(p["img1_score1"], p["img1_score2"]) for p in result.predictions])
     torch.testing.assert_close(official_scores, torch.tensor([row[6:] for row in rows]), atol=1e-5, rtol=0)
     default = evaluate_mmvp_vlm(tower, oblong_mmvp_dir, batch_size=32)
@@ -220,12 +240,15 @@ def drop_the_last_row(rows):
     rows.pop()
 
 
-@pytest.mark.parametrize("edit, message", [
-    (drop_a_field, r"Questions.csv line 6: expected 3 fields \(question id, type, statement\), got 2"),
-    (spell_an_id, r"Questions.csv line 5: question id 'four' is not a positive integer"),
-    (swap_two_rows, r"Questions.csv lines 4-5: question ids 4, 3 do not form a pair"),
-    (drop_the_last_row, r"has 269 statement rows; MMVP-VLM has 270"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (drop_a_field, r"Questions.csv line 6: expected 3 fields \(question id, type, statement\), got 2"),
+        (spell_an_id, r"Questions.csv line 5: question id 'four' is not a positive integer"),
+        (swap_two_rows, r"Questions.csv lines 4-5: question ids 4, 3 do not form a pair"),
+        (drop_the_last_row, r"has 269 statement rows; MMVP-VLM has 270"),
+    ],
+)
 def test_a_malformed_csv_is_named(mmvp_dir, tmp_path, edit, message):
     root = shutil.copytree(mmvp_dir, tmp_path / "copy")
     rewrite_rows(root, edit)

@@ -18,8 +18,16 @@ def test_a_hand_computed_welch_test():
     # base 90, 92, 94 (mean 92, var 4); other 95, 96, 97 (mean 96, var 1): se = sqrt(4/3 + 1/3), t = 4 / se = 3.098,
     # Welch df = (5/3)^2 / ((4/3)^2/2 + (1/3)^2/2) = 2.941; two-sided p = 0.0547 (scipy.stats.ttest_ind(equal_var=False))
     effect = seed_effect([90, 92, 94], [95, 96, 97])
-    assert effect["effect"] == pytest.approx(4.0) and effect["base_std"] == pytest.approx(2.0) and effect["other_std"] == pytest.approx(1.0)
-    assert effect["df"] == pytest.approx(2.941, abs=1e-3) and effect["p"] == pytest.approx(0.0547, abs=5e-4) and not effect["significant"]
+    assert (
+        effect["effect"] == pytest.approx(4.0)
+        and effect["base_std"] == pytest.approx(2.0)
+        and effect["other_std"] == pytest.approx(1.0)
+    )
+    assert (
+        effect["df"] == pytest.approx(2.941, abs=1e-3)
+        and effect["p"] == pytest.approx(0.0547, abs=5e-4)
+        and not effect["significant"]
+    )
     assert effect["low"] < 0 < effect["high"] and effect["detectable"] > 4.0
 
 
@@ -37,9 +45,13 @@ def test_a_known_effect_is_covered_by_the_interval_and_the_detectable_one_is_fou
     coverage = sum(r["low"] <= true <= r["high"] for r in results) / trials
     assert 0.93 < coverage < 0.97
     detectable = sorted(r["detectable"] for r in results)[trials // 2]  # its typical value at this spread
-    power = sum(seed_effect(runs(rng, 90, n), runs(rng, 90 + detectable, n))["significant"] for _ in range(trials)) / trials
+    power = (
+        sum(seed_effect(runs(rng, 90, n), runs(rng, 90 + detectable, n))["significant"] for _ in range(trials)) / trials
+    )
     assert 0.65 < power < 0.9  # about the 80 % it is computed for (the spread itself is estimated)
-    assert sum(seed_effect(runs(rng, 90, n), runs(rng, 90 + 3 * detectable, n))["significant"] for _ in range(200)) > 190
+    assert (
+        sum(seed_effect(runs(rng, 90, n), runs(rng, 90 + 3 * detectable, n))["significant"] for _ in range(200)) > 190
+    )
 
 
 def test_mcnemar_on_one_run_per_tower_calls_run_to_run_variation_a_difference():
@@ -62,12 +74,21 @@ def test_one_seed_per_tower_gives_no_test_and_says_so():
 
 
 def test_tower_effects_group_models_by_their_seed_names():
-    assert split_name("dcr_seed2") == ("dcr", 2) and split_name("dcr") == ("dcr", 0) and seeded_name("base", 0) == "base"
-    accuracy = {seeded_name(tower, seed): {"all": {"accuracy": value}, "position": {"accuracy": value + 1}}
-                for tower, values in (("base", (90, 91, 92)), ("dcr", (95, 96, 97))) for seed, value in enumerate(values)}
+    assert (
+        split_name("dcr_seed2") == ("dcr", 2) and split_name("dcr") == ("dcr", 0) and seeded_name("base", 0) == "base"
+    )
+    accuracy = {
+        seeded_name(tower, seed): {"all": {"accuracy": value}, "position": {"accuracy": value + 1}}
+        for tower, values in (("base", (90, 91, 92)), ("dcr", (95, 96, 97)))
+        for seed, value in enumerate(values)
+    }
     effects = tower_effects(accuracy, "base", "dcr")
     assert effects["all"]["effect"] == pytest.approx(5.0) and effects["all"]["seeds"] == [[0, 1, 2], [0, 1, 2]]
     assert effects["all"]["significant"] and effects["position"]["base"] == [91, 92, 93]
     assert verdict(effects, "base", "dcr").startswith("The dcr tower changes its LLaVA by +5.0 points")
-    flat = tower_effects({seeded_name(t, s): {"all": {"accuracy": 90.0 + s % 2}} for t in ("base", "dcr") for s in range(3)}, "base", "dcr")
+    flat = tower_effects(
+        {seeded_name(t, s): {"all": {"accuracy": 90.0 + s % 2}} for t in ("base", "dcr") for s in range(3)},
+        "base",
+        "dcr",
+    )
     assert verdict(flat, "base", "dcr").startswith("No detectable tower effect at N = 3 seeds per tower")

@@ -10,10 +10,14 @@ from dcr_mllm.evaluation.significance import compare_world, mcnemar_exact, wilso
 
 def test_wilson_interval_matches_its_closed_forms():
     z2 = 1.959963984540054**2
-    assert wilson_interval(0, 10) == pytest.approx((0.0, z2 / (10 + z2)))  # no successes: the upper end is z^2 / (n + z^2)
+    assert wilson_interval(0, 10) == pytest.approx(
+        (0.0, z2 / (10 + z2))
+    )  # no successes: the upper end is z^2 / (n + z^2)
     assert wilson_interval(10, 10) == pytest.approx((10 / (10 + z2), 1.0))
     low, high = wilson_interval(300, 600)
-    assert (low + high) / 2 == pytest.approx(0.5) and high - low == pytest.approx(2 * 1.96 * math.sqrt(0.25 / 600), rel=0.01)
+    assert (low + high) / 2 == pytest.approx(0.5) and high - low == pytest.approx(
+        2 * 1.96 * math.sqrt(0.25 / 600), rel=0.01
+    )
     assert wilson_interval(0, 0) == (0.0, 1.0)
     for n in range(1, 40):  # the interval holds the share exactly at the ends, where rounding could leave it outside
         assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
@@ -52,12 +56,17 @@ def test_seeded_models_are_paired_within_a_seed_and_their_towers_judged_over_see
     result = compare_world(samples)
     assert set(result["paired"]) == {"dcr vs base", "dcr_seed1 vs base_seed1"}
     effect = result["towers"]["dcr vs base"]["position"]
-    assert effect["base"] == [60.0, 62.0] and effect["other"] == [90.0, 92.0] and effect["effect"] == pytest.approx(30.0)
+    assert (
+        effect["base"] == [60.0, 62.0] and effect["other"] == [90.0, 92.0] and effect["effect"] == pytest.approx(30.0)
+    )
     assert effect["seeds"] == [[0, 1], [0, 1]] and effect["significant"]
     (tmp_path / "significance.json").write_text(json.dumps(result))
     lines = _tower_effect_tables(tmp_path / "significance.json")
     assert lines[0].startswith("The dcr tower changes its LLaVA by +30.0 points overall")
-    assert any(line.startswith("| position | 60.0 / 62.0 | 90.0 / 92.0 | 61.0 ± 1.4 | 91.0 ± 1.4 | **+30.0**") for line in lines)
+    assert any(
+        line.startswith("| position | 60.0 / 62.0 | 90.0 / 92.0 | 61.0 ± 1.4 | 91.0 ± 1.4 | **+30.0**")
+        for line in lines
+    )
     one_run = compare_world({"dcr": answers(90), "base": answers(60)})
     assert set(one_run["paired"]) == {"dcr vs base"} and one_run["towers"]["dcr vs base"]["all"]["p"] is None
     (tmp_path / "one.json").write_text(json.dumps(one_run))

@@ -16,7 +16,13 @@ DOCS = {  # one row of each task's data, enough for process_results
     "pope_local_adv": {"answer": "yes"},
     "pope_local_pop": {"answer": "yes"},
     "pope_local_random": {"answer": "yes"},
-    "world_local": {"question_id": "q", "attribute": "color", "kind": "choice", "answer": "A", "options": json.dumps(["red", "blue"])},
+    "world_local": {
+        "question_id": "q",
+        "attribute": "color",
+        "kind": "choice",
+        "answer": "A",
+        "options": json.dumps(["red", "blue"]),
+    },
     "world_local_open": {"question_id": "q", "attribute": "color", "kind": "open", "answer": "red"},
 }
 
@@ -30,8 +36,10 @@ def test_a_tasks_metrics_are_the_functions_it_names_and_what_its_results_hold(ta
 
 
 def test_the_world_yamls_list_every_world_metric():
-    lists = {task: [e["metric"] for e in load_yaml_config(str(task_dir() / f"{task}.yaml"), mode="full")["metric_list"]]
-             for task in ("world_local", "world_local_open")}
+    lists = {
+        task: [e["metric"] for e in load_yaml_config(str(task_dir() / f"{task}.yaml"), mode="full")["metric_list"]]
+        for task in ("world_local", "world_local_open")
+    }
     assert lists == {"world_local": list(WORLD_METRICS), "world_local_open": list(WORLD_OPEN_METRICS)}
     with pytest.raises(AttributeError):
         utils.world_nothing_accuracy  # noqa: B018  (the module's lookup refuses unknown names)

@@ -33,7 +33,11 @@ def _llava_hf_key(saved_key: str, style: str) -> str:
     """A key as transformers 5 saves it, in another llava-hf layout."""
     if style == "transformers5":
         return saved_key
-    key = saved_key.replace("vision_tower.", "vision_tower.vision_model.", 1) if saved_key.startswith("vision_tower.") else saved_key
+    key = (
+        saved_key.replace("vision_tower.", "vision_tower.vision_model.", 1)
+        if saved_key.startswith("vision_tower.")
+        else saved_key
+    )
     if style == "hub":
         return key
     if key.startswith("language_model.lm_head."):
@@ -239,7 +243,8 @@ def make_original(tiny, tmp_path_factory):
             with safe_open(tiny["clip"] / "model.safetensors", "pt") as f:
                 second |= {
                     "model.vision_tower.vision_tower." + k: (f.get_tensor(k) + 0.01).to(torch.float16)
-                    for k in f.keys() if k.startswith("vision_model.")
+                    for k in f.keys()
+                    if k.startswith("vision_model.")
                 }
         stem, suffix = ("pytorch_model", "bin") if pickled else ("model", "safetensors")
         files = {f"{stem}-00001-of-00002.{suffix}": language, f"{stem}-00002-of-00002.{suffix}": second}
@@ -269,8 +274,11 @@ def make_original(tiny, tmp_path_factory):
             "tokenizer_padding_side": "right",
         }
         if anyres:
-            config |= {"mm_patch_merge_type": "spatial_unpad", "image_aspect_ratio": "anyres",
-                       "image_grid_pinpoints": PINPOINTS}
+            config |= {
+                "mm_patch_merge_type": "spatial_unpad",
+                "image_aspect_ratio": "anyres",
+                "image_grid_pinpoints": PINPOINTS,
+            }
         config.pop("dtype", None)
         (out / "config.json").write_text(json.dumps(config, indent=2))
         for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):

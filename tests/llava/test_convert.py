@@ -32,7 +32,10 @@ def stored(directory) -> dict[str, torch.Tensor]:
 
 def llava_hf_name(original_key: str) -> str:
     """Where transformers' conversion puts an original tensor (the llava-hf hub layout), spelled out."""
-    projector = {"model.mm_projector.0.": "multi_modal_projector.linear_1.", "model.mm_projector.2.": "multi_modal_projector.linear_2."}
+    projector = {
+        "model.mm_projector.0.": "multi_modal_projector.linear_1.",
+        "model.mm_projector.2.": "multi_modal_projector.linear_2.",
+    }
     for old, new in projector.items():
         if original_key.startswith(old):
             return new + original_key.removeprefix(old)
@@ -41,16 +44,24 @@ def llava_hf_name(original_key: str) -> str:
     return "language_model." + original_key
 
 
-def transformers_reference(tiny, original: dict[str, torch.Tensor], vocab: int, tmp_path) -> LlavaForConditionalGeneration:
+def transformers_reference(
+    tiny, original: dict[str, torch.Tensor], vocab: int, tmp_path
+) -> LlavaForConditionalGeneration:
     """transformers' own recipe: LlavaConfig from the text and vision configs, the renamed weights
     (with the tower's), then ``resize_token_embeddings(vocab + 2, 64)``."""
     from transformers import CLIPVisionModel
 
-    config = LlavaConfig(text_config=LlamaConfig.from_pretrained(tiny["llama"]), vision_config=CLIPVisionConfig.from_pretrained(tiny["clip"]),
-                         image_token_index=vocab, image_seq_length=16)
+    config = LlavaConfig(
+        text_config=LlamaConfig.from_pretrained(tiny["llama"]),
+        vision_config=CLIPVisionConfig.from_pretrained(tiny["clip"]),
+        image_token_index=vocab,
+        image_seq_length=16,
+    )
     config.pad_token_id = vocab + 1
     tower = CLIPVisionModel.from_pretrained(tiny["clip"], dtype=torch.float16).state_dict()
-    weights = {llava_hf_name(k): v for k, v in original.items()} | {f"vision_tower.vision_model.{k}": v for k, v in tower.items()}
+    weights = {llava_hf_name(k): v for k, v in original.items()} | {
+        f"vision_tower.vision_model.{k}": v for k, v in tower.items()
+    }
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
     config.save_pretrained(reference_dir)
@@ -78,9 +89,15 @@ def test_conversion_matches_transformers(make_original, tiny, tmp_path):
     config = json.loads((dst / "config.json").read_text())
     assert config["text_config"]["vocab_size"] == padded
     assert (config["image_token_index"], config["pad_token_id"]) == (vocab, vocab + 1)
-    assert (config["vision_feature_layer"], config["vision_feature_select_strategy"], config["image_seq_length"]) == (-2, "default", 16)
+    assert (config["vision_feature_layer"], config["vision_feature_select_strategy"], config["image_seq_length"]) == (
+        -2,
+        "default",
+        16,
+    )
     tokenizer = AutoTokenizer.from_pretrained(dst)
-    assert tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [vocab, vocab + 1] and tokenizer.pad_token == "<pad>"
+    assert (
+        tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [vocab, vocab + 1] and tokenizer.pad_token == "<pad>"
+    )
     assert tokenizer("a <image> b").input_ids.count(vocab) == 1
 
     model, info = LlavaForConditionalGeneration.from_pretrained(dst, output_loading_info=True)
@@ -104,8 +121,10 @@ def test_conversion_matches_transformers(make_original, tiny, tmp_path):
 
     processor = AutoProcessor.from_pretrained(dst)
     assert processor.chat_template == VICUNA_CHAT_TEMPLATE
-    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
-                                           add_generation_prompt=True)
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
+        add_generation_prompt=True,
+    )
     assert prompt.endswith(" USER: <image>\nWhat is it? ASSISTANT:")
     inputs = processor(images=Image.new("RGB", (32, 32), (0, 90, 200)), text=prompt, return_tensors="pt")
     assert (inputs.input_ids == vocab).sum() == 16

@@ -48,8 +48,10 @@ IMAGE_SEQ = 4
 
 # ---- transcription: llava/conversation.py ----------------------------------------------------------
 # conv_vicuna_v1 (conversation.py:242-252) and conv_llava_plain (conversation.py:291-299)
-V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-             "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+V1_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
 V1_ROLES, V1_SEP, V1_SEP2 = ("USER", "ASSISTANT"), " ", "</s>"
 PLAIN_SEP = "\n"
 
@@ -115,7 +117,10 @@ def preprocess_v1(sources, tokenizer, has_image):
     if has_image:
         input_ids = [tokenizer_image_token(prompt, tokenizer) for prompt in conversations]
     else:  # one conversation per call here: padding="longest" adds nothing
-        input_ids = [tokenizer(prompt, max_length=tokenizer.model_max_length, truncation=True).input_ids for prompt in conversations]
+        input_ids = [
+            tokenizer(prompt, max_length=tokenizer.model_max_length, truncation=True).input_ids
+            for prompt in conversations
+        ]
     targets = copy.deepcopy(input_ids)
     sep = V1_SEP + V1_ROLES[1] + ": "
     for conversation, target in zip(conversations, targets):
@@ -139,7 +144,9 @@ def preprocess_v1(sources, tokenizer, has_image):
             if i != 0 and not tokenizer.legacy and IS_TOKENIZER_GREATER_THAN_0_14:
                 round_len -= 1
                 instruction_len -= 1
-            target[cur_len:cur_len + instruction_len] = [IGNORE_INDEX] * len(target[cur_len:cur_len + instruction_len])
+            target[cur_len : cur_len + instruction_len] = [IGNORE_INDEX] * len(
+                target[cur_len : cur_len + instruction_len]
+            )
             cur_len += round_len
         target[cur_len:] = [IGNORE_INDEX] * len(target[cur_len:])
         assert cur_len == total_len, "LLaVA would mask this whole record (tokenization mismatch)"
@@ -212,10 +219,12 @@ def get_modality_length_grouped_indices(lengths, batch_size, world_size, generat
     mm_indices, mm_lengths = zip(*[(i, l) for i, l in enumerate(lengths) if l > 0])
     lang_indices, lang_lengths = zip(*[(i, -l) for i, l in enumerate(lengths) if l < 0])
     mm_shuffle = [mm_indices[i] for i in get_length_grouped_indices(mm_lengths, batch_size, world_size, generator=None)]
-    lang_shuffle = [lang_indices[i] for i in get_length_grouped_indices(lang_lengths, batch_size, world_size, generator=None)]
+    lang_shuffle = [
+        lang_indices[i] for i in get_length_grouped_indices(lang_lengths, batch_size, world_size, generator=None)
+    ]
     megabatch_size = world_size * batch_size
-    mm_megabatches = [mm_shuffle[i: i + megabatch_size] for i in range(0, len(mm_shuffle), megabatch_size)]
-    lang_megabatches = [lang_shuffle[i: i + megabatch_size] for i in range(0, len(lang_shuffle), megabatch_size)]
+    mm_megabatches = [mm_shuffle[i : i + megabatch_size] for i in range(0, len(mm_shuffle), megabatch_size)]
+    lang_megabatches = [lang_shuffle[i : i + megabatch_size] for i in range(0, len(lang_shuffle), megabatch_size)]
     last_mm = mm_megabatches[-1]
     last_lang = lang_megabatches[-1]
     additional_batch = last_mm + last_lang
@@ -231,14 +240,35 @@ def get_length_grouped_indices(lengths, batch_size, world_size, generator=None, 
     """llava_trainer.py:88-96."""
     indices = torch.randperm(len(lengths), generator=generator)
     megabatch_size = world_size * batch_size
-    megabatches = [indices[i: i + megabatch_size].tolist() for i in range(0, len(lengths), megabatch_size)]
+    megabatches = [indices[i : i + megabatch_size].tolist() for i in range(0, len(lengths), megabatch_size)]
     megabatches = [sorted(megabatch, key=lambda i: lengths[i], reverse=True) for megabatch in megabatches]
     megabatches = [split_to_even_chunks(megabatch, lengths, world_size) for megabatch in megabatches]
     return [i for megabatch in megabatches for batch in megabatch for i in batch]
 
 
 # ---- a Llama-style sentencepiece tokenizer, as a Vicuna release ships it ---------------------------
-WORDS = "red green blue yellow circle square triangle star left right top bottom small large one two three shapes image colour".split()
+WORDS = [
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "left",
+    "right",
+    "top",
+    "bottom",
+    "small",
+    "large",
+    "one",
+    "two",
+    "three",
+    "shapes",
+    "image",
+    "colour",
+]
 
 
 @pytest.fixture(scope="module")
@@ -249,24 +279,60 @@ def vicuna(tiny, tmp_path_factory) -> Path:
     As in Llama's vocabulary, "USER" is a piece and "▁USER" is not, so "USER" after "</s>" takes one
     token fewer than a round tokenized alone: what LLaVA's label arithmetic assumes (train.py:477-479).
     """
-    lines = [V1_SYSTEM, "What colour are the shapes?\nAnswer the question using a single word or phrase. ASSISTANT: Red.</s>USER: Where?"]
+    lines = [
+        V1_SYSTEM,
+        "What colour are the shapes?\nAnswer the question using a single word or phrase. ASSISTANT: Red.</s>USER: Where?",
+    ]
     lines += [" ".join(words) for words in itertools.islice(itertools.permutations(WORDS, 6), 0, 20000, 7)]
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, model_type="bpe", vocab_size=512, byte_fallback=True,
-                                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, num_threads=1, minloglevel=2,
-                                   normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
-                                   split_digits=True, allow_whitespace_only_pieces=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=512,
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+    )
     directory = Path(shutil.copytree(tiny["llama"], tmp_path_factory.mktemp("vicuna") / "lm"))
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (directory / name).unlink(missing_ok=True)
     (directory / "tokenizer.model").write_bytes(model.getvalue())
 
     def special(content):
-        return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+        return {
+            "__type": "AddedToken",
+            "content": content,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+        }
 
-    config = {"add_bos_token": True, "add_eos_token": False, "bos_token": special("<s>"), "eos_token": special("</s>"),
-              "unk_token": special("<unk>"), "clean_up_tokenization_spaces": False, "legacy": False, "model_max_length": 2048,
-              "pad_token": None, "padding_side": "right", "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer"}
+    config = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": special("<s>"),
+        "eos_token": special("</s>"),
+        "unk_token": special("<unk>"),
+        "clean_up_tokenization_spaces": False,
+        "legacy": False,
+        "model_max_length": 2048,
+        "pad_token": None,
+        "padding_side": "right",
+        "sp_model_kwargs": {},
+        "tokenizer_class": "LlamaTokenizer",
+    }
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
     return directory
 
@@ -286,13 +352,20 @@ class SlowLlamaTokenizer(SentencePieceBackend):
         return tokens
 
     def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None):
-        return [self.bos_token_id] + token_ids_0
+        return [self.bos_token_id, *token_ids_0]
 
 
 @pytest.fixture(scope="module")
 def llava_tokenizer(vicuna):
-    tokenizer = SlowLlamaTokenizer(vocab_file=str(vicuna / "tokenizer.model"), legacy=False, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", model_max_length=2048, padding_side="right")
+    tokenizer = SlowLlamaTokenizer(
+        vocab_file=str(vicuna / "tokenizer.model"),
+        legacy=False,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=2048,
+        padding_side="right",
+    )
     tokenizer.pad_token = tokenizer.unk_token  # train.py:902-904 (any version but v0)
     return tokenizer
 
@@ -303,23 +376,51 @@ def processor(tiny, vicuna):
 
 
 RECORDS = {
-    "two turns, image after the question": {"image": "a.png", "conversations": [
-        {"from": "human", "value": "What colour is the star?\n<image>"}, {"from": "gpt", "value": "Red."},
-        {"from": "human", "value": "How many shapes are there?"}, {"from": "gpt", "value": "Three shapes."}]},
-    "short answer prompt, digits": {"image": "a.png", "conversations": [
-        {"from": "human", "value": "<image>\nIs there a blue circle at 12 o'clock?\nAnswer the question using a single word or phrase."},
-        {"from": "gpt", "value": "No"}]},
-    "text only, three turns": {"conversations": [
-        {"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "Green."},
-        {"from": "human", "value": "And a shape?"}, {"from": "gpt", "value": "A small square."},
-        {"from": "human", "value": "Where is left?"}, {"from": "gpt", "value": "Opposite right."}]},
-    "opens with an answer": {"image": "a.png", "conversations": [
-        {"from": "gpt", "value": "Hello."}, {"from": "human", "value": "<image>\nDescribe the image."},
-        {"from": "gpt", "value": "Two yellow triangles point up."}]},
+    "two turns, image after the question": {
+        "image": "a.png",
+        "conversations": [
+            {"from": "human", "value": "What colour is the star?\n<image>"},
+            {"from": "gpt", "value": "Red."},
+            {"from": "human", "value": "How many shapes are there?"},
+            {"from": "gpt", "value": "Three shapes."},
+        ],
+    },
+    "short answer prompt, digits": {
+        "image": "a.png",
+        "conversations": [
+            {
+                "from": "human",
+                "value": "<image>\nIs there a blue circle at 12 o'clock?\nAnswer the question using a single word or phrase.",
+            },
+            {"from": "gpt", "value": "No"},
+        ],
+    },
+    "text only, three turns": {
+        "conversations": [
+            {"from": "human", "value": "Name a colour."},
+            {"from": "gpt", "value": "Green."},
+            {"from": "human", "value": "And a shape?"},
+            {"from": "gpt", "value": "A small square."},
+            {"from": "human", "value": "Where is left?"},
+            {"from": "gpt", "value": "Opposite right."},
+        ]
+    },
+    "opens with an answer": {
+        "image": "a.png",
+        "conversations": [
+            {"from": "gpt", "value": "Hello."},
+            {"from": "human", "value": "<image>\nDescribe the image."},
+            {"from": "gpt", "value": "Two yellow triangles point up."},
+        ],
+    },
 }
-PRETRAIN = {"image": "a.png", "conversations": [
-    {"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
-    {"from": "gpt", "value": "three small red stars pointing left"}]}
+PRETRAIN = {
+    "image": "a.png",
+    "conversations": [
+        {"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
+        {"from": "gpt", "value": "three small red stars pointing left"},
+    ],
+}
 
 
 def collapse_images(input_ids, labels, image_id):
@@ -327,7 +428,9 @@ def collapse_images(input_ids, labels, image_id):
     ids, labs, i = [], [], 0
     while i < len(input_ids):
         if input_ids[i] == image_id:
-            assert input_ids[i:i + IMAGE_SEQ] == [image_id] * IMAGE_SEQ and set(labels[i:i + IMAGE_SEQ]) == {IGNORE_INDEX}
+            assert input_ids[i : i + IMAGE_SEQ] == [image_id] * IMAGE_SEQ and set(labels[i : i + IMAGE_SEQ]) == {
+                IGNORE_INDEX
+            }
             ids.append(IMAGE_TOKEN_INDEX)
             labs.append(IGNORE_INDEX)
             i += IMAGE_SEQ
@@ -338,14 +441,19 @@ def collapse_images(input_ids, labels, image_id):
     return ids, labs
 
 
-@pytest.mark.parametrize("template, record", [("vicuna_v1", r) for r in RECORDS.values()] + [("plain", PRETRAIN)],
-                         ids=list(RECORDS) + ["plain"])
+@pytest.mark.parametrize(
+    "template, record",
+    [("vicuna_v1", r) for r in RECORDS.values()] + [("plain", PRETRAIN)],
+    ids=[*list(RECORDS), "plain"],
+)
 def test_prompts_ids_and_labels_match_llava_1_5(processor, llava_tokenizer, template, record):
     prompts, llava_ids, llava_labels = llava_preprocess(record, template, llava_tokenizer)
     assert prompt_text(record, template) == prompts[0]
 
     tokenizer = processor.tokenizer
-    ids, labels = collapse_images(*tokenize(record, template, tokenizer, IMAGE_SEQ, 2048), tokenizer.convert_tokens_to_ids("<image>"))
+    ids, labels = collapse_images(
+        *tokenize(record, template, tokenizer, IMAGE_SEQ, 2048), tokenizer.convert_tokens_to_ids("<image>")
+    )
     assert ids == llava_ids[0]
     assert labels == llava_labels[0]
     assert any(label != IGNORE_INDEX for label in labels)
@@ -353,18 +461,33 @@ def test_prompts_ids_and_labels_match_llava_1_5(processor, llava_tokenizer, temp
 
 def test_chat_template_renders_llava_1_5_eval_prompts(processor):
     """LLaVA's eval builds "<image>\\n" + question, then get_prompt with an empty assistant turn."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the star?"}]},
-                {"role": "assistant", "content": [{"type": "text", "text": "Red."}]},
-                {"role": "user", "content": [{"type": "text", "text": "How many?"}]}]
-    expected = get_prompt_two([("USER", "<image>\nWhat colour is the star?"), ("ASSISTANT", "Red."), ("USER", "How many?"), ("ASSISTANT", None)])
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the star?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Red."}]},
+        {"role": "user", "content": [{"type": "text", "text": "How many?"}]},
+    ]
+    expected = get_prompt_two(
+        [
+            ("USER", "<image>\nWhat colour is the star?"),
+            ("ASSISTANT", "Red."),
+            ("USER", "How many?"),
+            ("ASSISTANT", None),
+        ]
+    )
     assert processor.chat_template == VICUNA_CHAT_TEMPLATE
     assert processor.apply_chat_template(messages, add_generation_prompt=True) == expected
-    assert processor.apply_chat_template(messages[:1], add_generation_prompt=True) == f"{V1_SYSTEM} USER: <image>\nWhat colour is the star? ASSISTANT:"
+    assert (
+        processor.apply_chat_template(messages[:1], add_generation_prompt=True)
+        == f"{V1_SYSTEM} USER: <image>\nWhat colour is the star? ASSISTANT:"
+    )
 
 
 def test_image_then_pad_token_ids(processor):
     tokenizer = processor.tokenizer
-    assert tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [512, 513]  # llava-hf: 32000, 32001 after Vicuna's 32000
+    assert tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [
+        512,
+        513,
+    ]  # llava-hf: 32000, 32001 after Vicuna's 32000
     assert tokenizer.pad_token == "<pad>"
 
 
@@ -383,9 +506,13 @@ def test_training_pixels_equal_saved_processor_and_expand2square(tiny, processor
     batch = next(iter(GroupedBatches(data, batch_size=2, pad_token_id=processor.tokenizer.pad_token_id)))
 
     tower = AutoImageProcessor.from_pretrained(tiny["clip"])
-    reference = tower(expand2square(image, tuple(int(x * 255) for x in tower.image_mean)), return_tensors="pt").pixel_values[0]
+    reference = tower(
+        expand2square(image, tuple(int(x * 255) for x in tower.image_mean)), return_tensors="pt"
+    ).pixel_values[0]
     processor.save_pretrained(tmp_path / "saved")
-    saved = AutoProcessor.from_pretrained(tmp_path / "saved").image_processor(image, return_tensors="pt").pixel_values[0]
+    saved = (
+        AutoProcessor.from_pretrained(tmp_path / "saved").image_processor(image, return_tensors="pt").pixel_values[0]
+    )
     assert (batch["pixel_values"][0] - reference).abs().max() < 1e-6
     assert (saved - reference).abs().max() < 1e-6
 
@@ -402,9 +529,14 @@ def test_convert_llava_pads_as_the_checkpoint_was_trained(make_original, tiny, t
     processor = AutoProcessor.from_pretrained(dst)
     image = random_image(90, 36, seed=1)
     tower = AutoImageProcessor.from_pretrained(tiny["clip"])
-    reference = tower(expand2square(image, tuple(int(x * 255) for x in tower.image_mean)), return_tensors="pt").pixel_values
+    reference = tower(
+        expand2square(image, tuple(int(x * 255) for x in tower.image_mean)), return_tensors="pt"
+    ).pixel_values
     assert (processor.image_processor(image, return_tensors="pt").pixel_values - reference).abs().max() < 1e-6
-    assert processor.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True) == f"{V1_SYSTEM} USER: Hi ASSISTANT:"
+    assert (
+        processor.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+        == f"{V1_SYSTEM} USER: Hi ASSISTANT:"
+    )
 
 
 class WordData:
@@ -429,8 +561,8 @@ def llava_steps(lengths, batch_size, world_size, grad_accum, seed):
     to the ranks in turn."""
     torch.manual_seed(seed)
     order = get_modality_length_grouped_indices(lengths, batch_size, world_size * grad_accum)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    return [batches[i:i + world_size] for i in range(0, len(batches), world_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i : i + world_size] for i in range(0, len(batches), world_size)]
 
 
 @pytest.mark.parametrize("images, texts", [(23, 11), (24, 11), (30, 0)])
@@ -440,7 +572,15 @@ def test_grouping_matches_llava_index_for_index(images, texts):
     order = rng.permutation(len(lengths))
     lengths = [lengths[i] for i in order]  # the modalities interleaved in the file
     batch_size, world_size, grad_accum = 2, 2, 2
-    plan = GroupedBatches(WordData(lengths), batch_size, rank=0, world_size=world_size, seed=5, group_by_length=True, grad_accum=grad_accum)
+    plan = GroupedBatches(
+        WordData(lengths),
+        batch_size,
+        rank=0,
+        world_size=world_size,
+        seed=5,
+        group_by_length=True,
+        grad_accum=grad_accum,
+    )
     plan.set_epoch(3)
     ours = plan.plan()
     theirs = llava_steps(lengths, batch_size, world_size, grad_accum, plan.epoch_seed())

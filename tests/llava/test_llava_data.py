@@ -33,7 +33,9 @@ def test_plain_prompt_is_image_then_caption():
 
 
 def test_vicuna_v1_prompt_matches_llava_1_5():
-    expected = f"{VICUNA_SYSTEM} USER: <image>\nWhat colour is it? ASSISTANT: Red.</s>USER: How many? ASSISTANT: Two.</s>"
+    expected = (
+        f"{VICUNA_SYSTEM} USER: <image>\nWhat colour is it? ASSISTANT: Red.</s>USER: How many? ASSISTANT: Two.</s>"
+    )
     assert prompt_text(TWO_TURNS, "vicuna_v1") == expected
     assert prompt_text(TEXT_ONLY, "vicuna_v1") == f"{VICUNA_SYSTEM} USER: Hi ASSISTANT: Hello.</s>"
 
@@ -73,11 +75,31 @@ def test_truncation_keeps_images_whole(processor):
     "record, message",
     [
         ({"id": 1}, "record 0: field 'conversations'"),
-        ({"conversations": [{"from": "human", "value": "x"}, {"from": "human", "value": "y"}]}, "field 'conversations\\[1\\]'"),
-        ({"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]}, "record 0: field 'conversations' must be"),
-        ({"conversations": [{"from": "gpt", "value": "x"}, {"from": "gpt", "value": "y"}, {"from": "gpt", "value": "z"}]},
-         "field 'conversations\\[1\\]'"),
-        ({"image": "a.png", "conversations": [{"from": "human", "value": "no token"}, {"from": "gpt", "value": "y"}]}, "field 'image'"),
+        (
+            {"conversations": [{"from": "human", "value": "x"}, {"from": "human", "value": "y"}]},
+            "field 'conversations\\[1\\]'",
+        ),
+        (
+            {"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]},
+            "record 0: field 'conversations' must be",
+        ),
+        (
+            {
+                "conversations": [
+                    {"from": "gpt", "value": "x"},
+                    {"from": "gpt", "value": "y"},
+                    {"from": "gpt", "value": "z"},
+                ]
+            },
+            "field 'conversations\\[1\\]'",
+        ),
+        (
+            {
+                "image": "a.png",
+                "conversations": [{"from": "human", "value": "no token"}, {"from": "gpt", "value": "y"}],
+            },
+            "field 'image'",
+        ),
         ({"image": 3, "conversations": []}, "field 'image' must be a path"),
     ],
 )
@@ -100,13 +122,18 @@ def write_images(folder, names, corrupt=()):
 
 
 def test_batches_are_one_modality_and_ranks_split_them(tmp_path, processor):
-    records = [dict(TWO_TURNS, id=str(i), image=f"{i}.png") for i in range(8)] + [dict(TEXT_ONLY, id=f"t{i}") for i in range(4)]
+    records = [dict(TWO_TURNS, id=str(i), image=f"{i}.png") for i in range(8)] + [
+        dict(TEXT_ONLY, id=f"t{i}") for i in range(4)
+    ]
     write_images(tmp_path, [f"{i}.png" for i in range(8)], corrupt={"3.png"})
     records.append(dict(TWO_TURNS, id="missing", image="missing.png"))
     data = ConversationData(records, tmp_path, processor, "vicuna_v1", image_seq_length=16, max_length=512)
     assert data.missing == 1 and len(data) == 12
 
-    plans = [GroupedBatches(data, batch_size=2, rank=r, world_size=2, seed=0, pad_token_id=processor.tokenizer.pad_token_id) for r in (0, 1)]
+    plans = [
+        GroupedBatches(data, batch_size=2, rank=r, world_size=2, seed=0, pad_token_id=processor.tokenizer.pad_token_id)
+        for r in (0, 1)
+    ]
     assert plans[0].plan() == plans[1].plan() and plans[0].steps_per_epoch() == 3
     batches = [list(p) for p in plans]
     for step in range(3):
@@ -148,17 +175,26 @@ def test_each_step_is_one_modality_and_one_global_batch_on_every_rank(tmp_path, 
     """Two ranks, two accumulation steps: a global batch of 2 x 2 x 2 per group, one modality per step
     (the order within a group is LLaVA's, index for index: test_llava15_reference.py)."""
     records = [dict(TWO_TURNS, id=str(i), image="a.png") for i in range(17)]
-    records += [dict(TEXT_ONLY, id=f"t{i}", conversations=[{"from": "human", "value": "word " * i}, {"from": "gpt", "value": "ok"}])
-                for i in range(1, 10)]
+    records += [
+        dict(
+            TEXT_ONLY,
+            id=f"t{i}",
+            conversations=[{"from": "human", "value": "word " * i}, {"from": "gpt", "value": "ok"}],
+        )
+        for i in range(1, 10)
+    ]
     write_images(tmp_path, ["a.png"])
     data = ConversationData(records, tmp_path, processor, "vicuna_v1", image_seq_length=16, max_length=512)
-    plans = [GroupedBatches(data, batch_size=2, rank=r, world_size=2, seed=1, group_by_length=group_by_length, grad_accum=2) for r in (0, 1)]
+    plans = [
+        GroupedBatches(data, batch_size=2, rank=r, world_size=2, seed=1, group_by_length=group_by_length, grad_accum=2)
+        for r in (0, 1)
+    ]
     plan = plans[0].plan()
     assert plan == plans[1].plan() and len(plan) == plans[0].steps_per_epoch() == (17 // 8 + 9 // 8) * 2
     used = [i for step in plan for batch in step for i in batch]
     assert len(used) == len(set(used)) == 3 * 8, "whole global batches, no record twice"
     for k in range(0, len(plan), 2):  # one global batch = two accumulation steps
-        megabatch = [i for step in plan[k:k + 2] for batch in step for i in batch]
+        megabatch = [i for step in plan[k : k + 2] for batch in step for i in batch]
         assert len({data.has_image(i) for i in megabatch}) == 1
     rank_batches = [list(p) for p in plans]
     assert [b["input_ids"].shape[0] for b in rank_batches[1]] == [2] * len(plan)

@@ -11,7 +11,13 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoProcessor, CLIPVisionModel, LlavaForConditionalGeneration
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoProcessor,
+    CLIPVisionModel,
+    LlavaForConditionalGeneration,
+)
 
 from dcr_mllm.config import load_config
 from dcr_mllm.errors import ConfigError
@@ -23,9 +29,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_config(tiny, out, **overrides):
-    base = [f"tower={tiny['clip']}", "language_model=tiny-llama", f"output_dir={out}", "synthetic_images=16",
-            "pretrain.micro_batch_size=4", "finetune.micro_batch_size=4", "pretrain.lr=0.01", "finetune.lr=0.001",
-            "pretrain.num_workers=0", "finetune.num_workers=0", "finetune.zero_stage=2"]
+    base = [
+        f"tower={tiny['clip']}",
+        "language_model=tiny-llama",
+        f"output_dir={out}",
+        "synthetic_images=16",
+        "pretrain.micro_batch_size=4",
+        "finetune.micro_batch_size=4",
+        "pretrain.lr=0.01",
+        "finetune.lr=0.001",
+        "pretrain.num_workers=0",
+        "finetune.num_workers=0",
+        "finetune.zero_stage=2",
+    ]
     return load_config(LlavaTrainConfig, None, base + [f"{k}={v}" for k, v in overrides.items()])
 
 
@@ -59,7 +75,7 @@ def test_pretrain_trains_only_the_projector(tiny, trained):
 
 
 def test_finetune_exports_a_llava_hf_model_that_generates(tiny, trained):
-    _, out, model_dir = trained
+    _, _out, model_dir = trained
     model = LlavaForConditionalGeneration.from_pretrained(model_dir)
     processor = AutoProcessor.from_pretrained(model_dir)
     assert (model_dir / "model_card.md").is_file() and (model_dir / "chat_template.jinja").is_file()
@@ -70,9 +86,13 @@ def test_finetune_exports_a_llava_hf_model_that_generates(tiny, trained):
 
     base_lm = AutoModelForCausalLM.from_pretrained(tiny["llama"]).model.layers.state_dict()
     exported = model.model.language_model.layers.state_dict()
-    assert all(not torch.equal(exported[k], base_lm[k]) for k in exported if k.endswith("proj.weight")), "finetuning changes the LM"
+    assert all(not torch.equal(exported[k], base_lm[k]) for k in exported if k.endswith("proj.weight")), (
+        "finetuning changes the LM"
+    )
 
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour are the shapes?"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour are the shapes?"}]}
+    ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=Image.new("RGB", (48, 48), (255, 0, 0)), text=prompt, return_tensors="pt")
     generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
@@ -87,7 +107,8 @@ def test_exported_model_prompts_and_sees_pixels_as_in_training(tiny, trained, tm
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
     assert processor.apply_chat_template(messages, add_generation_prompt=True) == (
         "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-        "detailed, and polite answers to the user's questions. USER: <image>\nWhat colour? ASSISTANT:")
+        "detailed, and polite answers to the user's questions. USER: <image>\nWhat colour? ASSISTANT:"
+    )
 
     wide = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 80, 3), dtype=np.uint8))
     tower = AutoImageProcessor.from_pretrained(tiny["clip"])
@@ -101,9 +122,13 @@ def test_exported_model_prompts_and_sees_pixels_as_in_training(tiny, trained, tm
     cfg = tiny_config(tiny, out)
     _, training_processor = build_llava(tiny["clip"], tiny["llama"])
     text = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}]
-    finetune = ConversationData(text, tmp_path, training_processor, "vicuna_v1", 16, 64, cfg.finetune_data.image_aspect_ratio)
+    finetune = ConversationData(
+        text, tmp_path, training_processor, "vicuna_v1", 16, 64, cfg.finetune_data.image_aspect_ratio
+    )
     assert (finetune.pixels(wide) - expected).abs().max() < 1e-6
-    pretrain = ConversationData(text, tmp_path, training_processor, "plain", 16, 64, cfg.pretrain_data.image_aspect_ratio)
+    pretrain = ConversationData(
+        text, tmp_path, training_processor, "plain", 16, 64, cfg.pretrain_data.image_aspect_ratio
+    )
     assert (pretrain.pixels(wide) - tower(wide, return_tensors="pt").pixel_values[0]).abs().max() < 1e-6
 
 
@@ -112,7 +137,9 @@ def test_export_keeps_the_finetune_aspect(tiny, trained, tmp_path):
 
     run_dir = after_pretrain(trained, tmp_path / "square")
     os.symlink(trained[1] / "finetune", run_dir / "finetune")
-    model_dir = export_llava(tiny_config(tiny, run_dir, **{"finetune_data.image_aspect_ratio": "square"}), run_dir / "model")
+    model_dir = export_llava(
+        tiny_config(tiny, run_dir, **{"finetune_data.image_aspect_ratio": "square"}), run_dir / "model"
+    )
     wide = Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 80, 3), dtype=np.uint8))
     exported = AutoProcessor.from_pretrained(model_dir).image_processor(wide, return_tensors="pt").pixel_values
     tower = AutoImageProcessor.from_pretrained(tiny["clip"])
@@ -141,7 +168,10 @@ def test_rerun_of_a_finished_stage_does_nothing(tiny, trained, capsys):
 def test_finetune_needs_a_finished_pretrain(tiny, tmp_path, capsys):
     from dcr_mllm.cli import main
 
-    assert main(["llava-finetune", f"tower={tiny['clip']}", "language_model=tiny-llama", f"output_dir={tmp_path / 'x'}"]) == 2
+    assert (
+        main(["llava-finetune", f"tower={tiny['clip']}", "language_model=tiny-llama", f"output_dir={tmp_path / 'x'}"])
+        == 2
+    )
     assert "run llava-pretrain first" in capsys.readouterr().err
 
 
@@ -150,9 +180,25 @@ def test_finetune_needs_a_finished_pretrain(tiny, tmp_path, capsys):
 def test_two_process_zero3_finetune(tiny, trained, tmp_path):
     run_dir = after_pretrain(trained, tmp_path / "zero3")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dcr_mllm.cli",
-               "llava-finetune", f"tower={tiny['clip']}", "language_model=tiny-llama", f"output_dir={run_dir}", "synthetic_images=16",
-               "finetune.micro_batch_size=2", "finetune.max_steps=2", "finetune.epochs=0", "finetune.zero_stage=3", "finetune.num_workers=0"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "dcr_mllm.cli",
+        "llava-finetune",
+        f"tower={tiny['clip']}",
+        "language_model=tiny-llama",
+        f"output_dir={run_dir}",
+        "synthetic_images=16",
+        "finetune.micro_batch_size=2",
+        "finetune.max_steps=2",
+        "finetune.epochs=0",
+        "finetune.zero_stage=3",
+        "finetune.num_workers=0",
+    ]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((run_dir / "finetune" / "train_state.json").read_text())
@@ -163,8 +209,18 @@ def test_two_process_zero3_finetune(tiny, trained, tmp_path):
 def test_lora_finetune_trains_adapters_and_projector_then_merges(tiny, trained, tmp_path):
     _, out, _ = trained
     run_dir = after_pretrain(trained, tmp_path / "lora")
-    cfg = tiny_config(tiny, run_dir, **{"lora.enabled": "true", "lora.r": 4, "lora.alpha": 8, "lora.projector_lr": 0.0,
-                                        "finetune.epochs": 0, "finetune.max_steps": 2})
+    cfg = tiny_config(
+        tiny,
+        run_dir,
+        **{
+            "lora.enabled": "true",
+            "lora.r": 4,
+            "lora.alpha": 8,
+            "lora.projector_lr": 0.0,
+            "finetune.epochs": 0,
+            "finetune.max_steps": 2,
+        },
+    )
     model_dir = run_llava(cfg, "finetune")
     state = load_file(run_dir / "finetune" / "trainable.safetensors")
     assert any("lora_A" in k for k in state) and any("multi_modal_projector" in k for k in state)
@@ -188,11 +244,19 @@ def test_a_positive_max_steps_wins_over_epochs_and_raising_it_continues(tiny, tr
     from dcr_mllm.cli import main
 
     run_dir = after_pretrain(trained, tmp_path / "steps")
-    common = ["--config", str(REPO / "stages/configs/llava_tiny.yaml"), f"tower={tiny['clip']}", f"output_dir={run_dir}", "synthetic_images=16",
-              "finetune.micro_batch_size=4"]
+    common = [
+        "--config",
+        str(REPO / "stages/configs/llava_tiny.yaml"),
+        f"tower={tiny['clip']}",
+        f"output_dir={run_dir}",
+        "synthetic_images=16",
+        "finetune.micro_batch_size=4",
+    ]
     assert main(["llava-finetune", *common, "finetune.max_steps=3"]) == 0
     assert _metric_steps(run_dir / "finetune") == [1, 2, 3]
-    assert main(["llava-finetune", *common, "finetune.max_steps=5", "--allow-config-change"]) == 0  # cosine: the schedule changes shape
+    assert (
+        main(["llava-finetune", *common, "finetune.max_steps=5", "--allow-config-change"]) == 0
+    )  # cosine: the schedule changes shape
     assert _metric_steps(run_dir / "finetune") == [1, 2, 3, 4, 5]
 
 
@@ -217,8 +281,16 @@ def test_held_out_loss_is_logged_and_leaves_training_as_it_was(tiny, trained, tm
         runs = {}
         for every in (2, 4):
             run_dir = after_pretrain(trained, tmp_path / f"every{every}")
-            cfg = tiny_config(tiny, run_dir, **{"finetune.epochs": 0, "finetune.max_steps": 4, "finetune_data.eval_share": 0.25,
-                                                "finetune_data.eval_every": every})
+            cfg = tiny_config(
+                tiny,
+                run_dir,
+                **{
+                    "finetune.epochs": 0,
+                    "finetune.max_steps": 4,
+                    "finetune_data.eval_share": 0.25,
+                    "finetune_data.eval_every": every,
+                },
+            )
             run_llava(cfg, "finetune")
             runs[every] = run_dir
     finally:
@@ -226,9 +298,15 @@ def test_held_out_loss_is_logged_and_leaves_training_as_it_was(tiny, trained, tm
     rows = [json.loads(line) for line in (runs[2] / "finetune" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "eval/loss" in row] == [2, 4]
     assert all(np.isfinite(row["eval/loss"]) and row["eval/loss"] > 0 for row in rows if "eval/loss" in row)
-    assert [row["step"] for row in (json.loads(line) for line in (runs[4] / "finetune" / "metrics.jsonl").read_text().splitlines())
-            if "eval/loss" in row] == [4]
-    a, b = load_file(runs[2] / "finetune" / "trainable.safetensors"), load_file(runs[4] / "finetune" / "trainable.safetensors")
+    assert [
+        row["step"]
+        for row in (json.loads(line) for line in (runs[4] / "finetune" / "metrics.jsonl").read_text().splitlines())
+        if "eval/loss" in row
+    ] == [4]
+    a, b = (
+        load_file(runs[2] / "finetune" / "trainable.safetensors"),
+        load_file(runs[4] / "finetune" / "trainable.safetensors"),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert plot_loss(runs[2] / "finetune").stat().st_size > 0
     with pytest.raises(ConfigError, match="eval_share and finetune_data.eval_every work together"):
@@ -254,9 +332,13 @@ def test_the_loss_on_labelled_positions_only_equals_transformers_full_loss(tiny,
     cfg, out, _ = trained
     torch.manual_seed(0)
     model, processor = build_for_stage(cfg, "finetune")
-    data = conversation_data(cfg, "finetune", processor, read_records(out / "data" / "finetune.json"), out / "data" / "images")
+    data = conversation_data(
+        cfg, "finetune", processor, read_records(out / "data" / "finetune.json"), out / "data" / "images"
+    )
     batch = next(iter(GroupedBatches(data, 4, pad_token_id=processor.tokenizer.pad_token_id)))
-    assert (batch["labels"] == -100).float().mean() > 0.3 and (batch["attention_mask"] == 0).any()  # a padded batch with prompts
+    assert (batch["labels"] == -100).float().mean() > 0.3 and (
+        batch["attention_mask"] == 0
+    ).any()  # a padded batch with prompts
     batch["labels"][1, :] = -100  # a row with nothing to learn (a corrupt image) too
 
     def grads(loss):
@@ -266,8 +348,12 @@ def test_the_loss_on_labelled_positions_only_equals_transformers_full_loss(tiny,
 
     ours = llava_loss(model, batch, "cpu", torch.float32)
     ours_grads = grads(ours)
-    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                 pixel_values=batch["pixel_values"]).loss
+    full = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=batch["labels"],
+        pixel_values=batch["pixel_values"],
+    ).loss
     full_grads = grads(full)
     torch.testing.assert_close(ours, full, rtol=1e-6, atol=1e-6)
     assert ours_grads.keys() == full_grads.keys() and len(ours_grads) > 10

@@ -29,7 +29,11 @@ CHECKPOINT_TOWER_TENSORS = 55  # a 3-layer CLIP vision model
 
 
 def digest(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def tensors(directory: Path) -> dict[str, torch.Tensor]:
@@ -118,13 +122,17 @@ def test_swap_replaces_exactly_the_vision_tower(make_llava_hf, dcr_tower, tmp_pa
 
 
 @pytest.mark.parametrize("target", ["copied", "tower"])
-def test_a_corrupted_tensor_fails_verification_and_leaves_no_output(make_llava_hf, dcr_tower, tmp_path, monkeypatch, target):
+def test_a_corrupted_tensor_fails_verification_and_leaves_no_output(
+    make_llava_hf, dcr_tower, tmp_path, monkeypatch, target
+):
     src, write_shard = make_llava_hf("hub"), swap.write_shard
 
     def write_and_corrupt(path, tensors, metadata=None):
         """Write a shard as planned, then flip one byte of its first copied (or tower) tensor."""
         digests = write_shard(path, tensors, metadata)
-        victim = next((t for k, t in read_header(path)[0].items() if (tower_key(k) is None) == (target == "copied")), None)
+        victim = next(
+            (t for k, t in read_header(path)[0].items() if (tower_key(k) is None) == (target == "copied")), None
+        )
         if victim is not None:
             with open(path, "r+b") as f:
                 f.seek(victim.start)
@@ -150,7 +158,9 @@ def test_dry_run_prints_the_changes_and_writes_nothing(make_llava_hf, dcr_tower,
 
 
 def _wide_tower(directory: Path) -> Path:
-    config = CLIPVisionConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8)
+    config = CLIPVisionConfig(
+        hidden_size=48, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8
+    )
     CLIPVisionModel(config).save_pretrained(directory)
     return directory
 
@@ -201,7 +211,9 @@ def test_siglip_into_clip_is_refused_unless_asked_for(make_llava_hf, tiny, tmp_p
     assert config["vision_feature_select_strategy"] == "full" and config["image_seq_length"] == 16
     processor = json.loads((dst / "processor_config.json").read_text())
     assert processor["num_additional_image_tokens"] == 0
-    image_processor = processor["image_processor"]  # SigLIP's preprocessing (a plain resize, its mean/std), padded as LLaVA
+    image_processor = processor[
+        "image_processor"
+    ]  # SigLIP's preprocessing (a plain resize, its mean/std), padded as LLaVA
     assert image_processor["image_processor_type"].startswith("LlavaImageProcessor") and image_processor["do_pad"]
     assert not image_processor["do_center_crop"] and image_processor["image_mean"] == [0.5, 0.5, 0.5]
     _, info = LlavaForConditionalGeneration.from_pretrained(dst, output_loading_info=True)
@@ -210,7 +222,9 @@ def test_siglip_into_clip_is_refused_unless_asked_for(make_llava_hf, tiny, tmp_p
 
 
 def test_open_clip_tower_is_refused(make_llava_hf, tiny, tmp_path, capsys):
-    code, _, err = run(capsys, "--llava", make_llava_hf("hub"), "--tower", tiny["open_clip"], "--output", tmp_path / "x")
+    code, _, err = run(
+        capsys, "--llava", make_llava_hf("hub"), "--tower", tiny["open_clip"], "--output", tmp_path / "x"
+    )
     assert code == 2 and "open_clip tower" in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 
@@ -235,7 +249,9 @@ def test_original_checkpoint_gets_the_tower_beside_it(make_original, dcr_tower, 
     assert digest(src) == before
     config, old_config = json.loads((dst / "config.json").read_text()), json.loads((src / "config.json").read_text())
     assert config["mm_vision_tower"] == str(dst.resolve() / "vision_tower")
-    assert {k: v for k, v in config.items() if k != "mm_vision_tower"} == {k: v for k, v in old_config.items() if k != "mm_vision_tower"}
+    assert {k: v for k, v in config.items() if k != "mm_vision_tower"} == {
+        k: v for k, v in old_config.items() if k != "mm_vision_tower"
+    }
     copied = CLIPVisionModel.from_pretrained(dst / "vision_tower").state_dict()
     expected = CLIPVisionModel.from_pretrained(dcr_tower).state_dict()
     assert all(torch.equal(copied[k], expected[k]) for k in expected)
@@ -265,11 +281,23 @@ def test_original_checkpoint_name_rule_is_spelled_out(make_original, dcr_tower, 
 def test_pickled_original_checkpoint_is_copied_as_it_is_or_refused(make_original, dcr_tower, tmp_path, capsys):
     src = make_original(pickled=True)
     report = swap_tower(src, dcr_tower, tmp_path / "llava-swapped")
-    for name in ("pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json"):
+    for name in (
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin",
+        "pytorch_model.bin.index.json",
+    ):
         assert (tmp_path / "llava-swapped" / name).read_bytes() == (src / name).read_bytes()
     assert "2 .bin file(s) byte-identical to SRC" in "\n".join(report.lines())
 
-    code, _, err = run(capsys, "--llava", make_original(stored_tower=True, pickled=True), "--tower", dcr_tower, "--output", tmp_path / "no")
+    code, _, err = run(
+        capsys,
+        "--llava",
+        make_original(stored_tower=True, pickled=True),
+        "--tower",
+        dcr_tower,
+        "--output",
+        tmp_path / "no",
+    )
     assert code == 2 and "stored in .bin pickles; pass --allow-pickle" in err and not (tmp_path / "no").exists()
 
 
@@ -278,7 +306,10 @@ def _as_bin_shards(src: Path, out: Path) -> Path:
     with their index, as the released LLaVA-1.5 checkpoints are."""
     shutil.copytree(src, out, ignore=shutil.ignore_patterns("*.safetensors", "model.safetensors.index.json"))
     index = json.loads((src / "model.safetensors.index.json").read_text())
-    names = {name: name.replace("model", "pytorch_model", 1).replace(".safetensors", ".bin") for name in set(index["weight_map"].values())}
+    names = {
+        name: name.replace("model", "pytorch_model", 1).replace(".safetensors", ".bin")
+        for name in set(index["weight_map"].values())
+    }
     for name, bin_name in names.items():
         with safe_open(src / name, "pt") as f:
             torch.save({k: f.get_tensor(k) for k in f.keys()}, out / bin_name)
@@ -295,16 +326,26 @@ def _bin_tensors(directory: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("layout", ["llava-hf", "original"])
-def test_bin_sharded_checkpoint_is_swapped_into_safetensors_shards(layout, make_llava_hf, make_original, dcr_tower, tmp_path, capsys):
-    src = _as_bin_shards(make_llava_hf("hub"), tmp_path / "src") if layout == "llava-hf" else make_original(stored_tower=True, pickled=True)
+def test_bin_sharded_checkpoint_is_swapped_into_safetensors_shards(
+    layout, make_llava_hf, make_original, dcr_tower, tmp_path, capsys
+):
+    src = (
+        _as_bin_shards(make_llava_hf("hub"), tmp_path / "src")
+        if layout == "llava-hf"
+        else make_original(stored_tower=True, pickled=True)
+    )
     before = digest(src)
     dst = tmp_path / "llava-swapped"
 
-    code, _, err = run(capsys, "--llava", src, "--tower", dcr_tower, "--output", dst)  # without the flag: refused, naming it
+    code, _, err = run(
+        capsys, "--llava", src, "--tower", dcr_tower, "--output", dst
+    )  # without the flag: refused, naming it
     assert code == 2 and "--allow-pickle" in err and not dst.exists()
     code, out, _ = run(capsys, "--llava", src, "--tower", dcr_tower, "--output", dst, "--allow-pickle")
 
-    assert code == 0 and f"{len(list(src.glob('*.bin')))} .bin shard(s) of SRC read with the restricted unpickler" in out
+    assert (
+        code == 0 and f"{len(list(src.glob('*.bin')))} .bin shard(s) of SRC read with the restricted unpickler" in out
+    )
     assert digest(src) == before and leftovers(tmp_path) == []
     assert not list(dst.glob("*.bin")) and not (dst / "pytorch_model.bin.index.json").exists()
     index = json.loads((dst / "model.safetensors.index.json").read_text())
@@ -338,8 +379,12 @@ def test_swapped_processor_pads_as_training_does(make_llava_hf, dcr_tower, tmp_p
     assert type(loaded).__name__.startswith("LlavaImageProcessor") and loaded.do_pad
     wide = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 80, 3), dtype=np.uint8))
     training = llava_image_processor(dcr_tower, do_pad=True)
-    torch.testing.assert_close(loaded(wide, return_tensors="pt")["pixel_values"],
-                               training(wide, return_tensors="pt")["pixel_values"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        loaded(wide, return_tensors="pt")["pixel_values"],
+        training(wide, return_tensors="pt")["pixel_values"],
+        atol=1e-6,
+        rtol=0,
+    )
     assert list(loaded.image_mean) == ENHANCED_MEAN
 
 
@@ -354,7 +399,14 @@ def test_an_unreadable_config_of_the_original_tower_is_an_error_not_a_guess(make
     config = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps({**config, "mm_vision_tower": str(broken)}))
     code, _, err = run(capsys, "--llava", src, "--tower", dcr_tower, "--output", tmp_path / "dst")
-    assert code == 2 and f"the checkpoint's tower {broken}" in err and "not valid JSON" in err and not (tmp_path / "dst").exists()
+    assert (
+        code == 2
+        and f"the checkpoint's tower {broken}" in err
+        and "not valid JSON" in err
+        and not (tmp_path / "dst").exists()
+    )
     with pytest.raises(DcrError) as raised:
-        main(["--debug", "swap-tower", "--llava", str(src), "--tower", str(dcr_tower), "--output", str(tmp_path / "dst")])
+        main(
+            ["--debug", "swap-tower", "--llava", str(src), "--tower", str(dcr_tower), "--output", str(tmp_path / "dst")]
+        )
     assert raised.value.__cause__ is not None

@@ -20,22 +20,65 @@ from dcr_mllm.prompts import VICUNA_SYSTEM
 
 SP_VOCAB = 512
 TEXT = "What colour is the star? Answer with one word."
-WORDS = "red green blue yellow circle square triangle star left right top bottom small large one two three shapes image colour where".split()
+WORDS = [
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "left",
+    "right",
+    "top",
+    "bottom",
+    "small",
+    "large",
+    "one",
+    "two",
+    "three",
+    "shapes",
+    "image",
+    "colour",
+    "where",
+]
 
 
 def _special(content: str) -> dict:
-    return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    return {
+        "__type": "AddedToken",
+        "content": content,
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+    }
 
 
 @pytest.fixture(scope="session")
 def sentencepiece_model() -> bytes:
     """A Llama-style sentencepiece model (BPE, byte fallback, <unk>/<s>/</s> = 0/1/2), trained here."""
-    lines = ["A chat between a curious user and an artificial intelligence assistant.", "USER: What colour are the shapes? ASSISTANT:"]
+    lines = [
+        "A chat between a curious user and an artificial intelligence assistant.",
+        "USER: What colour are the shapes? ASSISTANT:",
+    ]
     lines += [" ".join(words) for words in itertools.islice(itertools.permutations(WORDS, 6), 0, 20000, 7)]
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, model_type="bpe", vocab_size=SP_VOCAB,
-                                   byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0,
-                                   num_threads=1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=SP_VOCAB,
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
     return model.getvalue()
 
 
@@ -44,11 +87,24 @@ def vicuna_tokenizer(directory: Path, model: bytes) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (directory / name).unlink(missing_ok=True)
     (directory / "tokenizer.model").write_bytes(model)
-    config = {"add_bos_token": True, "add_eos_token": False, "bos_token": _special("<s>"), "eos_token": _special("</s>"),
-              "unk_token": _special("<unk>"), "clean_up_tokenization_spaces": False, "legacy": False, "model_max_length": 2048,
-              "pad_token": None, "padding_side": "right", "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer"}
+    config = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": _special("<s>"),
+        "eos_token": _special("</s>"),
+        "unk_token": _special("<unk>"),
+        "clean_up_tokenization_spaces": False,
+        "legacy": False,
+        "model_max_length": 2048,
+        "pad_token": None,
+        "padding_side": "right",
+        "sp_model_kwargs": {},
+        "tokenizer_class": "LlamaTokenizer",
+    }
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    (directory / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<unk>", "unk_token": "<unk>"}))
+    (directory / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<unk>", "unk_token": "<unk>"})
+    )
     return directory
 
 
@@ -66,7 +122,11 @@ def test_stage_two_builds_llava_on_a_sentencepiece_only_vicuna(tiny, sentencepie
     tokenizer = processor.tokenizer
     assert tokenizer(TEXT).input_ids == sentencepiece_ids(sentencepiece_model, TEXT)
     image_id = tokenizer.convert_tokens_to_ids("<image>")
-    assert image_id >= SP_VOCAB and tokenizer.pad_token == "<pad>" and len(tokenizer) <= model.config.text_config.vocab_size
+    assert (
+        image_id >= SP_VOCAB
+        and tokenizer.pad_token == "<pad>"
+        and len(tokenizer) <= model.config.text_config.vocab_size
+    )
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": TEXT}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=Image.new("RGB", (40, 40), (20, 200, 40)), text=prompt, return_tensors="pt")
@@ -75,7 +135,9 @@ def test_stage_two_builds_llava_on_a_sentencepiece_only_vicuna(tiny, sentencepie
         assert torch.isfinite(model(**inputs).logits).all()
 
 
-def test_convert_llava_takes_a_sentencepiece_only_checkpoint_and_chats_like_lmms_eval(make_original, sentencepiece_model, tmp_path, capsys):
+def test_convert_llava_takes_a_sentencepiece_only_checkpoint_and_chats_like_lmms_eval(
+    make_original, sentencepiece_model, tmp_path, capsys
+):
     src = vicuna_tokenizer(shutil.copytree(make_original(), tmp_path / "llava-v1.5-tiny"), sentencepiece_model)
     dst = tmp_path / "llava-hf"
 
@@ -87,7 +149,9 @@ def test_convert_llava_takes_a_sentencepiece_only_checkpoint_and_chats_like_lmms
     assert tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [SP_VOCAB, SP_VOCAB + 1]
     # lmms-eval's llava_hf chat path: its ChatMessages through the processor's chat template, then generate
     image = Image.new("RGB", (32, 32), (0, 90, 200))
-    chat = ChatMessages(messages=[{"role": "user", "content": [{"type": "image", "url": image}, {"type": "text", "text": TEXT}]}])
+    chat = ChatMessages(
+        messages=[{"role": "user", "content": [{"type": "image", "url": image}, {"type": "text", "text": TEXT}]}]
+    )
     prompt = processor.apply_chat_template(chat.model_dump()["messages"], tokenize=False, add_generation_prompt=True)
     assert prompt == f"{VICUNA_SYSTEM} USER: <image>\n{TEXT} ASSISTANT:"
     inputs = processor(images=[image], text=prompt, return_tensors="pt")

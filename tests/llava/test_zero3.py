@@ -27,9 +27,19 @@ ZERO3 = {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold":
 
 
 def tiny_config(tiny, out, **overrides):
-    base = [f"tower={tiny['clip']}", "language_model=tiny-llama", f"output_dir={out}", "synthetic_images=8",
-            "pretrain.micro_batch_size=4", "finetune.micro_batch_size=4", "pretrain.lr=0.01", "finetune.lr=0.01",
-            "pretrain.num_workers=0", "finetune.num_workers=0", "finetune.zero_stage=2"]
+    base = [
+        f"tower={tiny['clip']}",
+        "language_model=tiny-llama",
+        f"output_dir={out}",
+        "synthetic_images=8",
+        "pretrain.micro_batch_size=4",
+        "finetune.micro_batch_size=4",
+        "pretrain.lr=0.01",
+        "finetune.lr=0.01",
+        "pretrain.num_workers=0",
+        "finetune.num_workers=0",
+        "finetune.zero_stage=2",
+    ]
     return load_config(LlavaTrainConfig, None, base + [f"{k}={v}" for k, v in overrides.items()])
 
 
@@ -76,7 +86,10 @@ def test_streamed_export_equals_building_the_model(tiny, tmp_path, lora):
         assert json.loads((streamed / name).read_text()) == json.loads((built / name).read_text()), name
     if lora:  # the merge really changed the LM: W + scale * B @ A, not W
         base = load_file(local_path("tiny-llama") / "model.safetensors")
-        assert not torch.equal(ours["language_model.model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+        assert not torch.equal(
+            ours["language_model.model.layers.0.self_attn.q_proj.weight"],
+            base["model.layers.0.self_attn.q_proj.weight"],
+        )
     model = LlavaForConditionalGeneration.from_pretrained(streamed)
     assert not any("lora_" in name for name, _ in model.named_parameters())
 
@@ -149,7 +162,7 @@ def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def _error(result: subprocess.CompletedProcess) -> str:
     """The first traceback of a failed run (torchrun's own summary follows it)."""
     start = result.stderr.find("Traceback")
-    return result.stderr[start:start + 4000] if start >= 0 else result.stderr[-4000:]
+    return result.stderr[start : start + 4000] if start >= 0 else result.stderr[-4000:]
 
 
 @pytest.mark.slow
@@ -157,14 +170,28 @@ def _error(result: subprocess.CompletedProcess) -> str:
 def test_zero3_builds_llava_partitioned_at_construction(tiny, tmp_path):
     (tmp_path / "ds.json").write_text(json.dumps(ZERO3))
     (tmp_path / "check.py").write_text(textwrap.dedent(BUILD_CHECK))
-    result = _torchrun([str(tmp_path / "check.py"), str(tiny["clip"]), str(tiny["llama"]), str(tiny["sd"]), str(tmp_path / "ds.json"), str(tmp_path)], REPO)
+    result = _torchrun(
+        [
+            str(tmp_path / "check.py"),
+            str(tiny["clip"]),
+            str(tiny["llama"]),
+            str(tiny["sd"]),
+            str(tmp_path / "ds.json"),
+            str(tmp_path),
+        ],
+        REPO,
+    )
     assert result.returncode == 0, _error(result)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for facts in ranks:
         assert facts["dtypes"] == ["torch.bfloat16"], "built in the training dtype"
         assert facts["held"] == 0, "outside a gather no rank holds any full parameter"
-        assert facts["total"] / 2 <= facts["local"] <= facts["total"] / 2 + facts["count"], "each rank holds half (rounded up per parameter)"
-        assert facts["largest_created"] < facts["total"] / 2, "no tensor the size of the model (or of a rank's half) was ever created"
+        assert facts["total"] / 2 <= facts["local"] <= facts["total"] / 2 + facts["count"], (
+            "each rank holds half (rounded up per parameter)"
+        )
+        assert facts["largest_created"] < facts["total"] / 2, (
+            "no tensor the size of the model (or of a rank's half) was ever created"
+        )
         assert facts["equal"], "the partitioned model holds exactly the weights of the model built whole"
         for part in ("tower", "denoiser"):
             built = facts[part]
@@ -179,9 +206,22 @@ def test_zero3_pretrain_trains_and_resumes(tiny, tmp_path):
     (tmp_path / "ds.json").write_text(json.dumps(ZERO3))
     run_dir = tmp_path / "run"
     stage_dir = run_dir / "pretrain"
-    args = ["-m", "dcr_mllm.cli", "llava-pretrain", f"tower={tiny['clip']}", "language_model=tiny-llama", f"output_dir={run_dir}",
-            "synthetic_images=16", "pretrain.micro_batch_size=2", "pretrain.epochs=0", "pretrain.max_steps=3", "pretrain.save_every=1",
-            "pretrain.num_workers=0", f"pretrain.deepspeed={tmp_path / 'ds.json'}", "pretrain.zero_stage=3"]
+    args = [
+        "-m",
+        "dcr_mllm.cli",
+        "llava-pretrain",
+        f"tower={tiny['clip']}",
+        "language_model=tiny-llama",
+        f"output_dir={run_dir}",
+        "synthetic_images=16",
+        "pretrain.micro_batch_size=2",
+        "pretrain.epochs=0",
+        "pretrain.max_steps=3",
+        "pretrain.save_every=1",
+        "pretrain.num_workers=0",
+        f"pretrain.deepspeed={tmp_path / 'ds.json'}",
+        "pretrain.zero_stage=3",
+    ]
     result = _torchrun(args, REPO)
     assert result.returncode == 0, _error(result)
     uninterrupted = load_file(stage_dir / "trainable.safetensors")

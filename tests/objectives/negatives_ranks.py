@@ -41,11 +41,19 @@ def step(model: EnhanceModel, inputs: dict, rows: slice, generator: torch.Genera
     """Loss and gradients for the images in ``rows``, from the given fixed tensors."""
     views = torch.cat([inputs["base"][rows], inputs["augmented"][rows]])
     tokens = model.config.condition == "tokens"  # all patches: the sampled subset is the generator's, not the inputs'
-    conditions = model.tower.patch_features(views, model.config.condition_layer) if tokens else model.tower.global_embedding(views)
-    loss = model.dcr_objective(conditions, inputs["noisy"][rows], inputs["timesteps"][rows], inputs["target"][rows], generator)
+    conditions = (
+        model.tower.patch_features(views, model.config.condition_layer)
+        if tokens
+        else model.tower.global_embedding(views)
+    )
+    loss = model.dcr_objective(
+        conditions, inputs["noisy"][rows], inputs["timesteps"][rows], inputs["target"][rows], generator
+    )
     loss.backward()
     # with token conditions from layer -2 the last block's LoRA gets no gradient (None)
-    grads = {name: param.grad for name, param in model.named_parameters() if param.requires_grad and param.grad is not None}
+    grads = {
+        name: param.grad for name, param in model.named_parameters() if param.requires_grad and param.grad is not None
+    }
     return {"loss": loss.detach().reshape(1), **grads}
 
 
@@ -63,10 +71,14 @@ def main(clip: str, sd: str, out: str, condition: str = "global") -> None:
     per_rank = BATCH // world
     model = build(clip, sd, negatives="global", num_negatives=BATCH - 1, condition=condition)
     rows = slice(rank * per_rank, (rank + 1) * per_rank)
-    save_file(step(model, inputs, rows, torch.Generator().manual_seed(100 + rank)), f"{out}/global_rank{rank}.safetensors")
+    save_file(
+        step(model, inputs, rows, torch.Generator().manual_seed(100 + rank)), f"{out}/global_rank{rank}.safetensors"
+    )
     if rank == 0:
         reference = build(clip, sd, negatives="local", condition=condition)
-        save_file(step(reference, inputs, slice(0, BATCH), torch.Generator().manual_seed(0)), f"{out}/local.safetensors")
+        save_file(
+            step(reference, inputs, slice(0, BATCH), torch.Generator().manual_seed(0)), f"{out}/local.safetensors"
+        )
     dist.barrier()
     dist.destroy_process_group()
 

@@ -2,7 +2,9 @@ import torch
 
 from dcr_mllm.objectives.augment import AugmentConfig, positive_view
 
-IDENTITY = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+IDENTITY = dict(
+    crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0
+)
 
 
 def identity(x):

@@ -29,7 +29,9 @@ def test_matches_literal_formula(batch):
     pairwise = torch.randn(batch, batch, 4, 3, 3, generator=gen)
     positive = torch.randn(batch, 4, 3, 3, generator=gen)
     target = torch.randn(batch, 4, 3, 3, generator=gen)
-    torch.testing.assert_close(dcr_loss(pairwise, positive, target), literal_dcr_loss(pairwise, positive, target), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        dcr_loss(pairwise, positive, target), literal_dcr_loss(pairwise, positive, target), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_gradients_match_literal_formula():

@@ -100,7 +100,20 @@ def test_chunked_equals_unchunked_and_keeps_less_for_backward(tiny, setting):
 
 def test_pairs_cover_the_grid_then_the_positives():
     pairs = dcr_pairs(3)
-    assert pairs.tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [2, 0], [2, 1], [2, 2], [0, 3], [1, 4], [2, 5]]
+    assert pairs.tolist() == [
+        [0, 0],
+        [0, 1],
+        [0, 2],
+        [1, 0],
+        [1, 1],
+        [1, 2],
+        [2, 0],
+        [2, 1],
+        [2, 2],
+        [0, 3],
+        [1, 4],
+        [2, 5],
+    ]
 
 
 def test_predict_pairs_indexes_latents_and_contexts():

@@ -21,7 +21,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
-@pytest.mark.parametrize("batch, total, offset, k", [(4, 8, 4, 7), (4, 8, 0, 3), (1, 2, 1, 1), (3, 3, 0, 0), (8, 16, 8, 5)])
+@pytest.mark.parametrize(
+    "batch, total, offset, k", [(4, 8, 4, 7), (4, 8, 0, 3), (1, 2, 1, 1), (3, 3, 0, 0), (8, 16, 8, 5)]
+)
 def test_sampler_draws_distinct_others(batch, total, offset, k):
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
@@ -74,10 +76,15 @@ def literal_loss(anchor, positive, target, negatives, tau=0.1):
     losses = []
     for i in range(anchor.shape[0]):
         a = F.normalize(anchor[i].flatten(), dim=0)
-        sims = [torch.dot(a, F.normalize(positive[i].flatten(), dim=0)) / tau, torch.dot(a, F.normalize(target[i].flatten(), dim=0)) / tau]
+        sims = [
+            torch.dot(a, F.normalize(positive[i].flatten(), dim=0)) / tau,
+            torch.dot(a, F.normalize(target[i].flatten(), dim=0)) / tau,
+        ]
         sims += [torch.dot(a, F.normalize(n.flatten(), dim=0)) / tau for n in negatives[i]]
         denominator = sum(torch.exp(s) for s in sims)
-        losses.append(-0.5 * (torch.log(torch.exp(sims[0]) / denominator) + torch.log(torch.exp(sims[1]) / denominator)))
+        losses.append(
+            -0.5 * (torch.log(torch.exp(sims[0]) / denominator) + torch.log(torch.exp(sims[1]) / denominator))
+        )
     return torch.stack(losses).mean()
 
 
@@ -86,7 +93,12 @@ def test_contrastive_loss_matches_literal_formula(k):
     gen = torch.Generator().manual_seed(k)
     anchor, positive, target = (torch.randn(3, 4, 2, 2, generator=gen) for _ in range(3))
     negatives = torch.randn(3, k, 4, 2, 2, generator=gen)
-    torch.testing.assert_close(contrastive_loss(anchor, positive, target, negatives), literal_loss(anchor, positive, target, negatives), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        contrastive_loss(anchor, positive, target, negatives),
+        literal_loss(anchor, positive, target, negatives),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_dcr_loss_is_contrastive_loss_over_the_other_images_in_any_order():
@@ -95,7 +107,9 @@ def test_dcr_loss_is_contrastive_loss_over_the_other_images_in_any_order():
     positive, target = torch.randn(4, 8, generator=gen), torch.randn(4, 8, generator=gen)
     anchor = pairwise[torch.arange(4), torch.arange(4)]
     shuffled = torch.stack([pairwise[i, [k for k in (3, 1, 0, 2) if k != i]] for i in range(4)])
-    torch.testing.assert_close(dcr_loss(pairwise, positive, target), contrastive_loss(anchor, positive, target, shuffled), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        dcr_loss(pairwise, positive, target), contrastive_loss(anchor, positive, target, shuffled), atol=1e-6, rtol=1e-6
+    )
 
 
 def test_projector_project_then_broadcast_is_its_forward():
@@ -157,20 +171,31 @@ def run(argv, capsys):
 
 
 def test_print_config_shows_the_negatives(capsys):
-    code, out, err = run(["enhance", "--print-config", "objective.negatives=global", "objective.num_negatives=15"], capsys)
+    code, out, err = run(
+        ["enhance", "--print-config", "objective.negatives=global", "objective.num_negatives=15"], capsys
+    )
     assert code == 0, err
     printed = yaml.safe_load(out)["objective"]
     assert printed["negatives"] == "global" and printed["num_negatives"] == 15
     code, out, err = run(["enhance", "--print-config"], capsys)
-    assert yaml.safe_load(out)["objective"]["negatives"] == "local" and yaml.safe_load(out)["objective"]["num_negatives"] == 0
+    assert (
+        yaml.safe_load(out)["objective"]["negatives"] == "local"
+        and yaml.safe_load(out)["objective"]["num_negatives"] == 0
+    )
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["objective.num_negatives=3"], "objective.num_negatives=3: set 0"),
-    (["objective.negatives=global", "objective.num_negatives=-1"], "objective.num_negatives=-1: set 0"),
-    (["objective.negatives=global", "objective.name=reconstruction"], "objective.negatives is not read by objective.name=reconstruction"),
-    (["objective.negatives=everywhere"], "objective.negatives"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["objective.num_negatives=3"], "objective.num_negatives=3: set 0"),
+        (["objective.negatives=global", "objective.num_negatives=-1"], "objective.num_negatives=-1: set 0"),
+        (
+            ["objective.negatives=global", "objective.name=reconstruction"],
+            "objective.negatives is not read by objective.name=reconstruction",
+        ),
+        (["objective.negatives=everywhere"], "objective.negatives"),
+    ],
+)
 def test_bad_negatives_settings_are_refused(capsys, overrides, message):
     code, out, err = run(["enhance", "--print-config", *overrides], capsys)
     assert code == 2 and message in err and not out
@@ -185,8 +210,18 @@ def test_two_ranks_global_equal_one_rank_local(tiny, tmp_path, condition):
     gradients, so the mean of the two ranks' gradients must equal the single rank's gradient
     (the gathered conditions send each rank's share of the other rank's loss back to it)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(HERE / "negatives_ranks.py"), str(tiny["clip"]), str(tiny["sd"]), str(tmp_path), condition]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(HERE / "negatives_ranks.py"),
+        str(tiny["clip"]),
+        str(tiny["sd"]),
+        str(tmp_path),
+        condition,
+    ]
     result = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [load_file(tmp_path / f"global_rank{r}.safetensors") for r in range(2)]
@@ -203,9 +238,23 @@ def test_two_ranks_global_equal_one_rank_local(tiny, tmp_path, condition):
 def test_more_negatives_than_the_global_batch_holds_fail_before_building(tiny, tmp_path):
     """One rank of 4: 3 other images, so K = 4 is refused with exit 2 once the world size is known."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DCR_MLLM_CACHE": str(Path(tiny["clip"]).parents[1])}
-    args = ["enhance", f"output_dir={tmp_path / 'run'}", "objective.negatives=global", "objective.num_negatives=4",
-            "projector_stage.micro_batch_size=4", "lora_stage.micro_batch_size=4"]
-    result = subprocess.run([sys.executable, "-m", "dcr_mllm.cli", *args], check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    args = [
+        "enhance",
+        f"output_dir={tmp_path / 'run'}",
+        "objective.negatives=global",
+        "objective.num_negatives=4",
+        "projector_stage.micro_batch_size=4",
+        "lora_stage.micro_batch_size=4",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "dcr_mllm.cli", *args],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "objective.num_negatives=4 cannot be drawn from the 3 other images of the global batch" in result.stderr
     assert not (tmp_path / "run" / "projector").exists()

@@ -67,14 +67,18 @@ def test_the_gradient_reaches_the_patch_tokens_under_every_objective(tiny, name)
         return tokens
 
     model.tower.patch_features = kept
-    loss, _ = model(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)), torch.Generator().manual_seed(3))
+    loss, _ = model(
+        torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)), torch.Generator().manual_seed(3)
+    )
     loss.backward()
     assert seen and seen[0].grad is not None and seen[0].grad.abs().sum() > 0
     layers = model.tower.spec.num_layers
     lora = {n: p for n, p in model.tower.named_parameters() if "lora_A" in n}
     # layer -2 is the output of block L-2: every block up to it learns; the last block only from
     # naive's contrastive term, which is on the global embedding
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in lora.items() if f"layers.{layers - 1}." not in n)
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for n, p in lora.items() if f"layers.{layers - 1}." not in n
+    )
     last = [p.grad is not None and p.grad.abs().sum() > 0 for n, p in lora.items() if f"layers.{layers - 1}." in n]
     assert last and all(last) if name == "naive" else not any(last)
 
@@ -104,15 +108,26 @@ def test_print_config_shows_both_forms_and_the_projector_reads_the_token_width(c
     assert yaml.safe_load(capsys.readouterr().out)["objective"]["condition"] == "global"
     assert main(["enhance", "--print-config", "objective.condition=tokens", "objective.condition_tokens=8"]) == 0
     objective = yaml.safe_load(capsys.readouterr().out)["objective"]
-    assert objective["condition"] == "tokens" and objective["condition_tokens"] == 8 and objective["condition_layer"] == -2
+    assert (
+        objective["condition"] == "tokens" and objective["condition_tokens"] == 8 and objective["condition_layer"] == -2
+    )
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["objective.condition_tokens=8"], "objective.condition_tokens is read only with objective.condition=tokens"),
-    (["objective.condition=tokens", "objective.condition_tokens=-1"], "objective.condition_tokens=-1: give a number"),
-    (["objective.condition=tokens", "objective.condition_layer=9"], "objective.condition_layer=9: the tower has hidden layers"),
-    (["objective.condition=patches"], "objective.condition"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["objective.condition_tokens=8"], "objective.condition_tokens is read only with objective.condition=tokens"),
+        (
+            ["objective.condition=tokens", "objective.condition_tokens=-1"],
+            "objective.condition_tokens=-1: give a number",
+        ),
+        (
+            ["objective.condition=tokens", "objective.condition_layer=9"],
+            "objective.condition_layer=9: the tower has hidden layers",
+        ),
+        (["objective.condition=patches"], "objective.condition"),
+    ],
+)
 def test_bad_token_settings_fail_in_one_line_before_anything_runs(tiny, tmp_path, capsys, overrides, message):
     assert main(["enhance", f"output_dir={tmp_path / 'out'}", *overrides]) == 2
     err = capsys.readouterr().err

@@ -32,9 +32,9 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from dcr_mllm.components.build_once import MARKER
 from dcr_mllm.errors import DcrError
 from dcr_mllm.presets import build_tiny_preset, build_tiny_sd, ensure_tiny, resolve
-from dcr_mllm.components.build_once import MARKER
 from dcr_mllm.presets.tiny import VISION_LAYERS, default_tiny_root
 
 SENTENCES = [
@@ -109,9 +109,7 @@ def test_siglip_loads_with_its_own_processor(preset, image):
     assert isinstance(processor.tokenizer, SiglipTokenizer)
     assert list(image_processor.image_mean) == list(image_processor.image_std) == [0.5, 0.5, 0.5]
 
-    inputs = processor(
-        images=image, text=["a photo of a red cat."], padding="max_length", return_tensors="pt"
-    )
+    inputs = processor(images=image, text=["a photo of a red cat."], padding="max_length", return_tensors="pt")
     assert inputs["pixel_values"].shape == (1, 3, 32, 32)
     assert inputs["pixel_values"].min() >= -1 and inputs["pixel_values"].max() <= 1
     assert inputs["input_ids"].shape == (1, 64)
@@ -169,10 +167,7 @@ def test_sd_components_and_pipeline_load(preset):
 
 def test_sd_prediction_type(tmp_path):
     build_tiny_sd(tmp_path / "v", prediction_type="v_prediction")
-    assert (
-        DDPMScheduler.from_pretrained(tmp_path / "v", subfolder="scheduler").config.prediction_type
-        == "v_prediction"
-    )
+    assert DDPMScheduler.from_pretrained(tmp_path / "v", subfolder="scheduler").config.prediction_type == "v_prediction"
     with pytest.raises(DcrError, match="prediction_type"):
         build_tiny_sd(tmp_path / "bad", prediction_type="velocity")
 

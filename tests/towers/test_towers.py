@@ -72,7 +72,9 @@ def test_lora_trains_only_adapters_and_merges_exactly(tiny, family, tmp_path):
         torch.testing.assert_close(tower.global_embedding(pixels), adapted, atol=1e-5, rtol=1e-5)
     tower.save(tmp_path / "saved")
     with torch.no_grad():
-        torch.testing.assert_close(load_tower(tmp_path / "saved").global_embedding(pixels), adapted, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            load_tower(tmp_path / "saved").global_embedding(pixels), adapted, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_saved_towers_load_with_the_familys_own_loader(tiny, tmp_path):
@@ -81,8 +83,10 @@ def test_saved_towers_load_with_the_familys_own_loader(tiny, tmp_path):
     clip.save(tmp_path / "clip")
     assert (tmp_path / "clip" / "preprocessor_config.json").is_file() and (tmp_path / "clip" / "vocab.json").is_file()
     assert not list((tmp_path / "clip").glob("*.bin")) and not list((tmp_path / "clip").glob(".*"))
-    torch.testing.assert_close(CLIPVisionModel.from_pretrained(tmp_path / "clip")(pixel_values=clip.normalize(pixels)).pooler_output,
-                               clip.model.vision_model(pixel_values=clip.normalize(pixels)).pooler_output)
+    torch.testing.assert_close(
+        CLIPVisionModel.from_pretrained(tmp_path / "clip")(pixel_values=clip.normalize(pixels)).pooler_output,
+        clip.model.vision_model(pixel_values=clip.normalize(pixels)).pooler_output,
+    )
     siglip = load_tower(tiny["siglip"])
     siglip.save(tmp_path / "siglip")
     SiglipVisionModel.from_pretrained(tmp_path / "siglip")
@@ -124,7 +128,11 @@ def _family_model(family, path):
         tokenizer = open_clip.get_tokenizer("local-dir:" + str(path))
         return model, lambda images: torch.stack([transform(i) for i in images]), tokenizer
     processor, tokenizer = AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    return AutoModel.from_pretrained(path), lambda images: processor(images=images, return_tensors="pt").pixel_values, tokenizer
+    return (
+        AutoModel.from_pretrained(path),
+        lambda images: processor(images=images, return_tensors="pt").pixel_values,
+        tokenizer,
+    )
 
 
 def _scenes():
@@ -163,7 +171,9 @@ def test_logit_scale_and_bias_give_the_familys_own_logits(tiny, family):
             ids = tokenizer(texts, padding="max_length", max_length=64, return_tensors="pt").input_ids
             expected = model(input_ids=ids, pixel_values=transform(images)).logits_per_text
         else:
-            expected = model(**tokenizer(texts, padding=True, return_tensors="pt"), pixel_values=transform(images)).logits_per_text
+            expected = model(
+                **tokenizer(texts, padding=True, return_tensors="pt"), pixel_values=transform(images)
+            ).logits_per_text
         image = torch.nn.functional.normalize(tower.global_embedding(tower.preprocess(images)), dim=-1)
         text = torch.nn.functional.normalize(tower.encode_text(texts), dim=-1)
         logits = text @ image.T * tower.logit_scale() + tower.logit_bias()

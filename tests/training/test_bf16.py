@@ -43,8 +43,17 @@ def enhance_runs(tiny, tmp_path_factory):
     """The enhance recipe (both stages, then export) from one seed, in fp32 and in bf16."""
     root = tmp_path_factory.mktemp("enhance_bf16")
     for precision in ("fp32", "bf16"):
-        run("enhance", f"output_dir={root / precision}", "data.synthetic_samples=32", "data.synthetic_shards=4",
-            *(f"{stage}.{setting}" for stage in ("projector_stage", "lora_stage") for setting in [*STEPS, f"precision={precision}"]))
+        run(
+            "enhance",
+            f"output_dir={root / precision}",
+            "data.synthetic_samples=32",
+            "data.synthetic_shards=4",
+            *(
+                f"{stage}.{setting}"
+                for stage in ("projector_stage", "lora_stage")
+                for setting in [*STEPS, f"precision={precision}"]
+            ),
+        )
     return root
 
 
@@ -53,15 +62,29 @@ def llava_bf16(tiny, tmp_path_factory):
     """llava-pretrain, llava-finetune (full, ZeRO-3) and llava-finetune with LoRA, all in bf16."""
     root = tmp_path_factory.mktemp("llava_bf16")
     common = [f"tower={tiny['clip']}", "language_model=tiny-llama", "synthetic_images=8"]
-    run("llava-pretrain", *common, f"output_dir={root / 'full'}", "pretrain.epochs=0", "pretrain.precision=bf16",
-        *(f"pretrain.{s}" for s in STEPS))
+    run(
+        "llava-pretrain",
+        *common,
+        f"output_dir={root / 'full'}",
+        "pretrain.epochs=0",
+        "pretrain.precision=bf16",
+        *(f"pretrain.{s}" for s in STEPS),
+    )
     (root / "lora").mkdir()
     for part in ("pretrain", "data"):  # the LoRA run shares the pretrain stage
         os.symlink(root / "full" / part, root / "lora" / part)
     finetune = ["finetune.epochs=0", "finetune.precision=bf16", *(f"finetune.{s}" for s in STEPS)]
     run("llava-finetune", *common, f"output_dir={root / 'full'}", *finetune)
-    run("llava-finetune", *common, f"output_dir={root / 'lora'}", *finetune, "lora.enabled=true", "lora.r=4", "lora.alpha=8",
-        "finetune.zero_stage=2")
+    run(
+        "llava-finetune",
+        *common,
+        f"output_dir={root / 'lora'}",
+        *finetune,
+        "lora.enabled=true",
+        "lora.r=4",
+        "lora.alpha=8",
+        "finetune.zero_stage=2",
+    )
     return root
 
 
@@ -95,8 +118,15 @@ def test_bf16_run_resumes_to_the_same_weights(enhance_runs):
     shutil.copytree(stage / "checkpoints", rewound / "projector" / "checkpoints")
     (rewound / "projector" / "checkpoints" / "latest").write_text("step_000001")
     os.symlink(enhance_runs / "bf16" / "data", rewound / "data")
-    run("enhance", "--stage", "projector", f"output_dir={rewound}", "data.synthetic_samples=32", "data.synthetic_shards=4",
-        *(f"projector_stage.{s}" for s in [*STEPS, "precision=bf16"]))
+    run(
+        "enhance",
+        "--stage",
+        "projector",
+        f"output_dir={rewound}",
+        "data.synthetic_samples=32",
+        "data.synthetic_shards=4",
+        *(f"projector_stage.{s}" for s in [*STEPS, "precision=bf16"]),
+    )
     resumed = load_file(rewound / "projector" / "trainable.safetensors")
     assert resumed.keys() == finished.keys()
     for name in finished:
@@ -113,9 +143,24 @@ def test_dcr_loss_is_computed_in_fp32_from_bf16_predictions():
 
 
 def test_bf16_engine_runs_frozen_models_in_bf16_and_the_loss_in_fp32(tiny, tmp_path):
-    cfg = load_config(EnhanceConfig, None, ["tower=tiny-clip", "denoiser=tiny-sd", f"output_dir={tmp_path}",
-                                            "projector_stage.precision=bf16", "projector_stage.zero_stage=2"])
-    trainer = Trainer(build_model(cfg, validate(cfg), "projector"), cfg.projector_stage, tmp_path / "projector", cfg.seed, init_distributed())
+    cfg = load_config(
+        EnhanceConfig,
+        None,
+        [
+            "tower=tiny-clip",
+            "denoiser=tiny-sd",
+            f"output_dir={tmp_path}",
+            "projector_stage.precision=bf16",
+            "projector_stage.zero_stage=2",
+        ],
+    )
+    trainer = Trainer(
+        build_model(cfg, validate(cfg), "projector"),
+        cfg.projector_stage,
+        tmp_path / "projector",
+        cfg.seed,
+        init_distributed(),
+    )
     module = trainer.engine.module
     for part in (module.tower, module.denoiser.unet, module.denoiser.vae, module.projector):
         assert {p.dtype for p in part.parameters()} == {torch.bfloat16}

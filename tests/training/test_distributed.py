@@ -25,7 +25,14 @@ def test_a_launcher_port_is_kept():
 
     init_distributed()
     launcher_port = str(_free_port())
-    env = {**os.environ, "MASTER_PORT": launcher_port, "MASTER_ADDR": "127.0.0.1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    env = {
+        **os.environ,
+        "MASTER_PORT": launcher_port,
+        "MASTER_ADDR": "127.0.0.1",
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+    }
     child = "from dcr_mllm.training import init_distributed; import os; init_distributed(); print(os.environ['MASTER_PORT'])"
     result = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -37,7 +44,14 @@ def test_a_child_that_is_no_rank_gets_no_launcher_variables_of_a_plain_run():
     the port that process holds; a real launcher's variables are passed on."""
     from dcr_mllm.training.distributed import SOLO_PORT, child_environment
 
-    solo = {"MASTER_PORT": "4000", SOLO_PORT: "4000", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "PATH": "/bin"}
+    solo = {
+        "MASTER_PORT": "4000",
+        SOLO_PORT: "4000",
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "PATH": "/bin",
+    }
     assert child_environment(solo) == {"PATH": "/bin"}
     launched = {**solo, "MASTER_PORT": "5000"}
     assert child_environment(launched) == launched

@@ -47,8 +47,20 @@ class Numbers(IterableDataset):
 
 def train(tmp_path, nan_at=(), **settings):
     torch.manual_seed(0)
-    cfg = TrainConfig(**{"max_steps": 3, "micro_batch_size": 1, "save_every": 1, "keep_last": 3, "num_workers": 0,
-                         "lr": 0.05, "scheduler": "cosine", "warmup_steps": 1, "zero_stage": 2, **settings})
+    cfg = TrainConfig(
+        **{
+            "max_steps": 3,
+            "micro_batch_size": 1,
+            "save_every": 1,
+            "keep_last": 3,
+            "num_workers": 0,
+            "lr": 0.05,
+            "scheduler": "cosine",
+            "warmup_steps": 1,
+            "zero_stage": 2,
+            **settings,
+        }
+    )
     trainer = Trainer(Toy(), cfg, tmp_path, seed=0, dist_info=init_distributed())
     losses = {}
 

@@ -140,7 +140,9 @@ def test_llava_plan_resumes_without_loading_earlier_batches(tmp_path, processor,
     def decoded_before(k, epoch_length):
         loaded = read_log(log)
         remaining = epoch_length - (k % epoch_length if k != epoch_length else 0)
-        assert len(loaded) == 2 * remaining, f"resuming at batch {k} loaded {len(loaded)} records, not only the remaining {remaining} batches"
+        assert len(loaded) == 2 * remaining, (
+            f"resuming at batch {k} loaded {len(loaded)} records, not only the remaining {remaining} batches"
+        )
 
     check_resume(make, None, None, workers, whole, states, keys_of, decoded_before, same)
 

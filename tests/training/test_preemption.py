@@ -15,9 +15,19 @@ import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
-STAGE = ["--stage", "projector", "tower=tiny-clip", "denoiser=tiny-sd", "data.synthetic_samples=64", "data.synthetic_shards=8",
-         "projector_stage.micro_batch_size=2", "projector_stage.max_steps=40", "projector_stage.save_every=100",
-         "projector_stage.num_workers=1", "projector_stage.lr=1e-3"]
+STAGE = [
+    "--stage",
+    "projector",
+    "tower=tiny-clip",
+    "denoiser=tiny-sd",
+    "data.synthetic_samples=64",
+    "data.synthetic_shards=8",
+    "projector_stage.micro_batch_size=2",
+    "projector_stage.max_steps=40",
+    "projector_stage.save_every=100",
+    "projector_stage.num_workers=1",
+    "projector_stage.lr=1e-3",
+]
 
 
 def launch(run_dir: Path, tiny) -> list[subprocess.Popen]:
@@ -26,11 +36,27 @@ def launch(run_dir: Path, tiny) -> list[subprocess.Popen]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DCR_MLLM_CACHE": str(Path(tiny["clip"]).parents[1]), "WORLD_SIZE": "2",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "DCR_MLLM_CACHE": str(Path(tiny["clip"]).parents[1]),
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
     command = [sys.executable, "-m", "dcr_mllm.cli", "enhance", *STAGE, f"output_dir={run_dir}"]
-    return [subprocess.Popen(command, cwd=REPO, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
+    return [
+        subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
 
 
 def finish(processes: list[subprocess.Popen]) -> list[tuple[int, str]]:
@@ -63,7 +89,10 @@ def test_sigterm_saves_on_every_rank_exits_143_and_resumes_to_the_same_weights(t
     resumed = finish(launch(run_dir, tiny))
     assert [code for code, _ in resumed] == [0, 0], resumed[0][1][-3000:]
     assert json.loads((run_dir / "projector" / "train_state.json").read_text())["step"] == 40
-    ours, theirs = load_file(run_dir / "projector" / "trainable.safetensors"), load_file(tmp_path / "whole" / "projector" / "trainable.safetensors")
+    ours, theirs = (
+        load_file(run_dir / "projector" / "trainable.safetensors"),
+        load_file(tmp_path / "whole" / "projector" / "trainable.safetensors"),
+    )
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, 41))

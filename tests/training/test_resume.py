@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from dcr_mllm.cli import main
-from dcr_mllm.training.checkpoints import config_changes
 from dcr_mllm.components.build_once import MARKER
+from dcr_mllm.training.checkpoints import config_changes
 from dcr_mllm.training.safe_state import check_safetensors
 
 DATA = ["data.synthetic_samples=32", "data.synthetic_shards=4"]
@@ -24,8 +24,16 @@ LORA = ["max_steps=2", "micro_batch_size=4", "num_workers=0", "lr=1e-3", "save_e
 
 def enhance(run_dir: Path, *extra: str, stage: str | None = "projector") -> int:
     flags = [arg for arg in extra if arg.startswith("--")]
-    args = ["enhance", *flags, *(["--stage", stage] if stage else []), f"output_dir={run_dir}", *DATA,
-            *(f"projector_stage.{s}" for s in PROJECTOR), *(f"lora_stage.{s}" for s in LORA), *(a for a in extra if a not in flags)]
+    args = [
+        "enhance",
+        *flags,
+        *(["--stage", stage] if stage else []),
+        f"output_dir={run_dir}",
+        *DATA,
+        *(f"projector_stage.{s}" for s in PROJECTOR),
+        *(f"lora_stage.{s}" for s in LORA),
+        *(a for a in extra if a not in flags),
+    ]
     return main(args)
 
 
@@ -59,10 +67,17 @@ def interrupted(reference: Path, tmp_path: Path) -> Path:
 
 
 def assert_same_weights(run_dir: Path, reference: Path) -> None:
-    resumed, finished = load_file(run_dir / "projector" / "trainable.safetensors"), load_file(reference / "projector" / "trainable.safetensors")
+    resumed, finished = (
+        load_file(run_dir / "projector" / "trainable.safetensors"),
+        load_file(reference / "projector" / "trainable.safetensors"),
+    )
     assert resumed.keys() == finished.keys()
-    for name in finished:  # to float rounding: CPU reductions under varying thread load differ in the last bits, resumed or not
-        torch.testing.assert_close(resumed[name], finished[name], rtol=1e-5, atol=1e-7, msg=f"{name} differs from the uninterrupted run")
+    for name in (
+        finished
+    ):  # to float rounding: CPU reductions under varying thread load differ in the last bits, resumed or not
+        torch.testing.assert_close(
+            resumed[name], finished[name], rtol=1e-5, atol=1e-7, msg=f"{name} differs from the uninterrupted run"
+        )
 
 
 def test_truncated_latest_checkpoint_resumes_from_the_previous_one(reference, tmp_path, capsys):
@@ -130,7 +145,9 @@ def test_raised_max_steps_continues_a_finished_run_and_exports_again(reference, 
     assert json.loads((run_dir / "tower" / MARKER).read_text()) == {"lora": after["weights_sha256"]}
     old_tower = load_file(reference / "tower" / "model.safetensors")
     new_tower = load_file(run_dir / "tower" / "model.safetensors")
-    assert any(not torch.equal(old_tower[k], new_tower[k]) for k in old_tower), "the tower is exported from the new weights"
+    assert any(not torch.equal(old_tower[k], new_tower[k]) for k in old_tower), (
+        "the tower is exported from the new weights"
+    )
 
 
 def test_max_steps_may_grow_only_where_the_schedule_ignores_it():

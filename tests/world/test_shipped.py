@@ -43,7 +43,9 @@ def test_the_package_ships_the_default_worlds_models_with_their_recipe():
         assert not is_shipped(name, MINI.fingerprint(name))  # another recipe is trained, not installed
         weights = [f for f in record["models"][name]["files"] if f.endswith(".safetensors")]
         assert weights and all((SHIPPED / name / f).is_file() for f in weights)
-        assert not any("tokenizer" in f or f.endswith(("vocab.json", "merges.txt")) for f in record["models"][name]["files"])
+        assert not any(
+            "tokenizer" in f or f.endswith(("vocab.json", "merges.txt")) for f in record["models"][name]["files"]
+        )
     assert record["built_with"]["cpu"] and record["built_with"]["torch"]
 
 
@@ -98,5 +100,7 @@ def test_compare_reports_bitwise_equality_and_the_largest_difference(mini_shippe
 
 
 def test_build_world_rebuild_is_a_flag_of_the_cli():
-    out = subprocess.run([sys.executable, "-m", "dcr_mllm.cli", "build-world", "--help"], capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "dcr_mllm.cli", "build-world", "--help"], capture_output=True, text=True, cwd=REPO
+    )
     assert out.returncode == 0 and "--rebuild" in out.stdout and "--rebuild-dir" in out.stdout

@@ -32,7 +32,11 @@ def test_make_eval_data_world_writes_images_and_labels(tmp_path, capsys):
     with open(out / "labels.csv", newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert tuple(reader.fieldnames) == LABEL_COLUMNS == ("file", "shape", "color", "count", "position", "orientation", "size", "background")
+    assert (
+        tuple(reader.fieldnames)
+        == LABEL_COLUMNS
+        == ("file", "shape", "color", "count", "position", "orientation", "size", "background")
+    )
     assert len(rows) == 12
     for row in rows:
         assert Image.open(out / row["file"]).size == (32, 32)
@@ -43,7 +47,10 @@ def test_make_eval_data_world_writes_images_and_labels(tmp_path, capsys):
 
 def test_same_seed_same_images_other_seed_other_images(tmp_path, capsys):
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        assert main(["make-eval-data", "world", "--output", str(tmp_path / name), "--count", "6", "--seed", str(seed)]) == 0
+        assert (
+            main(["make-eval-data", "world", "--output", str(tmp_path / name), "--count", "6", "--seed", str(seed)])
+            == 0
+        )
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
     assert (tmp_path / "a" / "labels.csv").read_bytes() != (tmp_path / "c" / "labels.csv").read_bytes()
@@ -64,15 +71,17 @@ def test_world_build_is_deterministic_and_loads_like_real_checkpoints(mini_world
     first, second = load_file(mini_world["clip"] / "model.safetensors"), load_file(again / "model.safetensors")
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     initial = CLIPModel(CLIPModel.from_pretrained(mini_world["clip"]).config).state_dict()
-    assert any(not torch.equal(initial[k], first[k]) for k in first if "logit" not in k)  # trained, not just initialised
+    assert any(
+        not torch.equal(initial[k], first[k]) for k in first if "logit" not in k
+    )  # trained, not just initialised
     denoiser = FrozenDenoiser.from_pretrained(mini_world["sd"])
     assert denoiser.cross_attention_dim == 64 and denoiser.vae.config.scaling_factor != 0.18215  # fitted to the latents
 
 
 def test_world_metrics_and_condition_sensitivity(mini_world, tmp_path, capsys):
-    from dcr_mllm.towers import load_tower
     from dcr_mllm.evaluation.condition import condition_sensitivity
     from dcr_mllm.evaluation.world_metrics import evaluate_world
+    from dcr_mllm.towers import load_tower
 
     assert main(["make-eval-data", "world", "--output", str(tmp_path / "eval"), "--count", "24"]) == 0
     scores = evaluate_world(load_tower(mini_world["clip"]), tmp_path / "eval", pairs_per_attribute=2)
@@ -87,17 +96,38 @@ def test_world_metrics_and_condition_sensitivity(mini_world, tmp_path, capsys):
 def test_summary_compares_each_seed_with_base():
     from dcr_mllm.enhance.ablation import report, summarize
 
-    base = {"probe_global/fine_mean": 50.0, "probe_global/claim_mean": 40.0, "probe_layer/claim_mean": 45.0, "class/probe": 90.0,
-            "class/zero_shot": 80.0, "pairs/mean": 10.0, "probe_layer/fine_mean": 60.0}
-    shifted = lambda d, **own: {k: own.get(k.replace("/", "_"), v + d) for k, v in base.items()}
-    results = summarize(base, {"reconstruction": [shifted(-4), shifted(-2)], "dcr": [shifted(6), shifted(1)],
-                               "dcr_tokens": [shifted(6, class_zero_shot=70.0), shifted(5)]})
+    base = {
+        "probe_global/fine_mean": 50.0,
+        "probe_global/claim_mean": 40.0,
+        "probe_layer/claim_mean": 45.0,
+        "class/probe": 90.0,
+        "class/zero_shot": 80.0,
+        "pairs/mean": 10.0,
+        "probe_layer/fine_mean": 60.0,
+    }
+
+    def shifted(d, **own):
+        return {k: own.get(k.replace("/", "_"), v + d) for k, v in base.items()}
+
+    results = summarize(
+        base,
+        {
+            "reconstruction": [shifted(-4), shifted(-2)],
+            "dcr": [shifted(6), shifted(1)],
+            "dcr_tokens": [shifted(6, class_zero_shot=70.0), shifted(5)],
+        },
+    )
     fine = results["metrics"]["dcr"]["probe_global/fine_mean"]
     assert fine["mean"] == 53.5 and fine["minus_base"] == [6.0, 1.0] and fine["std"] == pytest.approx(3.5355, abs=1e-3)
     checks = results["checks"]
-    assert checks["dcr (global) above base on every seed by >= 5 points: probe_global/claim_mean"] is False  # seed 1: +1
+    assert (
+        checks["dcr (global) above base on every seed by >= 5 points: probe_global/claim_mean"] is False
+    )  # seed 1: +1
     assert checks["dcr_tokens above base on every seed by >= 5 points: probe_layer/claim_mean"] is True
-    assert checks["dcr class probe above reconstruction (mean)"] is True and checks["dcr class probe within 2 points of base (mean)"] is False
+    assert (
+        checks["dcr class probe above reconstruction (mean)"] is True
+        and checks["dcr class probe within 2 points of base (mean)"] is False
+    )
     assert checks["dcr loses at most 5 points of class zero-shot on every seed"] is True
     assert checks["dcr_tokens loses at most 5 points of class zero-shot on every seed"] is False  # seed 0: -10
     results["setup"] = {"seeds": 2}
@@ -108,10 +138,21 @@ def test_summary_compares_each_seed_with_base():
 def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
     env = {**os.environ, "DCR_MLLM_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "ablation"
-    steps = ["projector_stage.max_steps=1", "lora_stage.max_steps=1", "projector_stage.micro_batch_size=4", "lora_stage.micro_batch_size=4",
-             "objective.num_negatives=2"]  # the config's 4 negatives need a batch of 5
-    run = subprocess.run(["bash", str(REPO / "stages" / "ablation.sh"), "--output", str(out), "--seeds", "2", "--mini", *steps],
-                         env=env, capture_output=True, text=True, timeout=600, check=False)
+    steps = [
+        "projector_stage.max_steps=1",
+        "lora_stage.max_steps=1",
+        "projector_stage.micro_batch_size=4",
+        "lora_stage.micro_batch_size=4",
+        "objective.num_negatives=2",
+    ]  # the config's 4 negatives need a batch of 5
+    run = subprocess.run(
+        ["bash", str(REPO / "stages" / "ablation.sh"), "--output", str(out), "--seeds", "2", "--mini", *steps],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1] == str(out)
     for objective in ("reconstruction", "naive", "dcr", "dcr_tokens"):
@@ -128,17 +169,25 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
     curve = results["curves"]["dcr"]["probe_global/fine_mean"]
     assert curve["steps"] == [0, 1] and len(curve["mean"]) == 2 and results["setup"]["validation"]["images"] == 24
     assert "## Validation curves during training" in report_text and (out / "curves.png").stat().st_size > 0
-    base_curve = {objective: results["curves"][objective]["class/probe"]["mean"][0] for objective in ("reconstruction", "naive", "dcr", "dcr_tokens")}
+    base_curve = {
+        objective: results["curves"][objective]["class/probe"]["mean"][0]
+        for objective in ("reconstruction", "naive", "dcr", "dcr_tokens")
+    }
     assert len(set(base_curve.values())) == 1  # step 0 is the same base tower for every objective
     # each run's step chosen on the validation split by one rule, beside its last step, both scored
     chosen = results["selected"]
     assert chosen["rule"] == "world/probe_layer/claim_mean" and chosen["last_step"] == 1
     assert all(set(steps) <= {0, 1} and len(steps) == 2 for steps in chosen["steps"].values())
-    assert set(chosen["metrics"]) == set(results["metrics"]) and "## The last step and the step chosen on validation" in report_text
+    assert (
+        set(chosen["metrics"]) == set(results["metrics"])
+        and "## The last step and the step chosen on validation" in report_text
+    )
     for objective in ("reconstruction", "dcr"):
         for seed in (0, 1):
             run_dir = out / objective / f"seed{seed}"
-            assert (run_dir / "tower_last" / "model.safetensors").is_file() and (run_dir / "world_metrics_selected.json").is_file()
+            assert (run_dir / "tower_last" / "model.safetensors").is_file() and (
+                run_dir / "world_metrics_selected.json"
+            ).is_file()
             step = chosen["steps"][objective][seed]
             assert f"Step {step} of the LoRA stage" in (run_dir / "tower" / "model_card.md").read_text()
 
@@ -157,7 +206,10 @@ def test_a_denoiser_field_keeps_the_clip_build_and_the_variants_build(tmp_path):
     assert dataclasses.replace(MINI, clip_steps=4).fingerprint("sd") == MINI.fingerprint("sd")
     sd = ensure_world("sd", tmp_path, variant)
     unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet")
-    assert unet.config.block_out_channels == [16, 32, 32] and unet.config.down_block_types[:2] == ["CrossAttnDownBlock2D"] * 2
+    assert (
+        unet.config.block_out_channels == [16, 32, 32]
+        and unet.config.down_block_types[:2] == ["CrossAttnDownBlock2D"] * 2
+    )
 
 
 def test_generated_sets_are_reused_only_when_made_from_the_same_settings(tmp_path):
@@ -169,12 +221,21 @@ def test_generated_sets_are_reused_only_when_made_from_the_same_settings(tmp_pat
 
     shards = write_world_shards(tmp_path / "shards", 8, seed=14, samples_per_shard=4)
     first = {p.name: p.stat().st_mtime_ns for p in shards.iterdir()}
-    assert generated_from(shards) == {"generator": "world-shards", "version": 1, "count": 8, "seed": 14, "size": 32, "samples_per_shard": 4}
+    assert generated_from(shards) == {
+        "generator": "world-shards",
+        "version": 1,
+        "count": 8,
+        "seed": 14,
+        "size": 32,
+        "samples_per_shard": 4,
+    }
     write_world_shards(tmp_path / "shards", 8, seed=14, samples_per_shard=4)
     assert {p.name: p.stat().st_mtime_ns for p in shards.iterdir()} == first  # reused, not rewritten
     write_world_shards(tmp_path / "shards", 12, seed=14, samples_per_shard=4)
     assert sorted(p.name for p in shards.glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
-    assert generated_from(shards)["count"] == 12 and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert (
+        generated_from(shards)["count"] == 12 and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    )
 
     conversations = write_world_conversations(tmp_path / "llava", 4, seed=13)
     write_world_conversations(tmp_path / "llava", 6, seed=13, size=24)
@@ -199,11 +260,18 @@ def test_long_world_work_prints_progress(tmp_path, capsys, monkeypatch):
     lines.update(3, loss=1.25)
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "world-clip: started, 3 steps"
-    assert err[1].startswith("world-clip: step 1/3 (") and err[1].endswith(", loss 2.5)") and err[2].startswith("world-clip: step 3/3")
+    assert (
+        err[1].startswith("world-clip: step 1/3 (")
+        and err[1].endswith(", loss 2.5)")
+        and err[2].startswith("world-clip: step 3/3")
+    )
     quiet = ProgressLines("x", 10, every=3600.0)
     quiet.update(5)
     quiet.update(10)  # the last step always prints
-    assert [line.split(" (")[0] for line in capsys.readouterr().err.splitlines()] == ["x: started, 10 steps", "x: step 10/10"]
+    assert [line.split(" (")[0] for line in capsys.readouterr().err.splitlines()] == [
+        "x: started, 10 steps",
+        "x: step 10/10",
+    ]
     write_world_shards(tmp_path / "shards", 4, seed=14)
     assert "world shards (4 images)" in capsys.readouterr().err
 
@@ -221,10 +289,22 @@ def test_premise_table_says_where_dcr_can_teach(mini_world, tmp_path):
     saved = json.loads((tmp_path / "world" / "premise.json").read_text())
     assert saved["probes"]["base"] != saved["probes"]["reference"]  # another training caption set, another tower
     for row in result["attributes"].values():
-        assert row["teachable_global"] == (row["hidden_global"] >= HIDDEN_POINTS and row["carried_global"] >= CARRIED_SHARE)
-    probes = {name: {f"{kind}/{a}": 50.0 + (30.0 if name == "reference" and a == "position" else 0.0)
-                     for kind in ("probe_global", "probe_layer") for a in FINE_ATTRIBUTES} for name in ("base", "reference")}
-    sensitivity = {"mse/empty": 0.4, "mse/caption": 0.2, **{f"{key}/{a}": 0.0 for key in ("shift_gain", "mse_gain") for a in FINE_ATTRIBUTES}}
+        assert row["teachable_global"] == (
+            row["hidden_global"] >= HIDDEN_POINTS and row["carried_global"] >= CARRIED_SHARE
+        )
+    probes = {
+        name: {
+            f"{kind}/{a}": 50.0 + (30.0 if name == "reference" and a == "position" else 0.0)
+            for kind in ("probe_global", "probe_layer")
+            for a in FINE_ATTRIBUTES
+        }
+        for name in ("base", "reference")
+    }
+    sensitivity = {
+        "mse/empty": 0.4,
+        "mse/caption": 0.2,
+        **{f"{key}/{a}": 0.0 for key in ("shift_gain", "mse_gain") for a in FINE_ATTRIBUTES},
+    }
     sensitivity["mse_gain/position"] = 0.05  # a quarter of the caption's gain, in the token form only
     rows = premise_table(probes, sensitivity)["attributes"]
     assert rows["position"]["teachable_tokens"] and not rows["position"]["teachable_global"]

@@ -14,7 +14,8 @@ from dcr_mllm.llava.shards import INDEX_NAME, read_header, weight_files
 from dcr_mllm.weights import check_model_dir
 
 FORMATS: dict[str, CheckpointFormat] = {
-    kind.name: kind for kind in (OriginalLlava(), LlavaHf(), LlavaNextHf(), LlavaOnevisionHf())  # tried in this order
+    kind.name: kind
+    for kind in (OriginalLlava(), LlavaHf(), LlavaNextHf(), LlavaOnevisionHf())  # tried in this order
 }
 #: the llava-hf families, by their config's model_type
 LLAVA_HF = {kind.model_type: kind for kind in FORMATS.values() if isinstance(kind, LlavaHf)}
@@ -32,16 +33,21 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
         raise DcrError(f"LLaVA checkpoint {path}: no such directory")
     if not (path / "config.json").is_file():
         raise DcrError(f"{path} has no config.json; give a LLaVA checkpoint directory")
-    check_model_dir(path, allow_pickle=True)  # .bin files are copied as they are; loading them is checked where it happens
+    check_model_dir(
+        path, allow_pickle=True
+    )  # .bin files are copied as they are; loading them is checked where it happens
     config = read_json_object(path / "config.json")
     kind = next((kind for kind in FORMATS.values() if kind.holds(config)), None)
     if kind is None:
         architectures = ", ".join(kind.architecture for kind in LLAVA_HF.values())
-        raise DcrError(f"{path} is neither a llava-hf checkpoint ({architectures}) nor an original LLaVA one "
-                       "(mm_vision_tower)")
+        raise DcrError(
+            f"{path} is neither a llava-hf checkpoint ({architectures}) nor an original LLaVA one (mm_vision_tower)"
+        )
     bins = tuple(sorted(p.name for p in path.glob("*.bin")))
     names = weight_files(path)
-    if kind.needs_safetensors and not names and not (allow_pickle and bins):  # with allow_pickle swap_tower converts them
+    if (
+        kind.needs_safetensors and not names and not (allow_pickle and bins)
+    ):  # with allow_pickle swap_tower converts them
         raise DcrError(
             f"{path} has no safetensors weights{' (only .bin pickles: pass --allow-pickle to read them with the restricted unpickler)' if bins else ''}; "
             f"or re-save it with {kind.architecture}.from_pretrained(SRC).save_pretrained(DIR) and swap into DIR"
@@ -52,8 +58,29 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
     for name in names:
         shards[name], metadata[name] = read_header(path / name)
     index = read_json_object(path / INDEX_NAME) if (path / INDEX_NAME).is_file() else None
-    return Checkpoint(path, kind.name, kind.prefixes, config, shards, metadata, index, () if kind.needs_safetensors else bins, allow_pickle)
+    return Checkpoint(
+        path,
+        kind.name,
+        kind.prefixes,
+        config,
+        shards,
+        metadata,
+        index,
+        () if kind.needs_safetensors else bins,
+        allow_pickle,
+    )
 
 
-__all__ = ["FORMATS", "LLAVA_HF", "Changes", "CheckpointFormat", "Fit", "LlavaHf", "LlavaNextHf", "LlavaOnevisionHf",
-           "OriginalLlava", "format_of", "read_checkpoint"]
+__all__ = [
+    "FORMATS",
+    "LLAVA_HF",
+    "Changes",
+    "CheckpointFormat",
+    "Fit",
+    "LlavaHf",
+    "LlavaNextHf",
+    "LlavaOnevisionHf",
+    "OriginalLlava",
+    "format_of",
+    "read_checkpoint",
+]

@@ -53,7 +53,7 @@ class CheckpointFormat(ABC):
     def verify_extra(self, tower: Tower, out: Path) -> str:
         """The format's own check of the written directory; returns its summary line."""
 
-    def before_write(self) -> None:
+    def before_write(self) -> None:  # noqa: B027 - an optional hook, empty unless a format needs it
         """Work to overlap with the copy."""
 
     def write_extra(self, tower: Tower, out: Path) -> set[str]:

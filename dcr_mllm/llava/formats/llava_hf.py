@@ -17,7 +17,14 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.llava.checkpoint import BOOKKEEPING, FAMILY_OF_VISION_TYPE, Checkpoint, Tower, read_json_object, with_defaults
+from dcr_mllm.llava.checkpoint import (
+    BOOKKEEPING,
+    FAMILY_OF_VISION_TYPE,
+    Checkpoint,
+    Tower,
+    read_json_object,
+    with_defaults,
+)
 from dcr_mllm.llava.compat import tensor_problems, vision_config_problems
 from dcr_mllm.llava.formats.base import Changes, CheckpointFormat, Fit
 from dcr_mllm.towers import TowerSpec
@@ -25,7 +32,14 @@ from dcr_mllm.towers.hf import quiet_transformers
 
 PREFIXES = ("model.vision_tower.", "vision_tower.")
 #: vision-config keys that stay the checkpoint's: its structure, or fields no forward pass reads
-VISION_KEEP = BOOKKEEPING | {"model_type", "vision_use_head", "projection_dim", "initializer_range", "initializer_factor", "vocab_size"}
+VISION_KEEP = BOOKKEEPING | {
+    "model_type",
+    "vision_use_head",
+    "projection_dim",
+    "initializer_range",
+    "initializer_factor",
+    "vocab_size",
+}
 #: image-processor fields that follow the tower when the family stays the same
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
@@ -80,13 +94,16 @@ class LlavaHf(CheckpointFormat):
 
     def family_fit(self, fit: Fit, config: dict, family: str, spec: TowerSpec, allow_family_change: bool) -> None:
         """A tower of the other family: refused, or (``allow_family_change``) a warning."""
-        tokens = (f"checkpoint {family} ({config['image_seq_length']} image tokens), "
-                  f"tower {spec.family} ({spec.num_patches} image tokens)")
+        tokens = (
+            f"checkpoint {family} ({config['image_seq_length']} image tokens), "
+            f"tower {spec.family} ({spec.num_patches} image tokens)"
+        )
         if allow_family_change:
             fit.notes.append(f"warning: {tokens}: the projector was trained on {family} features and must be retrained")
         else:
-            fit.problems.append(f"family: {tokens}; swap with `dcr-mllm swap-tower --allow-family-change`, "
-                                "then retrain the projector")
+            fit.problems.append(
+                f"family: {tokens}; swap with `dcr-mllm swap-tower --allow-family-change`, then retrain the projector"
+            )
 
     def layout_problems(self, config: dict, image_processor: dict | None, spec: TowerSpec) -> list[str]:
         """Token-layout problems beyond the shape checks; LLaVA-1.5's one image grid has none."""
@@ -111,8 +128,9 @@ class LlavaHf(CheckpointFormat):
 
         return llava_image_processor(tower.path, do_pad=getattr(current, "do_pad", True))
 
-    def processor_updates(self, checkpoint: Checkpoint, tower: Tower,
-                          family_change: bool) -> tuple[dict[str, dict], list[str]]:
+    def processor_updates(
+        self, checkpoint: Checkpoint, tower: Tower, family_change: bool
+    ) -> tuple[dict[str, dict], list[str]]:
         """The checkpoint's image-processor files rewritten to a ``LlavaImageProcessor`` that preprocesses
         as the tower does, after LLaVA's ``pad`` aspect (the checkpoint's ``do_pad`` kept where it says,
         else on, as LLaVA-1.5 trains); across families the token layout too. ``({file name: new
@@ -120,9 +138,13 @@ class LlavaHf(CheckpointFormat):
         from dcr_mllm.llava.build import llava_image_processor
 
         spec = tower.spec
-        source = tower.image_processor or {"image_mean": list(spec.mean), "image_std": list(spec.std),
-                                           "do_center_crop": True, "size": {"shortest_edge": spec.image_size},
-                                           "crop_size": {"height": spec.image_size, "width": spec.image_size}}
+        source = tower.image_processor or {
+            "image_mean": list(spec.mean),
+            "image_std": list(spec.std),
+            "do_center_crop": True,
+            "size": {"shortest_edge": spec.image_size},
+            "crop_size": {"height": spec.image_size, "width": spec.image_size},
+        }
         files, changes = {}, []
         for name in PROCESSOR_FILES:
             path = checkpoint.path / name
@@ -132,8 +154,11 @@ class LlavaHf(CheckpointFormat):
             before = len(changes)
             nested = name == "processor_config.json"
             if nested and family_change:
-                layout = {"vision_feature_select_strategy": "default" if spec.has_cls else "full",
-                          "num_additional_image_tokens": 1 if spec.has_cls else 0, "patch_size": spec.patch_size}
+                layout = {
+                    "vision_feature_select_strategy": "default" if spec.has_cls else "full",
+                    "num_additional_image_tokens": 1 if spec.has_cls else 0,
+                    "patch_size": spec.patch_size,
+                }
                 for key, value in layout.items():
                     if data.get(key) != value:
                         changes.append(f"{name} {key}: {data.get(key)} -> {value}")
@@ -173,7 +198,10 @@ def _llava_hf_config(checkpoint: Checkpoint, tower: Tower, family_change: bool) 
         spec = tower.spec
         config["vision_config"] = dict(tower.vision_config)
         changes.append(f"vision_config: {old.get('model_type')} -> {tower.vision_config['model_type']} (the tower's)")
-        layout = {"vision_feature_select_strategy": "default" if spec.has_cls else "full", "image_seq_length": spec.num_patches}
+        layout = {
+            "vision_feature_select_strategy": "default" if spec.has_cls else "full",
+            "image_seq_length": spec.num_patches,
+        }
         for key, value in layout.items():
             if config.get(key) != value:
                 changes.append(f"{key}: {config.get(key)} -> {value}")
@@ -185,7 +213,6 @@ def _llava_hf_config(checkpoint: Checkpoint, tower: Tower, family_change: bool) 
             changes.append(f"vision_config.{key}: {full_old.get(key)} -> {value}")
             config["vision_config"][key] = value
     return config, changes
-
 
 
 def _import_in_background(module: str) -> None:
@@ -218,6 +245,8 @@ def load_check(directory: Path, architecture: str = "LlavaForConditionalGenerati
     bad = {kind: keys for kind, keys in info.items() if keys}
     if bad:
         kind, keys = next(iter(bad.items()))
-        raise DcrError(f"verification failed: {architecture} reports {len(keys)} {kind.replace('_', ' ')}, "
-                       f"e.g. {min(map(str, keys))}")
+        raise DcrError(
+            f"verification failed: {architecture} reports {len(keys)} {kind.replace('_', ' ')}, "
+            f"e.g. {min(map(str, keys))}"
+        )
     return f"{architecture}.from_pretrained accepts every key and shape (meta device)"

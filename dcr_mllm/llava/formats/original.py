@@ -40,16 +40,22 @@ class OriginalLlava(CheckpointFormat):
     def check(self, checkpoint: Checkpoint, tower: Tower, allow_family_change: bool) -> Fit:
         config, spec = checkpoint.config, tower.spec
         fit = Fit(shape_problems({"hidden size": config.get("mm_hidden_size")}, spec))
-        fit.problems += feature_layer_problems("mm_vision_select_layer", config.get("mm_vision_select_layer", -2), spec.num_layers)
+        fit.problems += feature_layer_problems(
+            "mm_vision_select_layer", config.get("mm_vision_select_layer", -2), spec.num_layers
+        )
         name = str(config["mm_vision_tower"])
         old = _original_tower_spec(name, checkpoint.path)
         # original LLaVA builds every tower as its CLIPVisionTower (llava/model/multimodal_encoder/builder.py)
         family = "clip"
         if old is not None:
-            fit.problems += shape_problems({"layers": old.num_layers, "patch size": old.patch_size, "image size": old.image_size}, spec)
+            fit.problems += shape_problems(
+                {"layers": old.num_layers, "patch size": old.patch_size, "image size": old.image_size}, spec
+            )
             family = old.family
         else:
-            fit.notes.append(f"note: the original tower {name} is not on this machine, so only its stored tensors and mm_hidden_size were checked")
+            fit.notes.append(
+                f"note: the original tower {name} is not on this machine, so only its stored tensors and mm_hidden_size were checked"
+            )
         if family != spec.family:
             fit.problems.append(
                 f"family: checkpoint {family}, tower {spec.family}; an original LLaVA checkpoint keeps its tower family: "
@@ -57,15 +63,23 @@ class OriginalLlava(CheckpointFormat):
             )
         if str(config.get("image_aspect_ratio", "")).startswith("anyres"):  # LLaVA-1.6
             select = config.get("mm_vision_select_feature", "patch")
-            fit.problems += anyres_problems(_pinpoints(config.get("image_grid_pinpoints") or []), spec,
-                                            f"mm_vision_select_feature {select!r}", select == "patch",
-                                            "patch" if spec.has_cls else "cls_patch")
+            fit.problems += anyres_problems(
+                _pinpoints(config.get("image_grid_pinpoints") or []),
+                spec,
+                f"mm_vision_select_feature {select!r}",
+                select == "patch",
+                "patch" if spec.has_cls else "cls_patch",
+            )
         stored = checkpoint.tower_keys()
         if any(key.startswith(PREFIX) for key in _bin_keys(checkpoint)):
-            fit.problems.append("its vision tower is stored in .bin pickles; pass --allow-pickle to read them (restricted unpickler) "
-                                "and write the result as safetensors")
+            fit.problems.append(
+                "its vision tower is stored in .bin pickles; pass --allow-pickle to read them (restricted unpickler) "
+                "and write the result as safetensors"
+            )
         if stored and not fit.problems:
-            fit.problems += shape_problems({"layers": stored_layer_count(stored.values())}, spec) or tensor_problems(checkpoint, tower)
+            fit.problems += shape_problems({"layers": stored_layer_count(stored.values())}, spec) or tensor_problems(
+                checkpoint, tower
+            )
         return fit
 
     def changes(self, checkpoint: Checkpoint, tower: Tower, dst: Path, family_change: bool) -> Changes:
@@ -88,7 +102,6 @@ class OriginalLlava(CheckpointFormat):
                     raise DcrError(f"verification failed: {out / 'vision_tower' / name} differs from the tower's {key}")
                 count += 1
         return f"vision_tower/ holds the tower's {count} tensors unchanged"
-
 
 
 def _pinpoints(value):
@@ -136,13 +149,16 @@ def _original_tower_spec(name: str, checkpoint_dir: Path) -> TowerSpec | None:
 
 def _original_notes(dst: Path) -> list[str]:
     """Original LLaVA's loader picks the LLaVA class by name: 'llava' must be in the model's directory name."""
-    notes = [f"note: mm_vision_tower is the absolute path {dst.expanduser().resolve() / 'vision_tower'}; update it if you move DST"]
+    notes = [
+        f"note: mm_vision_tower is the absolute path {dst.expanduser().resolve() / 'vision_tower'}; update it if you move DST"
+    ]
     if "llava" in dst.name.lower():
-        notes.append("note: the directory name contains 'llava', as original LLaVA loaders (load_pretrained_model) require")
+        notes.append(
+            "note: the directory name contains 'llava', as original LLaVA loaders (load_pretrained_model) require"
+        )
     else:
         notes.append(
             f"note: original LLaVA loaders (load_pretrained_model) build a LLaVA model only when the directory name contains "
             f"'llava'; rename {dst.name} (e.g. to {dst.name}-llava) before loading it there"
         )
     return notes
-
