@@ -358,6 +358,31 @@ def llava_search() -> str:
     return head + _table(["run", "setting", "open", "yes/no", "choice", "seconds", "CPU"], rows, "llrrrrl")
 
 
+# --- the bad-input cases -------------------------------------------------------------------------
+
+BAD_INPUT_TESTS = REPO / "tests" / "test_bad_input.py"
+
+
+def bad_input_cases() -> str:
+    """Every case of ``tests/test_bad_input.py``'s ``CASES`` table: the command, the input and a
+    phrase the one-line error must contain (read from the test's source, so the page is the test)."""
+    import ast
+
+    tree = ast.parse(BAD_INPUT_TESTS.read_text(encoding="utf-8"))
+    table = next(
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "CASES" for t in node.targets)
+    )
+    rows = []
+    for key, value in zip(table.keys, table.values):
+        command, case = ast.literal_eval(key).split("/", 1)
+        phrase = value.elts[1]
+        said = ast.literal_eval(phrase) if isinstance(phrase, ast.Constant) else ast.unparse(phrase)
+        rows.append([f"`{command}`", case.replace("-", " "), f"`{said}`"])
+    return f"{len(rows)} cases.\n\n" + _table(["command", "bad input", "the line contains"], rows)
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "config-reference": config_reference,
     "upstream-recipe": upstream_recipe,
@@ -367,6 +392,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "ablation-curves": ablation_curves,
     "premise": premise_table,
     "llava-search": llava_search,
+    "bad-input-cases": bad_input_cases,
 }
 
 

@@ -237,16 +237,15 @@ def validate(cfg: EnhanceConfig) -> ResolvedShapes:
         check_condition_tokens(cfg.objective, tower, context_length(local_path(cfg.denoiser)))
     if cfg.data.shards:
         check_shards(cfg.data.shards)
-    for bench in cfg.eval.benchmarks:
-        if not Path(bench.data).is_dir():
-            raise DcrError(f"eval benchmark {bench.name}: data folder {bench.data} does not exist")
-        benchmark_scorer(
-            bench.name, bench.data, pairs_per_attribute=bench.pairs_per_attribute
-        )  # its data read and checked now
     test = selection_on_test_data(cfg)
     if test and not cfg.eval.allow_test_selection:
         raise ConfigError(
             f"eval.select={cfg.eval.select} would choose the exported step on {test}; select on a validation folder "
             "(build-world writes outputs/world/val) or set eval.allow_test_selection=true (the model card says so)"
         )
+    for bench in cfg.eval.benchmarks:
+        if not Path(bench.data).is_dir():
+            raise DcrError(f"eval benchmark {bench.name}: data folder {bench.data} does not exist")
+        # its data read and checked now, not at the first evaluation
+        benchmark_scorer(bench.name, bench.data, pairs_per_attribute=bench.pairs_per_attribute)
     return ResolvedShapes(tower, unet_width, projector_input, projector_output)

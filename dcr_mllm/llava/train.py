@@ -65,9 +65,8 @@ class ConversationSettings:
     json: str = ""  # a LLaVA conversation file; empty = the synthetic set (written under output_dir/data)
     image_folder: str = ""
     model_max_length: int = 2048
-    image_aspect_ratio: str = (
-        "pad"  # LLaVA's: "pad" (to a square of the mean colour, then the tower's preprocessing) or "square"
-    )
+    #: LLaVA's: "pad" (to a square of the mean colour, then the tower's preprocessing) or "square"
+    image_aspect_ratio: str = "pad"
     group_by_length: bool = True  # LLaVA's group_by_modality_length: one modality and similar lengths per global batch
     #: share of the records held out (never trained on) for a held-out loss, as HF Trainer's eval_dataset
     eval_share: float = 0.0
