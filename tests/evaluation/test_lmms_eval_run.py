@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dcr_mllm.evaluation.cv_bench_task import cv_bench_lmms_eval_accuracy, cv_bench_paper_score
 from dcr_mllm.evaluation.eval_data import prepare_eval_data, synthetic_mmvp, synthetic_pope
 from dcr_mllm.evaluation.pope_task import POPE_METRICS
 from dcr_mllm.evaluation.world_task import WORLD_METRICS, WORLD_OPEN_METRICS
@@ -27,7 +28,7 @@ def setup(tiny, tmp_path_factory):
     processor.save_pretrained(root / "llava")
     synthetic_mmvp(root / "data", num_pairs=2)
     synthetic_pope(root / "data", questions_per_split=4)
-    prepare_eval_data(root / "data", world=2)
+    prepare_eval_data(root / "data", world=2, synthetic={"cv_bench", "countbenchqa"})
     # not the launcher variables an in-process training test of this session set (its port is held here)
     env = {
         **child_environment(),
@@ -279,3 +280,48 @@ def test_local_data_is_written_where_missing_or_stale_and_real_data_is_kept(tmp_
         generated_from(tmp_path / "pope")["version"] == DATA_VERSION
         and (tmp_path / "pope" / "random.parquet").is_file()
     )
+
+
+def test_task_list_shows_the_perception_suite(setup):
+    _, env = setup
+    listing = lmms_eval(env, "tasks", "list", "--include-path", str(REPO / "eval_tasks")).stdout
+    for name in (
+        "dcr_suite_perception",
+        "dcr_suite_perception_local",
+        "cv_bench_both",
+        "cv_bench_local",
+        "countbenchqa_local",
+    ):
+        assert re.search(rf"^\s*{name}\s*$", listing, flags=re.M), f"{name} is not listed"
+
+
+@pytest.mark.slow
+def test_llava_hf_on_the_perception_stand_ins_reports_cv_bench_both_ways(setup):
+    root, env = setup
+    lmms_eval(
+        env,
+        "eval",
+        "--model",
+        "llava_hf",
+        "--model_args",
+        f"pretrained={root / 'llava'},device=cpu,device_map=cpu",
+        "--tasks",
+        "dcr_suite_perception_local",
+        "--include_path",
+        str(REPO / "eval_tasks"),
+        "--batch_size",
+        "1",
+        "--gen_kwargs",
+        "max_new_tokens=4",
+        "--log_samples",
+        "--output_path",
+        str(root / "out_perception"),
+    )
+    results = results_of(root / "out_perception")
+    cv = results["cv_bench_local"]
+    assert {"lmms_eval_accuracy,none", "paper_score,none"} <= set(cv) and "acc,none" in results["countbenchqa_local"]
+    (samples,) = list((root / "out_perception").rglob("*cv_bench_local*.jsonl"))
+    records = [json.loads(line)["paper_score"] for line in samples.read_text().splitlines()]
+    assert sorted({r["source"] for r in records}) == ["ADE20K", "COCO", "Omni3D"] and len(records) == 6
+    assert cv["lmms_eval_accuracy,none"] == pytest.approx(cv_bench_lmms_eval_accuracy(records))
+    assert cv["paper_score,none"] == pytest.approx(cv_bench_paper_score(records))
