@@ -36,8 +36,8 @@ def measure(variant: str, data_dir: str) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from dcr_mllm.config import load_config
+    from dcr_mllm.llava.batches import GroupedBatches
     from dcr_mllm.llava.build import build_llava
-    from dcr_mllm.llava.data import GroupedBatches
     from dcr_mllm.llava.train import LlavaTrainConfig, conversation_data, llava_loss, read_records
     from dcr_mllm.presets.real import local_path
 

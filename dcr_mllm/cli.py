@@ -1,4 +1,5 @@
-"""``dcr-mllm <command>``: parses arguments, then calls the library. Nothing else lives here."""
+"""``dcr-mllm <command>``: parses arguments, then runs the command's function in ``dcr_mllm.commands``,
+which calls the library. Nothing else lives here."""
 
 from __future__ import annotations
 
@@ -8,220 +9,12 @@ import os
 import sys
 import warnings
 
-from dcr_mllm.errors import DcrError
+from dcr_mllm import commands
 from dcr_mllm.io import user_error_line
 
 PICKLE_HELP = (
     "load .bin/.pt PyTorch pickles (restricted unpickler); without it they are refused with the command to convert them"
 )
-
-
-def _enhance(args: argparse.Namespace) -> None:
-    from dcr_mllm.enhance.config import EnhanceConfig, resolve_config
-    from dcr_mllm.enhance.recipe import run_enhance
-
-    cfg = _training_config(args, EnhanceConfig, "enhance_tiny.yaml", resolve_config, ("projector_stage", "lora_stage"))
-    if cfg is None:
-        return
-    tower = run_enhance(cfg, [args.stage] if args.stage else None, allow_config_change=args.allow_config_change)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"enhanced tower: {tower}" if tower else f"stage output: {cfg.output_dir}")
-
-
-def _training_config(args: argparse.Namespace, cls, packaged: str, resolve, stages: tuple[str, ...]):
-    """The training command's config (default: the packaged ``packaged``); None once printed, for ``--print-config``."""
-    from dcr_mllm.config import PACKAGED_CONFIGS, config_yaml, load_config
-    from dcr_mllm.training.config import steps_governor
-
-    cfg = load_config(cls, args.config or PACKAGED_CONFIGS / packaged, args.overrides)
-    if not args.print_config:
-        return cfg
-    print(config_yaml(resolve(cfg)), end="")
-    for stage in stages:
-        print(f"# {stage}: the number of steps is set by {steps_governor(getattr(cfg, stage))}")
-    return None
-
-
-def _export_tower(args: argparse.Namespace) -> None:
-    from dcr_mllm.enhance.export import export_step
-
-    print(f"exported tower (LoRA step {args.step}): {export_step(args.run, args.step, args.output, force=args.force)}")
-
-
-def _llava(args: argparse.Namespace) -> None:
-    from dcr_mllm.llava.train import LlavaTrainConfig, resolve_config, run_llava
-
-    cfg = _training_config(args, LlavaTrainConfig, "llava_tiny.yaml", resolve_config, ("pretrain", "finetune"))
-    if cfg is None:
-        return
-    out = run_llava(cfg, args.stage, allow_config_change=args.allow_config_change)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"{'llava-hf model' if args.stage == 'finetune' else 'pretrained projector'}: {out}")
-
-
-def _swap_tower(args: argparse.Namespace) -> None:
-    from dcr_mllm.llava.swap import swap_tower
-
-    report = swap_tower(
-        args.llava,
-        args.tower,
-        args.output,
-        force=args.force,
-        dry_run=args.dry_run,
-        allow_family_change=args.allow_family_change,
-        allow_pickle=args.allow_pickle,
-    )
-    print("\n".join(report.lines()))
-
-
-def _convert_llava(args: argparse.Namespace) -> None:
-    from dcr_mllm.llava.convert import convert_llava
-
-    print("\n".join(convert_llava(args.input, args.output, force=args.force, allow_pickle=args.allow_pickle).lines()))
-
-
-def _build_tiny(args: argparse.Namespace) -> None:
-    from dcr_mllm.presets.tiny import build_tiny_preset
-
-    for name, path in build_tiny_preset(args.root).items():
-        print(f"{name}: {path}")
-
-
-def _presets(args: argparse.Namespace) -> None:
-    from dcr_mllm.presets.listing import digest_line, presets_table
-    from dcr_mllm.presets.real import local_path
-
-    if args.digest:
-        print(digest_line(args.digest))
-    elif args.download:
-        print(local_path(args.download))
-    else:
-        print(presets_table(), end="")
-
-
-def _eval_tower(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from dcr_mllm.evaluation import evaluate_towers, parse_tower_args
-
-    evaluate_towers(
-        parse_tower_args(args.tower),
-        args.benchmark,
-        args.output,
-        data=args.data,
-        batch_size=args.batch_size,
-        device=args.device,
-        pairs_per_attribute=args.pairs_per_attribute,
-        image_size=args.image_size,
-        seed=args.seed,
-        preprocess=args.preprocess,
-        allow_pickle=args.allow_pickle,
-        if_changed=args.if_changed,
-    )
-    print(Path(args.output, "results.md").read_text(encoding="utf-8"), end="")
-    print(f"report: {args.output}")
-
-
-def _make_eval_data(args: argparse.Namespace) -> None:
-    from dcr_mllm.evaluation import write_classification_folder, write_mmvp_vlm
-
-    if args.benchmark == "world":
-        from dcr_mllm.world.scenes import write_world
-
-        out = write_world(args.output, seed=args.seed, count=args.count, size=args.image_size or 32)
-    elif args.benchmark == "mmvp-vlm":
-        out = write_mmvp_vlm(args.output, image_size=args.image_size or 224, seed=args.seed)
-    else:
-        out = write_classification_folder(
-            args.output, per_class=args.per_class, image_size=args.image_size or 224, seed=args.seed
-        )
-    print(f"synthetic {args.benchmark} data: {out}")
-
-
-def _prepare_eval_data(args: argparse.Namespace) -> None:
-    from dcr_mllm.evaluation import eval_data
-
-    root = args.output or str(eval_data.eval_data_root())
-    if not (args.synthetic or args.mmvp or args.pope or args.world):
-        raise DcrError("nothing to prepare; pass --synthetic, --world N, or --mmvp DIR and/or --pope DIR --coco DIR")
-    if args.world < 0:
-        raise DcrError(
-            f"--world {args.world}: give the number of world images (every attribute asked in every kind about each)"
-        )
-    if args.pope and not args.coco:
-        raise DcrError("--pope needs --coco, the COCO val2014 image directory its questions refer to")
-    written = eval_data.prepare_eval_data(
-        root, mmvp=args.mmvp, pope=args.pope, coco=args.coco, synthetic=args.synthetic, seed=args.seed, world=args.world
-    )
-    print("\n".join(str(p) for p in written))
-    if args.output:
-        print(f"export DCR_EVAL_DATA={root}   # so that the *_local lmms-eval tasks read it")
-
-
-def _build_world(args: argparse.Namespace) -> None:
-    if args.rebuild:
-        from dcr_mllm.world.rebuild import rebuild_world
-
-        rebuild_world(args.rebuild_dir)
-        return
-    from dcr_mllm.world.prepare import prepare_world
-
-    for name, path in prepare_world(args.output).items():
-        print(f"{name}: {path}")
-
-
-def _world(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from dcr_mllm.evaluation.premise import measure_premise
-
-    if args.count < 12:
-        raise DcrError(f"--count {args.count}: the premise needs at least 12 validation images")
-    measure_premise(args.output, count=args.count)
-    print(Path(args.output, "premise.md").read_text(), end="")
-    print(f"premise: {Path(args.output, 'premise.json')}")
-
-
-def _eval_task_dir(args: argparse.Namespace) -> None:
-    from dcr_mllm.evaluation.eval_data import task_dir
-
-    print(task_dir())
-
-
-def _eval_mllm(args: argparse.Namespace) -> None:
-    from dcr_mllm.evaluation.mllm_run import evaluate_mllms
-
-    report = evaluate_mllms(args.model, args.tasks, args.output, nproc=args.nproc)
-    print((report / "report.md").read_text(encoding="utf-8"), end="")
-    print(f"report: {report}")
-
-
-def _report(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from dcr_mllm.evaluation.mllm_report import compare_runs
-
-    compare_runs(args.results, args.output)
-    print(Path(args.output, "report.md").read_text(), end="")
-    print(f"report: {args.output}")
-
-
-def _summary(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from dcr_mllm.evaluation.summary import summarize
-
-    bad = [item for item in args.run if "=" not in item.strip("=")]
-    if bad:
-        raise DcrError(f"--run {bad[0]!r}: give NAME=DIR, e.g. --run enhance=outputs/enhance")
-    runs = dict(item.split("=", 1) for item in args.run)
-    chart = Path(args.output).with_suffix(".png") if args.output else None
-    text = summarize(
-        {name: Path(path) for name, path in runs.items()}, Path(args.tower_eval), Path(args.mllm_eval), chart
-    )
-    if args.output:
-        Path(args.output).write_text(text)
-    print(text, end="")
 
 
 ALLOW_CONFIG_CHANGE = (
@@ -253,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1 lora_stage.max_steps=10"
     )
-    enhance.set_defaults(func=_enhance, intermixed="overrides")
+    enhance.set_defaults(func=commands.enhance, intermixed="overrides")
 
     export = sub.add_parser(
         "export-tower",
@@ -265,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--output", help="directory to write (default RUN/tower_step_N)")
     export.add_argument("--force", action="store_true", help="replace an existing output directory")
-    export.set_defaults(func=_export_tower)
+    export.set_defaults(func=commands.export_tower)
 
     for stage, text in (
         ("pretrain", "stage two: LLaVA-1.5 projector pretraining with a tower"),
@@ -285,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         llava.add_argument(
             "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. finetune.max_steps=10"
         )
-        llava.set_defaults(func=_llava, stage=stage, intermixed="overrides")
+        llava.set_defaults(func=commands.llava, stage=stage, intermixed="overrides")
 
     swap = sub.add_parser(
         "swap-tower",
@@ -307,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="swap a SigLIP tower into a CLIP-based LLaVA-1.5 checkpoint or back; the projector must then be retrained",
     )
     swap.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
-    swap.set_defaults(func=_swap_tower)
+    swap.set_defaults(func=commands.swap_tower)
 
     convert = sub.add_parser(
         "convert-llava",
@@ -320,13 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--force", action="store_true", help="replace an existing HF_DIR")
     convert.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
-    convert.set_defaults(func=_convert_llava)
+    convert.set_defaults(func=commands.convert_llava)
 
     tiny = sub.add_parser(
         "build-tiny", help="build the tiny embedded models (random init, from configs) and print their paths"
     )
     tiny.add_argument("--root", help="where to build them (default: $DCR_MLLM_CACHE/tiny or ~/.cache/dcr_mllm/tiny)")
-    tiny.set_defaults(func=_build_tiny)
+    tiny.set_defaults(func=commands.build_tiny)
 
     presets = sub.add_parser(
         "presets", help="list every model preset: hub id, pinned revision, size, purpose, whether it is on this machine"
@@ -339,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "weights checked against their recorded SHA-256) and print its directory",
     )
     action.add_argument("--digest", metavar="PATH", help="print a file's SHA-256 and size, to record it in a preset")
-    presets.set_defaults(func=_presets)
+    presets.set_defaults(func=commands.presets)
 
     world = sub.add_parser(
         "build-world", help="build the tiny world's base models (cached) and write its training and evaluation sets"
@@ -356,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument(
         "--rebuild-dir", default=None, help="where --rebuild trains (default $DCR_MLLM_CACHE/world_rebuild)"
     )
-    world.set_defaults(func=_build_world)
+    world.set_defaults(func=commands.build_world)
 
     world_cmd = sub.add_parser(
         "world",
@@ -368,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", default="outputs/world", help="the world folder (build-world's; built if missing)"
     )
     world_cmd.add_argument("--count", type=int, default=256, help="validation images for the denoiser's sensitivity")
-    world_cmd.set_defaults(func=_world)
+    world_cmd.set_defaults(func=commands.world)
 
     evaluate = sub.add_parser(
         "eval-tower",
@@ -408,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep a report in --output made from the same towers, data and settings instead of scoring again",
     )
-    evaluate.set_defaults(func=_eval_tower)
+    evaluate.set_defaults(func=commands.eval_tower)
 
     make_data = sub.add_parser(
         "make-eval-data",
@@ -426,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     make_data.add_argument(
         "--seed", type=int, default=0, help="world: any seed but 10-14, which draw the world's training images"
     )
-    make_data.set_defaults(func=_make_eval_data)
+    make_data.set_defaults(func=commands.make_eval_data)
 
     prepare = sub.add_parser(
         "prepare-eval-data",
@@ -443,12 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--world", type=int, default=0, metavar="N", help="the world's questions (world_local task) about N images"
     )
     prepare.add_argument("--seed", type=int, default=0)
-    prepare.set_defaults(func=_prepare_eval_data)
+    prepare.set_defaults(func=commands.prepare_eval_data)
 
     task_dir = sub.add_parser(
         "eval-task-dir", help="print the installed lmms-eval task folder, for lmms-eval's --include_path"
     )
-    task_dir.set_defaults(func=_eval_task_dir)
+    task_dir.set_defaults(func=commands.eval_task_dir)
 
     mllm = sub.add_parser(
         "eval-mllm",
@@ -469,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mllm.add_argument("--nproc", type=int, default=1, help="processes (accelerate launch) per model")
     mllm.add_argument("--output", default="outputs/eval_mllm", help="one folder per model, logs/, and report/")
-    mllm.set_defaults(func=_eval_mllm)
+    mllm.set_defaults(func=commands.eval_mllm)
 
     report = sub.add_parser("report", help="compare lmms-eval runs: one table (Markdown + JSON) and a chart")
     report.add_argument(
@@ -479,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="lmms-eval *_results.json files or --output_path directories",
     )
     report.add_argument("--output", required=True, help="directory for report.md, report.json and report.png")
-    report.set_defaults(func=_report, intermixed="results")
+    report.set_defaults(func=commands.report, intermixed="results")
 
     summary = sub.add_parser(
         "summary", help="print the pipeline summary: tower and MLLM tables, loss curves (PNG), artefacts"
@@ -490,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--tower-eval", default="outputs/eval_tower")
     summary.add_argument("--mllm-eval", default="outputs/eval_mllm")
     summary.add_argument("--output", help="also write the summary to this Markdown file")
-    summary.set_defaults(func=_summary)
+    summary.set_defaults(func=commands.summary)
     return parser
 
 

@@ -19,7 +19,7 @@ result matches transformers' own ``convert_llava_weights_to_hf.py`` (LLaVA-1.6:
 The processor also carries LLaVA-1.5's ``vicuna_v1`` chat template, so chat front ends (lmms-eval's
 ``llava_hf``) prompt the model as it was trained, and a ``LlavaImageProcessor`` that pads images to a
 square of the mean colour when the checkpoint says ``image_aspect_ratio: pad`` (LLaVA-1.5 does), so
-the model sees the pixels it was trained on.
+the model sees the pixels it was trained on (``convert_config`` builds the processor and the config).
 
 Tower tensors the checkpoint does not store come from the ``mm_vision_tower`` directory, as
 transformers' script loads the tower into the model before converting. Tensors are streamed
@@ -36,9 +36,10 @@ import torch
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir
-from dcr_mllm.llava.build import IMAGE_TOKEN, PAD_TOKEN, VICUNA_CHAT_TEMPLATE, add_llava_tokens, llava_image_processor
+from dcr_mllm.llava.build import IMAGE_TOKEN, PAD_TOKEN
 from dcr_mllm.llava.checkpoint import Checkpoint, Tower, read_tower, write_json
 from dcr_mllm.llava.compat import anyres_problems, feature_layer_problems
+from dcr_mllm.llava.convert_config import converted_config, converted_processor
 from dcr_mllm.llava.formats import read_checkpoint
 from dcr_mllm.llava.formats.llava_hf import load_check
 from dcr_mllm.llava.formats.original import PREFIX as ORIGINAL_PREFIX
@@ -76,21 +77,6 @@ EMBED, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 SINGLE = "model.safetensors"
 PAD_MULTIPLE = 64
 SEED = 0
-#: original-LLaVA config keys that describe the multimodal wrapper, not the language model
-LLAVA_ONLY = {
-    "architectures",
-    "_name_or_path",
-    "model_type",
-    "transformers_version",
-    "use_mm_proj",
-    "tune_mm_mlp_adapter",
-    "freeze_mm_mlp_adapter",
-    "unfreeze_mm_vision_tower",
-    "image_aspect_ratio",
-    "image_grid_pinpoints",
-    "tokenizer_model_max_length",
-    "tokenizer_padding_side",
-}
 TEXT_MODEL_TYPES = {"llava": "llama", "llava_llama": "llama", "llava_mistral": "mistral"}
 SELECT_STRATEGIES = {"patch": "default", "cls_patch": "full"}
 
@@ -272,66 +258,6 @@ def plan_weights(checkpoint: Checkpoint, tower: Tower, target: Target = LLAVA15)
     )
 
 
-def _processor(src: Path, tower: Tower, strategy: str, padded_vocab: int, do_pad: bool, pinpoints: list | None):
-    """The checkpoint's tokenizer with <image> and <pad> added as transformers adds them, the tower's
-    preprocessing (after the square padding the checkpoint was trained with, if ``do_pad``; LLaVA-1.6:
-    tiled to the checkpoint's ``pinpoints`` instead, as transformers' script builds its
-    ``LlavaNextImageProcessor`` from the tower's) and the vicuna_v1 chat template."""
-    from transformers import AutoTokenizer, LlavaNextImageProcessor, LlavaNextProcessor, LlavaProcessor
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(src)
-    except Exception as err:  # tokenizers fail with many exception types; the first line says why
-        raise DcrError(
-            f"cannot load the tokenizer in {src} ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-        ) from err
-    add_llava_tokens(tokenizer)
-    if len(tokenizer) > padded_vocab:
-        raise DcrError(
-            f"the tokenizer in {src} has {len(tokenizer)} tokens with {IMAGE_TOKEN} and {PAD_TOKEN}, more than the padded vocabulary {padded_vocab}"
-        )
-    spec = tower.spec
-    if pinpoints:
-        processor_class = LlavaNextProcessor
-        image_processor = LlavaNextImageProcessor.from_pretrained(tower.path, image_grid_pinpoints=pinpoints)
-    else:
-        processor_class, image_processor = LlavaProcessor, llava_image_processor(tower.path, do_pad)
-    return processor_class(
-        tokenizer=tokenizer,
-        image_processor=image_processor,
-        patch_size=spec.patch_size,
-        vision_feature_select_strategy=strategy,
-        num_additional_image_tokens=1 if spec.has_cls else 0,
-        chat_template=VICUNA_CHAT_TEMPLATE,
-    )
-
-
-def _llava_config(
-    original: dict, text_type: str, tower: Tower, strategy: str, tokenizer, weights: ConvertedWeights, target: Target
-):
-    """LlavaConfig (LLaVA-1.6: LlavaNextConfig with its image_grid_pinpoints): the language model's part of
-    the original config, the tower's vision config, LLaVA's layout."""
-    from transformers import LlavaConfig, LlavaNextConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    text = {k: v for k, v in original.items() if k not in LLAVA_ONLY and not k.startswith("mm_")}
-    vision = dict(tower.vision_config)
-    tiles = {"image_grid_pinpoints": original["image_grid_pinpoints"]} if target is LLAVA_NEXT else {}
-    config = (LlavaNextConfig if target is LLAVA_NEXT else LlavaConfig)(
-        **tiles,
-        text_config=CONFIG_MAPPING[text_type].from_dict({**text, "vocab_size": weights.padded_vocab}),
-        vision_config=CONFIG_MAPPING[vision.pop("model_type")].from_dict(vision),
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=tower.spec.num_patches + (1 if strategy == "full" and tower.spec.has_cls else 0),
-        vision_feature_layer=original.get("mm_vision_select_layer", -2),
-        vision_feature_select_strategy=strategy,
-    )
-    config.pad_token_id = tokenizer.pad_token_id
-    config.architectures = [target.architecture]
-    config.dtype = weights.dtype
-    return config
-
-
 @dataclass
 class ConvertReport:
     """What a conversion wrote; ``lines()`` is the summary the CLI prints."""
@@ -389,8 +315,18 @@ def convert_llava(
     weights = plan_weights(checkpoint, tower, target)
     pinpoints = checkpoint.config["image_grid_pinpoints"] if target is LLAVA_NEXT else None
     do_pad = checkpoint.config.get("image_aspect_ratio") == "pad"
-    processor = _processor(src, tower, strategy, weights.padded_vocab, do_pad, pinpoints)
-    config = _llava_config(checkpoint.config, text_type, tower, strategy, processor.tokenizer, weights, target)
+    processor = converted_processor(src, tower, strategy, weights.padded_vocab, do_pad, pinpoints)
+    config = converted_config(
+        checkpoint.config,
+        text_type,
+        tower,
+        strategy,
+        processor.tokenizer,
+        padded_vocab=weights.padded_vocab,
+        dtype=weights.dtype,
+        architecture=target.architecture,
+        pinpoints=pinpoints,
+    )
     report = ConvertReport(src, dst, tower, weights, config, target)
     with atomic_dir(dst) as tmp:
         digests = {name: write_shard(tmp / name, items, {"format": "pt"}) for name, items in weights.layout.items()}

@@ -25,17 +25,9 @@ import torch
 from dcr_mllm.components.build_once import build_once
 from dcr_mllm.config import to_dict
 from dcr_mllm.errors import ConfigError, DcrError
+from dcr_mllm.llava.batches import GroupedBatches, collate, epoch_steps
 from dcr_mllm.llava.build import add_language_lora, build_llava, vision_layout
-from dcr_mllm.llava.data import (
-    ASPECTS,
-    IGNORE_INDEX,
-    ConversationData,
-    GroupedBatches,
-    check_images,
-    collate,
-    epoch_steps,
-    read_records,
-)
+from dcr_mllm.llava.data import ASPECTS, IGNORE_INDEX, ConversationData, check_images, read_records
 from dcr_mllm.llava.synthetic import write_synthetic_conversations
 from dcr_mllm.presets.real import local_path
 from dcr_mllm.training import (

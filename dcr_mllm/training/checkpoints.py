@@ -1,9 +1,12 @@
-"""A stage folder's files, read without DeepSpeed: whether a run finished, whether a checkpoint is
-whole, which settings changed since it was made, the metrics log to resume, the trained weights."""
+"""A stage folder's files, without DeepSpeed: whether a run finished, whether a checkpoint is whole,
+publishing and pruning checkpoints, the newest intact one to resume from, which settings changed
+since it was made, the metrics log to resume, the trained weights."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -11,11 +14,30 @@ from torch import nn
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import write_atomic
-from dcr_mllm.training.safe_state import check_safetensors
+from dcr_mllm.training.config import TrainConfig
+from dcr_mllm.training.log import logger
+from dcr_mllm.training.safe_state import check_safetensors, load_tree
 from dcr_mllm.training.zero import gathered, writes_here
 
 TRAINABLE = "trainable.safetensors"
 MANIFEST = "manifest.json"
+#: the TrainConfig fields that change what training computes (the rest: logging, saving, workers)
+TRAINING_KEYS = (
+    "max_steps",
+    "micro_batch_size",
+    "grad_accum",
+    "lr",
+    "group_lrs",
+    "weight_decay",
+    "betas",
+    "adam_eps",
+    "scheduler",
+    "warmup_steps",
+    "warmup_ratio",
+    "grad_clip",
+    "zero_stage",
+    "precision",
+)
 
 
 def is_finished(stage_dir: str | Path, max_steps: int | None = None) -> bool:
@@ -51,6 +73,104 @@ def checkpoint_problem(folder: Path, world_size: int) -> str | None:
         if problem:
             return f"{name} {problem}"
     return None
+
+
+def publish_checkpoint(checkpoint_dir: Path, tag: str) -> None:
+    """Rank 0, once every rank has written its part of ``tag.partial``: write its manifest (every
+    file and its size), rename it to ``tag`` and point ``latest`` at it."""
+    partial = checkpoint_dir / f"{tag}.partial"
+    for script in (
+        "zero_to_fp32.py",
+        "zero_to_torch.py",
+    ):  # DeepSpeed's pickle-based converters; ours need none
+        (checkpoint_dir / script).unlink(missing_ok=True)
+    files = sorted(p for p in partial.iterdir() if p.is_file())
+    manifest = {"files": {p.name: p.stat().st_size for p in files}}
+    write_atomic(partial / MANIFEST, json.dumps(manifest, indent=1))
+    final = checkpoint_dir / tag
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    write_atomic(checkpoint_dir / "latest", tag)
+
+
+def prune_checkpoints(checkpoint_dir: Path, keep_last: int) -> None:
+    """Remove all but the ``keep_last`` newest complete checkpoints (all kept when it is 0 or
+    less), and any ``.partial`` one left over."""
+    complete = sorted(p for p in checkpoint_dir.glob("step_*") if not p.name.endswith(".partial"))
+    for old in complete[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for stray in checkpoint_dir.glob("step_*.partial"):
+        shutil.rmtree(stray, ignore_errors=True)
+
+
+def intact_checkpoint(checkpoint_dir: Path, world_size: int, is_main: bool) -> str | None:
+    """The checkpoint ``latest`` names or, if that one is missing or broken, the newest older
+    ``step_*`` folder whose files are all there and whole; None when there is no checkpoint
+    at all. Broken ones are reported in one line (by rank 0); none intact is an error."""
+    latest = checkpoint_dir / "latest"
+    tags = sorted(
+        (p.name for p in checkpoint_dir.glob("step_*") if p.is_dir() and not p.name.endswith(".partial")),
+        reverse=True,
+    )
+    problems = []
+    if latest.is_file():
+        named = latest.read_text().strip()
+        tags = [tag for tag in tags if tag <= named]
+        if named not in tags:
+            problems.append(f"checkpoint {named} named by {latest} does not exist")
+    for tag in tags:
+        problem = checkpoint_problem(checkpoint_dir / tag, world_size)
+        if problem is None:
+            if problems and is_main:
+                logger.info(f"{'; '.join(problems)}; resuming from {tag}")
+            return tag
+        problems.append(f"checkpoint {tag} is incomplete ({problem})")
+    if problems:
+        raise DcrError(
+            f"no intact checkpoint in {checkpoint_dir} ({'; '.join(problems)}); "
+            f"delete {checkpoint_dir} to start the stage over"
+        )
+    return None
+
+
+def load_rank_state(folder: Path, rank: int) -> dict:
+    """``rank``'s own part of the checkpoint in ``folder``: its step, random states, data position
+    and counters."""
+    state_file = folder / f"rank{rank}_state.safetensors"
+    if not state_file.is_file():
+        raise DcrError(
+            f"{state_file} is missing: the checkpoint was written by a run with a different number of processes; resume with the same count"
+        )
+    return load_tree(state_file)
+
+
+def settings_changed(
+    checkpoint_dir: Path, output_dir: Path, fingerprint: dict, allow_config_change: bool, is_main: bool
+) -> bool:
+    """Whether ``fingerprint`` differs from the settings the checkpoints were made with (their
+    ``config.json``; missing in checkpoints from before it), so that the caller records it.
+    Settings that change training are refused unless ``allow_config_change``."""
+    stored = checkpoint_dir / "config.json"
+    before = json.loads(stored.read_text()) if stored.is_file() else None  # None: checkpoints from before config.json
+    if before is not None:  # a setting added since the checkpoint was made ran at its default then
+        defaults = TrainConfig()
+        before = {**{key: plain(getattr(defaults, key)) for key in TRAINING_KEYS if key not in before}, **before}
+    if before == fingerprint:
+        return False
+    changes = config_changes(before, fingerprint) if before is not None else []
+    if changes:
+        listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
+        if not allow_config_change:
+            raise DcrError(
+                f"{output_dir} was trained with other settings ({listed}); restore them, "
+                f"pass --allow-config-change to continue with the new ones, or delete {checkpoint_dir} to start over"
+            )
+        if is_main:
+            logger.info(
+                f"settings changed since the checkpoint ({listed}); continuing with the new ones (--allow-config-change)"
+            )
+    return True
 
 
 def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import signal
 import time
@@ -43,12 +42,15 @@ from torch import nn
 from dcr_mllm.errors import DcrError, WriteError
 from dcr_mllm.io import atomic_path, write_atomic, writing
 from dcr_mllm.training.checkpoints import (
-    MANIFEST,
     TRAINABLE,
-    checkpoint_problem,
-    config_changes,
+    TRAINING_KEYS,
+    intact_checkpoint,
     is_finished,
+    load_rank_state,
     plain,
+    prune_checkpoints,
+    publish_checkpoint,
+    settings_changed,
     truncate_jsonl,
 )
 from dcr_mllm.training.config import TrainConfig
@@ -57,30 +59,9 @@ from dcr_mllm.training.ds_config import deepspeed_config
 from dcr_mllm.training.log import logger
 from dcr_mllm.training.optim import build_optimizer, lr_lambda, param_groups
 from dcr_mllm.training.preemption import Preempted, agreed_signal, catch_preemption
-from dcr_mllm.training.safe_state import (
-    load_tree,
-    safetensors_checkpoint_engine,
-    save_tree,
-)
+from dcr_mllm.training.safe_state import safetensors_checkpoint_engine, save_tree
 from dcr_mllm.training.zero import fp32_master, save_dtype, unlinked_masters
 
-#: the TrainConfig fields that change what training computes (the rest: logging, saving, workers)
-TRAINING_KEYS = (
-    "max_steps",
-    "micro_batch_size",
-    "grad_accum",
-    "lr",
-    "group_lrs",
-    "weight_decay",
-    "betas",
-    "adam_eps",
-    "scheduler",
-    "warmup_steps",
-    "warmup_ratio",
-    "grad_clip",
-    "zero_stage",
-    "precision",
-)
 StepFn = Callable[[nn.Module, dict, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
 #: called on every rank after each optimizer step (and once at step 0 of a fresh run): extra scalars to log
 AfterStep = Callable[["Trainer", int], dict[str, float]]
@@ -173,33 +154,14 @@ class Trainer:
                 save_file(trained, self.checkpoint_dir / partial / TRAINABLE)
         barrier()
         if self.dist.is_main:
-            for script in (
-                "zero_to_fp32.py",
-                "zero_to_torch.py",
-            ):  # DeepSpeed's pickle-based converters; ours need none
-                (self.checkpoint_dir / script).unlink(missing_ok=True)
-            files = sorted(p for p in (self.checkpoint_dir / partial).iterdir() if p.is_file())
-            manifest = {"files": {p.name: p.stat().st_size for p in files}}
-            write_atomic(self.checkpoint_dir / partial / MANIFEST, json.dumps(manifest, indent=1))
-            final = self.checkpoint_dir / tag
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(self.checkpoint_dir / partial, final)
-            write_atomic(self.checkpoint_dir / "latest", tag)
-            self._prune_checkpoints()
+            publish_checkpoint(self.checkpoint_dir, tag)
+            prune_checkpoints(self.checkpoint_dir, self.cfg.keep_last)
         barrier()
 
-    def _prune_checkpoints(self) -> None:
-        complete = sorted(p for p in self.checkpoint_dir.glob("step_*") if not p.name.endswith(".partial"))
-        for old in complete[: -self.cfg.keep_last] if self.cfg.keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-        for stray in self.checkpoint_dir.glob("step_*.partial"):
-            shutil.rmtree(stray, ignore_errors=True)
-
     def maybe_resume(self, batches) -> bool:
-        """Load the newest intact checkpoint (``_intact_checkpoint``) made with these settings
+        """Load the newest intact checkpoint (``intact_checkpoint``) made with these settings
         (``_check_config``), if any; False for a fresh start."""
-        tag = self._intact_checkpoint()
+        tag = intact_checkpoint(self.checkpoint_dir, self.dist.world_size, self.dist.is_main)
         if tag is None:
             return False
         self._check_config()
@@ -208,12 +170,7 @@ class Trainer:
             raise DcrError(
                 f"checkpoint {self.checkpoint_dir / tag} could not be loaded; delete {self.checkpoint_dir} to start over"
             )
-        state_file = self.checkpoint_dir / tag / f"rank{self.dist.rank}_state.safetensors"
-        if not state_file.is_file():
-            raise DcrError(
-                f"{state_file} is missing: the checkpoint was written by a run with a different number of processes; resume with the same count"
-            )
-        state = load_tree(state_file)
+        state = load_rank_state(self.checkpoint_dir / tag, self.dist.rank)
         self.step = int(state["step"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -229,59 +186,12 @@ class Trainer:
             logger.info("resumed from %s at step %d", self.checkpoint_dir / tag, self.step)
         return True
 
-    def _intact_checkpoint(self) -> str | None:
-        """The checkpoint ``latest`` names or, if that one is missing or broken, the newest older
-        ``step_*`` folder whose files are all there and whole; None when there is no checkpoint
-        at all. Broken ones are reported in one line; none intact is an error."""
-        latest = self.checkpoint_dir / "latest"
-        tags = sorted(
-            (p.name for p in self.checkpoint_dir.glob("step_*") if p.is_dir() and not p.name.endswith(".partial")),
-            reverse=True,
-        )
-        problems = []
-        if latest.is_file():
-            named = latest.read_text().strip()
-            tags = [tag for tag in tags if tag <= named]
-            if named not in tags:
-                problems.append(f"checkpoint {named} named by {latest} does not exist")
-        for tag in tags:
-            problem = checkpoint_problem(self.checkpoint_dir / tag, self.dist.world_size)
-            if problem is None:
-                if problems and self.dist.is_main:
-                    logger.info(f"{'; '.join(problems)}; resuming from {tag}")
-                return tag
-            problems.append(f"checkpoint {tag} is incomplete ({problem})")
-        if problems:
-            raise DcrError(
-                f"no intact checkpoint in {self.checkpoint_dir} ({'; '.join(problems)}); "
-                f"delete {self.checkpoint_dir} to start the stage over"
-            )
-        return None
-
     def _check_config(self) -> None:
         """Refuse to resume with settings that change training, unless allowed; then record them."""
-        stored = self.checkpoint_dir / "config.json"
-        before = (
-            json.loads(stored.read_text()) if stored.is_file() else None
-        )  # None: checkpoints from before config.json
-        if before is not None:  # a setting added since the checkpoint was made ran at its default then
-            defaults = TrainConfig()
-            before = {**{key: plain(getattr(defaults, key)) for key in TRAINING_KEYS if key not in before}, **before}
-        if before == self.fingerprint:
-            return
-        changes = config_changes(before, self.fingerprint) if before is not None else []
-        if changes:
-            listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
-            if not self.allow_config_change:
-                raise DcrError(
-                    f"{self.output_dir} was trained with other settings ({listed}); restore them, "
-                    f"pass --allow-config-change to continue with the new ones, or delete {self.checkpoint_dir} to start over"
-                )
-            if self.dist.is_main:
-                logger.info(
-                    f"settings changed since the checkpoint ({listed}); continuing with the new ones (--allow-config-change)"
-                )
-        self._store_config()
+        if settings_changed(
+            self.checkpoint_dir, self.output_dir, self.fingerprint, self.allow_config_change, self.dist.is_main
+        ):
+            self._store_config()
 
     def _store_config(self) -> None:
         if self.dist.is_main:

@@ -38,9 +38,10 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoProcessor
 from transformers.tokenization_utils_sentencepiece import SPIECE_UNDERLINE, SentencePieceBackend
 
+from dcr_mllm.llava.batches import GroupedBatches
 from dcr_mllm.llava.build import build_processor
 from dcr_mllm.llava.convert import convert_llava
-from dcr_mllm.llava.data import IGNORE_INDEX, ConversationData, GroupedBatches, prompt_text, tokenize
+from dcr_mllm.llava.data import IGNORE_INDEX, ConversationData, prompt_text, tokenize
 from dcr_mllm.prompts import VICUNA_CHAT_TEMPLATE
 
 IMAGE_TOKEN_INDEX = -200  # llava/constants.py:9

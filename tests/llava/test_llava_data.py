@@ -6,8 +6,9 @@ import json
 import pytest
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.llava.batches import GroupedBatches
 from dcr_mllm.llava.build import build_processor
-from dcr_mllm.llava.data import IGNORE_INDEX, ConversationData, GroupedBatches, prompt_text, read_records, tokenize
+from dcr_mllm.llava.data import IGNORE_INDEX, ConversationData, prompt_text, read_records, tokenize
 from dcr_mllm.prompts import VICUNA_SYSTEM
 
 TWO_TURNS = {

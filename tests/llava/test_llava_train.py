@@ -326,7 +326,7 @@ def test_held_out_records_are_a_seeded_share_never_trained_on():
 def test_the_loss_on_labelled_positions_only_equals_transformers_full_loss(tiny, trained):
     """``llava_loss`` applies the LM head only where a label follows; its value and gradients are
     those of transformers' own loss (``labels=``, logits at every position)."""
-    from dcr_mllm.llava.data import GroupedBatches
+    from dcr_mllm.llava.batches import GroupedBatches
     from dcr_mllm.llava.train import conversation_data, llava_loss, read_records
 
     cfg, out, _ = trained

@@ -94,7 +94,8 @@ def test_world_metrics_and_condition_sensitivity(mini_world, tmp_path, capsys):
 
 
 def test_summary_compares_each_seed_with_base():
-    from dcr_mllm.enhance.ablation import report, summarize
+    from dcr_mllm.enhance.ablation import summarize
+    from dcr_mllm.enhance.ablation_report import report
 
     base = {
         "probe_global/fine_mean": 50.0,
