@@ -209,7 +209,7 @@ def llava_lora_row(dist_info, smoke: bool, steps: int, batch: int, text_tokens: 
     from transformers import LlavaForConditionalGeneration
 
     from dcr_mllm.llava.build import add_language_lora
-    from dcr_mllm.llava.train import LanguageLora
+    from dcr_mllm.llava.train.recipe import LanguageLora
     from dcr_mllm.training.zero import transformers_zero3, zero3_config
 
     config = llava_7b_config(smoke)

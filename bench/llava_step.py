@@ -6,7 +6,7 @@ Each variant runs in its own one-thread process, the variants taking turns round
   glibc's mmap threshold pinned to 128 KiB (what every CPU process set before it was limited to
   ZeRO-3: each large buffer a fresh mapping, its pages faulted in again every step);
 - ``heap``: the same loss, glibc's default allocator settings;
-- ``after``: the LM head only where a label follows (``llava.train.llava_loss``), default settings.
+- ``after``: the LM head only where a label follows (``llava.train.recipe.llava_loss``), default settings.
 FLOPs are counted with torch's ``FlopCounterMode`` over forward and backward; the reference is one
 float32 matmul of about the same FLOPs (the arithmetic this core can do, in one call).
 
@@ -36,9 +36,9 @@ def measure(variant: str, data_dir: str) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from dcr_mllm.config import load_config
-    from dcr_mllm.llava.batches import GroupedBatches
     from dcr_mllm.llava.build import build_llava
-    from dcr_mllm.llava.train import LlavaTrainConfig, conversation_data, llava_loss, read_records
+    from dcr_mllm.llava.train.batches import GroupedBatches
+    from dcr_mllm.llava.train.recipe import LlavaTrainConfig, conversation_data, llava_loss, read_records
     from dcr_mllm.presets.real import local_path
 
     torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """How fast can the world's LLaVA learn its questions? A search harness for the LLaVA schedule.
 
 The product's LLaVA (``build_llava``: the tower, the projector, the tiny Llama) and its tokenisation
-(``llava.data.tokenize``, LLaVA-1.5's vicuna_v1 and plain prompts), trained on the frozen tower's
+(``llava.train.data.tokenize``, LLaVA-1.5's vicuna_v1 and plain prompts), trained on the frozen tower's
 feature layer computed once (LLaVA-1.5 freezes the tower, so this is the same function, about
 twice as fast), on fresh questions about the conversation images each step; scored on the
 ``world_local`` questions of 300 held-out images (seed 2), an answer right when greedy decoding
@@ -23,7 +23,7 @@ import torch
 
 torch.set_num_threads(1)
 from dcr_mllm.llava.build import build_llava
-from dcr_mllm.llava.data import IGNORE_INDEX, tokenize
+from dcr_mllm.llava.train.data import IGNORE_INDEX, tokenize
 from dcr_mllm.world.conversations import CAPTION_PROMPT, KINDS, world_qa_rows, world_question
 from dcr_mllm.world.scenes import WORLD_VALUES, detailed_caption, render, sample_scenes
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dcr_mllm.evaluation import CATEGORIES, evaluate_mmvp_vlm, write_mmvp_vlm
+from dcr_mllm.evaluation.tower import CATEGORIES, evaluate_mmvp_vlm, write_mmvp_vlm
 from dcr_mllm.towers import load_tower
 
 RESULTS = Path(__file__).parent / "results" / "mmvp_vlm.json"

@@ -202,7 +202,7 @@ def measure(text_layers: int) -> dict:
         imports = [
             sys.executable,
             "-c",
-            "import dcr_mllm.cli, dcr_mllm.llava.swap; from transformers import LlavaForConditionalGeneration",
+            "import dcr_mllm.cli, dcr_mllm.llava.checkpoints.swap; from transformers import LlavaForConditionalGeneration",
         ]
         runs = {"cp": [], "swap": [], "imports": []}
         for _ in range(ROUNDS):

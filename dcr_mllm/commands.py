@@ -45,7 +45,7 @@ def export_tower(args: argparse.Namespace) -> None:
 
 
 def llava(args: argparse.Namespace) -> None:
-    from dcr_mllm.llava.train import LlavaTrainConfig, resolve_config, run_llava
+    from dcr_mllm.llava.train.recipe import LlavaTrainConfig, resolve_config, run_llava
 
     cfg = _training_config(args, LlavaTrainConfig, "llava_tiny.yaml", resolve_config, ("pretrain", "finetune"))
     if cfg is None:
@@ -56,7 +56,7 @@ def llava(args: argparse.Namespace) -> None:
 
 
 def swap_tower(args: argparse.Namespace) -> None:
-    from dcr_mllm.llava.swap import swap_tower
+    from dcr_mllm.llava.checkpoints.swap import swap_tower
 
     report = swap_tower(
         args.llava,
@@ -71,7 +71,7 @@ def swap_tower(args: argparse.Namespace) -> None:
 
 
 def convert_llava(args: argparse.Namespace) -> None:
-    from dcr_mllm.llava.convert import convert_llava
+    from dcr_mllm.llava.checkpoints.convert import convert_llava
 
     print("\n".join(convert_llava(args.input, args.output, force=args.force, allow_pickle=args.allow_pickle).lines()))
 
@@ -98,7 +98,7 @@ def presets(args: argparse.Namespace) -> None:
 def eval_tower(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from dcr_mllm.evaluation import evaluate_towers, parse_tower_args
+    from dcr_mllm.evaluation.tower import evaluate_towers, parse_tower_args
 
     evaluate_towers(
         parse_tower_args(args.tower),
@@ -119,7 +119,7 @@ def eval_tower(args: argparse.Namespace) -> None:
 
 
 def make_eval_data(args: argparse.Namespace) -> None:
-    from dcr_mllm.evaluation import write_classification_folder, write_mmvp_vlm
+    from dcr_mllm.evaluation.tower import write_classification_folder, write_mmvp_vlm
 
     if args.benchmark == "world":
         from dcr_mllm.world.scenes import write_world
@@ -135,7 +135,7 @@ def make_eval_data(args: argparse.Namespace) -> None:
 
 
 def prepare_eval_data(args: argparse.Namespace) -> None:
-    from dcr_mllm.evaluation import eval_data
+    from dcr_mllm.evaluation.mllm import eval_data
 
     root = args.output or str(eval_data.eval_data_root())
     if not (args.synthetic or args.mmvp or args.pope or args.world):
@@ -169,7 +169,7 @@ def build_world(args: argparse.Namespace) -> None:
 def world(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from dcr_mllm.evaluation.premise import measure_premise
+    from dcr_mllm.evaluation.analysis.premise import measure_premise
 
     if args.count < 12:
         raise DcrError(f"--count {args.count}: the premise needs at least 12 validation images")
@@ -179,13 +179,13 @@ def world(args: argparse.Namespace) -> None:
 
 
 def eval_task_dir(args: argparse.Namespace) -> None:
-    from dcr_mllm.evaluation.eval_data import task_dir
+    from dcr_mllm.evaluation.mllm.eval_data import task_dir
 
     print(task_dir())
 
 
 def eval_mllm(args: argparse.Namespace) -> None:
-    from dcr_mllm.evaluation.mllm_run import evaluate_mllms
+    from dcr_mllm.evaluation.mllm.run import evaluate_mllms
 
     report = evaluate_mllms(args.model, args.tasks, args.output, nproc=args.nproc)
     print((report / "report.md").read_text(encoding="utf-8"), end="")
@@ -195,7 +195,7 @@ def eval_mllm(args: argparse.Namespace) -> None:
 def report(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from dcr_mllm.evaluation.mllm_report import compare_runs
+    from dcr_mllm.evaluation.mllm.report import compare_runs
 
     compare_runs(args.results, args.output)
     print(Path(args.output, "report.md").read_text(), end="")
@@ -205,7 +205,7 @@ def report(args: argparse.Namespace) -> None:
 def summary(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from dcr_mllm.evaluation.summary import summarize
+    from dcr_mllm.evaluation.analysis.summary import summarize
 
     bad = [item for item in args.run if "=" not in item.strip("=")]
     if bad:

@@ -132,7 +132,7 @@ def _key_rows(cls: type, instance: object | None, prefix: str = "") -> list[list
 
 def config_reference() -> str:
     from dcr_mllm.enhance.config import EnhanceConfig
-    from dcr_mllm.llava.train import LlavaTrainConfig
+    from dcr_mllm.llava.train.recipe import LlavaTrainConfig
 
     out = []
     for title, cls, commands in (

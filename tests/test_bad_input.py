@@ -1,8 +1,8 @@
 """Bad input, command by command: exit 2, one line on stderr, no traceback, nothing written.
 
 Each case builds a broken input from the tiny preset and names the output path that must stay
-absent (or unchanged). Cases already covered elsewhere (tests/test_config.py, tests/llava/test_swap.py,
-tests/llava/test_convert.py, tests/evaluation/test_cli.py, ...) are not repeated here.
+absent (or unchanged). Cases already covered elsewhere (tests/test_config.py, tests/llava/checkpoints/test_swap.py,
+tests/llava/checkpoints/test_convert.py, tests/evaluation/test_cli.py, ...) are not repeated here.
 """
 
 from __future__ import annotations

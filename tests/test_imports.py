@@ -121,3 +121,26 @@ def test_each_subpackage_imports_only_those_below_it():
         (p, t) for p, targets in packages.items() if p in rank for t in targets if t in rank and rank[t] > rank[p]
     )
     assert upward == []
+
+
+#: the rooms inside a subpackage, from the bottom up; a room imports only rooms of a lower rank
+#: (rooms of one rank, stage two's training and its checkpoint surgery, never import each other)
+ROOMS = {
+    "evaluation": {"freshness": 0, "tower": 1, "analysis": 2, "mllm": 3},
+    "llava": {"shards": 0, "build": 1, "train": 2, "checkpoints": 2},
+}
+
+
+def test_each_room_imports_only_rooms_below_it():
+    graph = import_graph()
+
+    def room(module: str) -> tuple[str, str] | None:
+        parts = module.split(".")
+        return (parts[1], parts[2]) if len(parts) > 2 and parts[1] in ROOMS else None
+
+    arrows = {(room(m), room(t)) for m, targets in graph.items() for t in targets if room(m) and room(t)}
+    arrows = {(a, b) for a, b in arrows if a != b and a[0] == b[0]}
+    assert (("llava", "checkpoints"), ("llava", "build")) in arrows  # read, not empty
+    assert {name for package, rooms in ROOMS.items() for name in rooms} >= {a[1] for a, _ in arrows}  # all placed
+    upward = sorted((a, b) for a, b in arrows if ROOMS[a[0]][b[1]] >= ROOMS[a[0]][a[1]])
+    assert upward == []

@@ -2,7 +2,7 @@
 DCR, and DCR conditioned on patch tokens (``dcr_tokens``), from the same base tower and denoiser,
 with the same budget, over several seeds.
 
-Writes the premise first (``OUT/premise.{md,json}``, ``evaluation.premise``), then ``OUT/base/tower``
+Writes the premise first (``OUT/premise.{md,json}``, ``evaluation.analysis.premise``), then ``OUT/base/tower``
 and ``OUT/<objective>/seed<k>/tower`` (stage one's own output), each tower's metrics
 (``world_metrics.json`` beside it), and ``OUT/results.json``, ``OUT/report.md`` and
 ``OUT/chart.png``: the premise table, every metric as mean +- std over seeds, each objective
@@ -33,7 +33,7 @@ from dcr_mllm.enhance.ablation_report import HEADLINE, chart, curves_chart, repo
 from dcr_mllm.enhance.config import EnhanceConfig
 from dcr_mllm.enhance.watch import EVAL_FILE
 from dcr_mllm.errors import DcrError
-from dcr_mllm.evaluation.premise import measure_premise
+from dcr_mllm.evaluation.analysis.premise import measure_premise
 from dcr_mllm.io import atomic_dir, user_error_line
 from dcr_mllm.world.models import MINI, WorldSpec
 from dcr_mllm.world.prepare import EVAL_COUNT, SHARD_COUNT, VAL_COUNT, prepare_world
@@ -153,7 +153,7 @@ def run_ablation(
             [
                 sys.executable,
                 "-m",
-                "dcr_mllm.evaluation.world_metrics",
+                "dcr_mllm.evaluation.tower.world_metrics",
                 "--tower",
                 str(tower),
                 "--data",

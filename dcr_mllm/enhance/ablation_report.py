@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dcr_mllm.evaluation.premise import premise_report
+from dcr_mllm.evaluation.analysis.premise import premise_report
 from dcr_mllm.io import atomic_path
 from dcr_mllm.world.scenes import FINE_ATTRIBUTES
 

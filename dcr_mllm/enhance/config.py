@@ -220,7 +220,7 @@ def selection_on_test_data(cfg: EnhanceConfig) -> str:
 def validate(cfg: EnhanceConfig) -> ResolvedShapes:
     """Check values, paths and widths from config files only; returns the resolved projector shape."""
     from dcr_mllm.data.images import check_shards
-    from dcr_mllm.evaluation.run import benchmark_scorer
+    from dcr_mllm.evaluation.tower.run import benchmark_scorer
     from dcr_mllm.presets.real import local_path
 
     resolve_config(cfg)

@@ -96,7 +96,7 @@ class TowerWatch:
         return scores
 
     def _scorers(self):
-        from dcr_mllm.evaluation.run import benchmark_scorer
+        from dcr_mllm.evaluation.tower.run import benchmark_scorer
 
         if self.scorers is None:
             self.scorers = [

@@ -1,42 +1,8 @@
-"""Measure a tower: MMVP-VLM, classification probes (D-Ability) and fine-grained pairs (P-Ability).
+"""Evaluation, in three rooms by what they measure.
 
-``evaluate_towers`` scores several towers on one benchmark and writes ``results.json``,
-``predictions.csv``, ``results.md`` and ``chart.png``; the ``evaluate_*`` functions score one
-loaded tower; ``synthetic`` writes stand-in datasets in the same layouts as the real ones.
+- ``tower``: a vision tower on its own (``eval-tower``: MMVP-VLM, probes, fine-grained pairs, the world's metrics).
+- ``mllm``: LLaVA models through lmms-eval (``eval-mllm``, ``report``, the local data and the task hooks).
+- ``analysis``: what the numbers mean (the pipeline summary, significance, the seed effect, the premise).
+
+``freshness`` is the one rule, shared by every evaluation stage, for when an output is up to date.
 """
-
-from dcr_mllm.evaluation.mmvp_vlm import CATEGORIES, evaluate_mmvp_vlm, ground_truth, read_benchmark
-from dcr_mllm.evaluation.probes import (
-    ClassificationData,
-    evaluate_classification,
-    evaluate_fine_grained,
-    fit_linear_probe,
-)
-from dcr_mllm.evaluation.run import BENCHMARKS, evaluate_towers, parse_tower_args
-from dcr_mllm.evaluation.synthetic import (
-    CATEGORY_ATTRIBUTES,
-    fine_grained_pairs,
-    write_classification_folder,
-    write_mmvp_vlm,
-)
-from dcr_mllm.evaluation.tower_report import BenchmarkResult, write_report
-
-__all__ = [
-    "BENCHMARKS",
-    "CATEGORIES",
-    "CATEGORY_ATTRIBUTES",
-    "BenchmarkResult",
-    "ClassificationData",
-    "evaluate_classification",
-    "evaluate_fine_grained",
-    "evaluate_mmvp_vlm",
-    "evaluate_towers",
-    "fine_grained_pairs",
-    "fit_linear_probe",
-    "ground_truth",
-    "parse_tower_args",
-    "read_benchmark",
-    "write_classification_folder",
-    "write_mmvp_vlm",
-    "write_report",
-]

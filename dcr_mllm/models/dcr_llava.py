@@ -4,7 +4,7 @@
 
 scores TOWER inside the LLaVA checkpoint CKPT without writing a new checkpoint. ``llava_hf`` loads
 LLaVA-1.5, -NeXT and -OneVision checkpoints; the tower must fit as ``dcr-mllm swap-tower`` requires
-for that family (``llava.formats``: hidden size, layers, patch and image size, feature layer, same
+for that family (``llava.checkpoints.formats``: hidden size, layers, patch and image size, feature layer, same
 family, NeXT/OneVision tiles), and the checkpoint's image processor follows it as there (LLaVA-1.5:
 the tower's preprocessing; NeXT/OneVision: the tower's normalisation, tiles kept).
 """
@@ -19,9 +19,9 @@ from lmms_eval.models.simple.llava_hf import LlavaHf as LlavaHfSimple
 from loguru import logger
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.llava.checkpoint import load_vision_state, read_tower
-from dcr_mllm.llava.formats import LLAVA_HF
-from dcr_mllm.llava.formats.llava_next import PIXEL_SECTIONS
+from dcr_mllm.llava.checkpoints.checkpoint import load_vision_state, read_tower
+from dcr_mllm.llava.checkpoints.formats import LLAVA_HF
+from dcr_mllm.llava.checkpoints.formats.llava_next import PIXEL_SECTIONS
 
 
 def swap_vision_tower(model, processor, tower_dir: str) -> str:

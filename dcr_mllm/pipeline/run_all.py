@@ -44,7 +44,7 @@ def plan(config_dir: str | None = None, tiny: bool = False, full: bool = False) 
     directory with enhance.yaml and llava.yaml."""
     from dcr_mllm.config import load_config
     from dcr_mllm.enhance.config import EnhanceConfig
-    from dcr_mllm.llava.train import LlavaTrainConfig
+    from dcr_mllm.llava.train.recipe import LlavaTrainConfig
 
     world = config_dir is None and not tiny
     if full and not world:
@@ -73,8 +73,8 @@ def plan(config_dir: str | None = None, tiny: bool = False, full: bool = False) 
 def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1) -> None:
     """The pipeline; ``seeds`` LLaVAs per tower, differing only in their seed (the config's, then
     the next ones), each scored on the same questions, so that the tower's effect is judged with
-    the training run as the unit (``evaluation.seed_effect``)."""
-    from dcr_mllm.evaluation.seed_effect import seeded_name
+    the training run as the unit (``evaluation.analysis.seed_effect``)."""
+    from dcr_mllm.evaluation.analysis.seed_effect import seeded_name
 
     if seeds < 1:
         raise DcrError(f"--seeds {seeds}: train at least one LLaVA per tower")

@@ -76,8 +76,8 @@ def eval_tower(
     """Stage 4: every tower on MMVP-VLM, the classification probes and the fine-grained pairs (or,
     with ``world``, the world's metrics), each report kept when made from the same towers, data and
     settings (``eval-tower --if-changed``); then the summary tables."""
-    from dcr_mllm.evaluation.summary import tower_tables
-    from dcr_mllm.evaluation.synthetic import classification_set, mmvp_vlm_set
+    from dcr_mllm.evaluation.analysis.summary import tower_tables
+    from dcr_mllm.evaluation.tower.synthetic import classification_set, mmvp_vlm_set
 
     specs = tower_labels(towers)
     if world and not (Path(world) / "labels.csv").is_file():

@@ -1,5 +1,5 @@
 """Task functions for the YAMLs beside this file; the logic lives in one module per task family
-(``dcr_mllm.evaluation.mmvp_task``, ``pope_task``, ``world_task``).
+(``dcr_mllm.evaluation.mllm.mmvp_task``, ``pope_task``, ``world_task``).
 
 Names in capitals are the local data files under $DCR_EVAL_DATA (default ~/.cache/dcr_mllm/eval_data),
 resolved when lmms-eval reads the YAML, so the *_local tasks work from any working directory.
@@ -11,15 +11,15 @@ from lmms_eval.tasks.countbenchqa.utils import (  # noqa: F401  (referenced from
     countbenchqa_process_results,
 )
 
-from dcr_mllm.evaluation.cv_bench_task import (  # noqa: F401  (referenced from the YAMLs)
+from dcr_mllm.evaluation.mllm.cv_bench_task import (  # noqa: F401  (referenced from the YAMLs)
     cv_bench_both_process_results,
     cv_bench_doc_to_text,
     cv_bench_doc_to_visual,
     cv_bench_lmms_eval_accuracy,
     cv_bench_paper_score,
 )
-from dcr_mllm.evaluation.eval_data import data_file
-from dcr_mllm.evaluation.mmvp_task import (  # noqa: F401  (referenced from the YAMLs)
+from dcr_mllm.evaluation.mllm.eval_data import data_file
+from dcr_mllm.evaluation.mllm.mmvp_task import (  # noqa: F401  (referenced from the YAMLs)
     mmvp_accuracy,
     mmvp_doc_to_text,
     mmvp_doc_to_visual,
@@ -27,7 +27,7 @@ from dcr_mllm.evaluation.mmvp_task import (  # noqa: F401  (referenced from the 
     mmvp_process_results,
     mmvp_target,
 )
-from dcr_mllm.evaluation.pope_task import (  # noqa: F401  (referenced from the YAMLs)
+from dcr_mllm.evaluation.mllm.pope_task import (  # noqa: F401  (referenced from the YAMLs)
     pope_accuracy,
     pope_doc_to_text,
     pope_doc_to_visual,
@@ -37,7 +37,7 @@ from dcr_mllm.evaluation.pope_task import (  # noqa: F401  (referenced from the 
     pope_process_results,
     pope_recall,
 )
-from dcr_mllm.evaluation.world_task import (  # noqa: F401  (referenced from the YAMLs)
+from dcr_mllm.evaluation.mllm.world_task import (  # noqa: F401  (referenced from the YAMLs)
     WORLD_PART_ACCURACY,
     world_accuracy,
     world_doc_to_text,

@@ -7,7 +7,7 @@ open question answered with one word (as its VQA data), yes/no and multiple choi
 schedule's) and every attribute asked open (``finetune_open.json``, the default's); the evaluation set (``world_qa_rows``,
 the ``world_local`` lmms-eval task) asks the same kinds of question about images from another seed,
 every attribute in every kind about each image, so each attribute's and each kind's accuracy is
-measured on its own, on enough questions to compare two models (``evaluation.significance``).
+measured on its own, on enough questions to compare two models (``evaluation.analysis.significance``).
 """
 
 from __future__ import annotations

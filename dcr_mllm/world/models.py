@@ -10,7 +10,7 @@
   so it must encode the details; a third UNet level and high-noise timesteps make it place things
   from the condition.
 - ``clip_reference``: the same CLIP build on detailed captions only, the premise's yardstick of
-  what the same budget learns when the text names everything (``evaluation.premise``; built on demand).
+  what the same budget learns when the text names everything (``evaluation.analysis.premise``; built on demand).
 
 Both ship inside the package as trained for the default ``WorldSpec`` (``world.shipped``: recipe and
 digests in its manifest) and are installed on first use under ``$DCR_MLLM_CACHE/world``

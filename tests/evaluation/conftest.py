@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dcr_mllm.evaluation import write_mmvp_vlm
+from dcr_mllm.evaluation.tower import write_mmvp_vlm
 
 # Images of these solid colours embed as these vectors under ColourTower.
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}

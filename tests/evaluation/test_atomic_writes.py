@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from dcr_mllm.evaluation.mllm_report import compare_runs
-from dcr_mllm.evaluation.summary import plot_loss
+from dcr_mllm.evaluation.analysis.summary import plot_loss
+from dcr_mllm.evaluation.mllm.report import compare_runs
 from dcr_mllm.io import atomic_dir, atomic_path, write_atomic
 
 

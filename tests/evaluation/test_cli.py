@@ -8,7 +8,7 @@ from PIL import Image
 
 from dcr_mllm.cli import main
 from dcr_mllm.data.synthetic import ATTRIBUTE_VALUES
-from dcr_mllm.evaluation import CATEGORIES, read_benchmark
+from dcr_mllm.evaluation.tower import CATEGORIES, read_benchmark
 
 
 def test_two_towers_on_mmvp_vlm_write_json_csv_table_and_chart(tiny, mmvp_dir, tmp_path, capsys):

@@ -12,9 +12,9 @@ from PIL import Image
 
 from dcr_mllm.data import ImageTextShards, collate_image_text, write_synthetic_shards
 from dcr_mllm.errors import DcrError
-from dcr_mllm.llava.batches import GroupedBatches
 from dcr_mllm.llava.build import build_processor
-from dcr_mllm.llava.data import ConversationData
+from dcr_mllm.llava.train.batches import GroupedBatches
+from dcr_mllm.llava.train.data import ConversationData
 from dcr_mllm.training import ResumableBatches
 
 

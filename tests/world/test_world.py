@@ -79,8 +79,8 @@ def test_world_build_is_deterministic_and_loads_like_real_checkpoints(mini_world
 
 
 def test_world_metrics_and_condition_sensitivity(mini_world, tmp_path, capsys):
-    from dcr_mllm.evaluation.condition import condition_sensitivity
-    from dcr_mllm.evaluation.world_metrics import evaluate_world
+    from dcr_mllm.evaluation.analysis.condition import condition_sensitivity
+    from dcr_mllm.evaluation.tower.world_metrics import evaluate_world
     from dcr_mllm.towers import load_tower
 
     assert main(["make-eval-data", "world", "--output", str(tmp_path / "eval"), "--count", "24"]) == 0
@@ -216,7 +216,7 @@ def test_a_denoiser_field_keeps_the_clip_build_and_the_variants_build(tmp_path):
 def test_generated_sets_are_reused_only_when_made_from_the_same_settings(tmp_path):
     """A changed count, seed or size regenerates a data folder (atomically); the same ones reuse it."""
     from dcr_mllm.io import generated_from
-    from dcr_mllm.llava.synthetic import write_synthetic_conversations
+    from dcr_mllm.llava.train.synthetic import write_synthetic_conversations
     from dcr_mllm.world.conversations import write_world_conversations
     from dcr_mllm.world.scenes import world_eval_set, write_world_shards
 
@@ -280,7 +280,7 @@ def test_long_world_work_prints_progress(tmp_path, capsys, monkeypatch):
 def test_premise_table_says_where_dcr_can_teach(mini_world, tmp_path):
     """The premise in the miniature world: probes of the base and the reference CLIP, the
     denoiser's sensitivity in both forms, and the verdicts follow the stated thresholds."""
-    from dcr_mllm.evaluation.premise import CARRIED_SHARE, HIDDEN_POINTS, measure_premise, premise_table
+    from dcr_mllm.evaluation.analysis.premise import CARRIED_SHARE, HIDDEN_POINTS, measure_premise, premise_table
 
     models = mini_world["clip"].parent  # the miniature world's models; only the reference is built here
     result = measure_premise(tmp_path / "world", MINI, models, count=12, val_count=24)

@@ -9,8 +9,8 @@ import pytest
 
 from dcr_mllm.cli import main
 from dcr_mllm.errors import DcrError
-from dcr_mllm.evaluation import world_task
-from dcr_mllm.evaluation.summary import tower_tables
+from dcr_mllm.evaluation.analysis.summary import tower_tables
+from dcr_mllm.evaluation.mllm import world_task
 from dcr_mllm.world.conversations import KINDS, world_qa_rows, world_question, write_world_conversations
 from dcr_mllm.world.models import MINI
 from dcr_mllm.world.prepare import prepare_world
@@ -281,8 +281,8 @@ def test_eval_tower_world_and_the_summary_tables(tiny, tmp_path, capsys):
 
 
 def test_summary_shows_each_llavas_world_accuracy_with_intervals_and_paired_tests(tmp_path):
-    from dcr_mllm.evaluation.significance import compare_world
-    from dcr_mllm.evaluation.summary import summarize
+    from dcr_mllm.evaluation.analysis.significance import compare_world
+    from dcr_mllm.evaluation.analysis.summary import summarize
 
     def answers(
         right: dict[str, int],

@@ -1,0 +1,1 @@
+"""What the measurements mean: the pipeline summary, significance over questions and over seeds, the premise."""

@@ -1,0 +1,153 @@
+"""Score several towers on one benchmark and write the report; ``dcr-mllm eval-tower`` calls this.
+
+Benchmarks: ``mmvp-vlm`` (a directory in the official layout), ``classification`` (zero-shot and
+linear-probe top-1 on an image folder: D-Ability) and ``fine-grained`` (synthetic pairs that
+differ in one attribute: P-Ability, with MMVP-VLM) and ``world`` (the tiny world's labelled set:
+``dcr_mllm.evaluation.tower.world_metrics``). Every input is checked before any model is
+loaded, towers are scored one at a time, and the report goes to ``output`` (see ``tower_report``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from dcr_mllm.errors import DcrError
+from dcr_mllm.evaluation import freshness
+from dcr_mllm.evaluation.tower.mmvp_vlm import PREPROCESS, evaluate_mmvp_vlm, read_benchmark
+from dcr_mllm.evaluation.tower.probes import ClassificationData, evaluate_classification, evaluate_fine_grained
+from dcr_mllm.evaluation.tower.report import BenchmarkResult, write_report
+from dcr_mllm.evaluation.tower.synthetic import fine_grained_pairs
+from dcr_mllm.strict import read_json
+from dcr_mllm.towers import inspect_tower, load_tower
+
+logger = logging.getLogger("dcr_mllm.evaluation")
+
+BENCHMARKS = {
+    "mmvp-vlm": "MMVP-VLM",
+    "classification": "Classification probes (D-Ability): zero-shot and linear probe",
+    "fine-grained": "Fine-grained pairs (P-Ability): synthetic pairs differing in one attribute",
+    "world": "The tiny world: pairs, per-attribute linear probes (global embedding, feature layer), class zero-shot and probe",
+}
+
+
+def parse_tower_args(specs: list[str]) -> dict[str, str]:
+    """``NAME=DIR`` or ``DIR`` (labelled by the path as given) -> ``{label: tower}``, in order."""
+    towers = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        label, path = (label, path) if sep and label and "/" not in label else (spec, spec)
+        if not path:
+            raise DcrError(f"--tower {spec!r} names no tower: use --tower DIR or --tower NAME=DIR")
+        if label in towers:
+            raise DcrError(f"two towers are labelled {label!r}: give them distinct names with --tower NAME=DIR")
+        towers[label] = path
+    if not towers:
+        raise DcrError("no tower to evaluate: pass --tower DIR (or NAME=DIR) at least once")
+    return towers
+
+
+def benchmark_scorer(
+    benchmark: str,
+    data: str | Path | None,
+    batch_size: int = 64,
+    pairs_per_attribute: int = 20,
+    image_size: int = 224,
+    seed: int = 0,
+    preprocess: str = "tower",
+) -> Callable[[object], BenchmarkResult]:
+    """``score(tower) -> BenchmarkResult`` for one benchmark, its data read and checked once, now
+    (``evaluate_towers`` and the evaluation during training both use it)."""
+    if benchmark == "mmvp-vlm":
+        return functools.partial(
+            evaluate_mmvp_vlm, data_dir=data, batch_size=batch_size, pairs=read_benchmark(data), preprocess=preprocess
+        )
+    if benchmark == "classification":
+        return functools.partial(evaluate_classification, data=ClassificationData(data), batch_size=batch_size)
+    if benchmark == "world":
+        from dcr_mllm.evaluation.tower.world_metrics import WorldSet, evaluate_world
+
+        world = WorldSet.read(data, pairs_per_attribute)  # its labels checked before any tower loads
+        return lambda tower: BenchmarkResult(evaluate_world(tower, world))
+    return functools.partial(
+        evaluate_fine_grained, pairs=fine_grained_pairs(pairs_per_attribute, image_size, seed), batch_size=batch_size
+    )
+
+
+def evaluate_towers(
+    towers: dict[str, str],
+    benchmark: str,
+    output: str | Path,
+    data: str | Path | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    pairs_per_attribute: int = 20,
+    image_size: int = 224,
+    seed: int = 0,
+    preprocess: str = "tower",
+    allow_pickle: bool = False,
+    if_changed: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Score each tower on ``benchmark`` and write the report to ``output``; returns ``{label: {metric: percent}}``.
+
+    ``data`` is the benchmark directory (``mmvp-vlm``) or image folder (``classification``);
+    ``fine-grained`` generates its pairs from ``pairs_per_attribute``, ``image_size`` and ``seed``;
+    ``preprocess`` ("tower" or "official") picks MMVP-VLM's pixels (see ``mmvp_vlm``); ``allow_pickle``
+    lets towers with only .bin weights load (restricted unpickler); ``if_changed`` keeps a report
+    made from the same towers, data and settings (``freshness``) instead of scoring again.
+    """
+    if benchmark not in BENCHMARKS:
+        raise DcrError(f"unknown benchmark {benchmark!r}: use one of {', '.join(BENCHMARKS)}")
+    if batch_size < 1:
+        raise DcrError(f"batch size {batch_size}: must be at least 1")
+    if preprocess not in PREPROCESS:
+        raise DcrError(f"preprocess {preprocess!r}: use one of {', '.join(PREPROCESS)}")
+    if preprocess != "tower" and benchmark != "mmvp-vlm":
+        raise DcrError(f"--preprocess {preprocess} reproduces the official MMVP-VLM script; drop it for {benchmark}")
+    if benchmark == "fine-grained":
+        if data is not None:
+            raise DcrError("the fine-grained benchmark generates its own pairs: drop --data")
+    elif data is None:
+        raise DcrError(
+            f"the {benchmark} benchmark reads a dataset: pass --data DIR "
+            f"(or write a synthetic one with `dcr-mllm make-eval-data {benchmark} --output DIR`)"
+        )
+    elif not Path(data).is_dir():
+        raise DcrError(f"--data {data} is not a directory: check the path")
+    for path in towers.values():
+        inspect_tower(path, allow_pickle)
+    settings = {
+        "benchmark": benchmark,
+        "towers": towers,
+        "pairs_per_attribute": pairs_per_attribute,
+        "preprocess": preprocess,
+        **({"image_size": image_size, "seed": seed} if benchmark == "fine-grained" else {}),
+    }
+    record = freshness.made_from(settings, {**{f"tower/{label}": path for label, path in towers.items()}, "data": data})
+    if if_changed and freshness.is_current(output, record):
+        print(f"{benchmark}: up to date in {output}")
+        return read_json(Path(output) / "results.json")
+
+    score = benchmark_scorer(benchmark, data, batch_size, pairs_per_attribute, image_size, seed, preprocess)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    results = {}
+    for label, path in towers.items():
+        logger.info("scoring %s (%s) on %s", label, path, benchmark)
+        tower = load_tower(path, allow_pickle=allow_pickle).to(device).eval()
+        results[label] = score(tower)
+        del tower  # freed before the next one loads
+    source = (
+        f"data: `{data}`" + (f", {pairs_per_attribute} pairs per attribute" if benchmark == "world" else "")
+        if data is not None
+        else f"{pairs_per_attribute} pairs per attribute, {image_size} px, seed {seed}"
+    )
+    if benchmark == "mmvp-vlm":
+        source += f", {preprocess} preprocessing"
+    note = source + "; towers: " + ", ".join(f"{label} = `{path}`" for label, path in towers.items())
+    write_report(output, BENCHMARKS[benchmark], results, note)
+    freshness.mark_current(output, record)
+    return {label: result.scores for label, result in results.items()}

@@ -1,0 +1,94 @@
+"""Does a tower fit a LLaVA checkpoint? Shape facts, feature layers and stored tensors, one line per
+mismatch; shared by ``swap-tower``, ``convert-llava`` and the ``dcr_llava`` lmms-eval model."""
+
+from __future__ import annotations
+
+import re
+
+from dcr_mllm.llava.checkpoints.checkpoint import Checkpoint, Tower
+from dcr_mllm.towers import TowerSpec
+
+LAYER_INDEX = re.compile(r"encoder\.layers\.(\d+)\.")
+
+
+def feature_layer_problems(label: str, layers, num_layers: int) -> list[str]:
+    layers = layers if isinstance(layers, list) else [layers]
+    return [
+        f"feature layer {layer} ({label}) does not exist in the tower's {num_layers} layers"
+        for layer in layers
+        if not -num_layers <= layer <= num_layers
+    ]
+
+
+def shape_problems(checkpoint_facts: dict[str, int | None], spec: TowerSpec) -> list[str]:
+    """``{"hidden size" | "layers" | "patch size" | "image size": the checkpoint's value or None}``
+    against the tower's: one line per mismatch."""
+    tower_facts = {
+        "hidden size": spec.hidden_size,
+        "layers": spec.num_layers,
+        "patch size": spec.patch_size,
+        "image size": spec.image_size,
+    }
+    return [
+        f"{label}: checkpoint {value}, tower {tower_facts[label]}"
+        for label, value in checkpoint_facts.items()
+        if value is not None and value != tower_facts[label]
+    ]
+
+
+def vision_config_problems(vision: dict, feature_layer, spec: TowerSpec) -> list[str]:
+    """A llava-hf ``vision_config`` (with its defaults) and ``vision_feature_layer`` against a tower."""
+    facts = {
+        "hidden size": vision["hidden_size"],
+        "layers": vision["num_hidden_layers"],
+        "patch size": vision["patch_size"],
+        "image size": vision["image_size"],
+    }
+    return shape_problems(facts, spec) + feature_layer_problems("vision_feature_layer", feature_layer, spec.num_layers)
+
+
+def tensor_problems(checkpoint: Checkpoint, tower: Tower) -> list[str]:
+    """Every stored tower tensor needs a same-shaped tensor in the new tower (position_ids buffers excepted)."""
+    stored = checkpoint.tensors
+    missing, differ = [], []
+    for key, tower_key in checkpoint.tower_keys().items():
+        if tower_key in tower.tensors:
+            if tower.tensors[tower_key].shape != stored[key].shape:
+                differ.append(
+                    f"{tower_key}: checkpoint {list(stored[key].shape)}, tower {list(tower.tensors[tower_key].shape)}"
+                )
+        elif not key.endswith("position_ids"):
+            missing.append(tower_key)
+    problems = []
+    if missing:
+        problems.append(f"the tower lacks {len(missing)} tensor(s) the checkpoint has, e.g. {missing[0]}")
+    if differ:
+        problems.append(f"{len(differ)} tensor shape(s) differ, e.g. {differ[0]}")
+    return problems
+
+
+def stored_layer_count(keys) -> int | None:
+    layers = {int(m.group(1)) for key in keys if (m := LAYER_INDEX.search(key))}
+    return max(layers) + 1 if layers else None
+
+
+def anyres_problems(pinpoints: list, spec: TowerSpec, select: str, drops_first: bool, fix: str) -> list[str]:
+    """LLaVA-NeXT-style tiling (anyres) against a tower: every tile is the tower's image size and gives
+    exactly its patch grid, which the model reshapes the features into (transformers' LLaVA-NeXT
+    ``pack_image_features``, original LLaVA's ``prepare_inputs_labels_for_multimodal``). ``select``:
+    the feature-selection setting as the checkpoint names it, ``drops_first`` whether it drops the
+    first token, ``fix``: the setting that would fit."""
+    side, size = spec.image_size // spec.patch_size, spec.image_size
+    if not isinstance(pinpoints, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pinpoints):
+        return [f"image_grid_pinpoints {pinpoints!r}: expected a list of [height, width] tile grids"]
+    problems = []
+    features = side * side + (1 if spec.has_cls else 0) - (1 if drops_first else 0)
+    if features != side * side:
+        problems.append(
+            f"{select} leaves {features} features per tile of this {spec.family} tower, not the "
+            f"{side}x{side} grid the tiles are reshaped into; it needs {fix!r}"
+        )
+    off = [p for p in pinpoints if p[0] % size or p[1] % size]
+    if off:
+        problems.append(f"image_grid_pinpoints {off[0]} is not a whole number of the tower's {size} px tiles")
+    return problems
