@@ -199,7 +199,13 @@ def generated_dir(path: str | Path, recipe: dict, write: Callable[[Path], object
     seed, size, ...), which is recorded in its ``generated.json``. An existing folder is reused only
     when its record is the same recipe; otherwise it is generated anew under a temporary name and
     swapped in, so changed settings never train or evaluate on old data, and a reader never sees
-    half a folder."""
+    half a folder.
+
+    Args:
+        path: the generated folder.
+        recipe: what the folder is made from, JSON-serialisable.
+        write: fills the temporary directory it is given (its return value is ignored).
+    """
     path = Path(path)
     if generated_from(path) == json.loads(json.dumps(recipe)):
         return path

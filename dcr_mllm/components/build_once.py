@@ -23,6 +23,11 @@ def build_once(target: str | Path, fingerprint: str, builder: Callable[[Path], o
     (``io.atomic_dir``), so an interrupted build never looks complete and a stale one (another
     fingerprint) is replaced only by a finished one; a file lock lets concurrent processes and
     ranks share one build.
+
+    Args:
+        target: the model directory to return, built there if absent or stale.
+        fingerprint: what the build is of; the marker holds it, and a different one means rebuild.
+        builder: fills the temporary directory it is given with the build (its return value is ignored).
     """
     from filelock import FileLock
 

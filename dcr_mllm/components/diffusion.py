@@ -43,7 +43,13 @@ def sd_vae(image_size: int):
 
 
 def sd_unet(image_size: int, channels: tuple[int, ...], cross_attention_dim: int):
-    """One level per entry of ``channels``, cross-attention on all but the lowest."""
+    """One level per entry of ``channels``, cross-attention on all but the lowest.
+
+    Args:
+        image_size: side of the images in pixels; the UNet's latents are ``image_size // 4`` on a side.
+        channels: output width of each level, highest resolution first.
+        cross_attention_dim: width of the text encoder's hidden states the UNet attends to.
+    """
     from diffusers import UNet2DConditionModel
 
     levels = len(channels)
@@ -62,7 +68,13 @@ def sd_unet(image_size: int, channels: tuple[int, ...], cross_attention_dim: int
 
 
 def clip_text_encoder(width: int, intermediate: int, heads: int):
-    """A two-layer CLIP text model; ``width`` is the UNet's cross-attention width, as in real SD."""
+    """A two-layer CLIP text model; ``width`` is the UNet's cross-attention width, as in real SD.
+
+    Args:
+        width: hidden size of the text model.
+        intermediate: hidden size of its MLP.
+        heads: attention heads per layer (must divide ``width``).
+    """
     from transformers import CLIPTextConfig, CLIPTextModel
 
     return CLIPTextModel(
@@ -85,7 +97,16 @@ def sd_scheduler(prediction_type: str):
 
 
 def save_sd_pipeline(out_dir: Path, vae, text_encoder, unet, scheduler, tokenizer=None) -> None:
-    """The parts as a ``StableDiffusionPipeline`` directory (unet/, vae/, scheduler/, text_encoder/, tokenizer/)."""
+    """The parts as a ``StableDiffusionPipeline`` directory (unet/, vae/, scheduler/, text_encoder/, tokenizer/).
+
+    Args:
+        out_dir: the pipeline directory to write (safetensors weights).
+        vae: the autoencoder (``sd_vae``).
+        text_encoder: the CLIP text model (``clip_text_encoder``).
+        unet: the denoiser (``sd_unet``).
+        scheduler: the noise scheduler (``sd_scheduler``).
+        tokenizer: the text encoder's tokenizer; None: the real CLIP tokenizer (``clip_tokenizer``).
+    """
     from diffusers import StableDiffusionPipeline
 
     StableDiffusionPipeline(

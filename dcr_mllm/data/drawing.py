@@ -33,7 +33,13 @@ SUPERSAMPLE = 4  # draw large, then downsample: smooth edges at any size
 
 
 def layout(position: str, count: int, size: int) -> list[tuple[float, float, float]]:
-    """Centres and radius of ``count`` shapes in a grid inside the region named by ``position``."""
+    """Centres and radius of ``count`` shapes in a grid inside the region named by ``position``.
+
+    Args:
+        position: the region: left, right, top, bottom (halves of the image) or center (its middle quarter).
+        count: how many shapes; 4 make a 2x2 grid, other counts a row or column along the region's long side.
+        size: side of the square image in pixels (the supersampled canvas when drawing large).
+    """
     half, quarter = size / 2, size / 4
     x0, y0, w, h = {
         "left": (0, 0, half, size),
@@ -56,6 +62,17 @@ def layout(position: str, count: int, size: int) -> list[tuple[float, float, flo
 
 
 def draw_shape(draw, shape, cx, cy, r, direction, rgb) -> None:
+    """Fill one shape centred on (``cx``, ``cy``).
+
+    Args:
+        draw: the ``ImageDraw.Draw`` of the canvas drawn on.
+        shape: circle, square, triangle or star.
+        cx: x of the centre, pixels from the left.
+        cy: y of the centre, pixels from the top.
+        r: radius of the shape's circumcircle in pixels.
+        direction: unit vector (``DIRECTIONS``) a triangle's tip or a star's first tip points along.
+        rgb: the fill: an RGB tuple, or a grey level on a one-channel canvas.
+    """
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=rgb)
     elif shape == "square":
@@ -88,7 +105,13 @@ def arrowhead(cx, cy, r, direction) -> list[tuple[float, float]]:
 
 
 def add_tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    """Add a file with fixed metadata (no mtime, owner) so shard bytes are reproducible."""
+    """Add a file with fixed metadata (no mtime, owner) so shard bytes are reproducible.
+
+    Args:
+        tar: the shard, open for writing.
+        name: the member's name in the shard (``key.ext``).
+        data: the file's contents.
+    """
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mode = 0o644

@@ -72,7 +72,15 @@ def random_resized_crop_params(
     height: int, width: int, scale: Sequence[float], ratio: Sequence[float], generator: torch.Generator | None
 ) -> tuple[int, int, int, int]:
     """torchvision's ``RandomResizedCrop.get_params`` drawing from ``generator``: the same draws,
-    in the same order, so a generator seeded like torch's global RNG picks the same box (i, j, h, w)."""
+    in the same order, so a generator seeded like torch's global RNG picks the same box (i, j, h, w).
+
+    Args:
+        height: the image's height in pixels.
+        width: the image's width in pixels.
+        scale: (min, max) of the crop's area as a fraction of the image's.
+        ratio: (min, max) of the crop's aspect ratio, width over height.
+        generator: the random source; None: torch's global RNG.
+    """
     area = height * width
     log_ratio = torch.log(torch.tensor(ratio))
     for _ in range(10):

@@ -110,6 +110,13 @@ def write_synthetic_shards(
     ``{key}.json`` (the attributes plus ``key``); keys are 9-digit global sample indices. The bytes
     depend only on the arguments, so rerunning rewrites identical shards. Each shard is written to
     a temporary name and renamed, so a crash never leaves a half-written shard.
+
+    Args:
+        out_dir: the directory of shards; other ``*.tar`` files there are refused.
+        num_samples: image-caption pairs in all.
+        samples_per_shard: pairs per tar (the last shard may hold fewer).
+        image_size: side of each square image in pixels.
+        seed: seeds the attribute draws.
     """
     if num_samples < 1 or samples_per_shard < 1:
         raise DcrError(f"num_samples={num_samples}, samples_per_shard={samples_per_shard}: both must be at least 1")
@@ -148,6 +155,13 @@ def write_image_folder(
 
     The other attributes are random, so a probe must read ``by`` from the pixels. Returns the
     class names in sorted order, the order ``ImageFolder`` numbers them.
+
+    Args:
+        out_dir: the root of the class folders; files there this run would not write are refused.
+        num_per_class: images per class.
+        image_size: side of each square image in pixels.
+        seed: seeds the attribute draws.
+        by: the attribute whose values are the classes (a key of ``ATTRIBUTE_VALUES``).
     """
     if by not in ATTRIBUTE_VALUES:
         raise DcrError(f"cannot split classes by {by!r}: use one of {', '.join(ATTRIBUTE_VALUES)}")
@@ -198,7 +212,13 @@ def _refuse_stale(out_dir: Path, wanted: list[Path], pattern: str) -> None:
 def make_pair(
     rng: random.Random, size: int, differ_in: str
 ) -> tuple[tuple[SceneAttributes, Image.Image], tuple[SceneAttributes, Image.Image]]:
-    """Two scenes identical except for ``differ_in``: one MMVP-style question pair."""
+    """Two scenes identical except for ``differ_in``: one MMVP-style question pair.
+
+    Args:
+        rng: draws the first scene's attributes and the second's differing value.
+        size: side of each square image in pixels.
+        differ_in: the attribute the two scenes differ in (a key of ``ATTRIBUTE_VALUES``).
+    """
     if differ_in not in ATTRIBUTE_VALUES:
         raise DcrError(f"cannot vary {differ_in!r}: use one of {', '.join(ATTRIBUTE_VALUES)}")
     first = sample_attributes(rng)

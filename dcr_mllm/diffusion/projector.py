@@ -16,7 +16,15 @@ from dcr_mllm.errors import ConfigError
 def check_widths(
     tower_width: int, projector_input: int, projector_output: int, unet_width: int, what: str = "global embedding"
 ) -> None:
-    """Fail with both numbers named when a projector cannot sit between this tower and UNet."""
+    """Fail with both numbers named when a projector cannot sit between this tower and UNet.
+
+    Args:
+        tower_width: width of the tower's features the projector reads.
+        projector_input: the projector's input width (``projector.input_dim``).
+        projector_output: the projector's output width (``projector.output_dim``).
+        unet_width: the UNet's cross-attention width.
+        what: which tower features, as the error names them: global embedding or patch token.
+    """
     if projector_input != tower_width:
         raise ConfigError(
             f"projector input width {projector_input} does not match the tower's {what} "

@@ -243,6 +243,11 @@ def write_shard(
     Returns each tensor's digest, what reading the file back must find: a stored tensor's is taken
     from its source file, an in-memory one's from the bytes written. Only one changed tensor is in
     memory at a time.
+
+    Args:
+        path: the safetensors file to write (replaced if it exists).
+        tensors: ``(name, source)`` per tensor, in file order: a stored byte range, a cast of one, or a tensor.
+        metadata: the header's ``__metadata__`` (e.g. ``{"format": "pt"}``); None: none.
     """
     header: dict = {"__metadata__": metadata} if metadata else {}
     offset = 0

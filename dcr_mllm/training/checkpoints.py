@@ -220,7 +220,13 @@ def truncate_jsonl(path: Path, step: int) -> None:
 
 def load_trainable_state(module: nn.Module, path: str | Path, prefix: str = "") -> list[str]:
     """Load ``trainable.safetensors`` entries starting with ``prefix`` into ``module`` (partitioned
-    ZeRO-3 parameters too: every rank must call it then)."""
+    ZeRO-3 parameters too: every rank must call it then); returns the names loaded.
+
+    Args:
+        module: the model loaded into; every entry under ``prefix`` must name one of its parameters.
+        path: the stage's ``trainable.safetensors``.
+        prefix: the entries loaded; stripped from their names (e.g. ``"tower."``); empty: all.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)

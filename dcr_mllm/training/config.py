@@ -48,6 +48,11 @@ def resolve_train_config(cfg: TrainConfig, name: str, default_zero_stage: int = 
 
     The ZeRO stage has one source: ``zero_stage``, or the DeepSpeed JSON's
     ``zero_optimization.stage``; a contradiction between the two is an error naming both.
+
+    Args:
+        cfg: the stage's training settings, completed in place.
+        name: the stage's section in the config (e.g. ``finetune``), as errors name it.
+        default_zero_stage: the ZeRO stage when neither the config nor the DeepSpeed JSON sets one.
     """
     positive = ("micro_batch_size", "grad_accum", "save_every", "log_every", "max_nonfinite")
     for key in positive:

@@ -24,5 +24,11 @@ def export_fingerprint(stage_dirs: list[Path], choice: dict | None = None) -> st
 
 
 def export_is_current(out_dir: Path, stage_dirs: list[Path], choice: dict | None = None) -> bool:
-    """True when ``out_dir`` is a complete export of the weights the stages hold now, with ``choice``."""
+    """True when ``out_dir`` is a complete export of the weights the stages hold now, with ``choice``.
+
+    Args:
+        out_dir: the export's directory.
+        stage_dirs: the stage folders whose trained weights it is made from.
+        choice: which of their weights is exported (e.g. a selected step); None: the final ones.
+    """
     return all(is_finished(d) for d in stage_dirs) and is_built(out_dir, export_fingerprint(stage_dirs, choice))

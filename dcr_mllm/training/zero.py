@@ -110,7 +110,13 @@ def writes_here(params: Iterable[torch.Tensor]) -> bool:
 @torch.no_grad()
 def load_streamed(model: nn.Module, value: Callable[[str], torch.Tensor], names: set[str]) -> None:
     """Copy ``value(name)`` into each parameter named in ``names``, one module at a time; every rank
-    must call it together under ZeRO-3 (only rank 0 reads the values)."""
+    must call it together under ZeRO-3 (only rank 0 reads the values).
+
+    Args:
+        model: the model whose parameters are filled.
+        value: a parameter's full name -> its value (full shape; cast on copy).
+        names: full names of the parameters to fill; the others keep their values.
+    """
     for prefix, module in model.named_modules():
         params = {f"{prefix}.{n}" if prefix else n: p for n, p in module.named_parameters(recurse=False)}
         params = {name: p for name, p in params.items() if name in names}

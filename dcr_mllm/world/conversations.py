@@ -146,7 +146,14 @@ def world_qa_rows(count: int, seed: int, size: int = IMAGE_SIZE, kinds: tuple[st
     class and every fine attribute) in every kind of question, so each attribute and kind is
     measured on ``count`` images and two models are compared on the same questions. Within each
     attribute and kind, half the yes/no answers are "Yes" and half the choice answers "A"
-    (alternating by image), so a model that always gives one answer scores chance exactly."""
+    (alternating by image), so a model that always gives one answer scores chance exactly.
+
+    Args:
+        count: scenes asked about.
+        seed: seeds the scenes and questions; not one of ``TRAINING_SEEDS``.
+        size: side of each square image in pixels.
+        kinds: the kinds of question asked: open, yes_no, choice.
+    """
     if seed in TRAINING_SEEDS:
         raise DcrError(f"seed {seed} draws training images; evaluate on another seed")
     unknown = set(kinds) - set(KINDS)

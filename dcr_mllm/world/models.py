@@ -296,7 +296,14 @@ BASE_MODELS = ("clip", "sd")  # what build-world builds; the reference only when
 def ensure_world(name: str, root: str | Path | None = None, spec: WorldSpec = WorldSpec(), train: bool = False) -> Path:
     """``root/name``: kept where a complete build of ``spec`` is there (``build_once``), else installed
     from the package's shipped weights when they were trained from ``spec``, else (or with
-    ``train``) trained here."""
+    ``train``) trained here.
+
+    Args:
+        name: the world model: clip, sd or clip_reference (a key of ``WORLD_BUILDERS``).
+        root: the directory of world models; None: ``default_world_root()``.
+        spec: the settings the model is built from (its fingerprint).
+        train: train it here even where shipped weights fit ``spec``.
+    """
     from dcr_mllm.world import shipped
 
     if name not in WORLD_BUILDERS:
@@ -329,7 +336,13 @@ def _train_in_one_thread(name: str, out_dir: Path, spec: WorldSpec) -> None:
 
 def build_world(root: str | Path | None = None, spec: WorldSpec = WorldSpec(), train: bool = False) -> dict[str, Path]:
     """Every missing world model: installed from the shipped weights where they fit ``spec``, the
-    others (all with ``train``) trained each in its own one-thread process, side by side."""
+    others (all with ``train``) trained each in its own one-thread process, side by side.
+
+    Args:
+        root: the directory of world models; None: ``default_world_root()``.
+        spec: the settings the models are built from.
+        train: train every missing model here, shipped weights or not.
+    """
     from dcr_mllm.world import shipped
 
     root = Path(root) if root is not None else default_world_root()

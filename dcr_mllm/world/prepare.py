@@ -40,7 +40,17 @@ def prepare_world(
     val_count: int = VAL_COUNT,
 ) -> dict[str, Path]:
     """Build what is missing; returns ``{name: path}`` for the models and the three sets
-    (``conversation_count`` 0 skips the conversations)."""
+    (``conversation_count`` 0 skips the conversations).
+
+    Args:
+        output: the directory of the world's data sets (``shards/``, ``llava/``, ``eval/``, ``val/``).
+        spec: the world models' settings; None: the default ``WorldSpec``.
+        world_root: the directory of world models; None: ``default_world_root()``.
+        shard_count: stage one's training images.
+        conversation_count: stage two's conversations; 0: none.
+        eval_count: images in the tower evaluation set.
+        val_count: images in the validation set.
+    """
     spec = spec or WorldSpec()
     out = Path(output)
     if out.exists() and not out.is_dir():

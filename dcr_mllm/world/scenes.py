@@ -162,6 +162,12 @@ def write_world(out_dir: str | Path, seed: int = 1, count: int = 1200, size: int
 
     The same arguments give the same bytes. The directory is built under a temporary name and
     renamed, so it is either complete or absent.
+
+    Args:
+        out_dir: the directory to create; it must not exist yet.
+        seed: seeds the scenes; not one of ``TRAINING_SEEDS``.
+        count: scenes written.
+        size: side of each square image in pixels.
     """
     if seed in TRAINING_SEEDS:
         raise DcrError(
@@ -176,7 +182,14 @@ def write_world(out_dir: str | Path, seed: int = 1, count: int = 1200, size: int
 
 
 def world_eval_set(out_dir: str | Path, seed: int, count: int, size: int = IMAGE_SIZE) -> Path:
-    """``write_world``'s set as a generated folder: reused only when made from the same arguments."""
+    """``write_world``'s set as a generated folder: reused only when made from the same arguments.
+
+    Args:
+        out_dir: the generated folder, reused or (re)written.
+        seed: seeds the scenes; not one of ``TRAINING_SEEDS``.
+        count: scenes written.
+        size: side of each square image in pixels.
+    """
     if seed in TRAINING_SEEDS:
         raise DcrError(f"seed {seed} draws the world's training images; evaluate on another seed")
     recipe = {"generator": "world-labelled", "version": VERSION, "count": count, "seed": seed, "size": size}

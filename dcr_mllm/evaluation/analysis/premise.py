@@ -37,7 +37,15 @@ def measure_premise(
     val_count: int | None = None,
 ) -> dict:
     """Build what is missing (the world models, the reference CLIP, ``OUTPUT/val``), measure, and
-    write ``OUTPUT/premise.json`` and ``premise.md``."""
+    write ``OUTPUT/premise.json`` and ``premise.md``.
+
+    Args:
+        output: the world's output directory (``val/`` is read or written there, the premise files too).
+        spec: the world's ``WorldSpec``; None: the default world.
+        world_root: where the world models are built; None: ``default_world_root()``.
+        count: validation images the denoiser's sensitivity to the condition is measured on.
+        val_count: images in the validation set; None: ``world.prepare.VAL_COUNT``.
+    """
     from dcr_mllm.evaluation.analysis.condition import condition_sensitivity
     from dcr_mllm.evaluation.tower.world_metrics import evaluate_world
     from dcr_mllm.towers import load_tower

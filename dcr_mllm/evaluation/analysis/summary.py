@@ -77,7 +77,14 @@ def plot_loss(stage_dir: Path, points: dict[int, float] | None = None) -> Path |
 def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path, chart: Path | None = None) -> str:
     """Markdown: tower table, MLLM table, loss curves and artefacts of the given training runs;
     in the world also the tower's probe beside its LLaVA per attribute, drawn to ``chart``
-    (default ``MLLM_EVAL/report/probe_vs_llava.png``)."""
+    (default ``MLLM_EVAL/report/probe_vs_llava.png``).
+
+    Args:
+        runs: training run directories by name (``enhance``, ...); each stage's loss curve is drawn.
+        tower_eval: the tower evaluation's output directory (``evaluate-tower``).
+        mllm_eval: the MLLM evaluation's output directory (its ``report/`` is read).
+        chart: where the probe-beside-LLaVA chart is drawn; None: the default above.
+    """
     lines = ["# dcr-mllm pipeline summary", ""]
     report = mllm_eval / "report" / "report.md"
     significance = mllm_eval / "report" / "world_significance.json"

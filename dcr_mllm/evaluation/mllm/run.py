@@ -95,7 +95,14 @@ def ensure_local_data(root: Path, folders: set[str]) -> None:
 
 
 def evaluate_mllms(specs: list[str], tasks: str, output: str | Path, nproc: int = 1) -> Path:
-    """Score every model (or reuse its current results), then write ``output/report``; returns it."""
+    """Score every model (or reuse its current results), then write ``output/report``; returns it.
+
+    Args:
+        specs: the models, each ``NAME=DIR`` (a LLaVA checkpoint) or ``NAME=DIR+TOWER`` (its tower swapped in).
+        tasks: lmms-eval tasks or groups, comma-separated (e.g. ``dcr_suite_local``).
+        output: the directory of results, one subdirectory per model, plus ``logs/`` and ``report/``.
+        nproc: processes per model (``accelerate launch`` when more than 1).
+    """
     models = parse_models(specs)
     task_names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not task_names:

@@ -170,7 +170,15 @@ def evaluate_mmvp_vlm(
     preprocess: str = "tower",
 ) -> BenchmarkResult:
     """Score ``tower`` on the benchmark at ``data_dir`` (``pairs``: an already read ``read_benchmark``;
-    ``preprocess``: "tower" or "official", see the module docstring)."""
+    ``preprocess``: "tower" or "official", see the module docstring).
+
+    Args:
+        tower: the tower scored; its text side encodes the statements.
+        data_dir: the benchmark directory (``Questions.csv``, ``MLLM_VLM Images/``).
+        batch_size: images or texts encoded at once.
+        pairs: the question pairs, already read; None: read from ``data_dir``.
+        preprocess: whose pixels: "tower" (its own image processor) or "official" (the MMVP script's).
+    """
     if preprocess not in PREPROCESS:
         raise DcrError(f"preprocess {preprocess!r}: use one of {', '.join(PREPROCESS)}")
     data_dir = Path(data_dir)

@@ -94,7 +94,15 @@ def _hash_split(root: Path, images: list[tuple[Path, int]], num_classes: int) ->
 def fit_linear_probe(
     features: Tensor, labels: Tensor, num_classes: int, weight_decay: float = 1e-3, max_iter: int = 200
 ) -> Tensor:
-    """Multinomial logistic regression by L-BFGS from zeros (deterministic); returns [C, D + 1] (weights, bias)."""
+    """Multinomial logistic regression by L-BFGS from zeros (deterministic); returns [C, D + 1] (weights, bias).
+
+    Args:
+        features: [N, D] training features (fitted in float64).
+        labels: [N] class indices.
+        num_classes: C, the number of classes.
+        weight_decay: coefficient of the squared L2 norm of the weights (not the bias) added to the mean cross-entropy.
+        max_iter: L-BFGS iterations.
+    """
     x = _with_bias_input(features)
     weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
@@ -121,7 +129,13 @@ def _with_bias_input(features: Tensor) -> Tensor:
 def evaluate_classification(
     tower: VisionTower, data: str | Path | ClassificationData, batch_size: int = 64
 ) -> BenchmarkResult:
-    """Zero-shot and linear-probe top-1 (percent) of ``tower`` on an image folder."""
+    """Zero-shot and linear-probe top-1 (percent) of ``tower`` on an image folder.
+
+    Args:
+        tower: the tower scored; its text side encodes the class prompts.
+        data: the image folder (``DIR/<class>/*``, optionally split into ``train/`` and ``test/``), or it already read.
+        batch_size: images or texts encoded at once.
+    """
     data = data if isinstance(data, ClassificationData) else ClassificationData(data)
     train_x = image_embeddings(tower, [p for p, _ in data.train], batch_size, desc="train images")
     test_x = image_embeddings(tower, [p for p, _ in data.test], batch_size, desc="test images")
@@ -152,6 +166,11 @@ def evaluate_fine_grained(tower: VisionTower, pairs: list, batch_size: int = 64)
     """Percent of ``pairs`` (from ``fine_grained_pairs``) right per attribute, and their mean, by the MMVP-VLM pair rule.
 
     Statement k is the caption of scene k, so the right answers are ``img1`` then ``img2``.
+
+    Args:
+        tower: the tower scored; its text side encodes the captions.
+        pairs: ``(attribute, (attributes, image), (attributes, image))`` per pair.
+        batch_size: images or texts encoded at once.
     """
     images = image_embeddings(
         tower, [image for _, *scenes in pairs for _, image in scenes], batch_size, desc="pair images"

@@ -30,7 +30,14 @@ class BenchmarkResult:
 def write_report(
     out_dir: str | Path, title: str, results: dict[str, BenchmarkResult], note: str = ""
 ) -> dict[str, Path]:
-    """Write the four files for ``{tower label: result}``; returns their paths by kind."""
+    """Write the four files for ``{tower label: result}``; returns their paths by kind.
+
+    Args:
+        out_dir: the report directory (created if absent).
+        title: heading of the table and the chart.
+        results: each tower's result by label, in column order; all share one set of metrics.
+        note: a line under the table's heading (data, towers); empty: none.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {

@@ -61,7 +61,17 @@ def benchmark_scorer(
     preprocess: str = "tower",
 ) -> Callable[[object], BenchmarkResult]:
     """``score(tower) -> BenchmarkResult`` for one benchmark, its data read and checked once, now
-    (``evaluate_towers`` and the evaluation during training both use it)."""
+    (``evaluate_towers`` and the evaluation during training both use it).
+
+    Args:
+        benchmark: a key of ``BENCHMARKS``.
+        data: the benchmark directory or image folder; None for ``fine-grained``, which generates its pairs.
+        batch_size: images or texts encoded at once.
+        pairs_per_attribute: pairs generated per attribute (``fine-grained``, ``world``).
+        image_size: side of the generated pair images in pixels (``fine-grained``).
+        seed: seeds the generated pairs (``fine-grained``).
+        preprocess: MMVP-VLM's pixels: "tower" or "official".
+    """
     if benchmark == "mmvp-vlm":
         return functools.partial(
             evaluate_mmvp_vlm, data_dir=data, batch_size=batch_size, pairs=read_benchmark(data), preprocess=preprocess
@@ -99,6 +109,20 @@ def evaluate_towers(
     ``preprocess`` ("tower" or "official") picks MMVP-VLM's pixels (see ``mmvp_vlm``); ``allow_pickle``
     lets towers with only .bin weights load (restricted unpickler); ``if_changed`` keeps a report
     made from the same towers, data and settings (``freshness``) instead of scoring again.
+
+    Args:
+        towers: tower directory by label (``parse_tower_args``), in report order.
+        benchmark: a key of ``BENCHMARKS``.
+        output: the report directory.
+        data: the benchmark's data, as above; None for ``fine-grained``.
+        batch_size: images or texts encoded at once.
+        device: where the towers run; None: cuda if available, else cpu.
+        pairs_per_attribute: pairs per attribute (``fine-grained``, ``world``).
+        image_size: side of the generated pair images in pixels (``fine-grained``).
+        seed: seeds the generated pairs (``fine-grained``).
+        preprocess: MMVP-VLM's pixels, as above.
+        allow_pickle: load .bin-only towers, as above.
+        if_changed: keep a current report, as above.
     """
     if benchmark not in BENCHMARKS:
         raise DcrError(f"unknown benchmark {benchmark!r}: use one of {', '.join(BENCHMARKS)}")

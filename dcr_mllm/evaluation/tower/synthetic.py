@@ -58,6 +58,11 @@ def write_mmvp_vlm(out_dir: str | Path, image_size: int = 224, seed: int = 0) ->
 
     Pair k has question ids 2k+1 (the first scene) and 2k+2 (the second). The directory is built
     under a temporary name and renamed, so it is either complete or absent.
+
+    Args:
+        out_dir: the benchmark directory to create; it must not exist yet.
+        image_size: side of each square image in pixels.
+        seed: seeds the scene draws.
     """
     out_dir = Path(out_dir)
     _refuse_existing(out_dir)
@@ -86,7 +91,15 @@ def _fill_mmvp_vlm(tmp: Path, image_size: int, seed: int) -> None:
 def write_classification_folder(
     out_dir: str | Path, per_class: int = 20, image_size: int = 224, seed: int = 0, by: str = "shape"
 ) -> Path:
-    """Write ``train/<class>/`` and ``test/<class>/`` (``per_class`` images each), a class per value of ``by``."""
+    """Write ``train/<class>/`` and ``test/<class>/`` (``per_class`` images each), a class per value of ``by``.
+
+    Args:
+        out_dir: the folder to create; it must not exist yet.
+        per_class: images per class in each split.
+        image_size: side of each square image in pixels.
+        seed: seeds the train split's scenes; the test split's use ``seed + 1``.
+        by: the attribute whose values are the classes (a key of ``ATTRIBUTE_VALUES``).
+    """
     out_dir = Path(out_dir)
     _refuse_existing(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -100,7 +113,13 @@ def _fill_classification(tmp: Path, per_class: int, image_size: int, seed: int, 
 
 
 def mmvp_vlm_set(out_dir: str | Path, image_size: int = 224, seed: int = 0) -> Path:
-    """``write_mmvp_vlm``'s set as a generated folder: reused only when made from the same arguments."""
+    """``write_mmvp_vlm``'s set as a generated folder: reused only when made from the same arguments.
+
+    Args:
+        out_dir: the generated folder, reused or (re)written.
+        image_size: side of each square image in pixels.
+        seed: seeds the scene draws.
+    """
     recipe = {"generator": "synthetic-mmvp-vlm", "version": SYNTHETIC_VERSION, "image_size": image_size, "seed": seed}
     return generated_dir(out_dir, recipe, lambda tmp: _fill_mmvp_vlm(tmp, image_size, seed))
 
@@ -108,7 +127,15 @@ def mmvp_vlm_set(out_dir: str | Path, image_size: int = 224, seed: int = 0) -> P
 def classification_set(
     out_dir: str | Path, per_class: int = 20, image_size: int = 224, seed: int = 0, by: str = "shape"
 ) -> Path:
-    """``write_classification_folder``'s set as a generated folder: reused only when made from the same arguments."""
+    """``write_classification_folder``'s set as a generated folder: reused only when made from the same arguments.
+
+    Args:
+        out_dir: the generated folder, reused or (re)written.
+        per_class: images per class in each split.
+        image_size: side of each square image in pixels.
+        seed: seeds the train split's scenes; the test split's use ``seed + 1``.
+        by: the attribute whose values are the classes (a key of ``ATTRIBUTE_VALUES``).
+    """
     recipe = {
         "generator": "synthetic-classification",
         "version": SYNTHETIC_VERSION,
@@ -123,7 +150,13 @@ def classification_set(
 def fine_grained_pairs(
     pairs_per_attribute: int, image_size: int = 224, seed: int = 0
 ) -> list[tuple[str, tuple[SceneAttributes, Image.Image], tuple[SceneAttributes, Image.Image]]]:
-    """``(attribute, scene 1, scene 2)`` for ``pairs_per_attribute`` pairs of each attribute, in a fixed order."""
+    """``(attribute, scene 1, scene 2)`` for ``pairs_per_attribute`` pairs of each attribute, in a fixed order.
+
+    Args:
+        pairs_per_attribute: pairs that differ in each attribute.
+        image_size: side of each square image in pixels.
+        seed: seeds the scene draws.
+    """
     if pairs_per_attribute < 1:
         raise DcrError(f"pairs_per_attribute={pairs_per_attribute}: must be at least 1")
     rng = random.Random(seed)

@@ -104,7 +104,13 @@ CLAIM_ATTRIBUTES = ("color", "count", "position", "orientation")
 
 
 def evaluate_world(tower: VisionTower, data: str | Path | WorldSet, pairs_per_attribute: int = 30) -> dict[str, float]:
-    """Every world metric of ``tower`` (percent), on a labelled folder (or its ``WorldSet``)."""
+    """Every world metric of ``tower`` (percent), on a labelled folder (or its ``WorldSet``).
+
+    Args:
+        tower: the tower scored.
+        data: a ``make-eval-data world`` directory, or its ``WorldSet`` already read.
+        pairs_per_attribute: MMVP-style pairs per fine attribute when ``data`` is a directory.
+    """
     world = data if isinstance(data, WorldSet) else WorldSet.read(data, pairs_per_attribute)
     images, scenes, pairs = world.images, world.scenes, world.pairs
     cut = (2 * len(images)) // 3

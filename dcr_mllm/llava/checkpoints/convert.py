@@ -302,7 +302,14 @@ class ConvertReport:
 def convert_llava(
     input_dir: str | Path, output_dir: str | Path, *, force: bool = False, allow_pickle: bool = False
 ) -> ConvertReport:
-    """Write the original LLaVA checkpoint INPUT as a llava-hf directory OUTPUT (see the module docstring)."""
+    """Write the original LLaVA checkpoint INPUT as a llava-hf directory OUTPUT (see the module docstring).
+
+    Args:
+        input_dir: the original LLaVA checkpoint (``mm_vision_tower`` in its config.json); never modified.
+        output_dir: the llava-hf directory to write; must not overlap ``input_dir``.
+        force: replace an existing ``output_dir`` once the new one is written and verified.
+        allow_pickle: read .bin weight files (the checkpoint's or its tower's) with the restricted unpickler.
+    """
     src, dst = Path(input_dir), Path(output_dir)
     check_destination(src, dst, force)
     checkpoint = read_checkpoint(src, allow_pickle)

@@ -287,7 +287,17 @@ def swap_tower(
     allow_family_change: bool = False,
     allow_pickle: bool = False,
 ) -> SwapReport:
-    """Write SRC with TOWER's vision encoder to DST; see the module docstring. Returns the report."""
+    """Write SRC with TOWER's vision encoder to DST; see the module docstring. Returns the report.
+
+    Args:
+        src: the LLaVA checkpoint directory (any format of ``llava.checkpoints.formats``); never modified.
+        tower: the vision tower directory swapped in.
+        dst: the checkpoint directory to write; must not overlap ``src``.
+        force: replace an existing ``dst`` once the new one is written and verified.
+        dry_run: check and report what would change; write nothing.
+        allow_family_change: allow a tower of another family (SigLIP for CLIP or back); the projector must then be retrained.
+        allow_pickle: read .bin shards of ``src`` with the restricted unpickler (written as safetensors).
+    """
     src, dst = Path(src), Path(dst)
     check_destination(src, dst, force)
     with contextlib.ExitStack() as stack:

@@ -284,7 +284,13 @@ def conversation_data(
 
 def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = False) -> Path:
     """Train one stage (resuming if interrupted, with the settings it started with unless
-    ``allow_config_change``); after finetune, export the llava-hf model."""
+    ``allow_config_change``); after finetune, export the llava-hf model.
+
+    Args:
+        cfg: the LLaVA training config (tower, language model, data, both stages' settings).
+        stage: pretrain (returns its stage directory) or finetune (returns the exported ``OUTPUT/model``).
+        allow_config_change: resume with settings that change training, instead of refusing them.
+    """
     validate(cfg, stage)
     output_dir = Path(cfg.output_dir).resolve()
     stage_dir = output_dir / stage
