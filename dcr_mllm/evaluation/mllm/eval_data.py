@@ -40,7 +40,7 @@ MMVP_ANSWER_CORRECTIONS = {99: "(b)", 100: "(a)", 279: "(b)", 280: "(a)"}  # Ind
 
 def task_dir() -> Path:
     """The installed lmms-eval task folder (YAMLs + utils.py), for ``--include_path``."""
-    return Path(__file__).resolve().parent.parent / "tasks"
+    return Path(__file__).resolve().parents[2] / "tasks"
 
 
 def eval_data_root() -> Path:
