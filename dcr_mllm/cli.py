@@ -284,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--mllm-eval", default="outputs/eval_mllm")
     summary.add_argument("--output", help="also write the summary to this Markdown file")
     summary.set_defaults(func=commands.summary)
+
+    configs = sub.add_parser(
+        "configs", help="list the shipped configs (packaged, and stages/configs from a clone's root), one line each"
+    )
+    configs.set_defaults(func=commands.configs)
     return parser
 
 

@@ -218,3 +218,9 @@ def summary(args: argparse.Namespace) -> None:
     if args.output:
         Path(args.output).write_text(text)
     print(text, end="")
+
+
+def configs(args: argparse.Namespace) -> None:
+    from dcr_mllm.config_listing import configs_table
+
+    print(configs_table(), end="")

@@ -14,17 +14,17 @@ from dcr_mllm.pipeline.launch import StepFailed
 
 TRAINING_STEPS = {  # step (the dcr-mllm command it runs) -> (default config, script, help)
     "enhance": (
-        "stages/configs/enhance_tiny.yaml",
+        "stages/configs/tiny/enhance.yaml",
         "1_enhance_tower.sh",
         "Stage 1: enhance a vision tower with DCR (projector stage, then LoRA stage), then export it.",
     ),
     "llava-pretrain": (
-        "stages/configs/llava_tiny.yaml",
+        "stages/configs/tiny/llava.yaml",
         "2_llava_pretrain.sh",
         "Stage 2: LLaVA-1.5 pretraining with a vision tower (default: stage one's tiny tower, tiny Llama).",
     ),
     "llava-finetune": (
-        "stages/configs/llava_tiny.yaml",
+        "stages/configs/tiny/llava.yaml",
         "3_llava_finetune.sh",
         "Stage 3: LLaVA-1.5 instruction tuning (default: the tiny preset).",
     ),
