@@ -25,20 +25,14 @@ PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
-    """Build ``cls`` from a YAML file (optional) and ``key=value`` overrides, checking every key."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
-        text = read_text(path)
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML ({err}); fix the syntax") from err
-        check_yaml_keys(text, f"config file {path}")
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    """Build ``cls`` from a YAML file and ``key=value`` overrides, checking every key.
+
+    Args:
+        cls: the config dataclass.
+        path: the YAML file (optional), its ``inherit:`` chain merged in (``read_config_file``).
+        overrides: ``dotted.key=value`` items, values in YAML syntax; they win over the file.
+    """
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -52,6 +46,60 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         check_yaml_keys(raw, f"override {item!r}")
         _set_dotted(data, key.strip(), value)
     return from_dict(cls, data)
+
+
+#: the key naming the file a config builds on (a path relative to the file that has it)
+INHERIT = "inherit"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a config file holds, merged over the files it inherits from.
+
+    ``inherit: PATH`` (relative to the file) names a parent, read the same way, so a chain of files
+    shares one recipe and each states only what differs: the child wins key by key, sections merge,
+    lists replace. Each file is checked on its own (YAML syntax, repeated keys); the merged mapping is
+    then checked as one config by ``from_dict``."""
+    return _read_chain(Path(path), [])
+
+
+def _read_chain(path: Path, children: list[Path]) -> dict[str, Any]:
+    data = _read_mapping(path, children[-1] if children else None)
+    parent = data.pop(INHERIT, None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(
+            f"config file {path}: inherit: {parent!r} is not a path; name the parent YAML file relative to this "
+            "one, e.g. inherit: ../base/enhance.yaml"
+        )
+    chain = [*children, path]
+    parent_path = path.parent / parent
+    if parent_path.resolve() in {p.resolve() for p in chain}:
+        cycle = " -> ".join(str(p) for p in [*chain, parent_path])
+        raise ConfigError(
+            f"config file {path}: inherit: {parent} makes a cycle ({cycle}); remove one of these inherit: keys"
+        )
+    if not parent_path.is_file():
+        raise ConfigError(
+            f"config file {path}: inherit: {parent} does not exist ({parent_path}); give a path relative to {path.parent}"
+        )
+    return _merge(_read_chain(parent_path, chain), data)
+
+
+def _read_mapping(path: Path, child: Path | None) -> dict[str, Any]:
+    """One config file's own mapping (``child``: the file that inherits it, named in its errors)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
+    text = read_text(path)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML ({err}); fix the syntax") from err
+    check_yaml_keys(text, f"config file {path}")
+    if not isinstance(data, dict):
+        inherited = f" (inherited by {child})" if child else ""
+        raise ConfigError(f"config file {path}{inherited} must hold a mapping of keys, not {type(data).__name__}")
+    return data
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:

@@ -149,10 +149,23 @@ def config_reference() -> str:
 # --- upstream's recipe against ours --------------------------------------------------------------
 
 
+def _inherited(path: Path) -> list[Path]:
+    """``path`` and the files it inherits from (``inherit:``), the farthest first."""
+    parent = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("inherit")
+    return [*_inherited(path.parent / parent), path] if parent else [path]
+
+
+def _set_keys(path: Path) -> list[str]:
+    """Every dotted key a config file sets, itself first, then through the files it inherits."""
+    files = reversed(_inherited(path))
+    keys = (key for file in files for key in _flatten(yaml.safe_load(file.read_text(encoding="utf-8"))))
+    return [key for key in dict.fromkeys(keys) if key != "inherit"]
+
+
 def _commented_keys(path: Path) -> dict[str, str]:
-    """Every dotted key of a YAML file with the comment on its line."""
+    """Every dotted key a config file sets, itself or through the files it inherits, with the comment on the line that sets it."""
     comments, stack = {}, []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in (row for file in _inherited(path) for row in file.read_text(encoding="utf-8").splitlines()):
         match = re.match(r"(\s*)([\w]+):(.*)$", line)
         if not match or line.lstrip().startswith("#"):
             continue
@@ -179,10 +192,9 @@ def upstream_recipe(backbone: str = "clip_l14_224") -> str:
 
     configs = REPO / "stages" / "configs"
     upstream_path, ours_path = configs / "upstream" / f"enhance_{backbone}.yaml", configs / f"enhance_{backbone}.yaml"
-    set_keys = [*_flatten(yaml.safe_load(upstream_path.read_text(encoding="utf-8")))]
-    set_keys += [k for k in _flatten(yaml.safe_load(ours_path.read_text(encoding="utf-8"))) if k not in set_keys]
     upstream = _flatten(to_dict(load_config(EnhanceConfig, upstream_path)))
     ours = _flatten(to_dict(load_config(EnhanceConfig, ours_path)))
+    set_keys = [*dict.fromkeys(key for path in (upstream_path, ours_path) for key in _set_keys(path))]
     up_notes, our_notes = _commented_keys(upstream_path), _commented_keys(ours_path)
     rows = []
     for key in set_keys:

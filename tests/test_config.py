@@ -261,7 +261,7 @@ def test_options_and_overrides_mix_in_any_order(capsys, tmp_path):
         [
             "enhance",
             "--config",
-            str(REPO / "stages/configs/enhance_tiny.yaml"),
+            str(REPO / "dcr_mllm/configs/enhance_tiny.yaml"),
             f"output_dir={tmp_path / 'x'}",
             "--stage",
             "projector",

@@ -108,6 +108,7 @@ LAYERS = (
     "tasks",
     "models",
     "pipeline",
+    "cli",
 )
 
 

@@ -71,8 +71,8 @@ def test_bad_input_is_one_line_and_exit_2(argv, words):
 def test_a_config_the_pipeline_cannot_honour_stops_it_before_anything_runs(tmp_path):
     configs = tmp_path / "configs"
     configs.mkdir()
-    (configs / "enhance.yaml").write_text((REPO / "stages/configs/tiny/enhance.yaml").read_text() + "no_such_key: 1\n")
-    (configs / "llava.yaml").write_text((REPO / "stages/configs/tiny/llava.yaml").read_text())
+    (configs / "enhance.yaml").write_text(f"inherit: {REPO / 'stages/configs/tiny/enhance.yaml'}\nno_such_key: 1\n")
+    (configs / "llava.yaml").write_text(f"inherit: {REPO / 'stages/configs/tiny/llava.yaml'}\n")
     done = step("run-all", "--config-dir", str(configs), cwd=tmp_path)
     assert done.returncode == 2 and "no_such_key" in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["configs"]  # nothing written
@@ -88,11 +88,11 @@ def test_run_all_with_two_seeds_trains_and_scores_two_llavas_per_tower(tiny, tmp
     import yaml
     from safetensors.torch import load_file
 
+    from dcr_mllm.config import read_config_file
+
     configs = tmp_path / "configs"
     configs.mkdir()
-    enhance, llava = (
-        yaml.safe_load((REPO / "stages/configs/tiny" / f"{name}.yaml").read_text()) for name in ("enhance", "llava")
-    )
+    enhance, llava = (read_config_file(REPO / "stages/configs/tiny" / f"{name}.yaml") for name in ("enhance", "llava"))
     enhance["data"] = {"synthetic_samples": 32, "synthetic_shards": 2}
     for stage in ("projector_stage", "lora_stage"):
         enhance[stage].update(max_steps=2, save_every=2, num_workers=0, micro_batch_size=4)

@@ -28,13 +28,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dcr_mllm.arguments import add_config, add_overrides, parse_intermixed, run_reporting
 from dcr_mllm.config import PACKAGED_CONFIGS, load_config
 from dcr_mllm.enhance.ablation_report import HEADLINE, chart, curves_chart, report
 from dcr_mllm.enhance.config import EnhanceConfig
 from dcr_mllm.enhance.watch import EVAL_FILE
 from dcr_mllm.errors import DcrError
 from dcr_mllm.evaluation.analysis.premise import measure_premise
-from dcr_mllm.io import atomic_dir, user_error_line
+from dcr_mllm.io import atomic_dir
 from dcr_mllm.world.models import MINI, WorldSpec
 from dcr_mllm.world.prepare import EVAL_COUNT, SHARD_COUNT, VAL_COUNT, prepare_world
 
@@ -326,12 +327,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default="outputs/ablation")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2, help="one-thread processes at a time")
-    parser.add_argument("--config", help="stage-one config (default: the packaged enhance_world.yaml)")
+    add_config(parser, "stage-one config (default: the packaged enhance_world.yaml)")
     parser.add_argument(
         "--mini", action="store_true", help="a miniature world and evaluation (tests: seconds, not minutes)"
     )
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="stage-one config overrides for every run")
-    args = parser.parse_args(argv)
+    add_overrides(parser, "stage-one config overrides for every run", metavar="KEY=VALUE")
+    args = parse_intermixed(parser, argv)
     sizes = {"spec": MINI, "eval_count": 36, "pairs": 2, "shard_count": 64, "val_count": 24} if args.mini else {}
     out = run_ablation(args.output, args.seeds, args.jobs, args.config, args.overrides, **sizes)
     print((out / "report.md").read_text(), end="")
@@ -339,11 +340,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as err:
-        line = user_error_line(err)
-        if line is None:
-            raise
-        print(line, file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_reporting(main))

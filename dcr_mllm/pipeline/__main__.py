@@ -8,23 +8,23 @@ import os
 import subprocess
 import sys
 
+from dcr_mllm.arguments import OneLineParser, add_config, run_reporting
 from dcr_mllm.errors import DcrError
-from dcr_mllm.io import user_error_line
 from dcr_mllm.pipeline.launch import StepFailed
 
 TRAINING_STEPS = {  # step (the dcr-mllm command it runs) -> (default config, script, help)
     "enhance": (
-        "stages/configs/enhance_tiny.yaml",
+        "stages/configs/tiny/enhance.yaml",
         "1_enhance_tower.sh",
         "Stage 1: enhance a vision tower with DCR (projector stage, then LoRA stage), then export it.",
     ),
     "llava-pretrain": (
-        "stages/configs/llava_tiny.yaml",
+        "stages/configs/tiny/llava.yaml",
         "2_llava_pretrain.sh",
         "Stage 2: LLaVA-1.5 pretraining with a vision tower (default: stage one's tiny tower, tiny Llama).",
     ),
     "llava-finetune": (
-        "stages/configs/llava_tiny.yaml",
+        "stages/configs/tiny/llava.yaml",
         "3_llava_finetune.sh",
         "Stage 3: LLaVA-1.5 instruction tuning (default: the tiny preset).",
     ),
@@ -52,13 +52,6 @@ Every stage skips what is already complete, so a rerun resumes where a run stopp
 finished run takes seconds."""
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Bad arguments are one line naming the problem and where the usage is, exit 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = OneLineParser(prog="python -m dcr_mllm.pipeline", description=__doc__)
@@ -71,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=TRAINING_EPILOG.format(script=script),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.add_argument("--config", default=env("CONFIG") or config)
+        add_config(p, "the command's YAML config (CONFIG)", default=env("CONFIG") or config)
         p.add_argument("--nproc", type=int, default=int(env("NPROC") or 1))
         p.add_argument("--hostfile", default=env("HOSTFILE") or None)
     p = sub.add_parser("llava", description="Stages 2 and 3 for one tower (run_all's side job).")
@@ -183,18 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         ).returncode
     args, extra = build_parser().parse_known_args(argv)
     try:
-        run_step(args, extra)
+        return run_reporting(lambda: run_step(args, extra))
     except StepFailed as failed:
         if failed.message:
             print(f"error: {failed.message}", file=sys.stderr)
         return failed.returncode
-    except Exception as err:
-        line = user_error_line(err)
-        if line is None:
-            raise
-        print(line, file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -374,10 +374,10 @@ def test_run_all_says_what_it_runs_and_refuses_a_bad_config_dir(tmp_path):
 def test_full_schedule_differs_from_the_default_only_in_its_questions_length_and_outputs(monkeypatch):
     from pathlib import Path
 
-    import yaml
+    from dcr_mllm.config import read_config_file
 
     configs = Path(__file__).resolve().parents[2] / "stages" / "configs" / "world"
-    default, full = (yaml.safe_load((configs / name).read_text()) for name in ("llava.yaml", "llava_full.yaml"))
+    default, full = (read_config_file(configs / name) for name in ("llava.yaml", "llava_full.yaml"))
     assert full["finetune"].pop("max_steps") > 2 * default["finetune"].pop("max_steps")
     assert full.pop("output_dir") != default.pop("output_dir")
     full["finetune_data"].pop("eval_every"), default["finetune_data"].pop("eval_every")
@@ -403,8 +403,13 @@ def test_full_schedule_differs_from_the_default_only_in_its_questions_length_and
 
 
 def test_the_packaged_world_configs_are_the_stages_ones():
-    """`dcr_mllm/configs/*_world.yaml` ship in the wheel; `stages/configs/world/` is what run_all reads: one content."""
+    """`dcr_mllm/configs/*_world.yaml` ship in the wheel; `stages/configs/world/` is what run_all reads: one content
+    (each staged file inherits the packaged one and sets nothing of its own)."""
     from pathlib import Path
+
+    import yaml
+
+    from dcr_mllm.config import read_config_file
 
     repo = Path(__file__).resolve().parents[2]
     for packaged, staged in (
@@ -412,6 +417,6 @@ def test_the_packaged_world_configs_are_the_stages_ones():
         ("llava_world.yaml", "llava.yaml"),
         ("llava_world_full.yaml", "llava_full.yaml"),
     ):
-        assert (repo / "dcr_mllm" / "configs" / packaged).read_text() == (
-            repo / "stages" / "configs" / "world" / staged
-        ).read_text()
+        staged = repo / "stages" / "configs" / "world" / staged
+        assert yaml.safe_load(staged.read_text()) == {"inherit": f"../../../dcr_mllm/configs/{packaged}"}
+        assert read_config_file(staged) == read_config_file(repo / "dcr_mllm" / "configs" / packaged)

@@ -246,7 +246,7 @@ def test_a_positive_max_steps_wins_over_epochs_and_raising_it_continues(tiny, tr
     run_dir = after_pretrain(trained, tmp_path / "steps")
     common = [
         "--config",
-        str(REPO / "stages/configs/llava_tiny.yaml"),
+        str(REPO / "dcr_mllm/configs/llava_tiny.yaml"),
         f"tower={tiny['clip']}",
         f"output_dir={run_dir}",
         "synthetic_images=16",

@@ -1,0 +1,70 @@
+"""The checkpoint commands: ``swap-tower`` (a tower into an existing LLaVA checkpoint, streaming,
+verified) and ``convert-llava`` (an original LLaVA checkpoint to llava-hf)."""
+
+from __future__ import annotations
+
+import argparse
+
+from dcr_mllm.arguments import add_allow_pickle
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    swap_parser = sub.add_parser(
+        "swap-tower",
+        help="put a tower into an existing LLaVA checkpoint (llava-hf LLaVA-1.5/NeXT/"
+        "OneVision, or original LLaVA-1.5/1.6), streaming; verified",
+    )
+    swap_parser.add_argument(
+        "--llava", required=True, metavar="SRC", help="the LLaVA checkpoint directory (never modified)"
+    )
+    swap_parser.add_argument("--tower", required=True, help="a HF CLIP/MetaCLIP/SigLIP tower directory or preset name")
+    swap_parser.add_argument(
+        "--output", required=True, metavar="DST", help="directory to write (refused if it exists, unless --force)"
+    )
+    swap_parser.add_argument("--dry-run", action="store_true", help="check and print what would change; write nothing")
+    swap_parser.add_argument(
+        "--force", action="store_true", help="replace an existing DST (only once the new one is written and verified)"
+    )
+    swap_parser.add_argument(
+        "--allow-family-change",
+        action="store_true",
+        help="swap a SigLIP tower into a CLIP-based LLaVA-1.5 checkpoint or back; the projector must then be retrained",
+    )
+    add_allow_pickle(swap_parser)
+    swap_parser.set_defaults(func=swap_tower)
+
+    convert_parser = sub.add_parser(
+        "convert-llava",
+        help="convert an original LLaVA checkpoint (mm_vision_tower) to "
+        "llava-hf, as transformers' scripts do (LLaVA-1.5 -> llava, LLaVA-1.6 -> llava_next)",
+    )
+    convert_parser.add_argument(
+        "--input", required=True, metavar="ORIGINAL", help="the original LLaVA checkpoint directory"
+    )
+    convert_parser.add_argument(
+        "--output", required=True, metavar="HF_DIR", help="directory to write (refused if it exists, unless --force)"
+    )
+    convert_parser.add_argument("--force", action="store_true", help="replace an existing HF_DIR")
+    add_allow_pickle(convert_parser)
+    convert_parser.set_defaults(func=convert_llava)
+
+
+def swap_tower(args: argparse.Namespace) -> None:
+    from dcr_mllm.llava.checkpoints.swap import swap_tower
+
+    report = swap_tower(
+        args.llava,
+        args.tower,
+        args.output,
+        force=args.force,
+        dry_run=args.dry_run,
+        allow_family_change=args.allow_family_change,
+        allow_pickle=args.allow_pickle,
+    )
+    print("\n".join(report.lines()))
+
+
+def convert_llava(args: argparse.Namespace) -> None:
+    from dcr_mllm.llava.checkpoints.convert import convert_llava
+
+    print("\n".join(convert_llava(args.input, args.output, force=args.force, allow_pickle=args.allow_pickle).lines()))
