@@ -31,15 +31,23 @@ WEIGHT_FILES = (
 )
 
 
+def has_projection(family: TowerFamily, config: dict) -> bool:
+    """Whether a directory's model carries the family's projection head: a full model does, a vision
+    model where it was saved with it."""
+    full = config.get("model_type") == family.model_type
+    return family.projection_class is not None and (
+        full or family.projection_class in (config.get("architectures") or [])
+    )
+
+
 def read_hf_spec(path: Path, family: TowerFamily) -> TowerSpec:
     """Shape facts from ``config.json`` (a full model's or its vision model's) and the image processor."""
     config = json.loads((path / "config.json").read_text())
-    full = config.get("model_type") == family.model_type
-    vision = config.get("vision_config", config) if full else config
-    architectures = config.get("architectures") or []
-    has_projection = family.projection_class is not None and (full or family.projection_class in architectures)
+    vision = config.get("vision_config", config) if config.get("model_type") == family.model_type else config
     global_dim = (
-        config.get("projection_dim", vision.get("projection_dim", 512)) if has_projection else vision["hidden_size"]
+        config.get("projection_dim", vision.get("projection_dim", 512))
+        if has_projection(family, config)
+        else vision["hidden_size"]
     )
     mean, std = family.mean, family.std
     processor_file = path / "preprocessor_config.json"
@@ -62,13 +70,10 @@ def read_hf_spec(path: Path, family: TowerFamily) -> TowerSpec:
 
 def model_class_name(family: TowerFamily, config: dict, vision_only: bool) -> str:
     """The transformers class that loads a directory's ``config``: the full model unless
-    ``vision_only``; a vision model with the family's projection where the config has it."""
-    full = config["model_type"] == family.model_type
-    if full and not vision_only:
+    ``vision_only``; a vision model with the family's projection where the model has it."""
+    if config["model_type"] == family.model_type and not vision_only:
         return family.full_class
-    if family.projection_class and (full or family.projection_class in (config.get("architectures") or [])):
-        return family.projection_class
-    return family.vision_class
+    return family.projection_class if has_projection(family, config) else family.vision_class
 
 
 @contextlib.contextmanager
