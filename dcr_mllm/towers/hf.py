@@ -69,8 +69,13 @@ def read_hf_spec(path: Path, family: TowerFamily) -> TowerSpec:
 
 
 def model_class_name(family: TowerFamily, config: dict, vision_only: bool) -> str:
-    """The transformers class that loads a directory's ``config``: the full model unless
-    ``vision_only``; a vision model with the family's projection where the model has it."""
+    """The transformers class that loads a tower directory.
+
+    Args:
+        family: the directory's family, which names its classes.
+        config: the directory's ``config.json``.
+        vision_only: whether the text side is left out; otherwise a full model loads as one.
+    """
     if config["model_type"] == family.model_type and not vision_only:
         return family.full_class
     return family.projection_class if has_projection(family, config) else family.vision_class

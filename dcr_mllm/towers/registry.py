@@ -18,6 +18,7 @@ FAMILIES: dict[str, TowerFamily] = {}
 
 
 def register_family(family: TowerFamily) -> TowerFamily:
+    """Make ``family`` known to ``inspect_tower``, ``load_tower`` and the LLaVA checks."""
     if family.name in FAMILIES:
         raise ValueError(f"a tower family named {family.name!r} is registered already")
     FAMILIES[family.name] = family
