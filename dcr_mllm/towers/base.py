@@ -76,6 +76,9 @@ class TowerFamily:
     def __str__(self) -> str:
         return self.name
 
+    def __repr__(self) -> str:
+        return f"TowerFamily({self.name!r})"
+
 
 @dataclass(frozen=True)
 class TowerSpec:
