@@ -125,6 +125,7 @@ def dcr_model(image_size: int, chunk_size: int, smoke: bool):
     from dcr_mllm.objectives import EnhanceModel, ObjectiveConfig
     from dcr_mllm.towers import apply_lora
     from dcr_mllm.towers.base import TowerSpec
+    from dcr_mllm.towers.clip import CLIP
     from dcr_mllm.towers.hf import HFTower
 
     torch.manual_seed(0)
@@ -133,7 +134,7 @@ def dcr_model(image_size: int, chunk_size: int, smoke: bool):
     denoiser = FrozenDenoiser(unet, vae, scheduler, torch.randn(1, 77, width))  # the empty prompt is a constant
     config = clip_l14_vision(image_size, smoke)
     spec = TowerSpec(
-        "clip",
+        CLIP,
         config.image_size,
         config.patch_size,
         config.hidden_size,

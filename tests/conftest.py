@@ -21,6 +21,40 @@ def tiny(tmp_path_factory):
     return build_tiny_preset(cache / "tiny")
 
 
+@pytest.fixture
+def toy_family():
+    """A tower family not registered: a variant of CLIP told by its own model_type, as a new HF
+    family's module defines it (docs/towers.md); register it with ``towers.registry.registered``."""
+    from dcr_mllm.towers import TowerFamily
+    from dcr_mllm.towers.hf import HFTower, read_hf_spec
+
+    return TowerFamily(
+        name="toy_clip",
+        tower_class=HFTower,
+        read_spec=read_hf_spec,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        model_type="toy_clip",
+        vision_model_type="clip_vision_model",  # LLaVA stores its vision side as a CLIP vision model
+        full_class="CLIPModel",
+        vision_class="CLIPVisionModel",
+        projection_class="CLIPVisionModelWithProjection",
+        projection_config_class="CLIPVisionConfig",
+    )
+
+
+@pytest.fixture
+def toy_dir(tiny, toy_family, tmp_path):
+    """The tiny CLIP saved under the toy family's model_type."""
+    import json
+    import shutil
+
+    path = shutil.copytree(tiny["clip"], tmp_path / "toy")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "model_type": toy_family.model_type}))
+    return path
+
+
 def pytest_sessionstart(session):
     """Compile DeepSpeed's CPU shared-memory op once, up front (about a minute the first time,
     cached in ~/.cache/torch_extensions), so no distributed test pays for it under its timeout."""

@@ -33,8 +33,7 @@ class VisionLayout:
 
 def vision_layout(tower: str | Path, feature_layer: int = -2) -> VisionLayout:
     spec = inspect_tower(tower)
-    if spec.family == "open_clip":
-        raise DcrError(f"{tower} is an open_clip tower; LLaVA needs a HF CLIP/MetaCLIP/SigLIP tower directory")
+    spec.family.require_llava(tower)
     if not -spec.num_layers <= feature_layer <= spec.num_layers:
         raise DcrError(
             f"feature layer {feature_layer} does not exist in a {spec.num_layers}-layer tower; choose one in [-{spec.num_layers}, {spec.num_layers}]"

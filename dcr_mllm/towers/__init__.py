@@ -1,7 +1,9 @@
 """Vision towers: one interface over HF CLIP/MetaCLIP, SigLIP and open_clip models.
 
 ``inspect_tower(path)`` reads shape facts from config files only (cheap: configs are checked
-against each other before any model is built); ``load_tower(path)`` builds the model.
+against each other before any model is built); ``load_tower(path)`` builds the model. Each family
+is one module that registers its ``TowerFamily`` (``towers.registry``); importing this package
+registers the shipped ones.
 """
 
 from __future__ import annotations
@@ -11,30 +13,24 @@ from pathlib import Path
 import torch
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.towers.base import TowerSpec, VisionTower
-from dcr_mllm.towers.hf import HFTower, read_hf_spec
+from dcr_mllm.towers import clip, openclip, siglip  # noqa: F401  (each registers its family)
+from dcr_mllm.towers.base import TowerFamily, TowerSpec, VisionTower
 from dcr_mllm.towers.lora import apply_lora, merge_lora
-from dcr_mllm.towers.openclip import CONFIG_NAME as OPEN_CLIP_CONFIG
-from dcr_mllm.towers.openclip import OpenClipTower, read_open_clip_spec
+from dcr_mllm.towers.registry import FAMILIES, family_of_dir, register_family
 from dcr_mllm.weights import check_model_dir
 
 __all__ = [
-    "TOWER_CLASSES",
+    "FAMILIES",
+    "TowerFamily",
     "TowerSpec",
     "VisionTower",
     "apply_lora",
     "inspect_tower",
     "load_tower",
     "merge_lora",
+    "register_family",
     "resolve_tower_path",
 ]
-
-#: a tower directory's family, told by the config file it has -> the reader of its shape facts
-SPEC_READERS = ((OPEN_CLIP_CONFIG, read_open_clip_spec), ("config.json", read_hf_spec))
-#: family (``TowerSpec.family``) -> the class that loads it; HF CLIP and MetaCLIP share transformers' CLIP classes
-TOWER_CLASSES: dict[str, type[VisionTower]] = {"clip": HFTower, "siglip": HFTower, "open_clip": OpenClipTower}
-#: families that ``load_tower`` builds whole under ZeRO-3 (the engine partitions them), not partitioned by transformers
-BUILT_WHOLE = ("open_clip",)
 
 
 def resolve_tower_path(name_or_path: str | Path) -> Path:
@@ -52,16 +48,12 @@ def inspect_tower(name_or_path: str | Path, allow_pickle: bool = False) -> Tower
     (``dcr_mllm.weights.check_model_dir``); pickled weights only with ``allow_pickle``."""
     path = check_model_dir(resolve_tower_path(name_or_path), allow_pickle)
     try:
-        for config_file, read_spec in SPEC_READERS:
-            if (path / config_file).is_file():
-                return read_spec(path)
+        family = family_of_dir(path)
+        return family.read_spec(path, family)
     except (KeyError, TypeError, AttributeError) as err:
         raise DcrError(
             f"{path} has an incomplete tower config ({type(err).__name__}: {err}); re-download or re-save the tower"
         ) from err
-    raise DcrError(
-        f"{path} is not a tower directory: it has neither config.json (HF) nor {OPEN_CLIP_CONFIG} (open_clip)"
-    )
 
 
 def load_tower(
@@ -80,8 +72,8 @@ def load_tower(
     """
     spec = inspect_tower(name_or_path, allow_pickle)
     path = resolve_tower_path(name_or_path)
-    tower_class = TOWER_CLASSES[spec.family]
-    if ds_config is None or spec.family in BUILT_WHOLE:
+    tower_class = spec.family.tower_class
+    if ds_config is None or spec.family.built_whole:
         return tower_class.from_pretrained(path, dtype=dtype, vision_only=vision_only)
     from dcr_mllm.training.zero import transformers_zero3
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +31,60 @@ def is_side_file(item: Path) -> bool:
     )
 
 
+@dataclass(frozen=True, eq=False)
+class TowerFamily:
+    """Everything the rest of dcr-mllm needs to know about one kind of tower, so that no caller
+    branches on a family's name. Each family is defined and registered in its own module
+    (``towers/clip.py``, ``towers/siglip.py``, ``towers/openclip.py``); ``towers.registry`` finds them.
+    Two families are equal only when they are the same object."""
+
+    name: str
+    tower_class: type[VisionTower]
+    read_spec: Callable[[Path, TowerFamily], TowerSpec]  # (directory, this family) -> shape facts
+    mean: tuple[float, float, float]  # normalisation where the directory's image processor names none
+    std: tuple[float, float, float]
+    #: the file that marks a directory of this family, and the ``model_type`` it holds there: the full
+    #: model's (a text side too) or the vision model's alone; with neither, the file alone decides
+    config_file: str = "config.json"
+    model_type: str | None = None
+    #: also what a LLaVA checkpoint stores as its vision config's; None: LLaVA cannot take the family
+    vision_model_type: str | None = None
+    #: transformers' class names: the full model, the vision model, the vision model with the
+    #: family's projection head (none where the family has no head outside its vision model), and
+    #: that one's config class
+    full_class: str | None = None
+    vision_class: str | None = None
+    projection_class: str | None = None
+    projection_config_class: str | None = None
+    has_cls: bool = True  # a CLS token before the patches, which LLaVA drops (CLIP); SigLIP has none
+    pads_text_to_max_length: bool = False  # text padded to full length, attending to it (no mask): SigLIP
+    built_whole: bool = False  # ``load_tower`` builds it whole under ZeRO-3 (the engine partitions it)
+
+    def claims(self, model_type: object) -> bool:
+        """Whether a directory whose ``config_file`` holds ``model_type`` is of this family."""
+        types = {t for t in (self.model_type, self.vision_model_type) if t}
+        return not types or model_type in types
+
+    def require_llava(self, tower: object) -> None:
+        """LLaVA stores a HF vision model: a family without one is refused, in one line."""
+        if self.vision_model_type is None:
+            raise DcrError(
+                f"{tower}: the {self.name} tower there cannot go into LLaVA, which takes a HF tower directory "
+                "(transformers' save_pretrained layout); convert the tower to HF format first"
+            )
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"TowerFamily({self.name!r})"
+
+
 @dataclass(frozen=True)
 class TowerSpec:
     """Shape facts about a tower, read from its config files without loading weights."""
 
-    family: str  # "clip" (OpenAI CLIP, MetaCLIP), "siglip", "open_clip"
+    family: TowerFamily
     image_size: int
     patch_size: int
     hidden_size: int
@@ -42,7 +92,7 @@ class TowerSpec:
     global_dim: int  # width of the global embedding that conditions the denoiser
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    has_cls: bool  # CLIP-family ViTs carry a CLS token before the patches; SigLIP does not
+    has_cls: bool  # the family's: CLIP-family ViTs carry a CLS token before the patches; SigLIP does not
 
     @property
     def num_patches(self) -> int:

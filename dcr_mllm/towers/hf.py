@@ -1,4 +1,6 @@
-"""Hugging Face towers: CLIP (OpenAI CLIP, MetaCLIP) and SigLIP, full models or vision-only.
+"""Hugging Face towers, full models or vision-only: what the HF families (``towers/clip.py``,
+``towers/siglip.py``) share. Each family names its transformers classes and conventions; the code
+here asks the family, never its name.
 
 The full model (``CLIPModel``/``SiglipModel``) is kept when the directory has one, so the text
 side stays available for zero-shot scoring and is saved back unchanged. Only the vision
@@ -16,16 +18,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from dcr_mllm.errors import DcrError
-from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
-from dcr_mllm.towers.base import TowerSpec, VisionTower
+from dcr_mllm.towers.base import TowerFamily, TowerSpec, VisionTower
+from dcr_mllm.towers.registry import family_of_dir
 
-FAMILY_OF_MODEL_TYPE = {
-    "clip": "clip",
-    "clip_vision_model": "clip",
-    "siglip": "siglip",
-    "siglip_vision_model": "siglip",
-}
 #: files save_pretrained writes itself; everything else in a tower directory is copied as is
 WEIGHT_FILES = (
     "config.json",
@@ -36,26 +31,25 @@ WEIGHT_FILES = (
 )
 
 
-def read_hf_spec(path: Path) -> TowerSpec:
+def has_projection(family: TowerFamily, config: dict) -> bool:
+    """Whether a directory's model carries the family's projection head: a full model does, a vision
+    model where it was saved with it."""
+    full = config.get("model_type") == family.model_type
+    return family.projection_class is not None and (
+        full or family.projection_class in (config.get("architectures") or [])
+    )
+
+
+def read_hf_spec(path: Path, family: TowerFamily) -> TowerSpec:
+    """Shape facts from ``config.json`` (a full model's or its vision model's) and the image processor."""
     config = json.loads((path / "config.json").read_text())
-    model_type = config.get("model_type")
-    family = FAMILY_OF_MODEL_TYPE.get(model_type)
-    if family is None:
-        raise DcrError(
-            f"{path}/config.json has model_type {model_type!r}; supported towers are CLIP, MetaCLIP, SigLIP (HF) and open_clip"
-        )
-    vision = config.get("vision_config", config) if model_type in ("clip", "siglip") else config
-    architectures = config.get("architectures") or []
-    if family == "clip":
-        has_projection = model_type == "clip" or "CLIPVisionModelWithProjection" in architectures
-        global_dim = (
-            config.get("projection_dim", vision.get("projection_dim", 512)) if has_projection else vision["hidden_size"]
-        )
-        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    else:
-        global_dim = vision["hidden_size"]
-        mean, std = SIGLIP_MEAN, SIGLIP_STD
-    image_size = vision.get("image_size", 224)
+    vision = config.get("vision_config", config) if config.get("model_type") == family.model_type else config
+    global_dim = (
+        config.get("projection_dim", vision.get("projection_dim", 512))
+        if has_projection(family, config)
+        else vision["hidden_size"]
+    )
+    mean, std = family.mean, family.std
     processor_file = path / "preprocessor_config.json"
     if processor_file.is_file():
         processor = json.loads(processor_file.read_text())
@@ -63,15 +57,28 @@ def read_hf_spec(path: Path) -> TowerSpec:
         std = tuple(processor.get("image_std", std))
     return TowerSpec(
         family=family,
-        image_size=image_size,
+        image_size=vision.get("image_size", 224),
         patch_size=vision.get("patch_size", 32),
         hidden_size=vision["hidden_size"],
         num_layers=vision["num_hidden_layers"],
         global_dim=global_dim,
         mean=mean,
         std=std,
-        has_cls=family == "clip",
+        has_cls=family.has_cls,
     )
+
+
+def model_class_name(family: TowerFamily, config: dict, vision_only: bool) -> str:
+    """The transformers class that loads a tower directory.
+
+    Args:
+        family: the directory's family, which names its classes.
+        config: the directory's ``config.json``.
+        vision_only: whether the text side is left out; otherwise a full model loads as one.
+    """
+    if config["model_type"] == family.model_type and not vision_only:
+        return family.full_class
+    return family.projection_class if has_projection(family, config) else family.vision_class
 
 
 @contextlib.contextmanager
@@ -93,37 +100,25 @@ class HFTower(VisionTower):
     default_lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
     vision_attribute = "vision_model"
     encoder_attribute = "encoder"
-    projection_attribute = "visual_projection"  # CLIP's; SigLIP pools in vision_model.head
+    projection_attribute = "visual_projection"  # CLIP's; SigLIP pools in vision_model.head, and has none
 
     @classmethod
     def from_pretrained(cls, path: Path, dtype: torch.dtype = torch.float32, vision_only: bool = False) -> HFTower:
         """Load the directory's model; ``vision_only`` skips the text tower (training needs none)."""
         import transformers
 
-        spec = read_hf_spec(path)
+        family = family_of_dir(path)
+        spec = family.read_spec(path, family)
         config = json.loads((path / "config.json").read_text())
-        model_type = config["model_type"]
-        if vision_only and model_type == "clip":
-            vision_config = transformers.CLIPVisionConfig.from_pretrained(path)
+        model_class = getattr(transformers, model_class_name(family, config, vision_only))
+        kwargs = {}
+        if vision_only and config["model_type"] == family.model_type and family.projection_class:
+            # the vision model with its projection, out of a full model's directory
+            vision_config = getattr(transformers, family.projection_config_class).from_pretrained(path)
             vision_config.projection_dim = spec.global_dim
-            with quiet_transformers():  # it would list every text-tower weight it leaves out
-                model = transformers.CLIPVisionModelWithProjection.from_pretrained(
-                    path, config=vision_config, dtype=dtype
-                )
-            return cls(model, spec, path)
-        if vision_only and model_type == "siglip":
-            model_type = "siglip_vision_model"
-        architectures = config.get("architectures") or []
-        model_class = {
-            "clip": "CLIPModel",
-            "siglip": "SiglipModel",
-            "clip_vision_model": "CLIPVisionModelWithProjection"
-            if "CLIPVisionModelWithProjection" in architectures
-            else "CLIPVisionModel",
-            "siglip_vision_model": "SiglipVisionModel",
-        }[model_type]
-        with quiet_transformers():
-            model = getattr(transformers, model_class).from_pretrained(path, dtype=dtype)
+            kwargs["config"] = vision_config
+        with quiet_transformers():  # it would list every text-tower weight a vision-only load leaves out
+            model = model_class.from_pretrained(path, dtype=dtype, **kwargs)
         return cls(model, spec, path)
 
     def global_embedding(self, pixels: Tensor) -> Tensor:
@@ -136,8 +131,8 @@ class HFTower(VisionTower):
 
     def encode_text(self, texts: list[str]) -> Tensor:
         self.require_text_side()
-        if self.spec.family == "siglip":
-            # SigLIP was trained on text padded to its full length, attending to the padding (no mask)
+        if self.spec.family.pads_text_to_max_length:
+            # e.g. SigLIP, trained on text padded to its full length, attending to the padding (no mask)
             length = self.model.config.text_config.max_position_embeddings
             ids = self._tokenizer(
                 texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"

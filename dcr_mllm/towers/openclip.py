@@ -3,6 +3,7 @@
 The layout is ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``) beside
 ``open_clip_model.safetensors``; ``open_clip.create_model_and_transforms("local-dir:DIR")``
 loads it. Only ViT towers are supported: LoRA and patch features need transformer blocks.
+LLaVA cannot take these towers (it stores a HF vision model); ZeRO-3 builds them whole.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from torch import Tensor
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from dcr_mllm.towers.base import TowerSpec, VisionTower
+from dcr_mllm.towers.base import TowerFamily, TowerSpec, VisionTower
+from dcr_mllm.towers.registry import family_of_dir, register_family
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 
 
-def read_open_clip_spec(path: Path) -> TowerSpec:
+def read_open_clip_spec(path: Path, family: TowerFamily) -> TowerSpec:
     config = json.loads((path / CONFIG_NAME).read_text())
     model_cfg = config.get("model_cfg", config)
     vision = model_cfg.get("vision_cfg", {})
@@ -38,15 +40,15 @@ def read_open_clip_spec(path: Path) -> TowerSpec:
     patch_size = vision.get("patch_size", 16)
     patch_size = patch_size[0] if isinstance(patch_size, (list, tuple)) else patch_size
     return TowerSpec(
-        family="open_clip",
+        family=family,
         image_size=image_size,
         patch_size=patch_size,
         hidden_size=vision.get("width", 768),
         num_layers=vision.get("layers", 12),
         global_dim=model_cfg["embed_dim"],
-        mean=tuple(preprocess.get("mean", OPENAI_CLIP_MEAN)),
-        std=tuple(preprocess.get("std", OPENAI_CLIP_STD)),
-        has_cls=True,
+        mean=tuple(preprocess.get("mean", family.mean)),
+        std=tuple(preprocess.get("std", family.std)),
+        has_cls=family.has_cls,
     )
 
 
@@ -63,7 +65,8 @@ class OpenClipTower(VisionTower):
         """Load the directory's model; ``vision_only`` keeps just ``model.visual``."""
         import open_clip
 
-        spec = read_open_clip_spec(path)
+        family = family_of_dir(path)
+        spec = family.read_spec(path, family)
         model = open_clip.create_model("local-dir:" + str(path), device="cpu")
         return cls((model.visual if vision_only else model).to(dtype), spec, path)
 
@@ -112,3 +115,15 @@ class OpenClipTower(VisionTower):
         state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, out_dir / WEIGHTS_NAME)
         self.copy_side_files(out_dir)
+
+
+OPEN_CLIP = TowerFamily(
+    name="open_clip",
+    tower_class=OpenClipTower,
+    read_spec=read_open_clip_spec,
+    mean=OPENAI_CLIP_MEAN,
+    std=OPENAI_CLIP_STD,
+    config_file=CONFIG_NAME,
+    built_whole=True,
+)
+register_family(OPEN_CLIP)

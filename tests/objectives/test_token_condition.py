@@ -138,8 +138,9 @@ def test_more_tokens_than_the_context_holds_are_refused():
     from dcr_mllm.enhance.config import check_condition_tokens
     from dcr_mllm.errors import ConfigError
     from dcr_mllm.towers import TowerSpec
+    from dcr_mllm.towers.clip import CLIP
 
-    vit_l = TowerSpec("clip", 224, 14, 1024, 24, 768, (0.5,) * 3, (0.5,) * 3, True)  # 256 patches
+    vit_l = TowerSpec(CLIP, 224, 14, 1024, 24, 768, (0.5,) * 3, (0.5,) * 3, True)  # 256 patches
     with pytest.raises(ConfigError, match="gives 256 tokens per image, more than the denoiser's 77 context tokens"):
         check_condition_tokens(ObjectiveConfig(condition="tokens"), vit_l, 77)
     check_condition_tokens(ObjectiveConfig(condition="tokens", condition_tokens=77), vit_l, 77)

@@ -16,7 +16,6 @@ from dcr_mllm.towers import TowerSpec, inspect_tower, resolve_tower_path
 from dcr_mllm.weights import PICKLE_SUFFIXES, to_safetensors_hint
 
 TOWER_PREFIX = "vision_model."
-FAMILY_OF_VISION_TYPE = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
 #: bookkeeping keys of a config, never copied from the tower
 BOOKKEEPING = {"architectures", "dtype", "torch_dtype", "transformers_version", "_name_or_path"}
 
@@ -41,7 +40,7 @@ def with_defaults(model_type: str, values: dict) -> dict:
 
 @dataclass(frozen=True)
 class Tower:
-    """A HF CLIP/SigLIP tower directory: shape facts, vision config, vision-encoder tensors, image processor."""
+    """A HF tower directory (a family LLaVA takes): shape facts, vision config, vision-encoder tensors, image processor."""
 
     name: str
     path: Path
@@ -53,11 +52,7 @@ class Tower:
 
 def read_tower(name_or_path: str | Path) -> Tower:
     spec = inspect_tower(name_or_path, allow_pickle=True)  # pickles are never loaded here: refused below
-    if spec.family == "open_clip":
-        raise DcrError(
-            f"{name_or_path} is an open_clip tower; a LLaVA checkpoint takes a HF CLIP/MetaCLIP/SigLIP tower directory "
-            "(transformers' save_pretrained layout)"
-        )
+    spec.family.require_llava(name_or_path)
     path = resolve_tower_path(name_or_path)
     if not weight_files(path):
         pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -66,13 +61,13 @@ def read_tower(name_or_path: str | Path) -> Tower:
                 f"tower {path} has only PyTorch pickle weights; convert them to safetensors: {to_safetensors_hint(pickles[0])}"
             )
     config = read_json_object(path / "config.json")
-    vision = config["vision_config"] if config["model_type"] in ("clip", "siglip") else config
-    vision_type = f"{spec.family}_vision_model"
+    vision_only = config["model_type"] != spec.family.model_type
+    vision = config if vision_only else config["vision_config"]
+    vision_type = spec.family.vision_model_type
     vision = {k: v for k, v in with_defaults(vision_type, vision).items() if k not in BOOKKEEPING} | {
         "model_type": vision_type
     }
     tensors = {}
-    vision_only = config["model_type"] == vision_type
     for name in weight_files(path):
         stored, _ = read_header(path / name)
         for key, value in stored.items():

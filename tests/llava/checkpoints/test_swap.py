@@ -23,6 +23,7 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.llava.checkpoints import swap
 from dcr_mllm.llava.checkpoints.swap import swap_tower
 from dcr_mllm.llava.shards import read_header
+from dcr_mllm.towers.registry import registered
 
 ENHANCED_MEAN = [0.5, 0.4, 0.3]  # the dcr_tower fixture's normalisation
 CHECKPOINT_TOWER_TENSORS = 55  # a 3-layer CLIP vision model
@@ -219,6 +220,20 @@ def test_siglip_into_clip_is_refused_unless_asked_for(make_llava_hf, tiny, tmp_p
     _, info = LlavaForConditionalGeneration.from_pretrained(dst, output_loading_info=True)
     assert not any(info.values()), info
     assert torch.isfinite(answer(dst)).all()
+
+
+def test_a_registered_family_swaps_in_with_no_other_change(make_llava_hf, toy_family, toy_dir, tmp_path, capsys):
+    src, dst = make_llava_hf("hub"), tmp_path / "swapped"
+    with registered(toy_family):  # LLaVA stores it as a CLIP vision model, so the checkpoint's family stays
+        code, _, err = run(capsys, "--llava", src, "--tower", toy_dir, "--output", dst)
+    assert code == 0, err
+    assert json.loads((dst / "config.json").read_text())["vision_config"]["model_type"] == "clip_vision_model"
+    with safe_open(toy_dir / "model.safetensors", "pt") as f:
+        tower = {k: f.get_tensor(k) for k in f.keys()}
+    new = tensors(dst)
+    replaced = [key for key in new if tower_key(key) is not None]
+    assert len(replaced) == CHECKPOINT_TOWER_TENSORS
+    assert all(torch.equal(new[key], tower[tower_key(key)].to(new[key].dtype)) for key in replaced)
 
 
 def test_open_clip_tower_is_refused(make_llava_hf, tiny, tmp_path, capsys):

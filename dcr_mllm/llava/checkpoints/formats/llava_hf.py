@@ -19,7 +19,6 @@ from pathlib import Path
 from dcr_mllm.errors import DcrError
 from dcr_mllm.llava.checkpoints.checkpoint import (
     BOOKKEEPING,
-    FAMILY_OF_VISION_TYPE,
     Checkpoint,
     Tower,
     read_json_object,
@@ -27,8 +26,9 @@ from dcr_mllm.llava.checkpoints.checkpoint import (
 )
 from dcr_mllm.llava.checkpoints.compat import tensor_problems, vision_config_problems
 from dcr_mllm.llava.checkpoints.formats.base import Changes, CheckpointFormat, Fit
-from dcr_mllm.towers import TowerSpec
+from dcr_mllm.towers import TowerFamily, TowerSpec
 from dcr_mllm.towers.hf import quiet_transformers
+from dcr_mllm.towers.registry import FAMILIES, family_of_vision_type
 
 PREFIXES = ("model.vision_tower.", "vision_tower.")
 #: vision-config keys that stay the checkpoint's: its structure, or fields no forward pass reads
@@ -79,20 +79,25 @@ class LlavaHf(CheckpointFormat):
         layout. Separate from ``check`` for the dcr_llava plugin, which has a loaded model, not shards."""
         full = self.defaults(config)
         vision = config["vision_config"]
-        family = FAMILY_OF_VISION_TYPE.get(vision.get("model_type"))
+        family = family_of_vision_type(vision.get("model_type"))
         if family is None:
-            return Fit([f"the checkpoint's vision tower is {vision.get('model_type')!r}, not CLIP or SigLIP"])
+            known = ", ".join(f.vision_model_type for f in FAMILIES.values() if f.vision_model_type)
+            return Fit(
+                [f"the checkpoint's vision tower is {vision.get('model_type')!r}, not a tower family's ({known})"]
+            )
         spec = tower.spec
         vision = with_defaults(vision["model_type"], vision)
         fit = Fit(vision_config_problems(vision, full["vision_feature_layer"], spec))
-        fit.family_change = family != spec.family
+        fit.family_change = vision["model_type"] != spec.family.vision_model_type
         if fit.family_change:
             self.family_fit(fit, full, family, spec, allow_family_change)
         else:
             fit.problems += self.layout_problems(full, image_processor, spec)
         return fit
 
-    def family_fit(self, fit: Fit, config: dict, family: str, spec: TowerSpec, allow_family_change: bool) -> None:
+    def family_fit(
+        self, fit: Fit, config: dict, family: TowerFamily, spec: TowerSpec, allow_family_change: bool
+    ) -> None:
         """A tower of the other family: refused, or (``allow_family_change``) a warning."""
         tokens = (
             f"checkpoint {family} ({config['image_seq_length']} image tokens), "

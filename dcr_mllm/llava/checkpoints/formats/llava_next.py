@@ -16,7 +16,7 @@ from dcr_mllm.llava.checkpoints.checkpoint import Checkpoint, Tower, read_json_o
 from dcr_mllm.llava.checkpoints.compat import anyres_problems
 from dcr_mllm.llava.checkpoints.formats.base import Changes, Fit
 from dcr_mllm.llava.checkpoints.formats.llava_hf import PROCESSOR_FILES, LlavaHf
-from dcr_mllm.towers import TowerSpec
+from dcr_mllm.towers import TowerFamily, TowerSpec
 
 #: the image-processor fields that follow the tower; every tiling and resizing field stays the checkpoint's
 NORMALISATION = ("image_mean", "image_std")
@@ -40,7 +40,9 @@ class LlavaNextHf(LlavaHf):
         "LLaVA-NeXT",
     )
 
-    def family_fit(self, fit: Fit, config: dict, family: str, spec: TowerSpec, allow_family_change: bool) -> None:
+    def family_fit(
+        self, fit: Fit, config: dict, family: TowerFamily, spec: TowerSpec, allow_family_change: bool
+    ) -> None:
         fit.problems.append(
             f"family: a {spec.family} tower into a {family}-based {self.label} checkpoint, whose projector and tile "
             f"layout are {family}'s (--allow-family-change is for LLaVA-1.5 only); give a {family} tower "

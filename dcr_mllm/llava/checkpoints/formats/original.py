@@ -24,6 +24,7 @@ from dcr_mllm.llava.checkpoints.compat import (
 from dcr_mllm.llava.checkpoints.formats.base import Changes, CheckpointFormat, Fit
 from dcr_mllm.llava.shards import read_header, same_bytes, weight_files
 from dcr_mllm.towers import TowerSpec, inspect_tower
+from dcr_mllm.towers.clip import CLIP
 from dcr_mllm.weights import refuse_pickles
 
 PREFIX = "model.vision_tower.vision_tower."
@@ -46,7 +47,7 @@ class OriginalLlava(CheckpointFormat):
         name = str(config["mm_vision_tower"])
         old = _original_tower_spec(name, checkpoint.path)
         # original LLaVA builds every tower as its CLIPVisionTower (llava/model/multimodal_encoder/builder.py)
-        family = "clip"
+        family = CLIP
         if old is not None:
             fit.problems += shape_problems(
                 {"layers": old.num_layers, "patch size": old.patch_size, "image size": old.image_size}, spec
@@ -56,7 +57,7 @@ class OriginalLlava(CheckpointFormat):
             fit.notes.append(
                 f"note: the original tower {name} is not on this machine, so only its stored tensors and mm_hidden_size were checked"
             )
-        if family != spec.family:
+        if family.vision_model_type != spec.family.vision_model_type:
             fit.problems.append(
                 f"family: checkpoint {family}, tower {spec.family}; an original LLaVA checkpoint keeps its tower family: "
                 "convert it with `dcr-mllm convert-llava`, then swap with --allow-family-change"
