@@ -93,7 +93,13 @@ def llava_image_processor(tower_processor, do_pad: bool = True):
 
 def build_processor(tower: str | Path, language_model: str | Path, feature_layer: int = -2):
     """LlavaProcessor: the tower's preprocessing with LLaVA's padding, the LM tokenizer with
-    <image>/<pad>, the vicuna_v1 template."""
+    <image>/<pad>, the vicuna_v1 template.
+
+    Args:
+        tower: the vision tower's directory or preset name.
+        language_model: the causal LM's directory (safetensors weights, tokenizer).
+        feature_layer: the tower's hidden layer LLaVA reads (-2: LLaVA-1.5's second-to-last).
+    """
     from transformers import AutoTokenizer, LlavaProcessor
 
     layout = vision_layout(tower, feature_layer)
@@ -123,7 +129,15 @@ EMBED, LM_HEAD, LM_EMBED = "model.language_model.embed_tokens.weight", "lm_head.
 
 def llava_config(tower: str | Path, language_model: str | Path, feature_layer: int, tokenizer, dtype: torch.dtype):
     """The llava-hf config: the tower's vision part, the LM's config with the vocabulary grown by
-    <image>/<pad> to a multiple of 64 (``resize_token_embeddings(len(tokenizer), 64)``)."""
+    <image>/<pad> to a multiple of 64 (``resize_token_embeddings(len(tokenizer), 64)``).
+
+    Args:
+        tower: the vision tower's directory or preset name.
+        language_model: the causal LM's directory (safetensors weights, tokenizer).
+        feature_layer: the tower's hidden layer LLaVA reads (-2: LLaVA-1.5's second-to-last).
+        tokenizer: the LM tokenizer with LLaVA's tokens added (``build_processor``'s).
+        dtype: the dtype the config records for the language model.
+    """
     from transformers import AutoConfig, LlavaConfig
 
     layout = vision_layout(tower, feature_layer)
@@ -158,6 +172,13 @@ def build_llava(
     With ``ds_config`` (the engine's ZeRO-3 config) the model is built partitioned, in that
     config's dtype, and the weights are streamed in one module at a time: no rank ever holds
     the whole model. Every rank must call it together then.
+
+    Args:
+        tower: the vision tower's directory or preset name.
+        language_model: the causal LM's directory (safetensors weights, tokenizer).
+        feature_layer: the tower's hidden layer LLaVA reads (-2: LLaVA-1.5's second-to-last).
+        dtype: the model's dtype without ``ds_config``.
+        ds_config: the engine's ZeRO-3 config, or None to build the whole model here.
     """
     from transformers import LlavaForConditionalGeneration
 
@@ -183,7 +204,13 @@ def build_llava(
 
 def base_tensors(tower: str | Path, language_model: str | Path, names: list[str]) -> dict:
     """Where each named LLaVA parameter starts from: a tensor stored in the tower's or the LM's
-    safetensors files (located by their headers, nothing read yet)."""
+    safetensors files (located by their headers, nothing read yet).
+
+    Args:
+        tower: the vision tower's directory or preset name.
+        language_model: the causal LM's directory (safetensors weights, tokenizer).
+        names: the LLaVA parameter names to locate (the projector's are new, not among them).
+    """
     tower_dir, lm_dir = resolve_tower_path(tower), Path(language_model)
     tower_files = _stored(tower_dir)
     lm_files = _stored(lm_dir)
@@ -211,7 +238,13 @@ def base_tensors(tower: str | Path, language_model: str | Path, names: list[str]
 
 def base_value(name: str, source, vocab: int) -> torch.Tensor:
     """A base tensor's value; the embeddings and head cut or grown to ``vocab`` rows, new rows drawn
-    from N(mean, 1e-5 covariance) of the existing ones with a fixed seed (transformers' recipe)."""
+    from N(mean, 1e-5 covariance) of the existing ones with a fixed seed (transformers' recipe).
+
+    Args:
+        name: the LLaVA parameter name.
+        source: where it is stored (a ``base_tensors`` value).
+        vocab: the grown vocabulary's size, in rows.
+    """
     value = source.load()
     if name not in (EMBED, LM_HEAD) or value.shape[0] == vocab:
         return value

@@ -50,9 +50,11 @@ def contrastive_loss(anchor: Tensor, positive: Tensor, target: Tensor, negatives
 def dcr_loss(pairwise: Tensor, positive: Tensor, target: Tensor, tau: float = 0.1) -> Tensor:
     """Scalar DCR loss with every other image of the batch as a negative.
 
-    pairwise[i, j]: prediction for noisy latent i under image j's condition, shape [B, B, ...];
-    positive[i]: prediction for latent i under the augmented view of image i, shape [B, ...];
-    target[i]: the diffusion target for latent i, shape [B, ...].
+    Args:
+        pairwise: [B, B, ...]; ``pairwise[i, j]`` is the prediction for noisy latent i under image j's condition.
+        positive: [B, ...]; ``positive[i]`` is the prediction for latent i under the augmented view of image i.
+        target: [B, ...]; ``target[i]`` is the diffusion target for latent i.
+        tau: the temperature dividing every similarity.
     """
     batch = pairwise.shape[0]
     if pairwise.shape[1] != batch or positive.shape[0] != batch or target.shape[0] != batch:

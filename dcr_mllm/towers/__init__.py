@@ -69,6 +69,13 @@ def load_tower(
     config's dtype, by transformers' ZeRO-3 loading; every rank must call it together then. It
     needs ``vision_only`` for CLIP: DeepSpeed cannot partition the 0-dim ``logit_scale``. An
     open_clip tower is built whole (the engine partitions it).
+
+    Args:
+        name_or_path: the tower's directory or a preset name.
+        dtype: the weights' dtype (without ``ds_config``).
+        vision_only: leave out the text side.
+        ds_config: the engine's ZeRO-3 config, or None to build the tower whole here.
+        allow_pickle: load .bin/.pt weights (restricted unpickler) instead of refusing them.
     """
     spec = inspect_tower(name_or_path, allow_pickle)
     path = resolve_tower_path(name_or_path)
