@@ -30,6 +30,7 @@ def build(chunk_size: int):
     from dcr_mllm.objectives import EnhanceModel, ObjectiveConfig
     from dcr_mllm.presets import ensure_tiny
     from dcr_mllm.towers import apply_lora, load_tower
+    from dcr_mllm.towers.lora import LoraSettings
 
     torch.manual_seed(0)
     tower = load_tower(ensure_tiny("clip"), vision_only=True)
@@ -37,7 +38,7 @@ def build(chunk_size: int):
     projector = ConditionProjector(tower.spec.global_dim, denoiser.cross_attention_dim)
     model = EnhanceModel(tower, projector, denoiser, ObjectiveConfig(chunk_size=chunk_size))
     model.requires_grad_(False)
-    apply_lora(tower, r=16, alpha=16, dropout=0.1)
+    apply_lora(tower, LoraSettings(r=16, alpha=16, dropout=0.1))
     return model
 
 

@@ -126,6 +126,7 @@ def dcr_model(image_size: int, chunk_size: int, smoke: bool):
     from dcr_mllm.towers import apply_lora
     from dcr_mllm.towers.base import TowerSpec
     from dcr_mllm.towers.hf import HFTower
+    from dcr_mllm.towers.lora import LoraSettings
 
     torch.manual_seed(0)
     unet, vae, scheduler = sd21_base(smoke)
@@ -147,7 +148,7 @@ def dcr_model(image_size: int, chunk_size: int, smoke: bool):
     projector = ConditionProjector(spec.global_dim, width)
     model = EnhanceModel(tower, projector, denoiser, ObjectiveConfig(chunk_size=chunk_size))
     model.requires_grad_(False)
-    apply_lora(tower, r=16, alpha=16, dropout=0.1)
+    apply_lora(tower, LoraSettings(r=16, alpha=16, dropout=0.1))
     return model, spec.image_size
 
 

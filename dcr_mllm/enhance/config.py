@@ -16,6 +16,7 @@ from dcr_mllm.diffusion.projector import check_widths
 from dcr_mllm.errors import ConfigError, DcrError
 from dcr_mllm.objectives.model import ObjectiveConfig, unread_keys
 from dcr_mllm.towers import TowerSpec, inspect_tower
+from dcr_mllm.towers.lora import LoraSettings
 from dcr_mllm.training.config import TrainConfig, resolve_train_config
 
 STAGES = ("projector", "lora")
@@ -26,17 +27,6 @@ class ProjectorSettings:
     input_dim: int = 0  # 0 = the tower's global-embedding width
     output_dim: int = 0  # 0 = the UNet's cross-attention width
     hidden_dim: int = 0  # 0 = output_dim
-
-
-@dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 16
-    dropout: float = 0.1
-    targets: list[str] = field(default_factory=list)  # empty = the tower family's default
-    #: encoder: the transformer blocks; vision: also SigLIP's pooling head and CLIP's visual_projection
-    scope: Literal["encoder", "vision"] = "encoder"
-    bias: Literal["none", "lora_only"] = "none"  # lora_only also trains the targeted layers' biases
 
 
 @dataclass

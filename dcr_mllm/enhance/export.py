@@ -19,12 +19,12 @@ from safetensors import safe_open
 
 from dcr_mllm.config import load_config, to_dict
 from dcr_mllm.enhance.config import EnhanceConfig, selection_on_test_data
+from dcr_mllm.enhance.merge import merged_tower
 from dcr_mllm.enhance.watch import SELECTED
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir
-from dcr_mllm.towers import apply_lora, load_tower, merge_lora
-from dcr_mllm.training import is_finished, load_trainable_state
-from dcr_mllm.training.checkpoints import TRAINABLE, checkpoint_problem
+from dcr_mllm.training import is_finished
+from dcr_mllm.training.checkpoints import TRAINABLE, checkpoint_problem, read_trainable_state
 
 MODEL_CARD = "model_card.md"
 RUN_CONFIG = "config.yaml"  # the resolved config of the run's last `enhance` command, which export-tower reads
@@ -43,15 +43,7 @@ def export_tower(
         weights, section = lora_dir / SELECTED, selection_card(cfg, selection)
     else:
         weights, section = lora_dir / TRAINABLE, ""
-    trained = load_tower(cfg.tower, vision_only=True)  # the structure the LoRA stage trained
-    apply_lora(
-        trained, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None, cfg.lora.scope, cfg.lora.bias
-    )
-    load_trainable_state(trained, weights, prefix="tower.")
-    merged = merge_lora(trained)
-    tower = load_tower(cfg.tower)  # the full model (text side included), in its own format
-    for part, trained_part in zip(tower.vision_parts, trained.vision_parts, strict=True):  # encoder, head, projection
-        part.load_state_dict(trained_part.state_dict())
+    tower, merged = merged_tower(cfg, read_trainable_state(weights, "tower."), source=str(weights))
     with atomic_dir(out_dir) as tmp:
         tower.save(tmp)
         (tmp / MODEL_CARD).write_text(model_card(cfg, merged, lora_dir, section))

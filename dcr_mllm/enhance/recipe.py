@@ -65,9 +65,7 @@ def build_model(cfg: EnhanceConfig, shapes: ResolvedShapes, stage: str) -> Enhan
         projector.requires_grad_(True)
     else:
         load_trainable_state(model, Path(cfg.output_dir) / "projector" / "trainable.safetensors", prefix="")
-        apply_lora(
-            tower, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None, cfg.lora.scope, cfg.lora.bias
-        )
+        apply_lora(tower, cfg.lora)
     return model
 
 

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
 from dcr_mllm.objectives import EnhanceModel, ObjectiveConfig
 from dcr_mllm.towers import apply_lora, load_tower
+from dcr_mllm.towers.lora import LoraSettings
 
 BATCH = 4
 
@@ -29,7 +30,7 @@ def build(clip: str, sd: str, **objective) -> EnhanceModel:
     projector = ConditionProjector(width, denoiser.cross_attention_dim)
     model = EnhanceModel(tower, projector, denoiser, ObjectiveConfig(**objective))
     model.requires_grad_(False)
-    apply_lora(tower, r=4, alpha=4, dropout=0.0)
+    apply_lora(tower, LoraSettings(r=4, alpha=4, dropout=0.0))
     for name, param in tower.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.01)

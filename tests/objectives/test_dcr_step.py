@@ -7,6 +7,7 @@ from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
 from dcr_mllm.objectives import EnhanceModel, ObjectiveConfig
 from dcr_mllm.objectives.dcr import dcr_pairs, predict_pairs
 from dcr_mllm.towers import apply_lora, load_tower
+from dcr_mllm.towers.lora import LoraSettings
 
 
 def build(tiny, family, setting, **objective):
@@ -19,7 +20,7 @@ def build(tiny, family, setting, **objective):
     if setting == "projector":
         projector.requires_grad_(True)
     else:
-        apply_lora(tower, r=4, alpha=4, dropout=0.0)
+        apply_lora(tower, LoraSettings(r=4, alpha=4, dropout=0.0))
         for name, param in tower.named_parameters():
             if "lora_B" in name:  # as after a few steps: a zero B would block the gradient to A
                 torch.nn.init.normal_(param, std=0.01)

@@ -9,6 +9,7 @@ from dcr_mllm.cli import main
 from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
 from dcr_mllm.objectives import EnhanceModel, ObjectiveConfig
 from dcr_mllm.towers import apply_lora, load_tower
+from dcr_mllm.towers.lora import LoraSettings
 
 
 def build(tiny, **objective):
@@ -18,7 +19,7 @@ def build(tiny, **objective):
     projector = ConditionProjector(tower.spec.hidden_size, denoiser.cross_attention_dim)
     model = EnhanceModel(tower, projector, denoiser, ObjectiveConfig(condition="tokens", **objective))
     model.requires_grad_(False)
-    apply_lora(tower, r=4, alpha=4, dropout=0.0)
+    apply_lora(tower, LoraSettings(r=4, alpha=4, dropout=0.0))
     for name, param in tower.named_parameters():
         if "lora_B" in name:  # as after a few steps: a zero B would block the gradient to A
             torch.nn.init.normal_(param, std=0.01)
