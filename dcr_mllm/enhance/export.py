@@ -123,11 +123,12 @@ def selection_card(cfg: EnhanceConfig, selection: dict) -> str:
 def model_card(cfg: EnhanceConfig, merged_layers: int, lora_dir: Path, exported_step: str = "") -> str:
     state = json.loads((lora_dir / "train_state.json").read_text())
     projector_state = json.loads((Path(cfg.output_dir) / "projector" / "train_state.json").read_text())
+    tau = f"tau {cfg.objective.tau}, " if hasattr(cfg.objective, "tau") else ""  # DCR's temperature
     return (
         f"# DCR-enhanced vision tower\n\n"
         f"- base tower: `{cfg.tower}`\n"
         f"- denoiser: `{cfg.denoiser}`\n"
-        f"- objective: `{cfg.objective.name}` (tau {cfg.objective.tau}, target `{cfg.objective.target}`)\n"
+        f"- objective: `{cfg.objective.name}` ({tau}target `{cfg.objective.target}`)\n"
         f"- projector stage: {projector_state['step']} steps; LoRA stage: {state['step']} steps, "
         f"r {cfg.lora.r}, alpha {cfg.lora.alpha}, scope {cfg.lora.scope}, bias {cfg.lora.bias}, {merged_layers} layers merged\n"
         f"- data: `{cfg.data.shards or 'synthetic (dcr-mllm generator)'}`\n"

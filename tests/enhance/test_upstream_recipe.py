@@ -251,6 +251,12 @@ def _vision_side(names):
     return sorted(n.replace(".base_layer", "") for n in names if not n.startswith(("text_model", "text_projection")))
 
 
+def upstream_lora(family: str) -> LoraSettings:
+    """Upstream's LoRA, on the vision side: r 4, no dropout, its targets, its biases."""
+    targets = CLIP_ALL_LINEAR if family == "clip" else SIGLIP_TARGETS
+    return LoraSettings(r=4, alpha=4, dropout=0.0, targets=list(targets), scope="vision", bias="lora_only")
+
+
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_lora_scope_is_peft_s_on_the_whole_model(tiny, family):
     """Upstream: get_peft_model(CLIPModel, all-linear) / get_peft_model(SiglipModel, SIGLIP_TARGETS), bias lora_only
@@ -271,17 +277,7 @@ def test_lora_scope_is_peft_s_on_the_whole_model(tiny, family):
     peft_bias = {n for n, p in inner.named_parameters() if p.requires_grad and "lora_" not in n}
 
     tower = load_tower(tiny[family])
-    names = apply_lora(
-        tower,
-        LoraSettings(
-            r=4,
-            alpha=4,
-            dropout=0.0,
-            targets=CLIP_ALL_LINEAR if family == "clip" else SIGLIP_TARGETS,
-            scope="vision",
-            bias="lora_only",
-        ),
-    )
+    names = apply_lora(tower, upstream_lora(family))
     ours = {n for n, p in tower.model.named_parameters() if p.requires_grad}
     assert _vision_side(n for n in peft_lora) == sorted(n for n in ours if "lora_" in n)
     assert _vision_side(peft_bias) == sorted(n.replace(".base_layer", "") for n in ours if "lora_" not in n)
@@ -302,17 +298,7 @@ def test_vision_only_training_equals_peft_on_the_whole_model(tiny, family):
     )
     inner = peft_model.base_model.model
     tower = load_tower(tiny[family], vision_only=True)
-    apply_lora(
-        tower,
-        LoraSettings(
-            r=4,
-            alpha=4,
-            dropout=0.0,
-            targets=CLIP_ALL_LINEAR if family == "clip" else SIGLIP_TARGETS,
-            scope="vision",
-            bias="lora_only",
-        ),
-    )
+    apply_lora(tower, upstream_lora(family))
     theirs = dict(inner.named_parameters())
     with torch.no_grad():
         for name, param in tower.model.named_parameters():
