@@ -148,7 +148,7 @@ def _switch_kind(cls: type, data: dict[str, Any], key: str, value: Any) -> None:
     {name: dcr, tau: 0.1}``) drops the file's keys of that section the new dataclass lacks: the other
     kind's settings. Keys given as overrides are applied after, and checked."""
     *path, last = key.split(".")
-    if last != TAG or not path:
+    if last != TAG or not path or not isinstance(value, str):
         return
     node, owner = data, cls
     for depth, part in enumerate(path):
@@ -159,6 +159,8 @@ def _switch_kind(cls: type, data: dict[str, Any], key: str, value: Any) -> None:
         kinds = tagged_kinds(hint)
         default = _section_default(fields[part], {})
         current = node.get(TAG, getattr(default, TAG, None))
+        if kinds and not isinstance(current, str):
+            return
         if depth < len(path) - 1:
             owner = kinds.get(current) if kinds else hint
         elif kinds and value in kinds and value != current:
@@ -184,9 +186,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if kinds:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' is a section; give it a mapping, not {value!r}")
-        if value.get(TAG) not in kinds:
-            raise ConfigError(f"config key '{key}.{TAG}' must be one of {list(kinds)}, got {value.get(TAG)!r}")
-        return from_dict(kinds[value[TAG]], value, prefix=key + ".")
+        name = value.get(TAG)
+        if not isinstance(name, str) or name not in kinds:
+            raise ConfigError(f"config key '{key}.{TAG}' must be one of {list(kinds)}, got {name!r}")
+        return from_dict(kinds[name], value, prefix=key + ".")
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:

@@ -31,6 +31,7 @@ from dcr_mllm.io import generated_dir, write_atomic
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.objectives import EnhanceModel
 from dcr_mllm.objectives.negatives import check_negative_count
+from dcr_mllm.objectives.settings import DcrSettings
 from dcr_mllm.presets.real import local_path
 from dcr_mllm.towers import apply_lora, load_tower
 from dcr_mllm.towers.lora import lora_module_names
@@ -128,11 +129,10 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
     if "lora" in stages:  # a LoRA target that matches nothing must fail now, not after stage one's first half
         lora_module_names(load_tower(cfg.tower, vision_only=True), cfg.lora.targets or None, cfg.lora.scope)
     dist_info = init_distributed()
-    if cfg.objective.negatives == "global":  # the global batch is known only now, still before any model is built
-        for stage in stages:
-            check_negative_count(
-                cfg.objective.num_negatives, dist_info.world_size * stage_cfg(cfg, stage).micro_batch_size
-            )
+    objective = cfg.objective
+    if isinstance(objective, DcrSettings) and objective.negatives == "global":  # the global batch is known only now
+        for stage in stages:  # still before any model is built
+            check_negative_count(objective.num_negatives, dist_info.world_size * stage_cfg(cfg, stage).micro_batch_size)
     if dist_info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(

@@ -2,7 +2,11 @@
 section takes; the ablation makes one shared config each objective's."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 import typing
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,6 +19,7 @@ from dcr_mllm.objectives.model import OBJECTIVES
 from dcr_mllm.objectives.settings import SETTINGS, DcrSettings, NaiveSettings, ObjectiveConfig, ReconstructionSettings
 
 WORLD = PACKAGED_CONFIGS / "enhance_world.yaml"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_objective_has_its_settings_and_the_config_knows_them_all():
@@ -54,3 +59,20 @@ def test_the_ablation_makes_the_shared_config_each_objectives(variant, expected)
     shared = ["objective.num_negatives=2", "objective.condition_tokens=8"]
     own = objective_overrides(WORLD, shared, VARIANTS[variant])
     assert load_config(EnhanceConfig, WORLD, [*shared, *own]).objective == expected
+
+
+@pytest.mark.parametrize("name", ["reconstruction", "naive"])
+def test_enhance_runs_an_objective_without_dcrs_settings(name, tiny, tmp_path):
+    """Nothing outside the DCR objective reads a DCR setting: both stages train and export a tower."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DCR_MLLM_CACHE": str(Path(tiny["clip"]).parents[1])}
+    steps = [
+        f"{stage}.{key}={value}"
+        for stage in ("projector_stage", "lora_stage")
+        for key, value in (("max_steps", 1), ("micro_batch_size", 2), ("num_workers", 0))
+    ]
+    args = ["enhance", f"output_dir={tmp_path}", f"objective.name={name}", "data.synthetic_samples=8", *steps]
+    result = subprocess.run(
+        [sys.executable, "-m", "dcr_mllm.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"- objective: `{name}` (target `auto`)" in (tmp_path / "tower" / "model_card.md").read_text()
