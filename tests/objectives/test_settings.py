@@ -61,6 +61,7 @@ def test_the_ablation_makes_the_shared_config_each_objectives(variant, expected)
     assert load_config(EnhanceConfig, WORLD, [*shared, *own]).objective == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["reconstruction", "naive"])
 def test_enhance_runs_an_objective_without_dcrs_settings(name, tiny, tmp_path):
     """Nothing outside the DCR objective reads a DCR setting: both stages train and export a tower."""
