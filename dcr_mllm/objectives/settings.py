@@ -7,6 +7,7 @@ objective, or a new setting of one, touches that objective's dataclass alone.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -97,11 +98,7 @@ class NaiveSettings(ObjectiveSettings):
 #: the ``objective`` section of a stage-one config: one of these, by ``name``
 ObjectiveConfig = DcrSettings | ReconstructionSettings | NaiveSettings
 #: objective name -> its settings' dataclass
-SETTINGS: dict[str, type[ObjectiveSettings]] = {
-    "dcr": DcrSettings,
-    "reconstruction": ReconstructionSettings,
-    "naive": NaiveSettings,
-}
+SETTINGS: dict[str, type[ObjectiveSettings]] = {cls().name: cls for cls in typing.get_args(ObjectiveConfig)}
 
 
 def objective_settings(name: str = "dcr", **settings) -> ObjectiveConfig:
