@@ -49,7 +49,7 @@ class DcrSettings(ObjectiveSettings):
     """DCR: each image's prediction against its augmented view's and the other images' (``dcr.py``)."""
 
     name: Literal["dcr"] = "dcr"
-    tau: float = 0.1
+    tau: float = 0.1  # the temperature of the contrast over predictions
     #: denoiser calls per chunk for the DCR predictions (B*B+B local, B*(K+2) global); 0 = one unchunked batch
     chunk_size: int = 0
     checkpoint_chunks: bool = True  # recompute each chunk in the backward pass (read with a chunk_size)
@@ -90,8 +90,8 @@ class NaiveSettings(ObjectiveSettings):
     """Reconstruction plus InfoNCE between two views' global embeddings (the ablation's naive contrast)."""
 
     name: Literal["naive"] = "naive"
-    naive_weight: float = 1.0
-    naive_tau: float = 0.07
+    naive_weight: float = 1.0  # the InfoNCE term's weight beside reconstruction
+    naive_tau: float = 0.07  # the InfoNCE temperature
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
