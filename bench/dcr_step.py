@@ -27,17 +27,18 @@ def build(chunk_size: int):
     import torch
 
     from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
-    from dcr_mllm.objectives import EnhanceModel, ObjectiveConfig
+    from dcr_mllm.objectives import EnhanceModel, objective_settings
     from dcr_mllm.presets import ensure_tiny
     from dcr_mllm.towers import apply_lora, load_tower
+    from dcr_mllm.towers.lora import LoraSettings
 
     torch.manual_seed(0)
     tower = load_tower(ensure_tiny("clip"), vision_only=True)
     denoiser = FrozenDenoiser.from_pretrained(ensure_tiny("sd"))
     projector = ConditionProjector(tower.spec.global_dim, denoiser.cross_attention_dim)
-    model = EnhanceModel(tower, projector, denoiser, ObjectiveConfig(chunk_size=chunk_size))
+    model = EnhanceModel(tower, projector, denoiser, objective_settings(chunk_size=chunk_size))
     model.requires_grad_(False)
-    apply_lora(tower, r=16, alpha=16, dropout=0.1)
+    apply_lora(tower, LoraSettings(r=16, alpha=16, dropout=0.1))
     return model
 
 

@@ -122,11 +122,12 @@ def dcr_model(image_size: int, chunk_size: int, smoke: bool):
 
     from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
     from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    from dcr_mllm.objectives import EnhanceModel, ObjectiveConfig
+    from dcr_mllm.objectives import EnhanceModel, objective_settings
     from dcr_mllm.towers import apply_lora
     from dcr_mllm.towers.base import TowerSpec
     from dcr_mllm.towers.clip import CLIP
     from dcr_mllm.towers.hf import HFTower
+    from dcr_mllm.towers.lora import LoraSettings
 
     torch.manual_seed(0)
     unet, vae, scheduler = sd21_base(smoke)
@@ -146,9 +147,9 @@ def dcr_model(image_size: int, chunk_size: int, smoke: bool):
     )
     tower = HFTower(CLIPVisionModelWithProjection(config), spec, None)
     projector = ConditionProjector(spec.global_dim, width)
-    model = EnhanceModel(tower, projector, denoiser, ObjectiveConfig(chunk_size=chunk_size))
+    model = EnhanceModel(tower, projector, denoiser, objective_settings(chunk_size=chunk_size))
     model.requires_grad_(False)
-    apply_lora(tower, r=16, alpha=16, dropout=0.1)
+    apply_lora(tower, LoraSettings(r=16, alpha=16, dropout=0.1))
     return model, spec.image_size
 
 

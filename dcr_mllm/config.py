@@ -3,6 +3,9 @@
 Every recipe declares its config as a tree of dataclasses. Loading checks every key and type
 against that tree, so a typo or a wrong type is an error naming the key before any model is
 loaded. Overrides use dotted paths (``model.lora_r=8``) and YAML syntax for values.
+
+A field typed as a union of dataclasses, each with a one-value ``name: Literal[...]``, is a tagged
+section (stage one's ``objective``): its ``name`` picks the dataclass, whose keys alone it takes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dcr_mllm.errors import ConfigError
 from dcr_mllm.strict import check_yaml_keys, read_text
 
 T = TypeVar("T")
+TAG = "name"  # the key that picks a tagged section's dataclass
 
 #: the tiny embedded default configs, shipped inside the package (the CLI's default ``--config``)
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -33,6 +37,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         overrides: ``dotted.key=value`` items, values in YAML syntax; they win over the file.
     """
     data: dict[str, Any] = read_config_file(path) if path is not None else {}
+    given: list[tuple[str, Any]] = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -44,7 +49,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
                 f"override {item!r}: {raw!r} is not a YAML value; quote strings and close brackets, e.g. key=[1, 2]"
             ) from err
         check_yaml_keys(raw, f"override {item!r}")
-        _set_dotted(data, key.strip(), value)
+        given.append((key.strip(), value))
+    for key, value in dict(given).items():
+        _switch_kind(cls, data, key, value)
+    for key, value in given:
+        _set_dotted(data, key, value)
     return from_dict(cls, data)
 
 
@@ -105,10 +114,16 @@ def _read_mapping(path: Path, child: Path | None) -> dict[str, Any]:
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build a dataclass from a nested mapping; unknown keys and wrong types name the key."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown config key '{prefix}{key}'; known keys here: {known}")
+    unknown = [key for key in data if key not in fields]
+    if unknown:
+        named = ", ".join(f"'{prefix}{key}'" for key in unknown)
+        keys = f"key{'s' if len(unknown) > 1 else ''} {named}"
+        known = ", ".join(sorted(fields))
+        tag = _tag(cls)
+        if tag is None:
+            raise ConfigError(f"unknown config {keys}; known keys here: {known}")
+        section = prefix.rstrip(".").rsplit(".", 1)[-1]
+        raise ConfigError(f"unknown config {keys} for {section} '{tag}'; its keys: {known}")
     hints = typing.get_type_hints(cls)
     required = [
         name
@@ -122,14 +137,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         )
     kwargs = {}
     for name, value in data.items():
-        default_factory = fields[name].default_factory
-        if (
-            dataclasses.is_dataclass(hints[name])
-            and isinstance(value, dict)
-            and default_factory is not dataclasses.MISSING
-        ):
-            # a section given in part keeps the field's own defaults for the rest
-            value = _merge(dataclasses.asdict(default_factory()), value)
+        default = _section_default(fields[name], value)
+        if default is not None:  # a section given in part keeps the field's own defaults for the rest
+            value = _merge(dataclasses.asdict(default), value)
         kwargs[name] = _coerce(hints[name], value, prefix + name)
     return cls(**kwargs)
 
@@ -151,6 +161,62 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _section_default(field: dataclasses.Field, value: Any) -> Any:
+    """The field's default section that ``value`` (a mapping) completes, or None: none for a tagged
+    section whose ``name`` picks another dataclass than the default's."""
+    if not isinstance(value, dict) or field.default_factory is dataclasses.MISSING:
+        return None
+    default = field.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return None
+    tag = _tag(type(default))
+    return default if tag is None or value.get(TAG, tag) == tag else None
+
+
+def _tag(cls: Any) -> str | None:
+    """The one ``name`` that picks dataclass ``cls`` in a tagged section, or None."""
+    if not dataclasses.is_dataclass(cls):
+        return None
+    hint = typing.get_type_hints(cls).get(TAG)
+    choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+    return choices[0] if len(choices) == 1 else None
+
+
+def tagged_kinds(hint: Any) -> dict[str, type] | None:
+    """A tagged section's dataclasses by ``name`` (a union of dataclasses, each with one-value
+    ``name: Literal[...]``), or None for any other type."""
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return None
+    kinds = {_tag(option): option for option in typing.get_args(hint)}
+    return None if None in kinds else kinds
+
+
+def _switch_kind(cls: type, data: dict[str, Any], key: str, value: Any) -> None:
+    """An override of a tagged section's ``name`` (``objective.name=naive`` over a file's ``objective:
+    {name: dcr, tau: 0.1}``) drops the file's keys of that section the new dataclass lacks: the other
+    kind's settings. Keys given as overrides are applied after, and checked."""
+    *path, last = key.split(".")
+    if last != TAG or not path or not isinstance(value, str):
+        return
+    node, owner = data, cls
+    for depth, part in enumerate(path):
+        fields = {f.name: f for f in dataclasses.fields(owner)} if dataclasses.is_dataclass(owner) else {}
+        if part not in fields or not isinstance(node.get(part), dict):
+            return
+        hint, node = typing.get_type_hints(owner)[part], node[part]
+        kinds = tagged_kinds(hint)
+        default = _section_default(fields[part], {})
+        current = node.get(TAG, getattr(default, TAG, None))
+        if kinds and not isinstance(current, str):
+            return
+        if depth < len(path) - 1:
+            owner = kinds.get(current) if kinds else hint
+        elif kinds and value in kinds and value != current:
+            keep = {f.name for f in dataclasses.fields(kinds[value])}
+            for other in [k for k in node if k not in keep]:
+                del node[other]
+
+
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node = data
     parts = key.split(".")
@@ -164,6 +230,14 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
+    kinds = tagged_kinds(hint)
+    if kinds:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' is a section; give it a mapping, not {value!r}")
+        name = value.get(TAG)
+        if not isinstance(name, str) or name not in kinds:
+            raise ConfigError(f"config key '{key}.{TAG}' must be one of {list(kinds)}, got {name!r}")
+        return from_dict(kinds[name], value, prefix=key + ".")
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:

@@ -58,7 +58,17 @@ def _num(value: float, digits: int = 1) -> str:
 
 
 def _field_comments(cls: type) -> dict[str, str]:
-    """Each field's comment in the class source: its ``#:`` lines above and its trailing ``#``."""
+    """Each field's comment in the class source: its ``#:`` lines above and its trailing ``#``; a
+    field of a base dataclass keeps the base's comment unless the subclass gives one."""
+    comments: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        for name, text in _own_comments(klass).items():
+            if text or name not in comments:
+                comments[name] = text
+    return comments
+
+
+def _own_comments(cls: type) -> dict[str, str]:
     comments: dict[str, str] = {}
     pending: list[str] = []
     for line in inspect.getsource(cls).splitlines():
@@ -97,6 +107,8 @@ def _default_text(value: object) -> str:
 
 
 def _key_rows(cls: type, instance: object | None, prefix: str = "") -> list[list[str]]:
+    from dcr_mllm.config import tagged_kinds
+
     hints = typing.get_type_hints(cls)
     comments = _field_comments(cls)
     rows = []
@@ -111,6 +123,12 @@ def _key_rows(cls: type, instance: object | None, prefix: str = "") -> list[list
         else:
             value = dataclasses.MISSING
         hint = hints[field.name]
+        kinds = tagged_kinds(hint)
+        if kinds:
+            kind_list = ", ".join(f"{cls.__name__} (`{name}`)" for name, cls in kinds.items())
+            rows.append([f"`{key}`", f"section, by `name`: {kind_list}", "", comments.get(field.name, "")])
+            rows += _tagged_rows(kinds, value, key + ".")
+            continue
         if dataclasses.is_dataclass(hint):
             note = comments.get(field.name, "")
             rows.append([f"`{key}`", f"section ({hint.__name__})", "", note])
@@ -127,6 +145,23 @@ def _key_rows(cls: type, instance: object | None, prefix: str = "") -> list[list
             continue
         default = "**required**" if value is dataclasses.MISSING else _default_text(value)
         rows.append([f"`{key}`", _type_name(hint), default, comments.get(field.name, "")])
+    return rows
+
+
+def _tagged_rows(kinds: dict[str, type], default: object, prefix: str) -> list[list[str]]:
+    """Every kind's keys once, in the order they first appear; a key not every kind reads names those that do."""
+    names = list(kinds)
+    by_key: dict[str, tuple[list[str], list[str]]] = {}
+    for name, cls in kinds.items():
+        for row in _key_rows(cls, default if type(default) is cls else None, prefix):
+            by_key.setdefault(row[0], (row, []))[1].append(name)
+    rows = []
+    for key, (row, readers) in by_key.items():
+        if key == f"`{prefix}name`":
+            row = [row[0], _type_name(typing.Literal[tuple(names)]), *row[2:]]
+        elif len(readers) < len(names) and "." not in key.strip("`").removeprefix(prefix):
+            row = [*row[:3], f"*{', '.join(readers)} only.* {row[3]}".strip()]
+        rows.append(row)
     return rows
 
 

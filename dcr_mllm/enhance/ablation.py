@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from dcr_mllm.arguments import add_config, add_overrides, parse_intermixed, run_reporting
-from dcr_mllm.config import PACKAGED_CONFIGS, load_config
+from dcr_mllm.config import PACKAGED_CONFIGS, from_dict, load_config, to_dict
 from dcr_mllm.enhance.ablation_report import HEADLINE, chart, curves_chart, report
 from dcr_mllm.enhance.config import EnhanceConfig
 from dcr_mllm.enhance.watch import EVAL_FILE
@@ -42,10 +42,10 @@ from dcr_mllm.world.prepare import EVAL_COUNT, SHARD_COUNT, VAL_COUNT, prepare_w
 #: each objective of the ablation and the settings that make it (``dcr_tokens``: DCR conditioned on
 #: the feature layer's patch tokens, ``objective.condition: tokens``)
 VARIANTS = {
-    "reconstruction": ["objective.name=reconstruction", "objective.condition=global"],
-    "naive": ["objective.name=naive", "objective.condition=global"],
-    "dcr": ["objective.name=dcr", "objective.condition=global"],
-    "dcr_tokens": ["objective.name=dcr", "objective.condition=tokens"],
+    "reconstruction": {"name": "reconstruction", "condition": "global"},
+    "naive": {"name": "naive", "condition": "global"},
+    "dcr": {"name": "dcr", "condition": "global"},
+    "dcr_tokens": {"name": "dcr", "condition": "tokens"},
 }
 OBJECTIVES = tuple(VARIANTS)
 #: the one rule that chooses each run's step on the validation split, for every objective: the
@@ -252,20 +252,20 @@ def curves(eval_files: dict[str, list[Path]]) -> dict:
     return out
 
 
-def objective_overrides(config: Path, overrides: list[str], variant: list[str]) -> list[str]:
-    """The overrides that make the shared config one objective's: its variant's settings, and every objective
-    key it does not read (set in the shared config for another objective) back at its default,
-    which the config check would otherwise refuse."""
-    from dcr_mllm.objectives.model import ObjectiveConfig, unread_keys
+def objective_overrides(config: Path, overrides: list[str], variant: dict[str, str]) -> list[str]:
+    """The override that makes the shared config one objective's: its whole ``objective`` section, the
+    variant's settings over the shared ones that objective reads (another objective's own settings,
+    which it would refuse, left out), the token form's at their defaults under a global condition."""
+    from dcr_mllm.objectives.settings import SETTINGS, token_only_keys
 
-    cfg = load_config(EnhanceConfig, config, [*overrides, *variant])
-    resets = []
-    for key in unread_keys(cfg.objective):
-        value = ObjectiveConfig()
-        for part in key.split(".")[1:]:
-            value = getattr(value, part)
-        resets.append(f"{key}={json.dumps(list(value) if isinstance(value, tuple) else value)}")
-    return [*variant, *resets]
+    shared = to_dict(load_config(EnhanceConfig, config, overrides).objective)
+    kind = SETTINGS[variant["name"]]
+    own = {f.name for f in dataclasses.fields(kind)}
+    section = from_dict(kind, {**{k: v for k, v in shared.items() if k in own}, **variant}, prefix="objective.")
+    for key in token_only_keys(section):
+        name = key.removeprefix("objective.")
+        setattr(section, name, getattr(kind(), name))
+    return [f"objective={json.dumps(to_dict(section))}"]
 
 
 def summarize(base: dict[str, float], scores: dict[str, list[dict[str, float]]]) -> dict:

@@ -14,8 +14,9 @@ from typing import Literal
 from dcr_mllm.diffusion.denoiser import check_sd_dir, context_length, unet_cross_attention_dim
 from dcr_mllm.diffusion.projector import check_widths
 from dcr_mllm.errors import ConfigError, DcrError
-from dcr_mllm.objectives.model import ObjectiveConfig, unread_keys
+from dcr_mllm.objectives.settings import DcrSettings, ObjectiveConfig
 from dcr_mllm.towers import TowerSpec, inspect_tower
+from dcr_mllm.towers.lora import LoraSettings
 from dcr_mllm.training.config import TrainConfig, resolve_train_config
 
 STAGES = ("projector", "lora")
@@ -26,17 +27,6 @@ class ProjectorSettings:
     input_dim: int = 0  # 0 = the tower's global-embedding width
     output_dim: int = 0  # 0 = the UNet's cross-attention width
     hidden_dim: int = 0  # 0 = output_dim
-
-
-@dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 16
-    dropout: float = 0.1
-    targets: list[str] = field(default_factory=list)  # empty = the tower family's default
-    #: encoder: the transformer blocks; vision: also SigLIP's pooling head and CLIP's visual_projection
-    scope: Literal["encoder", "vision"] = "encoder"
-    bias: Literal["none", "lora_only"] = "none"  # lora_only also trains the targeted layers' biases
 
 
 @dataclass
@@ -82,7 +72,8 @@ class EnhanceConfig:
     output_dir: str = "outputs/enhance"
     seed: int = 0
     stages: list[Literal["projector", "lora"]] = field(default_factory=lambda: list(STAGES))
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    #: the objective by name (dcr, reconstruction, naive), with the settings it reads (objectives/settings.py)
+    objective: ObjectiveConfig = field(default_factory=DcrSettings)
     projector: ProjectorSettings = field(default_factory=ProjectorSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataSettings = field(default_factory=DataSettings)
@@ -115,29 +106,7 @@ def resolve_config(cfg: EnhanceConfig) -> EnhanceConfig:
             raise ConfigError(
                 f"{name}.gradient_checkpointing is not read by stage one; bound memory with objective.chunk_size"
             )
-    unread = unread_keys(cfg.objective)
-    token_keys = [key for key in unread if key.startswith("objective.condition_")]
-    if token_keys:
-        one = len(token_keys) == 1
-        raise ConfigError(
-            f"{', '.join(token_keys)} {'is' if one else 'are'} read only with objective.condition=tokens; "
-            f"set objective.condition=tokens or remove {'it' if one else 'them'}"
-        )
-    if unread:
-        one = len(unread) == 1
-        raise ConfigError(
-            f"{', '.join(unread)} {'is' if one else 'are'} not read by objective.name={cfg.objective.name}; "
-            f"remove {'it' if one else 'them'} or choose the objective that uses {'it' if one else 'them'}"
-        )
-    if cfg.objective.tau <= 0:
-        raise ConfigError(f"objective.tau must be positive, got {cfg.objective.tau}")
-    if cfg.objective.chunk_size < 0:
-        raise ConfigError("objective.chunk_size must be 0 (unchunked) or a positive number of denoiser calls")
-    negatives, k = cfg.objective.negatives, cfg.objective.num_negatives
-    if k < 0 or (k and negatives == "local"):
-        raise ConfigError(
-            f"objective.num_negatives={k}: set 0 (the micro batch size minus one), or a positive K with objective.negatives=global"
-        )
+    cfg.objective.check()
     if cfg.lora.r < 1 or cfg.lora.alpha <= 0 or not 0 <= cfg.lora.dropout < 1:
         raise ConfigError(
             f"lora needs r >= 1, alpha > 0 and dropout in [0, 1); got r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}"

@@ -19,12 +19,12 @@ from safetensors import safe_open
 
 from dcr_mllm.config import load_config, to_dict
 from dcr_mllm.enhance.config import EnhanceConfig, selection_on_test_data
+from dcr_mllm.enhance.merge import merged_tower
 from dcr_mllm.enhance.watch import SELECTED
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir
-from dcr_mllm.towers import apply_lora, load_tower, merge_lora
-from dcr_mllm.training import is_finished, load_trainable_state
-from dcr_mllm.training.checkpoints import TRAINABLE, checkpoint_problem
+from dcr_mllm.training import is_finished
+from dcr_mllm.training.checkpoints import TRAINABLE, checkpoint_problem, read_trainable_state
 
 MODEL_CARD = "model_card.md"
 RUN_CONFIG = "config.yaml"  # the resolved config of the run's last `enhance` command, which export-tower reads
@@ -43,15 +43,7 @@ def export_tower(
         weights, section = lora_dir / SELECTED, selection_card(cfg, selection)
     else:
         weights, section = lora_dir / TRAINABLE, ""
-    trained = load_tower(cfg.tower, vision_only=True)  # the structure the LoRA stage trained
-    apply_lora(
-        trained, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None, cfg.lora.scope, cfg.lora.bias
-    )
-    load_trainable_state(trained, weights, prefix="tower.")
-    merged = merge_lora(trained)
-    tower = load_tower(cfg.tower)  # the full model (text side included), in its own format
-    for part, trained_part in zip(tower.vision_parts, trained.vision_parts, strict=True):  # encoder, head, projection
-        part.load_state_dict(trained_part.state_dict())
+    tower, merged = merged_tower(cfg, read_trainable_state(weights, "tower."), source=str(weights))
     with atomic_dir(out_dir) as tmp:
         tower.save(tmp)
         (tmp / MODEL_CARD).write_text(model_card(cfg, merged, lora_dir, section))
@@ -90,7 +82,14 @@ def step_weights(lora_dir: Path, step: int) -> Path:
 
 def export_step(run: str | Path, step: int, output: str | Path | None = None, force: bool = False) -> Path:
     """``dcr-mllm export-tower RUN --step N``: the tower of any kept LoRA step of a stage-one run
-    (default ``RUN/tower_step_N``), made with the settings the run recorded in ``RUN/config.yaml``."""
+    (default ``RUN/tower_step_N``), made with the settings the run recorded in ``RUN/config.yaml``.
+
+    Args:
+        run: the run's ``output_dir``.
+        step: a LoRA step whose checkpoint the run kept.
+        output: the directory to write (default ``RUN/tower_step_N``).
+        force: replace an existing output directory.
+    """
     run = Path(run)
     recorded = run / RUN_CONFIG
     if not recorded.is_file():
@@ -131,11 +130,12 @@ def selection_card(cfg: EnhanceConfig, selection: dict) -> str:
 def model_card(cfg: EnhanceConfig, merged_layers: int, lora_dir: Path, exported_step: str = "") -> str:
     state = json.loads((lora_dir / "train_state.json").read_text())
     projector_state = json.loads((Path(cfg.output_dir) / "projector" / "train_state.json").read_text())
+    tau = f"tau {cfg.objective.tau}, " if hasattr(cfg.objective, "tau") else ""  # DCR's temperature
     return (
         f"# DCR-enhanced vision tower\n\n"
         f"- base tower: `{cfg.tower}`\n"
         f"- denoiser: `{cfg.denoiser}`\n"
-        f"- objective: `{cfg.objective.name}` (tau {cfg.objective.tau}, target `{cfg.objective.target}`)\n"
+        f"- objective: `{cfg.objective.name}` ({tau}target `{cfg.objective.target}`)\n"
         f"- projector stage: {projector_state['step']} steps; LoRA stage: {state['step']} steps, "
         f"r {cfg.lora.r}, alpha {cfg.lora.alpha}, scope {cfg.lora.scope}, bias {cfg.lora.bias}, {merged_layers} layers merged\n"
         f"- data: `{cfg.data.shards or 'synthetic (dcr-mllm generator)'}`\n"

@@ -31,6 +31,7 @@ from dcr_mllm.io import generated_dir, write_atomic
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.objectives import EnhanceModel
 from dcr_mllm.objectives.negatives import check_negative_count
+from dcr_mllm.objectives.settings import DcrSettings
 from dcr_mllm.presets.real import local_path
 from dcr_mllm.towers import apply_lora, load_tower
 from dcr_mllm.towers.lora import lora_module_names
@@ -65,9 +66,7 @@ def build_model(cfg: EnhanceConfig, shapes: ResolvedShapes, stage: str) -> Enhan
         projector.requires_grad_(True)
     else:
         load_trainable_state(model, Path(cfg.output_dir) / "projector" / "trainable.safetensors", prefix="")
-        apply_lora(
-            tower, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets or None, cfg.lora.scope, cfg.lora.bias
-        )
+        apply_lora(tower, cfg.lora)
     return model
 
 
@@ -117,7 +116,13 @@ def training_shards(cfg: EnhanceConfig, image_size: int, is_main: bool) -> str:
 
 def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_config_change: bool = False) -> Path | None:
     """Run the requested stages (default: the config's), then export; returns the tower path, if any.
-    A stage resumes only with the settings it was started with, unless ``allow_config_change``."""
+    A stage resumes only with the settings it was started with, unless ``allow_config_change``.
+
+    Args:
+        cfg: the resolved stage-one config.
+        stages: the stages to run, ``projector`` and/or ``lora`` (default: ``cfg.stages``).
+        allow_config_change: resume from checkpoints made with other training settings.
+    """
     shapes = validate(cfg)
     output_dir = Path(cfg.output_dir).resolve()
     stages = stages or list(cfg.stages)
@@ -130,11 +135,10 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
     if "lora" in stages:  # a LoRA target that matches nothing must fail now, not after stage one's first half
         lora_module_names(load_tower(cfg.tower, vision_only=True), cfg.lora.targets or None, cfg.lora.scope)
     dist_info = init_distributed()
-    if cfg.objective.negatives == "global":  # the global batch is known only now, still before any model is built
-        for stage in stages:
-            check_negative_count(
-                cfg.objective.num_negatives, dist_info.world_size * stage_cfg(cfg, stage).micro_batch_size
-            )
+    objective = cfg.objective
+    if isinstance(objective, DcrSettings) and objective.negatives == "global":  # the global batch is known only now
+        for stage in stages:  # still before any model is built
+            check_negative_count(objective.num_negatives, dist_info.world_size * stage_cfg(cfg, stage).micro_batch_size)
     if dist_info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(

@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import save_file
 
 from dcr_mllm.enhance.config import EnhanceConfig
+from dcr_mllm.enhance.merge import merged_tower
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_path
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from dcr_mllm.towers import apply_lora, load_tower, merge_lora
 from dcr_mllm.training.checkpoints import truncate_jsonl
 from dcr_mllm.training.distributed import any_true, barrier
 
@@ -108,27 +108,12 @@ class TowerWatch:
     def _tower(self, state: dict[str, torch.Tensor]):
         """The base tower (text side included) with the trained vision weights merged in."""
         cfg = self.cfg
-        trained = load_tower(cfg.tower, vision_only=True)  # the structure the LoRA stage trains
-        apply_lora(
-            trained,
-            cfg.lora.r,
-            cfg.lora.alpha,
-            cfg.lora.dropout,
-            cfg.lora.targets or None,
-            cfg.lora.scope,
-            cfg.lora.bias,
-        )
-        own = dict(trained.named_parameters())
-        for name, value in state.items():
-            own[name.removeprefix("tower.")].data.copy_(value)
-        merge_lora(trained)
-        if self.reference is None:  # loaded once: every evaluation overwrites all of its vision parts
-            self.reference = load_tower(cfg.tower)
+        loaded = self.reference is not None  # loaded once: every evaluation overwrites all of its vision parts
+        tower, _ = merged_tower(cfg, state, into=self.reference)
+        if not loaded:
             if cfg.data.normalization == "openai_clip":
-                self.reference.use_normalization(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
-            self.reference.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-        for part, trained_part in zip(self.reference.vision_parts, trained.vision_parts, strict=True):
-            part.load_state_dict(trained_part.state_dict())
+                tower.use_normalization(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+            self.reference = tower.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         return self.reference
 
     def finish(self) -> None:

@@ -8,17 +8,15 @@ without autograd when nothing in it trains, which is the projector stage's savin
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from dcr_mllm.diffusion.denoiser import FrozenDenoiser, TargetKind, resize_for
+from dcr_mllm.diffusion.denoiser import FrozenDenoiser, resize_for
 from dcr_mllm.diffusion.projector import ConditionProjector
-from dcr_mllm.objectives.augment import AugmentConfig, positive_view
+from dcr_mllm.objectives.augment import positive_view
 from dcr_mllm.objectives.baselines import info_nce, reconstruction_loss
 from dcr_mllm.objectives.dcr import contrastive_loss, dcr_loss, dcr_pairs, predict_pairs
 from dcr_mllm.objectives.negatives import (
@@ -26,56 +24,14 @@ from dcr_mllm.objectives.negatives import (
     sample_negatives,
     sampled_pairs,
 )
+from dcr_mllm.objectives.settings import (
+    DcrSettings,
+    NaiveSettings,
+    ObjectiveConfig,
+    ObjectiveSettings,
+    ReconstructionSettings,
+)
 from dcr_mllm.towers.base import VisionTower
-
-
-@dataclass
-class ObjectiveConfig:
-    name: Literal["dcr", "reconstruction", "naive"] = "dcr"
-    tau: float = 0.1
-    #: diffusion target: follow the scheduler (auto) or force one; "velocity" is upstream's choice
-    target: TargetKind = "auto"
-    #: denoiser calls per chunk for the DCR predictions (B*B+B local, B*(K+2) global); 0 = one unchunked batch
-    chunk_size: int = 0
-    checkpoint_chunks: bool = True
-    #: each anchor's DCR negatives: the other B - 1 images of its rank (local), or num_negatives
-    #: sampled from every rank's images (global; conditions gathered with autograd)
-    negatives: Literal["local", "global"] = "local"
-    #: K for negatives=global, B * (K + 2) UNet calls per rank; 0 = the micro batch size minus one
-    num_negatives: int = 0
-    naive_weight: float = 1.0
-    naive_tau: float = 0.07
-    #: resolution fed to the VAE; 0 = the tower's resolution
-    vae_image_size: int = 0
-    #: encode the denoiser's empty prompt with its padding mask (upstream) or without (the SD pipeline)
-    empty_prompt_mask: bool = False
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    #: what conditions the denoiser: the global embedding added to every context token (upstream DCR),
-    #: or patch tokens, each projected and added to one context token (``tokens``)
-    condition: Literal["global", "tokens"] = "global"
-    condition_layer: int = -2  # tokens: the hidden layer they come from (-2: LLaVA's feature layer)
-    condition_tokens: int = 0  # tokens: N random patches per image and view (0: all of them)
-
-
-def unread_keys(cfg: ObjectiveConfig) -> list[str]:
-    """The fields set away from their defaults that ``cfg.name`` would silently ignore (dotted,
-    under ``objective.``); ``checkpoint_chunks`` is read only with a ``chunk_size``, the
-    ``condition_*`` settings only with ``condition: tokens``."""
-    default = ObjectiveConfig()
-    unread = list(OBJECTIVES[cfg.name].unread) + (
-        ["checkpoint_chunks"] if cfg.name == "dcr" and not cfg.chunk_size else []
-    )
-    unread += ["condition_layer", "condition_tokens"] if cfg.condition == "global" else []
-    keys = []
-    for name in unread:
-        ours, theirs = getattr(cfg, name), getattr(default, name)
-        if dataclasses.is_dataclass(ours):
-            keys += [
-                f"{name}.{f.name}" for f in dataclasses.fields(ours) if getattr(ours, f.name) != getattr(theirs, f.name)
-            ]
-        elif ours != theirs:
-            keys.append(name)
-    return [f"objective.{key}" for key in keys]
 
 
 class EnhanceModel(nn.Module):
@@ -203,36 +159,19 @@ def _naive(model: EnhanceModel, inputs: StepInputs) -> tuple[Tensor, dict[str, f
 
 @dataclass(frozen=True)
 class Objective:
-    """A stage-one objective: its loss, what its forward needs, and the settings it never reads."""
+    """A stage-one objective: its loss, what its forward needs, and its settings' dataclass."""
 
     loss: Callable[[EnhanceModel, StepInputs], tuple[Tensor, dict[str, float]]]
     two_views: bool  # an augmented view of every image beside the base view
     reads_embeddings: bool  # the global embeddings, whatever the condition form
-    unread: tuple[str, ...]  # ObjectiveConfig fields its forward never reads
+    settings: type[ObjectiveSettings]  # what ``objective:`` holds for it (``settings.py``)
 
 
 #: objective name (``objective.name``) -> the objective
 OBJECTIVES: dict[str, Objective] = {
-    "dcr": Objective(_dcr, two_views=True, reads_embeddings=False, unread=("naive_weight", "naive_tau")),
+    "dcr": Objective(_dcr, two_views=True, reads_embeddings=False, settings=DcrSettings),
     "reconstruction": Objective(
-        _reconstruction,
-        two_views=False,
-        reads_embeddings=False,
-        unread=(
-            "tau",
-            "chunk_size",
-            "checkpoint_chunks",
-            "negatives",
-            "num_negatives",
-            "naive_weight",
-            "naive_tau",
-            "augment",
-        ),
+        _reconstruction, two_views=False, reads_embeddings=False, settings=ReconstructionSettings
     ),
-    "naive": Objective(
-        _naive,
-        two_views=True,
-        reads_embeddings=True,
-        unread=("tau", "chunk_size", "checkpoint_chunks", "negatives", "num_negatives"),
-    ),
+    "naive": Objective(_naive, two_views=True, reads_embeddings=True, settings=NaiveSettings),
 }

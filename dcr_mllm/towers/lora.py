@@ -21,6 +21,7 @@ model again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal
 
 from torch import nn
@@ -30,6 +31,17 @@ from dcr_mllm.towers.base import VisionTower
 
 LoraScope = Literal["encoder", "vision"]
 LoraBias = Literal["none", "lora_only"]
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.1
+    targets: list[str] = field(default_factory=list)  # empty = the tower family's default
+    #: encoder: the transformer blocks; vision: also SigLIP's pooling head and CLIP's visual_projection
+    scope: LoraScope = "encoder"
+    bias: LoraBias = "none"  # lora_only also trains the targeted layers' biases
 
 
 def _scope_linears(tower: VisionTower, scope: LoraScope) -> list[tuple[str, nn.Linear, bool]]:
@@ -68,33 +80,33 @@ def _targeted(tower: VisionTower, targets, scope: LoraScope) -> list[tuple[str, 
 def lora_module_names(
     tower: VisionTower, targets: tuple[str, ...] | list[str] | None = None, scope: LoraScope = "encoder"
 ) -> list[str]:
-    """Full names (within ``tower.model``) of the modules LoRA will adapt."""
+    """Full names (within ``tower.model``) of the modules LoRA will adapt.
+
+    Args:
+        tower: the tower to adapt.
+        targets: leaf-module names to adapt (None or empty: the family's ``default_lora_targets``).
+        scope: ``encoder`` (the transformer blocks) or ``vision`` (also the pooling head and projection).
+    """
     return [name for name, _, runs in _targeted(tower, targets, scope) if runs]
 
 
-def apply_lora(
-    tower: VisionTower,
-    r: int = 16,
-    alpha: int = 16,
-    dropout: float = 0.1,
-    targets: tuple[str, ...] | list[str] | None = None,
-    scope: LoraScope = "encoder",
-    bias: LoraBias = "none",
-) -> list[str]:
+def apply_lora(tower: VisionTower, settings: LoraSettings | None = None) -> list[str]:
     """Insert LoRA adapters; only they (and, with ``bias="lora_only"``, the targeted layers' biases) train."""
     from peft import (  # heavy: imported when LoRA is used
         LoraConfig,
         inject_adapter_in_model,
     )
 
-    chosen = _targeted(tower, targets, scope)
+    lora = settings or LoraSettings()
+    chosen = _targeted(tower, lora.targets, lora.scope)
     names = [name for name, _, runs in chosen if runs]
     tower.requires_grad_(False)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none")
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=names, bias="none")
     inject_adapter_in_model(config, tower.model)
     for name, param in tower.model.named_parameters():
         param.requires_grad_("lora_" in name)
-    if bias == "lora_only":  # peft's rule, which also reaches a fused out_proj: its bias is a LoRA layer's bias there
+    # lora_only: peft's rule, which also reaches a fused out_proj: its bias is a LoRA layer's bias there
+    if lora.bias == "lora_only":
         for _, layer, _ in chosen:
             if layer.bias is not None:
                 layer.bias.requires_grad_(True)

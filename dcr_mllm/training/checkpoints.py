@@ -227,14 +227,33 @@ def load_trainable_state(module: nn.Module, path: str | Path, prefix: str = "") 
         path: the stage's ``trainable.safetensors``.
         prefix: the entries loaded; stripped from their names (e.g. ``"tower."``); empty: all.
     """
+    return copy_trainable_state(module, read_trainable_state(path, prefix), prefix, str(path))
+
+
+def read_trainable_state(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The entries of a ``trainable.safetensors`` whose names start with ``prefix``; none is an error."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise DcrError(f"{path} does not exist; run the stage that writes it first")
-    state = {k[len(prefix) :]: v for k, v in load_file(path).items() if k.startswith(prefix)}
+    state = {k: v for k, v in load_file(path).items() if k.startswith(prefix)}
     if not state:
         raise DcrError(f"{path} holds no parameters under '{prefix}'; it was written by another stage")
+    return state
+
+
+def copy_trainable_state(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, source: str) -> list[str]:
+    """Copy ``state``'s entries starting with ``prefix`` into ``module``'s parameters of those names
+    without it; one ``module`` lacks is an error naming ``source``.
+
+    Args:
+        module: the model whose parameters are overwritten (ZeRO-3 partitioned ones too).
+        state: trained parameters by name, e.g. a stage's ``trainable.safetensors``.
+        prefix: the part of each name ``module`` does not have (``tower.``); other entries are skipped.
+        source: where ``state`` came from, for the error.
+    """
+    state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     unexpected = []
     own = dict(module.named_parameters())
     for key, value in state.items():
@@ -246,6 +265,6 @@ def load_trainable_state(module: nn.Module, path: str | Path, prefix: str = "") 
                 own[key].copy_(value.to(own[key].dtype))
     if unexpected:
         raise DcrError(
-            f"{path} has parameters this model lacks ({', '.join(unexpected[:3])}...); it belongs to another model"
+            f"{source} has parameters this model lacks ({', '.join(unexpected[:3])}...); it belongs to another model"
         )
     return list(state)

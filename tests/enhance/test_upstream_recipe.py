@@ -7,6 +7,7 @@ that the options those configs switch on do what upstream's code does: torchvisi
 with the same random draws, PEFT's LoRA scope and bias, the masked empty prompt.
 """
 
+import dataclasses
 import inspect
 import json
 from pathlib import Path
@@ -30,6 +31,7 @@ from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.objectives.augment import UPSTREAM_VFLIP, AugmentConfig, positive_view
 from dcr_mllm.presets.real import BACKBONES
 from dcr_mllm.towers import apply_lora, load_tower, merge_lora
+from dcr_mllm.towers.lora import LoraSettings
 from dcr_mllm.training.optim import build_optimizer, lr_lambda
 
 REPO = Path(__file__).resolve().parents[2]
@@ -249,6 +251,12 @@ def _vision_side(names):
     return sorted(n.replace(".base_layer", "") for n in names if not n.startswith(("text_model", "text_projection")))
 
 
+def upstream_lora(family: str) -> LoraSettings:
+    """Upstream's LoRA, on the vision side: r 4, no dropout, its targets, its biases."""
+    targets = CLIP_ALL_LINEAR if family == "clip" else SIGLIP_TARGETS
+    return LoraSettings(r=4, alpha=4, dropout=0.0, targets=list(targets), scope="vision", bias="lora_only")
+
+
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_lora_scope_is_peft_s_on_the_whole_model(tiny, family):
     """Upstream: get_peft_model(CLIPModel, all-linear) / get_peft_model(SiglipModel, SIGLIP_TARGETS), bias lora_only
@@ -269,15 +277,7 @@ def test_lora_scope_is_peft_s_on_the_whole_model(tiny, family):
     peft_bias = {n for n, p in inner.named_parameters() if p.requires_grad and "lora_" not in n}
 
     tower = load_tower(tiny[family])
-    names = apply_lora(
-        tower,
-        r=4,
-        alpha=4,
-        dropout=0.0,
-        targets=CLIP_ALL_LINEAR if family == "clip" else SIGLIP_TARGETS,
-        scope="vision",
-        bias="lora_only",
-    )
+    names = apply_lora(tower, upstream_lora(family))
     ours = {n for n, p in tower.model.named_parameters() if p.requires_grad}
     assert _vision_side(n for n in peft_lora) == sorted(n for n in ours if "lora_" in n)
     assert _vision_side(peft_bias) == sorted(n.replace(".base_layer", "") for n in ours if "lora_" not in n)
@@ -298,15 +298,7 @@ def test_vision_only_training_equals_peft_on_the_whole_model(tiny, family):
     )
     inner = peft_model.base_model.model
     tower = load_tower(tiny[family], vision_only=True)
-    apply_lora(
-        tower,
-        r=4,
-        alpha=4,
-        dropout=0.0,
-        targets=CLIP_ALL_LINEAR if family == "clip" else SIGLIP_TARGETS,
-        scope="vision",
-        bias="lora_only",
-    )
+    apply_lora(tower, upstream_lora(family))
     theirs = dict(inner.named_parameters())
     with torch.no_grad():
         for name, param in tower.model.named_parameters():
@@ -354,7 +346,7 @@ def test_export_carries_projection_and_head_after_a_lora_step(tiny, family, tmp_
         [f"tower={tiny[family]}", f"denoiser={tiny['sd']}", f"output_dir={tmp_path}"],
     )
     tower = load_tower(cfg.tower, vision_only=True)
-    apply_lora(tower, cfg.lora.r, cfg.lora.alpha, 0.0, cfg.lora.targets, cfg.lora.scope, cfg.lora.bias)
+    apply_lora(tower, dataclasses.replace(cfg.lora, dropout=0.0))
     pixels = tower.normalize(torch.rand(2, 3, 32, 32))
     optimizer = torch.optim.AdamW([p for p in tower.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.01)
     tower.global_embedding(pixels).square().sum().backward()

@@ -14,8 +14,9 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
-from dcr_mllm.objectives import EnhanceModel, ObjectiveConfig
+from dcr_mllm.objectives import EnhanceModel, objective_settings
 from dcr_mllm.towers import apply_lora, load_tower
+from dcr_mllm.towers.lora import LoraSettings
 
 BATCH = 4
 
@@ -27,9 +28,9 @@ def build(clip: str, sd: str, **objective) -> EnhanceModel:
     denoiser = FrozenDenoiser.from_pretrained(sd)
     width = tower.spec.hidden_size if objective.get("condition") == "tokens" else tower.spec.global_dim
     projector = ConditionProjector(width, denoiser.cross_attention_dim)
-    model = EnhanceModel(tower, projector, denoiser, ObjectiveConfig(**objective))
+    model = EnhanceModel(tower, projector, denoiser, objective_settings(**objective))
     model.requires_grad_(False)
-    apply_lora(tower, r=4, alpha=4, dropout=0.0)
+    apply_lora(tower, LoraSettings(r=4, alpha=4, dropout=0.0))
     for name, param in tower.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.01)

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
-from dcr_mllm.objectives import EnhanceModel, ObjectiveConfig
+from dcr_mllm.objectives import EnhanceModel, objective_settings
 from dcr_mllm.objectives.dcr import dcr_pairs, predict_pairs
 from dcr_mllm.towers import apply_lora, load_tower
+from dcr_mllm.towers.lora import LoraSettings
 
 
 def build(tiny, family, setting, **objective):
@@ -14,12 +15,12 @@ def build(tiny, family, setting, **objective):
     tower = load_tower(tiny[family], vision_only=True)
     denoiser = FrozenDenoiser.from_pretrained(tiny["sd"])
     projector = ConditionProjector(tower.spec.global_dim, denoiser.cross_attention_dim)
-    model = EnhanceModel(tower, projector, denoiser, ObjectiveConfig(**objective))
+    model = EnhanceModel(tower, projector, denoiser, objective_settings(**objective))
     model.requires_grad_(False)
     if setting == "projector":
         projector.requires_grad_(True)
     else:
-        apply_lora(tower, r=4, alpha=4, dropout=0.0)
+        apply_lora(tower, LoraSettings(r=4, alpha=4, dropout=0.0))
         for name, param in tower.named_parameters():
             if "lora_B" in name:  # as after a few steps: a zero B would block the gradient to A
                 torch.nn.init.normal_(param, std=0.01)

@@ -191,7 +191,7 @@ def test_print_config_shows_the_negatives(capsys):
         (["objective.negatives=global", "objective.num_negatives=-1"], "objective.num_negatives=-1: set 0"),
         (
             ["objective.negatives=global", "objective.name=reconstruction"],
-            "objective.negatives is not read by objective.name=reconstruction",
+            "unknown config key 'objective.negatives' for objective 'reconstruction'",
         ),
         (["objective.negatives=everywhere"], "objective.negatives"),
     ],

@@ -7,8 +7,9 @@ import yaml
 
 from dcr_mllm.cli import main
 from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
-from dcr_mllm.objectives import EnhanceModel, ObjectiveConfig
+from dcr_mllm.objectives import EnhanceModel, objective_settings
 from dcr_mllm.towers import apply_lora, load_tower
+from dcr_mllm.towers.lora import LoraSettings
 
 
 def build(tiny, **objective):
@@ -16,9 +17,9 @@ def build(tiny, **objective):
     tower = load_tower(tiny["clip"], vision_only=True)
     denoiser = FrozenDenoiser.from_pretrained(tiny["sd"])
     projector = ConditionProjector(tower.spec.hidden_size, denoiser.cross_attention_dim)
-    model = EnhanceModel(tower, projector, denoiser, ObjectiveConfig(condition="tokens", **objective))
+    model = EnhanceModel(tower, projector, denoiser, objective_settings(condition="tokens", **objective))
     model.requires_grad_(False)
-    apply_lora(tower, r=4, alpha=4, dropout=0.0)
+    apply_lora(tower, LoraSettings(r=4, alpha=4, dropout=0.0))
     for name, param in tower.named_parameters():
         if "lora_B" in name:  # as after a few steps: a zero B would block the gradient to A
             torch.nn.init.normal_(param, std=0.01)
@@ -142,5 +143,5 @@ def test_more_tokens_than_the_context_holds_are_refused():
 
     vit_l = TowerSpec(CLIP, 224, 14, 1024, 24, 768, (0.5,) * 3, (0.5,) * 3, True)  # 256 patches
     with pytest.raises(ConfigError, match="gives 256 tokens per image, more than the denoiser's 77 context tokens"):
-        check_condition_tokens(ObjectiveConfig(condition="tokens"), vit_l, 77)
-    check_condition_tokens(ObjectiveConfig(condition="tokens", condition_tokens=77), vit_l, 77)
+        check_condition_tokens(objective_settings(condition="tokens"), vit_l, 77)
+    check_condition_tokens(objective_settings(condition="tokens", condition_tokens=77), vit_l, 77)

@@ -7,7 +7,7 @@ from transformers import CLIPModel, CLIPVisionModel, SiglipVisionModel
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.towers import apply_lora, inspect_tower, load_tower, merge_lora
-from dcr_mllm.towers.lora import lora_module_names
+from dcr_mllm.towers.lora import LoraSettings, lora_module_names
 
 FAMILIES = ["clip", "siglip", "open_clip"]
 
@@ -56,7 +56,7 @@ def test_vision_only_tower_gives_the_same_embedding(tiny):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_trains_only_adapters_and_merges_exactly(tiny, family, tmp_path):
     tower = load_tower(tiny[family])
-    names = apply_lora(tower, r=4, alpha=8, dropout=0.0)
+    names = apply_lora(tower, LoraSettings(r=4, alpha=8, dropout=0.0))
     assert names and all(n.rsplit(".", 1)[-1] in tower.default_lora_targets for n in names)
     trainable = [n for n, p in tower.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
