@@ -332,6 +332,12 @@ def results_file(content: bytes):
     return args
 
 
+def summary_empty_run(tiny, tmp: Path) -> list[str]:
+    """``summary`` with a second run whose folder exists but holds nothing."""
+    (tmp / "empty").mkdir()
+    return [*summary_args({"run/projector/train_state.json": b'{"step": 2}'})(tiny, tmp), "--run", f"b={tmp / 'empty'}"]
+
+
 def summary_args(files: dict[str, bytes], extra=()):
     def args(tiny, tmp: Path) -> list[str]:
         for name, content in files.items():
@@ -516,6 +522,8 @@ CASES = {
     ),
     # summary
     "summary/run-without-name": (summary_args({}, extra=["--run", "outputs/enhance"]), "NAME=DIR"),
+    "summary/run-missing": (summary_args({}), "/run: no such folder; give a training run's output directory"),
+    "summary/run-empty": (summary_empty_run, "/empty: the folder is empty; give a training run's output directory"),
     "summary/train-state-not-json": (summary_args({"run/projector/train_state.json": b"{"}), "is not valid JSON"),
     "summary/train-state-without-step": (summary_args({"run/projector/train_state.json": b"{}"}), "no step count"),
     "summary/metrics-key-twice": (

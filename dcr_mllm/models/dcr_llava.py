@@ -5,7 +5,7 @@
 scores TOWER inside the LLaVA checkpoint CKPT without writing a new checkpoint. ``llava_hf`` loads
 LLaVA-1.5, -NeXT and -OneVision checkpoints; the tower must fit as ``dcr-mllm swap-tower`` requires
 for that family (``llava.checkpoints.formats``: hidden size, layers, patch and image size, feature layer, same
-family, NeXT/OneVision tiles), and the checkpoint's image processor follows it as there (LLaVA-1.5:
+family, NeXT/OneVision tiles; a checkpoint that keeps fewer layers than the tower takes its first ones), and the checkpoint's image processor follows it as there (LLaVA-1.5:
 the tower's preprocessing; NeXT/OneVision: the tower's normalisation, tiles kept).
 """
 
@@ -36,6 +36,8 @@ def swap_vision_tower(model, processor, tower_dir: str) -> str:
     if fit.problems:
         name = getattr(config, "_name_or_path", "the checkpoint")
         raise DcrError(f"tower {tower_dir} does not fit {name}: " + "; ".join(fit.problems))
+    for note in fit.notes:  # e.g. which tower layer a checkpoint that keeps fewer layers reads
+        logger.info(f"dcr_llava: {note}")
     vision_tower = model.model.vision_tower
     state = load_vision_state(tower, vision_tower)
     reference = next(vision_tower.parameters())

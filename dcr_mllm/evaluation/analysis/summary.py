@@ -101,6 +101,8 @@ def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path, chart: P
             "",
         ]
     world = _world_llava_tables(significance)
+    suite = read_text(report).strip() if not world and report.is_file() else "(not run)"
+    _check_runs(runs)  # after every table is read, before the first chart is drawn
     if world:
         lines += [
             "## LLaVA in the world (lmms-eval `world_local` or `world_local_open`, accuracy %)",
@@ -125,7 +127,7 @@ def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path, chart: P
         lines += [
             "## LLaVA on the lmms-eval suite",
             "",
-            read_text(report).strip() if report.is_file() else "(not run)",
+            suite,
             "",
         ]
     lines += ["## Training stages (loss curves)", ""]
@@ -151,6 +153,16 @@ def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path, chart: P
                 lines.append(f"- {name} {artefact}: {run / artefact}")
     lines += [f"- tower reports: {tower_eval}", f"- MLLM reports: {mllm_eval / 'report'}"]
     return "\n".join(lines) + "\n"
+
+
+def _check_runs(runs: dict[str, Path]) -> None:
+    """Every training run named must be a folder with something in it."""
+    for name, run in runs.items():
+        problem = "no such folder" if not run.is_dir() else "the folder is empty" if not any(run.iterdir()) else ""
+        if problem:
+            raise DcrError(
+                f"--run {name}={run}: {problem}; give a training run's output directory, e.g. --run enhance=outputs/enhance"
+            )
 
 
 def tower_tables(tower_eval: str | Path) -> list[str]:

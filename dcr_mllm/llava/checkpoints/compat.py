@@ -11,10 +11,19 @@ from dcr_mllm.towers import TowerSpec
 LAYER_INDEX = re.compile(r"encoder\.layers\.(\d+)\.")
 
 
-def feature_layer_problems(label: str, layers, num_layers: int) -> list[str]:
+def feature_layer_problems(label: str, layers, num_layers: int, whose: str = "tower's") -> list[str]:
+    """Each feature layer (a hidden-state index) that does not exist in ``num_layers`` layers, one line each.
+
+    Args:
+        label: the setting that names the layer, e.g. ``vision_feature_layer``.
+        layers: one index or a list of them.
+        num_layers: the encoder layers the index is counted in.
+        whose: whose layers they are, for the message ("tower's", "checkpoint's").
+    """
     layers = layers if isinstance(layers, list) else [layers]
     return [
-        f"feature layer {layer} ({label}) does not exist in the tower's {num_layers} layers"
+        f"feature layer {layer} ({label}) does not exist in the {whose} {num_layers} layers "
+        f"(it reads one of -{num_layers}..{num_layers})"
         for layer in layers
         if not -num_layers <= layer <= num_layers
     ]
@@ -36,15 +45,54 @@ def shape_problems(checkpoint_facts: dict[str, int | None], spec: TowerSpec) -> 
     ]
 
 
-def vision_config_problems(vision: dict, feature_layer, spec: TowerSpec) -> list[str]:
-    """A llava-hf ``vision_config`` (with its defaults) and ``vision_feature_layer`` against a tower."""
+def depth_fit(label: str, layers, kept: int, spec: TowerSpec) -> tuple[list[str], list[str]]:
+    """A checkpoint that keeps ``kept`` encoder layers and reads hidden state(s) ``layers`` (its feature
+    layer, named ``label``), against the tower: (problems, notes). The checkpoint may keep fewer layers
+    than the tower (llava-hf's LLaVA-OneVision keeps 26 of SigLIP so400m's 27): it then runs the tower's
+    first ``kept`` layers, whose hidden states are the tower's own, so the layer it reads is the tower's
+    layer of the same index (hidden state 0 is the embeddings, i the i-th layer's output).
+
+    Args:
+        label: the setting that names the feature layer, e.g. ``vision_feature_layer``.
+        layers: the feature layer(s) the checkpoint reads, counted in its own layers.
+        kept: the encoder layers the checkpoint keeps.
+        spec: the tower's shape.
+    """
+    tower = spec.num_layers
+    if kept > tower:
+        return [
+            f"layers: the checkpoint keeps {kept}, the tower has {tower}; give a tower of at least {kept} layers "
+            "(a checkpoint that keeps fewer runs the tower's first ones)"
+        ], []
+    layers = layers if isinstance(layers, list) else [layers]
+    problems = feature_layer_problems(label, layers, kept, "tower's" if kept == tower else "checkpoint's")
+    if problems or kept == tower:
+        return problems, []
+    reads = ", ".join(f"layer {layer} of {kept} = the tower's {_tower_index(layer, kept, tower)}" for layer in layers)
+    return [], [f"layers: the checkpoint keeps {kept} of the tower's {tower}; it reads {reads}"]
+
+
+def _tower_index(layer: int, kept: int, tower: int) -> int:
+    """The checkpoint's hidden-state index ``layer`` as the same hidden state of the full tower, in the same sign."""
+    return layer if layer >= 0 else layer - (tower - kept)
+
+
+def vision_config_problems(vision: dict, feature_layer, spec: TowerSpec) -> tuple[list[str], list[str]]:
+    """A llava-hf ``vision_config`` (with its defaults) and ``vision_feature_layer`` against a tower:
+    (problems, notes).
+
+    Args:
+        vision: the checkpoint's ``vision_config`` completed with its class's defaults.
+        feature_layer: the checkpoint's ``vision_feature_layer`` (an index or a list).
+        spec: the tower's shape.
+    """
     facts = {
         "hidden size": vision["hidden_size"],
-        "layers": vision["num_hidden_layers"],
         "patch size": vision["patch_size"],
         "image size": vision["image_size"],
     }
-    return shape_problems(facts, spec) + feature_layer_problems("vision_feature_layer", feature_layer, spec.num_layers)
+    problems, notes = depth_fit("vision_feature_layer", feature_layer, vision["num_hidden_layers"], spec)
+    return shape_problems(facts, spec) + problems, notes
 
 
 def tensor_problems(checkpoint: Checkpoint, tower: Tower) -> list[str]:

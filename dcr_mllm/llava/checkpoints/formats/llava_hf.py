@@ -34,6 +34,7 @@ PREFIXES = ("model.vision_tower.", "vision_tower.")
 #: vision-config keys that stay the checkpoint's: its structure, or fields no forward pass reads
 VISION_KEEP = BOOKKEEPING | {
     "model_type",
+    "num_hidden_layers",  # a checkpoint may keep fewer layers than the tower (compat.depth_fit)
     "vision_use_head",
     "projection_dim",
     "initializer_range",
@@ -87,8 +88,14 @@ class LlavaHf(CheckpointFormat):
             )
         spec = tower.spec
         vision = with_defaults(vision["model_type"], vision)
-        fit = Fit(vision_config_problems(vision, full["vision_feature_layer"], spec))
+        problems, notes = vision_config_problems(vision, full["vision_feature_layer"], spec)
+        fit = Fit(problems, notes)
         fit.family_change = vision["model_type"] != spec.family.vision_model_type
+        if fit.family_change and vision["num_hidden_layers"] != spec.num_layers:
+            fit.problems.append(
+                f"layers: checkpoint {vision['num_hidden_layers']}, tower {spec.num_layers}; a tower of another "
+                f"family goes in whole, so it needs the checkpoint's {vision['num_hidden_layers']} layers"
+            )
         if fit.family_change:
             self.family_fit(fit, full, family, spec, allow_family_change)
         else:

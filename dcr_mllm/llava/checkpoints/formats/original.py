@@ -16,6 +16,7 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.llava.checkpoints.checkpoint import Checkpoint, Tower, read_json_object
 from dcr_mllm.llava.checkpoints.compat import (
     anyres_problems,
+    depth_fit,
     feature_layer_problems,
     shape_problems,
     stored_layer_count,
@@ -78,9 +79,15 @@ class OriginalLlava(CheckpointFormat):
                 "and write the result as safetensors"
             )
         if stored and not fit.problems:
-            fit.problems += shape_problems({"layers": stored_layer_count(stored.values())}, spec) or tensor_problems(
-                checkpoint, tower
-            )
+            # stored fewer layers than the tower: they are replaced by the tower's first ones (compat.depth_fit)
+            kept = stored_layer_count(stored.values()) or spec.num_layers
+            problems, _ = depth_fit("mm_vision_select_layer", [], kept, spec)
+            fit.problems += problems or tensor_problems(checkpoint, tower)
+            if kept < spec.num_layers:
+                fit.notes.append(
+                    f"layers: the checkpoint stores {kept} of the tower's {spec.num_layers}: replaced by the tower's "
+                    f"first {kept}"
+                )
         return fit
 
     def changes(self, checkpoint: Checkpoint, tower: Tower, dst: Path, family_change: bool) -> Changes:
