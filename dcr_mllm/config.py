@@ -11,6 +11,7 @@ section (stage one's ``objective``): its ``name`` picks the dataclass, whose key
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -28,19 +29,40 @@ TAG = "name"  # the key that picks a tagged section's dataclass
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
+#: field metadata of a key naming a file the config depends on (a DeepSpeed JSON): in a config file
+#: it is relative to that file, in a ``key=value`` override to the working directory; the loaded
+#: config holds it absolute, so the same config names the same file from any working directory
+CONFIG_RELATIVE = {"path": "relative to the config file that states it"}
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
     """Build ``cls`` from a YAML file and ``key=value`` overrides, checking every key.
 
     Args:
         cls: the config dataclass.
         path: the YAML file (optional), its ``inherit:`` chain merged in (``read_config_file``).
-        overrides: ``dotted.key=value`` items, values in YAML syntax; they win over the file.
+        overrides: ``dotted.key=value`` items, values in YAML syntax; they win over the file. A key
+            given twice is refused (an unquoted shell pattern splits into several words).
     """
-    data: dict[str, Any] = read_config_file(path) if path is not None else {}
+    data: dict[str, Any] = read_config_file(path, cls) if path is not None else {}
+    given = parse_overrides(overrides)
+    keys = path_keys(cls)
+    given = [(key, _resolve_override(key, value, keys)) for key, value in given]
+    for key, value in dict(given).items():
+        _switch_kind(cls, data, key, value)
+    for key, value in given:
+        _set_dotted(data, key, value)
+    return from_dict(cls, data)
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``[(dotted key, YAML value)]`` of ``key=value`` items; a malformed item or a key given twice
+    is a ConfigError naming it."""
     given: list[tuple[str, Any]] = []
+    raws: dict[str, list[str]] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not key=value; write e.g. seed=1")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
@@ -50,29 +72,90 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             ) from err
         check_yaml_keys(raw, f"override {item!r}")
         given.append((key.strip(), value))
-    for key, value in dict(given).items():
-        _switch_kind(cls, data, key, value)
-    for key, value in given:
-        _set_dotted(data, key, value)
-    return from_dict(cls, data)
+        raws.setdefault(key.strip(), []).append(raw)
+    for key, values in raws.items():
+        if len(values) > 1:
+            times = "twice" if len(values) == 2 else f"{len(values)} times"
+            shown = ", ".join(values[:2]) + (" ..." if len(values) > 2 else "")
+            raise ConfigError(
+                f"override {key} given {times} ({shown}); quote the value so that the shell passes it as one word "
+                f"({key}='...'), or give the key once"
+            )
+    return given
+
+
+def override_key(item: str) -> str:
+    """The dotted key of a ``key=value`` override."""
+    return item.partition("=")[0].strip()
+
+
+def merge_overrides(*groups: list[str]) -> list[str]:
+    """Several lists of overrides as one, each key once: a later list's item replaces an earlier
+    one's (a program's own settings over the user's), so that ``load_config`` accepts the result."""
+    merged: dict[str, str] = {}
+    for group in groups:
+        for item in group:
+            merged.pop(override_key(item), None)
+            merged[override_key(item)] = item
+    return list(merged.values())
+
+
+def path_keys(cls: Any) -> frozenset[str]:
+    """The names of the fields marked ``CONFIG_RELATIVE`` anywhere in ``cls``'s tree of sections."""
+    names: set[str] = set()
+    todo, seen = [cls], set()
+    while todo:
+        owner = todo.pop()
+        if not dataclasses.is_dataclass(owner) or owner in seen:
+            continue
+        seen.add(owner)
+        hints = typing.get_type_hints(owner)
+        for f in dataclasses.fields(owner):
+            if f.metadata.get("path") == CONFIG_RELATIVE["path"]:
+                names.add(f.name)
+            hint = hints[f.name]
+            todo += [hint, *typing.get_args(hint)]
+    return frozenset(names)
+
+
+def _resolve_override(key: str, value: Any, keys: frozenset[str]) -> Any:
+    """An override's value with its paths (``keys``) made absolute against the working directory."""
+    last = key.rsplit(".", 1)[-1]
+    return _resolve_paths({last: value}, keys, Path.cwd())[last]
+
+
+def _resolve_paths(data: Any, keys: frozenset[str], base: Path) -> Any:
+    """``data`` with every non-empty string under a key of ``keys``, at any depth, made absolute
+    against ``base`` (an absolute path stays as it is)."""
+    if isinstance(data, list):
+        return [_resolve_paths(item, keys, base) for item in data]
+    if not isinstance(data, dict):
+        return data
+    return {
+        key: os.path.abspath(base / value)
+        if key in keys and isinstance(value, str) and value
+        else _resolve_paths(value, keys, base)
+        for key, value in data.items()
+    }
 
 
 #: the key naming the file a config builds on (a path relative to the file that has it)
 INHERIT = "inherit"
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
+def read_config_file(path: str | Path, cls: type | None = None) -> dict[str, Any]:
     """The mapping a config file holds, merged over the files it inherits from.
 
     ``inherit: PATH`` (relative to the file) names a parent, read the same way, so a chain of files
     shares one recipe and each states only what differs: the child wins key by key, sections merge,
     lists replace. Each file is checked on its own (YAML syntax, repeated keys); the merged mapping is
-    then checked as one config by ``from_dict``."""
-    return _read_chain(Path(path), [])
+    then checked as one config by ``from_dict``. Given the config dataclass ``cls``, the keys it marks
+    ``CONFIG_RELATIVE`` are made absolute against the file that states them."""
+    return _read_chain(Path(path), [], path_keys(cls) if cls is not None else frozenset())
 
 
-def _read_chain(path: Path, children: list[Path]) -> dict[str, Any]:
-    data = _read_mapping(path, children[-1] if children else None)
+def _read_chain(path: Path, children: list[Path], keys: frozenset[str]) -> dict[str, Any]:
+    data = _resolve_paths(_read_mapping(path, children[-1] if children else None), keys, path.parent)
     parent = data.pop(INHERIT, None)
     if parent is None:
         return data
@@ -92,7 +175,7 @@ def _read_chain(path: Path, children: list[Path]) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path}: inherit: {parent} does not exist ({parent_path}); give a path relative to {path.parent}"
         )
-    return _merge(_read_chain(parent_path, chain), data)
+    return _merge(_read_chain(parent_path, chain, keys), data)
 
 
 def _read_mapping(path: Path, child: Path | None) -> dict[str, Any]:

@@ -164,9 +164,14 @@ def test_print_config_takes_the_zero_stage_from_the_deepspeed_json(capsys):
         (
             "enhance",
             ["projector_stage.zero_stage=3", "projector_stage.deepspeed=stages/deepspeed/zero2.json"],
-            "projector_stage.zero_stage is 3 but stages/deepspeed/zero2.json says zero_optimization.stage 2",
+            f"projector_stage.zero_stage is 3 but {REPO / 'stages/deepspeed/zero2.json'} says zero_optimization.stage 2",
         ),
-        ("enhance", ["lora_stage.deepspeed=missing.json"], "DeepSpeed config missing.json does not exist"),
+        ("enhance", ["lora_stage.deepspeed=missing.json"], f"DeepSpeed config {REPO / 'missing.json'} does not exist"),
+        (
+            "enhance",
+            ["data.shards=/d/00000.tar", "data.shards=/d/00001.tar", "data.shards=/d/00002.tar"],
+            "override data.shards given 3 times (/d/00000.tar, /d/00001.tar ...); quote the value",
+        ),
         ("llava-pretrain", ["pretrain.micro_batch_size=0"], "pretrain.micro_batch_size must be at least 1"),
         ("llava-finetune", ["language_model=null"], "language_model"),
         ("llava-finetune", ["finetune.epochs=0"], "finetune.max_steps and finetune.epochs are both 0; set one of them"),

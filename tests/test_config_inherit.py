@@ -77,7 +77,7 @@ def test_print_config_shows_the_resolved_chain(tmp_path, capsys):
     assert "inherit" not in printed and printed["seed"] == 7
     assert printed["language_model"] == "lmsys/vicuna-13b-v1.5"  # llava_13b.yaml
     assert printed["lora"]["enabled"] and printed["finetune"]["lr"] == 2.0e-4  # the LoRA variant
-    assert printed["finetune"]["deepspeed"] == "stages/deepspeed/zero3.json"  # llava_7b.yaml, at the root
+    assert printed["finetune"]["deepspeed"] == str(REPO / "stages/deepspeed/zero3.json")  # relative to llava_7b.yaml
 
 
 def test_a_broken_chain_stops_the_cli_in_one_line(tmp_path, capsys):
@@ -116,3 +116,23 @@ def test_configs_lists_every_shipped_config_with_what_it_is_for(monkeypatch, tmp
     assert main(["configs"]) == 0
     out = capsys.readouterr().out
     assert "enhance_tiny.yaml" in out and "stages/configs/enhance" not in out and "repository's root" in out
+
+
+def test_a_shipped_config_names_its_deepspeed_json_from_any_working_directory(tmp_path, monkeypatch):
+    """A file the config depends on is relative to the file that names it, an override's to the working
+    directory; outputs stay relative to the working directory."""
+    from dcr_mllm.enhance.config import EnhanceConfig
+    from dcr_mllm.llava.train.recipe import LlavaTrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ds.json").write_text("{}")
+    paper = REPO / "stages" / "configs" / "paper_clip_l14_224"
+    enhance = load_config(EnhanceConfig, paper / "enhance.yaml")
+    llava = load_config(LlavaTrainConfig, paper / "llava.yaml", ["pretrain.deepspeed=ds.json"])
+    assert (
+        enhance.projector_stage.deepspeed == enhance.lora_stage.deepspeed == str(REPO / "stages/deepspeed/zero2.json")
+    )
+    assert llava.finetune.deepspeed == str(REPO / "stages/deepspeed/zero3.json")
+    assert Path(enhance.lora_stage.deepspeed).is_file() and Path(llava.finetune.deepspeed).is_file()
+    assert Path(llava.pretrain.deepspeed).samefile(tmp_path / "ds.json")
+    assert not Path(enhance.output_dir).is_absolute() and not Path(llava.output_dir).is_absolute()

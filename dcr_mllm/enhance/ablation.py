@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from dcr_mllm.arguments import add_config, add_overrides, parse_intermixed, run_reporting
-from dcr_mllm.config import PACKAGED_CONFIGS, from_dict, load_config, to_dict
+from dcr_mllm.config import PACKAGED_CONFIGS, from_dict, load_config, merge_overrides, to_dict
 from dcr_mllm.enhance.ablation_report import HEADLINE, chart, curves_chart, report
 from dcr_mllm.enhance.config import EnhanceConfig
 from dcr_mllm.enhance.watch import EVAL_FILE
@@ -94,6 +94,7 @@ def run_ablation(
     config = Path(config or PACKAGED_CONFIGS / "enhance_world.yaml")
     if not config.is_file():
         raise DcrError(f"config {config} does not exist; pass a stage-one YAML file")
+    last_step = load_config(EnhanceConfig, config, overrides).lora_stage.max_steps  # bad overrides: before any work
     spec = spec or WorldSpec()
     out = Path(output).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -113,22 +114,19 @@ def run_ablation(
     watch = validation_overrides(config, overrides, world["val"], pairs)
     train = [
         (
-            [
-                sys.executable,
-                "-m",
-                "dcr_mllm.cli",
-                "enhance",
-                "--config",
-                str(config),
-                f"tower={models['clip']}",
-                f"denoiser={models['sd']}",
-                f"output_dir={run}",
-                f"seed={seed}",
-                f"data.shards={shards}",
-                *watch,
-                *overrides,
-                *own[objective],
-            ],
+            train_args(
+                config,
+                overrides,
+                [
+                    f"tower={models['clip']}",
+                    f"denoiser={models['sd']}",
+                    f"output_dir={run}",
+                    f"seed={seed}",
+                    f"data.shards={shards}",
+                    *watch,
+                    *own[objective],
+                ],
+            ),
             run.with_suffix(".log"),
         )
         for (objective, seed), run in runs.items()
@@ -136,7 +134,6 @@ def run_ablation(
     ]
     run_jobs(train, jobs)
     # with a validation split, RUN/tower is the step SELECT chose; the last step is exported beside it
-    last_step = load_config(EnhanceConfig, config, overrides).lora_stage.max_steps
     if watch:
         from dcr_mllm.enhance.export import export_step
 
@@ -213,6 +210,13 @@ def run_ablation(
     if results["curves"]:
         curves_chart(results, out / "curves.png")
     return out
+
+
+def train_args(config: Path, overrides: list[str], ours: list[str]) -> list[str]:
+    """One run's ``dcr-mllm enhance`` command: the user's overrides, then the ablation's own settings
+    (``ours``: models, data, output, seed, validation, objective), which replace a user's value of the
+    same key, each key given once."""
+    return [sys.executable, "-m", "dcr_mllm.cli", "enhance", "--config", str(config), *merge_overrides(overrides, ours)]
 
 
 def validation_overrides(config: Path, overrides: list[str], val: Path, pairs: int) -> list[str]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from dcr_mllm.config import CONFIG_RELATIVE
 from dcr_mllm.errors import ConfigError, DcrError
 from dcr_mllm.strict import read_json
 
@@ -31,8 +32,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     #: empty: the stage in the DeepSpeed JSON, else the recipe's default; both given must agree
     zero_stage: Literal[0, 1, 2, 3] | None = None
-    #: optional DeepSpeed JSON; "auto" values in it are filled from this config
-    deepspeed: str = ""
+    #: optional DeepSpeed JSON, relative to the config file that names it; "auto" values in it are filled from this config
+    deepspeed: str = field(default="", metadata=CONFIG_RELATIVE)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     gradient_checkpointing: bool = False
     save_every: int = 50

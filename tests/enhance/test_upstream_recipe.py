@@ -190,7 +190,9 @@ def test_upstream_config_holds_upstreams_values(backbone):
         except AssertionError as err:
             raise AssertionError(f"{key} ({source}): {err}") from err
     assert cfg.objective.augment.mode == "upstream" and cfg.objective.chunk_size == 0
-    assert cfg.projector_stage.deepspeed == cfg.lora_stage.deepspeed == "stages/deepspeed/zero2.json"
+    assert (
+        cfg.projector_stage.deepspeed == cfg.lora_stage.deepspeed == str(REPO / "stages" / "deepspeed" / "zero2.json")
+    )
 
 
 def _upstream_compose(size):

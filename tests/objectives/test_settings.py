@@ -61,6 +61,20 @@ def test_the_ablation_makes_the_shared_config_each_objectives(variant, expected)
     assert load_config(EnhanceConfig, WORLD, [*shared, *own]).objective == expected
 
 
+def test_the_ablations_own_settings_replace_a_users_same_keys_each_given_once(tmp_path):
+    from dcr_mllm.config import override_key
+    from dcr_mllm.enhance.ablation import VARIANTS, objective_overrides, train_args
+
+    user = ["seed=7", "lora_stage.max_steps=3", "objective.tau=0.2", f"output_dir={tmp_path / 'mine'}"]
+    ours = [f"output_dir={tmp_path / 'run'}", "seed=1", *objective_overrides(WORLD, user, VARIANTS["naive"])]
+    overrides = train_args(WORLD, user, ours)[6:]
+    keys = [override_key(item) for item in overrides]
+    assert len(keys) == len(set(keys))
+    cfg = load_config(EnhanceConfig, WORLD, overrides)  # a key given twice would be refused
+    assert (cfg.seed, cfg.output_dir, cfg.lora_stage.max_steps) == (1, str(tmp_path / "run"), 3)
+    assert cfg.objective.name == "naive"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["reconstruction", "naive"])
 def test_enhance_runs_an_objective_without_dcrs_settings(name, tiny, tmp_path):
