@@ -106,15 +106,17 @@ def path_keys(cls: Any) -> frozenset[str]:
     todo, seen = [cls], set()
     while todo:
         owner = todo.pop()
-        if not dataclasses.is_dataclass(owner) or owner in seen:
+        if not dataclasses.is_dataclass(owner):  # a union, list, Literal...: the types inside it
+            todo += typing.get_args(owner)
+            continue
+        if owner in seen:
             continue
         seen.add(owner)
         hints = typing.get_type_hints(owner)
         for f in dataclasses.fields(owner):
             if f.metadata.get("path") == CONFIG_RELATIVE["path"]:
                 names.add(f.name)
-            hint = hints[f.name]
-            todo += [hint, *typing.get_args(hint)]
+            todo.append(hints[f.name])
     return frozenset(names)
 
 

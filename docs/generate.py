@@ -221,14 +221,21 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def _repo_relative(flat: dict[str, object]) -> dict[str, object]:
+    """Loaded paths into the clone (absolute, such as a DeepSpeed JSON's) as the repository names them."""
+    root = f"{REPO}/"
+    return {key: v.removeprefix(root) if isinstance(v, str) else v for key, v in flat.items()}
+
+
 def upstream_recipe(backbone: str = "clip_l14_224") -> str:
     from dcr_mllm.config import load_config, to_dict
     from dcr_mllm.enhance.config import EnhanceConfig
 
     configs = REPO / "stages" / "configs"
     upstream_path, ours_path = configs / "upstream" / f"enhance_{backbone}.yaml", configs / f"enhance_{backbone}.yaml"
-    upstream = _flatten(to_dict(load_config(EnhanceConfig, upstream_path)))
-    ours = _flatten(to_dict(load_config(EnhanceConfig, ours_path)))
+    upstream, ours = (
+        _repo_relative(_flatten(to_dict(load_config(EnhanceConfig, p)))) for p in (upstream_path, ours_path)
+    )
     set_keys = [*dict.fromkeys(key for path in (upstream_path, ours_path) for key in _set_keys(path))]
     up_notes, our_notes = _commented_keys(upstream_path), _commented_keys(ours_path)
     rows = []
