@@ -335,7 +335,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--mini", action="store_true", help="a miniature world and evaluation (tests: seconds, not minutes)"
     )
-    add_overrides(parser, "stage-one config overrides for every run", metavar="KEY=VALUE")
+    add_overrides(
+        parser,
+        "stage-one config overrides for every run (each run's models, data, output_dir, seed, objective and "
+        "validation are the ablation's)",
+        metavar="KEY=VALUE",
+    )
     args = parse_intermixed(parser, argv)
     sizes = {"spec": MINI, "eval_count": 36, "pairs": 2, "shard_count": 64, "val_count": 24} if args.mini else {}
     out = run_ablation(args.output, args.seeds, args.jobs, args.config, args.overrides, **sizes)
