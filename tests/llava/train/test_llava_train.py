@@ -391,8 +391,9 @@ def test_a_stage_made_from_another_tower_is_refused_and_overwrite_trains_it_agai
     assert "run llava-pretrain --overwrite" in capsys.readouterr().err and not (run_dir / "finetune").exists()
     assert main(["llava-pretrain", *args, "pretrain.max_steps=1", "--overwrite"]) == 0
     assert json.loads((run_dir / "pretrain" / "train_state.json").read_text())["step"] == 1  # trained again, with B
-    assert not (run_dir / "pretrain").is_symlink() and json.loads((out / "pretrain" / "train_state.json").read_text())[
-        "step"
-    ] == 4
+    assert (
+        not (run_dir / "pretrain").is_symlink()
+        and json.loads((out / "pretrain" / "train_state.json").read_text())["step"] == 4
+    )
     assert main(["llava-pretrain", *args, "pretrain.max_steps=1"]) == 0
     assert "nothing to do" in capsys.readouterr().out
