@@ -116,3 +116,24 @@ def test_configs_lists_every_shipped_config_with_what_it_is_for(monkeypatch, tmp
     assert main(["configs"]) == 0
     out = capsys.readouterr().out
     assert "enhance_tiny.yaml" in out and "stages/configs/enhance" not in out and "repository's root" in out
+
+
+def test_no_two_shipped_configs_with_other_models_share_an_output_dir(monkeypatch):
+    """A finished stage is reused only for the inputs it was made from: configs with another tower or
+    language model write their own folders (a second tower into the same one would be refused)."""
+    from dcr_mllm.enhance.config import EnhanceConfig
+    from dcr_mllm.llava.train.recipe import LlavaTrainConfig
+
+    monkeypatch.chdir(REPO)
+    users: dict[str, set] = {}
+    files = [*(REPO / "dcr_mllm/configs").glob("*.yaml"), *(REPO / "stages/configs").rglob("*.yaml")]
+    for path in files:
+        if path.parent.name == "base":
+            continue
+        llava = "llava" in path.name
+        cfg = load_config(LlavaTrainConfig if llava else EnhanceConfig, path)
+        models = (cfg.tower, cfg.language_model) if llava else (cfg.tower, cfg.denoiser)
+        users.setdefault(str(Path(cfg.output_dir)), set()).add(models)
+    assert "outputs/llava_7b_clip_l14_224" in users  # the 224 px setting has its own folder...
+    assert users["outputs/llava_7b_clip_l14_224"] == {("outputs/enhance_clip_l14_224/tower", "lmsys/vicuna-7b-v1.5")}
+    assert {folder: models for folder, models in users.items() if len(models) > 1} == {}

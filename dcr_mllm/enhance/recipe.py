@@ -171,7 +171,7 @@ def run_enhance(
             overwrite_stages(output_dir, stages)
         barrier()
     for stage in ("projector", "lora"):  # before anything is written or built; lora builds on the projector
-        finished = is_finished(output_dir / stage) and not allow_config_change
+        finished = stage in stages and is_finished(output_dir / stage) and not allow_config_change
         rerun = "pass --overwrite" if stage in stages else f"run enhance --stage {stage} --overwrite"
         freshness.check_stage(output_dir / stage, stage_record(cfg, stage), finished, rerun)
     if all(is_finished(output_dir / s, stage_cfg(cfg, s).max_steps) for s in stages) and export_is_current(

@@ -303,10 +303,9 @@ def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = Fal
     record = stage_record(cfg, stage)
     if not overwrite:  # before anything is written or built
         freshness.check_stage(stage_dir, record, is_finished(stage_dir) and not allow_config_change)
-    if stage == "finetune":  # finetune builds on the pretrained projector: made from this config's inputs too
+    if stage == "finetune":  # it builds on the pretrained projector: made from this config's inputs too
         pretrain = stage_record(cfg, "pretrain")
-        rerun = "run llava-pretrain --overwrite"
-        freshness.check_stage(output_dir / "pretrain", pretrain, not allow_config_change, rerun)
+        freshness.check_stage(output_dir / "pretrain", pretrain, False, "run llava-pretrain --overwrite")
     dist_info = init_distributed()
     if overwrite and dist_info.is_main:
         overwrite_stage(output_dir, stage)
