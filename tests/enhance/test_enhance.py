@@ -152,6 +152,7 @@ def test_a_stage_made_from_another_tower_is_refused_and_overwrite_trains_it_agai
     args += ["projector_stage.max_steps=1", "projector_stage.num_workers=0"]
     assert main([*args, f"tower={tiny['clip']}"]) == 0
     made_from = (out / "projector" / "made_from.json").read_text()
+    capsys.readouterr()
     assert main([*args, f"tower={tower_b}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "projector was made from another tower (tower: " in err and "--overwrite" in err
