@@ -64,17 +64,17 @@ def data_fingerprint(paths: str | Path | list[str | Path]) -> object:
     """A data set's fingerprint (shards, an image folder, a conversation file) from each file's path,
     size and modification time, never its bytes: a training set of many GB is only listed."""
     paths = [paths] if isinstance(paths, str | Path) else paths
-    files = []
+    files = []  # (name relative to the path given, file): the same data moved elsewhere is the same data
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            files += [(p.relative_to(path), p) for p in sorted(path.rglob("*")) if p.is_file() and p.name[0] != "."]
         else:
-            files.append(path)
+            files.append((path.name, path))
     listing, total = hashlib.sha256(), 0
-    for file in files:
+    for name, file in files:
         stat = file.stat() if file.is_file() else None
         total += stat.st_size if stat else 0
-        listing.update(f"{file}\t{stat.st_size if stat else '-'}\t{stat.st_mtime_ns if stat else '-'}\n".encode())
+        listing.update(f"{name}\t{stat.st_size if stat else '-'}\t{stat.st_mtime_ns if stat else '-'}\n".encode())
     return {"files": len(files), "bytes": total, "listing_sha256": listing.hexdigest()}
 
 
