@@ -24,6 +24,10 @@ ALLOW_CONFIG_CHANGE = (
     "resume from checkpoints made with other training settings (learning rate, batch size, schedule, "
     "model, data); the new ones take effect from the resumed step"
 )
+OVERWRITE = (
+    "remove the stage's output, and what is made from it, and train it again (a stage made from another tower, "
+    "language model or data, or finished with other settings, is refused without it)"
+)
 PRINT_CONFIG = "print the resolved config (file + overrides + defaults) as YAML and exit"
 
 #: what a group of subcommands hands ``dcr-mllm``: a function adding its parsers to the subparsers
@@ -61,7 +65,8 @@ def add_overrides(parser: argparse.ArgumentParser, help: str, metavar: str = "ke
 
 
 def add_training_config(parser: argparse.ArgumentParser, config_help: str, overrides_help: str) -> None:
-    """A training command's config: ``--config``, ``--print-config``, ``--allow-config-change``, overrides.
+    """A training command's config: ``--config``, ``--print-config``, ``--allow-config-change``, ``--overwrite``,
+    overrides.
 
     Args:
         parser: the command's parser.
@@ -71,6 +76,7 @@ def add_training_config(parser: argparse.ArgumentParser, config_help: str, overr
     add_config(parser, config_help)
     parser.add_argument("--print-config", action="store_true", help=PRINT_CONFIG)
     parser.add_argument("--allow-config-change", action="store_true", help=ALLOW_CONFIG_CHANGE)
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     add_overrides(parser, overrides_help)
 
 

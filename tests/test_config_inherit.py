@@ -136,3 +136,24 @@ def test_a_shipped_config_names_its_deepspeed_json_from_any_working_directory(tm
     assert Path(enhance.lora_stage.deepspeed).is_file() and Path(llava.finetune.deepspeed).is_file()
     assert Path(llava.pretrain.deepspeed).samefile(tmp_path / "ds.json")
     assert not Path(enhance.output_dir).is_absolute() and not Path(llava.output_dir).is_absolute()
+
+
+def test_no_two_shipped_configs_with_other_models_share_an_output_dir(monkeypatch):
+    """A finished stage is reused only for the inputs it was made from: configs with another tower or
+    language model write their own folders (a second tower into the same one would be refused)."""
+    from dcr_mllm.enhance.config import EnhanceConfig
+    from dcr_mllm.llava.train.recipe import LlavaTrainConfig
+
+    monkeypatch.chdir(REPO)
+    users: dict[str, set] = {}
+    files = [*(REPO / "dcr_mllm/configs").glob("*.yaml"), *(REPO / "stages/configs").rglob("*.yaml")]
+    for path in files:
+        if path.parent.name == "base":
+            continue
+        llava = "llava" in path.name
+        cfg = load_config(LlavaTrainConfig if llava else EnhanceConfig, path)
+        models = (cfg.tower, cfg.language_model) if llava else (cfg.tower, cfg.denoiser)
+        users.setdefault(str(Path(cfg.output_dir)), set()).add(models)
+    assert "outputs/llava_7b_clip_l14_224" in users  # the 224 px setting has its own folder...
+    assert users["outputs/llava_7b_clip_l14_224"] == {("outputs/enhance_clip_l14_224/tower", "lmsys/vicuna-7b-v1.5")}
+    assert {folder: models for folder, models in users.items() if len(models) > 1} == {}

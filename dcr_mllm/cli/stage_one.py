@@ -41,7 +41,12 @@ def enhance(args: argparse.Namespace) -> None:
     cfg = training_config(args, EnhanceConfig, "enhance_tiny.yaml", resolve_config, ("projector_stage", "lora_stage"))
     if cfg is None:
         return
-    tower = run_enhance(cfg, [args.stage] if args.stage else None, allow_config_change=args.allow_config_change)
+    tower = run_enhance(
+        cfg,
+        [args.stage] if args.stage else None,
+        allow_config_change=args.allow_config_change,
+        overwrite=args.overwrite,
+    )
     if is_rank_zero():
         print(f"enhanced tower: {tower}" if tower else f"stage output: {cfg.output_dir}")
 

@@ -31,6 +31,6 @@ def llava(args: argparse.Namespace) -> None:
     cfg = training_config(args, LlavaTrainConfig, "llava_tiny.yaml", resolve_config, ("pretrain", "finetune"))
     if cfg is None:
         return
-    out = run_llava(cfg, args.stage, allow_config_change=args.allow_config_change)
+    out = run_llava(cfg, args.stage, allow_config_change=args.allow_config_change, overwrite=args.overwrite)
     if is_rank_zero():
         print(f"{'llava-hf model' if args.stage == 'finetune' else 'pretrained projector'}: {out}")

@@ -21,12 +21,13 @@ import torch
 
 from dcr_mllm.components.build_once import build_once
 from dcr_mllm.config import config_yaml, to_dict
-from dcr_mllm.data import ImageTextShards, collate_image_text, write_synthetic_shards
+from dcr_mllm.data import ImageTextShards, collate_image_text, expand_shard_urls, write_synthetic_shards
 from dcr_mllm.data.synthetic import VERSION as SYNTHETIC_VERSION
 from dcr_mllm.diffusion import ConditionProjector, FrozenDenoiser
 from dcr_mllm.enhance.config import EnhanceConfig, ResolvedShapes, validate
 from dcr_mllm.enhance.export import RUN_CONFIG, export_tower
 from dcr_mllm.enhance.watch import EVAL_FILE, TowerWatch, selected
+from dcr_mllm.evaluation import freshness
 from dcr_mllm.io import generated_dir, write_atomic
 from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcr_mllm.objectives import EnhanceModel
@@ -43,7 +44,8 @@ from dcr_mllm.training import (
     is_finished,
     load_trainable_state,
 )
-from dcr_mllm.training.export_marker import export_fingerprint, export_is_current
+from dcr_mllm.training.checkpoints import TRAINING_KEYS
+from dcr_mllm.training.export_marker import export_fingerprint, export_is_current, training_digests
 from dcr_mllm.training.log import logger
 from dcr_mllm.training.zero import zero3_config
 
@@ -88,6 +90,39 @@ def stage_cfg(cfg: EnhanceConfig, stage: str):
     return cfg.projector_stage if stage == "projector" else cfg.lora_stage
 
 
+def shaping_config(cfg: EnhanceConfig, stage: str) -> dict:
+    """The config's values that shape the stage's training (beside its TrainConfig)."""
+    shaping = ("tower", "denoiser", "objective", "projector", "data") + (("lora",) if stage == "lora" else ())
+    return {key: value for key, value in to_dict(cfg).items() if key in shaping}
+
+
+def stage_record(cfg: EnhanceConfig, stage: str) -> dict:
+    """What the stage is made from (``freshness.made_from``, kept as ``made_from.json`` in its folder):
+    its settings but ``max_steps`` (a finished stage may raise it to continue), and fingerprints of
+    the tower, the denoiser, the shards (listed, not read) and, for lora, the trained projector."""
+    settings = {key: value for key, value in shaping_config(cfg, stage).items() if key not in ("tower", "denoiser")}
+    settings.update({key: getattr(stage_cfg(cfg, stage), key) for key in TRAINING_KEYS if key != "max_steps"})
+    projector = Path(cfg.output_dir) / "projector"
+    return {
+        "settings": freshness.made_from({**settings, "seed": cfg.seed}, {})["settings"],
+        "inputs": {
+            "tower": freshness.fingerprint(cfg.tower),
+            "denoiser": freshness.fingerprint(cfg.denoiser),
+            **({"data": freshness.data_fingerprint(expand_shard_urls(cfg.data.shards))} if cfg.data.shards else {}),
+            **(training_digests([projector]) if stage == "lora" and is_finished(projector) else {}),
+        },
+    }
+
+
+def overwrite_stages(output_dir: Path, stages: list[str]) -> None:
+    """Remove the stages' output and what is made from it (lora and the exports, after projector)."""
+    first = min(("projector", "lora").index(stage) for stage in stages)
+    for path in [output_dir / s for s in ("projector", "lora")[first:]] + [output_dir / "tower"]:
+        freshness.remove_stage(path)
+    for path in output_dir.glob("tower_step_*"):
+        freshness.remove_stage(path)
+
+
 def training_shards(cfg: EnhanceConfig, image_size: int, is_main: bool) -> str:
     """The configured shards, or a synthetic set written once under output_dir/data."""
     if cfg.data.shards:
@@ -114,19 +149,31 @@ def training_shards(cfg: EnhanceConfig, image_size: int, is_main: bool) -> str:
     return str(out)
 
 
-def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_config_change: bool = False) -> Path | None:
+def run_enhance(
+    cfg: EnhanceConfig, stages: list[str] | None = None, allow_config_change: bool = False, overwrite: bool = False
+) -> Path | None:
     """Run the requested stages (default: the config's), then export; returns the tower path, if any.
-    A stage resumes only with the settings it was started with, unless ``allow_config_change``.
+    A stage resumes only with the settings it was started with, unless ``allow_config_change``; one
+    made from other inputs (or, finished, with other settings) is refused unless ``overwrite``.
 
     Args:
         cfg: the resolved stage-one config.
         stages: the stages to run, ``projector`` and/or ``lora`` (default: ``cfg.stages``).
         allow_config_change: resume from checkpoints made with other training settings.
+        overwrite: remove the stages' output (and what is made from it) and train them again.
     """
     shapes = validate(cfg)
     output_dir = Path(cfg.output_dir).resolve()
     stages = stages or list(cfg.stages)
     tower_dir = output_dir / "tower"
+    if overwrite:
+        if init_distributed().is_main:
+            overwrite_stages(output_dir, stages)
+        barrier()
+    for stage in ("projector", "lora"):  # before anything is written or built; lora builds on the projector
+        finished = stage in stages and is_finished(output_dir / stage) and not allow_config_change
+        rerun = "pass --overwrite" if stage in stages else f"run enhance --stage {stage} --overwrite"
+        freshness.check_stage(output_dir / stage, stage_record(cfg, stage), finished, rerun)
     if all(is_finished(output_dir / s, stage_cfg(cfg, s).max_steps) for s in stages) and export_is_current(
         tower_dir, [output_dir / "lora"], export_choice(cfg, output_dir)
     ):
@@ -154,19 +201,21 @@ def run_enhance(cfg: EnhanceConfig, stages: list[str] | None = None, allow_confi
             if dist_info.is_main:
                 logger.info(f"stage {stage}: already finished in {stage_dir}; skipping")
             continue
+        record = stage_record(cfg, stage)  # lora's: with the projector just trained
+        freshness.check_stage(stage_dir, record, False)
         model = build_model(cfg, shapes, stage).to(dist_info.device)
-        shaping = ("tower", "denoiser", "objective", "projector", "data") + (("lora",) if stage == "lora" else ())
-        run_config = {key: value for key, value in to_dict(cfg).items() if key in shaping}
         trainer = Trainer(
             model,
             train_cfg,
             stage_dir,
             cfg.seed,
             dist_info,
-            run_config,
+            shaping_config(cfg, stage),
             allow_config_change,
             weights_in_checkpoints=stage == "lora",
         )
+        if dist_info.is_main:  # before the first checkpoint: an interrupted stage knows what it was made from
+            freshness.mark_current(stage_dir, record)
         random_crop = (
             (tuple(cfg.data.crop_scale), tuple(cfg.data.crop_ratio))
             if cfg.data.base_view == "random_resized_crop"

@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--nproc", type=int, default=int(env("NPROC") or 1))
     p.add_argument("--hostfile", default=env("HOSTFILE") or None)
+    p.add_argument(
+        "--overwrite", action="store_true", help="train every stage again (each training step's --overwrite)"
+    )
     return parser
 
 
@@ -165,7 +168,7 @@ def run_step(args: argparse.Namespace, extra: list[str]) -> None:
     else:
         from dcr_mllm.pipeline.run_all import plan, run_all
 
-        run_all(plan(args.config_dir, args.tiny, args.full), args.nproc, args.hostfile, args.seeds)
+        run_all(plan(args.config_dir, args.tiny, args.full), args.nproc, args.hostfile, args.seeds, args.overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:

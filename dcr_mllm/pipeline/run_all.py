@@ -70,10 +70,11 @@ def plan(config_dir: str | None = None, tiny: bool = False, full: bool = False) 
     )
 
 
-def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1) -> None:
+def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1, overwrite: bool = False) -> None:
     """The pipeline; ``seeds`` LLaVAs per tower, differing only in their seed (the config's, then
     the next ones), each scored on the same questions, so that the tower's effect is judged with
-    the training run as the unit (``evaluation.analysis.seed_effect``)."""
+    the training run as the unit (``evaluation.analysis.seed_effect``); ``overwrite``: every
+    training stage trained again (their ``--overwrite``)."""
     from dcr_mllm.evaluation.analysis.seed_effect import seeded_name
 
     if seeds < 1:
@@ -88,7 +89,10 @@ def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1
         suffix, seed = ("", []) if k == 0 else (f"_seed{k}", [f"seed={p.llava_seed + k}"])
         runs[seeded_name("dcr", k)] = (f"{p.enhance_out}/tower", f"{p.llava_out}{suffix}", seed)
         runs[seeded_name("base", k)] = (p.base_tower, f"{p.llava_out}_base{suffix}", seed)
-    overrides = {name: [f"tower={tower}", f"output_dir={out}", *seed] for name, (tower, out, seed) in runs.items()}
+    again = ["--overwrite"] if overwrite else []
+    overrides = {
+        name: [f"tower={tower}", f"output_dir={out}", *seed, *again] for name, (tower, out, seed) in runs.items()
+    }
     mllm_eval = f"outputs/eval_mllm_world{p.suffix}" if p.world else "outputs/eval_mllm"
     mllm_task = p.world_task if p.world else "dcr_suite_local"
     base_names, dcr_names = [n for n in runs if n.startswith("base")], [n for n in runs if n.startswith("dcr")]
@@ -108,13 +112,13 @@ def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1
         ]
         with SideJob(side_steps) as side:
             clock.step("1/5 enhance the tower")
-            training_stage("enhance", p.enhance_config, nproc, hostfile, [], env=ONE_THREAD)
+            training_stage("enhance", p.enhance_config, nproc, hostfile, again, env=ONE_THREAD)
             for name in dcr_names:  # on the core stage one used
                 llava(name, p.llava_config, overrides[name], nproc, hostfile, clock, env=ONE_THREAD)
             side.wait()
     else:
         clock.step("1/5 enhance the tower")
-        training_stage("enhance", p.enhance_config, nproc, hostfile, [])
+        training_stage("enhance", p.enhance_config, nproc, hostfile, again)
         for name in base_names + dcr_names:
             llava(name, p.llava_config, overrides[name], nproc, hostfile, clock)
 

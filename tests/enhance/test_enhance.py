@@ -136,3 +136,27 @@ def test_bad_input_fails_before_training_with_one_line(tiny, tmp_path, capsys, o
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and message in last_line
     assert not out.exists(), "nothing may be written for a config that cannot run"
+
+
+def test_a_stage_made_from_another_tower_is_refused_and_overwrite_trains_it_again(tiny, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    tower_b = tmp_path / "tower_b"  # the tiny CLIP with other weights
+    shutil.copytree(tiny["clip"], tower_b)
+    weights = next(tower_b.glob("*.safetensors"))
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in load_file(weights).items()}, weights)
+    out = tmp_path / "out"
+    args = ["enhance", "--stage", "projector", f"output_dir={out}", "data.synthetic_samples=8"]
+    args += ["projector_stage.max_steps=1", "projector_stage.num_workers=0"]
+    assert main([*args, f"tower={tiny['clip']}"]) == 0
+    made_from = (out / "projector" / "made_from.json").read_text()
+    capsys.readouterr()
+    assert main([*args, f"tower={tower_b}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "projector was made from another tower (tower: " in err and "--overwrite" in err
+    assert (out / "projector" / "made_from.json").read_text() == made_from
+    assert main([*args, f"tower={tower_b}", "--overwrite"]) == 0
+    assert (out / "projector" / "made_from.json").read_text() != made_from
+    assert main([*args, f"tower={tower_b}"]) == 0 and "already finished" in capsys.readouterr().out

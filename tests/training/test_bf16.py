@@ -117,6 +117,7 @@ def test_bf16_run_resumes_to_the_same_weights(enhance_runs):
     rewound.mkdir()
     shutil.copytree(stage / "checkpoints", rewound / "projector" / "checkpoints")
     (rewound / "projector" / "checkpoints" / "latest").write_text("step_000001")
+    shutil.copy(stage / "made_from.json", rewound / "projector")  # what the stage was made from goes with it
     os.symlink(enhance_runs / "bf16" / "data", rewound / "data")
     run(
         "enhance",

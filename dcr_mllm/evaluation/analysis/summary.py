@@ -12,6 +12,7 @@ from dcr_mllm.evaluation.analysis.probe_vs_llava import (
     probe_vs_llava,
     probe_vs_llava_table,
 )
+from dcr_mllm.evaluation.analysis.stale import check_current
 from dcr_mllm.io import atomic_path
 from dcr_mllm.strict import loads_json, read_json, read_text, read_yaml
 
@@ -85,6 +86,7 @@ def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path, chart: P
         mllm_eval: the MLLM evaluation's output directory (its ``report/`` is read).
         chart: where the probe-beside-LLaVA chart is drawn; None: the default above.
     """
+    check_current(tower_eval, mllm_eval)  # no table of a tower or LLaVA that changed since it was scored
     lines = ["# dcr-mllm pipeline summary", ""]
     report = mllm_eval / "report" / "report.md"
     significance = mllm_eval / "report" / "world_significance.json"

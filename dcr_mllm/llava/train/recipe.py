@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 
 from dcr_mllm.components.build_once import build_once
-from dcr_mllm.config import to_dict
 from dcr_mllm.errors import ConfigError, DcrError
+from dcr_mllm.evaluation import freshness
 from dcr_mllm.llava.build import add_language_lora, build_llava, vision_layout
 from dcr_mllm.llava.train.batches import GroupedBatches, collate, epoch_steps
 from dcr_mllm.llava.train.data import ASPECTS, IGNORE_INDEX, ConversationData, check_images, read_records
+from dcr_mllm.llava.train.made_from import overwrite_stage, shaping_config, stage_record
 from dcr_mllm.llava.train.synthetic import write_synthetic_conversations
 from dcr_mllm.presets.real import local_path
 from dcr_mllm.training import (
@@ -282,14 +283,16 @@ def conversation_data(
     )
 
 
-def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = False) -> Path:
+def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = False, overwrite: bool = False) -> Path:
     """Train one stage (resuming if interrupted, with the settings it started with unless
-    ``allow_config_change``); after finetune, export the llava-hf model.
+    ``allow_config_change``); after finetune, export the llava-hf model. A stage made from other
+    inputs (or, finished, with other settings) is refused unless ``overwrite``.
 
     Args:
         cfg: the LLaVA training config (tower, language model, data, both stages' settings).
         stage: pretrain (returns its stage directory) or finetune (returns the exported ``OUTPUT/model``).
         allow_config_change: resume with settings that change training, instead of refusing them.
+        overwrite: remove the stage's output (and finetune's and the export, after pretrain) and train it again.
     """
     validate(cfg, stage)
     output_dir = Path(cfg.output_dir).resolve()
@@ -297,7 +300,16 @@ def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = Fal
     model_dir = output_dir / "model"
     trained = [output_dir / "pretrain", output_dir / "finetune"]
     train_cfg = cfg.pretrain if stage == "pretrain" else cfg.finetune
+    record = stage_record(cfg, stage)
+    if not overwrite:  # before anything is written or built
+        freshness.check_stage(stage_dir, record, is_finished(stage_dir) and not allow_config_change)
+    if stage == "finetune":  # it builds on the pretrained projector: made from this config's inputs too
+        pretrain = stage_record(cfg, "pretrain")
+        freshness.check_stage(output_dir / "pretrain", pretrain, False, "run llava-pretrain --overwrite")
     dist_info = init_distributed()
+    if overwrite and dist_info.is_main:
+        overwrite_stage(output_dir, stage)
+    barrier()
     json_path, image_folder = conversation_files(cfg, stage, dist_info.is_main)
     settings = cfg.pretrain_data if stage == "pretrain" else cfg.finetune_data
     records, held_out = held_out_split(read_records(json_path), settings.eval_share, HELD_OUT_SEED)
@@ -322,14 +334,17 @@ def run_llava(cfg: LlavaTrainConfig, stage: str, allow_config_change: bool = Fal
             settings.group_by_length,
             train_cfg.grad_accum,
         )
-        shaping = ("tower", "language_model", "feature_layer", "synthetic_images", f"{stage}_data") + (
-            ("lora",) if stage == "finetune" else ()
-        )
-        run_config = {key: value for key, value in to_dict(cfg).items() if key in shaping}
-        run_config[f"{stage}_data"].pop("eval_every")  # how often the held-out loss is taken does not change training
         trainer = Trainer(
-            model.to(dist_info.device), train_cfg, stage_dir, cfg.seed, dist_info, run_config, allow_config_change
+            model.to(dist_info.device),
+            train_cfg,
+            stage_dir,
+            cfg.seed,
+            dist_info,
+            shaping_config(cfg, stage),
+            allow_config_change,
         )
+        if dist_info.is_main:  # before the first checkpoint: an interrupted stage knows what it was made from
+            freshness.mark_current(stage_dir, record)
         batches = ResumableBatches(plan, None, None, train_cfg.num_workers)
         dtype = next(model.parameters()).dtype
 

@@ -359,3 +359,41 @@ def test_the_loss_on_labelled_positions_only_equals_transformers_full_loss(tiny,
     assert ours_grads.keys() == full_grads.keys() and len(ours_grads) > 10
     for name in ours_grads:
         torch.testing.assert_close(ours_grads[name], full_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def other_tower(tiny, path: Path) -> Path:
+    """A copy of the tiny CLIP tower with other weights: the same shape, another tower."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(tiny["clip"], path)
+    weights = next(path.glob("*.safetensors"))
+    state = load_file(weights)
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, weights)
+    return path
+
+
+def test_a_stage_made_from_another_tower_is_refused_and_overwrite_trains_it_again(tiny, trained, tmp_path, capsys):
+    from dcr_mllm.cli import main
+
+    _, out, _ = trained
+    run_dir = after_pretrain(trained, tmp_path / "ab")  # pretrained with tower A
+    tower_b = other_tower(tiny, tmp_path / "tower_b")
+    args = [f"tower={tower_b}", "language_model=tiny-llama", f"output_dir={run_dir}", "synthetic_images=16"]
+    args += ["pretrain.micro_batch_size=4", "pretrain.lr=0.01", "pretrain.num_workers=0"]
+    before = {p: p.stat().st_mtime_ns for p in (out / "pretrain").rglob("*")}
+    assert main(["llava-pretrain", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pretrain was made from another tower (tower: " in err and "--overwrite" in err
+    assert {p: p.stat().st_mtime_ns for p in (out / "pretrain").rglob("*")} == before  # untouched
+    assert main(["llava-finetune", *args]) == 2  # finetune builds on that pretrain stage: refused too
+    assert "run llava-pretrain --overwrite" in capsys.readouterr().err and not (run_dir / "finetune").exists()
+    assert main(["llava-pretrain", *args, "pretrain.max_steps=1", "--overwrite"]) == 0
+    assert json.loads((run_dir / "pretrain" / "train_state.json").read_text())["step"] == 1  # trained again, with B
+    assert (
+        not (run_dir / "pretrain").is_symlink()
+        and json.loads((out / "pretrain" / "train_state.json").read_text())["step"] == 4
+    )
+    assert main(["llava-pretrain", *args, "pretrain.max_steps=1"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
