@@ -53,7 +53,12 @@ def read_run(path: str | Path) -> dict[str, float]:
 
 def compare_runs(runs: list[str], output: str | Path, note: str = "") -> dict[str, dict[str, float]]:
     """Write ``report.json``, ``report.md`` and ``report.png`` to ``output``; returns the table.
-    ``note``: a line above the Markdown table (where the data came from); empty: none."""
+
+    Args:
+        runs: lmms-eval result files or output directories, each ``NAME=PATH`` or ``PATH`` (labelled by its model).
+        output: the report directory.
+        note: a line above the Markdown table (where the data came from); empty: none.
+    """
     table: dict[str, dict[str, float]] = {}
     for run in runs:
         name, sep, file = run.partition("=")
