@@ -42,8 +42,7 @@ RUN_ALL_EPILOG = """examples:
   bash stages/run_all.sh --full     # the same with the world LLaVAs' long schedule (llava_full.yaml) on every kind of question (world_local)
   bash stages/run_all.sh --seeds 3  # three LLaVAs per tower: the tower's effect judged over training runs (Welch's t-test per attribute)
   bash stages/run_all.sh --tiny     # the random tiny preset on synthetic data: every stage in ~4 minutes
-  bash stages/run_all.sh --config-dir stages/configs/paper_clip_l14_224 --nproc 8 [--hostfile hosts.txt] \
-      --tower-eval-data /data/MMVP_VLM --tasks dcr_suite   # a real tower, scored on the real benchmarks
+  bash stages/run_all.sh --config-dir stages/configs/paper_clip_l14_224 --nproc 8 --tower-eval-data /data/MMVP_VLM --tasks dcr_suite  # a real tower, scored on the real benchmarks
   bash stages/run_all.sh --config-dir stages/configs/paper_clip_l14_224 --synthetic-eval   # ... on synthetic stand-ins
 
 A config directory holds enhance.yaml (stage 1) and llava.yaml (stages 2-3); the world's are in
