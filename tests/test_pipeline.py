@@ -61,6 +61,7 @@ def test_the_plan_reads_the_configs_with_their_defaults(monkeypatch):
         (["run-all", "--tiny", "--config-dir", "stages/configs/tiny"], "--tiny is a config directory"),
         (["run-all", "--tiny", "--seeds", "0"], "--seeds 0"),
         (["run-all", "--nproc", "two"], "invalid int value"),
+        (["run-all", "--tasks", "dcr_suite"], "the world scores its own sets"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, words):
@@ -76,6 +77,47 @@ def test_a_config_the_pipeline_cannot_honour_stops_it_before_anything_runs(tmp_p
     done = step("run-all", "--config-dir", str(configs), cwd=tmp_path)
     assert done.returncode == 2 and "no_such_key" in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["configs"]  # nothing written
+
+
+def test_a_real_tower_without_real_evaluation_data_is_refused_before_anything_runs(tmp_path):
+    import os
+
+    env = {**os.environ, "DCR_EVAL_DATA": str(tmp_path / "eval_data")}
+    done = subprocess.run(
+        [sys.executable, "-m", "dcr_mllm.pipeline", "run-all", "--config-dir", "stages/configs/paper_clip_l14_224"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert all(flag in done.stderr for flag in ("--tower-eval-data", "--tasks", "--synthetic-eval")), done.stderr
+    assert not (tmp_path / "eval_data").exists()
+
+
+def test_real_evaluation_data_reaches_stages_4_and_5(tmp_path, monkeypatch):
+    """``--synthetic-eval`` lets a real tower run on stand-ins; ``--tower-eval-data``, ``--probe-data``
+    and ``--tasks`` reach the stage commands; a generated MMVP-VLM is no real data."""
+    from dcr_mllm.evaluation.tower.synthetic import write_mmvp_vlm
+    from dcr_mllm.pipeline.steps import eval_mllm_command, tower_benchmarks
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("DCR_EVAL_DATA", str(tmp_path / "eval_data"))
+    paper = "stages/configs/paper_clip_l14_224"
+    assert plan(paper, synthetic_eval=True).tasks == "dcr_suite_local"
+    mmvp = write_mmvp_vlm(tmp_path / "mmvp", image_size=8)
+    with pytest.raises(DcrError, match="synthetic MMVP-VLM"):
+        plan(paper, tasks="dcr_suite", tower_data=str(mmvp))
+    (mmvp / "generated.json").unlink()  # as downloaded
+    p = plan(paper, tasks="dcr_suite", tower_data=str(mmvp), probe_data=str(tmp_path))
+    assert tower_benchmarks(tmp_path / "out", p.tower_data, p.probe_data, None) == {
+        "mmvp-vlm": ["--data", str(mmvp)],
+        "classification": ["--data", str(tmp_path)],
+        "fine-grained": [],
+    }
+    command = eval_mllm_command("dcr=a base=b", p.tasks, 1, "out")
+    assert command[command.index("--tasks") + 1] == "dcr_suite" and "--offline" not in command
+    assert plan(tiny=True, tasks="mmvp_local").tasks == "mmvp_local"  # the tiny preset: synthetic by design
 
 
 @pytest.mark.slow

@@ -118,6 +118,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     eval_mllm_parser.add_argument("--nproc", type=int, default=1, help="processes (accelerate launch) per model")
     eval_mllm_parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="keep lmms-eval off the Hugging Face hub (also when HF_HUB_OFFLINE is set, or every task is local); "
+        "otherwise hub tasks such as dcr_suite download what is not cached",
+    )
+    eval_mllm_parser.add_argument(
         "--output", default="outputs/eval_mllm", help="one folder per model, logs/, and report/"
     )
     eval_mllm_parser.set_defaults(func=eval_mllm)
@@ -201,7 +207,7 @@ def eval_task_dir(args: argparse.Namespace) -> None:
 def eval_mllm(args: argparse.Namespace) -> None:
     from dcr_mllm.evaluation.mllm.run import evaluate_mllms
 
-    report = evaluate_mllms(args.model, args.tasks, args.output, nproc=args.nproc)
+    report = evaluate_mllms(args.model, args.tasks, args.output, nproc=args.nproc, offline=args.offline)
     print((report / "report.md").read_text(encoding="utf-8"), end="")
     print(f"report: {report}")
 

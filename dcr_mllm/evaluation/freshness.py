@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from dcr_mllm.io import write_atomic
+from dcr_mllm.io import generated_from, write_atomic
 
 RECORD = "made_from.json"
 HASHED_BELOW = 64 << 20  # bytes; larger files count by size and modification time
@@ -45,6 +45,22 @@ def made_from(settings: dict, inputs: dict[str, str | Path | None]) -> dict:
     return json.loads(
         json.dumps({"settings": settings, "inputs": {name: fingerprint(p) for name, p in inputs.items() if p}})
     )
+
+
+def generator(data: str | Path | None) -> str | None:
+    """The generator a data folder records in its ``generated.json`` (``dcr_mllm.io.generated_dir``,
+    ``prepare-eval-data``): set for data the project made up, absent for data read from a real source."""
+    record = generated_from(data) if data else None
+    name = record.get("generator") if isinstance(record, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def synthetic_note(generators: dict[str, str]) -> str:
+    """The line every table computed on generated data carries (``{what: generator}``); empty when none was."""
+    if not generators:
+        return ""
+    made = ", ".join(f"{what}: {name}" for what, name in generators.items())
+    return f"data: synthetic stand-ins ({made}), not the published benchmarks"
 
 
 def is_current(output: str | Path, record: dict) -> bool:

@@ -42,12 +42,16 @@ RUN_ALL_EPILOG = """examples:
   bash stages/run_all.sh --full     # the same with the world LLaVAs' long schedule (llava_full.yaml) on every kind of question (world_local)
   bash stages/run_all.sh --seeds 3  # three LLaVAs per tower: the tower's effect judged over training runs (Welch's t-test per attribute)
   bash stages/run_all.sh --tiny     # the random tiny preset on synthetic data: every stage in ~4 minutes
-  bash stages/run_all.sh --config-dir stages/configs/paper_clip_l14_224 --nproc 8 [--hostfile hosts.txt]
+  bash stages/run_all.sh --config-dir stages/configs/paper_clip_l14_224 --nproc 8 --tower-eval-data /data/MMVP_VLM --tasks dcr_suite  # a real tower, scored on the real benchmarks
+  bash stages/run_all.sh --config-dir stages/configs/paper_clip_l14_224 --synthetic-eval   # ... on synthetic stand-ins
 
 A config directory holds enhance.yaml (stage 1) and llava.yaml (stages 2-3); the world's are in
 stages/configs/world and its data comes from `dcr-mllm build-world` (step 0). On one CPU process
 the base-tower LLaVA trains and is scored alongside stage one and then the DCR-tower LLaVA (one
 thread each).
+A real tower (not a tiny or world preset) needs real evaluation data, --tower-eval-data (MMVP-VLM) and
+--tasks (lmms-eval tasks: hub ones such as dcr_suite, or local ones prepared with `dcr-mllm
+prepare-eval-data`), or --synthetic-eval; every table scored on synthetic data says so.
 Every stage skips what is already complete, so a rerun resumes where a run stopped, and a
 finished run takes seconds."""
 
@@ -125,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=env("TASKS") or "dcr_suite_local", help="(TASKS)")
     p.add_argument("--nproc", type=int, default=int(env("NPROC") or 1))
     p.add_argument("--output", default=env("OUTPUT") or "outputs/eval_mllm", help="(OUTPUT)")
+    p.add_argument(
+        "--offline", action="store_true", help="keep lmms-eval off the hub (also when HF_HUB_OFFLINE is set)"
+    )
     p = sub.add_parser(
         "run-all",
         prog="stages/run_all.sh",
@@ -142,6 +149,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(env("SEEDS") or 1),
         help="LLaVAs per tower, differing only in their seed; the summary judges the tower's effect over them (SEEDS; "
         "default 1: one run per tower cannot attribute a difference to the tower)",
+    )
+    p.add_argument(
+        "--tasks",
+        default=env("TASKS") or None,
+        help="stage 5's lmms-eval tasks (TASKS; default dcr_suite_local, whose data is synthetic unless prepared)",
+    )
+    p.add_argument(
+        "--tower-eval-data",
+        default=env("TOWER_EVAL_DATA") or None,
+        help="stage 4's MMVP-VLM directory (TOWER_EVAL_DATA; default: a synthetic one)",
+    )
+    p.add_argument(
+        "--probe-data",
+        default=env("PROBE_DATA") or None,
+        help="stage 4's image folder for the classification probes (PROBE_DATA; default: synthetic shapes)",
+    )
+    p.add_argument(
+        "--synthetic-eval",
+        action="store_true",
+        help="score a real tower on synthetic stand-ins (otherwise refused without --tower-eval-data and --tasks)",
     )
     p.add_argument("--nproc", type=int, default=int(env("NPROC") or 1))
     p.add_argument("--hostfile", default=env("HOSTFILE") or None)
@@ -164,11 +191,20 @@ def run_step(args: argparse.Namespace, extra: list[str]) -> None:
     elif args.step == "eval-tower":
         steps.eval_tower(args.towers, args.output, args.data, args.probe_data, args.world)
     elif args.step == "eval-mllm":
-        steps.eval_mllm(args.models, args.tasks, args.nproc, args.output)
+        steps.eval_mllm(args.models, args.tasks, args.nproc, args.output, args.offline)
     else:
         from dcr_mllm.pipeline.run_all import plan, run_all
 
-        run_all(plan(args.config_dir, args.tiny, args.full), args.nproc, args.hostfile, args.seeds, args.overwrite)
+        p = plan(
+            args.config_dir,
+            args.tiny,
+            args.full,
+            args.tasks,
+            args.tower_eval_data,
+            args.probe_data,
+            args.synthetic_eval,
+        )
+        run_all(p, args.nproc, args.hostfile, args.seeds, args.overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:

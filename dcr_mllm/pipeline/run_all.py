@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.pipeline.launch import ONE_THREAD, StepFailed, on_one_cpu, run
-from dcr_mllm.pipeline.steps import Clock, eval_mllm, eval_tower, llava, training_stage
+from dcr_mllm.pipeline.steps import Clock, eval_mllm, eval_tower, llava, mllm_data_root, training_stage
 
 STAGES = Path("stages")
 SIDE_LOG = Path("outputs/logs/llava_base.log")
@@ -36,12 +36,34 @@ class Plan:
     base_tower: str
     llava_out: str
     llava_seed: int  # the LLaVA config's seed: the first of --seeds
+    tasks: str = "dcr_suite_local"  # stage 5's lmms-eval tasks (the world's task in the world)
+    tower_data: str | None = None  # stage 4's MMVP-VLM directory (None: synthetic stand-ins)
+    probe_data: str | None = None  # stage 4's classification image folder (None: synthetic shapes)
 
 
-def plan(config_dir: str | None = None, tiny: bool = False, full: bool = False) -> Plan:
+def plan(
+    config_dir: str | None = None,
+    tiny: bool = False,
+    full: bool = False,
+    tasks: str | None = None,
+    tower_data: str | None = None,
+    probe_data: str | None = None,
+    synthetic_eval: bool = False,
+) -> Plan:
     """The default is the tiny world (``stages/configs/world``, open questions); ``full``: its long
     LLaVA schedule on every kind of question; ``tiny``: the random tiny preset; ``config_dir``: a
-    directory with enhance.yaml and llava.yaml."""
+    directory with enhance.yaml and llava.yaml. A real tower is scored on real data (``tower_data``
+    and ``tasks``), or on synthetic stand-ins only when ``synthetic_eval`` says so.
+
+    Args:
+        config_dir: the config directory, as above; None: the world or ``tiny``.
+        tiny: the random tiny preset (``stages/configs/tiny``).
+        full: the world's long LLaVA schedule.
+        tasks: stage 5's lmms-eval tasks; None: ``dcr_suite_local`` (the world's own task in the world).
+        tower_data: stage 4's MMVP-VLM directory; None: a synthetic one.
+        probe_data: stage 4's classification image folder; None: synthetic shapes.
+        synthetic_eval: score a real tower on synthetic stand-ins instead of refusing.
+    """
     from dcr_mllm.config import load_config
     from dcr_mllm.enhance.config import EnhanceConfig
     from dcr_mllm.llava.train.recipe import LlavaTrainConfig
@@ -51,23 +73,80 @@ def plan(config_dir: str | None = None, tiny: bool = False, full: bool = False) 
         raise DcrError("--full is the world's long LLaVA schedule; it does not combine with --tiny or --config-dir")
     if tiny and config_dir is not None:
         raise DcrError("--tiny is a config directory of its own (stages/configs/tiny): drop --config-dir or --tiny")
+    given = [
+        flag
+        for flag, value in (("--tasks", tasks), ("--tower-eval-data", tower_data), ("--probe-data", probe_data))
+        if value
+    ]
+    if world and given:
+        raise DcrError(f"the world scores its own sets: drop {given[0]}, or pass --config-dir or --tiny")
+    for flag, folder in (("--tower-eval-data", tower_data), ("--probe-data", probe_data)):
+        if folder and not Path(folder).is_dir():
+            raise DcrError(f"{flag} {folder} is not a directory: check the path")
     directory = Path(config_dir) if config_dir is not None else STAGES / "configs" / ("tiny" if tiny else "world")
     enhance_config, llava_config = directory / "enhance.yaml", directory / ("llava_full.yaml" if full else "llava.yaml")
     for file in (enhance_config, llava_config):
         if not file.is_file():
             raise DcrError(f"{file} does not exist; a config directory needs enhance.yaml and llava.yaml")
     enhance, llava_cfg = load_config(EnhanceConfig, enhance_config), load_config(LlavaTrainConfig, llava_config)
+    world_task = "world_local" if full else "world_local_open"
+    tasks = world_task if world else tasks or "dcr_suite_local"
+    if tower_data:
+        from dcr_mllm.evaluation.tower.mmvp_vlm import read_benchmark
+
+        read_benchmark(tower_data)  # checked now, not after training
+    if real_tower(str(enhance.tower)) and not synthetic_eval:
+        refuse_stand_ins(str(enhance.tower), tasks, tower_data)
     return Plan(
         str(enhance_config),
         str(llava_config),
         world,
-        "world_local" if full else "world_local_open",
+        world_task,
         "_full" if full else "",
         str(enhance.output_dir),
         str(enhance.tower),
         str(llava_cfg.output_dir),
         llava_cfg.seed,
+        tasks,
+        tower_data,
+        probe_data,
     )
+
+
+def real_tower(tower: str) -> bool:
+    """Whether a base tower is a real one: anything but a tiny or world preset, or a directory in
+    their caches (synthetic worlds, evaluated on synthetic data by design)."""
+    from dcr_mllm.presets.real import TINY_NAMES, WORLD_NAMES
+    from dcr_mllm.presets.tiny import default_tiny_root
+    from dcr_mllm.world.models import default_world_root
+
+    if tower in TINY_NAMES or tower in WORLD_NAMES:
+        return False
+    path = Path(tower).expanduser().resolve()
+    return not any(
+        path.is_relative_to(root.expanduser().resolve()) for root in (default_tiny_root(), default_world_root())
+    )
+
+
+def refuse_stand_ins(tower: str, tasks: str, tower_data: str | None) -> None:
+    """One line naming what would be scored on synthetic stand-ins, and the flags that avoid it."""
+    from dcr_mllm.evaluation.freshness import generator
+    from dcr_mllm.evaluation.mllm.run import stand_in_folders
+
+    stand_ins = []
+    if not tower_data or generator(tower_data):
+        stand_ins.append("the tower on a synthetic MMVP-VLM (pass --tower-eval-data MMVP_VLM_DIR)")
+    folders = stand_in_folders(mllm_data_root(), [t.strip() for t in tasks.split(",") if t.strip()])
+    if folders:
+        stand_ins.append(
+            f"the LLaVAs on synthetic {', '.join(folders)} for --tasks {tasks} (pass --tasks dcr_suite for the hub's "
+            f"data, or prepare the local sets in {mllm_data_root()} with `dcr-mllm prepare-eval-data`)"
+        )
+    if stand_ins:
+        raise DcrError(
+            f"{tower} is a real tower, but run_all would score {' and '.join(stand_ins)}; "
+            "or pass --synthetic-eval to score it on synthetic stand-ins"
+        )
 
 
 def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1, overwrite: bool = False) -> None:
@@ -94,7 +173,7 @@ def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1
         name: [f"tower={tower}", f"output_dir={out}", *seed, *again] for name, (tower, out, seed) in runs.items()
     }
     mllm_eval = f"outputs/eval_mllm_world{p.suffix}" if p.world else "outputs/eval_mllm"
-    mllm_task = p.world_task if p.world else "dcr_suite_local"
+    mllm_task = p.tasks
     base_names, dcr_names = [n for n in runs if n.startswith("base")], [n for n in runs if n.startswith("dcr")]
     if on_one_cpu(nproc, hostfile):
         print(
@@ -134,7 +213,7 @@ def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1
     else:
         tower_eval = "outputs/eval_tower"
         clock.step("4/5 score the towers")
-        eval_tower(towers, tower_eval)
+        eval_tower(towers, tower_eval, p.tower_data, p.probe_data)
         clock.step("5/5 score the LLaVAs")
     eval_mllm(models, mllm_task, nproc, mllm_eval)  # on one CPU the base LLaVAs' scores are the side job's, kept
     clock.step("summary")

@@ -70,6 +70,27 @@ def tower_labels(towers: str) -> list[str]:
     return specs
 
 
+def tower_benchmarks(out: Path, data: str | None, probe_data: str | None, world: str | None) -> dict[str, list[str]]:
+    """Stage 4's benchmarks and each one's data arguments; data not given is a synthetic set
+    written (or kept) under ``out/data``, which the reports then mark as synthetic.
+
+    Args:
+        out: stage 4's output directory.
+        data: an MMVP-VLM directory, or None.
+        probe_data: an image folder for the classification probes, or None.
+        world: a labelled world set: the world's metrics instead, or None.
+    """
+    from dcr_mllm.evaluation.tower.synthetic import classification_set, mmvp_vlm_set
+
+    if world:
+        return {"world": ["--data", world, "--pairs-per-attribute", "30"]}
+    return {
+        "mmvp-vlm": ["--data", data or str(mmvp_vlm_set(out / "data" / "mmvp_vlm"))],
+        "classification": ["--data", probe_data or str(classification_set(out / "data" / "shapes"))],
+        "fine-grained": [],
+    }
+
+
 def eval_tower(
     towers: str, output: str, data: str | None = None, probe_data: str | None = None, world: str | None = None
 ) -> None:
@@ -77,7 +98,6 @@ def eval_tower(
     with ``world``, the world's metrics), each report kept when made from the same towers, data and
     settings (``eval-tower --if-changed``); then the summary tables."""
     from dcr_mllm.evaluation.analysis.summary import tower_tables
-    from dcr_mllm.evaluation.tower.synthetic import classification_set, mmvp_vlm_set
 
     specs = tower_labels(towers)
     if world and not (Path(world) / "labels.csv").is_file():
@@ -85,14 +105,7 @@ def eval_tower(
             f"{world} is not a world set (no labels.csv): run dcr-mllm build-world (it writes outputs/world/eval)"
         )
     out = Path(output)
-    if world:
-        benchmarks = {"world": ["--data", world, "--pairs-per-attribute", "30"]}
-    else:
-        benchmarks = {
-            "mmvp-vlm": ["--data", data or str(mmvp_vlm_set(out / "data" / "mmvp_vlm"))],
-            "classification": ["--data", probe_data or str(classification_set(out / "data" / "shapes"))],
-            "fine-grained": [],
-        }
+    benchmarks = tower_benchmarks(out, data, probe_data, world)
     tower_args = [word for spec in specs for word in ("--tower", spec)]
     for benchmark, args in benchmarks.items():
         log = out / f"{benchmark}.log"
@@ -122,15 +135,29 @@ def eval_tower(
     print("\n".join(tower_tables(out)))
 
 
-def eval_mllm(models: str, tasks: str, nproc: int, output: str) -> None:
-    """Stage 5: ``dcr-mllm eval-mllm`` on ``"NAME=DIR[+TOWER] ..."``, the local data under
-    ``$DCR_EVAL_DATA`` (default ``outputs/eval_data``)."""
+def mllm_data_root() -> Path:
+    """Where stage 5's local tasks read their data: ``$DCR_EVAL_DATA``, default ``outputs/eval_data``."""
+    return Path(os.environ.get("DCR_EVAL_DATA") or Path("outputs/eval_data").resolve())
+
+
+def eval_mllm_command(models: str, tasks: str, nproc: int, output: str, offline: bool = False) -> list[str]:
+    """Stage 5's ``dcr-mllm eval-mllm`` command line for ``"NAME=DIR[+TOWER] ..."``.
+
+    Args:
+        models: the models, space-separated ``NAME=DIR[+TOWER]``.
+        tasks: lmms-eval tasks or groups, comma-separated.
+        nproc: processes per model.
+        output: eval-mllm's output directory.
+        offline: keep lmms-eval off the hub (``--offline``).
+    """
     specs = models.split()
     if not specs:
         raise DcrError('no model to score: pass --models "NAME=DIR ..."')
-    env = {"DCR_EVAL_DATA": os.environ.get("DCR_EVAL_DATA") or str(Path("outputs/eval_data").resolve())}
     model_args = [word for spec in specs for word in ("--model", spec)]
-    run(
-        cli_command(1, None, ["eval-mllm", *model_args, "--tasks", tasks, "--nproc", str(nproc), "--output", output]),
-        env=env,
-    )
+    command = ["eval-mllm", *model_args, "--tasks", tasks, "--nproc", str(nproc), "--output", output]
+    return cli_command(1, None, command + (["--offline"] if offline else []))
+
+
+def eval_mllm(models: str, tasks: str, nproc: int, output: str, offline: bool = False) -> None:
+    """Stage 5: ``eval_mllm_command``, the local data under ``mllm_data_root()``."""
+    run(eval_mllm_command(models, tasks, nproc, output, offline), env={"DCR_EVAL_DATA": str(mllm_data_root())})

@@ -104,12 +104,15 @@ def test_probes_have_the_same_report_shape(tiny, tmp_path):
     assert list(results) == ["a", "b"] and list(results["a"]) == [*ATTRIBUTE_VALUES, "average"]
     for name in ("predictions.csv", "results.md", "chart.png"):
         assert (tmp_path / "cls" / name).is_file() and (tmp_path / "fg" / name).is_file()
+    for out, made in (("cls", "classification: synthetic-classification"), ("fg", "fine-grained: synthetic-")):
+        assert f"data: synthetic stand-ins ({made}" in (tmp_path / out / "results.md").read_text()
 
 
 def test_make_eval_data_writes_the_official_layout_once(tmp_path, capsys):
     out = tmp_path / "mmvp"
     assert main(["make-eval-data", "mmvp-vlm", "--output", str(out), "--image-size", "16"]) == 0
     assert len(read_benchmark(out)) == 135
+    assert json.loads((out / "generated.json").read_text())["generator"] == "synthetic-mmvp-vlm"  # reports say so
     assert main(["make-eval-data", "mmvp-vlm", "--output", str(out)]) == 2
     assert "already exists: delete it or choose another output directory" in capsys.readouterr().err
 

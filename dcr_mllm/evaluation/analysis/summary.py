@@ -13,6 +13,13 @@ from dcr_mllm.evaluation.analysis.probe_vs_llava import (
     probe_vs_llava_table,
 )
 from dcr_mllm.evaluation.analysis.stale import check_current
+from dcr_mllm.evaluation.analysis.provenance import (
+    SYNTHETIC_HEADING,
+    mark_synthetic,
+    mllm_synthetic,
+    tower_synthetic,
+)
+from dcr_mllm.evaluation.freshness import synthetic_note
 from dcr_mllm.io import atomic_path
 from dcr_mllm.strict import loads_json, read_json, read_text, read_yaml
 
@@ -104,11 +111,14 @@ def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path, chart: P
         ]
     world = _world_llava_tables(significance)
     suite = read_text(report).strip() if not world and report.is_file() else "(not run)"
+    made_up = mllm_synthetic(mllm_eval)
+    marked, note = (SYNTHETIC_HEADING, synthetic_note(made_up)) if made_up else ("", "")
     _check_runs(runs)  # after every table is read, before the first chart is drawn
     if world:
         lines += [
-            "## LLaVA in the world (lmms-eval `world_local` or `world_local_open`, accuracy %)",
+            f"## LLaVA in the world (lmms-eval `world_local` or `world_local_open`, accuracy %){marked}",
             "",
+            *([note, ""] if note else []),
             *effects[1:],
             *world,
             "",
@@ -127,8 +137,9 @@ def summarize(runs: dict[str, Path], tower_eval: Path, mllm_eval: Path, chart: P
             lines += [*learning_targets(pairs, read_json(significance)["accuracy"]), ""]
     else:
         lines += [
-            "## LLaVA on the lmms-eval suite",
+            f"## LLaVA on the lmms-eval suite{marked}",
             "",
+            *([note, ""] if note and note not in suite else []),
             suite,
             "",
         ]
@@ -168,12 +179,18 @@ def _check_runs(runs: dict[str, Path]) -> None:
 
 
 def tower_tables(tower_eval: str | Path) -> list[str]:
-    """Markdown: the benchmark table, and the world's tables where the world was scored."""
+    """Markdown: the benchmark table, and the world's tables where the world was scored; a table
+    computed on generated data says so (``provenance``)."""
     tower_eval = Path(tower_eval)
     world = tower_eval / "world" / "results.json"
     if world.is_file():
-        return _world_tables(world)
-    return ["## Towers (MMVP-VLM, probes; %)", "", *_tower_table(tower_eval)]
+        return mark_synthetic(_world_tables(world), {"world": m} if (m := tower_synthetic(tower_eval, "world")) else {})
+    made_up = {
+        b: made
+        for b in ("mmvp-vlm", "classification", "fine-grained")
+        if (tower_eval / b / "results.json").is_file() and (made := tower_synthetic(tower_eval, b))
+    }
+    return mark_synthetic(["## Towers (MMVP-VLM, probes; %)", "", *_tower_table(tower_eval, made_up)], made_up)
 
 
 def _world_tables(results_file: Path) -> list[str]:
@@ -349,7 +366,8 @@ def _effect_lines(pair: str, effects: dict) -> list[str]:
     return [*lines, ""]
 
 
-def _tower_table(tower_eval: Path) -> list[str]:
+def _tower_table(tower_eval: Path, made_up: dict[str, str]) -> list[str]:
+    """One row per metric, a column per tower; a row computed on generated data is marked "(synthetic)"."""
     rows = [
         ("MMVP-VLM average", "mmvp-vlm", "average"),
         ("zero-shot top-1", "classification", "zero_shot_top1"),
@@ -366,7 +384,9 @@ def _tower_table(tower_eval: Path) -> list[str]:
     for label, benchmark, metric in rows:
         if benchmark in tables:
             try:
-                lines.append(f"| {label} | " + " | ".join(f"{tables[benchmark][t][metric]:.1f}" for t in towers) + " |")
+                mark = " (synthetic)" if benchmark in made_up else ""
+                cells = " | ".join(f"{tables[benchmark][t][metric]:.1f}" for t in towers)
+                lines.append(f"| {label}{mark} | {cells} |")
             except (KeyError, TypeError, ValueError) as err:
                 raise DcrError(
                     f"{tower_eval / benchmark / 'results.json'} lacks {metric} for every tower; re-run dcr-mllm eval-tower"

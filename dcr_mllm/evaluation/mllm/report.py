@@ -51,8 +51,14 @@ def read_run(path: str | Path) -> dict[str, float]:
     return metrics
 
 
-def compare_runs(runs: list[str], output: str | Path) -> dict[str, dict[str, float]]:
-    """Write ``report.json``, ``report.md`` and ``report.png`` to ``output``; returns the table."""
+def compare_runs(runs: list[str], output: str | Path, note: str = "") -> dict[str, dict[str, float]]:
+    """Write ``report.json``, ``report.md`` and ``report.png`` to ``output``; returns the table.
+
+    Args:
+        runs: lmms-eval result files or output directories, each ``NAME=PATH`` or ``PATH`` (labelled by its model).
+        output: the report directory.
+        note: a line above the Markdown table (where the data came from); empty: none.
+    """
     table: dict[str, dict[str, float]] = {}
     for run in runs:
         name, sep, file = run.partition("=")
@@ -66,7 +72,7 @@ def compare_runs(runs: list[str], output: str | Path) -> dict[str, dict[str, flo
     output.mkdir(parents=True, exist_ok=True)
     metrics = sorted({m for values in table.values() for m in values})
     write_atomic(output / "report.json", json.dumps(table, indent=2))
-    write_atomic(output / "report.md", markdown_table(table, metrics))
+    write_atomic(output / "report.md", (f"{note}\n\n" if note else "") + markdown_table(table, metrics))
     chart(table, metrics, output / "report.png")
     return table
 

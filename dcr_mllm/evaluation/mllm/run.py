@@ -90,18 +90,50 @@ def ensure_local_data(root: Path, folders: set[str]) -> None:
         real = record is not None and "source" in record
         if not real and record != synthetic_recipe(name):
             synthetic.add(name)
+    if synthetic:
+        print(
+            f"writing synthetic stand-ins for {', '.join(sorted(synthetic))} under {root}: no real data there; "
+            "their scores are not the benchmarks' (`dcr-mllm prepare-eval-data --mmvp DIR --pope DIR --coco DIR` "
+            "writes MMVP and POPE from their original files)",
+            flush=True,
+        )
     if world or synthetic:
         prepare_eval_data(root, synthetic=synthetic, world=WORLD_TASK_IMAGES if world else 0)
 
 
-def evaluate_mllms(specs: list[str], tasks: str, output: str | Path, nproc: int = 1) -> Path:
+def stand_in_folders(root: Path, tasks: list[str]) -> list[str]:
+    """The local data folders the tasks read that hold no real data (missing, or generated), which
+    ``ensure_local_data`` fills with synthetic stand-ins."""
+    records = {name: generated_from(root / name) for name in sorted(local_folders(tasks))}
+    return [name for name, record in records.items() if not (isinstance(record, dict) and "source" in record)]
+
+
+def synthetic_folders(root: Path, folders: set[str]) -> dict[str, str]:
+    """``{folder: generator}`` of the local data folders that hold generated data (``generated.json``
+    names a generator), whose scores are therefore not the benchmarks'."""
+    return {name: made for name in sorted(folders) if (made := freshness.generator(root / name))}
+
+
+def hub_environment(tasks: list[str], offline: bool) -> dict[str, str]:
+    """Hugging Face's offline switches for lmms-eval: set when asked (``--offline``), when this
+    environment already sets ``HF_HUB_OFFLINE``, or when every task reads local data (so that those
+    run with no network); otherwise none, and hub tasks (``dcr_suite``) fetch what is not cached."""
+    inherited = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    if offline or inherited or all(task in LOCAL_TASKS for task in tasks):
+        return {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return {}
+
+
+def evaluate_mllms(specs: list[str], tasks: str, output: str | Path, nproc: int = 1, offline: bool = False) -> Path:
     """Score every model (or reuse its current results), then write ``output/report``; returns it.
+    The report says where its local data is synthetic (``report.md``'s first line, ``data_sources.json``).
 
     Args:
         specs: the models, each ``NAME=DIR`` (a LLaVA checkpoint) or ``NAME=DIR+TOWER`` (its tower swapped in).
         tasks: lmms-eval tasks or groups, comma-separated (e.g. ``dcr_suite_local``).
         output: the directory of results, one subdirectory per model, plus ``logs/`` and ``report/``.
         nproc: processes per model (``accelerate launch`` when more than 1).
+        offline: keep lmms-eval off the hub (``hub_environment``).
     """
     models = parse_models(specs)
     task_names = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -144,12 +176,17 @@ def evaluate_mllms(specs: list[str], tasks: str, output: str | Path, nproc: int 
         output,
         nproc,
         _side_by_side(cuda, nproc, len(stale)),
+        hub_environment(task_names, offline),
     )
     for name, (_, _, record) in stale.items():
         freshness.mark_current(output / name, record)
         print(f"{name}: {output / name}")
     runs = [f"{name}={output / name}" for name in models]
-    compare_runs(runs, output / "report")
+    made_up = synthetic_folders(root, folders)
+    compare_runs(runs, output / "report", freshness.synthetic_note(made_up))
+    write_atomic(
+        output / "report" / "data_sources.json", json.dumps({"root": str(root), "synthetic": made_up}, indent=1)
+    )
     world_task = next((t for t in task_names if t in WORLD_TASKS), None)
     if world_task:  # every accuracy with its interval, every difference with a paired test
         comparison = compare_world({name: world_samples(output / name, world_task) for name in models})
@@ -165,10 +202,15 @@ def _side_by_side(cuda: bool, nproc: int, models: int) -> int:
 
 
 def _run_lmms_eval(
-    models: dict[str, tuple[str, str]], tasks: list[str], output: Path, nproc: int, side_by_side: int
+    models: dict[str, tuple[str, str]],
+    tasks: list[str],
+    output: Path,
+    nproc: int,
+    side_by_side: int,
+    hub: dict[str, str],
 ) -> None:
     """Score each ``name: (model, model_args)`` into ``output/name`` (log: ``output/logs/name.log``),
-    ``side_by_side`` at a time (one thread each when more than one)."""
+    ``side_by_side`` at a time (one thread each when more than one); ``hub``: the offline switches."""
     launcher = [sys.executable, "-m", "lmms_eval"]
     if nproc > 1:
         launcher = [
@@ -180,12 +222,7 @@ def _run_lmms_eval(
             "-m",
             "lmms_eval",
         ]
-    env = {
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        **child_environment(),
-        "DCR_EVAL_DATA": str(eval_data_root()),
-    }
+    env = {**child_environment(), **hub, "DCR_EVAL_DATA": str(eval_data_root())}
     if side_by_side > 1:
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     queue = list(models)

@@ -144,12 +144,14 @@ def evaluate_towers(
         raise DcrError(f"--data {data} is not a directory: check the path")
     for path in towers.values():
         inspect_tower(path, allow_pickle)
+    made_up = "synthetic-fine-grained-pairs" if benchmark == "fine-grained" else freshness.generator(data)
     settings = {
         "benchmark": benchmark,
         "towers": towers,
         "pairs_per_attribute": pairs_per_attribute,
         "preprocess": preprocess,
         **({"image_size": image_size, "seed": seed} if benchmark == "fine-grained" else {}),
+        **({"synthetic_data": made_up} if made_up else {}),  # the summary marks its row
     }
     record = freshness.made_from(settings, {**{f"tower/{label}": path for label, path in towers.items()}, "data": data})
     if if_changed and freshness.is_current(output, record):
@@ -172,6 +174,8 @@ def evaluate_towers(
     if benchmark == "mmvp-vlm":
         source += f", {preprocess} preprocessing"
     note = source + "; towers: " + ", ".join(f"{label} = `{path}`" for label, path in towers.items())
+    if made_up:
+        note = freshness.synthetic_note({benchmark: made_up}) + "\n\n" + note
     write_report(output, BENCHMARKS[benchmark], results, note)
     freshness.mark_current(output, record)
     return {label: result.scores for label, result in results.items()}

@@ -17,6 +17,7 @@ So that tests, the tiny pipeline and users without the downloads can run every e
 from __future__ import annotations
 
 import csv
+import json
 import random
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from dcr_mllm.data.synthetic import ATTRIBUTE_VALUES, SceneAttributes, caption, 
 from dcr_mllm.data.synthetic import VERSION as SYNTHETIC_VERSION
 from dcr_mllm.errors import DcrError
 from dcr_mllm.evaluation.tower.mmvp_vlm import CATEGORIES, IMAGES_DIR, PAIRS_PER_CATEGORY, QUESTIONS_FILE
-from dcr_mllm.io import atomic_dir, generated_dir
+from dcr_mllm.io import GENERATED, atomic_dir, generated_dir
 
 CATEGORY_ATTRIBUTES = {
     "Orientation and Direction": "orientation",
@@ -68,6 +69,7 @@ def write_mmvp_vlm(out_dir: str | Path, image_size: int = 224, seed: int = 0) ->
     _refuse_existing(out_dir)
     with atomic_dir(out_dir) as tmp:
         _fill_mmvp_vlm(tmp, image_size, seed)
+        _record(tmp, _mmvp_vlm_recipe(image_size, seed))
     return out_dir
 
 
@@ -104,6 +106,7 @@ def write_classification_folder(
     _refuse_existing(out_dir)
     with atomic_dir(out_dir) as tmp:
         _fill_classification(tmp, per_class, image_size, seed, by)
+        _record(tmp, _classification_recipe(per_class, image_size, seed, by))
     return out_dir
 
 
@@ -120,7 +123,7 @@ def mmvp_vlm_set(out_dir: str | Path, image_size: int = 224, seed: int = 0) -> P
         image_size: side of each square image in pixels.
         seed: seeds the scene draws.
     """
-    recipe = {"generator": "synthetic-mmvp-vlm", "version": SYNTHETIC_VERSION, "image_size": image_size, "seed": seed}
+    recipe = _mmvp_vlm_recipe(image_size, seed)
     return generated_dir(out_dir, recipe, lambda tmp: _fill_mmvp_vlm(tmp, image_size, seed))
 
 
@@ -136,7 +139,16 @@ def classification_set(
         seed: seeds the train split's scenes; the test split's use ``seed + 1``.
         by: the attribute whose values are the classes (a key of ``ATTRIBUTE_VALUES``).
     """
-    recipe = {
+    recipe = _classification_recipe(per_class, image_size, seed, by)
+    return generated_dir(out_dir, recipe, lambda tmp: _fill_classification(tmp, per_class, image_size, seed, by))
+
+
+def _mmvp_vlm_recipe(image_size: int, seed: int) -> dict:
+    return {"generator": "synthetic-mmvp-vlm", "version": SYNTHETIC_VERSION, "image_size": image_size, "seed": seed}
+
+
+def _classification_recipe(per_class: int, image_size: int, seed: int, by: str) -> dict:
+    return {
         "generator": "synthetic-classification",
         "version": SYNTHETIC_VERSION,
         "per_class": per_class,
@@ -144,7 +156,12 @@ def classification_set(
         "seed": seed,
         "by": by,
     }
-    return generated_dir(out_dir, recipe, lambda tmp: _fill_classification(tmp, per_class, image_size, seed, by))
+
+
+def _record(folder: Path, recipe: dict) -> None:
+    """What a written set was generated from, as ``generated_dir`` records it: evaluations read it to
+    say that their numbers come from stand-ins."""
+    (folder / GENERATED).write_text(json.dumps(recipe, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def fine_grained_pairs(

@@ -211,7 +211,8 @@ def test_eval_mllm_scores_again_only_when_an_input_changed(setup, tmp_path, monk
     )  # the selector is exact: no POPE, no world questions
     first = next((tmp_path / "out" / "m").rglob("*_results.json"))
     assert "mmvp_local" in json.loads(first.read_text())["results"]
-    assert (tmp_path / "out" / "report" / "report.md").is_file()
+    report = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert report.startswith("data: synthetic stand-ins (mmvp: synthetic-mmvp)"), report
     capsys.readouterr()
 
     assert main(argv) == 0
@@ -256,9 +257,9 @@ def test_eval_mllm_pairs_two_llavas_on_the_world_questions(setup, tmp_path, monk
     assert (same["first_only"], same["second_only"], same["p"], same["significant"]) == (0, 0, 1.0, False)
 
 
-def test_local_data_is_written_where_missing_or_stale_and_real_data_is_kept(tmp_path):
+def test_local_data_is_written_where_missing_or_stale_and_real_data_is_kept(tmp_path, capsys):
     from dcr_mllm.evaluation.mllm.eval_data import DATA_VERSION
-    from dcr_mllm.evaluation.mllm.run import ensure_local_data, local_folders
+    from dcr_mllm.evaluation.mllm.run import ensure_local_data, local_folders, stand_in_folders, synthetic_folders
     from dcr_mllm.io import generated_from
 
     assert local_folders(["world_local"]) == local_folders(["world_local_open"]) == {"world"} and local_folders(
@@ -274,12 +275,29 @@ def test_local_data_is_written_where_missing_or_stale_and_real_data_is_kept(tmp_
     (tmp_path / "pope" / "generated.json").write_text(
         json.dumps({"generator": "synthetic-pope", "version": 0, "seed": 0})
     )  # stale
+    assert stand_in_folders(tmp_path, ["dcr_suite_local", "mmvp"]) == ["pope"]  # the real MMVP is kept
     ensure_local_data(tmp_path, {"mmvp", "pope"})
+    assert "writing synthetic stand-ins for pope" in capsys.readouterr().out
+    assert synthetic_folders(tmp_path, {"mmvp", "pope"}) == {"pope": "synthetic-pope"}
     assert (tmp_path / "mmvp" / "test.parquet").read_bytes() == b"real"
     assert (
         generated_from(tmp_path / "pope")["version"] == DATA_VERSION
         and (tmp_path / "pope" / "random.parquet").is_file()
     )
+
+
+def test_eval_mllm_uses_the_hub_unless_told_or_every_task_is_local(monkeypatch):
+    from dcr_mllm.evaluation.mllm.run import hub_environment
+
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert hub_environment(["dcr_suite"], offline=False) == {}  # hub data: fetched where not cached
+    assert hub_environment(["dcr_suite"], offline=True) == offline
+    assert hub_environment(["dcr_suite_local", "world_local_open"], offline=False) == offline  # no network needed
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_environment(["dcr_suite"], offline=False) == offline
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert hub_environment(["mmvp", "dcr_suite_local"], offline=False) == {}
 
 
 def test_task_list_shows_the_perception_suite(setup):
