@@ -147,7 +147,9 @@ def save_original(hub_id: str, llama, tower_dir, out):
         second["model.image_newline"] = torch.randn(width, generator=generator)
     if published.get("unfreeze_mm_vision_tower"):
         with safe_open(tower_dir / "model.safetensors", "pt") as f:
-            second |= {"model.vision_tower.vision_tower." + k: f.get_tensor(k) for k in f.keys()}
+            # as original LLaVA stores its CLIPVisionModel: with the vision_model level
+            prefix = "model.vision_tower.vision_tower."
+            second |= {prefix + "vision_model." + k.removeprefix("vision_model."): f.get_tensor(k) for k in f.keys()}
     files = {"model-00001-of-00002.safetensors": language, "model-00002-of-00002.safetensors": second}
     for name, tensors in files.items():
         save_file({k: v.to(torch.float16) for k, v in tensors.items()}, out / name, metadata={"format": "pt"})

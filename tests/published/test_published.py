@@ -14,7 +14,8 @@ from safetensors import safe_open
 from dcr_mllm.cli import main
 from dcr_mllm.llava.checkpoints.checkpoint import Checkpoint, Tower
 from dcr_mllm.llava.checkpoints.compat import preset_spec
-from dcr_mllm.llava.checkpoints.formats import FORMATS, LLAVA_HF as LLAVA_HF_FORMATS
+from dcr_mllm.llava.checkpoints.formats import FORMATS
+from dcr_mllm.llava.checkpoints.formats import LLAVA_HF as LLAVA_HF_FORMATS
 from dcr_mllm.presets.real import BACKBONES, DENOISERS
 
 #: the preset that fits each published checkpoint; every other preset is refused
@@ -132,3 +133,75 @@ def test_swap_tower_into_each_published_llava_hf_layout(hub_id, published_llava,
     assert not any(f"layers.{kept}." in k for k in swapped)  # OneVision: the tower's 27th layer stays out
     if model_type == "llava_onevision":
         assert "it reads layer -1 of 26 = the tower's -2" in out
+
+
+def test_a_preset_tower_of_another_layout_is_refused_in_one_line_saying_what_fits(
+    published_llava, published_tower, tmp_path, capsys
+):
+    """A CLIP ViT-L/14-336 into OneVision (SigLIP so400m, 384 px, 26 layers): refused, nothing written."""
+    src = published_llava("llava-hf/llava-onevision-qwen2-0.5b-ov-hf")
+    dst = tmp_path / "out" / "dst"
+    dst.parent.mkdir()
+
+    code, out, err = run(
+        capsys, "swap-tower", "--llava", src, "--tower", published_tower("clip-l14-336"), "--output", dst
+    )
+
+    assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "it takes a siglip tower of 384 px / patch 14, width 16, at least 26 layers" in err
+    assert not dst.exists() and list(dst.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("hub_id", list(ORIGINAL))
+def test_swap_tower_into_each_published_original_layout(hub_id, published_original, published_tower, tmp_path, capsys):
+    src, tower = published_original(hub_id), published_tower("clip-l14-336")
+    dst = tmp_path / "swapped-llava"
+
+    code, _, err = run(capsys, "swap-tower", "--llava", src, "--tower", tower, "--output", dst)
+
+    assert code == 0, err
+    config = json.loads((dst / "config.json").read_text())
+    published = ORIGINAL[hub_id]["config"]
+    for key in ("mm_vision_select_layer", "mm_vision_select_feature", "mm_patch_merge_type", "image_aspect_ratio"):
+        assert config.get(key) == published.get(key), key
+    assert config["mm_vision_tower"] == str(dst.resolve() / "vision_tower")
+    expected = tower_tensors(tower)
+    inside = {k: v for k, v in stored(dst).items() if k.startswith("model.vision_tower.")}
+    assert bool(inside) == published["unfreeze_mm_vision_tower"]  # v1.6 stores its (fine-tuned) tower
+    assert all(torch.equal(v, expected[k.split("vision_model.")[-1]].to(v.dtype)) for k, v in inside.items())
+
+
+@pytest.mark.parametrize(
+    ("hub_id", "llava_hf"),
+    [
+        ("liuhaotian/llava-v1.5-7b", "llava-hf/llava-1.5-7b-hf"),
+        ("liuhaotian/llava-v1.6-vicuna-7b", "llava-hf/llava-v1.6-vicuna-7b-hf"),
+    ],
+)
+def test_convert_llava_writes_the_settings_llava_hf_published(hub_id, llava_hf, published_original, tmp_path, capsys):
+    code, _, err = run(capsys, "convert-llava", "--input", published_original(hub_id), "--output", tmp_path / "hf")
+
+    assert code == 0, err
+    converted, published = json.loads((tmp_path / "hf" / "config.json").read_text()), LLAVA_HF[llava_hf]["config"]
+    assert converted["model_type"] == published["model_type"]
+    assert converted["architectures"] == published["architectures"]
+    for key in VISION_SETTINGS:  # (use_image_newline_parameter: read by no class of the pinned transformers)
+        assert converted.get(key) == published.get(key), key
+    vision = published["vision_config"]
+    for key in ("model_type", "num_hidden_layers", "image_size", "patch_size"):
+        assert converted["vision_config"][key] == vision[key], key
+
+
+def test_dcr_llava_loads_a_tower_into_the_published_onevision_layout(published_llava, published_tower):
+    """The lmms-eval plugin, on 26 kept layers of a 27-layer so400m-384 tower reading -1."""
+    from dcr_mllm.models.dcr_llava import DcrLlava
+
+    src, tower = published_llava("llava-hf/llava-onevision-qwen2-0.5b-ov-hf"), published_tower("siglip-so400m-384")
+    plugin = DcrLlava(pretrained=str(src), vision_tower=str(tower), device="cpu", device_map="cpu")
+
+    loaded = plugin.model.model.vision_tower.state_dict()
+    reference = transformers.SiglipVisionModel.from_pretrained(tower).state_dict()
+    assert any("layers.25." in k for k in loaded) and not any("layers.26." in k for k in loaded)
+    assert any(k.startswith(("head.", "vision_model.head.")) for k in reference) and loaded.keys() < reference.keys()
+    assert all(torch.equal(loaded[k], reference[k].to(loaded[k].dtype)) for k in loaded)
+    assert plugin.model.config.vision_feature_layer == -1
