@@ -205,3 +205,46 @@ def test_dcr_llava_loads_a_tower_into_the_published_onevision_layout(published_l
     assert any(k.startswith(("head.", "vision_model.head.")) for k in reference) and loaded.keys() < reference.keys()
     assert all(torch.equal(loaded[k], reference[k].to(loaded[k].dtype)) for k in loaded)
     assert plugin.model.config.vision_feature_layer == -1
+
+
+def shipped_enhance_configs():
+    repo = Path(__file__).resolve().parents[2]
+    return sorted(p for p in (repo / "stages" / "configs").rglob("enhance*.yaml") if p.parent.name != "base")
+
+
+def test_every_shipped_real_enhance_config_builds_on_the_published_models():
+    """Each paper config's tower preset and denoiser, built on the meta device from the transcribed configs:
+    the projector maps the tower's global width to the published UNet's cross-attention width."""
+    from diffusers import UNet2DConditionModel
+
+    from dcr_mllm.config import load_config
+    from dcr_mllm.diffusion.projector import ConditionProjector
+    from dcr_mllm.enhance.config import EnhanceConfig
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(SD21_BASE["unet/config.json"])
+    context_width = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.in_features
+    real = 0
+    for path in shipped_enhance_configs():
+        cfg = load_config(EnhanceConfig, path)
+        if cfg.tower not in BACKBONES:  # the tiny and world configs
+            continue
+        real += 1
+        preset, denoiser = BACKBONES[cfg.tower], DENOISERS[cfg.denoiser]
+        assert denoiser.cross_attention_dim == context_width == 1024, path
+        with torch.device("meta"):
+            projector = ConditionProjector(cfg.projector.input_dim or preset.embed_dim, denoiser.cross_attention_dim)
+            condition = projector.project(torch.empty(2, preset.embed_dim))
+        assert condition.shape == (2, context_width), path
+        if cfg.tower in TOWERS:  # the tower itself, at published size
+            entry = TOWERS[cfg.tower]
+            vision_class = "CLIPVisionModel" if entry["family"] == "clip" else "SiglipVisionModel"
+            config_class = vision_class.replace("Model", "Config")
+            with torch.device("meta"):
+                vision = getattr(transformers, vision_class)(
+                    getattr(transformers, config_class)(**entry["vision_config"])
+                )
+            vision = getattr(vision, "vision_model", vision)  # transformers 5 builds it without that level
+            assert vision.embeddings.num_patches == (preset.image_size // preset.patch_size) ** 2, path
+            assert len(vision.encoder.layers) == preset.num_layers, path
+    assert real >= 12  # six backbones, ours and upstream's recipe
