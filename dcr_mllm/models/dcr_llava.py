@@ -35,7 +35,7 @@ def swap_vision_tower(model, processor, tower_dir: str) -> str:
     fit = kind.config_fit(config.to_dict(), processor.image_processor.to_dict(), tower, allow_family_change=False)
     if fit.problems:
         name = getattr(config, "_name_or_path", "the checkpoint")
-        raise DcrError(f"tower {tower_dir} does not fit {name}: " + "; ".join(fit.problems))
+        raise DcrError(fit.refusal(tower_dir, name))
     for note in fit.notes:  # e.g. which tower layer a checkpoint that keeps fewer layers reads
         logger.info(f"dcr_llava: {note}")
     vision_tower = model.model.vision_tower

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 
 from dcr_mllm.llava.checkpoints.checkpoint import Checkpoint, Tower
+from dcr_mllm.presets.real import BACKBONES, Backbone, real_preset
 from dcr_mllm.towers import TowerSpec
+from dcr_mllm.towers.registry import FAMILIES
 
 LAYER_INDEX = re.compile(r"encoder\.layers\.(\d+)\.")
 
@@ -140,3 +142,44 @@ def anyres_problems(pinpoints: list, spec: TowerSpec, select: str, drops_first: 
     if off:
         problems.append(f"image_grid_pinpoints {off[0]} is not a whole number of the tower's {size} px tiles")
     return problems
+
+
+def preset_spec(name: str) -> TowerSpec | None:
+    """The shape of the real backbone preset that ``name`` (a preset name or hub id) stands for, if any:
+    what an original checkpoint's ``mm_vision_tower`` names, known without downloading it."""
+    preset = real_preset(name)
+    if not isinstance(preset, Backbone) or preset.family not in FAMILIES:
+        return None
+    family = FAMILIES[preset.family]
+    return TowerSpec(
+        family,
+        preset.image_size,
+        preset.patch_size,
+        preset.hidden_size,
+        preset.num_layers,
+        preset.embed_dim,
+        family.mean,
+        family.std,
+        family.has_cls,
+    )
+
+
+def tower_that_fits(family, image_size: int, patch_size: int, hidden_size: int, layers: int | None) -> str:
+    """What a checkpoint needs of a tower, in words, with the real presets that have that shape.
+
+    Args:
+        family: the checkpoint's tower family (its name, as ``Backbone.family``).
+        image_size: the checkpoint's tower image size.
+        patch_size: its patch size.
+        hidden_size: its width.
+        layers: the encoder layers the checkpoint keeps (a tower may have more), or None where unknown.
+    """
+    depth = f", at least {layers} layers" if layers else ""
+    presets = [
+        b.name
+        for b in BACKBONES.values()
+        if (b.family, b.image_size, b.patch_size, b.hidden_size) == (str(family), image_size, patch_size, hidden_size)
+        and (layers is None or b.num_layers >= layers)
+    ]
+    enhanced = f" (enhance {' or '.join(presets)})" if presets else ""
+    return f"it takes a {family} tower of {image_size} px / patch {patch_size}, width {hidden_size}{depth}{enhanced}"

@@ -70,7 +70,7 @@ def plan_swap(
     new_tower = read_tower(tower)
     fit = format_of(checkpoint).check(checkpoint, new_tower, allow_family_change)
     if fit.problems:
-        raise DcrError(f"tower {tower} does not fit {src}: " + "; ".join(fit.problems))
+        raise DcrError(fit.refusal(tower, src))
     layout, tower_tensors = _layout(checkpoint, new_tower, fit.family_change)
     changes = format_of(checkpoint).changes(checkpoint, new_tower, Path(dst), fit.family_change)
     dropped = list(checkpoint.tower_keys()) if fit.family_change else []

@@ -18,6 +18,12 @@ class Fit:
     problems: list[str]
     notes: list[str] = field(default_factory=list)
     family_change: bool = False
+    wants: str = ""  # the tower that would fit (``compat.tower_that_fits``), said with the problems
+
+    def refusal(self, tower: object, checkpoint: object) -> str:
+        """The one line that refuses ``tower`` for ``checkpoint``: every problem, then what would fit."""
+        wants = f"; {self.wants}" if self.wants else ""
+        return f"tower {tower} does not fit {checkpoint}: " + "; ".join(self.problems) + wants
 
 
 @dataclass

@@ -24,7 +24,7 @@ from dcr_mllm.llava.checkpoints.checkpoint import (
     read_json_object,
     with_defaults,
 )
-from dcr_mllm.llava.checkpoints.compat import tensor_problems, vision_config_problems
+from dcr_mllm.llava.checkpoints.compat import tensor_problems, tower_that_fits, vision_config_problems
 from dcr_mllm.llava.checkpoints.formats.base import Changes, CheckpointFormat, Fit
 from dcr_mllm.towers import TowerFamily, TowerSpec
 from dcr_mllm.towers.hf import quiet_transformers
@@ -90,8 +90,12 @@ class LlavaHf(CheckpointFormat):
         vision = with_defaults(vision["model_type"], vision)
         problems, notes = vision_config_problems(vision, full["vision_feature_layer"], spec)
         fit = Fit(problems, notes)
+        fit.wants = tower_that_fits(
+            family, vision["image_size"], vision["patch_size"], vision["hidden_size"], vision["num_hidden_layers"]
+        )
         fit.family_change = vision["model_type"] != spec.family.vision_model_type
-        if fit.family_change and vision["num_hidden_layers"] != spec.num_layers:
+        depth_refused = any(p.startswith("layers:") for p in problems)
+        if fit.family_change and vision["num_hidden_layers"] != spec.num_layers and not depth_refused:
             fit.problems.append(
                 f"layers: checkpoint {vision['num_hidden_layers']}, tower {spec.num_layers}; a tower of another "
                 f"family goes in whole, so it needs the checkpoint's {vision['num_hidden_layers']} layers"

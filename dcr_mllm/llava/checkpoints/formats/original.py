@@ -18,9 +18,11 @@ from dcr_mllm.llava.checkpoints.compat import (
     anyres_problems,
     depth_fit,
     feature_layer_problems,
+    preset_spec,
     shape_problems,
     stored_layer_count,
     tensor_problems,
+    tower_that_fits,
 )
 from dcr_mllm.llava.checkpoints.formats.base import Changes, CheckpointFormat, Fit
 from dcr_mllm.llava.shards import read_header, same_bytes, weight_files
@@ -47,6 +49,8 @@ class OriginalLlava(CheckpointFormat):
         )
         name = str(config["mm_vision_tower"])
         old = _original_tower_spec(name, checkpoint.path)
+        if old is None:  # a real preset's hub id (the published checkpoints name one): its shape is known
+            old = preset_spec(name)
         # original LLaVA builds every tower as its CLIPVisionTower (llava/model/multimodal_encoder/builder.py)
         family = CLIP
         if old is not None:
@@ -54,6 +58,9 @@ class OriginalLlava(CheckpointFormat):
                 {"layers": old.num_layers, "patch size": old.patch_size, "image size": old.image_size}, spec
             )
             family = old.family
+            fit.wants = tower_that_fits(
+                family, old.image_size, old.patch_size, config.get("mm_hidden_size") or old.hidden_size, old.num_layers
+            )
         else:
             fit.notes.append(
                 f"note: the original tower {name} is not on this machine, so only its stored tensors and mm_hidden_size were checked"
