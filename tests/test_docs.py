@@ -166,3 +166,45 @@ def test_the_bad_input_table_is_a_table():
     assert "| bad input | commands | the line says |" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and line.count("|") == 4]
     assert len(rows) >= 8
+
+
+def _table_rows(page: Path, heading: str) -> list[list[str]]:
+    """The cells of the first table under ``heading``, header and rule dropped."""
+    text = page.read_text(encoding="utf-8").split(heading, 1)[1]
+    lines = [line for line in text.split("\n## ", 1)[0].splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_the_tower_to_llava_table_is_what_the_configs_and_presets_say():
+    """Each row's config makes the preset it names, whose family, size, patch and depth the row states."""
+    from dcr_mllm.config import load_config
+    from dcr_mllm.enhance.config import EnhanceConfig
+    from dcr_mllm.presets.real import BACKBONES
+
+    rows = _table_rows(REPO / "docs" / "real-checkpoints.md", "## Which tower fits which LLaVA")
+    assert len(rows) == len(BACKBONES)
+    for config, preset, family, size_patch, layers, *_ in rows:
+        cfg = load_config(EnhanceConfig, REPO / config.strip("`"))
+        backbone = BACKBONES[preset]
+        assert cfg.tower == preset, config
+        assert (family, size_patch, int(layers)) == (
+            backbone.family,
+            f"{backbone.image_size} / {backbone.patch_size}",
+            backbone.num_layers,
+        ), preset
+
+
+def test_the_documented_llava_data_layout_is_what_stage_two_reads(tmp_path):
+    """stage-two.md's record example passes the record checks, and its image path is found under the folder."""
+    from PIL import Image
+
+    from dcr_mllm.llava.train.data import check_images, read_records
+
+    page = (REPO / "docs" / "stage-two.md").read_text(encoding="utf-8").split("## Data layout on disk", 1)[1]
+    example = re.search(r"```json\n(.*?)```", page, re.S).group(1)
+    (tmp_path / "data.json").write_text(example, encoding="utf-8")
+    records = read_records(tmp_path / "data.json")
+    assert [("image" in r) for r in records] == [True, False]
+    (tmp_path / "images" / "00453").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / records[0]["image"])
+    check_images(records, tmp_path / "images", "pretrain_data.image_folder")
