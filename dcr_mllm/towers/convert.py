@@ -107,9 +107,8 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, T
         raise DcrError(f"{path} holds no state dict (a dict of tensors, or one under 'state_dict')")
     if all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
-    if "visual.conv1.weight" not in state and not any(k.startswith("visual.trunk.") for k in state):
-        if "conv1.weight" in state or any(k.startswith("trunk.") for k in state):  # saved from model.visual
-            state = {"visual." + k: v for k, v in state.items()}
+    if "conv1.weight" in state or any(k.startswith("trunk.") for k in state):  # saved from model.visual
+        state = {"visual." + k: v for k, v in state.items()}
     return {k: v for k, v in state.items() if isinstance(v, Tensor)}
 
 
@@ -141,12 +140,12 @@ def map_keys(state: dict[str, Tensor], layout: str) -> dict[str, Tensor]:
                 continue
             raise DcrError(f"unknown key {key!r}: not in OpenAI clip's or open_clip's {layout} layout")
         name = key.removeprefix(prefix)
-        for pattern, targets in rules:
-            match = re.fullmatch(pattern, name)
-            if match:
-                break
-        else:
-            raise DcrError(f"unknown key {key!r}: no HF counterpart in the {layout} layout; this tower cannot be mapped")
+        found = [(m, targets) for pattern, targets in rules if (m := re.fullmatch(pattern, name))]
+        if not found:
+            raise DcrError(
+                f"unknown key {key!r}: no HF counterpart in the {layout} layout; this tower cannot be mapped"
+            )
+        match, targets = found[0]
         parts = value.chunk(len(targets)) if len(targets) > 1 else [value]
         for target, part in zip(targets, parts):
             target = target.format(*match.groups())
@@ -240,7 +239,9 @@ def hf_tower(source: nn.Module) -> tuple[nn.Module, object]:
     if hasattr(source, "trunk"):
         trunk = source.trunk
         if getattr(trunk, "attn_pool", None) is None or trunk.cls_token is not None or list(source.head.children()):
-            raise DcrError("only open_clip's timm SigLIP towers (MAP pooling, no class token, timm_proj none) map to HF")
+            raise DcrError(
+                "only open_clip's timm SigLIP towers (MAP pooling, no class token, timm_proj none) map to HF"
+            )
         block, size = trunk.blocks[0], trunk.patch_embed.img_size[0]
         act = "gelu" if getattr(block.mlp.act, "approximate", "none") == "none" else "gelu_pytorch_tanh"
         config = SiglipVisionConfig(
