@@ -69,7 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="without --model: the ViT uses nn.GELU (LAION open_clip models), not OpenAI's QuickGELU",
     )
-    tower_parser.add_argument("--force", action="store_true", help="replace an existing DIR once the new one is verified")
+    tower_parser.add_argument(
+        "--force", action="store_true", help="replace an existing DIR once the new one is verified"
+    )
     add_allow_pickle(tower_parser)
     tower_parser.set_defaults(func=convert_tower)
 
