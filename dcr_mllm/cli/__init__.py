@@ -3,7 +3,7 @@
 One module per group of subcommands, each holding its parsers and their handlers (a handler checks
 what argparse cannot, imports the library inside, so a command loads only what it uses, and prints
 the result): ``stage_one`` (enhance, export-tower), ``stage_two`` (the LLaVA stages), ``checkpoints``
-(swap-tower, convert-llava), ``models`` (build-tiny, presets, build-world, world), ``evaluation``
+(swap-tower, convert-llava, convert-tower), ``models`` (build-tiny, presets, build-world, world), ``evaluation``
 (eval-tower, the evaluation data, eval-mllm, report) and ``listing`` (summary, configs). What they
 share, with the stage scripts' pipeline and the ablation, is ``dcr_mllm.arguments``."""
 

@@ -1,5 +1,6 @@
 """The checkpoint commands: ``swap-tower`` (a tower into an existing LLaVA checkpoint, streaming,
-verified) and ``convert-llava`` (an original LLaVA checkpoint to llava-hf)."""
+verified), ``convert-llava`` (an original LLaVA checkpoint to llava-hf) and ``convert-tower`` (an
+OpenAI clip / open_clip tower to HF, verified against the source's forward)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_allow_pickle(convert_parser)
     convert_parser.set_defaults(func=convert_llava)
 
+    tower_parser = sub.add_parser(
+        "convert-tower",
+        help="convert a tower in OpenAI clip's or open_clip's state-dict layout (ViT; timm SigLIP) to HF "
+        "CLIP/SigLIP, checked against the source model's forward",
+    )
+    tower_parser.add_argument("src", metavar="SRC", help="the state dict: .safetensors, or .pth/.pt/.bin pickle")
+    tower_parser.add_argument(
+        "--output", required=True, metavar="DIR", help="the HF tower directory to write (refused if it exists)"
+    )
+    tower_parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help="the source's open_clip model name (e.g. ViT-L-14-quickgelu) or config JSON; default: read from "
+        "the shapes, with heads = width / 64",
+    )
+    tower_parser.add_argument(
+        "--gelu",
+        action="store_true",
+        help="without --model: the ViT uses nn.GELU (LAION open_clip models), not OpenAI's QuickGELU",
+    )
+    tower_parser.add_argument(
+        "--force", action="store_true", help="replace an existing DIR once the new one is verified"
+    )
+    add_allow_pickle(tower_parser)
+    tower_parser.set_defaults(func=convert_tower)
+
 
 def swap_tower(args: argparse.Namespace) -> None:
     from dcr_mllm.llava.checkpoints.swap import swap_tower
@@ -68,3 +95,12 @@ def convert_llava(args: argparse.Namespace) -> None:
     from dcr_mllm.llava.checkpoints.convert import convert_llava
 
     print("\n".join(convert_llava(args.input, args.output, force=args.force, allow_pickle=args.allow_pickle).lines()))
+
+
+def convert_tower(args: argparse.Namespace) -> None:
+    from dcr_mllm.towers.convert import convert_tower
+
+    report = convert_tower(
+        args.src, args.output, model=args.model, gelu=args.gelu, allow_pickle=args.allow_pickle, force=args.force
+    )
+    print("\n".join(report.lines()))
