@@ -12,13 +12,13 @@ from dcr_mllm.evaluation.analysis.probe_vs_llava import (
     probe_vs_llava,
     probe_vs_llava_table,
 )
-from dcr_mllm.evaluation.analysis.stale import check_current
 from dcr_mllm.evaluation.analysis.provenance import (
     SYNTHETIC_HEADING,
     mark_synthetic,
     mllm_synthetic,
     tower_synthetic,
 )
+from dcr_mllm.evaluation.analysis.stale import check_current
 from dcr_mllm.evaluation.freshness import synthetic_note
 from dcr_mllm.io import atomic_path
 from dcr_mllm.strict import loads_json, read_json, read_text, read_yaml
