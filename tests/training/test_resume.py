@@ -24,17 +24,23 @@ LORA = ["max_steps=2", "micro_batch_size=4", "num_workers=0", "lr=1e-3", "save_e
 
 def enhance(run_dir: Path, *extra: str, stage: str | None = "projector") -> int:
     flags = [arg for arg in extra if arg.startswith("--")]
+    given = [a for a in extra if a not in flags]
+    defaults = [*DATA, *(f"projector_stage.{s}" for s in PROJECTOR), *(f"lora_stage.{s}" for s in LORA)]
     args = [
         "enhance",
         *flags,
         *(["--stage", stage] if stage else []),
         f"output_dir={run_dir}",
-        *DATA,
-        *(f"projector_stage.{s}" for s in PROJECTOR),
-        *(f"lora_stage.{s}" for s in LORA),
-        *(a for a in extra if a not in flags),
+        *without_keys(defaults, given),
+        *given,
     ]
     return main(args)
+
+
+def without_keys(defaults: list[str], given: list[str]) -> list[str]:
+    """The defaults whose key the test does not set itself (a key given twice is refused)."""
+    keys = {item.partition("=")[0] for item in given}
+    return [item for item in defaults if item.partition("=")[0] not in keys]
 
 
 def error_line(capsys) -> str:
