@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from dcr_mllm.arguments import add_allow_pickle
+from dcr_mllm.errors import DcrError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +55,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="convert a tower in OpenAI clip's or open_clip's state-dict layout (ViT; timm SigLIP) to HF "
         "CLIP/SigLIP, checked against the source model's forward",
     )
-    tower_parser.add_argument("src", metavar="SRC", help="the state dict: .safetensors, or .pth/.pt/.bin pickle")
+    tower_parser.add_argument(
+        "src",
+        metavar="SRC",
+        nargs="?",
+        help="the state dict: .safetensors, or .pth/.pt/.bin pickle; with --preset, the released file or folder "
+        "(default: fetched from the hub where the preset is there)",
+    )
+    tower_parser.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="a released tower (diva-*, genhancer-*, dcr-*; `dcr-mllm presets`): its digest and base are checked "
+        "and its architecture named",
+    )
     tower_parser.add_argument(
         "--output", required=True, metavar="DIR", help="the HF tower directory to write (refused if it exists)"
     )
@@ -98,9 +111,18 @@ def convert_llava(args: argparse.Namespace) -> None:
 
 
 def convert_tower(args: argparse.Namespace) -> None:
-    from dcr_mllm.towers.convert import convert_tower
+    if args.preset:
+        from dcr_mllm.towers.release import convert_release
 
-    report = convert_tower(
-        args.src, args.output, model=args.model, gelu=args.gelu, allow_pickle=args.allow_pickle, force=args.force
-    )
+        if args.model or args.gelu:
+            raise DcrError(f"--preset {args.preset} names the architecture; leave out --model and --gelu")
+        report = convert_release(args.preset, args.src, args.output, allow_pickle=args.allow_pickle, force=args.force)
+    else:
+        from dcr_mllm.towers.convert import convert_tower
+
+        if args.src is None:
+            raise DcrError("convert-tower needs SRC (a state-dict file), or --preset NAME for a released tower")
+        report = convert_tower(
+            args.src, args.output, model=args.model, gelu=args.gelu, allow_pickle=args.allow_pickle, force=args.force
+        )
     print("\n".join(report.lines()))

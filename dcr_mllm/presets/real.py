@@ -242,12 +242,18 @@ def local_path(name_or_path: str | Path) -> Path:
     return path
 
 
+def short_reason(err: Exception) -> str:
+    """The first sentence of an error's message, cut at a word within 120 characters (the hub's run long)."""
+    reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
+    if len(reason) > 120:
+        reason = reason[:120].rsplit(" ", 1)[0] + " ..."
+    return reason
+
+
 def unreachable(preset: Backbone | Denoiser, err: Exception) -> str:
     """One line: which preset could not be fetched, why, its mirrors, and the local-directory route."""
     at = f" --revision {preset.revision}" if preset.revision else ""
-    reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
-    if len(reason) > 120:  # the hub's messages run long; keep whole words
-        reason = reason[:120].rsplit(" ", 1)[0] + " ..."
+    reason = short_reason(err)
     parts = [
         f"{preset.name} ({preset.hub_id}) cannot be fetched from the hub ({type(err).__name__}"
         + (f": {reason})" if reason else ")")

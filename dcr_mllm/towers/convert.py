@@ -225,16 +225,49 @@ def build_source(cfg: dict) -> nn.Module:
         raise DcrError(f"the open_clip model config cannot be built ({err}); check --model") from err
 
 
+def image_processor(family: str, size: int):
+    """The image processor the family's published towers ship at ``size``: CLIP resizes the short side
+    and centre-crops with OpenAI's statistics, SigLIP resizes to the square with mean and std 0.5."""
+    from transformers import CLIPImageProcessor, SiglipImageProcessor
+
+    if family == "siglip":
+        return SiglipImageProcessor(
+            size={"height": size, "width": size}, image_mean=list(SIGLIP_MEAN), image_std=list(SIGLIP_STD)
+        )
+    return CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=list(OPENAI_CLIP_MEAN),
+        image_std=list(OPENAI_CLIP_STD),
+    )
+
+
+def fitted_source(state: dict[str, Tensor], layout: str, model: str | None, gelu: bool, src: Path) -> nn.Module:
+    """The source architecture holding ``state``'s vision tensors. It is built on the meta device and
+    checked tensor by tensor first, so a file that does not fit is refused, naming the first
+    difference, before any memory is spent on it."""
+    with torch.device("meta"):
+        source = build_source(model_config(state, layout, model, gelu))
+    prefix = "visual.trunk." if layout == "timm" else "visual."
+    own = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith(prefix)}
+    expected = source.state_dict()
+    named = f"open_clip's {model}" if model else "the architecture read from its shapes"
+    hint = "" if model else "; name the source's model with --model"
+    for key, tensor in expected.items():
+        found = own.get(key)
+        if found is None or found.shape != tensor.shape:
+            there = "missing" if found is None else f"{tuple(found.shape)} there"
+            raise DcrError(f"{src} does not fit {named}: visual.{key} is {there}, {tuple(tensor.shape)} in it{hint}")
+    extra = sorted(set(own) - set(expected))
+    if extra:
+        raise DcrError(f"{src} does not fit {named}: it has visual.{extra[0]}, which the model has not{hint}")
+    source.load_state_dict(own, assign=True)
+    return source.eval()
+
+
 def hf_tower(source: nn.Module) -> tuple[nn.Module, object]:
     """The empty HF model and image processor that match ``source``'s architecture."""
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-        SiglipImageProcessor,
-        SiglipVisionConfig,
-        SiglipVisionModel,
-    )
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, SiglipVisionConfig, SiglipVisionModel
 
     if hasattr(source, "trunk"):
         trunk = source.trunk
@@ -254,10 +287,7 @@ def hf_tower(source: nn.Module) -> tuple[nn.Module, object]:
             hidden_act=act,
             layer_norm_eps=trunk.norm.eps,
         )
-        processor = SiglipImageProcessor(
-            size={"height": size, "width": size}, image_mean=list(SIGLIP_MEAN), image_std=list(SIGLIP_STD)
-        )
-        return SiglipVisionModel(config), processor
+        return SiglipVisionModel(config), image_processor("siglip", size)
     from open_clip.transformer import QuickGELU
 
     if getattr(source, "attn_pool", None) is not None or getattr(source, "pool_type", "tok") != "tok":
@@ -276,13 +306,22 @@ def hf_tower(source: nn.Module) -> tuple[nn.Module, object]:
         hidden_act="quick_gelu" if isinstance(block.mlp.gelu, QuickGELU) else "gelu",
         layer_norm_eps=source.ln_pre.eps,
     )
-    processor = CLIPImageProcessor(
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        image_mean=list(OPENAI_CLIP_MEAN),
-        image_std=list(OPENAI_CLIP_STD),
+    return CLIPVisionModelWithProjection(config), image_processor("clip", size)
+
+
+def describe(config) -> str:
+    """A vision config in one phrase, for reports."""
+    return (
+        f"width {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads, "
+        f"{config.image_size} px, patch {config.patch_size}, {config.hidden_act}"
     )
-    return CLIPVisionModelWithProjection(config), processor
+
+
+def relative(a: Tensor, b: Tensor) -> float:
+    """max |a - b| / max |b|; infinite where the shapes differ."""
+    if a.shape != b.shape:
+        return float("inf")
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
 
 @torch.no_grad()
@@ -299,15 +338,27 @@ def compare(source: nn.Module, hf: nn.Module, image_size: int) -> dict[str, floa
     out = hf(pixel_values=pixels, output_hidden_states=True)
     hf_embedding = out.image_embeds if hasattr(out, "image_embeds") else out.pooler_output
 
-    def relative(a: Tensor, b: Tensor) -> float:
-        if a.shape != b.shape:
-            return float("inf")
-        return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
-
     return {"embedding": relative(hf_embedding, embedding), "layer -2": relative(out.hidden_states[-2], captured[0])}
 
 
-@dataclass
+LAYOUTS = {
+    "vit": "OpenAI clip / open_clip ViT layout",
+    "timm": "open_clip timm SigLIP layout",
+    "hf": "transformers save_pretrained folder",
+}
+
+
+def require_close(differences: dict[str, float]) -> dict[str, float]:
+    """``differences`` when every one is within ``TOLERANCE``; otherwise refuse (nothing is written)."""
+    if not max(differences.values()) <= TOLERANCE:
+        figures = ", ".join(f"{name} {value:.1e}" for name, value in differences.items())
+        raise DcrError(
+            f"the converted tower differs from the source ({figures} relative, limit {TOLERANCE:.0e}); nothing written"
+        )
+    return differences
+
+
+@dataclass(frozen=True)
 class ConvertReport:
     source: Path
     layout: str
@@ -316,16 +367,18 @@ class ConvertReport:
     text_tensors: int
     differences: dict[str, float]
     output: Path
+    notes: tuple[str, ...] = ()  # what else was checked or is worth knowing, a line each
 
     def lines(self) -> list[str]:
-        found = {"vit": "OpenAI clip / open_clip ViT layout", "timm": "open_clip timm SigLIP layout"}[self.layout]
+        found = LAYOUTS[self.layout]
         figures = ", ".join(f"{name} {value:.1e}" for name, value in self.differences.items())
+        kept = "text side kept" if self.text_tensors < 0 else f"{self.text_tensors} text-side tensors left out"
         return [
-            f"source: {self.source} ({found})"
-            + (f"; {self.text_tensors} text-side tensors left out" if self.text_tensors else ""),
+            f"source: {self.source} ({found})" + (f"; {kept}" if self.text_tensors else ""),
             f"tower: {self.tower}, {self.architecture}",
             f"verified against the source on a fixed random batch, max relative difference: {figures} "
             f"(limit {TOLERANCE:.0e})",
+            *self.notes,
             f"written: {self.output}",
         ]
 
@@ -355,13 +408,7 @@ def convert_tower(
     state = {k: v.float() for k, v in read_state_dict(src, allow_pickle).items()}
     layout = layout_of(state)
     mapped = map_keys(state, layout)
-    source = build_source(model_config(state, layout, model, gelu)).float().eval()
-    prefix = "visual.trunk." if layout == "timm" else "visual."
-    try:
-        source.load_state_dict({k.removeprefix("visual."): v for k, v in state.items() if k.startswith(prefix)})
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())[:300]
-        raise DcrError(f"{src} does not fit the source architecture ({detail}); name it with --model") from err
+    source = fitted_source(state, layout, model, gelu, src)
     if len(list(source.trunk.blocks if layout == "timm" else source.transformer.resblocks)) < 2:
         raise DcrError(f"{src}: a tower of one block has no layer -2 for LLaVA to read")
     hf, processor = hf_tower(source)
@@ -378,20 +425,9 @@ def convert_tower(
             hf.save_pretrained(tmp, safe_serialization=True)
             processor.save_pretrained(tmp)
             saved = type(hf).from_pretrained(tmp).eval()  # what the directory holds is what is checked
-        differences = compare(source, saved, hf.config.image_size)
-        worst = max(differences.values())
-        if not worst <= TOLERANCE:
-            raise DcrError(
-                f"the converted tower differs from the source ({', '.join(f'{k} {v:.1e}' for k, v in differences.items())}"
-                f" relative, limit {TOLERANCE:.0e}); nothing written"
-            )
-    config = hf.config
-    architecture = (
-        f"width {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads, "
-        f"{config.image_size} px, patch {config.patch_size}, {config.hidden_act}"
-    )
+        differences = require_close(compare(source, saved, hf.config.image_size))
     text = sum(1 for k in state if not k.startswith("visual."))
-    return ConvertReport(src, layout, type(hf).__name__, architecture, text, differences, output)
+    return ConvertReport(src, layout, type(hf).__name__, describe(hf.config), text, differences, output)
 
 
 __all__ = ["TOLERANCE", "ConvertReport", "convert_tower", "read_state_dict"]
