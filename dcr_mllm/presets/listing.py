@@ -19,6 +19,7 @@ from dcr_mllm.presets.real import (
     Denoiser,
     file_digest,
 )
+from dcr_mllm.presets.released import FORMATS, RELEASED
 
 TINY_PURPOSE = {
     "tiny-clip": "tests and the CPU pipeline (CLIP tower)",
@@ -32,6 +33,7 @@ WORLD_PURPOSE = {
     "world-sd": "the tiny world's denoiser (trained here or shipped)",
 }
 HEADER = ("name", "hub id", "revision", "size", "for", "on this machine")
+RELEASED_HEADER = ("name", "method", "base", "source", "format", "digest", "reported MMVP-VLM")
 
 
 def _cached(repo: str, revision: str | None, files: tuple[str, ...]) -> bool:
@@ -76,12 +78,35 @@ def preset_rows() -> list[tuple[str, ...]]:
     return rows
 
 
-def presets_table() -> str:
-    """The presets as a Markdown table."""
-    rows = [HEADER, *preset_rows()]
-    lines = ["| " + " | ".join(row) + " |" for row in rows]
-    lines.insert(1, "|" + "---|" * len(HEADER))
+def released_rows() -> list[tuple[str, ...]]:
+    """The released enhanced towers: where each is, its format and route, and what its paper reports."""
+    rows = []
+    for tower in RELEASED.values():
+        if tower.on_hub:
+            source = f"{tower.location}: {tower.path}" + (f" @ {tower.revision[:12]}" if tower.revision else "")
+        else:
+            source = f"{tower.location} (by hand)"
+        digest = (
+            f"sha256 {tower.digest.sha256[:12]}, {tower.digest.size / 1e9:.2f} GB" if tower.digest else "none published"
+        )
+        reported = f"{tower.mmvp_vlm} (base {tower.mmvp_vlm_base})"
+        rows.append((tower.name, tower.method, tower.base, source, FORMATS[tower.format], digest, reported))
+    return rows
+
+
+def _markdown(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(row) + " |" for row in [header, *rows]]
+    lines.insert(1, "|" + "---|" * len(header))
     return "\n".join(lines) + "\n"
+
+
+def presets_table() -> str:
+    """The presets as a Markdown table, then the released enhanced towers as another."""
+    return (
+        _markdown(HEADER, preset_rows())
+        + "\nReleased enhanced towers (`dcr-mllm convert-tower --preset NAME [PATH] --output DIR` makes each an HF tower):\n\n"
+        + _markdown(RELEASED_HEADER, released_rows())
+    )
 
 
 def digest_line(path: str | Path) -> str:

@@ -29,9 +29,9 @@ from dcr_mllm.presets.real import BACKBONES, Digest
 
 #: state-dict formats convert through ``convert-tower`` (verified forward); "hf" is already transformers'
 FORMATS = {
-    "openai-clip": "OpenAI clip state dict (whole model, .pth)",
-    "open_clip": "open_clip state dict (whole model, .pth)",
-    "hf": "transformers save_pretrained folder (config.json + pytorch_model.bin)",
+    "openai-clip": "OpenAI clip state dict, whole model (.pth)",
+    "open_clip": "open_clip state dict, whole model (.pth)",
+    "hf": "transformers folder (pytorch_model.bin)",
 }
 
 DIVA_HUB = "BAAI/DIVA"
