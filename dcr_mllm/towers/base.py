@@ -59,6 +59,9 @@ class TowerFamily:
     has_cls: bool = True  # a CLS token before the patches, which LLaVA drops (CLIP); SigLIP has none
     pads_text_to_max_length: bool = False  # text padded to full length, attending to it (no mask): SigLIP
     built_whole: bool = False  # ``load_tower`` builds it whole under ZeRO-3 (the engine partitions it)
+    #: the transformers image processor the family's published towers ship, at a given image size
+    #: (written beside a converted tower that came without one); None where the family has none
+    image_processor: Callable[[int], object] | None = None
 
     def claims(self, model_type: object) -> bool:
         """Whether a directory whose ``config_file`` holds ``model_type`` is of this family."""

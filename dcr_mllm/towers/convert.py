@@ -36,8 +36,8 @@ from torch import Tensor, nn
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir
-from dcr_mllm.normalization import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 from dcr_mllm.towers.hf import quiet_transformers
+from dcr_mllm.towers.registry import family_of_vision_type
 from dcr_mllm.weights import PICKLE_SUFFIXES, refuse_pickles
 
 #: the largest relative difference (max |converted - source| / max |source|) accepted
@@ -225,23 +225,6 @@ def build_source(cfg: dict) -> nn.Module:
         raise DcrError(f"the open_clip model config cannot be built ({err}); check --model") from err
 
 
-def image_processor(family: str, size: int):
-    """The image processor the family's published towers ship at ``size``: CLIP resizes the short side
-    and centre-crops with OpenAI's statistics, SigLIP resizes to the square with mean and std 0.5."""
-    from transformers import CLIPImageProcessor, SiglipImageProcessor
-
-    if family == "siglip":
-        return SiglipImageProcessor(
-            size={"height": size, "width": size}, image_mean=list(SIGLIP_MEAN), image_std=list(SIGLIP_STD)
-        )
-    return CLIPImageProcessor(
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        image_mean=list(OPENAI_CLIP_MEAN),
-        image_std=list(OPENAI_CLIP_STD),
-    )
-
-
 def fitted_source(state: dict[str, Tensor], layout: str, model: str | None, gelu: bool, src: Path) -> nn.Module:
     """The source architecture holding ``state``'s vision tensors. It is built on the meta device and
     checked tensor by tensor first, so a file that does not fit is refused, naming the first
@@ -287,7 +270,7 @@ def hf_tower(source: nn.Module) -> tuple[nn.Module, object]:
             hidden_act=act,
             layer_norm_eps=trunk.norm.eps,
         )
-        return SiglipVisionModel(config), image_processor("siglip", size)
+        return SiglipVisionModel(config), family_of_vision_type(config.model_type).image_processor(size)
     from open_clip.transformer import QuickGELU
 
     if getattr(source, "attn_pool", None) is not None or getattr(source, "pool_type", "tok") != "tok":
@@ -306,7 +289,7 @@ def hf_tower(source: nn.Module) -> tuple[nn.Module, object]:
         hidden_act="quick_gelu" if isinstance(block.mlp.gelu, QuickGELU) else "gelu",
         layer_norm_eps=source.ln_pre.eps,
     )
-    return CLIPVisionModelWithProjection(config), image_processor("clip", size)
+    return CLIPVisionModelWithProjection(config), family_of_vision_type(config.model_type).image_processor(size)
 
 
 def describe(config) -> str:

@@ -25,7 +25,6 @@ from dcr_mllm.towers.convert import (
     ConvertReport,
     convert_tower,
     describe,
-    image_processor,
     relative,
     require_close,
 )
@@ -124,7 +123,7 @@ def resave_hf(preset: ReleasedTower, src: Path, output: Path, allow_pickle: bool
     with atomic_dir(output) as tmp:
         source.save(tmp)
         if not (tmp / "preprocessor_config.json").is_file():
-            image_processor(source.spec.family.name, source.spec.image_size).save_pretrained(tmp)
+            source.spec.family.image_processor(source.spec.image_size).save_pretrained(tmp)
             notes.append(f"image processor: {preset.base}'s ({source.spec.image_size} px), the folder has none")
         saved = load_tower(tmp).eval()
         differences = require_close(compare_towers(source, saved, source.spec.image_size))

@@ -7,6 +7,16 @@ from dcr_mllm.towers.base import TowerFamily
 from dcr_mllm.towers.hf import HFTower, read_hf_spec
 from dcr_mllm.towers.registry import register_family
 
+
+def siglip_image_processor(size: int):
+    """Google's: resized to the ``size`` square (no crop), mean and std 0.5."""
+    from transformers import SiglipImageProcessor
+
+    return SiglipImageProcessor(
+        size={"height": size, "width": size}, image_mean=list(SIGLIP_MEAN), image_std=list(SIGLIP_STD)
+    )
+
+
 SIGLIP = TowerFamily(
     name="siglip",
     tower_class=HFTower,
@@ -19,5 +29,6 @@ SIGLIP = TowerFamily(
     vision_class="SiglipVisionModel",
     has_cls=False,
     pads_text_to_max_length=True,
+    image_processor=siglip_image_processor,
 )
 register_family(SIGLIP)
