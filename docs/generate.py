@@ -437,6 +437,13 @@ def bad_input_cases() -> str:
     return f"{len(rows)} cases.\n\n" + _table(["command", "bad input", "the line contains"], rows)
 
 
+def released_towers() -> str:
+    """The released enhanced towers as `dcr-mllm presets` lists them."""
+    from dcr_mllm.presets.listing import RELEASED_HEADER, released_rows
+
+    return _table(list(RELEASED_HEADER), [list(row) for row in released_rows()])
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "config-reference": config_reference,
     "upstream-recipe": upstream_recipe,
@@ -447,6 +454,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "premise": premise_table,
     "llava-search": llava_search,
     "bad-input-cases": bad_input_cases,
+    "released-towers": released_towers,
 }
 
 
