@@ -1,5 +1,5 @@
 """Stage one's commands: ``enhance`` (projector, then LoRA on the tower with DCR; export) and
-``export-tower`` (the tower of any kept LoRA step)."""
+``export-tower`` (the tower of any kept LoRA step) and ``push-tower`` (a tower and its card to the hub)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--force", action="store_true", help="replace an existing output directory")
     export.set_defaults(func=export_tower)
 
+    push = sub.add_parser(
+        "push-tower",
+        help="upload a tower folder and its model card to a hub model repository, the card with the scores of "
+        "eval-tower reports",
+    )
+    push.add_argument("tower", metavar="DIR", help="the tower folder (export-tower's, with its README.md card)")
+    push.add_argument("repo", metavar="REPO", help="the hub model repository, owner/name (created if absent)")
+    push.add_argument(
+        "--results",
+        action="append",
+        default=[],
+        metavar="REPORT",
+        help="an eval-tower --output folder that scored DIR as it is now; repeat for more benchmarks",
+    )
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--dry-run", action="store_true", help="check everything and list the upload; contact nothing")
+    push.set_defaults(func=push_tower)
+
 
 def enhance(args: argparse.Namespace) -> None:
     from dcr_mllm.enhance.config import EnhanceConfig, resolve_config
@@ -55,3 +73,9 @@ def export_tower(args: argparse.Namespace) -> None:
     from dcr_mllm.enhance.export import export_step
 
     print(f"exported tower (LoRA step {args.step}): {export_step(args.run, args.step, args.output, force=args.force)}")
+
+
+def push_tower(args: argparse.Namespace) -> None:
+    from dcr_mllm.enhance.share import push_tower
+
+    print("\n".join(push_tower(args.tower, args.repo, args.results, private=args.private, dry_run=args.dry_run)))

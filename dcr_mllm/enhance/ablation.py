@@ -32,6 +32,7 @@ from dcr_mllm.arguments import add_config, add_overrides, parse_intermixed, run_
 from dcr_mllm.config import PACKAGED_CONFIGS, from_dict, load_config, merge_overrides, to_dict
 from dcr_mllm.enhance.ablation_report import HEADLINE, chart, curves_chart, report
 from dcr_mllm.enhance.config import EnhanceConfig
+from dcr_mllm.enhance.export import MODEL_CARD
 from dcr_mllm.enhance.watch import EVAL_FILE
 from dcr_mllm.errors import DcrError
 from dcr_mllm.evaluation.analysis.premise import measure_premise
@@ -130,7 +131,7 @@ def run_ablation(
             run.with_suffix(".log"),
         )
         for (objective, seed), run in runs.items()
-        if not (run / "tower" / "model_card.md").is_file()
+        if not (run / "tower" / MODEL_CARD).is_file()
     ]
     run_jobs(train, jobs)
     # with a validation split, RUN/tower is the step SELECT chose; the last step is exported beside it
@@ -138,7 +139,7 @@ def run_ablation(
         from dcr_mllm.enhance.export import export_step
 
         for run in runs.values():
-            if not (run / "tower_last" / "model_card.md").is_file():
+            if not (run / "tower_last" / MODEL_CARD).is_file():
                 export_step(run, last_step, run / "tower_last", force=True)
     last = {run: run / ("tower_last" if watch else "tower") for run in runs.values()}
     scored = [(base, base.parent / "world_metrics.json")] + [

@@ -26,7 +26,7 @@ from dcr_mllm.io import atomic_dir
 from dcr_mllm.training import is_finished
 from dcr_mllm.training.checkpoints import TRAINABLE, checkpoint_problem, read_trainable_state
 
-MODEL_CARD = "model_card.md"
+MODEL_CARD = "README.md"  # the hub's model card: the export uploads as it is (`dcr-mllm push-tower`)
 RUN_CONFIG = "config.yaml"  # the resolved config of the run's last `enhance` command, which export-tower reads
 
 
@@ -44,9 +44,11 @@ def export_tower(
     else:
         weights, section = lora_dir / TRAINABLE, ""
     tower, merged = merged_tower(cfg, read_trainable_state(weights, "tower."), source=str(weights))
+    base_card = tower.source / MODEL_CARD if tower.source is not None else None
+    metadata = card_metadata(cfg.tower, base_card.read_text() if base_card and base_card.is_file() else "")
     with atomic_dir(out_dir) as tmp:
-        tower.save(tmp)
-        (tmp / MODEL_CARD).write_text(model_card(cfg, merged, lora_dir, section))
+        tower.save(tmp)  # copies the base's side files, its card too, which the next line replaces
+        (tmp / MODEL_CARD).write_text(model_card(cfg, merged, lora_dir, section, metadata))
     return out_dir
 
 
@@ -127,20 +129,72 @@ def selection_card(cfg: EnhanceConfig, selection: dict) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def model_card(cfg: EnhanceConfig, merged_layers: int, lora_dir: Path, exported_step: str = "") -> str:
+def model_card(
+    cfg: EnhanceConfig, merged_layers: int, lora_dir: Path, exported_step: str = "", metadata: dict | None = None
+) -> str:
+    """The export's ``README.md``: the hub's metadata block, then the recipe, data and budget, the
+    exported step, and the whole config.
+
+    Args:
+        cfg: the run's config.
+        merged_layers: how many LoRA layers were merged into the tower.
+        lora_dir: the LoRA stage's folder (its ``train_state.json`` gives the steps run).
+        exported_step: the section saying which step was exported and why ("" for the last).
+        metadata: the hub metadata (``card_metadata``); None writes none.
+    """
     state = json.loads((lora_dir / "train_state.json").read_text())
     projector_state = json.loads((Path(cfg.output_dir) / "projector" / "train_state.json").read_text())
     tau = f"tau {cfg.objective.tau}, " if hasattr(cfg.objective, "tau") else ""  # DCR's temperature
+
+    def budget(name: str, stage_state: dict) -> str:
+        stage, steps, ranks = getattr(cfg, f"{name}_stage"), stage_state["step"], stage_state.get("world_size", 1)
+        per_step = stage.micro_batch_size * stage.grad_accum * ranks
+        return f"{steps} steps of {per_step} images ({steps * per_step} images), lr {stage.lr}"
+
+    front = f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n\n" if metadata else ""
+    licence = (metadata or {}).get("license", "")
     return (
-        f"# DCR-enhanced vision tower\n\n"
-        f"- base tower: `{cfg.tower}`\n"
+        front + f"# DCR-enhanced vision tower\n\n"
+        f"- base tower: `{cfg.tower}`" + (f" (licence `{licence}`, which this tower keeps)" if licence else "") + "\n"
         f"- denoiser: `{cfg.denoiser}`\n"
         f"- objective: `{cfg.objective.name}` ({tau}target `{cfg.objective.target}`)\n"
-        f"- projector stage: {projector_state['step']} steps; LoRA stage: {state['step']} steps, "
-        f"r {cfg.lora.r}, alpha {cfg.lora.alpha}, scope {cfg.lora.scope}, bias {cfg.lora.bias}, {merged_layers} layers merged\n"
+        f"- LoRA: r {cfg.lora.r}, alpha {cfg.lora.alpha}, scope {cfg.lora.scope}, bias {cfg.lora.bias}, "
+        f"{merged_layers} layers merged\n"
+        f"- budget: projector stage {budget('projector', projector_state)}; LoRA stage {budget('lora', state)}\n"
         f"- data: `{cfg.data.shards or 'synthetic (dcr-mllm generator)'}`\n"
         f"- seed: {cfg.seed}\n\n"
-        f"Produced by `dcr-mllm enhance`. Load it with the tower family's own `from_pretrained`.\n\n"
+        f"Produced by `dcr-mllm enhance`. Load it with the tower family's own `from_pretrained`. Its scores, with "
+        f"intervals, are added by `dcr-mllm push-tower --results` from `dcr-mllm eval-tower` reports.\n\n"
         + exported_step
         + f"## Config\n\n```yaml\n{yaml.safe_dump(to_dict(cfg), sort_keys=False)}```\n"
     )
+
+
+def card_metadata(base: str, base_card: str) -> dict:
+    """The hub's metadata block for a tower tuned from ``base``: the base's hub id where it is a preset,
+    and the licence its own card declares (its terms carry over to the tuned weights; ``other`` where
+    its card names none, so the reader looks)."""
+    from dcr_mllm.presets.real import real_preset
+
+    declared = front_matter(base_card).get("license")
+    preset = real_preset(base)
+    return {
+        "library_name": "transformers",
+        "license": declared if isinstance(declared, str) else "other",
+        **({"base_model": preset.hub_id} if preset is not None else {}),
+        "tags": ["vision", "dcr-mllm", "dcr"],
+        "pipeline_tag": "zero-shot-image-classification",
+    }
+
+
+def front_matter(card: str) -> dict:
+    """The YAML block a hub model card opens with (``---`` lines around it); {} where there is none."""
+    lines = card.splitlines()
+    if not lines or lines[0].strip() != "---" or "---" not in (line.strip() for line in lines[1:]):
+        return {}
+    end = next(i for i, line in enumerate(lines[1:], 1) if line.strip() == "---")
+    try:
+        data = yaml.safe_load("\n".join(lines[1:end]))
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}

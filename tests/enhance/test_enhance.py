@@ -81,7 +81,7 @@ def test_two_processes_read_disjoint_data_and_agree(tiny, tmp_path, zero_stage):
     enhanced = CLIPModel.from_pretrained(out / "tower").state_dict()
     changed = {k for k in base if not torch.equal(base[k], enhanced[k])}
     assert changed and all(k.startswith("vision_model.encoder.") for k in changed), "only the vision encoder trains"
-    assert (out / "tower" / "model_card.md").is_file()
+    assert (out / "tower" / "README.md").is_file()
 
 
 def test_resume_after_a_kill_reaches_the_same_weights(tiny, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from dcr_mllm.cli import main
@@ -162,7 +163,7 @@ def test_selection_exports_the_best_validation_step_and_the_card_says_so(project
 
     with safe_open(run / "lora" / "selected.safetensors", "pt") as f:
         assert f.metadata()["step"] == str(best)
-    card = (run / "tower" / "model_card.md").read_text()
+    card = (run / "tower" / "README.md").read_text()
     assert (
         f"Step {best} of the LoRA stage, the highest `world/probe_global/fine_mean`" in card
         and "a validation split" in card
@@ -208,7 +209,7 @@ def test_selecting_on_test_data_is_refused_unless_allowed_and_then_the_card_says
     shutil.copytree(projector_run / "base" / "projector", projector_run / "on_test" / "projector")
     os.symlink(projector_run / "base" / "data", projector_run / "on_test" / "data")
     assert main([*argv, "eval.allow_test_selection=true"]) == 0
-    assert "**Chosen on test data**" in (projector_run / "on_test" / "tower" / "model_card.md").read_text()
+    assert "**Chosen on test data**" in (projector_run / "on_test" / "tower" / "README.md").read_text()
 
 
 def test_a_select_metric_the_benchmarks_do_not_report_stops_at_step_0(projector_run, capsys):
@@ -243,9 +244,7 @@ def test_export_tower_exports_any_kept_step_as_a_run_stopped_there_would(project
         load_file(stopped / "tower" / "model.safetensors"),
     )
     assert exported.keys() == short.keys() and all(torch.equal(exported[k], short[k]) for k in exported)
-    assert (
-        "Step 2 of the LoRA stage, exported from its checkpoint" in (run / "tower_step_2" / "model_card.md").read_text()
-    )
+    assert "Step 2 of the LoRA stage, exported from its checkpoint" in (run / "tower_step_2" / "README.md").read_text()
     capsys.readouterr()
     assert main(["export-tower", str(run), "--step", "2"]) == 2  # never overwritten without --force
     assert "tower_step_2 exists; pass --force" in capsys.readouterr().err
@@ -265,3 +264,63 @@ def test_the_last_step_is_always_evaluated(projector_run):
     cfg = load_config(EnhanceConfig, None, ["tower=x", "denoiser=y", "eval.every=3"])
     watch = TowerWatch(cfg, projector_run, is_main=True)
     assert [step for step in range(8) if watch.due(step, last=7)] == [0, 3, 6, 7]
+
+
+def test_an_export_is_hub_ready_and_push_tower_checks_everything_before_the_hub(
+    projector_run, tmp_path, capsys, monkeypatch
+):
+    run = lora_run(projector_run, "stopped_at_2", "lora_stage.max_steps=2")
+    tower = run / "tower"
+    card = (tower / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---\n")[1])
+    assert metadata["library_name"] == "transformers" and metadata["license"] == "other"  # the tiny base names none
+    assert "- budget: projector stage 2 steps of 4 images (8 images), lr 0.001; LoRA stage 2 steps of 4" in card
+    report = tmp_path / "report"
+    towers = ["--tower", "base=tiny-clip", "--tower", f"ours={tower}"]
+    data = ["--benchmark", "world", "--data", str(projector_run / "val"), "--pairs-per-attribute", "2"]
+    assert main(["eval-tower", *towers, *data, "--output", str(report)]) == 0
+    capsys.readouterr()
+    assert main(["push-tower", str(tower), "someone/tower", "--results", str(report), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "repository: someone/tower (public; created if absent)" in out and "model.safetensors" in out
+    assert "1 evaluation report(s)" in out and out.strip().endswith("dry run: nothing uploaded")
+
+    from dcr_mllm.enhance.share import evaluation_section
+
+    section = evaluation_section(tower, [report])
+    scores = json.loads((report / "results.json").read_text())
+    metric, value = next(iter(scores["ours"].items()))
+    assert "| metric | this tower (ours) | base |" in section and f"| {metric} | {value:.1f}" in section
+    assert "synthetic stand-ins" in section  # the world's validation set is generated, and the card says so
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the real upload call, refused by the hub client here
+    assert main(["push-tower", str(tower), "someone/tower"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "pushing to someone/tower failed" in err and "hf upload" in err
+
+    for args, message in (
+        ([str(tower), "not a repo id!"], "is not a hub repository id"),
+        ([str(tower), "tower"], "names no owner"),
+        ([str(run / "lora"), "someone/tower"], "is not a tower directory"),
+        ([str(tower), "someone/tower", "--results", str(tmp_path)], "has no results.json"),
+    ):
+        assert main(["push-tower", *args, "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err, (args, err)
+    (tower / "tokenizer_config.json").write_text((tower / "tokenizer_config.json").read_text() + "\n")
+    assert main(["push-tower", str(tower), "someone/tower", "--results", str(report), "--dry-run"]) == 2
+    assert "scored an earlier version of" in capsys.readouterr().err
+
+
+def test_the_card_keeps_the_base_licence_and_names_its_hub_id():
+    from dcr_mllm.enhance.export import card_metadata
+
+    siglip_card = "---\nlicence_note: x\nlicense: apache-2.0\ntags:\n- vision\n---\n# SigLIP\n"
+    metadata = card_metadata("siglip-so400m-384", siglip_card)
+    assert metadata["license"] == "apache-2.0" and metadata["base_model"] == "google/siglip-so400m-patch14-384"
+    assert card_metadata("/some/local/tower", "# a card without metadata\n") == {
+        "library_name": "transformers",
+        "license": "other",
+        "tags": ["vision", "dcr-mllm", "dcr"],
+        "pipeline_tag": "zero-shot-image-classification",
+    }

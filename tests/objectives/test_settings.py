@@ -90,4 +90,4 @@ def test_enhance_runs_an_objective_without_dcrs_settings(name, tiny, tmp_path):
         [sys.executable, "-m", "dcr_mllm.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"- objective: `{name}` (target `auto`)" in (tmp_path / "tower" / "model_card.md").read_text()
+    assert f"- objective: `{name}` (target `auto`)" in (tmp_path / "tower" / "README.md").read_text()

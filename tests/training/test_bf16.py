@@ -90,7 +90,7 @@ def llava_bf16(tiny, tmp_path_factory):
 
 def test_enhance_in_bf16_stays_close_to_fp32(enhance_runs):
     for precision in ("fp32", "bf16"):
-        assert (enhance_runs / precision / "tower" / "model_card.md").is_file()
+        assert (enhance_runs / precision / "tower" / "README.md").is_file()
     for stage in ("projector", "lora"):
         fp32, bf16 = losses(enhance_runs / "fp32" / stage), losses(enhance_runs / "bf16" / stage)
         assert len(fp32) == len(bf16) == 2

@@ -190,7 +190,7 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
                 run_dir / "world_metrics_selected.json"
             ).is_file()
             step = chosen["steps"][objective][seed]
-            assert f"Step {step} of the LoRA stage" in (run_dir / "tower" / "model_card.md").read_text()
+            assert f"Step {step} of the LoRA stage" in (run_dir / "tower" / "README.md").read_text()
 
 
 def test_a_denoiser_field_keeps_the_clip_build_and_the_variants_build(tmp_path):
