@@ -5,7 +5,7 @@ import random
 import pytest
 
 from dcr_mllm.evaluation.analysis.seed_effect import seed_effect, seeded_name, split_name, tower_effects, verdict
-from dcr_mllm.evaluation.analysis.significance import mcnemar_exact
+from dcr_mllm.evaluation.intervals import mcnemar_exact
 
 RUN_SPREAD = 3.0  # points: how far one training run's accuracy falls from its tower's mean
 

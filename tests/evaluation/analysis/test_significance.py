@@ -5,7 +5,8 @@ import math
 import pytest
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.evaluation.analysis.significance import compare_world, mcnemar_exact, wilson_interval
+from dcr_mllm.evaluation.analysis.significance import compare_world
+from dcr_mllm.evaluation.intervals import mcnemar_exact, wilson_interval
 
 
 def test_wilson_interval_matches_its_closed_forms():
