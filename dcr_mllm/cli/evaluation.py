@@ -5,6 +5,7 @@ evaluation data (``make-eval-data``, ``prepare-eval-data``, ``eval-task-dir``), 
 from __future__ import annotations
 
 import argparse
+import functools
 
 from dcr_mllm.arguments import add_allow_pickle
 from dcr_mllm.errors import DcrError
@@ -25,11 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     eval_tower_parser.add_argument(
         "--benchmark",
         required=True,
-        help="mmvp-vlm, classification (zero-shot + linear probe), fine-grained (synthetic pairs) "
-        "or world (a make-eval-data world directory: pairs, per-attribute probes, class)",
+        action="append",
+        metavar="NAME[=DATA]",
+        help="mmvp-vlm, classification (zero-shot + linear probe), fine-grained (synthetic pairs), clip-benchmark "
+        "(zero-shot classification and retrieval on clip_benchmark's data sets under DATA) or world (a make-eval-data "
+        "world directory); repeat as NAME=DATA to compare the towers on several in one table and chart",
     )
     eval_tower_parser.add_argument(
-        "--data", help="the MMVP-VLM directory, or the image folder for classification (fine-grained needs none)"
+        "--data",
+        help="with one --benchmark: its data (the MMVP-VLM directory, the image folder for classification, the "
+        "clip_benchmark root; fine-grained needs none)",
     )
     eval_tower_parser.add_argument("--output", required=True, help="directory for the report")
     eval_tower_parser.add_argument("--batch-size", type=int, default=64)
@@ -142,13 +148,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 def eval_tower(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from dcr_mllm.evaluation.tower import evaluate_towers, parse_tower_args
+    from dcr_mllm.evaluation.tower import evaluate_benchmarks, evaluate_towers, parse_tower_args
 
-    evaluate_towers(
-        parse_tower_args(args.tower),
-        args.benchmark,
+    towers = parse_tower_args(args.tower)
+    named = [spec.partition("=") for spec in args.benchmark]
+    if len(named) == 1 and not named[0][1]:  # one benchmark, its data given with --data
+        run = functools.partial(evaluate_towers, towers, args.benchmark[0], data=args.data)
+    else:
+        if args.data is not None:
+            raise DcrError("with several --benchmark, give each its data as NAME=DATA and leave out --data")
+        benchmarks = {name: data or None for name, _, data in named}
+        if len(benchmarks) != len(named):
+            raise DcrError("a --benchmark is given twice; name each once")
+        run = functools.partial(evaluate_benchmarks, towers, benchmarks)
+    run(
         args.output,
-        data=args.data,
         batch_size=args.batch_size,
         device=args.device,
         pairs_per_attribute=args.pairs_per_attribute,

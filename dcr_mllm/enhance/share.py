@@ -17,6 +17,7 @@ from pathlib import Path
 from dcr_mllm.enhance.export import MODEL_CARD, front_matter
 from dcr_mllm.errors import DcrError
 from dcr_mllm.evaluation import freshness
+from dcr_mllm.evaluation.tower.report import DETAILS
 from dcr_mllm.presets.real import short_reason
 from dcr_mllm.towers import inspect_tower
 
@@ -46,19 +47,16 @@ def evaluation_section(tower_dir: Path, reports: list[Path]) -> str:
     sections = []
     for report in reports:
         label, record = scored_label(report, tower_dir)
-        results = json.loads((report / "results.json").read_text(encoding="utf-8"))
-        interval_file = report / "intervals.json"
-        intervals = json.loads(interval_file.read_text(encoding="utf-8")) if interval_file.is_file() else {}
-        others = [other for other in results if other != label]
-        metrics = list(results[label])
+        details = json.loads((report / DETAILS).read_text(encoding="utf-8"))
+        others = [other for other in details if other != label]
         header = ["metric", f"this tower ({label})", *others]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
-        for metric in metrics:
+        for metric in details[label]:
             cells = []
             for name in [label, *others]:
-                value = results[name].get(metric)
-                ci = intervals.get(name, {}).get(metric)
-                cells.append("-" if value is None else f"{value:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""))
+                row = details[name][metric]
+                ci = row["ci"]
+                cells.append(f"{row['value']:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""))
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
         settings = record["settings"]
         made_up = settings.get("synthetic_data")
@@ -66,7 +64,7 @@ def evaluation_section(tower_dir: Path, reports: list[Path]) -> str:
             f"### {settings['benchmark']}\n\n"
             + (freshness.synthetic_note({settings["benchmark"]: made_up}) + "\n\n" if made_up else "")
             + "\n".join(lines)
-            + "\n\nPercent; brackets: 95 % interval where the report gives one.\n"
+            + "\n\nPercent; brackets: the 95 % Wilson interval over the items scored, where the benchmark scores items.\n"
         )
     return "## Evaluation (`dcr-mllm eval-tower`)\n\n" + "\n".join(sections) if sections else ""
 
@@ -103,8 +101,8 @@ def push_tower(
         )
     reports = [Path(r) for r in reports]
     for report in reports:
-        if not (report / "results.json").is_file():
-            raise DcrError(f"--results {report} has no results.json; give an eval-tower --output folder")
+        if not (report / DETAILS).is_file():
+            raise DcrError(f"--results {report} has no {DETAILS}; give an eval-tower --output folder (scored again)")
     card = card_file.read_text(encoding="utf-8")
     evaluation = evaluation_section(tower_dir, reports)
     if evaluation:

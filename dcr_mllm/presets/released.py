@@ -34,6 +34,9 @@ FORMATS = {
     "hf": "transformers folder (pytorch_model.bin)",
 }
 
+#: what ``convert-tower --preset`` writes beside the converted tower: which release it is
+RECORD = "release.json"
+
 DIVA_HUB = "BAAI/DIVA"
 DIVA_REVISION = "23551040851368a84a630e9f9e8bba52c2fa4102"  # newest commit seen; the .pth files date from b949c86
 DIVA_TABLE = "baaivision/DIVA README.md lines 95-102 @ d53c668 (score minus its printed gain for the base)"
@@ -211,4 +214,4 @@ def released_tower(name: str) -> ReleasedTower:
     return RELEASED[name]
 
 
-__all__ = ["FORMATS", "RELEASED", "ReleasedTower", "released_tower"]
+__all__ = ["FORMATS", "RECORD", "RELEASED", "ReleasedTower", "released_tower"]

@@ -11,15 +11,16 @@ against the loaded one.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from dcr_mllm.errors import DcrError
-from dcr_mllm.io import atomic_dir
+from dcr_mllm.io import atomic_dir, write_atomic
 from dcr_mllm.presets.real import file_digest, short_reason
-from dcr_mllm.presets.released import ReleasedTower, released_tower
+from dcr_mllm.presets.released import RECORD, ReleasedTower, released_tower
 from dcr_mllm.towers import inspect_tower, load_tower
 from dcr_mllm.towers.convert import (
     ConvertReport,
@@ -162,6 +163,8 @@ def convert_release(
             raise DcrError(f"{path} is not a file; {preset.name} is one state-dict file ({Path(preset.path).name})")
         checked = check_digest(preset, path)  # before reading a byte of it as weights
         report = convert_tower(path, output, model=preset.open_clip_model, allow_pickle=allow_pickle, force=force)
+    record = {"preset": preset.name, "method": preset.method, "base": preset.base, "source": str(path)}
+    write_atomic(output / RECORD, json.dumps(record, indent=1) + "\n")  # eval-tower puts the reported score beside
     reported = f"reported MMVP-VLM: {preset.mmvp_vlm} (base {preset.mmvp_vlm_base}), {preset.reported}"
     return replace(report, notes=(*report.notes, checked, reported))
 

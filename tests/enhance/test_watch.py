@@ -301,7 +301,7 @@ def test_an_export_is_hub_ready_and_push_tower_checks_everything_before_the_hub(
         ([str(tower), "not a repo id!"], "is not a hub repository id"),
         ([str(tower), "tower"], "names no owner"),
         ([str(run / "lora"), "someone/tower"], "is not a tower directory"),
-        ([str(tower), "someone/tower", "--results", str(tmp_path)], "has no results.json"),
+        ([str(tower), "someone/tower", "--results", str(tmp_path)], "has no details.json"),
     ):
         assert main(["push-tower", *args, "--dry-run"]) == 2
         err = capsys.readouterr().err

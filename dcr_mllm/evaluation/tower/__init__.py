@@ -1,7 +1,10 @@
-"""Measure a tower: MMVP-VLM, classification probes (D-Ability) and fine-grained pairs (P-Ability).
+"""Measure a tower: MMVP-VLM, classification probes (D-Ability), fine-grained pairs (P-Ability),
+clip_benchmark's zero-shot sets.
 
 ``evaluate_towers`` scores several towers on one benchmark and writes ``results.json``,
-``predictions.csv``, ``results.md`` and ``chart.png``; the ``evaluate_*`` functions score one
+``details.json`` (intervals, paired differences, reported numbers), ``predictions.csv``,
+``results.md`` and ``chart.png``; ``evaluate_benchmarks`` does so for several benchmarks and puts
+them in one table and chart; the ``evaluate_*`` functions score one
 loaded tower; ``synthetic`` writes stand-in datasets in the same layouts as the real ones.
 """
 
@@ -13,7 +16,7 @@ from dcr_mllm.evaluation.tower.probes import (
     fit_linear_probe,
 )
 from dcr_mllm.evaluation.tower.report import BenchmarkResult, write_report
-from dcr_mllm.evaluation.tower.run import BENCHMARKS, evaluate_towers, parse_tower_args
+from dcr_mllm.evaluation.tower.run import BENCHMARKS, evaluate_benchmarks, evaluate_towers, parse_tower_args
 from dcr_mllm.evaluation.tower.synthetic import (
     CATEGORY_ATTRIBUTES,
     fine_grained_pairs,
@@ -27,6 +30,7 @@ __all__ = [
     "CATEGORY_ATTRIBUTES",
     "BenchmarkResult",
     "ClassificationData",
+    "evaluate_benchmarks",
     "evaluate_classification",
     "evaluate_fine_grained",
     "evaluate_mmvp_vlm",

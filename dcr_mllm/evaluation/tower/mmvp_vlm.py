@@ -189,11 +189,11 @@ def evaluate_mmvp_vlm(
     texts = text_embeddings(tower, [PROMPT + s.text for pair in pairs for s in (pair.first, pair.second)], batch_size)
     verdicts = judge_pairs(tower, images[0::2], images[1::2], texts[0::2], texts[1::2])
 
-    correct = dict.fromkeys(CATEGORIES, 0)
+    outcomes: dict[str, list[bool]] = {category: [] for category in CATEGORIES}
     predictions = []
     for pair, (pred1, pred2, score1, score2) in zip(pairs, verdicts):
         gt1, gt2 = ground_truth(pair.first.qid), ground_truth(pair.second.qid)
-        correct[pair.category] += pred1 == gt1 and pred2 == gt2
+        outcomes[pair.category].append(pred1 == gt1 and pred2 == gt2)
         predictions.append(
             {
                 "category": pair.category,
@@ -207,6 +207,7 @@ def evaluate_mmvp_vlm(
                 "img1_score2": score2,
             }
         )
-    scores = {category: percent(correct[category], PAIRS_PER_CATEGORY) for category in CATEGORIES}
+    scores = {category: percent(sum(outcomes[category]), PAIRS_PER_CATEGORY) for category in CATEGORIES}
     scores["average"] = sum(scores.values()) / len(CATEGORIES)
-    return BenchmarkResult(scores, predictions)
+    outcomes["average"] = [right for category in CATEGORIES for right in outcomes[category]]  # equal-sized: the mean
+    return BenchmarkResult(scores, predictions, outcomes)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -146,10 +145,8 @@ def evaluate_classification(
     zero_shot = (test_x @ text_embeddings(tower, prompts, batch_size).T).argmax(dim=1)
     probe = predict_linear_probe(fit_linear_probe(train_x, train_y, len(data.classes)), test_x)
 
-    scores = {
-        "zero_shot_top1": percent(int((zero_shot == test_y).sum()), len(test_y)),
-        "linear_probe_top1": percent(int((probe == test_y).sum()), len(test_y)),
-    }
+    outcomes = {"zero_shot_top1": (zero_shot == test_y).tolist(), "linear_probe_top1": (probe == test_y).tolist()}
+    scores = {metric: percent(sum(right), len(right)) for metric, right in outcomes.items()}
     predictions = [
         {
             "image": str(path),
@@ -159,7 +156,7 @@ def evaluate_classification(
         }
         for (path, label), z, p in zip(data.test, zero_shot.tolist(), probe.tolist())
     ]
-    return BenchmarkResult(scores, predictions)
+    return BenchmarkResult(scores, predictions, outcomes)
 
 
 def evaluate_fine_grained(tower: VisionTower, pairs: list, batch_size: int = 64) -> BenchmarkResult:
@@ -178,13 +175,12 @@ def evaluate_fine_grained(tower: VisionTower, pairs: list, batch_size: int = 64)
     texts = text_embeddings(tower, [PROMPT + caption(attrs) for _, *scenes in pairs for attrs, _ in scenes], batch_size)
     verdicts = judge_pairs(tower, images[0::2], images[1::2], texts[0::2], texts[1::2])
 
-    correct, totals = Counter(), Counter()
+    outcomes: dict[str, list[bool]] = {}
     predictions = []
     for index, ((attribute, (attrs1, _), (attrs2, _)), (pred1, pred2, score1, score2)) in enumerate(
         zip(pairs, verdicts)
     ):
-        correct[attribute] += pred1 == "img1" and pred2 == "img2"
-        totals[attribute] += 1
+        outcomes.setdefault(attribute, []).append(pred1 == "img1" and pred2 == "img2")
         predictions.append(
             {
                 "attribute": attribute,
@@ -197,6 +193,8 @@ def evaluate_fine_grained(tower: VisionTower, pairs: list, batch_size: int = 64)
                 "img1_score2": score2,
             }
         )
-    scores = {attribute: percent(correct[attribute], total) for attribute, total in totals.items()}
+    scores = {attribute: percent(sum(right), len(right)) for attribute, right in outcomes.items()}
     scores["average"] = sum(scores.values()) / len(scores)
-    return BenchmarkResult(scores, predictions)
+    if len({len(right) for right in outcomes.values()}) == 1:  # equal-sized attributes: the average is the pooled mean
+        outcomes["average"] = [right for rights in list(outcomes.values()) for right in rights]
+    return BenchmarkResult(scores, predictions, outcomes)

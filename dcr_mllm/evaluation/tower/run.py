@@ -1,10 +1,13 @@
-"""Score several towers on one benchmark and write the report; ``dcr-mllm eval-tower`` calls this.
+"""Score several towers on one benchmark, or several, and write the report; ``dcr-mllm eval-tower``
+calls this.
 
 Benchmarks: ``mmvp-vlm`` (a directory in the official layout), ``classification`` (zero-shot and
-linear-probe top-1 on an image folder: D-Ability) and ``fine-grained`` (synthetic pairs that
-differ in one attribute: P-Ability, with MMVP-VLM) and ``world`` (the tiny world's labelled set:
-``dcr_mllm.evaluation.tower.world_metrics``). Every input is checked before any model is
-loaded, towers are scored one at a time, and the report goes to ``output`` (see ``tower_report``).
+linear-probe top-1 on an image folder: D-Ability), ``fine-grained`` (synthetic pairs that differ
+in one attribute: P-Ability, with MMVP-VLM), ``clip-benchmark`` (zero-shot classification and
+retrieval on clip_benchmark's data sets: ``clip_bench``) and ``world`` (the tiny world's labelled
+set: ``world_metrics``). Every input is checked before any model is loaded, towers are scored one
+at a time, and the report goes to ``output`` (``report``), with the number each tower's authors
+report beside its own where one is published (``reported_scores``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.evaluation import freshness
 from dcr_mllm.evaluation.tower.mmvp_vlm import PREPROCESS, evaluate_mmvp_vlm, read_benchmark
 from dcr_mllm.evaluation.tower.probes import ClassificationData, evaluate_classification, evaluate_fine_grained
-from dcr_mllm.evaluation.tower.report import BenchmarkResult, write_report
+from dcr_mllm.evaluation.tower.report import BenchmarkResult, write_comparison, write_report
 from dcr_mllm.evaluation.tower.synthetic import fine_grained_pairs
 from dcr_mllm.strict import read_json
 from dcr_mllm.towers import inspect_tower, load_tower
@@ -31,8 +34,10 @@ BENCHMARKS = {
     "mmvp-vlm": "MMVP-VLM",
     "classification": "Classification probes (D-Ability): zero-shot and linear probe",
     "fine-grained": "Fine-grained pairs (P-Ability): synthetic pairs differing in one attribute",
+    "clip-benchmark": "Zero-shot classification and retrieval (clip_benchmark's data sets)",
     "world": "The tiny world: pairs, per-attribute linear probes (global embedding, feature layer), class zero-shot and probe",
 }
+NEEDS_NO_DATA = ("fine-grained",)
 
 
 def parse_tower_args(specs: list[str]) -> dict[str, str]:
@@ -78,6 +83,10 @@ def benchmark_scorer(
         )
     if benchmark == "classification":
         return functools.partial(evaluate_classification, data=ClassificationData(data), batch_size=batch_size)
+    if benchmark == "clip-benchmark":
+        from dcr_mllm.evaluation.tower.clip_bench import evaluate_clip_benchmark, read_clip_benchmark
+
+        return functools.partial(evaluate_clip_benchmark, sets=read_clip_benchmark(data), batch_size=batch_size)
     if benchmark == "world":
         from dcr_mllm.evaluation.tower.world_metrics import WorldSet, evaluate_world
 
@@ -132,7 +141,7 @@ def evaluate_towers(
         raise DcrError(f"preprocess {preprocess!r}: use one of {', '.join(PREPROCESS)}")
     if preprocess != "tower" and benchmark != "mmvp-vlm":
         raise DcrError(f"--preprocess {preprocess} reproduces the official MMVP-VLM script; drop it for {benchmark}")
-    if benchmark == "fine-grained":
+    if benchmark in NEEDS_NO_DATA:
         if data is not None:
             raise DcrError("the fine-grained benchmark generates its own pairs: drop --data")
     elif data is None:
@@ -165,6 +174,7 @@ def evaluate_towers(
         logger.info("scoring %s (%s) on %s", label, path, benchmark)
         tower = load_tower(path, allow_pickle=allow_pickle).to(device).eval()
         results[label] = score(tower)
+        results[label].reported = reported_scores(path, benchmark)
         del tower  # freed before the next one loads
     source = (
         f"data: `{data}`" + (f", {pairs_per_attribute} pairs per attribute" if benchmark == "world" else "")
@@ -179,3 +189,59 @@ def evaluate_towers(
     write_report(output, BENCHMARKS[benchmark], results, note)
     freshness.mark_current(output, record)
     return {label: result.scores for label, result in results.items()}
+
+
+def reported_scores(tower: str | Path, benchmark: str) -> dict[str, tuple[float, str]]:
+    """The MMVP-VLM average the authors of ``tower`` report: a released tower that ``convert-tower
+    --preset`` wrote (its record names the preset), or a base backbone preset, as the release tables
+    print its score (each method's table names the base beside its own)."""
+    from dcr_mllm.presets.real import real_preset
+    from dcr_mllm.presets.released import RECORD, RELEASED
+
+    if benchmark != "mmvp-vlm":
+        return {}
+    record = Path(tower) / RECORD
+    if record.is_file():
+        release = RELEASED.get(read_json(record).get("preset"))
+        return {"average": (release.mmvp_vlm, f"{release.method}, {release.reported}")} if release else {}
+    backbone = real_preset(str(tower))
+    printed = [r for r in RELEASED.values() if backbone is not None and r.base == backbone.name]
+    if not printed:
+        return {}
+    values = [r.mmvp_vlm_base for r in printed]
+    value = max(set(values), key=values.count)  # what most tables print (DCR's 19.2 against 19.3)
+    return {"average": (value, "; ".join(f"{r.method} prints {r.mmvp_vlm_base} ({r.reported})" for r in printed))}
+
+
+def evaluate_benchmarks(
+    towers: dict[str, str], benchmarks: dict[str, str | Path | None], output: str | Path, **settings
+) -> dict[str, dict[str, float]]:
+    """Each benchmark's report in ``output/<benchmark>``, then one table and one chart of them all
+    in ``output``; every benchmark's data is checked before the first tower is scored.
+
+    Args:
+        towers: tower directory by label, in report order.
+        benchmarks: each benchmark's data (None where it needs none), in report order.
+        output: the report directory.
+        **settings: ``evaluate_towers``'s other arguments, shared by every benchmark.
+    """
+    for benchmark, data in benchmarks.items():
+        if benchmark not in BENCHMARKS:
+            raise DcrError(f"unknown benchmark {benchmark!r}: use one of {', '.join(BENCHMARKS)}")
+        if (data is None) != (benchmark in NEEDS_NO_DATA):
+            raise DcrError(
+                f"--benchmark {benchmark}" + (" needs no data" if data is not None else " needs its data: NAME=DATA")
+            )
+        if data is not None and not Path(data).is_dir():
+            raise DcrError(f"--benchmark {benchmark}={data}: no such directory")
+    output = Path(output)
+    reports, made_up = {}, {}
+    for benchmark, data in benchmarks.items():
+        evaluate_towers(towers, benchmark, output / benchmark, data=data, **settings)
+        reports[benchmark] = output / benchmark
+        generator = read_json(output / benchmark / freshness.RECORD)["settings"].get("synthetic_data")
+        if generator:
+            made_up[benchmark] = generator
+    note = "towers: " + ", ".join(f"{label} = `{path}`" for label, path in towers.items())
+    write_comparison(output, reports, (freshness.synthetic_note(made_up) + "\n\n" if made_up else "") + note)
+    return read_json(output / "results.json")
