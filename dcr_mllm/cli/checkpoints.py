@@ -83,6 +83,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="without --model: the ViT uses nn.GELU (LAION open_clip models), not OpenAI's QuickGELU",
     )
     tower_parser.add_argument(
+        "--tokenizer",
+        metavar="BASE_DIR",
+        help="keep the text side too (zero-shot, MMVP-VLM): a folder with the base tower's CLIP tokenizer files "
+        "(e.g. its hub download), copied beside the converted tower",
+    )
+    tower_parser.add_argument(
         "--force", action="store_true", help="replace an existing DIR once the new one is verified"
     )
     add_allow_pickle(tower_parser)
@@ -116,13 +122,26 @@ def convert_tower(args: argparse.Namespace) -> None:
 
         if args.model or args.gelu:
             raise DcrError(f"--preset {args.preset} names the architecture; leave out --model and --gelu")
-        report = convert_release(args.preset, args.src, args.output, allow_pickle=args.allow_pickle, force=args.force)
+        report = convert_release(
+            args.preset,
+            args.src,
+            args.output,
+            tokenizer=args.tokenizer,
+            allow_pickle=args.allow_pickle,
+            force=args.force,
+        )
     else:
         from dcr_mllm.towers.convert import convert_tower
 
         if args.src is None:
             raise DcrError("convert-tower needs SRC (a state-dict file), or --preset NAME for a released tower")
         report = convert_tower(
-            args.src, args.output, model=args.model, gelu=args.gelu, allow_pickle=args.allow_pickle, force=args.force
+            args.src,
+            args.output,
+            model=args.model,
+            gelu=args.gelu,
+            tokenizer=args.tokenizer,
+            allow_pickle=args.allow_pickle,
+            force=args.force,
         )
     print("\n".join(report.lines()))

@@ -17,7 +17,13 @@ ALPHA = 0.05  # a difference is marked significant when McNemar's p is below thi
 
 
 def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of ``correct / total`` (fractions); (0, 1) for no questions."""
+    """The Wilson score interval of ``correct / total`` (fractions); (0, 1) for no questions.
+
+    Args:
+        correct: items right.
+        total: items scored.
+        z: the normal quantile of the coverage (``Z95``: 95 %).
+    """
     if total == 0:
         return 0.0, 1.0
     share = correct / total

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,14 @@ from torch import Tensor, nn
 
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir
+from dcr_mllm.towers.convert_text import (
+    TOKENIZER_FILES,
+    check_tokenizer,
+    map_text_keys,
+    text_cfg,
+    text_config,
+    text_state,
+)
 from dcr_mllm.towers.hf import quiet_transformers
 from dcr_mllm.towers.registry import family_of_vision_type
 from dcr_mllm.weights import PICKLE_SUFFIXES, refuse_pickles
@@ -225,14 +234,35 @@ def build_source(cfg: dict) -> nn.Module:
         raise DcrError(f"the open_clip model config cannot be built ({err}); check --model") from err
 
 
-def fitted_source(state: dict[str, Tensor], layout: str, model: str | None, gelu: bool, src: Path) -> nn.Module:
-    """The source architecture holding ``state``'s vision tensors. It is built on the meta device and
-    checked tensor by tensor first, so a file that does not fit is refused, naming the first
-    difference, before any memory is spent on it."""
+def fitted_source(
+    state: dict[str, Tensor], layout: str, model: str | None, gelu: bool, src: Path, whole: bool = False
+) -> nn.Module:
+    """The source architecture holding ``state``'s vision tensors (``whole``: open_clip's whole CLIP,
+    its text side too). It is built on the meta device and checked tensor by tensor first, so a file
+    that does not fit is refused, naming the first difference, before any memory is spent on it.
+
+    Args:
+        state: the source's tensors, named as in its file.
+        layout: ``layout_of(state)``.
+        model: open_clip's model name or config JSON; None reads the architecture from the shapes.
+        gelu: an inferred ViT uses ``nn.GELU`` rather than QuickGELU.
+        src: the file, named by the error.
+        whole: build and fill the whole CLIP (a ViT layout with its text side).
+    """
+    cfg = model_config(state, layout, model, gelu)
     with torch.device("meta"):
-        source = build_source(model_config(state, layout, model, gelu))
-    prefix = "visual.trunk." if layout == "timm" else "visual."
-    own = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith(prefix)}
+        if whole:
+            from open_clip.model import CLIP
+
+            text = cfg.get("text_cfg") or text_cfg(text_state(state))
+            source = CLIP(cfg["embed_dim"], cfg["vision_cfg"], text, quick_gelu=cfg.get("quick_gelu", False))
+        else:
+            source = build_source(cfg)
+    if whole:
+        own, shown = {k: v for k, v in state.items() if k != "attn_mask"}, ""
+    else:
+        prefix = "visual.trunk." if layout == "timm" else "visual."
+        own, shown = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith(prefix)}, "visual."
     expected = source.state_dict()
     named = f"open_clip's {model}" if model else "the architecture read from its shapes"
     hint = "" if model else "; name the source's model with --model"
@@ -240,11 +270,17 @@ def fitted_source(state: dict[str, Tensor], layout: str, model: str | None, gelu
         found = own.get(key)
         if found is None or found.shape != tensor.shape:
             there = "missing" if found is None else f"{tuple(found.shape)} there"
-            raise DcrError(f"{src} does not fit {named}: visual.{key} is {there}, {tuple(tensor.shape)} in it{hint}")
+            raise DcrError(f"{src} does not fit {named}: {shown}{key} is {there}, {tuple(tensor.shape)} in it{hint}")
     extra = sorted(set(own) - set(expected))
     if extra:
-        raise DcrError(f"{src} does not fit {named}: it has visual.{extra[0]}, which the model has not{hint}")
+        raise DcrError(f"{src} does not fit {named}: it has {shown}{extra[0]}, which the model has not{hint}")
     source.load_state_dict(own, assign=True)
+    if whole:  # the one buffer a file does not hold: open_clip's causal mask (TextTransformer.build_causal_mask)
+        length = source.positional_embedding.shape[0]
+        source.attn_mask = torch.full((length, length), float("-inf")).triu_(1)
+    unfilled = [name for name, buffer in source.named_buffers() if buffer.is_meta]
+    if unfilled:
+        raise DcrError(f"{src}: the source model needs {unfilled[0]}, which no file holds; it cannot be converted")
     return source.eval()
 
 
@@ -318,8 +354,12 @@ def compare(source: nn.Module, hf: nn.Module, image_size: int) -> dict[str, floa
         embedding = source.head(source.trunk(pixels)) if hasattr(source, "trunk") else source(pixels)
     finally:
         hook.remove()
-    out = hf(pixel_values=pixels, output_hidden_states=True)
-    hf_embedding = out.image_embeds if hasattr(out, "image_embeds") else out.pooler_output
+    if hasattr(hf, "text_model"):  # a whole CLIPModel: its vision model and projection
+        out = hf.vision_model(pixel_values=pixels, output_hidden_states=True)
+        hf_embedding = hf.visual_projection(out.pooler_output)
+    else:
+        out = hf(pixel_values=pixels, output_hidden_states=True)
+        hf_embedding = out.image_embeds if hasattr(out, "image_embeds") else out.pooler_output
 
     return {"embedding": relative(hf_embedding, embedding), "layer -2": relative(out.hidden_states[-2], captured[0])}
 
@@ -329,6 +369,15 @@ LAYOUTS = {
     "timm": "open_clip timm SigLIP layout",
     "hf": "transformers save_pretrained folder",
 }
+
+
+@torch.no_grad()
+def compare_text(source: nn.Module, hf: nn.Module) -> dict[str, float]:
+    """Max relative difference of the text embedding on fixed random ids, each ending in end-of-text."""
+    vocab, length = source.token_embedding.num_embeddings, source.positional_embedding.shape[0]
+    ids = torch.randint(0, vocab - 1, (2, length), generator=torch.Generator().manual_seed(0))
+    ids[0, length // 2], ids[1, -1] = vocab - 1, vocab - 1
+    return {"text embedding": relative(hf.get_text_features(input_ids=ids).pooler_output, source.encode_text(ids))}
 
 
 def require_close(differences: dict[str, float]) -> dict[str, float]:
@@ -372,6 +421,7 @@ def convert_tower(
     *,
     model: str | None = None,
     gelu: bool = False,
+    tokenizer: str | Path | None = None,
     allow_pickle: bool = False,
     force: bool = False,
 ) -> ConvertReport:
@@ -382,6 +432,7 @@ def convert_tower(
         output: the HF tower directory to write (refused if it exists, unless ``force``).
         model: open_clip's model name or config JSON for the source; None infers it from the shapes.
         gelu: an inferred ViT uses ``nn.GELU`` (LAION-trained open_clip) rather than OpenAI's QuickGELU.
+        tokenizer: a folder with the base's CLIP tokenizer: keep the text side too (a whole ``CLIPModel``).
         allow_pickle: load a pickled file with ``torch.load(weights_only=True)``.
         force: replace an existing ``output`` once the new one is written and verified.
     """
@@ -391,13 +442,32 @@ def convert_tower(
     state = {k: v.float() for k, v in read_state_dict(src, allow_pickle).items()}
     layout = layout_of(state)
     mapped = map_keys(state, layout)
-    source = fitted_source(state, layout, model, gelu, src)
-    if len(list(source.trunk.blocks if layout == "timm" else source.transformer.resblocks)) < 2:
+    whole, text_weights = tokenizer is not None, {}
+    if whole:  # checked before any model is built
+        if layout != "vit":
+            raise DcrError("--tokenizer: only a ViT CLIP's text side maps (open_clip's SigLIP text does not); drop it")
+        if not text_state(state):
+            raise DcrError(f"--tokenizer: {src} holds no text side (a vision tower alone); drop --tokenizer")
+        text_weights = map_text_keys(text_state(state))
+        check_tokenizer(tokenizer, state["token_embedding.weight"].shape[0])
+    source = fitted_source(state, layout, model, gelu, src, whole)
+    visual = source.visual if whole else source
+    if len(list(visual.trunk.blocks if layout == "timm" else visual.transformer.resblocks)) < 2:
         raise DcrError(f"{src}: a tower of one block has no layer -2 for LLaVA to read")
-    hf, processor = hf_tower(source)
+    hf, processor = hf_tower(visual)
+    if whole:
+        from transformers import CLIPConfig, CLIPModel
+
+        heads = source.transformer.resblocks[0].attn.num_heads
+        config = CLIPConfig(
+            text_config=text_config(source, heads).to_dict(),
+            vision_config=hf.config.to_dict(),
+            projection_dim=hf.config.projection_dim,
+        )
+        hf = CLIPModel(config)
     keys = set(hf.state_dict())
     inner = "vision_model." if any(k.startswith("vision_model.") for k in keys) else ""
-    weights = {k.removeprefix("#") if k.startswith("#") else inner + k: v for k, v in mapped.items()}
+    weights = {k.removeprefix("#") if k.startswith("#") else inner + k: v for k, v in mapped.items()} | text_weights
     try:
         hf.load_state_dict(weights)
     except RuntimeError as err:
@@ -407,10 +477,22 @@ def convert_tower(
         with quiet_transformers():
             hf.save_pretrained(tmp, safe_serialization=True)
             processor.save_pretrained(tmp)
+            if whole:
+                for name in TOKENIZER_FILES:
+                    if (Path(tokenizer) / name).is_file():
+                        shutil.copy2(Path(tokenizer) / name, tmp / name)
             saved = type(hf).from_pretrained(tmp).eval()  # what the directory holds is what is checked
-        differences = require_close(compare(source, saved, hf.config.image_size))
-    text = sum(1 for k in state if not k.startswith("visual."))
-    return ConvertReport(src, layout, type(hf).__name__, describe(hf.config), text, differences, output)
+        differences = compare(visual, saved, visual_config(hf).image_size)
+        if whole:
+            differences |= compare_text(source, saved)
+        require_close(differences)
+    text = -1 if whole else sum(1 for k in state if not k.startswith("visual."))
+    return ConvertReport(src, layout, type(hf).__name__, describe(visual_config(hf)), text, differences, output)
+
+
+def visual_config(hf: nn.Module):
+    """The vision config of a vision model or of a whole CLIPModel."""
+    return getattr(hf.config, "vision_config", hf.config)
 
 
 __all__ = ["TOLERANCE", "ConvertReport", "convert_tower", "read_state_dict"]

@@ -12,6 +12,7 @@ against the loaded one.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from dcr_mllm.towers.convert import (
     relative,
     require_close,
 )
+from dcr_mllm.towers.convert_text import TOKENIZER_FILES, check_tokenizer
 
 
 def download_hint(preset: ReleasedTower) -> str:
@@ -111,18 +113,30 @@ def compare_towers(source, saved, image_size: int) -> dict[str, float]:
     }
 
 
-def resave_hf(preset: ReleasedTower, src: Path, output: Path, allow_pickle: bool) -> ConvertReport:
-    """A transformers-format release, re-saved as safetensors with its base's image processor."""
+def resave_hf(
+    preset: ReleasedTower, src: Path, output: Path, allow_pickle: bool, tokenizer: str | Path | None = None
+) -> ConvertReport:
+    """A transformers-format release, re-saved as safetensors with its base's image processor (and,
+    where it has no tokenizer, the files of ``tokenizer``, the base's)."""
     check_base(preset, src, allow_pickle)
+    has_tokenizer = any((src / name).is_file() for name in TOKENIZER_FILES[:3])
+    if tokenizer is not None and not has_tokenizer:
+        vocab = json.loads((src / "config.json").read_text())["text_config"]["vocab_size"]
+        check_tokenizer(tokenizer, vocab)
     source = load_tower(src, allow_pickle=allow_pickle).eval()
     notes = []
-    if not any((src / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+    if not has_tokenizer and tokenizer is None:
         notes.append(
-            f"{src} has no tokenizer: the text side (zero-shot, MMVP-VLM) needs {preset.base}'s tokenizer files, "
-            f"copy them into {output}"
+            f"{src} has no tokenizer: the text side (zero-shot, MMVP-VLM) needs {preset.base}'s; "
+            "convert again with --tokenizer BASE_DIR"
         )
     with atomic_dir(output) as tmp:
         source.save(tmp)
+        if not has_tokenizer and tokenizer is not None:
+            for name in TOKENIZER_FILES:
+                if (Path(tokenizer) / name).is_file():
+                    shutil.copy2(Path(tokenizer) / name, tmp / name)
+            notes.append(f"tokenizer: {tokenizer}'s, the folder has none")
         if not (tmp / "preprocessor_config.json").is_file():
             source.spec.family.image_processor(source.spec.image_size).save_pretrained(tmp)
             notes.append(f"image processor: {preset.base}'s ({source.spec.image_size} px), the folder has none")
@@ -135,7 +149,13 @@ def resave_hf(preset: ReleasedTower, src: Path, output: Path, allow_pickle: bool
 
 
 def convert_release(
-    name: str, src: str | Path | None, output: str | Path, *, allow_pickle: bool = False, force: bool = False
+    name: str,
+    src: str | Path | None,
+    output: str | Path,
+    *,
+    tokenizer: str | Path | None = None,
+    allow_pickle: bool = False,
+    force: bool = False,
 ) -> ConvertReport:
     """Convert the released tower ``name`` (a preset of presets/released.py) to an HF tower.
 
@@ -143,6 +163,8 @@ def convert_release(
         name: the preset, e.g. ``diva-clip-l14-224``.
         src: its downloaded file or folder; None fetches it from the hub (DIVA, GenHancer).
         output: the HF tower directory to write (refused if it exists, unless ``force``).
+        tokenizer: the base's tokenizer folder: a state dict keeps its text side; a folder without a
+            tokenizer gets its files.
         allow_pickle: load the release's pickled weights with ``torch.load(weights_only=True)``.
         force: replace an existing ``output`` once the new one is written and verified.
     """
@@ -157,12 +179,14 @@ def convert_release(
         if not path.is_dir():
             raise DcrError(f"{path} is not a folder; {preset.name} is a save_pretrained folder (config.json + weights)")
         checked = check_digest(preset, path)  # none is published for a folder: says so
-        report = resave_hf(preset, path, output, allow_pickle)
+        report = resave_hf(preset, path, output, allow_pickle, tokenizer)
     else:
         if not path.is_file():
             raise DcrError(f"{path} is not a file; {preset.name} is one state-dict file ({Path(preset.path).name})")
         checked = check_digest(preset, path)  # before reading a byte of it as weights
-        report = convert_tower(path, output, model=preset.open_clip_model, allow_pickle=allow_pickle, force=force)
+        report = convert_tower(
+            path, output, model=preset.open_clip_model, tokenizer=tokenizer, allow_pickle=allow_pickle, force=force
+        )
     record = {"preset": preset.name, "method": preset.method, "base": preset.base, "source": str(path)}
     write_atomic(output / RECORD, json.dumps(record, indent=1) + "\n")  # eval-tower puts the reported score beside
     reported = f"reported MMVP-VLM: {preset.mmvp_vlm} (base {preset.mmvp_vlm_base}), {preset.reported}"

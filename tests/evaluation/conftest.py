@@ -48,6 +48,11 @@ class ColourTower:
             [COLOURS.get(text.rstrip(".").split()[-1], (1, 1, 1)) for text in texts], dtype=torch.float32
         )
 
+    dtype = torch.float32
+
+    def require_text_side(self):
+        pass
+
     def logit_scale(self):
         return 100.0
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -9,6 +10,7 @@ from PIL import Image
 from dcr_mllm.cli import main
 from dcr_mllm.data.synthetic import ATTRIBUTE_VALUES
 from dcr_mllm.evaluation.tower import CATEGORIES, read_benchmark
+from dcr_mllm.presets.released import RECORD
 
 
 def test_two_towers_on_mmvp_vlm_write_json_csv_table_and_chart(tiny, mmvp_dir, tmp_path, capsys):
@@ -178,3 +180,47 @@ def test_if_changed_keeps_a_report_made_from_the_same_inputs(tiny, tmp_path, cap
     assert main([*argv[:-3], "--seed", "1", *argv[-3:]]) == 0 and "up to date" in capsys.readouterr().out
     (tower / "preprocessor_config.json").write_text((tower / "preprocessor_config.json").read_text() + " ")
     assert main([*argv[:-3], "--seed", "1", *argv[-3:]]) == 0 and "up to date" not in capsys.readouterr().out
+
+
+def test_several_benchmarks_make_one_table_and_chart_with_intervals_and_reported_numbers(
+    tiny, mmvp_dir, tmp_path, capsys
+):
+    released = tmp_path / "diva-like"  # a tower convert-tower --preset wrote: its record names the release
+    shutil.copytree(tiny["clip"], released)
+    (released / RECORD).write_text(json.dumps({"preset": "diva-clip-l14-224"}))
+    out = tmp_path / "compare"
+    towers = ["--tower", f"base={tiny['clip']}", "--tower", f"diva={released}"]
+    benchmarks = ["--benchmark", f"mmvp-vlm={mmvp_dir}", "--benchmark", "fine-grained"]
+    settings = ["--pairs-per-attribute", "2", "--image-size", "32", "--batch-size", "50"]
+    assert main(["eval-tower", *towers, *benchmarks, *settings, "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "mmvp-vlm/average" in results["diva"] and "fine-grained/average" in results["diva"]
+    assert (
+        json.loads((out / "mmvp-vlm" / "results.json").read_text())["diva"]["average"]
+        == results["diva"]["mmvp-vlm/average"]
+    )
+    details = json.loads((out / "details.json").read_text())
+    average = details["diva"]["mmvp-vlm/average"]
+    assert average["reported"]["value"] == 25.9 and "baaivision/DIVA README.md" in average["reported"]["source"]
+    assert average["n"] == 135 and average["vs_first"]["p"] == 1.0  # the same weights as base: no discordant pair
+    assert details["base"]["mmvp-vlm/average"]["reported"] is None  # a local tower: nothing is reported for it
+    table = (out / "results.md").read_text()
+    assert "# Tower comparison" in table and "; reported 25.9" in table and "- diva: DIVA, baaivision" in table
+    assert "data: synthetic stand-ins (mmvp-vlm: " in table  # the MMVP-VLM folder here is generated
+    with Image.open(out / "chart.png") as chart:
+        assert chart.format == "PNG"
+    capsys.readouterr()
+    assert main(["eval-tower", *towers, *benchmarks, "--data", str(mmvp_dir), "--output", str(tmp_path / "x")]) == 2
+    assert "leave out --data" in capsys.readouterr().err
+    assert main(["eval-tower", *towers, "--benchmark", "mmvp-vlm", "--benchmark", "world", "--output", "y"]) == 2
+    assert "--benchmark mmvp-vlm needs its data: NAME=DATA" in capsys.readouterr().err
+
+
+def test_a_base_backbone_is_reported_as_the_release_tables_print_it():
+    from dcr_mllm.evaluation.tower.run import reported_scores
+
+    value, source = reported_scores("clip-l14-224", "mmvp-vlm")["average"]
+    assert value == 19.3  # DIVA and GenHancer print 19.3, DCR 19.2
+    assert "DCR prints 19.2" in source and "GenHancer prints 19.3" in source
+    assert reported_scores("openai/clip-vit-large-patch14-336", "mmvp-vlm")["average"][0] == 20.0
+    assert reported_scores("clip-l14-224", "classification") == {}

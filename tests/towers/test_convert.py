@@ -99,6 +99,45 @@ def test_an_openai_layout_pickle_converts_to_hf_clip_with_the_source_forward(tmp
 
 
 @torch.no_grad()
+def test_with_the_base_tokenizer_the_text_side_is_kept_and_reproduces_the_source(tmp_path, capsys):
+    """A whole OpenAI-layout CLIP with the OpenAI vocabulary (the tiny preset's tokenizer, 49408 ids):
+    the converted CLIPModel's text and image embeddings equal open_clip's, and it scores zero-shot."""
+    from dcr_mllm.presets.real import resolve
+    from dcr_mllm.towers import load_tower
+
+    cfg = {
+        **TINY_TOWER_CFG,
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    }
+    torch.manual_seed(0)
+    model = CLIP(cfg["embed_dim"], CLIPVisionCfg(**cfg["vision_cfg"]), CLIPTextCfg(**cfg["text_cfg"]), quick_gelu=True)
+    model.load_state_dict(perturbed(model))
+    save_file(model.state_dict(), tmp_path / "whole.safetensors")
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    tokenizer, out_dir = resolve("tiny-clip"), tmp_path / "hf"
+    args = [tmp_path / "whole.safetensors", "--output", out_dir, "--model", tmp_path / "cfg.json"]
+    code, out, err = run(capsys, *args, "--tokenizer", tokenizer)
+    assert code == 0, err
+    assert "text side kept" in out and "CLIPModel" in out
+    assert float(re.search(r"text embedding ([0-9.e+-]+)", out).group(1)) <= 1e-5
+    tower = load_tower(out_dir).eval()
+    ids = tower._tokenizer(["a photo of a red square"]).input_ids
+    padded = torch.zeros(1, 77, dtype=torch.long)
+    padded[0, : len(ids[0])] = torch.tensor(ids[0])  # open_clip's tokenizer pads with 0
+    assert relative(tower.encode_text(["a photo of a red square"]), model.eval().encode_text(padded)) < 1e-5
+    pixels = torch.randn(2, 3, 32, 32)
+    assert relative(tower.global_embedding(pixels), model.encode_image(pixels)) < 1e-5
+
+    args[2] = tmp_path / "refused"
+    code, _, err = run(capsys, *args, "--tokenizer", tmp_path)  # no tokenizer files there
+    assert code == 2 and "no CLIP tokenizer files there" in err and err.count("\n") == 1
+    visual_only = {k: v for k, v in model.state_dict().items() if k.startswith("visual.")}
+    save_file(visual_only, tmp_path / "visual.safetensors")
+    code, _, err = run(capsys, tmp_path / "visual.safetensors", "--output", args[2], "--tokenizer", tokenizer)
+    assert code == 2 and "holds no text side" in err and err.count("\n") == 1 and not args[2].exists()
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("layout", ["open_clip ViT", "timm SigLIP"])
 def test_open_clip_layouts_convert_with_the_architecture_read_from_the_shapes(layout, tmp_path, capsys):
     if layout == "open_clip ViT":  # LAION-style: nn.GELU, 2 heads of 64

@@ -18,7 +18,7 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.presets import real, released
 from dcr_mllm.presets.real import Backbone, Digest, resolve
 from dcr_mllm.presets.released import RELEASED
-from dcr_mllm.towers import convert, inspect_tower, load_tower
+from dcr_mllm.towers import convert, convert_text, inspect_tower, load_tower
 from tests.towers.test_convert import TINY_TOWER_CFG, figures, openai_clip, perturbed, run
 
 DIVA = [name for name, tower in RELEASED.items() if tower.method == "DIVA"]
@@ -65,6 +65,10 @@ def test_each_diva_file_is_its_named_open_clip_model_whole_in_fp32(name):
     mapped = convert.map_keys(state, layout)
     assert any(k.endswith("layers.0.self_attn.q_proj.weight") for k in mapped)
     convert.fitted_source(state, layout, tower.open_clip_model, False, tower.path)
+    if layout == "vit":  # with the base's tokenizer the text side converts too: every text key maps and fits
+        assert len(convert_text.map_text_keys(convert_text.text_state(state))) > 100
+        whole = convert.fitted_source(state, layout, tower.open_clip_model, False, tower.path, whole=True)
+        assert whole.token_embedding.num_embeddings == 49408 and whole.attn_mask.shape == (77, 77)
 
 
 def test_a_diva_file_for_another_resolution_is_refused_naming_the_first_tensor_that_differs():
@@ -235,3 +239,18 @@ def test_the_presets_listing_names_every_release_with_source_format_digest_and_r
     assert "sha256 b140e5952f47, 1.71 GB" in rows["diva-clip-l14-224"]
     assert "33.3 (base 19.2)" in rows["dcr-clip-l14-224"] and "(by hand)" in rows["dcr-clip-l14-224"]
     assert "none published" in rows["genhancer-siglip-so400m-224"]
+
+
+def test_a_transformers_release_without_a_tokenizer_takes_the_base_one(small_base, tmp_path, capsys):
+    folder = tmp_path / "release"
+    model = saved_as_genhancer_does("tiny-clip", folder)
+    out = tmp_path / "hf"
+    args = ["--preset", "genhancer-clip-l14-224", folder, "--output", out, "--allow-pickle"]
+    code, stdout, err = run(capsys, *args, "--tokenizer", resolve("tiny-clip"))
+    assert code == 0, err
+    assert "has no tokenizer" not in stdout and "tokenizer: " in stdout
+    tower = load_tower(out).eval()
+    with torch.no_grad():
+        ids = tower._tokenizer(["a red square"], return_tensors="pt").input_ids
+        expected = model.get_text_features(input_ids=ids)
+        assert torch.equal(tower.encode_text(["a red square"]), getattr(expected, "pooler_output", expected))
