@@ -444,6 +444,19 @@ def released_towers() -> str:
     return _table(list(RELEASED_HEADER), [list(row) for row in released_rows()])
 
 
+COMPARE_WORLD = (
+    "dcr-mllm eval-tower --tower base=world-clip --tower dcr=outputs/enhance_world/tower "
+    "--benchmark world=outputs/world/eval --benchmark fine-grained --pairs-per-attribute 20 --image-size 32 "
+    "--output bench/results/compare_world"
+)
+
+
+def compare_world() -> str:
+    """The tiny world's comparison table, as eval-tower wrote it, with the command that made it."""
+    table = (RESULTS / "compare_world" / "results.md").read_text(encoding="utf-8").split("\n", 2)[2]
+    return f"```bash\nbash stages/run_all.sh   # the default run: its enhanced tower\n{COMPARE_WORLD}\n```\n\n{table}"
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "config-reference": config_reference,
     "upstream-recipe": upstream_recipe,
@@ -455,6 +468,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "llava-search": llava_search,
     "bad-input-cases": bad_input_cases,
     "released-towers": released_towers,
+    "compare-world": compare_world,
 }
 
 
