@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     tower_parser = sub.add_parser(
         "convert-tower",
-        help="convert a tower in OpenAI clip's or open_clip's state-dict layout (ViT; timm SigLIP) to HF "
-        "CLIP/SigLIP, checked against the source model's forward",
+        help="convert a tower in OpenAI clip's or open_clip's state-dict layout (ViT; timm SigLIP), or a released "
+        "DIVA / GenHancer / DCR tower (--preset), to HF CLIP/SigLIP, checked against the source model's forward",
     )
     tower_parser.add_argument(
         "src",
