@@ -155,7 +155,13 @@ def model_card(
     licence = (metadata or {}).get("license", "")
     return (
         front + f"# DCR-enhanced vision tower\n\n"
-        f"- base tower: `{cfg.tower}`" + (f" (licence `{licence}`, which this tower keeps)" if licence else "") + "\n"
+        f"- base tower: `{cfg.tower}`"
+        + (
+            f" (licence `{licence}`, which this tower keeps)"
+            if licence and licence != "other"
+            else " (its card declares no licence: the base's terms apply)"
+        )
+        + "\n"
         f"- denoiser: `{cfg.denoiser}`\n"
         f"- objective: `{cfg.objective.name}` ({tau}target `{cfg.objective.target}`)\n"
         f"- LoRA: r {cfg.lora.r}, alpha {cfg.lora.alpha}, scope {cfg.lora.scope}, bias {cfg.lora.bias}, "

@@ -175,7 +175,9 @@ def _chart_png(title: str, details: dict) -> bytes:
     labels = list(details)
     metrics = list(details[labels[0]])
     width = 0.8 / len(labels)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + len(metrics) * (0.6 + 0.2 * len(labels))), 4.8))
+    many = len(metrics) > 12  # a comparison of several benchmarks: narrower groups, names written upwards
+    per_metric = (0.25 if many else 0.6) + (0.12 if many else 0.2) * len(labels)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + len(metrics) * per_metric), 6.4 if many else 4.8))
     for i, label in enumerate(labels):
         positions = [m + (i - (len(labels) - 1) / 2) * width for m in range(len(metrics))]
         rows = [details[label][metric] for metric in metrics]
@@ -188,9 +190,12 @@ def _chart_png(title: str, details: dict) -> bytes:
         marks = [(x, row["reported"]["value"]) for x, row in zip(positions, rows) if row["reported"]]
         if marks:
             ax.scatter(*zip(*marks), marker="_", s=200, color="black", zorder=3)
-    ax.set_xticks(
-        range(len(metrics)), [textwrap.fill(metric, 14, break_long_words=False) for metric in metrics], fontsize=8
-    )
+    if many:
+        ax.set_xticks(range(len(metrics)), metrics, fontsize=7, rotation=90)
+    else:
+        ax.set_xticks(
+            range(len(metrics)), [textwrap.fill(metric, 14, break_long_words=False) for metric in metrics], fontsize=8
+        )
     ax.set_ylim(0, 100)
     ax.set_ylabel("% (bars: measured, 95 % interval; black marks: reported)")
     ax.set_title(title)

@@ -91,7 +91,12 @@ def benchmark_scorer(
         from dcr_mllm.evaluation.tower.world_metrics import WorldSet, evaluate_world
 
         world = WorldSet.read(data, pairs_per_attribute)  # its labels checked before any tower loads
-        return lambda tower: BenchmarkResult(evaluate_world(tower, world))
+
+        def score_world(tower) -> BenchmarkResult:
+            outcomes: dict[str, list[bool]] = {}
+            return BenchmarkResult(evaluate_world(tower, world, outcomes=outcomes), [], outcomes)
+
+        return score_world
     return functools.partial(
         evaluate_fine_grained, pairs=fine_grained_pairs(pairs_per_attribute, image_size, seed), batch_size=batch_size
     )

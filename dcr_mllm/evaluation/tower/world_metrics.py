@@ -64,13 +64,14 @@ def layer_features(tower: VisionTower, images, batch_size: int = 128) -> Tensor:
     return torch.cat(out)
 
 
-def _probe_accuracy(features: Tensor, labels: list, cut: int) -> float:
+def _probe_outcomes(features: Tensor, labels: list, cut: int) -> list[bool]:
+    """Whether a linear probe fitted on the first ``cut`` images gets each later image right."""
     values = sorted(set(labels), key=str)
     y = torch.tensor([values.index(v) for v in labels])
     mean, std = features[:cut].mean(0), features[:cut].std(0) + 1e-6
     x = (features - mean) / std
     weight = fit_linear_probe(x[:cut], y[:cut], len(values))
-    return percent(int((predict_linear_probe(weight, x[cut:]) == y[cut:]).sum()), len(y) - cut)
+    return (predict_linear_probe(weight, x[cut:]) == y[cut:]).tolist()
 
 
 @dataclasses.dataclass
@@ -103,14 +104,22 @@ class WorldSet:
 CLAIM_ATTRIBUTES = ("color", "count", "position", "orientation")
 
 
-def evaluate_world(tower: VisionTower, data: str | Path | WorldSet, pairs_per_attribute: int = 30) -> dict[str, float]:
+def evaluate_world(
+    tower: VisionTower,
+    data: str | Path | WorldSet,
+    pairs_per_attribute: int = 30,
+    outcomes: dict[str, list[bool]] | None = None,
+) -> dict[str, float]:
     """Every world metric of ``tower`` (percent), on a labelled folder (or its ``WorldSet``).
 
     Args:
         tower: the tower scored.
         data: a ``make-eval-data world`` directory, or its ``WorldSet`` already read.
         pairs_per_attribute: MMVP-style pairs per fine attribute when ``data`` is a directory.
+        outcomes: filled, where given, with whether each item was right, per metric scored on items
+            (the report's intervals and paired tests); the means of attributes have none.
     """
+    outcomes = {} if outcomes is None else outcomes
     world = data if isinstance(data, WorldSet) else WorldSet.read(data, pairs_per_attribute)
     images, scenes, pairs = world.images, world.scenes, world.pairs
     cut = (2 * len(images)) // 3
@@ -121,7 +130,9 @@ def evaluate_world(tower: VisionTower, data: str | Path | WorldSet, pairs_per_at
     scores: dict[str, float] = {}
     for kind, x in features.items():
         for attribute in WORLD_VALUES:
-            scores[f"{kind}/{attribute}"] = _probe_accuracy(x, [getattr(s, attribute) for s in scenes], cut)
+            right = _probe_outcomes(x, [getattr(s, attribute) for s in scenes], cut)
+            outcomes[f"{kind}/{attribute}"] = right
+            scores[f"{kind}/{attribute}"] = percent(sum(right), len(right))
         scores[f"{kind}/fine_mean"] = sum(scores[f"{kind}/{a}"] for a in FINE_ATTRIBUTES) / len(FINE_ATTRIBUTES)
         scores[f"{kind}/claim_mean"] = sum(scores[f"{kind}/{a}"] for a in CLAIM_ATTRIBUTES) / len(CLAIM_ATTRIBUTES)
 
@@ -129,8 +140,10 @@ def evaluate_world(tower: VisionTower, data: str | Path | WorldSet, pairs_per_at
     prompts = text_embeddings(tower, [f"a photo of a {shape}." for shape in shapes], 64)
     guess = (features["probe_global"][cut:] @ prompts.T).argmax(dim=1)
     truth = torch.tensor([shapes.index(s.shape) for s in scenes[cut:]])
-    scores["class/zero_shot"] = percent(int((guess == truth).sum()), len(truth))
+    outcomes["class/zero_shot"] = (guess == truth).tolist()
+    scores["class/zero_shot"] = percent(sum(outcomes["class/zero_shot"]), len(truth))
     scores["class/probe"] = scores[f"probe_global/{CLASS}"]
+    outcomes["class/probe"] = outcomes[f"probe_global/{CLASS}"]
 
     pair_images = image_embeddings(tower, world.pair_images, 128, desc="pair images")
     texts = text_embeddings(
@@ -139,6 +152,7 @@ def evaluate_world(tower: VisionTower, data: str | Path | WorldSet, pairs_per_at
     verdicts = judge_pairs(tower, pair_images[0::2], pair_images[1::2], texts[0::2], texts[1::2])
     for attribute in FINE_ATTRIBUTES:
         right = [p1 == "img1" and p2 == "img2" for (a, *_), (p1, p2, *_) in zip(pairs, verdicts) if a == attribute]
+        outcomes[f"pairs/{attribute}"] = right
         scores[f"pairs/{attribute}"] = percent(sum(right), len(right))
     scores["pairs/mean"] = sum(scores[f"pairs/{a}"] for a in FINE_ATTRIBUTES) / len(FINE_ATTRIBUTES)
     return scores
