@@ -133,6 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--offline", action="store_true", help="keep lmms-eval off the hub (also when HF_HUB_OFFLINE is set)"
     )
     p = sub.add_parser(
+        "calibrate",
+        description="Calibrate the world's stage two: a tower that knows every attribute (positive control) and "
+        "the base tower made blind to hue (negative control) through the same LLaVA pipeline as the base tower, "
+        "SEEDS LLaVAs each; each control's effect against the base over seeds, and whether it is detected.",
+        epilog="example: bash stages/calibrate.sh --seeds 3   # writes outputs/calibration/report.md and results.json",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="LLaVAs per tower (default 3; at least 2)")
+    p.add_argument(
+        "--output", default="outputs/calibration", help="where everything goes (default outputs/calibration)"
+    )
+    p.add_argument("--nproc", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true", help="train every LLaVA again")
+
+    p = sub.add_parser(
         "run-all",
         prog="stages/run_all.sh",
         epilog=RUN_ALL_EPILOG,
@@ -192,6 +206,10 @@ def run_step(args: argparse.Namespace, extra: list[str]) -> None:
         steps.eval_tower(args.towers, args.output, args.data, args.probe_data, args.world)
     elif args.step == "eval-mllm":
         steps.eval_mllm(args.models, args.tasks, args.nproc, args.output, args.offline)
+    elif args.step == "calibrate":
+        from dcr_mllm.pipeline.calibrate import calibrate
+
+        calibrate(args.seeds, args.output, args.nproc, args.overwrite)
     else:
         from dcr_mllm.pipeline.run_all import plan, run_all
 

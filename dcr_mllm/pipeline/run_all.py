@@ -244,15 +244,16 @@ def run_all(p: Plan, nproc: int = 1, hostfile: str | None = None, seeds: int = 1
 
 class SideJob:
     """Pipeline steps run one after another in their own one-thread process group beside the main
-    line, their output in ``SIDE_LOG``; leaving the block early (a failure, Ctrl-C) stops all of it."""
+    line, their output in ``log``; leaving the block early (a failure, Ctrl-C) stops all of it."""
 
-    def __init__(self, steps: list[list[str]]):
+    def __init__(self, steps: list[list[str]], log: Path = SIDE_LOG):
         self.steps = steps
+        self.log_path = log
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> SideJob:
-        SIDE_LOG.parent.mkdir(parents=True, exist_ok=True)
-        self.log = open(SIDE_LOG, "w")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.log_path, "w")
         script = " && ".join(shlex.join([sys.executable, "-m", "dcr_mllm.pipeline", *step]) for step in self.steps)
         try:
             self.process = subprocess.Popen(
@@ -271,7 +272,7 @@ class SideJob:
         code = self.process.wait()
         self.process = None
         if code:
-            raise StepFailed(1, f"the base-tower LLaVA failed; see {SIDE_LOG}")
+            raise StepFailed(1, f"a step beside the main line failed; see {self.log_path}")
 
     def __exit__(self, *exc) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -1,0 +1,165 @@
+"""``stages/calibrate.sh``: can the world's stage two see a tower effect at all? Two controls go
+through the same LLaVA pipeline as the study's towers (the same data, budget and seeds):
+
+- **positive**: ``clip_reference``, the world's CLIP trained on captions that name every attribute
+  (the premise's reference): a tower that knows what the base one misses;
+- **negative**: the base tower made blind to hue (``towers.controls.colour_blind``): colour reduced
+  to three brightness groups, everything else unchanged.
+
+Each tower trains ``seeds`` LLaVAs that differ only in their seed; all are scored on the world's
+questions, and each control's effect against the base tower is judged with the training run as the
+unit (Welch's t-test over seeds, ``evaluation.analysis.seed_effect``), overall and per attribute,
+with the smallest effect the spread of the runs could detect. ``OUTPUT/results.json``'s ``controls``
+maps ``positive`` and ``negative`` to ``{"effect", "ci", "p", "seeds", "detectable"}`` overall;
+``OUTPUT/report.md`` says whether each was detected. On one CPU process two LLaVAs train side by
+side, one thread each.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from dcr_mllm.errors import DcrError
+from dcr_mllm.io import write_atomic
+from dcr_mllm.pipeline.launch import ONE_THREAD, on_one_cpu, run
+from dcr_mllm.pipeline.steps import Clock, eval_mllm, llava
+
+LLAVA_CONFIG = Path("stages/configs/world/llava.yaml")
+TASK = "world_local_open"
+#: report order: each control, then the base tower they are measured against
+TOWERS = ("positive", "negative", "base")
+WHAT = {
+    "positive": "clip_reference: the world's CLIP trained on captions naming every attribute",
+    "negative": "the base tower made blind to hue (colour seen only as brightness)",
+    "base": "world-clip, the base tower of the study",
+}
+
+
+def control_towers(output: Path) -> dict[str, str]:
+    """The three towers' directories; the negative control is written under ``output/towers`` once."""
+    from dcr_mllm.towers.controls import colour_blind
+    from dcr_mllm.world.models import default_world_root, ensure_world
+
+    negative = output / "towers" / "colour_blind"
+    if not (negative / "config.json").is_file():
+        colour_blind("world-clip", negative)
+    return {
+        "positive": str(ensure_world("clip_reference", default_world_root())),
+        "negative": str(negative),
+        "base": "world-clip",
+    }
+
+
+def calibrate(seeds: int = 3, output: str | Path = "outputs/calibration", nproc: int = 1, overwrite: bool = False):
+    """Train and score ``seeds`` LLaVAs per tower, then write ``results.json`` and ``report.md``.
+
+    Args:
+        seeds: LLaVAs per tower (the config's seed, then the next ones); at least 2 to judge an effect.
+        output: where the towers, LLaVAs, scores and report go.
+        nproc: processes per training run.
+        overwrite: train every LLaVA again.
+    """
+    from dcr_mllm.config import load_config
+    from dcr_mllm.evaluation.analysis.seed_effect import seeded_name
+    from dcr_mllm.llava.train.recipe import LlavaTrainConfig
+    from dcr_mllm.pipeline.run_all import SideJob
+
+    if seeds < 2:
+        raise DcrError(f"--seeds {seeds}: an effect over training runs needs at least 2 LLaVAs per tower (3 or more)")
+    output = Path(output)
+    first_seed = load_config(LlavaTrainConfig, LLAVA_CONFIG).seed
+    clock = Clock()
+    clock.step("0/3 build the world and the control towers")
+    run([sys.executable, "-m", "dcr_mllm.cli", "build-world", "--output", "outputs/world"])
+    towers = control_towers(output)
+    runs = {
+        seeded_name(tower, k): [
+            f"tower={towers[tower]}",
+            f"output_dir={output / 'llava' / seeded_name(tower, k)}",
+            f"seed={first_seed + k}",
+            *(["--overwrite"] if overwrite else []),
+        ]
+        for tower in TOWERS
+        for k in range(seeds)
+    }
+    names = list(runs)
+    clock.step(f"1/3 train {len(names)} LLaVAs ({seeds} per tower)")
+    if on_one_cpu(nproc, None):  # two lanes, one thread each
+        side = [["llava", "--variant", n, "--config", str(LLAVA_CONFIG), *runs[n]] for n in names[1::2]]
+        with SideJob(side, output / "logs" / "side_lane.log") as lane:
+            for name in names[0::2]:
+                llava(name, str(LLAVA_CONFIG), runs[name], nproc, None, clock, env=ONE_THREAD)
+            lane.wait()
+    else:
+        for name in names:
+            llava(name, str(LLAVA_CONFIG), runs[name], nproc, None, clock)
+    clock.step("2/3 score the LLaVAs (world questions)")
+    models = " ".join(f"{name}={output / 'llava' / name}/model" for name in names)
+    eval_mllm(models, TASK, nproc, str(output / "eval"))
+    clock.step("3/3 the controls' effects")
+    results = control_results(output / "eval" / "report" / "world_significance.json", towers, seeds)
+    write_atomic(output / "results.json", json.dumps(results, indent=1) + "\n")
+    write_atomic(output / "report.md", report(results))
+    print(report(results))
+    print(f"(report: {output / 'report.md'}; {int(clock.elapsed())} s)")
+
+
+def control_results(significance_file: Path, towers: dict[str, str], seeds: int) -> dict:
+    """Each control's effect against the base tower over seeds, overall and per question group."""
+    if not significance_file.is_file():
+        raise DcrError(f"{significance_file} is missing: the LLaVAs were not scored on {TASK}")
+    comparison = json.loads(significance_file.read_text(encoding="utf-8"))
+    controls, groups = {}, {}
+    for control in ("positive", "negative"):
+        effects = comparison["towers"].get(f"{control} vs base")
+        if not effects:
+            raise DcrError(f"{significance_file} has no {control} vs base comparison; score every LLaVA again")
+        overall = effects["all"]
+        controls[control] = {
+            "effect": overall["effect"],
+            "ci": [overall["low"], overall["high"]],
+            "p": overall["p"],
+            "seeds": min(overall["n"]),
+            "detectable": overall["detectable"],
+            "detected": bool(overall["significant"]),
+        }
+        groups[control] = {
+            group: {k: e[k] for k in ("effect", "low", "high", "p", "detectable", "base_mean", "other_mean")}
+            for group, e in effects.items()
+        }
+    return {"task": TASK, "seeds": seeds, "towers": towers, "controls": controls, "groups": groups}
+
+
+def report(results: dict) -> str:
+    """The calibration in words and tables: each control detected or not, and per attribute."""
+    from dcr_mllm.world.scenes import WORLD_VALUES
+
+    lines = [
+        "# Calibration of the world's stage two",
+        "",
+        f"{results['seeds']} LLaVAs per tower on {results['task']}, each control against the base tower "
+        "(Welch's t-test over seeds; 95 % interval; the smallest effect detectable with 80 % power).",
+        "",
+        "| control | tower | effect (points) | 95 % interval | p | detectable | detected |",
+        "|---|---|---:|---|---:|---:|---|",
+    ]
+    for control, c in results["controls"].items():
+        low, high = c["ci"]
+        lines.append(
+            f"| {control} | {WHAT[control]} | {c['effect']:+.1f} | [{low:+.1f}, {high:+.1f}] | {c['p']:.2g} | "
+            f"{c['detectable']:.1f} | {'yes' if c['detected'] else 'no'} |"
+        )
+    lines += ["", "Per attribute (accuracy of the base LLaVAs, then each control's effect in points, p):", ""]
+    lines += ["| attribute | base | positive | negative |", "|---|---:|---:|---:|"]
+    for attribute in WORLD_VALUES:
+        rows = [results["groups"][c].get(attribute) for c in ("positive", "negative")]
+        if not all(rows):
+            continue
+        cells = [f"{r['effect']:+.1f} (p {r['p']:.2g})" for r in rows]
+        lines.append(f"| {attribute} | {rows[0]['base_mean']:.1f} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["calibrate", "control_results", "report"]
