@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +40,8 @@ from torch import Tensor, nn
 from dcr_mllm.errors import DcrError
 from dcr_mllm.io import atomic_dir
 from dcr_mllm.towers.convert_text import (
-    TOKENIZER_FILES,
     check_tokenizer,
+    copy_tokenizer,
     map_text_keys,
     text_cfg,
     text_config,
@@ -481,9 +480,7 @@ def convert_tower(
             hf.save_pretrained(tmp, safe_serialization=True)
             processor.save_pretrained(tmp)
             if whole:
-                for name in TOKENIZER_FILES:
-                    if (Path(tokenizer) / name).is_file():
-                        shutil.copy2(Path(tokenizer) / name, tmp / name)
+                copy_tokenizer(tokenizer, tmp)
             saved = type(hf).from_pretrained(tmp).eval()  # what the directory holds is what is checked
         differences = compare(visual, saved, visual_config(hf).image_size)
         if whole:

@@ -14,6 +14,7 @@ The mapping follows transformers' ``convert_clip_original_pytorch_to_hf.py`` (hu
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -33,7 +34,15 @@ _TEXT_RULES = [  # source key -> HF keys of CLIPModel
     (r"transformer\.resblocks\.(\d+)\.mlp\.c_fc\.(weight|bias)", [_L + "mlp.fc1.{1}"]),
     (r"transformer\.resblocks\.(\d+)\.mlp\.c_proj\.(weight|bias)", [_L + "mlp.fc2.{1}"]),
 ]
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+#: what a tokenizer folder holds (BPE files, a fast tokenizer, SentencePiece's model), copied beside the tower
+TOKENIZER_FILES = (
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "spiece.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 def text_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -94,23 +103,28 @@ def text_config(source: nn.Module, text_heads: int):
     )
 
 
-def check_tokenizer(tokenizer_dir: str | Path, vocab_size: int) -> Path:
-    """A folder with a CLIP tokenizer of the text side's vocabulary, and its end-of-text token last."""
+def check_tokenizer(tokenizer_dir: str | Path, vocab_size: int, eos_last: bool = True) -> Path:
+    """A folder with a tokenizer of the text side's vocabulary (``eos_last``: and its end-of-text
+    token last, as open_clip's pooling at the highest id needs)."""
     from transformers import AutoTokenizer
 
     path = Path(tokenizer_dir)
-    if not path.is_dir() or not any((path / name).is_file() for name in TOKENIZER_FILES[:3]):
-        raise DcrError(
-            f"--tokenizer {path}: no CLIP tokenizer files there (vocab.json and merges.txt, or tokenizer.json); "
-            "give the base tower's folder"
-        )
+    if not path.is_dir() or not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise DcrError(f"--tokenizer {path}: no tokenizer files there; give the base tower's folder")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if len(tokenizer) != vocab_size or tokenizer.eos_token_id != vocab_size - 1:
+    if len(tokenizer) != vocab_size or (eos_last and tokenizer.eos_token_id != vocab_size - 1):
         raise DcrError(
             f"--tokenizer {path} has {len(tokenizer)} tokens (end of text {tokenizer.eos_token_id}); the text side "
-            f"has {vocab_size} with its end of text last: give the tokenizer of the tower's base"
+            f"has {vocab_size}{' with its end of text last' if eos_last else ''}: give the tokenizer of the tower's base"
         )
     return path
 
 
-__all__ = ["check_tokenizer", "map_text_keys", "text_cfg", "text_config", "text_state"]
+def copy_tokenizer(tokenizer_dir: str | Path, out_dir: Path) -> None:
+    """The tokenizer's files, beside a converted tower."""
+    for name in TOKENIZER_FILES:
+        if (Path(tokenizer_dir) / name).is_file():
+            shutil.copy2(Path(tokenizer_dir) / name, out_dir / name)
+
+
+__all__ = ["check_tokenizer", "copy_tokenizer", "map_text_keys", "text_cfg", "text_config", "text_state"]

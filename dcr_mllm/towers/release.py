@@ -12,7 +12,6 @@ against the loaded one.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from dcr_mllm.towers.convert import (
     relative,
     require_close,
 )
-from dcr_mllm.towers.convert_text import TOKENIZER_FILES, check_tokenizer
+from dcr_mllm.towers.convert_text import TOKENIZER_FILES, check_tokenizer, copy_tokenizer
 
 
 def download_hint(preset: ReleasedTower) -> str:
@@ -119,10 +118,10 @@ def resave_hf(
     """A transformers-format release, re-saved as safetensors with its base's image processor (and,
     where it has no tokenizer, the files of ``tokenizer``, the base's)."""
     check_base(preset, src, allow_pickle)
-    has_tokenizer = any((src / name).is_file() for name in TOKENIZER_FILES[:3])
+    has_tokenizer = any((src / name).is_file() for name in TOKENIZER_FILES)
     if tokenizer is not None and not has_tokenizer:
         vocab = json.loads((src / "config.json").read_text())["text_config"]["vocab_size"]
-        check_tokenizer(tokenizer, vocab)
+        check_tokenizer(tokenizer, vocab, eos_last=False)  # transformers' own pooling: the vocabulary is enough
     source = load_tower(src, allow_pickle=allow_pickle).eval()
     notes = []
     if not has_tokenizer and tokenizer is None:
@@ -133,9 +132,7 @@ def resave_hf(
     with atomic_dir(output) as tmp:
         source.save(tmp)
         if not has_tokenizer and tokenizer is not None:
-            for name in TOKENIZER_FILES:
-                if (Path(tokenizer) / name).is_file():
-                    shutil.copy2(Path(tokenizer) / name, tmp / name)
+            copy_tokenizer(tokenizer, tmp)
             notes.append(f"tokenizer: {tokenizer}'s, the folder has none")
         if not (tmp / "preprocessor_config.json").is_file():
             source.spec.family.image_processor(source.spec.image_size).save_pretrained(tmp)

@@ -130,7 +130,7 @@ def test_with_the_base_tokenizer_the_text_side_is_kept_and_reproduces_the_source
 
     args[2] = tmp_path / "refused"
     code, _, err = run(capsys, *args, "--tokenizer", tmp_path)  # no tokenizer files there
-    assert code == 2 and "no CLIP tokenizer files there" in err and err.count("\n") == 1
+    assert code == 2 and "no tokenizer files there" in err and err.count("\n") == 1
     visual_only = {k: v for k, v in model.state_dict().items() if k.startswith("visual.")}
     save_file(visual_only, tmp_path / "visual.safetensors")
     code, _, err = run(capsys, tmp_path / "visual.safetensors", "--output", args[2], "--tokenizer", tokenizer)
