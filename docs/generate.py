@@ -457,6 +457,13 @@ def compare_world() -> str:
     return f"```bash\nbash stages/run_all.sh   # the default run: its enhanced tower\n{COMPARE_WORLD}\n```\n\n{table}"
 
 
+def calibration() -> str:
+    """The calibration's report (``stages/calibrate.sh``), from ``bench/results/calibration.json``."""
+    from dcr_mllm.pipeline.calibrate import report
+
+    return report(_load("calibration.json")).split("\n", 2)[2]
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "config-reference": config_reference,
     "upstream-recipe": upstream_recipe,
@@ -469,6 +476,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "bad-input-cases": bad_input_cases,
     "released-towers": released_towers,
     "compare-world": compare_world,
+    "calibration": calibration,
 }
 
 

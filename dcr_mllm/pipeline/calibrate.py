@@ -99,7 +99,8 @@ def calibrate(seeds: int = 3, output: str | Path = "outputs/calibration", nproc:
     models = " ".join(f"{name}={output / 'llava' / name}/model" for name in names)
     eval_mllm(models, TASK, nproc, str(output / "eval"))
     clock.step("3/3 the controls' effects")
-    results = control_results(output / "eval" / "report" / "world_significance.json", towers, seeds)
+    shown = {**towers, "positive": "clip_reference (the world's cache)"}  # no machine's home directory in results
+    results = control_results(output / "eval" / "report" / "world_significance.json", shown, seeds)
     write_atomic(output / "results.json", json.dumps(results, indent=1) + "\n")
     write_atomic(output / "report.md", report(results))
     print(report(results))
