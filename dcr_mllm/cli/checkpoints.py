@@ -117,31 +117,17 @@ def convert_llava(args: argparse.Namespace) -> None:
 
 
 def convert_tower(args: argparse.Namespace) -> None:
+    shared = {"tokenizer": args.tokenizer, "allow_pickle": args.allow_pickle, "force": args.force}
     if args.preset:
         from dcr_mllm.towers.release import convert_release
 
         if args.model or args.gelu:
             raise DcrError(f"--preset {args.preset} names the architecture; leave out --model and --gelu")
-        report = convert_release(
-            args.preset,
-            args.src,
-            args.output,
-            tokenizer=args.tokenizer,
-            allow_pickle=args.allow_pickle,
-            force=args.force,
-        )
+        report = convert_release(args.preset, args.src, args.output, **shared)
     else:
         from dcr_mllm.towers.convert import convert_tower
 
         if args.src is None:
             raise DcrError("convert-tower needs SRC (a state-dict file), or --preset NAME for a released tower")
-        report = convert_tower(
-            args.src,
-            args.output,
-            model=args.model,
-            gelu=args.gelu,
-            tokenizer=args.tokenizer,
-            allow_pickle=args.allow_pickle,
-            force=args.force,
-        )
+        report = convert_tower(args.src, args.output, model=args.model, gelu=args.gelu, **shared)
     print("\n".join(report.lines()))

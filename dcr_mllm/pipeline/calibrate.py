@@ -101,9 +101,10 @@ def calibrate(seeds: int = 3, output: str | Path = "outputs/calibration", nproc:
     clock.step("3/3 the controls' effects")
     shown = {**towers, "positive": "clip_reference (the world's cache)"}  # no machine's home directory in results
     results = control_results(output / "eval" / "report" / "world_significance.json", shown, seeds)
+    text = report(results)
     write_atomic(output / "results.json", json.dumps(results, indent=1) + "\n")
-    write_atomic(output / "report.md", report(results))
-    print(report(results))
+    write_atomic(output / "report.md", text)
+    print(text)
     print(f"(report: {output / 'report.md'}; {int(clock.elapsed())} s)")
 
 

@@ -18,7 +18,7 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.presets import real, released
 from dcr_mllm.presets.real import Backbone, Digest, resolve
 from dcr_mllm.presets.released import RELEASED
-from dcr_mllm.towers import convert, convert_text, inspect_tower, load_tower
+from dcr_mllm.towers import convert, convert_source, convert_text, inspect_tower, load_tower
 from tests.towers.test_convert import TINY_TOWER_CFG, figures, openai_clip, perturbed, run
 
 DIVA = [name for name, tower in RELEASED.items() if tower.method == "DIVA"]
@@ -60,21 +60,21 @@ def test_each_diva_file_is_its_named_open_clip_model_whole_in_fp32(name):
     per_tensor = (tower.digest.size - tensor_bytes) / len(state)
     assert 300 < per_tensor < 360, (name, per_tensor)
     # the layout converts: every key is known (text side left out) and the vision tensors fit the model
-    layout = convert.layout_of(state)
+    layout = convert_source.layout_of(state)
     assert layout == ("timm" if "siglip" in name else "vit")
     mapped = convert.map_keys(state, layout)
     assert any(k.endswith("layers.0.self_attn.q_proj.weight") for k in mapped)
-    convert.fitted_source(state, layout, tower.open_clip_model, False, tower.path)
+    convert_source.fitted_source(state, layout, tower.open_clip_model, False, tower.path)
     if layout == "vit":  # with the base's tokenizer the text side converts too: every text key maps and fits
         assert len(convert_text.map_text_keys(convert_text.text_state(state))) > 100
-        whole = convert.fitted_source(state, layout, tower.open_clip_model, False, tower.path, whole=True)
+        whole = convert_source.fitted_source(state, layout, tower.open_clip_model, False, tower.path, whole=True)
         assert whole.token_embedding.num_embeddings == 49408 and whole.attn_mask.shape == (77, 77)
 
 
 def test_a_diva_file_for_another_resolution_is_refused_naming_the_first_tensor_that_differs():
     state = whole_model_on_meta(RELEASED["diva-clip-l14-336"].open_clip_model).state_dict()
     with pytest.raises(DcrError, match=r"ViT-L-14-quickgelu: visual.positional_embedding is \(577, 1024\) there"):
-        convert.fitted_source(state, "vit", RELEASED["diva-clip-l14-224"].open_clip_model, False, "f.pth")
+        convert_source.fitted_source(state, "vit", RELEASED["diva-clip-l14-224"].open_clip_model, False, "f.pth")
 
 
 @pytest.fixture
