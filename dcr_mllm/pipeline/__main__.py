@@ -38,7 +38,7 @@ TRAINING_EPILOG = """examples:
 Flags fall back to the environment: CONFIG, NPROC, HOSTFILE. Rerunning a finished run does
 nothing; rerunning an interrupted one resumes from its last checkpoint."""
 RUN_ALL_EPILOG = """examples:
-  bash stages/run_all.sh            # the tiny world (default): trained world models, open questions (world_local_open), 2 CPU cores, ~10-15 min the first time
+  bash stages/run_all.sh            # the tiny world (default): trained world models, open questions (world_local_open), 2 CPU cores, ~8-10 min the first time
   bash stages/run_all.sh --full     # the same with the world LLaVAs' long schedule (llava_full.yaml) on every kind of question (world_local)
   bash stages/run_all.sh --seeds 3  # three LLaVAs per tower: the tower's effect judged over training runs (Welch's t-test per attribute)
   bash stages/run_all.sh --tiny     # the random tiny preset on synthetic data: every stage in ~4 minutes

@@ -143,7 +143,14 @@ def calibrate(seeds: int = 3, output: str | Path = "outputs/calibration", nproc:
 
 def control_results(significance_file: Path, towers: dict[str, str], seeds: int, declared: dict) -> dict:
     """Each control's effect against the base tower over seeds, overall, on the attributes it changes
-    (``declared``: ``changed_attributes``) and per question group."""
+    and per question group.
+
+    Args:
+        significance_file: the LLaVAs' ``world_significance.json`` (models named ``TOWER[_seedK]``).
+        towers: each tower's directory or preset, as the results show it.
+        seeds: LLaVAs per tower.
+        declared: ``changed_attributes``' result: the attributes each control changes, the probes.
+    """
     from dcr_mllm.evaluation.analysis.seed_effect import seed_effect, split_name
 
     if not significance_file.is_file():

@@ -39,7 +39,14 @@ def seeded_name(tower: str, seed: int) -> str:
 def seed_effect(base: list[float], other: list[float], alpha: float = ALPHA, power: float = POWER) -> dict:
     """``other - base`` over per-seed accuracies (points): each tower's mean and std, the effect
     with its ``1 - alpha`` Welch interval and p-value, and the smallest effect detectable with
-    ``power``; with fewer than two seeds a tower the test, interval and detectable effect are None."""
+    ``power``; with fewer than two seeds a tower the test, interval and detectable effect are None.
+
+    Args:
+        base: the base tower's accuracy per seed (percent).
+        other: the other tower's accuracy per seed (percent).
+        alpha: the test's level (the interval is ``1 - alpha``).
+        power: the chance of detecting the reported smallest effect.
+    """
     from scipy import stats
 
     out = {
