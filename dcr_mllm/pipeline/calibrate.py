@@ -64,12 +64,8 @@ def changed_attributes(towers: dict[str, str], val: Path) -> dict:
     from dcr_mllm.towers import load_tower
     from dcr_mllm.world.scenes import WORLD_VALUES
 
-    probes = {
-        name: {
-            a: evaluate_world(load_tower(path), val, pairs_per_attribute=1)[f"probe_layer/{a}"] for a in WORLD_VALUES
-        }
-        for name, path in towers.items()
-    }
+    scores = {name: evaluate_world(load_tower(path), val, pairs_per_attribute=1) for name, path in towers.items()}
+    probes = {name: {a: score[f"probe_layer/{a}"] for a in WORLD_VALUES} for name, score in scores.items()}
     sign = {"positive": 1, "negative": -1}
     changed = {
         control: [a for a in WORLD_VALUES if sign[control] * (probes[control][a] - probes["base"][a]) >= HIDDEN_POINTS]
@@ -242,10 +238,14 @@ def report(results: dict) -> str:
                 f"{e['p']:.2g} | {e['detectable']:.1f} | {'yes' if e['detected'] else 'no'} |"
             )
     probes = results["probes_layer"]
-    lines += ["", "Per attribute: layer −2 probe of each tower (validation set), accuracy of the base LLaVAs, "]
-    lines[-1] += "each control's effect in points (p):"
-    lines += ["", "| attribute | probe: base / positive / negative | base LLaVAs | positive | negative |"]
-    lines += ["|---|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "Per attribute: layer −2 probe of each tower (validation set), accuracy of the base LLaVAs, "
+        "each control's effect in points (p):",
+        "",
+        "| attribute | probe: base / positive / negative | base LLaVAs | positive | negative |",
+        "|---|---|---:|---:|---:|",
+    ]
     for attribute in WORLD_VALUES:
         rows = [results["groups"][c].get(attribute) for c in ("positive", "negative")]
         if not all(rows):
