@@ -147,7 +147,7 @@ def control_results(significance_file: Path, towers: dict[str, str], seeds: int,
         seeds: LLaVAs per tower.
         declared: ``changed_attributes``' result: the attributes each control changes, the probes.
     """
-    from dcr_mllm.evaluation.analysis.seed_effect import seed_effect, split_name
+    from dcr_mllm.evaluation.analysis.seed_effect import tower_effects
 
     if not significance_file.is_file():
         raise DcrError(f"{significance_file} is missing: the LLaVAs were not scored on {TASK}")
@@ -159,12 +159,9 @@ def control_results(significance_file: Path, towers: dict[str, str], seeds: int,
             raise DcrError(f"{significance_file} has no {control} vs base comparison; score every LLaVA again")
         changed = declared["changed"][control]
         on_changed = None
-        if changed:
-            pooled = {
-                tower: [_pooled(comparison["accuracy"][name], changed) for name in sorted(names, key=split_name)]
-                for tower, names in _runs(comparison["accuracy"]).items()
-            }
-            on_changed = {"attributes": changed, **_summary(seed_effect(pooled["base"], pooled[control]))}
+        if changed:  # the questions on those attributes pooled into one group per LLaVA, judged over seeds
+            pooled = {n: {"changed": {"accuracy": _pooled(a, changed)}} for n, a in comparison["accuracy"].items()}
+            on_changed = {"attributes": changed, **_summary(tower_effects(pooled, "base", control)["changed"])}
         controls[control] = {
             **_summary(effects["all"]),
             "changed": on_changed,
@@ -192,16 +189,6 @@ def _summary(effect: dict) -> dict:
         "detectable": effect["detectable"],
         "detected": bool(effect["significant"]),
     }
-
-
-def _runs(accuracy: dict) -> dict[str, list[str]]:
-    """Model names per tower (``TOWER[_seedK]``)."""
-    from dcr_mllm.evaluation.analysis.seed_effect import split_name
-
-    runs: dict[str, list[str]] = {}
-    for name in accuracy:
-        runs.setdefault(split_name(name)[0], []).append(name)
-    return runs
 
 
 def _pooled(accuracy: dict, attributes: list[str]) -> float:

@@ -20,7 +20,7 @@ Layouts (recognised from the keys, architecture read from the shapes or named by
 With ``tokenizer`` (the base's tokenizer folder) a whole ViT CLIP keeps its text side too
 (``convert_text``): the result is a ``CLIPModel`` whose text embedding is checked as well.
 
-The source is built with open_clip (``convert_source``) (``open_clip.model._build_vision_tower``, or for an inferred
+The source is built by ``convert_source`` with open_clip (``open_clip.model._build_vision_tower``, or for an inferred
 SigLIP the timm ``vit_base_patch16_siglip_224`` definition at the read shapes) and run beside the
 converted model on a fixed random batch; the image embedding and the layer -2 hidden states (what
 LLaVA reads) must agree within ``TOLERANCE`` relative, or nothing is written. Heads are not in the

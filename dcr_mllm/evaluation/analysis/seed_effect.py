@@ -99,7 +99,14 @@ def seed_effect(base: list[float], other: list[float], alpha: float = ALPHA, pow
 
 def tower_effects(accuracy: dict[str, dict[str, dict]], base: str, other: str) -> dict[str, dict]:
     """Per question group, ``seed_effect`` of tower ``other`` against tower ``base`` over every
-    seed each was scored with (``accuracy``: ``compare_world``'s, models named ``TOWER[_seedK]``)."""
+    seed each was scored with.
+
+    Args:
+        accuracy: per model, per question group, ``{"accuracy": percent, ...}`` (``compare_world``'s;
+            models named ``TOWER[_seedK]``).
+        base: the tower the effect is measured against.
+        other: the tower whose effect is measured.
+    """
     runs = {
         tower: sorted((seed, name) for name in accuracy for t, seed in [split_name(name)] if t == tower)
         for tower in (base, other)
