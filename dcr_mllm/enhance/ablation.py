@@ -14,6 +14,7 @@ the last step's ``tower_last``, and both are scored and reported. Training and e
 pieces are skipped, so a rerun only redoes what is missing.
 
     python -m dcr_mllm.enhance.ablation --output outputs/ablation --seeds 3
+    python -m dcr_mllm.enhance.ablation --output outputs/ablation_gray --seeds 3 --one-background gray
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dcr_mllm.evaluation.analysis.premise import measure_premise
 from dcr_mllm.io import atomic_dir
 from dcr_mllm.world.models import MINI, WorldSpec
 from dcr_mllm.world.prepare import EVAL_COUNT, SHARD_COUNT, VAL_COUNT, prepare_world
+from dcr_mllm.world.scenes import WORLD_VALUES
 
 #: each objective of the ablation and the settings that make it (``dcr_tokens``: DCR conditioned on
 #: the feature layer's patch tokens, ``objective.condition: tokens``)
@@ -199,7 +201,7 @@ def run_ablation(
         "config": str(config),
         "overrides": list(overrides),
         "per_objective": own,
-        "world": dataclasses.asdict(spec),
+        "world": spec.recipe(),
         "eval_images": eval_count,
         "pairs_per_attribute": pairs,
         "stage_one_images": shard_count,
@@ -336,6 +338,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--mini", action="store_true", help="a miniature world and evaluation (tests: seconds, not minutes)"
     )
+    parser.add_argument(
+        "--one-background",
+        default="",
+        choices=WORLD_VALUES["background"],
+        metavar="NAME",
+        help="the controlled premise: a world whose every scene is on this background (gray, beige or slate), its "
+        "models built under $DCR_MLLM_CACHE/world-background-NAME; the condition then carries background no more",
+    )
     add_overrides(
         parser,
         "stage-one config overrides for every run (each run's models, data, output_dir, seed, objective and "
@@ -343,8 +353,9 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
     )
     args = parse_intermixed(parser, argv)
-    sizes = {"spec": MINI, "eval_count": 36, "pairs": 2, "shard_count": 64, "val_count": 24} if args.mini else {}
-    out = run_ablation(args.output, args.seeds, args.jobs, args.config, args.overrides, **sizes)
+    sizes = {"eval_count": 36, "pairs": 2, "shard_count": 64, "val_count": 24} if args.mini else {}
+    spec = dataclasses.replace(MINI if args.mini else WorldSpec(), one_background=args.one_background)
+    out = run_ablation(args.output, args.seeds, args.jobs, args.config, args.overrides, spec=spec, **sizes)
     print((out / "report.md").read_text(), end="")
     print(out)
 

@@ -37,6 +37,7 @@ from dcr_mllm.errors import DcrError
 from dcr_mllm.progress import ProgressLines
 from dcr_mllm.world.scenes import (
     IMAGE_SIZE,
+    WORLD_VALUES,
     clip_caption,
     detailed_caption,
     render,
@@ -77,16 +78,40 @@ class WorldSpec:
     #: share of UNet training conditions given in DCR's shift form (the empty prompt's context plus
     #: the caption's mean offset from it on every token), so the denoiser also answers that form
     shift_share: float = 0.3
+    #: every scene on this one background ("": each scene on one of the three at random). The controlled
+    #: premise: background, what DCR's condition carries most here, then carries nothing, and the most
+    #: carried attribute left (position) is one the base tower misses
+    one_background: str = ""
+
+    def __post_init__(self):
+        if self.one_background and self.one_background not in WORLD_VALUES["background"]:
+            raise DcrError(
+                f"one_background {self.one_background!r}: use one of {', '.join(WORLD_VALUES['background'])}"
+            )
 
     def fingerprint(self, name: str) -> str:
         """What model ``name`` is built from: the CLIP from the shared and ``clip_*`` fields, the
-        denoiser from every other field, so a change to one model's fields keeps the other's build."""
+        denoiser from every other field, so a change to one model's fields keeps the other's build.
+        A variant field counts only when set (``recipe``), so the default world keeps its shipped fingerprints."""
 
         def reads(field: str) -> bool:
             return field in SHARED_FIELDS or field.startswith("clip_") == name.startswith("clip")
 
-        own = {k: v for k, v in dataclasses.asdict(self).items() if reads(k)}
+        own = {k: v for k, v in self.recipe().items() if reads(k)}
         return hashlib.sha256(json.dumps([VERSION, name, own], sort_keys=True).encode()).hexdigest()[:16]
+
+    def recipe(self) -> dict:
+        """Every field, less the variant fields left unset: what a build records and is fingerprinted by."""
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if not (k in VARIANT_FIELDS and v == getattr(WorldSpec, k))
+        }
+
+    @property
+    def variant(self) -> str:
+        """The world's name among its variants: "" for the default world, e.g. "background-gray"."""
+        return f"background-{self.one_background}" if self.one_background else ""
 
 
 MINI = WorldSpec(clip_images=64, clip_steps=3, clip_batch=16, vae_steps=3, sd_images=64, sd_steps=3, sd_batch=16)
@@ -94,13 +119,16 @@ MINI = WorldSpec(clip_images=64, clip_steps=3, clip_batch=16, vae_steps=3, sd_im
 CLIP_WIDTH, CLIP_LAYERS, CLIP_PATCH, EMBED_DIM = 64, 4, 4, 32
 TEXT_WIDTH = 64  # also the UNet's cross-attention width
 HIGH_NOISE = range(700, 1000)
-SHARED_FIELDS = ("image_size", "train_seed", "lr")  # read by both builds
+SHARED_FIELDS = ("image_size", "train_seed", "lr", "one_background")  # read by both builds
+VARIANT_FIELDS = ("one_background",)  # in a fingerprint only when set
 
 
-def default_world_root() -> Path:
-    """``$DCR_MLLM_CACHE/world`` or ``~/.cache/dcr_mllm/world``."""
+def default_world_root(spec: WorldSpec | None = None) -> Path:
+    """``$DCR_MLLM_CACHE/world`` or ``~/.cache/dcr_mllm/world``; a variant world's models beside it
+    (``world-background-gray``), so building one never replaces the default world's."""
     cache = os.environ.get("DCR_MLLM_CACHE") or Path.home() / ".cache" / "dcr_mllm"
-    return Path(cache).expanduser() / "world"
+    variant = spec.variant if spec is not None else ""
+    return Path(cache).expanduser() / ("world-" + variant if variant else "world")
 
 
 def _pixels(scenes, size: int):
@@ -157,7 +185,7 @@ def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec(), caption
     )
     model = CLIPModel(config)
     tokenizer = clip_tokenizer()
-    scenes = sample_scenes(spec.clip_images, spec.train_seed)
+    scenes = sample_scenes(spec.clip_images, spec.train_seed, spec.one_background)
     mean, std = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
     pixels = (_pixels(scenes, spec.image_size) - mean) / std
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.1)
@@ -191,9 +219,7 @@ def build_world_clip(out_dir: str | Path, spec: WorldSpec = WorldSpec(), caption
         image_std=list(OPENAI_CLIP_STD),
     ).save_pretrained(out_dir)
     clip_tokenizer_files(out_dir)
-    (out_dir / "train_log.json").write_text(
-        json.dumps({"final_loss": loss.item(), "spec": dataclasses.asdict(spec)}, indent=1)
-    )
+    (out_dir / "train_log.json").write_text(json.dumps({"final_loss": loss.item(), "spec": spec.recipe()}, indent=1))
     return out_dir
 
 
@@ -209,7 +235,7 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
         raise DcrError(f"world prediction_type {spec.prediction_type!r}: use epsilon or v_prediction")
     out_dir = Path(out_dir)
     torch.manual_seed(spec.train_seed + 1)
-    scenes = sample_scenes(spec.sd_images, spec.train_seed + 1)
+    scenes = sample_scenes(spec.sd_images, spec.train_seed + 1, spec.one_background)
     images = _pixels(scenes, spec.image_size) * 2 - 1
     vae = sd_vae(spec.image_size)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=spec.lr)
@@ -280,7 +306,7 @@ def build_world_sd(out_dir: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     text_encoder.eval()
     save_sd_pipeline(out_dir, vae, text_encoder, unet, scheduler, tokenizer)
     (out_dir / "train_log.json").write_text(
-        json.dumps({"vae_mse": vae_mse, "final_loss": loss.item(), "spec": dataclasses.asdict(spec)}, indent=1)
+        json.dumps({"vae_mse": vae_mse, "final_loss": loss.item(), "spec": spec.recipe()}, indent=1)
     )
     return out_dir
 
@@ -300,7 +326,7 @@ def ensure_world(name: str, root: str | Path | None = None, spec: WorldSpec = Wo
 
     Args:
         name: the world model: clip, sd or clip_reference (a key of ``WORLD_BUILDERS``).
-        root: the directory of world models; None: ``default_world_root()``.
+        root: the directory of world models; None: ``default_world_root(spec)``.
         spec: the settings the model is built from (its fingerprint).
         train: train it here even where shipped weights fit ``spec``.
     """
@@ -308,7 +334,7 @@ def ensure_world(name: str, root: str | Path | None = None, spec: WorldSpec = Wo
 
     if name not in WORLD_BUILDERS:
         raise DcrError(f"unknown world model {name!r}; use one of {', '.join(WORLD_BUILDERS)}")
-    root = Path(root) if root is not None else default_world_root()
+    root = Path(root) if root is not None else default_world_root(spec)
     target, fingerprint = root / name, spec.fingerprint(name)
     if not train and shipped.is_shipped(name, fingerprint):
         return build_once(target, fingerprint, lambda tmp: shipped.install(name, tmp))
@@ -339,13 +365,13 @@ def build_world(root: str | Path | None = None, spec: WorldSpec = WorldSpec(), t
     others (all with ``train``) trained each in its own one-thread process, side by side.
 
     Args:
-        root: the directory of world models; None: ``default_world_root()``.
+        root: the directory of world models; None: ``default_world_root(spec)``.
         spec: the settings the models are built from.
         train: train every missing model here, shipped weights or not.
     """
     from dcr_mllm.world import shipped
 
-    root = Path(root) if root is not None else default_world_root()
+    root = Path(root) if root is not None else default_world_root(spec)
     missing = [name for name in BASE_MODELS if not is_built(root / name, spec.fingerprint(name))]
     to_train = [name for name in missing if train or not shipped.is_shipped(name, spec.fingerprint(name))]
     for name in missing:
@@ -357,7 +383,7 @@ def build_world(root: str | Path | None = None, spec: WorldSpec = WorldSpec(), t
         "ensure_world(sys.argv[1], sys.argv[2], WorldSpec(**json.loads(sys.argv[3])), train=True)"
     )
     processes = [
-        subprocess.Popen([sys.executable, "-c", code, name, str(root), json.dumps(dataclasses.asdict(spec))], env=env)
+        subprocess.Popen([sys.executable, "-c", code, name, str(root), json.dumps(spec.recipe())], env=env)
         for name in to_train
     ]
     failed = [name for name, process in zip(to_train, processes) if process.wait() != 0]

@@ -45,7 +45,7 @@ def prepare_world(
     Args:
         output: the directory of the world's data sets (``shards/``, ``llava/``, ``eval/``, ``val/``).
         spec: the world models' settings; None: the default ``WorldSpec``.
-        world_root: the directory of world models; None: ``default_world_root()``.
+        world_root: the directory of world models; None: ``default_world_root(spec)``.
         shard_count: stage one's training images.
         conversation_count: stage two's conversations; 0: none.
         eval_count: images in the tower evaluation set.
@@ -55,17 +55,24 @@ def prepare_world(
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise DcrError(f"--output {out} is a file; give a directory for the world's data sets")
+    if spec.one_background and conversation_count:
+        raise DcrError(
+            f"the world on one background ({spec.variant}) is stage one's controlled premise: it has no LLaVA "
+            "conversations; prepare it with conversation_count=0 (the ablation does)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     models = build_world(world_root, spec)
     paths = {
         "world-clip": models["clip"],
         "world-sd": models["sd"],
-        "shards": write_world_shards(out / "shards", shard_count, SHARD_SEED, size=spec.image_size),
+        "shards": write_world_shards(
+            out / "shards", shard_count, SHARD_SEED, size=spec.image_size, background=spec.one_background
+        ),
     }
     if conversation_count:
         paths["llava"] = write_world_conversations(
             out / "llava", conversation_count, CONVERSATION_SEED, size=spec.image_size
         )
-    paths["eval"] = world_eval_set(out / "eval", EVAL_SEED, eval_count, size=spec.image_size)
-    paths["val"] = world_eval_set(out / "val", VAL_SEED, val_count, size=spec.image_size)
+    paths["eval"] = world_eval_set(out / "eval", EVAL_SEED, eval_count, spec.image_size, spec.one_background)
+    paths["val"] = world_eval_set(out / "val", VAL_SEED, val_count, spec.image_size, spec.one_background)
     return paths

@@ -8,7 +8,6 @@ with the shipped weights; and, for maintainers who change the recipe, writing th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import shutil
@@ -63,7 +62,7 @@ def ship(root: Path, spec: WorldSpec | None = None, destination: Path = SHIPPED)
             "files": {p.relative_to(built).as_posix(): digest(p) for p in files},
         }
     record = {
-        "spec": dataclasses.asdict(spec),
+        "spec": spec.recipe(),
         "builder_version": VERSION,
         "models": models,
         "built_with": {

@@ -150,11 +150,19 @@ def _draw_world_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: floa
         draw_shape(draw, shape, cx, cy, r, DIRECTIONS["up"], 255)
 
 
-def sample_scenes(count: int, seed: int) -> list[WorldScene]:
+def sample_scenes(count: int, seed: int, background: str = "") -> list[WorldScene]:
+    """``count`` scenes from ``seed``; with ``background`` every one on it, the other attributes
+    those of the same seed's scenes in the default world."""
     if count < 1:
         raise DcrError(f"count={count}: a world set needs at least one image")
     rng = random.Random(seed)
-    return [sample_scene(rng) for _ in range(count)]
+    scenes = [sample_scene(rng) for _ in range(count)]
+    return [dataclasses.replace(scene, background=background) for scene in scenes] if background else scenes
+
+
+def _recipe_background(background: str) -> dict:
+    """A generated set's recipe names its one background only when set, so default sets stay valid."""
+    return {"background": background} if background else {}
 
 
 def write_world(out_dir: str | Path, seed: int = 1, count: int = 1200, size: int = IMAGE_SIZE) -> Path:
@@ -181,7 +189,7 @@ def write_world(out_dir: str | Path, seed: int = 1, count: int = 1200, size: int
     return out_dir
 
 
-def world_eval_set(out_dir: str | Path, seed: int, count: int, size: int = IMAGE_SIZE) -> Path:
+def world_eval_set(out_dir: str | Path, seed: int, count: int, size: int = IMAGE_SIZE, background: str = "") -> Path:
     """``write_world``'s set as a generated folder: reused only when made from the same arguments.
 
     Args:
@@ -189,17 +197,25 @@ def world_eval_set(out_dir: str | Path, seed: int, count: int, size: int = IMAGE
         seed: seeds the scenes; not one of ``TRAINING_SEEDS``.
         count: scenes written.
         size: side of each square image in pixels.
+        background: every scene on this background ("": each at random), as ``WorldSpec.one_background``.
     """
     if seed in TRAINING_SEEDS:
         raise DcrError(f"seed {seed} draws the world's training images; evaluate on another seed")
-    recipe = {"generator": "world-labelled", "version": VERSION, "count": count, "seed": seed, "size": size}
-    return generated_dir(out_dir, recipe, lambda tmp: _write_labelled(tmp, seed, count, size))
+    recipe = {
+        "generator": "world-labelled",
+        "version": VERSION,
+        "count": count,
+        "seed": seed,
+        "size": size,
+        **_recipe_background(background),
+    }
+    return generated_dir(out_dir, recipe, lambda tmp: _write_labelled(tmp, seed, count, size, background))
 
 
-def _write_labelled(tmp: Path, seed: int, count: int, size: int) -> None:
+def _write_labelled(tmp: Path, seed: int, count: int, size: int, background: str = "") -> None:
     (tmp / "images").mkdir()
     rows = []
-    for index, scene in enumerate(sample_scenes(count, seed)):
+    for index, scene in enumerate(sample_scenes(count, seed, background)):
         name = f"images/{index:05d}.png"
         render(scene, size).save(tmp / name, format="PNG")
         rows.append({"file": name, **dataclasses.asdict(scene)})
@@ -234,9 +250,15 @@ def read_world(data_dir: str | Path) -> list[tuple[Path, WorldScene]]:
 
 
 def write_world_shards(
-    out_dir: str | Path, count: int, seed: int, samples_per_shard: int = 256, size: int = IMAGE_SIZE
+    out_dir: str | Path,
+    count: int,
+    seed: int,
+    samples_per_shard: int = 256,
+    size: int = IMAGE_SIZE,
+    background: str = "",
 ) -> Path:
-    """Training images for stage one as webdataset shards (img2dataset layout, detailed captions).
+    """Training images for stage one as webdataset shards (img2dataset layout, detailed captions);
+    with ``background`` every scene on it (``WorldSpec.one_background``).
 
     A folder generated from the same arguments is reused; any other is generated anew, under a
     temporary name and renamed (``generated_dir``): the directory is complete or absent.
@@ -248,12 +270,15 @@ def write_world_shards(
         "seed": seed,
         "size": size,
         "samples_per_shard": samples_per_shard,
+        **_recipe_background(background),
     }
-    return generated_dir(out_dir, recipe, lambda tmp: _write_shards(tmp, count, seed, samples_per_shard, size))
+    return generated_dir(
+        out_dir, recipe, lambda tmp: _write_shards(tmp, count, seed, samples_per_shard, size, background)
+    )
 
 
-def _write_shards(tmp: Path, count: int, seed: int, samples_per_shard: int, size: int) -> None:
-    scenes = sample_scenes(count, seed)
+def _write_shards(tmp: Path, count: int, seed: int, samples_per_shard: int, size: int, background: str) -> None:
+    scenes = sample_scenes(count, seed, background)
     with progress(count, f"world shards ({count} images)") as bar:
         for first in range(0, count, samples_per_shard):
             with tarfile.open(tmp / f"{first // samples_per_shard:05d}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:

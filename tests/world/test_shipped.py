@@ -37,7 +37,7 @@ def mini_shipped(tmp_path_factory):
 
 def test_the_package_ships_the_default_worlds_models_with_their_recipe():
     record = manifest()
-    assert record["spec"] == json.loads(json.dumps(WorldSpec().__dict__))  # the recipe they were trained from
+    assert record["spec"] == json.loads(json.dumps(WorldSpec().recipe()))  # the recipe they were trained from
     for name in ("clip", "sd"):
         assert is_shipped(name, WorldSpec().fingerprint(name))
         assert not is_shipped(name, MINI.fingerprint(name))  # another recipe is trained, not installed

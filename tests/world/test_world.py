@@ -147,7 +147,10 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
         "objective.num_negatives=2",
     ]  # the config's 4 negatives need a batch of 5
     run = subprocess.run(
-        ["bash", str(REPO / "stages" / "ablation.sh"), "--output", str(out), "--seeds", "2", "--mini", *steps],
+        [
+            *("bash", str(REPO / "stages" / "ablation.sh"), "--output", str(out), "--seeds", "2", "--mini"),
+            *("--one-background", "gray", *steps),  # the controlled premise's world: every path the default's takes
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -166,6 +169,14 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
     assert "| objective | metric | per seed |" in report_text
     assert report_text.index("## The premise") < report_text.index("## The objectives")  # the premise table first
     assert set(results["premise"]["attributes"]["position"]) >= {"hidden_global", "carried_tokens", "teachable_tokens"}
+    # the one-background world end to end: its own models, its images all on gray, the default world untouched
+    assert results["setup"]["world"]["one_background"] == "gray"
+    assert (tmp_path / "cache" / "world-background-gray" / "sd").is_dir() and not (
+        tmp_path / "cache" / "world"
+    ).exists()
+    for data in ("eval", "val"):
+        assert {scene.background for _, scene in read_world(out / data)} == {"gray"}
+    assert results["premise"]["probes"]["base"]["probe_layer/background"] == 100.0  # one value: nothing to tell apart
     # every run scored its tower on the ablation's validation set at step 0 and at its last step
     curve = results["curves"]["dcr"]["probe_global/fine_mean"]
     assert curve["steps"] == [0, 1] and len(curve["mean"]) == 2 and results["setup"]["validation"]["images"] == 24
@@ -211,6 +222,38 @@ def test_a_denoiser_field_keeps_the_clip_build_and_the_variants_build(tmp_path):
         unet.config.block_out_channels == [16, 32, 32]
         and unet.config.down_block_types[:2] == ["CrossAttnDownBlock2D"] * 2
     )
+
+
+def test_a_one_background_world_is_its_own_variant_and_leaves_the_default_world_alone(tmp_path, monkeypatch):
+    """The controlled premise's world: every scene on one background, the same scenes otherwise; its
+    models fingerprinted and cached apart, while the default world's recipe (and shipped weights) stay."""
+    import dataclasses
+
+    from dcr_mllm.errors import DcrError
+    from dcr_mllm.io import generated_from
+    from dcr_mllm.world.models import WorldSpec, default_world_root
+    from dcr_mllm.world.prepare import prepare_world
+    from dcr_mllm.world.scenes import world_eval_set
+
+    gray = WorldSpec(one_background="gray")
+    assert "one_background" not in WorldSpec().recipe() and gray.recipe()["one_background"] == "gray"
+    assert all(gray.fingerprint(name) != WorldSpec().fingerprint(name) for name in ("clip", "sd", "clip_reference"))
+    monkeypatch.setenv("DCR_MLLM_CACHE", str(tmp_path / "cache"))
+    assert default_world_root(gray) == tmp_path / "cache" / "world-background-gray"
+    assert default_world_root(WorldSpec()) == default_world_root() == tmp_path / "cache" / "world"
+    with pytest.raises(DcrError, match="one_background 'pink'"):
+        WorldSpec(one_background="pink")
+
+    scenes = sample_scenes(40, 3, "gray")
+    assert {scene.background for scene in scenes} == {"gray"}
+    assert [dataclasses.replace(scene, background="gray") for scene in sample_scenes(40, 3)] == scenes
+    default = world_eval_set(tmp_path / "val", 3, 12)
+    assert "background" not in generated_from(default)  # the default sets' recipes are unchanged
+    one = world_eval_set(tmp_path / "val", 3, 12, background="gray")  # another recipe: regenerated
+    assert generated_from(one)["background"] == "gray" and {s.background for _, s in read_world(one)} == {"gray"}
+    with pytest.raises(DcrError, match="no LLaVA conversations"):
+        prepare_world(tmp_path / "out", gray, tmp_path / "models")
+    assert not (tmp_path / "models").exists()  # refused before building anything
 
 
 def test_generated_sets_are_reused_only_when_made_from_the_same_settings(tmp_path):

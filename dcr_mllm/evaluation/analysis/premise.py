@@ -42,7 +42,7 @@ def measure_premise(
     Args:
         output: the world's output directory (``val/`` is read or written there, the premise files too).
         spec: the world's ``WorldSpec``; None: the default world.
-        world_root: where the world models are built; None: ``default_world_root()``.
+        world_root: where the world models are built; None: ``default_world_root(spec)``.
         count: validation images the denoiser's sensitivity to the condition is measured on.
         val_count: images in the validation set; None: ``world.prepare.VAL_COUNT``.
     """
@@ -56,9 +56,9 @@ def measure_premise(
     spec = spec or WorldSpec()
     out = Path(output)
     models = build_world(world_root, spec)
-    reference = ensure_world("clip_reference", world_root or default_world_root(), spec)
+    reference = ensure_world("clip_reference", world_root or default_world_root(spec), spec)
     val = world_eval_set(
-        out / "val", VAL_SEED, val_count or VAL_COUNT, size=spec.image_size
+        out / "val", VAL_SEED, val_count or VAL_COUNT, spec.image_size, spec.one_background
     )  # the same set build-world writes
     probes = {
         name: evaluate_world(load_tower(path), val, pairs_per_attribute=1)

@@ -42,13 +42,16 @@ from dcr_mllm.world.scenes import (
 FEATURE_LAYER = -2  # LLaVA-1.5's mm_vision_select_layer
 
 
-def world_pairs(pairs_per_attribute: int, seed: int) -> list[tuple[str, object, object]]:
-    """``(attribute, scene 1, scene 2)``: scenes identical except for one fine attribute."""
+def world_pairs(pairs_per_attribute: int, seed: int, background: str = "") -> list[tuple[str, object, object]]:
+    """``(attribute, scene 1, scene 2)``: scenes identical except for one fine attribute; with
+    ``background``, every first scene on it (a one-background world's own scenes)."""
     rng = random.Random(seed)
     pairs = []
     for attribute in FINE_ATTRIBUTES:
         for _ in range(pairs_per_attribute):
             first = sample_scene(rng)
+            if background:
+                first = dataclasses.replace(first, background=background)
             other = rng.choice([v for v in WORLD_VALUES[attribute] if v != getattr(first, attribute)])
             pairs.append((attribute, first, dataclasses.replace(first, **{attribute: other})))
     return pairs
@@ -92,7 +95,8 @@ class WorldSet:
                 f"{data_dir} has {len(items)} images; the probes need at least 12 (make-eval-data world --count N)"
             )
         images = [open_image(path) for path, _ in items]
-        pairs = world_pairs(pairs_per_attribute, pair_seed)
+        backgrounds = {scene.background for _, scene in items}  # one: a one-background world's set
+        pairs = world_pairs(pairs_per_attribute, pair_seed, backgrounds.pop() if len(backgrounds) == 1 else "")
         size = images[0].width
         return cls(
             images, [scene for _, scene in items], pairs, [render(scene, size) for _, *two in pairs for scene in two]
