@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import json
 import re
@@ -268,9 +269,11 @@ def _mean_std(entry: dict, base: bool) -> str:
     return _num(entry["mean"]) if base else f"{_num(entry['mean'])} ± {_num(entry['std'])}"
 
 
-def ablation_metrics() -> str:
-    data = _load("ablation_world.json")
-    metrics = data["metrics"]
+def ablation_metrics(source: str = "ablation_world.json", chosen: bool = False) -> str:
+    """The ablation's metrics table from ``bench/results/SOURCE``: the last LoRA step's towers, or
+    (``chosen``) those of the steps chosen on validation."""
+    data = _load(source)
+    metrics = data["selected"]["metrics"] if chosen else data["metrics"]
     rows_spec = [
         ("colour / count / position / orientation, global embedding (`claim_mean`)", "probe_global/claim_mean"),
         ("the same, feature layer −2", "probe_layer/claim_mean"),
@@ -301,8 +304,15 @@ def ablation_metrics() -> str:
         ]
     )
     seeds = data["setup"]["seeds"]
+    which = (
+        f"each run's step chosen on validation (`{data['selected']['rule']}`; steps per seed: "
+        + "; ".join(f"{OBJECTIVES[n]} {', '.join(map(str, v))}" for n, v in data["selected"]["steps"].items())
+        + "), "
+        if chosen
+        else ""
+    )
     head = (
-        f"{seeds} seeds, %, mean ± std over seeds (`bench/results/ablation_world.json`); bold: the best objective "
+        f"{seeds} seeds, {which}%, mean ± std over seeds (`bench/results/{source}`); bold: the best objective "
         "where it is above base.\n\n"
     )
     return head + _table(["metric", *OBJECTIVES.values()], rows)
@@ -350,8 +360,8 @@ def ablation_curves() -> str:
     return _table(header, rows, "r" * len(header))
 
 
-def premise_table() -> str:
-    premise = _load("ablation_world.json")["premise"]
+def premise_table(source: str = "ablation_world.json", world: str = "The packaged world's") -> str:
+    premise = _load(source)["premise"]
     rows = []
     for name, a in premise["attributes"].items():
         rows.append(
@@ -368,7 +378,7 @@ def premise_table() -> str:
             ]
         )
     head = (
-        f"The packaged world's premise as the ablation measured it (`bench/results/ablation_world.json`, `premise`; "
+        f"{world} premise as the ablation measured it (`bench/results/{source}`, `premise`; "
         f"the whole caption gains {premise['caption_gain']:.3f} MSE over the empty prompt).\n\n"
     )
     header = [
@@ -472,6 +482,11 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "headline": headline,
     "ablation-curves": ablation_curves,
     "premise": premise_table,
+    "premise-one-background": functools.partial(
+        premise_table, "ablation_world_gray.json", "The one-background world's (`--one-background gray`)"
+    ),
+    "ablation-one-background": functools.partial(ablation_metrics, "ablation_world_gray.json"),
+    "ablation-one-background-chosen": functools.partial(ablation_metrics, "ablation_world_gray.json", chosen=True),
     "llava-search": llava_search,
     "bad-input-cases": bad_input_cases,
     "released-towers": released_towers,

@@ -100,17 +100,10 @@ def run_ablation(
     last_step = load_config(EnhanceConfig, config, overrides).lora_stage.max_steps  # bad overrides: before any work
     spec = spec or WorldSpec()
     out = Path(output).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    world = prepare_world(
-        out, spec, world_root, shard_count=shard_count, conversation_count=0, eval_count=eval_count, val_count=val_count
-    )
+    world, base = prepare_runs(out, spec, world_root, shard_count, eval_count, val_count)
     models, shards = {"clip": world["world-clip"], "sd": world["world-sd"]}, world["shards"]
     if not (out / "premise.json").is_file():
         measure_premise(out, spec, world_root, count=min(256, val_count), val_count=val_count)
-    base = out / "base" / "tower"
-    if not base.is_dir():
-        with atomic_dir(base) as tmp:
-            shutil.copytree(models["clip"], tmp, dirs_exist_ok=True)
 
     runs = {(objective, seed): out / objective / f"seed{seed}" for objective in OBJECTIVES for seed in range(seeds)}
     own = {objective: objective_overrides(config, overrides, VARIANTS[objective]) for objective in OBJECTIVES}
@@ -149,27 +142,7 @@ def run_ablation(
     ]
     if watch:
         scored += [(run / "tower", run / "world_metrics_selected.json") for run in runs.values()]
-    evaluate = [
-        (
-            [
-                sys.executable,
-                "-m",
-                "dcr_mllm.evaluation.tower.world_metrics",
-                "--tower",
-                str(tower),
-                "--data",
-                str(out / "eval"),
-                "--output",
-                str(result),
-                "--pairs",
-                str(pairs),
-            ],
-            result.with_suffix(".log"),
-        )
-        for tower, result in scored
-        if not result.is_file()
-    ]
-    run_jobs(evaluate, jobs)
+    score_towers(scored, out / "eval", pairs, jobs)
 
     base_scores = json.loads((base.parent / "world_metrics.json").read_text())
     scores = {
@@ -213,6 +186,39 @@ def run_ablation(
     if results["curves"]:
         curves_chart(results, out / "curves.png")
     return out
+
+
+def prepare_runs(
+    out: Path, spec: WorldSpec, world_root, shard_count: int, eval_count: int, val_count: int
+) -> tuple[dict[str, Path], Path]:
+    """The world's models and sets for stage-one runs under ``out`` (``prepare_world``, no LLaVA
+    data), and ``out/base/tower``, the base CLIP every run starts from, scored like them."""
+    out.mkdir(parents=True, exist_ok=True)
+    world = prepare_world(
+        out, spec, world_root, shard_count=shard_count, conversation_count=0, eval_count=eval_count, val_count=val_count
+    )
+    base = out / "base" / "tower"
+    if not base.is_dir():
+        with atomic_dir(base) as tmp:
+            shutil.copytree(world["world-clip"], tmp, dirs_exist_ok=True)
+    return world, base
+
+
+def score_towers(scored: list[tuple[Path, Path]], data: Path, pairs: int, jobs: int) -> None:
+    """Write each ``(tower, result file)``'s world metrics on ``data`` where not yet written, in
+    one-thread processes, ``jobs`` at a time."""
+    evaluate = [
+        (
+            [
+                *(sys.executable, "-m", "dcr_mllm.evaluation.tower.world_metrics"),
+                *("--tower", str(tower), "--data", str(data), "--output", str(result), "--pairs", str(pairs)),
+            ],
+            result.with_suffix(".log"),
+        )
+        for tower, result in scored
+        if not result.is_file()
+    ]
+    run_jobs(evaluate, jobs)
 
 
 def train_args(config: Path, overrides: list[str], ours: list[str]) -> list[str]:
@@ -276,8 +282,13 @@ def objective_overrides(config: Path, overrides: list[str], variant: dict[str, s
 
 
 def summarize(base: dict[str, float], scores: dict[str, list[dict[str, float]]]) -> dict:
-    """Mean, std and per-seed values of every metric per objective, each seed minus base, and the
-    paper's claims judged on them."""
+    """``metric_table`` and the paper's claims judged on it."""
+    table = metric_table(base, scores)
+    return {"metrics": table, "checks": claims(table)}
+
+
+def metric_table(base: dict[str, float], scores: dict[str, list[dict[str, float]]]) -> dict:
+    """Mean, std and per-seed values of every metric per objective, and each seed minus base."""
     table = {"base": {metric: {"mean": value, "std": 0.0, "seeds": [value]} for metric, value in base.items()}}
     for objective, per_seed in scores.items():
         table[objective] = {}
@@ -289,7 +300,7 @@ def summarize(base: dict[str, float], scores: dict[str, list[dict[str, float]]])
                 "seeds": values,
                 "minus_base": [v - base_value for v in values],
             }
-    return {"metrics": table, "checks": claims(table)}
+    return table
 
 
 def claims(table: dict) -> dict[str, bool]:

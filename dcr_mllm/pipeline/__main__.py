@@ -227,9 +227,9 @@ def run_step(args: argparse.Namespace, extra: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["ablation"]:  # the ablation parses its own arguments
+    if argv[:1] in (["ablation"], ["budget"]):  # the ablation and the budget curve parse their own arguments
         return subprocess.run(
-            [sys.executable, "-m", "dcr_mllm.enhance.ablation", *argv[1:]], env={**os.environ, "HF_HUB_OFFLINE": "1"}
+            [sys.executable, "-m", f"dcr_mllm.enhance.{argv[0]}", *argv[1:]], env={**os.environ, "HF_HUB_OFFLINE": "1"}
         ).returncode
     args, extra = build_parser().parse_known_args(argv)
     try:

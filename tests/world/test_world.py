@@ -135,6 +135,47 @@ def test_summary_compares_each_seed_with_base():
     assert "| probe_global/fine_mean | 50.0 | 47.0 +- 1.4 | 53.5 +- 3.5 |" in report(results)
 
 
+def test_the_budget_curve_chooses_each_budgets_steps_and_rate_on_validation_and_says_where_the_gain_starts():
+    from dcr_mllm.enhance.ablation import metric_table
+    from dcr_mllm.enhance.budget import EFFECT_METRICS, choose, effects, gain_start
+    from dcr_mllm.errors import DcrError
+
+    curves = {
+        1e-3: [{0: 50, 20: 60, 40: 55, 80: 70}, {0: 50, 20: 58, 40: 58, 80: 52}],
+        3e-4: [{0: 50, 20: 52, 40: 56, 80: 75}, {0: 50, 20: 51, 40: 60, 80: 74}],
+    }
+    # within 40 steps: 1e-3's best steps (20, and the earlier of a tie) average 59, 3e-4's 58
+    assert choose(curves, 40) == {"lr": 1e-3, "steps": [20, 20], "validation": {"0.001": 59.0, "0.0003": 58.0}}
+    assert choose(curves, 80)["lr"] == 3e-4 and choose(curves, 80)["steps"] == [80, 80]
+    with pytest.raises(DcrError, match="no validated step within 10"):
+        choose({1e-3: [{20: 1.0}]}, 10)
+
+    def table(naive, dcr):
+        runs = {
+            "naive": [dict.fromkeys(EFFECT_METRICS, v) for v in naive],
+            "dcr": [dict.fromkeys(EFFECT_METRICS, v) for v in dcr],
+        }
+        return metric_table(dict.fromkeys(EFFECT_METRICS, 60.0), runs)
+
+    level = effects(table([61, 62, 63], [60, 62, 64]))  # DCR no better than naive
+    ahead = effects(table([61, 62, 63], [70, 71, 73]))
+    assert (
+        level["dcr - base: probe_global/claim_mean"]["ci"][0]
+        < 0
+        < ahead["dcr - naive: probe_global/claim_mean"]["ci"][0]
+    )
+    assert ahead["dcr - base: probe_global/claim_mean"]["effect"] == pytest.approx(11.333, abs=1e-3)
+    results = {
+        "setup": {"objectives": ["naive", "dcr"], "multiples": [1, 4]},
+        "budgets": {"1": {"effects": level}, "4": {"effects": ahead}},
+    }
+    assert gain_start(results) == [
+        "- dcr on `probe_global/claim_mean`: above both base and naive (interval above 0) from 4x"
+    ]
+    results["budgets"] = {"1": {"effects": level}}
+    assert gain_start(results)[0].endswith("above base and naive at no budget up to 4x")
+
+
 @pytest.mark.slow
 def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
     env = {**os.environ, "DCR_MLLM_CACHE": str(tmp_path / "cache")}
@@ -202,6 +243,38 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
             ).is_file()
             step = chosen["steps"][objective][seed]
             assert f"Step {step} of the LoRA stage" in (run_dir / "tower" / "README.md").read_text()
+
+    # the budget curve on the same world: one run per objective, rate and seed serves every budget
+    budget = tmp_path / "budget"
+    run = subprocess.run(
+        [
+            *("bash", str(REPO / "stages" / "budget.sh"), "--output", str(budget), "--mini", "--one-background"),
+            *("gray", "--seeds", "1", "--multiples", "1,2", "--lrs", "1e-3,2e-3", "--objectives", "dcr"),
+            *steps,
+            "eval.every=1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    curve = json.loads((budget / "results.json").read_text())
+    assert curve["setup"]["lora_steps_1x"] == 1 and list(curve["budgets"]) == ["1", "2"]
+    for multiple, row in curve["budgets"].items():
+        choice = row["chosen"]["dcr"]
+        assert choice["lr"] in (1e-3, 2e-3) and all(0 <= step <= int(multiple) for step in choice["steps"])
+        assert set(choice["validation"]) == {"0.001", "0.002"}
+        assert "dcr - base: probe_global/claim_mean" in row["effects"]
+    assert "## Where DCR's gain starts" in (budget / "report.md").read_text()
+    # the constant rate makes the longer run pass through the shorter one: its step 1 is the ablation's last
+    ablation_step = out / "dcr" / "seed0" / "lora" / "checkpoints" / "step_000001" / "trainable.safetensors"
+    budget_step = (
+        budget / "dcr" / "lr0.001" / "seed0" / "lora" / "checkpoints" / "step_000001" / "trainable.safetensors"
+    )
+    first, longer = load_file(ablation_step), load_file(budget_step)
+    assert first.keys() == longer.keys() and all(torch.equal(first[k], longer[k]) for k in first)
 
 
 def test_a_denoiser_field_keeps_the_clip_build_and_the_variants_build(tmp_path):
