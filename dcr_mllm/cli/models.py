@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from dcr_mllm.errors import DcrError
+from dcr_mllm.world.scenes import WORLD_VALUES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,9 +56,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     world_parser.add_argument("measure", choices=["premise"])
     world_parser.add_argument(
-        "--output", default="outputs/world", help="the world folder (build-world's; built if missing)"
+        "--output",
+        default=None,
+        help="the world folder (build-world's; built if missing; default outputs/world, "
+        "outputs/world-background-NAME with --one-background)",
     )
     world_parser.add_argument("--count", type=int, default=256, help="validation images for the denoiser's sensitivity")
+    world_parser.add_argument(
+        "--one-background",
+        default="",
+        choices=WORLD_VALUES["background"],
+        metavar="NAME",
+        help="the controlled premise's world: every scene on this background (gray, beige or slate), its models "
+        "under $DCR_MLLM_CACHE/world-background-NAME (trained on first use, about 15 minutes on 2 cores)",
+    )
     world_parser.set_defaults(func=world)
 
 
@@ -99,6 +111,10 @@ def world(args: argparse.Namespace) -> None:
 
     if args.count < 12:
         raise DcrError(f"--count {args.count}: the premise needs at least 12 validation images")
-    measure_premise(args.output, count=args.count)
-    print(Path(args.output, "premise.md").read_text(), end="")
-    print(f"premise: {Path(args.output, 'premise.json')}")
+    from dcr_mllm.world.models import WorldSpec
+
+    spec = WorldSpec(one_background=args.one_background)
+    output = args.output or "outputs/" + ("world-" + spec.variant if spec.variant else "world")
+    measure_premise(output, spec, count=args.count)
+    print(Path(output, "premise.md").read_text(), end="")
+    print(f"premise: {Path(output, 'premise.json')}")
