@@ -360,6 +360,18 @@ def ablation_curves() -> str:
     return _table(header, rows, "r" * len(header))
 
 
+def ablation_effects(source: str = "ablation_world.json") -> str:
+    """Each objective against base and each DCR form against naive over seeds, from the per-seed
+    metrics of ``bench/results/SOURCE`` (the ablation's own ``effects``, for results written before it had them)."""
+    from dcr_mllm.enhance.ablation import contrasts, effects
+    from dcr_mllm.enhance.ablation_report import effect_table
+
+    metrics = _load(source)["metrics"]
+    lines = effect_table(effects(metrics, contrasts(list(metrics))))[3:]  # the page gives its own heading
+    seeds = _load(source)["setup"]["seeds"]
+    return f"{seeds} seeds (`bench/results/{source}`). " + "\n".join(lines) + "\n"
+
+
 def premise_table(source: str = "ablation_world.json", world: str = "The packaged world's") -> str:
     premise = _load(source)["premise"]
     rows = []
@@ -485,7 +497,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "premise-one-background": functools.partial(
         premise_table, "ablation_world_gray.json", "The one-background world's (`--one-background gray`)"
     ),
+    "ablation-effects": ablation_effects,
     "ablation-one-background": functools.partial(ablation_metrics, "ablation_world_gray.json"),
+    "ablation-one-background-effects": functools.partial(ablation_effects, "ablation_world_gray.json"),
     "ablation-one-background-chosen": functools.partial(ablation_metrics, "ablation_world_gray.json", chosen=True),
     "llava-search": llava_search,
     "bad-input-cases": bad_input_cases,

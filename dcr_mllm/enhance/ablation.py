@@ -54,6 +54,9 @@ OBJECTIVES = tuple(VARIANTS)
 #: the one rule that chooses each run's step on the validation split, for every objective: the
 #: feature-layer probe's mean over the attributes the paper claims, what a LLaVA reads
 SELECT = "world/probe_layer/claim_mean"
+#: the metrics whose effects over seeds the ablation and the budget curve state: what each DCR form is
+#: claimed to raise (the missed attributes, on the global embedding and on the feature layer) and what it may cost
+EFFECT_METRICS = ("probe_global/claim_mean", "probe_layer/claim_mean", "class/zero_shot")
 
 
 def run_jobs(commands: list[tuple[list[str], Path]], jobs: int) -> None:
@@ -282,9 +285,40 @@ def objective_overrides(config: Path, overrides: list[str], variant: dict[str, s
 
 
 def summarize(base: dict[str, float], scores: dict[str, list[dict[str, float]]]) -> dict:
-    """``metric_table`` and the paper's claims judged on it."""
+    """``metric_table``, each objective's effects over seeds (against base; each DCR form against
+    naive too) and the paper's claims judged on the table."""
     table = metric_table(base, scores)
-    return {"metrics": table, "checks": claims(table)}
+    return {"metrics": table, "effects": effects(table, contrasts(list(scores))), "checks": claims(table)}
+
+
+def contrasts(objectives: list[str]) -> list[tuple[str, str]]:
+    """What the ablation compares: every objective against base, each DCR form against naive."""
+    against_naive = [(o, "naive") for o in ("dcr", "dcr_tokens") if o in objectives and "naive" in objectives]
+    return [(o, "base") for o in objectives if o != "base"] + against_naive
+
+
+def effects(table: dict, contrasts: list[tuple[str, str]]) -> dict:
+    """Each ``(objective, against)`` on ``EFFECT_METRICS``: the seed-level effect (points), its 95 %
+    interval, p and the smallest effect detectable with 80 % power (Welch over seeds; against base,
+    one tower, a one-sample t test); pairs of which one side is missing are left out."""
+    from dcr_mllm.evaluation.analysis.seed_effect import seed_effect
+
+    out = {}
+    for other, against in contrasts:
+        if other not in table or against not in table:
+            continue
+        for metric in EFFECT_METRICS:
+            mine = table[other][metric]["seeds"]
+            theirs = table[against][metric]["seeds"] * (len(mine) if against == "base" else 1)
+            effect = seed_effect(theirs, mine)
+            out[f"{other} - {against}: {metric}"] = {
+                "effect": effect["effect"],
+                "ci": [effect["low"], effect["high"]],
+                "p": effect["p"],
+                "detectable": effect["detectable"],
+                "seeds": len(mine),
+            }
+    return out
 
 
 def metric_table(base: dict[str, float], scores: dict[str, list[dict[str, float]]]) -> dict:

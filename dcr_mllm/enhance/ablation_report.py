@@ -55,6 +55,8 @@ def report(results: dict) -> str:
                 + ", ".join(f"{v:+.1f}" for v in table[objective][metric]["minus_base"])
                 + " |"
             )
+    if results.get("effects"):
+        lines += effect_table(results["effects"])
     if results.get("selected"):
         lines += selection_table(results)
     if results.get("curves"):
@@ -64,6 +66,28 @@ def report(results: dict) -> str:
             f"- {'yes' if ok else 'NO'}: {name}" for name, ok in results["checks"].items()
         ]
     return "\n".join(lines) + "\n"
+
+
+def effect_table(effects: dict, heading: str = "## Effects over seeds") -> list[str]:
+    """Each contrast's effect over seeds with its 95 % interval, p and smallest detectable effect."""
+    lines = [
+        "",
+        heading,
+        "",
+        "Points; 95 % interval over seeds (Welch; against base, one tower, a one-sample t test); detectable: the "
+        "smallest effect found with 80 % power at this spread. An effect is detected where its interval excludes 0.",
+        "",
+        "| contrast | metric | effect | 95 % interval | p | detectable |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for name, effect in effects.items():
+        contrast, metric = name.split(": ")
+        low, high = effect["ci"]
+        interval = f"[{low:+.1f}, {high:+.1f}]" if low is not None else "(one seed)"
+        p = f"{effect['p']:.2g}" if effect["p"] is not None else ""
+        detectable = f"{effect['detectable']:.1f}" if effect["detectable"] is not None else ""
+        lines.append(f"| {contrast} | `{metric}` | {effect['effect']:+.1f} | {interval} | {p} | {detectable} |")
+    return lines
 
 
 def selection_table(results: dict) -> list[str]:

@@ -30,8 +30,10 @@ from pathlib import Path
 from dcr_mllm.arguments import add_config, add_overrides, parse_intermixed, run_reporting
 from dcr_mllm.config import PACKAGED_CONFIGS, load_config
 from dcr_mllm.enhance.ablation import (
+    EFFECT_METRICS,
     SELECT,
     VARIANTS,
+    effects,
     metric_table,
     objective_overrides,
     prepare_runs,
@@ -40,6 +42,7 @@ from dcr_mllm.enhance.ablation import (
     train_args,
     validation_overrides,
 )
+from dcr_mllm.enhance.ablation_report import effect_table
 from dcr_mllm.enhance.config import EnhanceConfig
 from dcr_mllm.enhance.watch import EVAL_FILE
 from dcr_mllm.errors import DcrError
@@ -51,8 +54,6 @@ from dcr_mllm.world.scenes import WORLD_VALUES
 OBJECTIVES = ("naive", "dcr", "dcr_tokens")
 MULTIPLES = (1, 4, 16)  # of the config's LoRA steps
 LEARNING_RATES = (3e-4, 1e-3)
-#: the metrics whose effects the report states: what each DCR form is claimed to raise
-EFFECT_METRICS = ("probe_global/claim_mean", "probe_layer/claim_mean", "class/zero_shot")
 #: each DCR form against base and against naive, the reconstruction-plus-contrast baseline
 CONTRASTS = (("dcr", "base"), ("dcr", "naive"), ("dcr_tokens", "base"), ("dcr_tokens", "naive"))
 
@@ -163,7 +164,7 @@ def run_budget(
             "lora_steps": budgets[multiple],
             "chosen": {o: chosen[o, multiple] for o in objectives},
             "metrics": table,
-            "effects": effects(table),
+            "effects": effects(table, CONTRASTS),
         }
     results["setup"] = {
         "seeds": seeds,
@@ -224,28 +225,6 @@ def export(run: Path, step: int) -> Path:
     return tower
 
 
-def effects(table: dict) -> dict:
-    """Each of ``CONTRASTS`` on ``EFFECT_METRICS``: the seed-level effect (points), its 95 %
-    interval and p (Welch over seeds; against base, one tower, a one-sample test)."""
-    from dcr_mllm.evaluation.analysis.seed_effect import seed_effect
-
-    out = {}
-    for other, against in CONTRASTS:
-        if other not in table or against not in table:
-            continue
-        for metric in EFFECT_METRICS:
-            mine = table[other][metric]["seeds"]
-            theirs = table[against][metric]["seeds"] * (len(mine) if against == "base" else 1)
-            effect = seed_effect(theirs, mine)
-            out[f"{other} - {against}: {metric}"] = {
-                "effect": effect["effect"],
-                "ci": [effect["low"], effect["high"]],
-                "p": effect["p"],
-                "seeds": len(mine),
-            }
-    return out
-
-
 def report(results: dict) -> str:
     setup, budgets = results["setup"], results["budgets"]
     lines = [
@@ -278,23 +257,8 @@ def report(results: dict) -> str:
                 f"| {multiple}x | {row['lora_steps']} | {objective} | {choice['lr']:g} | "
                 f"{', '.join(map(str, choice['steps']))} | " + " | ".join(cells) + " |"
             )
-    lines += [
-        "",
-        "## Effects over seeds",
-        "",
-        "Points, 95 % interval over seeds (Welch; against base, one tower, a one-sample t); "
-        "a gain is detected where the interval lies above 0.",
-        "",
-        "| budget | contrast | metric | effect | 95 % interval | p |",
-        "|---|---|---|---:|---|---:|",
-    ]
     for multiple, row in budgets.items():
-        for name, effect in row["effects"].items():
-            contrast, metric = name.split(": ")
-            low, high = effect["ci"]
-            interval = f"[{low:+.1f}, {high:+.1f}]" if low is not None else "(one seed)"
-            p = f"{effect['p']:.3g}" if effect["p"] is not None else ""
-            lines.append(f"| {multiple}x | {contrast} | `{metric}` | {effect['effect']:+.1f} | {interval} | {p} |")
+        lines += effect_table(row["effects"], f"## Effects over seeds at {multiple}x ({row['lora_steps']} LoRA steps)")
     lines += ["", "## Where DCR's gain starts", "", *gain_start(results)]
     return "\n".join(lines) + "\n"
 

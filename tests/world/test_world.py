@@ -131,13 +131,23 @@ def test_summary_compares_each_seed_with_base():
     )
     assert checks["dcr loses at most 5 points of class zero-shot on every seed"] is True
     assert checks["dcr_tokens loses at most 5 points of class zero-shot on every seed"] is False  # seed 0: -10
+    # each objective against the one base tower over seeds: dcr +6 and +1 on claim_mean, t(1) = 3.5 / 2.5
+    effect = results["effects"]["dcr - base: probe_global/claim_mean"]
+    assert (
+        effect["effect"] == 3.5
+        and effect["ci"][0] < 0 < effect["ci"][1]
+        and effect["p"] == pytest.approx(0.3949, abs=1e-3)
+    )
+    assert "dcr_tokens - naive: class/zero_shot" not in results["effects"]  # no naive in this ablation
     results["setup"] = {"seeds": 2}
-    assert "| probe_global/fine_mean | 50.0 | 47.0 +- 1.4 | 53.5 +- 3.5 |" in report(results)
+    text = report(results)
+    assert "| probe_global/fine_mean | 50.0 | 47.0 +- 1.4 | 53.5 +- 3.5 |" in text
+    assert "| dcr - base | `probe_global/claim_mean` | +3.5 | [" in text
 
 
 def test_the_budget_curve_chooses_each_budgets_steps_and_rate_on_validation_and_says_where_the_gain_starts():
-    from dcr_mllm.enhance.ablation import metric_table
-    from dcr_mllm.enhance.budget import EFFECT_METRICS, choose, effects, gain_start
+    from dcr_mllm.enhance.ablation import EFFECT_METRICS, effects, metric_table
+    from dcr_mllm.enhance.budget import CONTRASTS, choose, gain_start
     from dcr_mllm.errors import DcrError
 
     curves = {
@@ -157,8 +167,8 @@ def test_the_budget_curve_chooses_each_budgets_steps_and_rate_on_validation_and_
         }
         return metric_table(dict.fromkeys(EFFECT_METRICS, 60.0), runs)
 
-    level = effects(table([61, 62, 63], [60, 62, 64]))  # DCR no better than naive
-    ahead = effects(table([61, 62, 63], [70, 71, 73]))
+    level = effects(table([61, 62, 63], [60, 62, 64]), CONTRASTS)  # DCR no better than naive
+    ahead = effects(table([61, 62, 63], [70, 71, 73]), CONTRASTS)
     assert (
         level["dcr - base: probe_global/claim_mean"]["ci"][0]
         < 0
