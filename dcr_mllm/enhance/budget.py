@@ -33,6 +33,7 @@ from dcr_mllm.enhance.ablation import (
     EFFECT_METRICS,
     SELECT,
     VARIANTS,
+    contrasts,
     effects,
     metric_table,
     objective_overrides,
@@ -54,8 +55,6 @@ from dcr_mllm.world.scenes import WORLD_VALUES
 OBJECTIVES = ("naive", "dcr", "dcr_tokens")
 MULTIPLES = (1, 4, 16)  # of the config's LoRA steps
 LEARNING_RATES = (3e-4, 1e-3)
-#: each DCR form against base and against naive, the reconstruction-plus-contrast baseline
-CONTRASTS = (("dcr", "base"), ("dcr", "naive"), ("dcr_tokens", "base"), ("dcr_tokens", "naive"))
 
 
 def run_budget(
@@ -74,6 +73,8 @@ def run_budget(
     shard_count: int = SHARD_COUNT,
     val_count: int = VAL_COUNT,
 ) -> Path:
+    """Train what is missing, choose, export and score; write ``OUT/results.json`` and ``report.md``.
+    ``multiples`` are budgets in the config's LoRA steps; the other arguments are the ablation's."""
     if seeds < 1 or jobs < 1 or not multiples or min(multiples) < 1 or not lrs or min(lrs) <= 0:
         raise DcrError(
             f"--seeds {seeds}, --jobs {jobs}, --multiples {list(multiples)}, --lrs {list(lrs)}: "
@@ -164,7 +165,7 @@ def run_budget(
             "lora_steps": budgets[multiple],
             "chosen": {o: chosen[o, multiple] for o in objectives},
             "metrics": table,
-            "effects": effects(table, CONTRASTS),
+            "effects": effects(table, contrasts(list(objectives))),
         }
     results["setup"] = {
         "seeds": seeds,

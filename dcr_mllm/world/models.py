@@ -79,8 +79,8 @@ class WorldSpec:
     #: the caption's mean offset from it on every token), so the denoiser also answers that form
     shift_share: float = 0.3
     #: every scene on this one background ("": each scene on one of the three at random). The controlled
-    #: premise: background, what DCR's condition carries most here, then carries nothing, and the most
-    #: carried attribute left (position) is one the base tower misses
+    #: premise: background, what DCR's condition carries most in the default world and the feature layer
+    #: already holds, then carries nothing, and what it carries most are attributes the tower misses
     one_background: str = ""
 
     def __post_init__(self):

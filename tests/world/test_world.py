@@ -146,8 +146,8 @@ def test_summary_compares_each_seed_with_base():
 
 
 def test_the_budget_curve_chooses_each_budgets_steps_and_rate_on_validation_and_says_where_the_gain_starts():
-    from dcr_mllm.enhance.ablation import EFFECT_METRICS, effects, metric_table
-    from dcr_mllm.enhance.budget import CONTRASTS, choose, gain_start
+    from dcr_mllm.enhance.ablation import EFFECT_METRICS, contrasts, effects, metric_table
+    from dcr_mllm.enhance.budget import choose, gain_start
     from dcr_mllm.errors import DcrError
 
     curves = {
@@ -167,8 +167,8 @@ def test_the_budget_curve_chooses_each_budgets_steps_and_rate_on_validation_and_
         }
         return metric_table(dict.fromkeys(EFFECT_METRICS, 60.0), runs)
 
-    level = effects(table([61, 62, 63], [60, 62, 64]), CONTRASTS)  # DCR no better than naive
-    ahead = effects(table([61, 62, 63], [70, 71, 73]), CONTRASTS)
+    level = effects(table([61, 62, 63], [60, 62, 64]), contrasts(["naive", "dcr"]))  # DCR no better than naive
+    ahead = effects(table([61, 62, 63], [70, 71, 73]), contrasts(["naive", "dcr"]))
     assert (
         level["dcr - base: probe_global/claim_mean"]["ci"][0]
         < 0
