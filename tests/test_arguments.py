@@ -55,3 +55,22 @@ def test_the_pipeline_and_the_ablation_use_the_base(tmp_path):
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "missing.yaml does not exist" in done.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["--lrs", "0,1e-3"], "learning rates positive"),
+        (["eval.every=0"], "the budget curve chooses each step on validation: set eval.every"),
+        (["lora_stage.scheduler=cosine"], "needs a LoRA rate that does not depend on max_steps"),
+    ],
+)
+def test_the_budget_curve_refuses_what_it_cannot_run_before_writing_a_byte(tmp_path, argv, line):
+    done = subprocess.run(
+        [sys.executable, "-m", "dcr_mllm.enhance.budget", "--output", str(tmp_path / "out"), *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and line in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
