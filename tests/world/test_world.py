@@ -187,6 +187,7 @@ def test_the_budget_curve_chooses_each_budgets_steps_and_rate_on_validation_and_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # two pipelines, the ablation and the budget curve, on one miniature world
 def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
     env = {**os.environ, "DCR_MLLM_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "ablation"
@@ -254,12 +255,13 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
             step = chosen["steps"][objective][seed]
             assert f"Step {step} of the LoRA stage" in (run_dir / "tower" / "README.md").read_text()
 
-    # the budget curve on the same world: one run per objective, rate and seed serves every budget
+    # the budget curve on the same world: one run per objective, rate and seed serves every budget (the
+    # choice among rates: test_the_budget_curve_chooses_each_budgets_steps_and_rate_on_validation...)
     budget = tmp_path / "budget"
     run = subprocess.run(
         [
             *("bash", str(REPO / "stages" / "budget.sh"), "--output", str(budget), "--mini", "--one-background"),
-            *("gray", "--seeds", "1", "--multiples", "1,2", "--lrs", "1e-3,2e-3", "--objectives", "dcr"),
+            *("gray", "--seeds", "1", "--multiples", "1,2", "--lrs", "1e-3", "--objectives", "dcr"),
             *steps,
             "eval.every=1",
         ],
@@ -274,8 +276,7 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
     assert curve["setup"]["lora_steps_1x"] == 1 and list(curve["budgets"]) == ["1", "2"]
     for multiple, row in curve["budgets"].items():
         choice = row["chosen"]["dcr"]
-        assert choice["lr"] in (1e-3, 2e-3) and all(0 <= step <= int(multiple) for step in choice["steps"])
-        assert set(choice["validation"]) == {"0.001", "0.002"}
+        assert choice["lr"] == 1e-3 and all(0 <= step <= int(multiple) for step in choice["steps"])
         assert "dcr - base: probe_global/claim_mean" in row["effects"]
     assert "## Where DCR's gain starts" in (budget / "report.md").read_text()
     # the constant rate makes the longer run pass through the shorter one: its step 1 is the ablation's last
