@@ -363,8 +363,8 @@ def ablation_curves() -> str:
 def ablation_effects(source: str = "ablation_world.json") -> str:
     """Each objective against base and each DCR form against naive over seeds, from the per-seed
     metrics of ``bench/results/SOURCE`` (the ablation's own ``effects``, for results written before it had them)."""
-    from dcr_mllm.enhance.ablation import contrasts, effects
     from dcr_mllm.enhance.ablation_report import effect_table
+    from dcr_mllm.enhance.world_runs import contrasts, effects
 
     metrics = _load(source)["metrics"]
     lines = effect_table(effects(metrics, contrasts(list(metrics))))[3:]  # the page gives its own heading

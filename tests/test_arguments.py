@@ -61,6 +61,8 @@ def test_the_pipeline_and_the_ablation_use_the_base(tmp_path):
     "argv, line",
     [
         (["--lrs", "0,1e-3"], "learning rates positive"),
+        (["--lrs", "3e-4;1e-3"], "give comma-separated values, e.g. 3e-4,1e-3 (see budget.py --help)"),
+        (["--seeds", "three"], "invalid int value: 'three'"),
         (["eval.every=0"], "the budget curve chooses each step on validation: set eval.every"),
         (["lora_stage.scheduler=cosine"], "needs a LoRA rate that does not depend on max_steps"),
     ],

@@ -5,7 +5,7 @@ DCR's gain start?
 The LoRA stage's rate is constant, so a run of the longest budget passes through every shorter
 budget's run on its way (the same steps, bitwise): one run per objective, learning rate and seed
 serves every budget. For a budget of B steps, each run's step is the best validation step at or
-before B (``ablation.SELECT``, the earliest of ties); each objective's learning rate is the one
+before B (``world_runs.SELECT``, the earliest of ties); each objective's learning rate is the one
 whose runs' chosen steps score best on validation, mean over seeds. Only then are the chosen
 steps' towers exported and scored on the evaluation set, beside the base tower's.
 
@@ -21,18 +21,21 @@ skipped, so a killed run resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
 from pathlib import Path
 
-from dcr_mllm.arguments import add_config, add_overrides, parse_intermixed, run_reporting
-from dcr_mllm.config import PACKAGED_CONFIGS, load_config
-from dcr_mllm.enhance.ablation import (
+from dcr_mllm.arguments import OneLineParser, parse_intermixed, run_reporting
+from dcr_mllm.config import load_config
+from dcr_mllm.enhance.ablation_report import effect_table
+from dcr_mllm.enhance.config import EnhanceConfig
+from dcr_mllm.enhance.watch import EVAL_FILE
+from dcr_mllm.enhance.world_runs import (
     EFFECT_METRICS,
     SELECT,
     VARIANTS,
+    add_world_run_arguments,
     contrasts,
     effects,
     metric_table,
@@ -40,17 +43,15 @@ from dcr_mllm.enhance.ablation import (
     prepare_runs,
     run_jobs,
     score_towers,
+    stage_one_config,
     train_args,
     validation_overrides,
+    world_of,
 )
-from dcr_mllm.enhance.ablation_report import effect_table
-from dcr_mllm.enhance.config import EnhanceConfig
-from dcr_mllm.enhance.watch import EVAL_FILE
 from dcr_mllm.errors import DcrError
 from dcr_mllm.training.checkpoints import is_finished
-from dcr_mllm.world.models import MINI, WorldSpec
+from dcr_mllm.world.models import WorldSpec
 from dcr_mllm.world.prepare import EVAL_COUNT, SHARD_COUNT, VAL_COUNT
-from dcr_mllm.world.scenes import WORLD_VALUES
 
 OBJECTIVES = ("naive", "dcr", "dcr_tokens")
 MULTIPLES = (1, 4, 16)  # of the config's LoRA steps
@@ -83,9 +84,7 @@ def run_budget(
     unknown = set(objectives) - set(VARIANTS)
     if unknown or not objectives:
         raise DcrError(f"--objectives {sorted(unknown) or '(none)'}: choose from {', '.join(VARIANTS)}")
-    config = Path(config or PACKAGED_CONFIGS / "enhance_world.yaml")
-    if not config.is_file():
-        raise DcrError(f"config {config} does not exist; pass a stage-one YAML file")
+    config = stage_one_config(config)
     cfg = load_config(EnhanceConfig, config, overrides)
     lora, every = cfg.lora_stage, cfg.eval.every
     if not every:
@@ -295,51 +294,43 @@ def above_zero(effect: dict | None) -> bool:
     return effect is not None and effect["ci"][0] is not None and effect["ci"][0] > 0
 
 
-def comma_list(kind):
+def comma_list(kind, example: str):
     """An argparse type: ``"1,4,16"`` -> ``(1, 4, 16)``."""
 
     def parse(text: str) -> tuple:
         try:
             return tuple(kind(item) for item in text.split(","))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated values, e.g. 1,4,16") from None
+            raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated values, e.g. {example}") from None
 
     return parse
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         description="Naive and DCR at several LoRA budgets, rate and step chosen on validation, several seeds."
     )
-    parser.add_argument("--output", default="outputs/budget")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=2, help="one-thread processes at a time")
+    add_world_run_arguments(parser, "outputs/budget", "stage-one config overrides for every run")
     parser.add_argument(
         "--multiples",
-        type=comma_list(int),
+        type=comma_list(int, "1,4,16"),
         default=MULTIPLES,
         help="budgets in multiples of the config's LoRA steps, comma-separated (default 1,4,16)",
     )
     parser.add_argument(
-        "--lrs", type=comma_list(float), default=LEARNING_RATES, help="LoRA learning rates (default 3e-4,1e-3)"
+        "--lrs",
+        type=comma_list(float, "3e-4,1e-3"),
+        default=LEARNING_RATES,
+        help="LoRA learning rates (default 3e-4,1e-3)",
     )
     parser.add_argument(
         "--objectives",
-        type=comma_list(str),
+        type=comma_list(str, "naive,dcr"),
         default=OBJECTIVES,
         help=f"comma-separated, of {', '.join(VARIANTS)} (default {','.join(OBJECTIVES)})",
     )
-    add_config(parser, "stage-one config (default: the packaged enhance_world.yaml)")
-    parser.add_argument(
-        "--mini", action="store_true", help="a miniature world and evaluation (tests: seconds, not minutes)"
-    )
-    parser.add_argument(
-        "--one-background", default="", choices=WORLD_VALUES["background"], metavar="NAME", help="as the ablation's"
-    )
-    add_overrides(parser, "stage-one config overrides for every run", metavar="KEY=VALUE")
     args = parse_intermixed(parser, argv)
-    sizes = {"eval_count": 36, "pairs": 2, "shard_count": 64, "val_count": 24} if args.mini else {}
-    spec = dataclasses.replace(MINI if args.mini else WorldSpec(), one_background=args.one_background)
+    spec, sizes = world_of(args)
     out = run_budget(
         args.output,
         args.seeds,

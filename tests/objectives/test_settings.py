@@ -54,7 +54,7 @@ NO_FLIP = AugmentConfig(hflip=0.0)  # the world config's
 )
 def test_the_ablation_makes_the_shared_config_each_objectives(variant, expected):
     """The shared settings each objective reads carry over (condition_tokens only with tokens); another's never reach it."""
-    from dcr_mllm.enhance.ablation import VARIANTS, objective_overrides
+    from dcr_mllm.enhance.world_runs import VARIANTS, objective_overrides
 
     shared = ["objective.num_negatives=2", "objective.condition_tokens=8"]
     own = objective_overrides(WORLD, shared, VARIANTS[variant])
@@ -63,7 +63,7 @@ def test_the_ablation_makes_the_shared_config_each_objectives(variant, expected)
 
 def test_the_ablations_own_settings_replace_a_users_same_keys_each_given_once(tmp_path):
     from dcr_mllm.config import override_key
-    from dcr_mllm.enhance.ablation import VARIANTS, objective_overrides, train_args
+    from dcr_mllm.enhance.world_runs import VARIANTS, objective_overrides, train_args
 
     user = ["seed=7", "lora_stage.max_steps=3", "objective.tau=0.2", f"output_dir={tmp_path / 'mine'}"]
     ours = [f"output_dir={tmp_path / 'run'}", "seed=1", *objective_overrides(WORLD, user, VARIANTS["naive"])]

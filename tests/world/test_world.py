@@ -146,8 +146,8 @@ def test_summary_compares_each_seed_with_base():
 
 
 def test_the_budget_curve_chooses_each_budgets_steps_and_rate_on_validation_and_says_where_the_gain_starts():
-    from dcr_mllm.enhance.ablation import EFFECT_METRICS, contrasts, effects, metric_table
     from dcr_mllm.enhance.budget import choose, gain_start
+    from dcr_mllm.enhance.world_runs import EFFECT_METRICS, contrasts, effects, metric_table
     from dcr_mllm.errors import DcrError
 
     curves = {
@@ -186,6 +186,20 @@ def test_the_budget_curve_chooses_each_budgets_steps_and_rate_on_validation_and_
     assert gain_start(results)[0].endswith("above base and naive at no budget up to 4x")
 
 
+def run_stage(script: str, *args, env: dict) -> str:
+    """``bash stages/SCRIPT ARGS`` to completion (10 minutes at most); its stdout, its stderr's tail on failure."""
+    run = subprocess.run(
+        ["bash", str(REPO / "stages" / script), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # two pipelines, the ablation and the budget curve, on one miniature world
 def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
@@ -198,19 +212,11 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
         "lora_stage.micro_batch_size=4",
         "objective.num_negatives=2",
     ]  # the config's 4 negatives need a batch of 5
-    run = subprocess.run(
-        [
-            *("bash", str(REPO / "stages" / "ablation.sh"), "--output", str(out), "--seeds", "2", "--mini"),
-            *("--one-background", "gray", *steps),  # the controlled premise's world: every path the default's takes
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    # the controlled premise's world: every path the default's takes
+    stdout = run_stage(
+        "ablation.sh", "--output", out, "--seeds", "2", "--mini", "--one-background", "gray", *steps, env=env
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.strip().splitlines()[-1] == str(out)
+    assert stdout.strip().splitlines()[-1] == str(out)
     for objective in ("reconstruction", "naive", "dcr", "dcr_tokens"):
         for seed in (0, 1):
             assert (out / objective / f"seed{seed}" / "tower" / "model.safetensors").is_file()
@@ -258,20 +264,11 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
     # the budget curve on the same world: one run per objective, rate and seed serves every budget (the
     # choice among rates: test_the_budget_curve_chooses_each_budgets_steps_and_rate_on_validation...)
     budget = tmp_path / "budget"
-    run = subprocess.run(
-        [
-            *("bash", str(REPO / "stages" / "budget.sh"), "--output", str(budget), "--mini", "--one-background"),
-            *("gray", "--seeds", "1", "--multiples", "1,2", "--lrs", "1e-3", "--objectives", "dcr"),
-            *steps,
-            "eval.every=1",
-        ],
+    run_stage(
+        *("budget.sh", "--output", budget, "--mini", "--one-background", "gray", "--seeds", "1"),
+        *("--multiples", "1,2", "--lrs", "1e-3", "--objectives", "dcr", *steps, "eval.every=1"),
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     curve = json.loads((budget / "results.json").read_text())
     assert curve["setup"]["lora_steps_1x"] == 1 and list(curve["budgets"]) == ["1", "2"]
     for multiple, row in curve["budgets"].items():
