@@ -486,6 +486,13 @@ def calibration() -> str:
     return report(_load("calibration.json")).split("\n", 2)[2]
 
 
+def budget_curve() -> str:
+    """The budget curve's report (``stages/budget.sh``), from ``bench/results/budget_world.json``."""
+    from dcr_mllm.enhance.budget import report
+
+    return report(_load("budget_world.json")).split("\n", 2)[2]
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "config-reference": config_reference,
     "upstream-recipe": upstream_recipe,
@@ -506,6 +513,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "released-towers": released_towers,
     "compare-world": compare_world,
     "calibration": calibration,
+    "budget-curve": budget_curve,
 }
 
 
