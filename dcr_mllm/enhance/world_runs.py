@@ -117,18 +117,21 @@ def prepare_runs(
 
 
 def score_towers(scored: list[tuple[Path, Path]], data: Path, pairs: int, jobs: int) -> None:
-    """Write each ``(tower, result file)``'s world metrics on ``data`` where not yet written, in
-    one-thread processes, ``jobs`` at a time."""
+    """Write each ``(tower, result file)``'s world metrics on ``data`` where not yet written: the towers
+    shared out among ``jobs`` one-thread processes, each reading the set once (logs: ``data``'s
+    parent ``/scoring``)."""
+    missing = [(tower, result) for tower, result in scored if not result.is_file()]
+    shares = [missing[i::jobs] for i in range(min(jobs, len(missing)))]
     evaluate = [
         (
             [
                 *(sys.executable, "-m", "dcr_mllm.evaluation.tower.world_metrics"),
-                *("--tower", str(tower), "--data", str(data), "--output", str(result), "--pairs", str(pairs)),
+                *("--data", str(data), "--pairs", str(pairs)),
+                *(arg for tower, result in share for arg in ("--tower", str(tower), "--output", str(result))),
             ],
-            result.with_suffix(".log"),
+            data.parent / "scoring" / f"job{i}.log",
         )
-        for tower, result in scored
-        if not result.is_file()
+        for i, share in enumerate(shares)
     ]
     run_jobs(evaluate, jobs)
 

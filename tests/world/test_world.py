@@ -221,6 +221,8 @@ def test_miniature_ablation_writes_every_tower_and_the_report(tmp_path):
         for seed in (0, 1):
             assert (out / objective / f"seed{seed}" / "tower" / "model.safetensors").is_file()
     assert (out / "base" / "tower" / "config.json").is_file() and (out / "chart.png").stat().st_size > 0
+    # the 17 towers scored by the 2 jobs, each process reading the evaluation set once
+    assert sorted(log.name for log in (out / "scoring").iterdir()) == ["job0.log", "job1.log"]
     results = json.loads((out / "results.json").read_text())
     assert len(results["metrics"]["dcr"]["class/probe"]["seeds"]) == 2
     report_text = (out / "report.md").read_text()

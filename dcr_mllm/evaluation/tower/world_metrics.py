@@ -163,18 +163,23 @@ def evaluate_world(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m dcr_mllm.evaluation.tower.world_metrics --tower DIR --data DIR --output JSON``: one tower, one thread."""
+    """``python -m dcr_mllm.evaluation.tower.world_metrics --data DIR --tower DIR --output JSON [--tower DIR
+    --output JSON ...]``: each tower in turn, one thread, the set read once; each result written when done."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--tower", required=True)
+    parser.add_argument("--tower", required=True, action="append")
     parser.add_argument("--data", required=True)
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output", required=True, action="append", help="one per --tower, in the same order")
     parser.add_argument("--pairs", type=int, default=30)
     args = parser.parse_args(argv)
+    if len(args.tower) != len(args.output):
+        parser.error(f"{len(args.tower)} --tower but {len(args.output)} --output: give one output per tower")
     torch.set_num_threads(1)
-    scores = evaluate_world(load_tower(args.tower), args.data, args.pairs)
-    tmp = Path(args.output + ".tmp")
-    tmp.write_text(json.dumps(scores, indent=1, sort_keys=True))
-    tmp.replace(args.output)
+    world = WorldSet.read(args.data, args.pairs)
+    for tower, output in zip(args.tower, args.output):
+        scores = evaluate_world(load_tower(tower), world)
+        tmp = Path(output + ".tmp")
+        tmp.write_text(json.dumps(scores, indent=1, sort_keys=True))
+        tmp.replace(output)
 
 
 if __name__ == "__main__":
