@@ -3,7 +3,8 @@ options and ``key=value`` words in any order, and turning a user error into one 
 
 Four programs parse arguments: ``dcr-mllm`` (``dcr_mllm.cli``, one module per group of
 subcommands), the stage scripts' ``python -m dcr_mllm.pipeline``, the ablation and the budget curve
-(``python -m dcr_mllm.enhance.ablation``, ``.budget``; their shared flags in ``enhance/world_runs.py``). This module is their common base. It is a top-level
+(``python -m dcr_mllm.enhance.ablation``, ``.budget``; their shared flags in ``enhance/world_runs.py``).
+This module is their common base. It is a top-level
 module that imports only ``dcr_mllm.io``, so the pipeline and ``enhance`` (low in the layers of
 ``tests/test_imports.py``) use it without importing the CLI above them.
 """
